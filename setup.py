@@ -1,0 +1,74 @@
+"""Builds the Cython hot paths in ext/; falls back to the pure-Python package.
+
+``TURBOSESSION_NO_EXTENSIONS=1`` skips the build.  A build that fails (no
+compiler, no Python headers) installs the pure-Python twins with a warning,
+unless ``TURBOSESSION_REQUIRE_EXTENSIONS=1`` asks for a hard failure (CI and
+cibuildwheel use that so a broken build cannot pass unnoticed).
+"""
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+# every ext/_<name>_c.pyx becomes turbosession._<name>_c
+HOT_PATHS = sorted(p.stem[1:-2] for p in Path("ext").glob("_*_c.pyx"))
+
+NO_EXTENSIONS = bool(os.environ.get("TURBOSESSION_NO_EXTENSIONS"))
+REQUIRE_EXTENSIONS = bool(os.environ.get("TURBOSESSION_REQUIRE_EXTENSIONS"))
+
+
+def _warn_pure(reason):
+    message = (
+        f"turbosession: compiled extensions not built ({reason}); "
+        "installing the pure-Python implementation"
+    )
+    warnings.warn(message)
+    print("*" * 75, message, "*" * 75, sep="\n", file=sys.stderr)
+
+
+class OptionalBuildExt(build_ext):
+    """Turns a failed extension build into a pure-Python install."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # compiler missing, headers missing, ...
+            if REQUIRE_EXTENSIONS:
+                raise
+            _warn_pure(f"{type(exc).__name__}: {exc}")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            if REQUIRE_EXTENSIONS:
+                raise
+            _warn_pure(f"{ext.name}: {type(exc).__name__}: {exc}")
+
+
+def extensions():
+    if NO_EXTENSIONS:
+        _warn_pure("TURBOSESSION_NO_EXTENSIONS is set")
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if REQUIRE_EXTENSIONS:
+            raise
+        _warn_pure("Cython is not installed")
+        return []
+    modules = [
+        Extension(f"turbosession._{name}_c", [f"ext/_{name}_c.pyx"])
+        for name in HOT_PATHS
+    ]
+    return cythonize(
+        modules,
+        compiler_directives={"language_level": "3", "embedsignature": True},
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

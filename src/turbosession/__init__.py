@@ -1,0 +1,28 @@
+"""turbosession: SQLAlchemy's ORM Session with compiled unit-of-work hot paths.
+
+Change one import::
+
+    from turbosession import Session, sessionmaker, scoped_session
+
+``turbosession.compiled`` tells whether the Cython modules are in use.
+"""
+
+from . import _impl
+from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
+
+__version__ = "0.1.0"
+
+compiled = _impl.active is _impl.compiled
+"""True when the compiled (Cython) hot paths are active."""
+
+implementation = _impl.active.name
+"""``"compiled"`` or ``"pure"``."""
+
+__all__ = [
+    "Session",
+    "TurboSessionMixin",
+    "compiled",
+    "implementation",
+    "scoped_session",
+    "sessionmaker",
+]

@@ -1,0 +1,160 @@
+"""Identity map, pure-Python twin of ``_identity_c``.
+
+Behaves as ``sqlalchemy.orm.identity._WeakInstanceDict``: identity key ->
+InstanceState, objects weakly referenced (an InstanceState removes itself
+through ``_fast_discard`` when its object is collected), and the ``_modified``
+set of dirty states that ``InstanceState._modified_event`` adds to.  A single
+``dict.get`` replaces stock's ``in`` test plus lookup.
+"""
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm.base import state_str
+from sqlalchemy.orm.identity import IdentityMap
+
+__all__ = ["WeakIdentityMap"]
+
+
+def _is_compiled():
+    return False
+
+
+def _raise_killed(state):
+    raise sa_exc.InvalidRequestError(
+        "Object %s cannot be converted to 'persistent' state, as this "
+        "identity map is no longer valid.  Has the owning Session "
+        "been closed?" % state_str(state),
+        code="lkrp",
+    )
+
+
+def _raise_conflict(state):
+    raise sa_exc.InvalidRequestError(
+        "Can't attach instance "
+        "%s; another instance with key %s is already "
+        "present in this session." % (state_str(state), state.key)
+    )
+
+
+class WeakIdentityMap(IdentityMap):
+    def __init__(self):
+        IdentityMap.__init__(self)
+        self._killed = False
+
+    def _kill(self):
+        # after expunge_all()/close(), loading into this map must fail
+        self._killed = True
+
+    def _add_unpresent(self, state, key):
+        if self._killed:
+            _raise_killed(state)
+        self._dict[key] = state
+        state._instance_dict = self._wr
+
+    def __getitem__(self, key):
+        obj = self._dict[key].obj()
+        if obj is None:
+            raise KeyError(key)
+        return obj
+
+    def __contains__(self, key):
+        state = self._dict.get(key)
+        return state is not None and state.obj() is not None
+
+    def __iter__(self):
+        return iter(self._dict)
+
+    def __len__(self):
+        return len(self._dict)
+
+    def keys(self):
+        return self._dict.keys()
+
+    def get(self, key, default=None):
+        state = self._dict.get(key)
+        if state is None:
+            return default
+        obj = state.obj()
+        return default if obj is None else obj
+
+    def fast_get_state(self, key):
+        return self._dict.get(key)
+
+    def contains_state(self, state):
+        return self._dict.get(state.key) is state
+
+    def all_states(self):
+        return list(self._dict.values())
+
+    def values(self):
+        objects = []
+        for state in list(self._dict.values()):
+            obj = state.obj()
+            if obj is not None:
+                objects.append(obj)
+        return objects
+
+    def items(self):
+        pairs = []
+        for state in list(self._dict.values()):
+            obj = state.obj()
+            if obj is not None:
+                pairs.append((state.key, obj))
+        return pairs
+
+    def add(self, state):
+        key = state.key
+        assert key is not None
+        existing = self._dict.get(key)
+        if existing is state:
+            return False
+        if existing is not None and existing.obj() is not None:
+            _raise_conflict(state)
+        self._dict[key] = state
+        self._manage_incoming_state(state)
+        return True
+
+    def replace(self, state):
+        key = state.key
+        assert key is not None
+        existing = self._dict.get(key)
+        if existing is state:
+            return None
+        if existing is not None:
+            self._manage_removed_state(existing)
+        self._dict[key] = state
+        self._manage_incoming_state(state)
+        return existing
+
+    def _manage_incoming_state(self, state):
+        state._instance_dict = self._wr
+        if state.modified:
+            self._modified.add(state)
+
+    def _manage_removed_state(self, state):
+        del state._instance_dict
+        if state.modified:
+            self._modified.discard(state)
+
+    def _fast_discard(self, state):
+        # weakref callback of a collected object: no _modified bookkeeping,
+        # a modified state is strongly held and cannot be collected
+        key = state.key
+        if self._dict.get(key) is state:
+            del self._dict[key]
+
+    def safe_discard(self, state):
+        key = state.key
+        if self._dict.get(key) is state:
+            del self._dict[key]
+            self._manage_removed_state(state)
+
+    discard = safe_discard
+
+    def _dirty_states(self):
+        return self._modified
+
+    def check_modified(self):
+        return bool(self._modified)
+
+    def has_key(self, key):
+        return key in self

@@ -1,0 +1,41 @@
+"""Fixtures shared by turbosession's tests.
+
+``impl`` runs a test once per implementation (compiled and pure); compiled
+cases skip with the reason when the extension is not built, unless
+``TURBOSESSION_REQUIRE_EXTENSIONS`` is set (CI), where that is a failure.
+``session_cls`` is turbosession's Session pinned to that implementation.
+"""
+
+import os
+
+import pytest
+
+import turbosession
+from turbosession import _impl
+
+REQUIRE_EXTENSIONS = bool(os.environ.get("TURBOSESSION_REQUIRE_EXTENSIONS"))
+
+
+@pytest.fixture(scope="session", params=["compiled", "pure"])
+def impl(request):
+    bundle = getattr(_impl, request.param)
+    if bundle is None:
+        reason = f"compiled extensions not built: {_impl.compiled_import_error}"
+        if REQUIRE_EXTENSIONS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def session_cls(impl):
+    return type(f"Session_{impl.name}", (turbosession.Session,), {"_turbo": impl})
+
+
+@pytest.fixture
+def engine():
+    from sqlalchemy import create_engine
+
+    eng = create_engine("sqlite://")
+    yield eng
+    eng.dispose()

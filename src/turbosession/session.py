@@ -7,6 +7,8 @@ Nothing in SQLAlchemy is patched: only sessions of these classes change.
 """
 
 from sqlalchemy import orm
+from sqlalchemy.orm.base import object_state
+from sqlalchemy.util import IdentitySet
 
 from . import _impl
 
@@ -32,6 +34,26 @@ class TurboSessionMixin:
         # _WeakInstanceDict; nothing has been attached to that one yet
         super().expunge_all()
         self.identity_map = self._turbo.identity.WeakIdentityMap()
+
+    # Dirty tracking (turbosession._tracking_*).  ``_dirty_states`` stays
+    # stock's: it already returns the identity map's modified set as is.
+
+    def _is_clean(self):
+        return self._turbo.tracking.is_clean(
+            self.identity_map, self._new, self._deleted
+        )
+
+    @property
+    def dirty(self):
+        return IdentitySet(
+            self._turbo.tracking.dirty_objects(self._dirty_states, self._deleted)
+        )
+
+    def is_modified(self, instance, include_collections=True):
+        # object_state first: an unmapped instance raises as in stock
+        return self._turbo.tracking.has_net_changes(
+            object_state(instance), include_collections
+        )
 
 
 class Session(TurboSessionMixin, orm.Session):

@@ -1,0 +1,144 @@
+"""Dirty-attribute tracking, pure-Python twin of ``_tracking_c``.
+
+What the Session API and the flush need to know about changes, answered with
+SQLAlchemy's own rules so the answers are identical to stock:
+
+- ``is_clean``: ``Session._is_clean`` (nothing modified, new or deleted).
+- ``dirty_objects``: the objects behind ``Session.dirty``.
+- ``has_net_changes``: ``Session.is_modified``.  Plain column attributes
+  (``_ScalarAttributeImpl`` exactly) are decided inline from
+  ``committed_state`` -- the same outcome ``History.from_scalar_attribute``
+  gives with ``PassiveFlag.NO_CHANGE``, which never loads or initialises
+  anything -- so no ``History`` tuple is built per attribute; every other
+  attribute kind (relationships, collections, custom impls) still goes
+  through its own ``get_history``, in the same attribute order, so the first
+  change stops the scan at the same place stock's does.
+- ``collect_column_changes``: the net column changes of states for one
+  mapper's table, decided exactly as ``persistence._collect_update_commands``
+  decides them (the fast flush builds its UPDATE parameters from this).
+- ``commit_all_states``: ``InstanceState._commit_all_states``, the reset of
+  states after a flush.
+"""
+
+from sqlalchemy.orm.attributes import _ScalarAttributeImpl
+from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
+from sqlalchemy.sql.elements import ClauseElement
+
+__all__ = [
+    "collect_column_changes",
+    "commit_all_states",
+    "dirty_objects",
+    "has_net_changes",
+    "is_clean",
+]
+
+_NO_CHANGE = PassiveFlag.NO_CHANGE
+
+
+def _is_compiled():
+    return False
+
+
+def is_clean(identity_map, new, deleted):
+    """``Session._is_clean``: no modified state, nothing pending or deleted."""
+    return not identity_map.check_modified() and not deleted and not new
+
+
+def dirty_objects(dirty_states, deleted):
+    """Objects of the modified states that are not marked deleted.
+
+    ``Session.dirty`` wraps this list in an ``IdentitySet``.
+    """
+    return [state.obj() for state in dirty_states if state not in deleted]
+
+
+def has_net_changes(state, include_collections):
+    """True when an attribute of ``state`` has a net change (``is_modified``)."""
+    if not state.modified:
+        return False
+    dict_ = state.dict
+    committed = state.committed_state
+    for attr in state.manager.attributes:
+        impl = attr.impl
+        if type(impl) is _ScalarAttributeImpl:
+            # get_history(NO_CHANGE) has added or deleted exactly when a
+            # committed value was recorded and the current value is not
+            # equal to it (a missing current value counts as a change)
+            key = impl.key
+            if key in committed:
+                current = dict_[key] if key in dict_ else NO_VALUE
+                if (
+                    current is NO_VALUE
+                    or impl.is_equal(current, committed[key]) is not True
+                ):
+                    return True
+            continue
+        if (
+            not include_collections and hasattr(impl, "get_collection")
+        ) or not hasattr(impl, "get_history"):
+            continue
+        added, unchanged, deleted = impl.get_history(
+            state, dict_, passive=_NO_CHANGE
+        )
+        if added or deleted:
+            return True
+    return False
+
+
+def collect_column_changes(states, propkey_to_col):
+    """Net column changes of ``(state, state_dict)`` pairs for one table.
+
+    ``propkey_to_col`` is ``mapper._propkey_to_col[table]``.  Returns, aligned
+    with ``states``, ``(params, value_params)``: ``params`` maps column key to
+    the new value for every attribute whose value differs from its committed
+    one (``impl.is_equal(...) is not True``), ``value_params`` maps column to
+    SQL expression for attributes set to one.  Keys come in the order stock's
+    ``set(propkey_to_col).intersection(committed_state)`` yields them, so the
+    parameter dictionaries are identical to ``_collect_update_commands``'s.
+    Primary-key and version-id handling stays with the flush.
+    """
+    keys = frozenset(propkey_to_col)
+    changes = []
+    for state, state_dict in states:
+        params = {}
+        value_params = {}
+        committed = state.committed_state
+        if committed:
+            for propkey in keys.intersection(committed):
+                value = state_dict[propkey]
+                col = propkey_to_col[propkey]
+                if hasattr(value, "__clause_element__"):
+                    value_params[col] = value.__clause_element__()
+                elif isinstance(value, ClauseElement):
+                    value_params[col] = value
+                elif (
+                    state.manager[propkey].impl.is_equal(
+                        value, committed[propkey]
+                    )
+                    is not True
+                ):
+                    params[col.key] = value
+        changes.append((params, value_params))
+    return changes
+
+
+def commit_all_states(states_and_dicts, instance_dict=None):
+    """``InstanceState._commit_all_states``: mark states clean after a flush.
+
+    Clears the recorded committed values and pending collection mutations,
+    un-expires the attributes now present, drops the states from the
+    identity map's modified set and releases their strong references.
+    """
+    # stock tests the map's truthiness (its length) per state; the map's
+    # length does not change in this loop, so once is the same answer
+    track_modified = bool(instance_dict)
+    for state, dict_ in states_and_dicts:
+        state_dict = state.__dict__
+        state.committed_state.clear()
+        if "_pending_mutations" in state_dict:
+            del state_dict["_pending_mutations"]
+        state.expired_attributes.difference_update(dict_)
+        if track_modified and state.modified:
+            instance_dict._modified.discard(state)
+        state.modified = state.expired = False
+        state._strong_obj = None

@@ -1,0 +1,83 @@
+"""Side-by-side runs of one scenario on stock SQLAlchemy and on turbosession.
+
+A scenario is a function ``(session_cls, engine, log) -> None`` that drives a
+session and calls ``log.note(...)`` with whatever a program could observe.
+The recorder also captures every statement and its parameters sent to the
+database.  ``assert_same_as_stock`` runs the scenario on fresh tables with
+stock ``sqlalchemy.orm.Session`` and with the session class under test and
+compares the two records entry by entry.
+"""
+
+import re
+
+from sqlalchemy import event, inspect, orm
+
+
+def object_state(obj):
+    """The ORM state name of an object, as ``inspect()`` reports it."""
+    insp = inspect(obj)
+    for name in ("transient", "pending", "persistent", "deleted", "detached"):
+        if getattr(insp, name):
+            return name
+    raise AssertionError(f"{obj!r} is in no known state")
+
+
+class Recorder:
+    def __init__(self, engine):
+        self.entries = []
+        self.engine = engine
+
+    def note(self, *what):
+        self.entries.append(what)
+
+    def states(self, session, **objects):
+        """Note each named object's state and membership, and the session's sets."""
+        for name, obj in objects.items():
+            self.note(name, object_state(obj), obj in session)
+        for label in ("new", "dirty", "deleted"):
+            members = getattr(session, label)
+            self.note(label, sorted(_label(o, objects) for o in members))
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._sql)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._sql)
+
+    def _sql(self, conn, cursor, statement, parameters, context, executemany):
+        self.note("sql", statement, repr(parameters), executemany)
+
+
+def _label(obj, objects):
+    for name, candidate in objects.items():
+        if candidate is obj:
+            return name
+    return repr(obj)
+
+
+def normalize_error(exc):
+    """Exception type and message without memory addresses or session ids."""
+    text = re.sub(r"0x[0-9a-fA-F]+", "0x?", str(exc))
+    text = re.sub(r"session '\d+'", "session '?'", text)
+    text = re.sub(r"is '\d+'", "is '?'", text)
+    return type(exc), text
+
+
+def run(scenario, session_cls, engine, metadata):
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    try:
+        with Recorder(engine) as log:
+            scenario(session_cls, engine, log)
+        return log.entries
+    finally:
+        orm.close_all_sessions()
+        metadata.drop_all(engine)
+
+
+def assert_same_as_stock(scenario, session_cls, engine, metadata):
+    expected = run(scenario, orm.Session, engine, metadata)
+    actual = run(scenario, session_cls, engine, metadata)
+    assert actual == expected
+    return actual

@@ -1,0 +1,200 @@
+"""The Session lifecycle on a real database, turbosession against stock.
+
+Each scenario runs twice on fresh tables (stock Session, then turbosession's
+pinned to one implementation) and everything observable is compared: SQL
+and parameters, object states, session membership, new/dirty/deleted.
+"""
+
+import pytest
+from sqlalchemy import select, update
+
+from models import Address, Base, User
+from support import assert_same_as_stock
+
+
+def seed(session_cls, engine):
+    with session_cls(engine) as session:
+        session.add_all(
+            [
+                User(name="ed", addresses=[Address(email="ed@a"), Address(email="ed@b")]),
+                User(name="wendy", addresses=[Address(email="wendy@a")]),
+            ]
+        )
+        session.commit()
+
+
+def add_flush_commit(session_cls, engine, log):
+    session = session_cls(engine)
+    jack = User(name="jack", addresses=[Address(email="jack@a")])
+    log.states(session, jack=jack)
+    session.add(jack)
+    log.states(session, jack=jack, address=jack.addresses[0])
+    session.flush()
+    log.note("ids", jack.id, jack.addresses[0].id)
+    log.states(session, jack=jack)
+    jack.fullname = "Jack Jones"
+    log.states(session, jack=jack)
+    session.commit()
+    log.states(session, jack=jack)
+    log.note("reload", jack.fullname, [a.email for a in jack.addresses])
+    session.close()
+    log.states(session, jack=jack)
+
+
+def rollback(session_cls, engine, log):
+    seed(session_cls, engine)
+    session = session_cls(engine)
+    ed = session.scalars(select(User).filter_by(name="ed")).one()
+    ed.name = "edward"
+    fred = User(name="fred")
+    session.add(fred)
+    session.flush()
+    log.states(session, ed=ed, fred=fred)
+    session.rollback()
+    log.states(session, ed=ed, fred=fred)
+    log.note("after rollback", ed.name)
+    session.close()
+
+
+def expunge_and_close(session_cls, engine, log):
+    seed(session_cls, engine)
+    session = session_cls(engine)
+    ed, wendy = session.scalars(select(User).order_by(User.id)).all()
+    session.expunge(ed)
+    log.states(session, ed=ed, wendy=wendy)
+    log.note("identity map", sorted(u.name for u in session.identity_map.values()))
+    new = User(name="new")
+    session.add(new)
+    session.expunge_all()
+    log.states(session, ed=ed, wendy=wendy, new=new)
+    log.note("identity map", len(session.identity_map))
+    again = session.get(User, wendy.id)
+    log.note("fresh object", again is wendy, again.name)
+    session.close()
+    log.states(session, again=again)
+
+
+def merge(session_cls, engine, log):
+    seed(session_cls, engine)
+    with session_cls(engine) as session:
+        ed = session.get(User, 1)
+    ed.fullname = "Ed Jones"
+    session = session_cls(engine)
+    merged = session.merge(ed)
+    log.states(session, ed=ed, merged=merged)
+    log.note("merged", merged is ed, merged.fullname)
+    unknown = session.merge(User(id=99, name="ghost"))
+    log.states(session, unknown=unknown)
+    session.commit()
+    log.note("rows", session.scalars(select(User.name).order_by(User.id)).all())
+    session.close()
+
+
+def get_and_identity(session_cls, engine, log):
+    seed(session_cls, engine)
+    session = session_cls(engine)
+    ed = session.get(User, 1)
+    log.note("same object", session.get(User, 1) is ed, session.get(User, 42))
+    users = session.scalars(select(User).order_by(User.id)).all()
+    log.note("query returns identity", users[0] is ed)
+    log.note("in map", (User, (1,), None) in session.identity_map, len(session.identity_map))
+    session.close()
+
+
+def delete_with_cascade(session_cls, engine, log):
+    seed(session_cls, engine)
+    session = session_cls(engine)
+    ed = session.get(User, 1)
+    first = ed.addresses[0]
+    session.delete(ed)
+    log.states(session, ed=ed, first=first)
+    session.flush()
+    log.states(session, ed=ed, first=first)
+    session.commit()
+    log.states(session, ed=ed, first=first)
+    wendy = session.get(User, 2)
+    wendy.addresses.remove(wendy.addresses[0])
+    session.commit()
+    log.note("addresses left", session.scalars(select(Address.email)).all())
+    session.close()
+
+
+def savepoints(session_cls, engine, log):
+    seed(session_cls, engine)
+    session = session_cls(engine)
+    ed = session.get(User, 1)
+    ed.name = "outer"
+    nested = session.begin_nested()
+    ed.name = "inner"
+    temp = User(name="temp")
+    session.add(temp)
+    session.flush()
+    log.states(session, ed=ed, temp=temp)
+    nested.rollback()
+    log.states(session, ed=ed, temp=temp)
+    log.note("name after savepoint rollback", ed.name)
+    with session.begin_nested():
+        session.add(User(name="kept"))
+    session.commit()
+    log.note("rows", session.scalars(select(User.name).order_by(User.id)).all())
+    session.close()
+
+
+def refresh_and_expire(session_cls, engine, log):
+    seed(session_cls, engine)
+    session = session_cls(engine)
+    ed = session.get(User, 1)
+    session.execute(update(User).where(User.id == 1).values(fullname="set by core"))
+    log.note("stale", ed.fullname)
+    session.refresh(ed)
+    log.note("refreshed", ed.fullname)
+    session.expire(ed, ["name"])
+    log.note("expired", "name" in ed.__dict__, ed.name)
+    ed.fullname = "local"
+    session.expire_all()
+    log.states(session, ed=ed)
+    log.note("after expire_all", ed.fullname)
+    session.close()
+
+
+def autoflush(session_cls, engine, log):
+    session = session_cls(engine)
+    session.add(User(name="auto"))
+    log.note("query sees pending", session.scalars(select(User.name)).all())
+    with session.no_autoflush:
+        session.add(User(name="held"))
+        log.note("no autoflush", session.scalars(select(User.name)).all())
+    log.note("flushed later", session.scalars(select(User.name).order_by(User.id)).all())
+    session.rollback()
+    session.close()
+
+
+SCENARIOS = [
+    add_flush_commit,
+    rollback,
+    expunge_and_close,
+    merge,
+    get_and_identity,
+    delete_with_cascade,
+    savepoints,
+    refresh_and_expire,
+    autoflush,
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
+def test_lifecycle_same_as_stock(scenario, session_cls, engine):
+    entries = assert_same_as_stock(scenario, session_cls, engine, Base.metadata)
+    assert any(entry[0] == "sql" for entry in entries)
+
+
+def test_session_uses_turbosession_identity_map(impl, session_cls, engine):
+    session = session_cls(engine)
+    map_cls = impl.identity.WeakIdentityMap
+    assert type(session.identity_map) is map_cls
+    session.expunge_all()
+    assert type(session.identity_map) is map_cls
+    session.close()
+    assert type(session.identity_map) is map_cls
+    session.reset()
+    assert type(session.identity_map) is map_cls

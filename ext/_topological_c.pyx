@@ -198,7 +198,7 @@ def find_cycles(tuples, allitems):
     # from an exact dict only, so iterate the keys to build the same table
     cdef list order = list(set(iter(children_of)))
     cdef int size = len(order)
-    cdef dict index = {node: i for i, node in enumerate(order)}
+    cdef dict index = {key: i for i, key in enumerate(order)}
     cdef Py_ssize_t n_edges = 0, k
     cdef int node, top, child, depth = 0, start
     cdef bint pushed

@@ -4,12 +4,14 @@
 cases skip with the reason when the extension is not built, unless
 ``TURBOSESSION_REQUIRE_EXTENSIONS`` is set (CI), where that is a failure.
 ``session_cls`` is turbosession's Session pinned to that implementation.
+``engine`` runs a test once per database backend (tests/backends.py).
 """
 
 import os
 
 import pytest
 
+import backends
 import turbosession
 from turbosession import _impl
 
@@ -32,10 +34,13 @@ def session_cls(impl):
     return type(f"Session_{impl.name}", (turbosession.Session,), {"_turbo": impl})
 
 
-@pytest.fixture
-def engine():
-    from sqlalchemy import create_engine
+@pytest.fixture(params=backends.BACKENDS)
+def engine(request):
+    """An empty database: SQLite in memory, and PostgreSQL when configured.
 
-    eng = create_engine("sqlite://")
-    yield eng
-    eng.dispose()
+    The PostgreSQL case gets a schema of its own that is dropped afterwards
+    (see tests/backends.py); it skips when no server is configured, or fails
+    when ``TURBOSESSION_REQUIRE_PG`` is set.
+    """
+    with backends.backend_engine(request.param) as eng:
+        yield eng

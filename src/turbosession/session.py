@@ -10,7 +10,7 @@ from sqlalchemy import orm
 from sqlalchemy.orm.base import object_state
 from sqlalchemy.util import IdentitySet
 
-from . import _impl
+from . import _impl, flush
 
 __all__ = ["TurboSessionMixin", "Session", "sessionmaker", "scoped_session"]
 
@@ -23,6 +23,9 @@ class TurboSessionMixin:
     """
 
     _turbo = _impl.active
+
+    # stock's _flush builds stock's UOWTransaction; ours builds turbosession's
+    _flush = flush.flush
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)

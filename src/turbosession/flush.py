@@ -1,0 +1,228 @@
+"""The flush: stock's orchestration around turbosession's unit of work.
+
+Stock ``Session._flush`` instantiates ``sqlalchemy.orm.unitofwork.UOWTransaction``
+itself, so a Session that runs its own unit of work has to run the
+orchestration around it too.  ``flush`` (bound as ``TurboSessionMixin._flush``)
+does exactly what stock's does, step for step: the same events with the same
+arguments, the same orphan handling, the same transaction and rollback on
+error, the same warning for states modified inside the flush.  What differs
+is the unit of work it builds: ``UOWTransaction`` below, stock's class with
+its dependency sorts and per-state cycle handling on turbosession's
+implementation (``session._turbo``).
+
+``_execute`` is the one place where the work of a flush is done.  The fast
+path (the "own unit of work" issue) decides there, per flush, whether it
+runs the flush itself or hands it to the unit of work as today.
+"""
+
+from sqlalchemy import util
+from sqlalchemy.orm import attributes
+from sqlalchemy.orm import exc
+from sqlalchemy.orm import unitofwork
+from sqlalchemy.orm.base import _state_mapper
+
+__all__ = ["UOWTransaction", "flush"]
+
+
+class UOWTransaction(unitofwork.UOWTransaction):
+    """Stock's unit of work, sorting with turbosession's topological twins.
+
+    Stock reaches ``sqlalchemy.util.topological`` as a module global from
+    ``_generate_actions`` and ``execute``; these two methods are therefore
+    restated here around ``self._topological`` (and the per-state split
+    around ``self._cycles``), everything else is inherited.
+    """
+
+    def __init__(self, session):
+        super().__init__(session)
+        self._topological = session._turbo.topological
+
+    def _generate_actions(self):
+        # run the presort actions until none adds new states to the flush
+        while True:
+            ret = False
+            for action in list(self.presort_actions.values()):
+                if action.execute(self):
+                    ret = True
+            if not ret:
+                break
+
+        # mappers that depend on each other (self-referential relationships)
+        # cannot be ordered as a whole: split their actions per state
+        self.cycles = cycles = self._topological.find_cycles(
+            self.dependencies, list(self.postsort_actions.values())
+        )
+        if cycles:
+            convert = {
+                rec: set(rec.per_state_flush_actions(self)) for rec in cycles
+            }
+            for edge in list(self.dependencies):
+                if (
+                    None in edge
+                    or edge[0].disabled
+                    or edge[1].disabled
+                    or cycles.issuperset(edge)
+                ):
+                    self.dependencies.remove(edge)
+                elif edge[0] in cycles:
+                    self.dependencies.remove(edge)
+                    for dep in convert[edge[0]]:
+                        self.dependencies.add((dep, edge[1]))
+                elif edge[1] in cycles:
+                    self.dependencies.remove(edge)
+                    for dep in convert[edge[1]]:
+                        self.dependencies.add((edge[0], dep))
+
+        return {
+            a for a in self.postsort_actions.values() if not a.disabled
+        }.difference(cycles)
+
+    def execute(self):
+        postsort_actions = sorted(
+            self._generate_actions(), key=lambda item: item.sort_key
+        )
+        topological = self._topological
+        if self.cycles:
+            # per-state actions of one round run in aggregates (one
+            # statement batch per mapper), in stock's set order
+            for subset in topological.sort_as_subsets(
+                self.dependencies, postsort_actions
+            ):
+                set_ = set(subset)
+                while set_:
+                    n = set_.pop()
+                    n.execute_aggregate(self, set_)
+        else:
+            for rec in topological.sort(self.dependencies, postsort_actions):
+                rec.execute(self)
+
+
+def _execute(flush_context):
+    """Do the work of a flush: statements, in dependency order."""
+    flush_context.execute()
+
+
+def _register_states(session, flush_context, objects, dirty):
+    """Put the flush's states into the unit of work, as stock does.
+
+    Saves first (pending orphans outside of the session are expunged,
+    persistent orphans become deletes), then the remaining deletes; with
+    ``objects``, only states of those objects.
+    """
+    deleted = set(session._deleted)
+    new = set(session._new)
+    dirty = set(dirty).difference(deleted)
+
+    if objects:
+        objset = set()
+        for o in objects:
+            try:
+                state = attributes.instance_state(o)
+            except exc.NO_STATE as err:
+                raise exc.UnmappedInstanceError(o) from err
+            objset.add(state)
+    else:
+        objset = None
+
+    # states whose fate has been decided
+    processed = set()
+
+    if objset:
+        proc = new.union(dirty).intersection(objset).difference(deleted)
+    else:
+        proc = new.union(dirty).difference(deleted)
+
+    for state in proc:
+        is_orphan = _state_mapper(state)._is_orphan(state)
+        is_persistent_orphan = is_orphan and state.has_identity
+        if (
+            is_orphan
+            and not is_persistent_orphan
+            and state._orphaned_outside_of_session
+        ):
+            session._expunge_states([state])
+        else:
+            _reg = flush_context.register_object(
+                state, isdelete=is_persistent_orphan
+            )
+            assert _reg, "Failed to add object to the flush context!"
+            processed.add(state)
+
+    if objset:
+        proc = deleted.intersection(objset).difference(processed)
+    else:
+        proc = deleted.difference(processed)
+    for state in proc:
+        _reg = flush_context.register_object(state, isdelete=True)
+        assert _reg, "Failed to add object to the flush context!"
+
+
+def _reset_inner_flush_changes(session):
+    """Reset states modified by listeners during the flush, with stock's warning."""
+    modified = session.identity_map._modified
+    len_ = len(modified)
+    session._turbo.tracking.commit_all_states(
+        [(state, state.dict) for state in modified],
+        instance_dict=session.identity_map,
+    )
+    util.warn(
+        "Attribute history events accumulated on %d "
+        "previously clean instances "
+        "within inner-flush event handlers have been "
+        "reset, and will not result in database updates. "
+        "Consider using set_committed_value() within "
+        "inner-flush event handlers to avoid this warning." % len_
+    )
+
+
+@util.deprecated_params(
+    objects=(
+        "2.1",
+        "The `objects` parameter of `Session.flush` is deprecated",
+    )
+)
+def flush(self, objects=None):
+    """``Session._flush`` building turbosession's ``UOWTransaction``.
+
+    A function rather than a method so that ``TurboSessionMixin`` binds it
+    as ``_flush``; the deprecation of ``objects`` is stock's, warned the same.
+    """
+    dirty = self._dirty_states
+    if not dirty and not self._deleted and not self._new:
+        self.identity_map._modified.clear()
+        return
+
+    flush_context = UOWTransaction(self)
+
+    if self.dispatch.before_flush:
+        self.dispatch.before_flush(self, flush_context, objects)
+        # listeners may have added or changed objects
+        dirty = self._dirty_states
+
+    _register_states(self, flush_context, objects, dirty)
+
+    if not flush_context.has_work:
+        return
+
+    flush_context.transaction = transaction = self._autobegin_t()._begin()
+    try:
+        self._warn_on_events = True
+        try:
+            _execute(flush_context)
+        finally:
+            self._warn_on_events = False
+
+        self.dispatch.after_flush(self, flush_context)
+
+        flush_context.finalize_flush_changes()
+
+        if not objects and self.identity_map._modified:
+            _reset_inner_flush_changes(self)
+
+        self.dispatch.after_flush_postexec(self, flush_context)
+
+        transaction.commit()
+
+    except:
+        with util.safe_reraise():
+            transaction.rollback(_capture_exception=True)

@@ -1,0 +1,157 @@
+"""The conformance harness itself (tests/conformance/): its substitution and its verdicts.
+
+The harness decides whether SQLAlchemy's own suite vouches for turbosession, so
+it must neither miss a substitution nor miscount a result.  The suite itself is
+run by tests/conformance/run.py, not here (it takes minutes per mode).
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CONFORMANCE = Path(__file__).resolve().parent / "conformance"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, CONFORMANCE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run = _load("run")
+
+
+def test_substitution_reaches_every_way_the_suite_makes_sessions(impl):
+    # in a child process: substitute() replaces names inside SQLAlchemy
+    script = textwrap.dedent(
+        """
+        import json
+        import sqlalchemy
+        from sqlalchemy import orm
+        from sqlalchemy.orm import session as orm_session
+        import turbosession
+        import conformance_plugin
+
+        stock = orm.Session
+        conformance_plugin.substitute(turbosession.Session)
+        engine = sqlalchemy.create_engine("sqlite://")
+        made = {
+            "orm.Session": orm.Session(engine),
+            "orm.session.Session": orm_session.Session(engine),
+            "sessionmaker": orm.sessionmaker(engine)(),
+            "scoped_session": orm.scoped_session(orm.sessionmaker(engine))(),
+            "create_session": orm.create_session(engine),
+        }
+        print(json.dumps({
+            how: [
+                isinstance(s, turbosession.Session),
+                isinstance(s, stock),
+                type(s.identity_map).__module__,
+            ]
+            for how, s in made.items()
+        }))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(CONFORMANCE))
+    env.pop("TURBOSESSION_NO_EXTENSIONS", None)
+    if impl.name == "pure":
+        env["TURBOSESSION_NO_EXTENSIONS"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True,
+        check=True,
+    ).stdout
+    expected_module = f"turbosession._identity_{'c' if impl.name == 'compiled' else 'py'}"
+    for how, (is_turbo, is_stock_subclass, identity_module) in json.loads(out).items():
+        assert (how, is_turbo, is_stock_subclass) == (how, True, True)
+        assert (how, identity_module) == (how, expected_module)
+
+
+def _results(tmp_path, records):
+    path = tmp_path / "results.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"nodeid": n, "when": w, "outcome": o, "xfail": x}) + "\n"
+            for n, w, o, x in records
+        )
+    )
+    return path
+
+
+def test_outcomes_are_counted_like_pytest(tmp_path):
+    path = _results(
+        tmp_path,
+        [
+            ("t::ok", "setup", "passed", False),
+            ("t::ok", "call", "passed", False),
+            ("t::ok", "teardown", "passed", False),
+            ("t::fails", "setup", "passed", False),
+            ("t::fails", "call", "failed", False),
+            ("t::fails", "teardown", "failed", False),
+            ("t::bad_setup", "setup", "failed", False),
+            ("t::bad_setup", "teardown", "passed", False),
+            ("t::bad_teardown", "setup", "passed", False),
+            ("t::bad_teardown", "call", "passed", False),
+            ("t::bad_teardown", "teardown", "failed", False),
+            ("t::skip", "setup", "skipped", False),
+            ("t::skip", "teardown", "passed", False),
+            ("t::xfail", "call", "skipped", True),
+            ("t::xpass", "call", "passed", True),
+        ],
+    )
+    assert run.outcomes(path) == {
+        "t::ok": "passed",
+        "t::fails": "failed",
+        "t::bad_setup": "error",
+        "t::bad_teardown": "error",
+        "t::skip": "skipped",
+        "t::xfail": "xfailed",
+        "t::xpass": "xpassed",
+    }
+
+
+def _verdict(outcomes, known, control=None, sessions_stock=0):
+    from collections import Counter
+
+    result = {
+        "returncode": 1 if any(o in ("failed", "error") for o in outcomes.values()) else 0,
+        "outcomes": outcomes,
+        "log": "log",
+        "counters": Counter(sessions_created=10, sessions_stock=sessions_stock,
+                            sessions_turbosession=10 - sessions_stock),
+        "processes": 2,
+        "seconds": 1.0,
+    }
+    return run.verdict("compiled", result, known, control)
+
+
+def test_only_listed_failures_are_forgiven():
+    known = {"t.py::Cls::test_listed": "inspects the class"}
+    assert _verdict({"t.py::Cls::test_listed": "failed", "t.py::b": "passed"}, known) == []
+    problems = _verdict({"t.py::Cls::test_listed": "passed", "t.py::b": "error"}, known)
+    assert problems == ["error: t.py::b"]
+
+
+def test_a_run_that_made_stock_sessions_fails():
+    assert _verdict({"t::a": "passed"}, {}, sessions_stock=1) == [
+        "1 stock sessions were made"
+    ]
+
+
+def test_tests_missing_against_the_control_fail(capsys):
+    control = {"outcomes": {"t::a": "passed", "t::b": "passed"}}
+    problems = _verdict({"t::a": "passed"}, {}, control=control)
+    assert problems == ["1 tests of the control did not run"]
+    assert "not run: t::b" in capsys.readouterr().out
+
+
+def test_known_differences_are_few_and_explained():
+    known = run.load_known_differences()
+    assert 0 < len(known) < 10
+    assert all(reason for reason in known.values())

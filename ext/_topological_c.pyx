@@ -7,7 +7,10 @@ once through a dict, and the per-edge and per-node loops then run over C
 int arrays.
 """
 
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.dict cimport PyDict_GetItem
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
 from sqlalchemy.exc import CircularDependencyError
 
@@ -60,42 +63,81 @@ cdef class _Csr:
         self.start[0] = 0
 
 
-cdef list _levels(list pairs, list items):
-    """Round of every position of ``items``; ``None`` for items never ready."""
+cdef class _Edges:
+    """Edges between numbered items: ``src[k] -> dst[k]`` for k < count."""
+
+    cdef Py_ssize_t count, capacity
+    cdef int* src
+    cdef int* dst
+
+    def __dealloc__(self):
+        PyMem_Free(self.src)
+        PyMem_Free(self.dst)
+
+    cdef add(self, int parent, int child):
+        cdef int* grown
+        if self.count == self.capacity:
+            self.capacity = self.capacity * 2 + 64
+            grown = <int*>PyMem_Realloc(self.src, self.capacity * sizeof(int))
+            if grown == NULL:
+                raise MemoryError()
+            self.src = grown
+            grown = <int*>PyMem_Realloc(self.dst, self.capacity * sizeof(int))
+            if grown == NULL:
+                raise MemoryError()
+            self.dst = grown
+        self.src[self.count] = parent
+        self.dst[self.count] = child
+        self.count += 1
+
+
+cdef inline int _number(dict index, object node):
+    """The number of ``node`` in ``index``, -1 when it is not an item."""
+    cdef PyObject* found = PyDict_GetItem(index, node)
+    if found == NULL:
+        return -1
+    return <int><object>found
+
+
+cdef tuple _rounds(tuples, list items):
+    """Stock's rounds of ``items``, and whether some items were never ready."""
     cdef dict index = {}
-    cdef Py_ssize_t n_items = len(items), n_pairs = len(pairs), count = 0, k
-    cdef int size = 0, node, child, below, head = 0, tail = 0
-    cdef int* src = NULL
-    cdef int* dst = NULL
+    cdef Py_ssize_t n_items = len(items), k
+    cdef int size = 0, node, parent, child, below, head = 0, tail = 0, deepest = -1
+    cdef int* position_of = NULL  # position in items -> number
     cdef int* waiting = NULL
     cdef int* level = NULL
     cdef int* ready = NULL
+    cdef _Edges edges = _Edges()
     cdef _Csr graph = _Csr()
-    cdef object item, found, parent_obj, child_obj
-    cdef list result
-    for item in items:
-        if item not in index:
-            index[item] = size
-            size += 1
+    cdef object item, pair
+    cdef list rounds
     try:
-        src = _ints(n_pairs, 0)
-        dst = _ints(n_pairs, 0)
+        position_of = _ints(n_items, 0)
+        for k in range(n_items):
+            item = items[k]
+            node = _number(index, item)
+            if node < 0:
+                node = size
+                index[item] = size
+                size += 1
+            position_of[k] = node
+
         waiting = _ints(size, 0)
-        for parent_obj, child_obj in pairs:
-            found = index.get(parent_obj)
-            if found is None:
+        for pair in tuples:
+            if type(pair) is tuple and PyTuple_GET_SIZE(pair) == 2:
+                parent = _number(index, <object>PyTuple_GET_ITEM(pair, 0))
+                child = _number(index, <object>PyTuple_GET_ITEM(pair, 1))
+            else:
+                parent_obj, child_obj = pair
+                parent = _number(index, parent_obj)
+                child = _number(index, child_obj)
+            if parent < 0 or child < 0:
                 continue
-            node = found
-            found = index.get(child_obj)
-            if found is None:
-                continue
-            child = found
             # a repeated edge counts twice here and is released twice
-            src[count] = node
-            dst[count] = child
+            edges.add(parent, child)
             waiting[child] += 1
-            count += 1
-        graph.build(size, src, dst, count)
+        graph.build(size, edges.src, edges.dst, edges.count)
 
         level = _ints(size, 0)
         ready = _ints(size, 0)
@@ -107,6 +149,8 @@ cdef list _levels(list pairs, list items):
             node = ready[head]
             head += 1
             below = level[node] + 1
+            if below > deepest:
+                deepest = below - 1
             for k in range(graph.start[node], graph.start[node + 1]):
                 child = graph.child[k]
                 if level[child] < below:
@@ -116,38 +160,23 @@ cdef list _levels(list pairs, list items):
                     ready[tail] = child
                     tail += 1
 
-        result = [None] * n_items
+        rounds = [[] for _ in range(deepest + 1)]
         for k in range(n_items):
-            node = index[items[k]]
+            node = position_of[k]
             if waiting[node] == 0:
-                result[k] = level[node]
-        return result
+                (<list>rounds[level[node]]).append(items[k])
+        return rounds, tail < size
     finally:
-        PyMem_Free(src)
-        PyMem_Free(dst)
+        PyMem_Free(position_of)
         PyMem_Free(waiting)
         PyMem_Free(level)
         PyMem_Free(ready)
 
 
-cdef list _rounds(list items, list levels):
-    cdef list rounds = []
-    cdef Py_ssize_t k, level
-    cdef object found
-    for k in range(len(items)):
-        found = levels[k]
-        if found is None:
-            continue
-        level = found
-        while len(rounds) <= level:
-            rounds.append([])
-        (<list>rounds[level]).append(items[k])
-    return rounds
-
-
-def _circular_error(list pairs, tuples, allitems):
+def _circular_error(pairs, tuples, allitems):
     # stock's child -> parents dict, rebuilt the same way so that the
-    # ``edges`` set is built in the same order
+    # ``edges`` set is built in the same order; stock reads ``tuples`` again
+    # for the cycles (an iterator is exhausted by then)
     cdef dict parents_of = {}
     cdef object parents
     for parent, child in pairs:
@@ -164,24 +193,23 @@ def _circular_error(list pairs, tuples, allitems):
 
 def sort_as_subsets(tuples, allitems):
     """Yield lists of items in dependency rounds; see ``_topological_py``."""
-    cdef list pairs = [(parent, child) for parent, child in tuples]
-    cdef list items = list(allitems)
-    cdef list levels = _levels(pairs, items)
-    yield from _rounds(items, levels)
-    if None in levels:
+    # the edges are needed again on a cycle: keep them if read only once
+    pairs = list(tuples) if iter(tuples) is tuples else tuples
+    rounds, stuck = _rounds(pairs, list(allitems))
+    yield from rounds
+    if stuck:
         raise _circular_error(pairs, tuples, allitems)
 
 
 def sort(tuples, allitems, deterministic_order=True):
     """Yield items in dependency order (``deterministic_order`` is ignored,
     as stock ignores it: the order always follows ``allitems``)."""
-    cdef list pairs = [(parent, child) for parent, child in tuples]
-    cdef list items = list(allitems)
-    cdef list levels = _levels(pairs, items)
     cdef list round_
-    for round_ in _rounds(items, levels):
+    pairs = list(tuples) if iter(tuples) is tuples else tuples
+    rounds, stuck = _rounds(pairs, list(allitems))
+    for round_ in rounds:
         yield from round_
-    if None in levels:
+    if stuck:
         raise _circular_error(pairs, tuples, allitems)
 
 

@@ -197,5 +197,16 @@ def test_reads_input_lazily_like_stock(impl):
     impl.topological.sort_as_subsets(tuples(), [1])
 
 
+@pytest.mark.parametrize("cyclic", [False, True])
+def test_edges_given_as_an_iterator(impl, cyclic):
+    # stock reads the edges once for the sort and, on a cycle, again for
+    # find_cycles, which then sees an exhausted iterator
+    edges = [(1, 2), (2, 3), (0, 3)] + ([(3, 1)] if cyclic else [])
+    for function in ("sort", "sort_as_subsets"):
+        assert run_sort(impl.topological, function, iter(edges), [3, 2, 1, 0]) == (
+            run_sort(stock, function, iter(edges), [3, 2, 1, 0])
+        )
+
+
 def test_compiled_flag(impl):
     assert impl.topological._is_compiled() == (impl.name == "compiled")

@@ -8,6 +8,7 @@ Change one import::
 """
 
 from . import _impl
+from .fastpath import reset_stats, stats
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
 
 __version__ = "0.1.0"
@@ -23,6 +24,8 @@ __all__ = [
     "TurboSessionMixin",
     "compiled",
     "implementation",
+    "reset_stats",
     "scoped_session",
     "sessionmaker",
+    "stats",
 ]

@@ -15,11 +15,13 @@ path (the "own unit of work" issue) decides there, per flush, whether it
 runs the flush itself or hands it to the unit of work as today.
 """
 
-from sqlalchemy import util
+from sqlalchemy import orm, util
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
 from sqlalchemy.orm.base import _state_mapper
+
+from . import fastpath
 
 __all__ = ["UOWTransaction", "flush"]
 
@@ -36,6 +38,26 @@ class UOWTransaction(unitofwork.UOWTransaction):
     def __init__(self, session):
         super().__init__(session)
         self._topological = session._turbo.topological
+
+    def finalize_flush_changes(self):
+        """Flushed states become persistent or deleted (per-state loops in
+        the ``persist`` twins), unless the session overrides stock's
+        bookkeeping methods, which then run as they are."""
+        session = self.session
+        if not _stock_bookkeeping(type(session)):
+            return super().finalize_flush_changes()
+        if not self.states:
+            return
+        states = set(self.states)
+        isdel = {s for (s, (isdelete, listonly)) in self.states.items() if isdelete}
+        other = states.difference(isdel)
+        persist = session._turbo.persist
+        if isdel:
+            persist.remove_newly_deleted(session, isdel)
+        if other:
+            persist.register_persistent(
+                session, other, session._turbo.tracking.commit_all_states
+            )
 
     def _generate_actions(self):
         # run the presort actions until none adds new states to the flush
@@ -98,8 +120,33 @@ class UOWTransaction(unitofwork.UOWTransaction):
 
 
 def _execute(flush_context):
-    """Do the work of a flush: statements, in dependency order."""
-    flush_context.execute()
+    """Do the work of a flush: statements, in dependency order.
+
+    turbosession's own unit of work runs it when ``fastpath`` finds nothing
+    in the flush it does not handle exactly; otherwise stock's does.
+    """
+    session = flush_context.session
+    reason = (
+        fastpath.fallback_reason(flush_context)
+        if session._fast_flush
+        else "disabled"
+    )
+    fastpath.record(reason)
+    if reason is None:
+        fastpath.execute(flush_context)
+    else:
+        flush_context.execute()
+
+
+_BOOKKEEPING = ("_register_persistent", "_register_altered", "_remove_newly_deleted")
+
+
+def _stock_bookkeeping(session_cls):
+    """True when the session class keeps stock's post-flush bookkeeping."""
+    return all(
+        getattr(session_cls, name) is getattr(orm.Session, name)
+        for name in _BOOKKEEPING
+    )
 
 
 def _register_states(session, flush_context, objects, dirty):

@@ -24,6 +24,9 @@ class TurboSessionMixin:
 
     _turbo = _impl.active
 
+    # False sends every flush to stock's unit of work (counted as "disabled")
+    _fast_flush = True
+
     # stock's _flush builds stock's UOWTransaction; ours builds turbosession's
     _flush = flush.flush
 

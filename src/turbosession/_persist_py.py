@@ -1,0 +1,359 @@
+"""Per-object work of the flush, pure-Python twin of ``_persist_c``.
+
+The loops ``sqlalchemy.orm.persistence`` and ``Session`` run once per state
+during a flush: ordering and ``before_*`` events, INSERT/UPDATE/DELETE
+parameters, ``after_*`` events, and making states persistent or deleted
+afterwards.  Each function gives exactly the results, events, warnings and
+exceptions of its stock counterpart (named in its docstring) for the mappers
+``turbosession.fastpath`` lets through: one table, no inheritance, no
+version counter, no relationship work.  The statements themselves are sent
+by SQLAlchemy's own emitters, so SQL, batching and RETURNING are stock's.
+The parameter collectors are generators because stock's are: the emitters
+consume them group by group, interleaved with execution.
+"""
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import util
+from sqlalchemy.orm import exc as orm_exc
+from sqlalchemy.orm.base import (
+    PassiveFlag,
+    _none_set,
+    instance_state,
+    state_str,
+)
+from sqlalchemy.sql.elements import ClauseElement
+
+__all__ = [
+    "collect_delete_commands",
+    "collect_insert_commands",
+    "collect_update_commands",
+    "identity_key",
+    "organize_for_delete",
+    "organize_for_save",
+    "register_persistent",
+    "remove_newly_deleted",
+]
+
+_RETURN_NO_VALUE = PassiveFlag.PASSIVE_RETURN_NO_VALUE
+_PASSIVE_OFF = PassiveFlag.PASSIVE_OFF
+_PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
+_PLAIN_TYPES = frozenset([int, str, float, bool, bytes, type(None)])
+
+
+def _is_compiled():
+    return False
+
+
+def _sql_expression(value):
+    """The SQL expression ``value`` stands for, or None for a plain value."""
+    if type(value) in _PLAIN_TYPES:
+        return None
+    if hasattr(value, "__clause_element__"):
+        return value.__clause_element__()
+    if isinstance(value, ClauseElement):
+        return value
+    return None
+
+
+def identity_key(mapper, state):
+    """``mapper._identity_key_from_state(state)``, reading the dict first."""
+    dict_ = state.dict
+    manager = state.manager
+    values = []
+    for prop in mapper._identity_key_props:
+        key = prop.key
+        if key in dict_:
+            values.append(dict_[key])
+        else:
+            values.append(manager[key].impl.get(state, dict_, _RETURN_NO_VALUE))
+    return (mapper._identity_class, tuple(values), state.identity_token)
+
+
+def organize_for_save(mapper, states, uow, connection):
+    """``persistence._organize_states_for_save`` for one single-table mapper.
+
+    ``states`` come sorted as ``_sort_states`` sorts them.  Fires
+    ``before_insert``/``before_update`` and warns on a new object whose
+    identity is already persistent, as stock does.  Returns the lists of
+    ``(state, dict, mapper, connection)`` to insert and
+    ``(state, dict, mapper, connection, None)`` to update.
+    """
+    before_insert = mapper.dispatch.before_insert
+    before_update = mapper.dispatch.before_update
+    identity_map = uow.session.identity_map
+    to_insert = []
+    to_update = []
+    for state in states:
+        dict_ = state.dict
+        has_identity = bool(state.key)
+        instance_key = state.key or identity_key(mapper, state)
+        if not has_identity:
+            if before_insert:
+                before_insert(mapper, connection, state)
+        elif before_update:
+            before_update(mapper, connection, state)
+        if not has_identity and instance_key in identity_map:
+            existing = instance_state(identity_map[instance_key])
+            if not uow.was_already_deleted(existing):
+                # fastpath sends flushes that also delete this mapper's
+                # objects to stock, so no row switch can be due here
+                assert not uow.is_deleted(existing)
+                util.warn(
+                    "New instance %s with identity key %s conflicts "
+                    "with persistent instance %s"
+                    % (state_str(state), instance_key, state_str(existing))
+                )
+        if has_identity:
+            to_update.append((state, dict_, mapper, connection, None))
+        else:
+            to_insert.append((state, dict_, mapper, connection))
+    return to_insert, to_update
+
+
+def collect_insert_commands(table, mapper, connection, states_to_insert):
+    """``persistence._collect_insert_commands`` (not bulk) for one mapper."""
+    propkey_to_col = mapper._propkey_to_col[table]
+    propkeys = set(propkey_to_col)
+    eval_none = mapper._insert_cols_evaluating_none[table]
+    as_none = mapper._insert_cols_as_none[table]
+    pk_keys = mapper._pk_keys_by_table[table]
+    if mapper.base_mapper._prefer_eager_defaults(connection.dialect, table):
+        server_default_keys = mapper._server_default_col_keys[table]
+    else:
+        server_default_keys = None
+    for state, state_dict, state_mapper, state_connection in states_to_insert:
+        params = {}
+        value_params = {}
+        for propkey in propkeys.intersection(state_dict):
+            value = state_dict[propkey]
+            col = propkey_to_col[propkey]
+            if value is None and col not in eval_none:
+                continue
+            expression = _sql_expression(value)
+            if expression is None:
+                params[col.key] = value
+            else:
+                value_params[col] = expression
+        for colkey in as_none.difference(params).difference(
+            [c.key for c in value_params]
+        ):
+            params[colkey] = None
+        has_all_pks = pk_keys.issubset(params)
+        if server_default_keys is None:
+            has_all_defaults = True
+        else:
+            has_all_defaults = server_default_keys.issubset(params)
+        yield (
+            state,
+            state_dict,
+            params,
+            state_mapper,
+            state_connection,
+            value_params,
+            has_all_pks,
+            has_all_defaults,
+        )
+
+
+def _primary_key_param(uow, state, state_dict, committed, mapper, col, value_params):
+    """Where an UPDATE finds its row: (value, pk changed, has_all_pks)."""
+    propkey = mapper._columntoproperty[col].key
+    if propkey in state_dict and propkey not in committed:
+        return state_dict[propkey], False, True
+    history = state.manager[propkey].impl.get_history(
+        state, state_dict, _PASSIVE_OFF
+    )
+    if history.added:
+        if not history.deleted or ("pk_cascaded", state, col) in uow.attributes:
+            return history.added[0], True, True
+        # locate the row by the old value
+        return history.deleted[0], False, col not in value_params
+    return history.unchanged[0], False, True
+
+
+def collect_update_commands(uow, table, mapper, states_to_update):
+    """``persistence._collect_update_commands`` (not bulk, no version id)."""
+    propkey_to_col = mapper._propkey_to_col[table]
+    propkeys = set(propkey_to_col)
+    pks = mapper._pks_by_table[table]
+    manager = mapper.class_manager
+    for state, state_dict, state_mapper, connection, _ in states_to_update:
+        committed = state.committed_state
+        params = {}
+        value_params = {}
+        for propkey in propkeys.intersection(committed):
+            value = state_dict[propkey]
+            col = propkey_to_col[propkey]
+            expression = _sql_expression(value)
+            if expression is not None:
+                value_params[col] = expression
+            elif manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
+                params[col.key] = value
+        if not (params or value_params):
+            continue
+        has_all_pks = True
+        pk_params = {}
+        for col in pks:
+            value, changed, found = _primary_key_param(
+                uow, state, state_dict, committed, mapper, col, value_params
+            )
+            if changed:
+                params.pop(col.key, None)
+            if not found:
+                has_all_pks = False
+            pk_params[col._label] = value
+            if value is None:
+                raise orm_exc.FlushError(
+                    "Can't update table %s using NULL for primary "
+                    "key value on column %s" % (table, col)
+                )
+        params.update(pk_params)
+        yield (
+            state,
+            state_dict,
+            params,
+            state_mapper,
+            connection,
+            value_params,
+            True,
+            has_all_pks,
+        )
+
+
+def organize_for_delete(mapper, states, connection):
+    """``persistence._organize_states_for_delete``: fires ``before_delete``."""
+    before_delete = mapper.dispatch.before_delete
+    to_delete = []
+    for state in states:
+        if before_delete:
+            before_delete(mapper, connection, state)
+        to_delete.append((state, state.dict, mapper, connection, None))
+    return to_delete
+
+
+def collect_delete_commands(table, mapper, states_to_delete):
+    """``persistence._collect_delete_commands`` (no version id)."""
+    pks = mapper._pks_by_table[table]
+    for state, state_dict, state_mapper, connection, _ in states_to_delete:
+        committed = state.committed_state
+        params = {}
+        for col in pks:
+            propkey = mapper._columntoproperty[col].key
+            if propkey in state_dict and propkey not in committed:
+                value = state_dict[propkey]
+            else:
+                value = mapper._get_committed_state_attr_by_column(
+                    state, state_dict, col
+                )
+            params[col.key] = value
+            if value is None:
+                raise orm_exc.FlushError(
+                    "Can't delete from table %s "
+                    "using NULL for primary "
+                    "key value on column %s" % (table, col)
+                )
+        yield params, connection
+
+
+def _check_identity_key(state, mapper, instance_key):
+    pk = instance_key[1]
+    if (
+        _none_set.intersection(pk) and not mapper.allow_partial_pks
+    ) or _none_set.issuperset(pk):
+        raise orm_exc.FlushError(
+            "Instance %s has a NULL identity key.  If this is an "
+            "auto-generated value, check that the database table "
+            "allows generation of new primary key values, and "
+            "that the mapped Column object is configured to "
+            "expect these generated values.  Ensure also that "
+            "this flush() is not occurring at an inappropriate "
+            "time, such as within a load() event." % state_str(state)
+        )
+
+
+def _switch_key(session, state, instance_key):
+    # a primary key changed: safe_discard() in case another state already
+    # replaced this one in the identity map
+    session.identity_map.safe_discard(state)
+    transaction = session._transaction
+    assert transaction is not None
+    key_switches = transaction._key_switches
+    if state in key_switches:
+        orig_key = key_switches[state][0]
+    else:
+        orig_key = state.key
+    key_switches[state] = (orig_key, instance_key)
+    state.key = instance_key
+
+
+def register_persistent(session, states, commit_all_states):
+    """``Session._register_persistent``: flushed states become persistent.
+
+    ``commit_all_states`` is the tracking twin's reset of flushed states.
+    """
+    pending_to_persistent = session.dispatch.pending_to_persistent or None
+    identity_map = session.identity_map
+    for state in states:
+        mapper = state.manager.mapper
+        # hold the object against a last-minute dereference
+        obj = state.obj()
+        if obj is None:
+            continue
+        instance_key = identity_key(mapper, state)
+        _check_identity_key(state, mapper, instance_key)
+        if state.key is None:
+            state.key = instance_key
+        elif state.key != instance_key:
+            _switch_key(session, state, instance_key)
+        old = identity_map.replace(state)
+        if (
+            old is not None
+            and old.obj() is not None
+            and mapper._identity_key_from_state(old, _PASSIVE_NO_FETCH)
+            == instance_key
+        ):
+            util.warn(
+                "Identity map already had an identity for %s, "
+                "replacing it with newly flushed object.   Are there "
+                "load operations occurring inside of an event handler "
+                "within the flush?" % (instance_key,)
+            )
+        state._orphaned_outside_of_session = False
+
+    commit_all_states(((state, state.dict) for state in states), identity_map)
+
+    new = session._new
+    transaction = session._transaction
+    if transaction:
+        for state in states:
+            if state in new:
+                transaction._new[state] = True
+            else:
+                transaction._dirty[state] = True
+
+    if pending_to_persistent is not None:
+        for state in states.intersection(new):
+            pending_to_persistent(session, state)
+
+    # remove from new last, it might hold the last strong reference
+    for state in set(states).intersection(new):
+        new.pop(state)
+
+
+def remove_newly_deleted(session, states):
+    """``Session._remove_newly_deleted``: flushed deletes become deleted."""
+    persistent_to_deleted = session.dispatch.persistent_to_deleted or None
+    identity_map = session.identity_map
+    deleted = session._deleted
+    transaction = session._transaction
+    for state in states:
+        if transaction:
+            transaction._deleted[state] = True
+        if persistent_to_deleted is not None:
+            # a strong reference before the state leaves _deleted
+            obj = state.obj()  # noqa: F841
+        identity_map.safe_discard(state)
+        deleted.pop(state, None)
+        state._deleted = True
+        if persistent_to_deleted is not None:
+            persistent_to_deleted(session, state)

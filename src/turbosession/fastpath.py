@@ -1,0 +1,180 @@
+"""turbosession's own unit of work, and which flushes may take it.
+
+A flush takes the fast path when every mapper in it is one this module runs
+exactly as stock does: one table, no inheritance, no version counter, no
+relationship that could have work (so the dependency graph has no edges
+between mappers and no per-state actions).  Otherwise the whole flush goes to
+stock's unit of work; the reason is named, counted (``stats()``) and logged
+at DEBUG on the ``turbosession`` logger.
+
+On the fast path the per-mapper decisions are made here, in Python, and the
+per-object loops run in the ``persist`` hot path (compiled, or its pure
+twin).  Statements are sent by SQLAlchemy's own emitters on the unit of
+work's connection, so SQL text, parameters, batching, RETURNING and engine
+events are stock's.
+"""
+
+import logging
+from collections import Counter
+
+from sqlalchemy.orm import persistence
+from sqlalchemy.sql.schema import Table
+
+__all__ = ["FALLBACK_REASONS", "fallback_reason", "execute", "reset_stats", "stats"]
+
+log = logging.getLogger("turbosession")
+
+FALLBACK_REASONS = {
+    "connection_callable": "the session picks a connection per object (horizontal sharding)",
+    "inheritance": "the mapper inherits or is inherited from",
+    "polymorphic": "the mapper has a polymorphic discriminator",
+    "not_one_table": "the mapper is not mapped to exactly one Table",
+    "version_id": "the mapper has a version_id_col",
+    "batch_false": "the mapper was configured with batch=False",
+    "relationships": "the mapper has relationships that take part in the flush",
+    "readonly_props": "the mapper has read-only column properties to expire",
+    "eager_defaults": "the mapper has eager_defaults=True (a SELECT after the flush)",
+    "orm_defaults": "the mapper has ORM-level (dataclass) defaults",
+    "refresh_flush": "a refresh_flush listener is registered",
+    "list_only": "states are registered for bookkeeping only (listonly)",
+    "row_switch_possible": "one mapper has both inserts and deletes in the flush",
+    "disabled": "the session class sets _fast_flush = False",
+}
+
+_counts = Counter()
+
+
+def stats():
+    """Flushes run so far in this process: fast, and fallbacks by reason."""
+    fallback = {k: v for k, v in _counts.items() if k != "fast"}
+    return {"fast": _counts["fast"], "fallback": fallback}
+
+
+def reset_stats():
+    _counts.clear()
+
+
+def record(reason):
+    """Count one flush: ``None`` for the fast path, else the fallback reason."""
+    if reason is None:
+        _counts["fast"] += 1
+    else:
+        _counts[reason] += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("flush falls back to stock: %s (%s)", reason, FALLBACK_REASONS[reason])
+
+
+def mapper_fallback_reason(mapper):
+    """Why this mapper's states cannot be flushed by the fast path, or None."""
+    if mapper.inherits is not None or mapper._inheriting_mappers:
+        return "inheritance"
+    if mapper.polymorphic_on is not None:
+        return "polymorphic"
+    table = mapper.local_table
+    if (
+        not isinstance(table, Table)
+        or mapper.persist_selectable is not table
+        or len(mapper._sorted_tables) != 1
+        or table not in mapper._pks_by_table
+    ):
+        return "not_one_table"
+    if mapper.version_id_col is not None:
+        return "version_id"
+    if not mapper.batch:
+        return "batch_false"
+    if mapper._dependency_processors or any(
+        not rel.viewonly for rel in mapper.relationships
+    ):
+        return "relationships"
+    if mapper._readonly_props:
+        return "readonly_props"
+    if mapper.eager_defaults is True:
+        return "eager_defaults"
+    if mapper._insert_orm_defaults[table]:
+        return "orm_defaults"
+    if mapper.class_manager.dispatch.refresh_flush:
+        return "refresh_flush"
+    if mapper._table_to_equated[table]:
+        return "inheritance"
+    return None
+
+
+def fallback_reason(uow):
+    """Why this flush must run on stock's unit of work, or None."""
+    session = uow.session
+    if session.connection_callable:
+        return "connection_callable"
+    for mapper in uow.mappers:
+        reason = mapper_fallback_reason(mapper)
+        if reason is not None:
+            return reason
+    inserting = set()
+    deleting = set()
+    for state, (isdelete, listonly) in uow.states.items():
+        if listonly:
+            return "list_only"
+        if isdelete:
+            deleting.add(state.manager.mapper)
+        elif state.key is None:
+            inserting.add(state.manager.mapper)
+    if not inserting.isdisjoint(deleting):
+        # a new object may take the identity of a deleted one (a "row
+        # switch"), which stock turns into an UPDATE
+        return "row_switch_possible"
+    return None
+
+
+def _states(uow, mapper, isdelete):
+    wanted = (isdelete, False)
+    states = uow.states
+    return [state for state in uow.mappers[mapper] if states[state] == wanted]
+
+
+def _save(uow, mapper, persist):
+    """``persistence._save_obj`` for a single-table mapper."""
+    connection = uow.transaction.connection(mapper)
+    states = persistence._sort_states(mapper, _states(uow, mapper, False))
+    to_insert, to_update = persist.organize_for_save(mapper, states, uow, connection)
+    table = mapper.local_table
+    insert = persist.collect_insert_commands(table, mapper, connection, to_insert)
+    update = persist.collect_update_commands(uow, table, mapper, to_update)
+    persistence._emit_update_statements(mapper, uow, mapper, table, update)
+    persistence._emit_insert_statements(mapper, uow, mapper, table, insert)
+    after_insert = mapper.dispatch.after_insert
+    if after_insert:
+        for state, _, _, state_connection in to_insert:
+            after_insert(mapper, state_connection, state)
+    after_update = mapper.dispatch.after_update
+    if after_update:
+        for state, _, _, state_connection, _ in to_update:
+            after_update(mapper, state_connection, state)
+
+
+def _delete(uow, mapper, persist):
+    """``persistence._delete_obj`` for a single-table mapper."""
+    connection = uow.transaction.connection(mapper)
+    states = persistence._sort_states(mapper, _states(uow, mapper, True))
+    to_delete = persist.organize_for_delete(mapper, states, connection)
+    table = mapper.local_table
+    delete = persist.collect_delete_commands(table, mapper, to_delete)
+    persistence._emit_delete_statements(mapper, uow, mapper, table, delete)
+    after_delete = mapper.dispatch.after_delete
+    if after_delete:
+        for state, _, _, state_connection, _ in to_delete:
+            after_delete(mapper, state_connection, state)
+
+
+def execute(uow):
+    """Run the statements of a flush that ``fallback_reason`` let through.
+
+    With no relationship work the stock dependency graph only orders each
+    mapper's saves before its deletes; sorted by ``sort_key`` that gives all
+    saves, mapper by mapper, then all deletes, in the mappers' sort order.
+    Every mapper in the flush gets both steps, as stock's does.
+    """
+    persist = uow.session._turbo.persist
+    mappers = sorted(uow.mappers, key=lambda mapper: mapper._sort_key)
+    for mapper in mappers:
+        _save(uow, mapper, persist)
+    for mapper in mappers:
+        _delete(uow, mapper, persist)

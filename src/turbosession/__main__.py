@@ -72,11 +72,19 @@ def main(argv=None):
     commands.add_parser("info", help="which implementation is active, and versions")
     demo_parser = commands.add_parser("demo", help="flush and load on SQLite, stock and turbosession")
     demo_parser.add_argument("-n", type=int, default=10_000)
+    bench_parser = commands.add_parser(
+        "bench", help="benchmark report: stock, turbosession and references side by side"
+    )
+    from turbosession.benchmarks import cli as bench_cli
+
+    bench_cli.add_arguments(bench_parser)
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
     elif args.command == "demo":
         demo(args.n)
+    elif args.command == "bench":
+        return bench_cli.run(args)
     return 0
 
 

@@ -1,0 +1,663 @@
+"""The unit-of-work shapes the benchmark measures, and how each result is checked.
+
+A workload is measured as rounds of ``setup`` (not timed: fresh tables, objects
+built, rows loaded), ``run`` (timed: only the step the workload is about) and
+``verify`` (not timed: row counts and values in the database, object states),
+then ``teardown``.  A run whose result is wrong raises ``VerificationError``,
+so a fast wrong answer cannot win.
+
+The three sessions run the same ``run_session``; a reference (ORM bulk, Core,
+raw DBAPI) is measured where the workload defines ``run_<reference>``.  The
+pytest-benchmark files in bench/ and ``python -m turbosession bench`` both
+measure these definitions: there is no second copy of a workload.
+"""
+
+from types import SimpleNamespace
+
+from sqlalchemy import bindparam, delete, func, inspect, insert, orm, select, update
+
+from . import implementations as impls
+from .database import item_row
+from .models import Child, Item, Node, Parent
+
+ITEM = Item.__table__
+PARENT = Parent.__table__
+CHILD = Child.__table__
+NODE = Node.__table__
+
+CHILDREN_PER_PARENT = 4
+TREE_FAN_OUT = 4
+REQUESTS_PER_OBJECT = 10  # web_requests runs N / 10 requests
+
+
+class VerificationError(AssertionError):
+    """A measured run produced a wrong result."""
+
+
+def check(condition, message):
+    if not condition:
+        raise VerificationError(message)
+
+
+class Case:
+    """One implementation of one workload on one database."""
+
+    def __init__(self, workload, implementation, setup, run):
+        self.workload = workload
+        self.implementation = implementation
+        self.setup = setup
+        self.run = run
+
+    @property
+    def ops(self):
+        return self.workload.ops
+
+    def verify(self, state):
+        self.workload.verify(state)
+
+    def teardown(self, state):
+        if state.session is not None:
+            state.session.close()
+        if state.connection is not None:
+            state.connection.close()
+
+
+class Workload:
+    name = ""
+    title = ""
+    unit = "object"
+
+    def __init__(self, db, n):
+        self.db = db
+        self.n = n
+
+    @property
+    def ops(self):
+        """How many units (objects, requests) one run handles."""
+        return self.n
+
+    def implementations(self, available_sessions):
+        names = [name for name in impls.SESSIONS if name in available_sessions]
+        names += [ref for ref in impls.REFERENCES if hasattr(self, f"run_{ref}")]
+        return names
+
+    def case(self, implementation, session_classes):
+        if implementation in impls.SESSIONS:
+            session_cls = session_classes[implementation]
+
+            def setup():
+                return self.setup_session(self.state(implementation, session_cls))
+
+            return Case(self, implementation, setup, self.run_session)
+
+        setup_reference = getattr(self, f"setup_{implementation}")
+
+        def setup():
+            return setup_reference(self.state(implementation, orm.Session))
+
+        return Case(self, implementation, setup, getattr(self, f"run_{implementation}"))
+
+    def state(self, implementation, session_cls):
+        return SimpleNamespace(
+            implementation=implementation,
+            session_cls=session_cls,
+            session=None,
+            connection=None,
+        )
+
+    def raw_connection(self, state):
+        state.connection = self.db.engine.raw_connection()
+        return state.connection
+
+    def sql(self, statement):
+        """A DBAPI statement with the driver's placeholder for ``?``."""
+        return statement.replace("?", self.db.placeholder)
+
+
+class Construct(Workload):
+    """Object construction alone: instrumentation, no session involved yet."""
+
+    name = "construct"
+    title = "construct objects"
+
+    def setup_session(self, state):
+        state.names = [f"item {i}" for i in range(self.n)]
+        return state
+
+    def run_session(self, state):
+        state.objects = [Item(name=name, qty=i) for i, name in enumerate(state.names)]
+
+    def verify(self, state):
+        objects = state.objects
+        check(len(objects) == self.n, f"{len(objects)} objects built, expected {self.n}")
+        check(sum(o.qty for o in objects) == self.n * (self.n - 1) // 2, "wrong qty values")
+        check(all(inspect(o).transient for o in objects), "objects are not transient")
+
+
+class InsertAutoincrement(Workload):
+    """add_all + commit of new objects whose ids the database assigns."""
+
+    name = "insert_autoincrement"
+    title = "insert, autoincrement PK"
+    with_ids = False
+
+    def rows(self):
+        rows = [item_row(i) for i in range(self.n)]
+        if not self.with_ids:
+            for row in rows:
+                del row["id"]
+        return rows
+
+    def setup_session(self, state):
+        self.db.reset()
+        state.objects = [Item(**row) for row in self.rows()]
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_session(self, state):
+        state.session.add_all(state.objects)
+        state.session.commit()
+
+    def setup_orm_bulk(self, state):
+        self.db.reset()
+        state.rows = self.rows()
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_orm_bulk(self, state):
+        state.session.execute(insert(Item), state.rows)
+        state.session.commit()
+
+    def setup_core(self, state):
+        self.db.reset()
+        state.rows = self.rows()
+        return state
+
+    def run_core(self, state):
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(ITEM), state.rows)
+
+    def setup_dbapi(self, state):
+        self.db.reset()
+        columns = ("id", "name", "qty") if self.with_ids else ("name", "qty")
+        state.params = [tuple(row[c] for c in columns) for row in self.rows()]
+        state.statement = self.sql(
+            f"INSERT INTO tsbench_item ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})"
+        )
+        self.raw_connection(state)
+        return state
+
+    def run_dbapi(self, state):
+        cursor = state.connection.cursor()
+        cursor.executemany(state.statement, state.params)
+        state.connection.commit()
+
+    def verify(self, state):
+        n = self.n
+        count, qty_sum, id_sum = self.db.item_totals()
+        check(count == n, f"{count} rows inserted, expected {n}")
+        check(qty_sum == n * (n - 1) // 2, f"sum(qty) is {qty_sum}")
+        check(id_sum == n * (n + 1) // 2, f"ids are not 1..{n}: sum(id) is {id_sum}")
+        if state.implementation in impls.SESSIONS:
+            states = [inspect(o) for o in state.objects]
+            check(all(s.persistent or s.detached for s in states), "objects not persisted")
+            check(len({s.key for s in states}) == n, "objects do not have distinct identities")
+
+
+class InsertPrimaryKeyGiven(InsertAutoincrement):
+    """add_all + commit of new objects whose ids the application chose."""
+
+    name = "insert_pk_given"
+    title = "insert, PK given"
+    with_ids = True
+
+
+class UpdateOneColumn(Workload):
+    """Change one column on every loaded object, then commit."""
+
+    name = "update_one_column"
+    title = "update one column"
+
+    def setup_session(self, state):
+        self.db.fill_items(self.n)
+        state.session = state.session_cls(self.db.engine)
+        state.objects = state.session.scalars(select(Item)).all()
+        return state
+
+    def run_session(self, state):
+        for obj in state.objects:
+            obj.qty += 1
+        state.session.commit()
+
+    def new_values(self):
+        return [(i + 1, i + 1) for i in range(self.n)]  # (id, qty = id)
+
+    def setup_orm_bulk(self, state):
+        self.db.fill_items(self.n)
+        state.params = [{"id": id_, "qty": qty} for id_, qty in self.new_values()]
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_orm_bulk(self, state):
+        state.session.execute(update(Item), state.params)
+        state.session.commit()
+
+    def setup_core(self, state):
+        self.db.fill_items(self.n)
+        state.params = [{"b_id": id_, "b_qty": qty} for id_, qty in self.new_values()]
+        state.statement = (
+            update(ITEM).where(ITEM.c.id == bindparam("b_id")).values(qty=bindparam("b_qty"))
+        )
+        return state
+
+    def run_core(self, state):
+        with self.db.engine.begin() as conn:
+            conn.execute(state.statement, state.params)
+
+    def setup_dbapi(self, state):
+        self.db.fill_items(self.n)
+        state.params = [(qty, id_) for id_, qty in self.new_values()]
+        state.statement = self.sql("UPDATE tsbench_item SET qty = ? WHERE id = ?")
+        self.raw_connection(state)
+        return state
+
+    def run_dbapi(self, state):
+        state.connection.cursor().executemany(state.statement, state.params)
+        state.connection.commit()
+
+    def verify(self, state):
+        n = self.n
+        count, qty_sum, _ = self.db.item_totals()
+        check(count == n, f"{count} rows after update, expected {n}")
+        check(qty_sum == n * (n + 1) // 2, f"sum(qty) is {qty_sum}: not every row was updated")
+        updated = self.db.scalar(
+            select(func.count()).select_from(ITEM).where(ITEM.c.qty == ITEM.c.id)
+        )
+        check(updated == n, f"{n - updated} rows do not have their new qty")
+
+
+class DeleteLoaded(Workload):
+    """session.delete() every loaded object, then commit."""
+
+    name = "delete_loaded"
+    title = "delete loaded objects"
+
+    def setup_session(self, state):
+        self.db.fill_items(self.n)
+        state.session = state.session_cls(self.db.engine)
+        state.objects = state.session.scalars(select(Item)).all()
+        return state
+
+    def run_session(self, state):
+        delete_ = state.session.delete
+        for obj in state.objects:
+            delete_(obj)
+        state.session.commit()
+
+    def setup_core(self, state):
+        self.db.fill_items(self.n)
+        state.params = [{"b_id": i + 1} for i in range(self.n)]
+        state.statement = delete(ITEM).where(ITEM.c.id == bindparam("b_id"))
+        return state
+
+    def run_core(self, state):
+        with self.db.engine.begin() as conn:
+            conn.execute(state.statement, state.params)
+
+    def setup_dbapi(self, state):
+        self.db.fill_items(self.n)
+        state.params = [(i + 1,) for i in range(self.n)]
+        state.statement = self.sql("DELETE FROM tsbench_item WHERE id = ?")
+        self.raw_connection(state)
+        return state
+
+    def run_dbapi(self, state):
+        state.connection.cursor().executemany(state.statement, state.params)
+        state.connection.commit()
+
+    def verify(self, state):
+        count, _, _ = self.db.item_totals()
+        check(count == 0, f"{count} rows left after deleting all {self.n}")
+        if state.implementation in impls.SESSIONS:
+            check(
+                all(inspect(o).was_deleted for o in state.objects),
+                "objects not in the deleted state",
+            )
+
+
+class LoadObjects(Workload):
+    """SELECT N rows as objects into a fresh session."""
+
+    name = "load_objects"
+    title = "load rows as objects"
+
+    def setup_session(self, state):
+        self.db.ensure_items(self.n)
+        state.session = state.session_cls(self.db.engine)
+        state.statement = select(Item)
+        return state
+
+    def run_session(self, state):
+        state.rows = state.session.scalars(state.statement).all()
+
+    def setup_core(self, state):
+        self.db.ensure_items(self.n)
+        state.connection = self.db.engine.connect()
+        state.statement = select(ITEM)
+        return state
+
+    def run_core(self, state):
+        state.rows = state.connection.execute(state.statement).all()
+
+    def setup_dbapi(self, state):
+        self.db.ensure_items(self.n)
+        self.raw_connection(state)
+        state.statement = "SELECT id, name, qty FROM tsbench_item"
+        return state
+
+    def run_dbapi(self, state):
+        cursor = state.connection.cursor()
+        cursor.execute(state.statement)
+        state.rows = cursor.fetchall()
+
+    def verify(self, state):
+        rows = state.rows
+        check(len(rows) == self.n, f"{len(rows)} rows loaded, expected {self.n}")
+        if state.implementation in impls.SESSIONS:
+            check(all(type(o) is Item for o in rows), "rows are not Item objects")
+            check(all(inspect(o).persistent for o in rows), "objects are not persistent")
+            check(len(state.session.identity_map) == self.n, "identity map misses objects")
+            values = [(o.id, o.name, o.qty) for o in rows]
+        else:
+            values = [tuple(row) for row in rows]
+        check(
+            sorted(values) == [tuple(item_row(i).values()) for i in range(self.n)],
+            "loaded values differ from the table's",
+        )
+
+
+class GetIdentityHits(Workload):
+    """Session.get() of objects already in the identity map (no SQL)."""
+
+    name = "get_identity_hits"
+    title = "Session.get() identity-map hits"
+    unit = "get"
+
+    def setup_session(self, state):
+        self.db.ensure_items(self.n)
+        state.session = state.session_cls(self.db.engine)
+        state.objects = state.session.scalars(select(Item).order_by(Item.id)).all()
+        state.ids = [i + 1 for i in range(self.n)]
+        return state
+
+    def run_session(self, state):
+        get = state.session.get
+        state.found = [get(Item, id_) for id_ in state.ids]
+
+    def verify(self, state):
+        check(len(state.found) == self.n, "wrong number of results")
+        check(
+            all(found is obj for found, obj in zip(state.found, state.objects)),
+            "get() did not return the identity-mapped objects",
+        )
+
+
+class ParentsWithChildren(Workload):
+    """One-to-many with cascade: N / 5 parents, each with 4 children."""
+
+    name = "parents_children"
+    title = "parents + children (one-to-many)"
+
+    @property
+    def parents(self):
+        return max(1, self.n // (CHILDREN_PER_PARENT + 1))
+
+    @property
+    def ops(self):
+        return self.parents * (CHILDREN_PER_PARENT + 1)
+
+    def setup_session(self, state):
+        self.db.reset()
+        state.objects = [
+            Parent(
+                name=f"p{i}",
+                children=[Child(name=f"c{i}.{j}") for j in range(CHILDREN_PER_PARENT)],
+            )
+            for i in range(self.parents)
+        ]
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_session(self, state):
+        state.session.add_all(state.objects)
+        state.session.commit()
+
+    def child_names(self, i):
+        return [f"c{i}.{j}" for j in range(CHILDREN_PER_PARENT)]
+
+    def setup_orm_bulk(self, state):
+        self.db.reset()
+        state.parent_rows = [{"name": f"p{i}"} for i in range(self.parents)]
+        state.child_names = [self.child_names(i) for i in range(self.parents)]
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_orm_bulk(self, state):
+        # the ids the children need come back through RETURNING, in order
+        ids = state.session.scalars(
+            insert(Parent).returning(Parent.id, sort_by_parameter_order=True),
+            state.parent_rows,
+        ).all()
+        state.session.execute(
+            insert(Child),
+            [
+                {"parent_id": id_, "name": name}
+                for id_, names in zip(ids, state.child_names)
+                for name in names
+            ],
+        )
+        state.session.commit()
+
+    setup_core = setup_orm_bulk
+
+    def run_core(self, state):
+        with self.db.engine.begin() as conn:
+            ids = conn.execute(
+                insert(PARENT).returning(PARENT.c.id, sort_by_parameter_order=True),
+                state.parent_rows,
+            ).scalars().all()
+            conn.execute(
+                insert(CHILD),
+                [
+                    {"parent_id": id_, "name": name}
+                    for id_, names in zip(ids, state.child_names)
+                    for name in names
+                ],
+            )
+
+    def setup_dbapi(self, state):
+        # the driver cannot return executemany ids: the ids are assigned here
+        self.db.reset()
+        state.parent_params = [(i + 1, f"p{i}") for i in range(self.parents)]
+        state.child_params = [
+            (i + 1, name) for i in range(self.parents) for name in self.child_names(i)
+        ]
+        state.parent_sql = self.sql("INSERT INTO tsbench_parent (id, name) VALUES (?, ?)")
+        state.child_sql = self.sql("INSERT INTO tsbench_child (parent_id, name) VALUES (?, ?)")
+        self.raw_connection(state)
+        return state
+
+    def run_dbapi(self, state):
+        cursor = state.connection.cursor()
+        cursor.executemany(state.parent_sql, state.parent_params)
+        cursor.executemany(state.child_sql, state.child_params)
+        state.connection.commit()
+
+    def verify(self, state):
+        pairs = self.db.pairs(
+            "SELECT c.name, p.name FROM tsbench_child c "
+            "JOIN tsbench_parent p ON c.parent_id = p.id"
+        )
+        expected = {
+            (name, f"p{i}") for i in range(self.parents) for name in self.child_names(i)
+        }
+        check(pairs == expected, "children are missing or under the wrong parent")
+        parents = self.db.pairs("SELECT name FROM tsbench_parent")
+        check(len(parents) == self.parents, f"{len(parents)} parents, expected {self.parents}")
+
+
+class SelfReferentialTree(Workload):
+    """A tree of N nodes, fan-out 4: the cyclic case the flush sorts per state."""
+
+    name = "tree"
+    title = "self-referential tree (cyclic)"
+
+    def parent_index(self, i):
+        return (i - 1) // TREE_FAN_OUT
+
+    def setup_session(self, state):
+        self.db.reset()
+        nodes = [Node(name="n0")]
+        for i in range(1, self.n):
+            node = Node(name=f"n{i}")
+            nodes[self.parent_index(i)].children.append(node)
+            nodes.append(node)
+        state.root = nodes[0]
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_session(self, state):
+        state.session.add(state.root)
+        state.session.commit()
+
+    def rows(self):
+        # breadth-first: every parent is inserted before its children
+        return [
+            {"id": i + 1, "parent_id": self.parent_index(i) + 1 if i else None, "name": f"n{i}"}
+            for i in range(self.n)
+        ]
+
+    def setup_orm_bulk(self, state):
+        self.db.reset()
+        state.rows = self.rows()
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_orm_bulk(self, state):
+        state.session.execute(insert(Node), state.rows)
+        state.session.commit()
+
+    def setup_core(self, state):
+        self.db.reset()
+        state.rows = self.rows()
+        return state
+
+    def run_core(self, state):
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(NODE), state.rows)
+
+    def setup_dbapi(self, state):
+        self.db.reset()
+        state.params = [(r["id"], r["parent_id"], r["name"]) for r in self.rows()]
+        state.statement = self.sql(
+            "INSERT INTO tsbench_node (id, parent_id, name) VALUES (?, ?, ?)"
+        )
+        self.raw_connection(state)
+        return state
+
+    def run_dbapi(self, state):
+        state.connection.cursor().executemany(state.statement, state.params)
+        state.connection.commit()
+
+    def verify(self, state):
+        pairs = self.db.pairs(
+            "SELECT c.name, p.name FROM tsbench_node c JOIN tsbench_node p ON c.parent_id = p.id"
+        )
+        expected = {(f"n{i}", f"n{self.parent_index(i)}") for i in range(1, self.n)}
+        check(pairs == expected, "tree edges are missing or wrong")
+        roots = self.db.pairs("SELECT name FROM tsbench_node WHERE parent_id IS NULL")
+        check(roots == {("n0",)}, f"roots are {roots}, expected only n0")
+
+
+class WebRequests(Workload):
+    """Many short transactions: get, change, insert, commit: a web request's shape."""
+
+    name = "web_requests"
+    title = "short transactions (web request)"
+    unit = "request"
+
+    @property
+    def ops(self):
+        return max(1, self.n // REQUESTS_PER_OBJECT)
+
+    def setup_session(self, state):
+        self.db.fill_items(self.n)
+        state.ids = [i % self.n + 1 for i in range(self.ops)]
+        return state
+
+    def run_session(self, state):
+        session_cls = state.session_cls
+        engine = self.db.engine
+        for id_ in state.ids:
+            with session_cls(engine) as session:
+                item = session.get(Item, id_)
+                item.qty += 1
+                session.add(Item(name="new", qty=0))
+                session.commit()
+
+    setup_core = setup_session
+
+    def run_core(self, state):
+        engine = self.db.engine
+        by_id = select(ITEM).where(ITEM.c.id == bindparam("b_id"))
+        set_qty = update(ITEM).where(ITEM.c.id == bindparam("b_id"))
+        add = insert(ITEM)
+        for id_ in state.ids:
+            with engine.begin() as conn:
+                row = conn.execute(by_id, {"b_id": id_}).one()
+                conn.execute(set_qty, {"b_id": id_, "qty": row.qty + 1})
+                conn.execute(add, {"name": "new", "qty": 0})
+
+    def setup_dbapi(self, state):
+        self.setup_session(state)
+        self.raw_connection(state)
+        state.statements = (
+            self.sql("SELECT id, name, qty FROM tsbench_item WHERE id = ?"),
+            self.sql("UPDATE tsbench_item SET qty = ? WHERE id = ?"),
+            self.sql("INSERT INTO tsbench_item (name, qty) VALUES (?, ?)"),
+        )
+        return state
+
+    def run_dbapi(self, state):
+        connection = state.connection
+        by_id, set_qty, add = state.statements
+        for id_ in state.ids:
+            cursor = connection.cursor()
+            cursor.execute(by_id, (id_,))
+            row = cursor.fetchone()
+            cursor.execute(set_qty, (row[2] + 1, id_))
+            cursor.execute(add, ("new", 0))
+            connection.commit()
+
+    def verify(self, state):
+        n, requests = self.n, self.ops
+        count, qty_sum, _ = self.db.item_totals()
+        check(count == n + requests, f"{count} rows, expected {n + requests}")
+        check(qty_sum == n * (n - 1) // 2 + requests, f"sum(qty) is {qty_sum}")
+
+
+WORKLOADS = (
+    Construct,
+    InsertAutoincrement,
+    InsertPrimaryKeyGiven,
+    UpdateOneColumn,
+    DeleteLoaded,
+    LoadObjects,
+    GetIdentityHits,
+    ParentsWithChildren,
+    SelfReferentialTree,
+    WebRequests,
+)
+
+BY_NAME = {workload.name: workload for workload in WORKLOADS}

@@ -96,6 +96,7 @@ start_server() {
     fi
     DIR=$(mktemp -d "${TMPDIR:-/tmp}/turbosession-pg.XXXXXX")
     mkdir "$DIR/sock"
+    echo "$BINDIR" >"$DIR/bindir"
     [[ $(id -u) -eq 0 ]] && chown -R postgres: "$DIR"
     local pwfile="$DIR/pw"
     echo postgres >"$pwfile"
@@ -127,9 +128,8 @@ EOF
         tail -n 5 "$DIR/server.log" >&2 || true
         PORT=
     done
-    [[ -n "$PORT" ]] || { rm -rf "$DIR"; die "could not start PostgreSQL"; }
-    echo "$BINDIR" >"$DIR/bindir"
-    setup_databases || { stop_server "$DIR"; die "could not create the test databases"; }
+    [[ -n "$PORT" ]] || die "could not start PostgreSQL"
+    setup_databases || die "could not create the test databases"
     local base="postgresql+psycopg://scott:tiger@127.0.0.1:$PORT"
     export TURBOSESSION_PG_DIR="$DIR"
     export TURBOSESSION_PG_URL="$base/turbosession"
@@ -145,16 +145,26 @@ print_exports() {
     done
 }
 
-stop_server() {  # stop_server DIR
+stop_server() {  # stop_server DIR: stops the server if it runs, removes DIR
     local dir=$1
-    [[ -n "$dir" && -f "$dir/data/PG_VERSION" ]] || die "no cluster in '$dir'"
-    local bindir
-    bindir=$(cat "$dir/bindir" 2>/dev/null || find_bindir)
-    as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null 2>&1 \
-        || as_owner "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 \
-        || log "server in $dir was not running"
+    [[ -n "$dir" && -d "$dir" && $(basename "$dir") == turbosession-pg.* ]] \
+        || die "not a cluster folder of this script: '$dir'"
+    if [[ -f "$dir/data/postmaster.pid" ]]; then
+        local bindir
+        bindir=$(cat "$dir/bindir" 2>/dev/null || find_bindir)
+        as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w -t 30 stop >/dev/null 2>&1 \
+            || as_owner "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 \
+            || log "could not stop the server in $dir"
+    fi
     rm -rf "$dir"
     log "stopped and removed $dir"
+}
+
+# Removes a half-made or finished cluster when the script exits.
+cleanup() {
+    if [[ -n "${DIR:-}" ]]; then
+        stop_server "$DIR"
+    fi
 }
 
 cmd=${1:-}
@@ -163,8 +173,8 @@ case "$cmd" in
     run)
         [[ "${1:-}" == "--" ]] && shift
         [[ $# -gt 0 ]] || die "usage: $0 run -- <command...>"
+        trap cleanup EXIT
         start_server
-        trap 'stop_server "$DIR"' EXIT
         trap 'exit 130' INT
         trap 'exit 143' TERM
         status=0
@@ -172,7 +182,9 @@ case "$cmd" in
         exit "$status"
         ;;
     start)
+        trap cleanup EXIT  # only if starting fails: the server is kept below
         start_server
+        trap - EXIT
         print_exports
         ;;
     stop)

@@ -31,13 +31,30 @@ class UOWTransaction(unitofwork.UOWTransaction):
 
     Stock reaches ``sqlalchemy.util.topological`` as a module global from
     ``_generate_actions`` and ``execute``; these two methods are therefore
-    restated here around ``self._topological`` (and the per-state split
-    around ``self._cycles``), everything else is inherited.
+    restated here around ``self._topological``, with the per-state split of
+    cyclic mappers and the per-state lookups (attribute history, states of
+    a mapper hierarchy) on ``self._unitofwork``.  Everything else is
+    inherited.
     """
 
     def __init__(self, session):
         super().__init__(session)
         self._topological = session._turbo.topological
+        self._unitofwork = session._turbo.unitofwork
+
+    # the per-state loops of stock's bookkeeping, on turbosession's twins
+
+    def get_attribute_history(
+        self, state, key, passive=attributes.PASSIVE_NO_INITIALIZE
+    ):
+        return self._unitofwork.attribute_history(self, state, key, passive)
+
+    def states_for_mapper_hierarchy(self, mapper, isdelete, listonly):
+        return iter(
+            self._unitofwork.states_for_mapper_hierarchy(
+                self, mapper, isdelete, listonly
+            )
+        )
 
     def finalize_flush_changes(self):
         """Flushed states become persistent or deleted (per-state loops in
@@ -75,25 +92,7 @@ class UOWTransaction(unitofwork.UOWTransaction):
             self.dependencies, list(self.postsort_actions.values())
         )
         if cycles:
-            convert = {
-                rec: set(rec.per_state_flush_actions(self)) for rec in cycles
-            }
-            for edge in list(self.dependencies):
-                if (
-                    None in edge
-                    or edge[0].disabled
-                    or edge[1].disabled
-                    or cycles.issuperset(edge)
-                ):
-                    self.dependencies.remove(edge)
-                elif edge[0] in cycles:
-                    self.dependencies.remove(edge)
-                    for dep in convert[edge[0]]:
-                        self.dependencies.add((dep, edge[1]))
-                elif edge[1] in cycles:
-                    self.dependencies.remove(edge)
-                    for dep in convert[edge[1]]:
-                        self.dependencies.add((edge[0], dep))
+            self._unitofwork.split_per_state(self, cycles)
 
         return {
             a for a in self.postsort_actions.values() if not a.disabled

@@ -1,0 +1,175 @@
+"""Per-state bookkeeping of the unit of work, pure-Python twin of ``_unitofwork_c``.
+
+turbosession's ``UOWTransaction`` (``turbosession.flush``) calls these where
+stock's unit of work loops over states:
+
+- ``attribute_history``: ``UOWTransaction.get_attribute_history``, which the
+  dependency processors call for every state and relationship of a flush.
+  The flag arithmetic (``PassiveFlag`` is an enum: every ``|`` and ``&`` is
+  a Python call) is memoized per flag value.
+- ``states_for_mapper_hierarchy``: the states of a mapper hierarchy with a
+  given (isdelete, listonly), in stock's order.
+- ``split_per_state``: when mappers form a cycle (self-referential
+  relationships), stock replaces each per-mapper save/delete action in the
+  cycle by one action per state and rewrites every dependency edge to point
+  at them.  For a tree of thousands of objects that is tens of thousands of
+  records and edges; this builds the same records, registers them in the
+  same dict, and adds and removes the same edges in the same sequence (so
+  even the sets iterate in stock's order).  The per-state records of
+  ``_SaveUpdateAll`` / ``_DeleteAll`` are made here directly, as their
+  constructors would make them; every other action (and every dependency
+  processor) still makes its own through stock's code.
+"""
+
+from sqlalchemy.orm import attributes
+from sqlalchemy.orm.unitofwork import (
+    _DeleteAll,
+    _DeleteState,
+    _SaveUpdateAll,
+    _SaveUpdateState,
+)
+
+__all__ = ["attribute_history", "split_per_state", "states_for_mapper_hierarchy"]
+
+_SQL_OK = attributes.SQL_OK
+_RELOAD = (
+    attributes.PASSIVE_OFF | attributes.LOAD_AGAINST_COMMITTED | attributes.NO_RAISE
+)
+_LOAD_EXTRA = attributes.LOAD_AGAINST_COMMITTED | attributes.NO_RAISE
+
+# passive flag -> (passive | LOAD_AGAINST_COMMITTED | NO_RAISE, bool(passive & SQL_OK))
+_flags = {}
+
+
+def _is_compiled():
+    return False
+
+
+def _flag_info(passive):
+    info = _flags.get(passive)
+    if info is None:
+        info = _flags[passive] = (passive | _LOAD_EXTRA, bool(passive & _SQL_OK))
+    return info
+
+
+def _history(state, key, flags):
+    impl = state.manager[key].impl
+    history = impl.get_history(state, state.dict, flags)
+    if history and impl.uses_objects:
+        return history, history.as_state()
+    return history, history
+
+
+def attribute_history(uow, state, key, passive):
+    """``UOWTransaction.get_attribute_history``, cached in ``uow.attributes``."""
+    cache = uow.attributes
+    hashkey = ("history", state, key)
+    cached = cache.get(hashkey)
+    if cached is not None:
+        state_history = cached[1]
+        # a passive lookup was cached; a non-passive one loads and re-caches
+        if not _flag_info(cached[2])[1] and _flag_info(passive)[1]:
+            history, state_history = _history(state, key, _RELOAD)
+            cache[hashkey] = (history, state_history, passive)
+        return state_history
+    history, state_history = _history(state, key, _flag_info(passive)[0])
+    cache[hashkey] = (history, state_history, passive)
+    return state_history
+
+
+def states_for_mapper_hierarchy(uow, mapper, isdelete, listonly):
+    """States of ``mapper``'s hierarchy flagged ``(isdelete, listonly)``."""
+    checktup = (isdelete, listonly)
+    states = uow.states
+    return [
+        state
+        for submapper in mapper.base_mapper.self_and_descendants
+        for state in uow.mappers[submapper]
+        if states[state] == checktup
+    ]
+
+
+def _state_records(uow, cls, states, mapper, sort_key):
+    """Records ``cls(uow, state)`` for ``states``, made as stock makes them.
+
+    ``_PostSortRec.__new__`` returns the registered record for
+    ``(cls, state)`` or registers a new one with ``disabled = False``, then
+    ``__init__`` (re)sets ``state``, ``mapper`` (the base mapper, ``mapper``
+    here) and ``sort_key``.
+    """
+    registry = uow.postsort_actions
+    records = []
+    for state in states:
+        key = (cls, state)
+        record = registry.get(key)
+        if record is None:
+            record = object.__new__(cls)
+            record.disabled = False
+            registry[key] = record
+        record.state = state
+        record.mapper = mapper
+        record.sort_key = sort_key
+        records.append(record)
+    return records
+
+
+def _per_state_actions(uow, rec):
+    """``rec.per_state_flush_actions(uow)`` for stock's per-mapper save/delete."""
+    mapper = rec.mapper
+    isdelete = type(rec) is _DeleteAll
+    states = states_for_mapper_hierarchy(uow, mapper, isdelete, False)
+    base_mapper = mapper.base_mapper
+    if isdelete:
+        # saves before deletes, so that 'row switch' operations work
+        save_all = _SaveUpdateAll(uow, base_mapper)
+        actions = _state_records(
+            uow, _DeleteState, states, base_mapper, ("DeleteState", base_mapper._sort_key)
+        )
+        uow.dependencies.update([(save_all, action) for action in actions])
+    else:
+        delete_all = _DeleteAll(uow, base_mapper)
+        actions = _state_records(
+            uow,
+            _SaveUpdateState,
+            states,
+            base_mapper,
+            ("ProcessState", base_mapper._sort_key),
+        )
+        uow.dependencies.update([(action, delete_all) for action in actions])
+    for dep in uow.deps[mapper]:
+        states_for_prop = uow.filter_states_for_dep(dep, states)
+        dep.per_state_flush_actions(uow, states_for_prop, isdelete)
+    return set(actions)
+
+
+def _rewrite_dependencies(dependencies, cycles, convert):
+    """Point the edges of the split actions at their per-state actions."""
+    for edge in list(dependencies):
+        before, after = edge
+        if (
+            before is None
+            or after is None
+            or before.disabled
+            or after.disabled
+            or (before in cycles and after in cycles)
+        ):
+            dependencies.remove(edge)
+        elif before in cycles:
+            dependencies.remove(edge)
+            for dep in convert[before]:
+                dependencies.add((dep, after))
+        elif after in cycles:
+            dependencies.remove(edge)
+            for dep in convert[after]:
+                dependencies.add((before, dep))
+
+
+def split_per_state(uow, cycles):
+    """Replace the actions in ``cycles`` by per-state actions, as stock does."""
+    convert = {}
+    for rec in cycles:
+        if type(rec) is _SaveUpdateAll or type(rec) is _DeleteAll:
+            convert[rec] = _per_state_actions(uow, rec)
+        else:
+            convert[rec] = set(rec.per_state_flush_actions(uow))
+    _rewrite_dependencies(uow.dependencies, cycles, convert)

@@ -267,7 +267,12 @@ def pytest_collection_finish(session):
         )
 
 
+_sessions_this_test = 0
+
+
 def _raise_on_wrong_sessions():
+    global _sessions_this_test
+    _sessions_this_test += len(_constructed)
     problems = _check_constructed()
     if problems:
         raise AssertionError(
@@ -286,18 +291,36 @@ def pytest_runtest_call(item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    result = yield
-    _raise_on_wrong_sessions()
+    global _sessions_this_test
+    try:
+        result = yield
+        _raise_on_wrong_sessions()
+    finally:
+        # travels with the teardown report, so run.py can compare the number of
+        # sessions each test made with the control's
+        item.user_properties.append(("sessions", _sessions_this_test))
+        _sessions_this_test = 0
     return result
+
+
+def _turbosession_stats():
+    """turbosession's flush counters (fast path / fallbacks by reason), if it has them."""
+    import turbosession
+
+    stats = getattr(turbosession, "stats", None)
+    if stats is None:
+        try:
+            from turbosession.fastpath import stats
+        except ImportError:
+            return None
+    return stats if callable(stats) else None
 
 
 def _stats_payload():
     payload = {"mode": MODE, "counters": dict(counters)}
     if MODE != "stock":
-        import turbosession
-
-        stats = getattr(turbosession, "stats", None)
-        if callable(stats):
+        stats = _turbosession_stats()
+        if stats is not None:
             payload["turbosession_stats"] = stats()
     return payload
 
@@ -322,5 +345,8 @@ def pytest_runtest_logreport(report):
         "outcome": report.outcome,
         "xfail": hasattr(report, "wasxfail"),
     }
+    sessions = dict(report.user_properties).get("sessions")
+    if report.when == "teardown" and sessions is not None:
+        record["sessions"] = sessions
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")

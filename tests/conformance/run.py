@@ -117,6 +117,16 @@ def outcomes(results_file):
     return result
 
 
+def session_counts(results_file):
+    """nodeid -> how many Sessions the test constructed (setup to teardown)."""
+    counts = {}
+    for line in results_file.read_text().splitlines():
+        rec = json.loads(line)
+        if "sessions" in rec:
+            counts[rec["nodeid"]] = rec["sessions"]
+    return counts
+
+
 def sum_stats(stats_dir):
     """Add up the per-process counters (and turbosession.stats(), when it exists)."""
     counters, turbo = Counter(), Counter()
@@ -124,10 +134,19 @@ def sum_stats(stats_dir):
     for path in files:
         payload = json.loads(path.read_text())
         counters.update(payload["counters"])
-        for key, value in payload.get("turbosession_stats", {}).items():
-            if isinstance(value, (int, float)):
-                turbo[key] += value
+        turbo.update(_flatten(payload.get("turbosession_stats", {})))
     return len(files), counters, turbo
+
+
+def _flatten(stats, prefix=""):
+    """``{"fast": 3, "fallback": {"inheritance": 2}}`` -> ``fast``, ``fallback.inheritance``."""
+    flat = {}
+    for key, value in stats.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)):
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_mode(mode, root, args, version, workdir):
@@ -151,7 +170,7 @@ def run_mode(mode, root, args, version, workdir):
     )
     cmd = [
         sys.executable, "-s", "-m", "pytest", *args.tests,
-        "-p", "conformance_plugin", "-p", "no:cacheprovider",
+        "-p", "conformance_plugin", "-p", "no:cacheprovider", "-p", "no:benchmark",
         "-q", "--maxfail=0",
     ]
     if args.workers:
@@ -187,6 +206,7 @@ def run_mode(mode, root, args, version, workdir):
               + ", ".join(f"{k}={v}" for k, v in sorted(turbo.items())), flush=True)
     return {
         "returncode": proc.returncode, "outcomes": per_test, "log": log,
+        "sessions": session_counts(results) if results.exists() else {},
         "counters": counters, "processes": processes, "seconds": elapsed,
     }
 
@@ -212,11 +232,12 @@ def verdict(mode, run, known, control):
     for nodeid in unexplained:
         problems.append(f"{run['outcomes'][nodeid]}: {nodeid}")
     if mode in TURBO_MODES:
-        for nodeid in bad:
-            reason = known_reason(nodeid, known)
-            if reason:
-                print(f"[{mode}] known difference: {nodeid} ({reason})")
-        if control is not None:
+        if control is None:  # else the comparison below names them
+            for nodeid in bad:
+                reason = known_reason(nodeid, known)
+                if reason:
+                    print(f"[{mode}] known difference: {nodeid} ({reason})")
+        else:
             lost = sorted(
                 n for n, o in control["outcomes"].items()
                 if o == "passed" and run["outcomes"].get(n) != "passed"
@@ -227,6 +248,20 @@ def verdict(mode, run, known, control):
                 got = run["outcomes"].get(nodeid, "not run")
                 note = known_reason(nodeid, known)
                 print(f"    {got}: {nodeid}" + (f"  [known: {note}]" if note else ""))
+            # informational: a test that passes both ways but builds a different
+            # number of sessions hints at a behaviour difference worth a look
+            differing = sorted(
+                n for n, c in control.get("sessions", {}).items()
+                if control["outcomes"].get(n) == "passed"
+                and run["outcomes"].get(n) == "passed"
+                and run.get("sessions", {}).get(n, c) != c
+            )
+            if differing:
+                print(f"[{mode}] {len(differing)} passing tests made a different "
+                      "number of sessions than in the control:")
+                for nodeid in differing:
+                    print(f"    {control['sessions'][nodeid]} -> "
+                          f"{run['sessions'][nodeid]}: {nodeid}")
             missing = [n for n in lost if n not in run["outcomes"]]
             if missing:
                 problems.append(f"{len(missing)} tests of the control did not run")

@@ -30,6 +30,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.orm.base import instance_state
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.elements import ClauseElement
 
 from turbosession import _impl
 
@@ -145,8 +146,26 @@ def assert_same_as_stock(session, objects, tracking):
             # same dictionaries, same key order
             assert list(ours[1][0].items()) == list(theirs[1][0].items())
             assert list(ours[1][1].items()) == list(theirs[1][1].items())
+            # and the same columns get_history calls changed
+            assert set(ours[1][0]) == history_changed_columns(state, table)
         else:
             assert ours == theirs
+
+
+def history_changed_columns(state, table):
+    """Column keys whose attribute history has an added value (no SQL value)."""
+    propkey_to_col = state.mapper._propkey_to_col[table]
+    changed = set()
+    for propkey, col in propkey_to_col.items():
+        value = state.dict.get(propkey)
+        if propkey not in state.dict or isinstance(value, ClauseElement):
+            continue
+        history = attributes.get_state_history(
+            state, propkey, attributes.PASSIVE_NO_INITIALIZE
+        )
+        if history.added:
+            changed.add(col.key)
+    return changed
 
 
 # --- scripted rules --------------------------------------------------------

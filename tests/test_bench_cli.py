@@ -1,0 +1,70 @@
+"""``python -m turbosession bench --quick`` end to end: table, JSON and chart.
+
+It runs in an empty directory, as from an installed wheel where the
+repository's bench/ is absent, so the report lands in the current directory.
+Only that the report is produced and every measured run was verified is
+checked here: speed is the benchmark's business, never a test's.
+"""
+
+import json
+import struct
+import subprocess
+import sys
+
+from turbosession.benchmarks import implementations as impls
+from turbosession.benchmarks.workloads import WORKLOADS
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_report(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "turbosession", "bench", "--quick", "-n", "60", "--memory-n", "300"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    report = json.loads((tmp_path / "turbosession-bench.json").read_text())
+    results = report["results"]
+    available = impls.session_classes()
+    expected = {
+        (w.name, name) for w in WORKLOADS for name in w(None, 1).implementations(available)
+    }
+    assert {(r["workload"], r["implementation"]) for r in results} == expected
+    for r in results:
+        assert r["error"] == "", r
+        assert r["verified_runs"] == 1 and len(r["times_s"]) == 1, r
+        assert r["us_per_op"] > 0
+        if r["implementation"] == impls.STOCK:
+            assert r["ratio_to_stock"] == 1.0
+        else:
+            assert r["ratio_to_stock"] > 0
+    assert report["environment"]["n"] == 60
+    assert report["environment"]["versions"]["sqlalchemy"].startswith("2.1")
+    assert set(report["memory"]["sessions"]) == set(available)
+    for figures in report["memory"]["sessions"].values():
+        assert figures["objects"] == 300 and figures["peak_bytes"] > 0
+        assert figures["identity_map_bytes_per_object"] > 0
+
+    table = (tmp_path / "turbosession-bench.md").read_text()
+    assert table in done.stdout + "\n"
+    assert "### sqlite" in table and "FAILED" not in table
+    for w in WORKLOADS:
+        assert f"| {w.title} (per {w.unit}) |" in table
+    for name in available:
+        assert impls.LABELS[name] in table
+
+    png = (tmp_path / "turbosession-bench.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE)
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 800 and height > 400
+
+
+def test_help_lists_the_options():
+    done = subprocess.run(
+        [sys.executable, "-m", "turbosession", "bench", "--help"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0
+    for option in ("-n", "--rounds", "--pg-url", "--out", "--quick", "--memory-n", "--compare"):
+        assert option in done.stdout

@@ -119,8 +119,11 @@ def run(args):
     }
     json_path = os.path.join(out, f"{RESULT_NAME}.json")
     previous = _load_previous(args.compare or json_path)
-    if previous is not None:
+    if previous is not None and previous["environment"]["n"] == n:
         result["stability"] = report.compare(previous, result)
+    elif previous is not None:
+        print(f"previous results were for N = {previous['environment']['n']:,}: "
+              "ratios not compared", file=sys.stderr)
     paths = report.write(result, out, RESULT_NAME)
     print(report.markdown(result))
     for kind, path in paths.items():

@@ -60,6 +60,11 @@ class Database:
         self.reset()
         with self.engine.begin() as conn:
             conn.execute(insert(Item.__table__), [item_row(i) for i in range(n)])
+            if self.name == "postgresql" and n:
+                # explicit ids leave the serial's sequence behind: move it past them
+                conn.exec_driver_sql(
+                    f"SELECT setval(pg_get_serial_sequence('tsbench_item', 'id'), {n})"
+                )
 
     def ensure_items(self, n):
         """Fill the item table with ``n`` rows unless a read-only round already did.

@@ -29,7 +29,7 @@ LABELS = {
     COMPILED: "turbosession compiled",
     PURE: "turbosession pure",
     ORM_BULK: "ORM bulk",
-    CORE: "Core executemany",
+    CORE: "Core",
     DBAPI: "raw DBAPI",
 }
 

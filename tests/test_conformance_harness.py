@@ -155,3 +155,10 @@ def test_known_differences_are_few_and_explained():
     known = run.load_known_differences()
     assert 0 < len(known) < 10
     assert all(reason for reason in known.values())
+
+
+def test_modes_run_the_control_first():
+    assert run.parse_args(["--mode", "pure,stock"]).mode == ("stock", "pure")
+    assert run.parse_args([]).mode == ("stock", "compiled", "pure")
+    args = run.parse_args(["--mode", "compiled", "--", "-k", "Session"])
+    assert (args.mode, args.pytest_args) == (("compiled",), ["-k", "Session"])

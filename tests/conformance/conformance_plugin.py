@@ -164,10 +164,16 @@ def pytest_report_header(config):
     return [line]
 
 
+def _is_turbosession(cls):
+    # by ancestry: sessionmaker() wraps its class_ in a subclass it names after
+    # it but defines in sqlalchemy.orm.session
+    return any(base.__module__.startswith("turbosession") for base in cls.__mro__)
+
+
 def _session_problem(cls, session):
     """Why this session is not what the mode requires, or None."""
     if MODE == "stock":
-        if cls.__module__.startswith("turbosession"):
+        if _is_turbosession(cls):
             return f"stock run made a turbosession session {cls!r}"
     else:
         from turbosession import TurboSessionMixin, _impl
@@ -191,9 +197,7 @@ def _check_constructed():
     problems = []
     for cls, ref in _constructed:
         counters["sessions_created"] += 1
-        if cls.__module__.startswith("turbosession") or any(
-            base.__module__.startswith("turbosession") for base in cls.__mro__
-        ):
+        if _is_turbosession(cls):
             counters["sessions_turbosession"] += 1
         else:
             counters["sessions_stock"] += 1

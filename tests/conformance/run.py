@@ -1,6 +1,6 @@
 """Run SQLAlchemy's own ``test/orm`` suite against turbosession (issue 3).
 
-    python tests/conformance/run.py --mode stock|compiled|pure|all \
+    python tests/conformance/run.py --mode stock|compiled|pure|all|compiled,pure \
         [--dburi URL] [--workers N] [--tests test/orm] [-- extra pytest args]
 
 Why this shape: the strongest evidence that turbosession is a drop-in Session is
@@ -10,13 +10,18 @@ repository (``$TURBOSESSION_CONFORMANCE_CACHE``, default
 ``~/.cache/turbosession``); its tests run with ``python -s -m pytest`` from the
 unpacked root, so SQLAlchemy's conftest does not put the sdist's ``lib/`` on
 ``sys.path`` and the installed SQLAlchemy (with its compiled extensions) is
-the one tested (``PYTHONNOUSERSITE=1`` carries ``-s`` to the xdist workers).  ``conformance_plugin`` (loaded with ``-p``) does the
-substitution and proves it took.
+the one tested (``PYTHONNOUSERSITE=1`` carries ``-s`` to the xdist workers,
+which are started without it).  ``conformance_plugin`` (loaded with ``-p``)
+does the substitution and proves it took.
 
-Each mode prints one summary line; afterwards the tests that pass in the
-control (stock) but not with turbosession are listed.  The exit status is 1 when
-any mode has a failure or error that ``known_differences.txt`` does not list
-(or pytest itself did not complete), else 0.
+Each mode prints one summary line, a line of session counts and, when
+turbosession has ``stats()``, its flush counters (fast path, fallbacks by
+reason) summed over the workers.  When the control ran too, the tests that pass
+in it but not with turbosession are listed.  The exit status is 1 when any mode
+has a failure or error that ``known_differences.txt`` does not list (or pytest
+did not complete, or the plugin saw no session or a session of the wrong
+kind), else 0.  ``--dburi`` goes to SQLAlchemy's plugin, e.g. the URL that
+``scripts/pg.sh`` exports as ``TURBOSESSION_PG_SQLA_URL``.
 """
 
 import argparse
@@ -268,6 +273,16 @@ def verdict(mode, run, known, control):
     return problems
 
 
+def _modes(text):
+    if text == "all":
+        return MODES
+    modes = tuple(text.split(","))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise argparse.ArgumentTypeError(f"unknown mode {','.join(unknown)!r}")
+    return tuple(m for m in MODES if m in modes)  # the control first
+
+
 def parse_args(argv):
     if "--" in argv:
         split = argv.index("--")
@@ -275,7 +290,8 @@ def parse_args(argv):
     else:
         extra = []
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=(*MODES, "all"), default="all")
+    parser.add_argument("--mode", type=_modes, default=MODES,
+                        help="stock, compiled, pure, a comma list of them, or all (default)")
     parser.add_argument("--dburi", help="database URL, passed to SQLAlchemy's plugin")
     parser.add_argument("--workers", type=int, default=2,
                         help="pytest-xdist workers (0: no xdist); default 2")
@@ -294,7 +310,7 @@ def main(argv=None):
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="turbosession-conformance-"))
     workdir.mkdir(parents=True, exist_ok=True)
     known = load_known_differences()
-    modes = MODES if args.mode == "all" else (args.mode,)
+    modes = args.mode
     print(f"sqlalchemy {version} suite at {root}; results in {workdir}", flush=True)
 
     runs = {mode: run_mode(mode, root, args, version, workdir) for mode in modes}

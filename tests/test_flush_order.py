@@ -447,10 +447,15 @@ def test_before_flush_listener_adds_objects(check):
                 if not any(isinstance(o, Item) for o in session.new):
                     session.add(Item(name=f"audit{len(session.new)}"))
 
-            session.add_all([Parent(name="x"), Parent(name="y")])
+            # held: parents and children refer to each other, so without a
+            # reference here they would leave the identity map at GC time
+            parents = [Parent(name="x"), Parent(name="y")]
+            session.add_all(parents)
             session.flush()
-            session.add(Node(name="lonely"))
+            lonely = Node(name="lonely")
+            session.add(lonely)
             session.commit()
+            note_objects(log, lonely, *parents)
 
     check(scenario)
 
@@ -498,17 +503,18 @@ def test_unrelated_and_related_mappers_in_one_flush(check):
     # each round's actions in set order, i.e. by memory address.)
     def scenario(session_cls, engine, log):
         with open_session(session_cls, engine, log) as session:
-            session.add_all(
-                [
-                    Item(name="solo"),
-                    Post(name="p", tags=[Tag(name="t")]),
-                    Parent(name="par", children=[Child(name="kid")]),
-                ]
+            # held here: an object only the (weak) identity map refers to
+            # leaves it whenever the garbage collector runs
+            item, post, parent = (
+                Item(name="solo"),
+                Post(name="p", tags=[Tag(name="t")]),
+                Parent(name="par", children=[Child(name="kid")]),
             )
+            session.add_all([item, post, parent])
             session.flush()
-            session.delete(session.get(Item, 1))
-            session.delete(session.get(Parent, 1))
-            session.get(Post, 1).name = "p2"
+            session.delete(item)
+            session.delete(parent)
+            post.name = "p2"
             session.commit()
 
     check(scenario)

@@ -15,6 +15,8 @@ path (the "own unit of work" issue) decides there, per flush, whether it
 runs the flush itself or hands it to the unit of work as today.
 """
 
+from operator import attrgetter
+
 from sqlalchemy import orm, util
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
@@ -24,6 +26,8 @@ from sqlalchemy.orm.base import _state_mapper
 from . import fastpath
 
 __all__ = ["UOWTransaction", "flush"]
+
+_sort_key = attrgetter("sort_key")
 
 
 class UOWTransaction(unitofwork.UOWTransaction):
@@ -100,7 +104,7 @@ class UOWTransaction(unitofwork.UOWTransaction):
 
     def execute(self):
         postsort_actions = sorted(
-            self._generate_actions(), key=lambda item: item.sort_key
+            self._generate_actions(), key=_sort_key
         )
         topological = self._topological
         if self.cycles:

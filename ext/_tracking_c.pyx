@@ -111,12 +111,15 @@ def commit_all_states(states_and_dicts, instance_dict=None):
     cdef bint track_modified = bool(instance_dict)
     cdef set modified = instance_dict._modified if track_modified else None
     cdef dict state_dict
+    cdef set expired_attributes
     for state, dict_ in states_and_dicts:
         state_dict = state.__dict__
         (<dict?>state.committed_state).clear()
         if "_pending_mutations" in state_dict:
             del state_dict["_pending_mutations"]
-        (<set?>state.expired_attributes).difference_update(dict_)
+        expired_attributes = state.expired_attributes
+        if expired_attributes:  # nothing to take out of an empty set
+            expired_attributes.difference_update(dict_)
         if track_modified and state.modified:
             modified.discard(state)
         state.modified = state.expired = False

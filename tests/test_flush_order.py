@@ -12,7 +12,7 @@ the unit of work, the others through the per-mapper half.
 import warnings
 
 import pytest
-from sqlalchemy import Column, ForeignKey, String, Table, event, inspect, orm
+from sqlalchemy import Column, ForeignKey, String, Table, event, inspect, orm, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -238,7 +238,14 @@ def check(session_cls, engine):
                     warnings.simplefilter("always")
                     scenario(session_cls_, engine_, log)
                 for w in caught:
-                    log.note("warning", w.category.__name__, str(w.message))
+                    # where it points too: the user's line, as stock's does
+                    log.note(
+                        "warning",
+                        w.category.__name__,
+                        str(w.message),
+                        w.filename.rsplit("/", 1)[-1],
+                        w.lineno,
+                    )
                 log.entries[:] = normalize(log.entries)
             finally:
                 _Current.log = None
@@ -475,6 +482,9 @@ def test_changes_made_inside_the_flush_are_reset_with_warning(check):
             session.add(Item(name="trigger"))
             session.flush()
             log.note("value", bystander.value, bystander in session.dirty)
+            # from autoflush: stock tags the warning with where it came from
+            session.add(Item(name="trigger2"))
+            log.note("loaded", len(session.scalars(select(Item)).all()))
             session.commit()
 
     check(scenario)

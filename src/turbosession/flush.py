@@ -15,19 +15,27 @@ path (the "own unit of work" issue) decides there, per flush, whether it
 runs the flush itself or hands it to the unit of work as today.
 """
 
+import re
+import sys
+import warnings
 from operator import attrgetter
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm, util
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
 from sqlalchemy.orm.base import _state_mapper
+from sqlalchemy.util.langhelpers import _warning_tags
 
 from . import fastpath
 
 __all__ = ["UOWTransaction", "flush"]
 
 _sort_key = attrgetter("sort_key")
+
+# frames a warning is not attributed to: SQLAlchemy's pattern, plus ours
+_INTERNAL = re.compile(r"^(?:sqlalchemy\.(?!testing)|alembic\.|turbosession\.)")
 
 
 class UOWTransaction(unitofwork.UOWTransaction):
@@ -207,6 +215,30 @@ def _register_states(session, flush_context, objects, dirty):
         assert _reg, "Failed to add object to the flush context!"
 
 
+def _warn(message):
+    """``sqlalchemy.util.warn`` pointing where stock's warning points.
+
+    SQLAlchemy attributes a warning to the first frame outside SQLAlchemy
+    and appends the tag of a tagged method on the stack (autoflush).  Issued
+    from here, its search would stop at turbosession's frames; this is the
+    same search with turbosession's frames counted as internal too.
+    """
+    frame, stacklevel = sys._getframe(1), 2
+    found = tagged = False
+    while frame is not None:
+        if not found and not _INTERNAL.match(frame.f_globals.get("__name__", "")):
+            found = True
+        if frame.f_code in _warning_tags:
+            tagged = True
+            message = f"{message} ({_warning_tags[frame.f_code][0]})"
+        frame = frame.f_back
+        if not found:
+            stacklevel += 1
+        elif tagged:
+            break
+    warnings.warn(message, sa_exc.SAWarning, stacklevel=stacklevel)
+
+
 def _reset_inner_flush_changes(session):
     """Reset states modified by listeners during the flush, with stock's warning."""
     modified = session.identity_map._modified
@@ -215,7 +247,7 @@ def _reset_inner_flush_changes(session):
         [(state, state.dict) for state in modified],
         instance_dict=session.identity_map,
     )
-    util.warn(
+    _warn(
         "Attribute history events accumulated on %d "
         "previously clean instances "
         "within inner-flush event handlers have been "

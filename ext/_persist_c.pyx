@@ -1,27 +1,21 @@
 # cython: language_level=3
 """Per-object work of the flush, compiled twin of ``_persist_py``.
 
-The loops ``sqlalchemy.orm.persistence`` and ``Session`` run once per state
-during a flush: ordering and ``before_*`` events, INSERT/UPDATE/DELETE
-parameters, ``after_*`` events, and making states persistent or deleted
-afterwards.  Each function gives exactly the results, events, warnings and
-exceptions of its stock counterpart (named in its docstring) for the mappers
-``turbosession.fastpath`` lets through: one table, no inheritance, no
-version counter, no relationship work.  The statements themselves are sent
-by SQLAlchemy's own emitters, so SQL, batching and RETURNING are stock's.
-The parameter collectors are generators because stock's are: the emitters
-consume them group by group, interleaved with execution.
+Same functions, same results, events, warnings and exceptions as the pure
+twin (whose docstrings name the stock counterpart of each); here the loops
+run with typed locals, plain values are recognised by exact type before any
+attribute lookup, and identity keys are built without a per-call list.
 """
 
-from sqlalchemy import exc as sa_exc
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+
 from sqlalchemy import util
 from sqlalchemy.orm import exc as orm_exc
-from sqlalchemy.orm.base import (
-    PassiveFlag,
-    _none_set,
-    instance_state,
-    state_str,
-)
+from sqlalchemy.orm import persistence
+from sqlalchemy.orm.base import PassiveFlag, _none_set, instance_state, state_str
 from sqlalchemy.sql.elements import ClauseElement
 
 __all__ = [
@@ -31,67 +25,91 @@ __all__ = [
     "identity_key",
     "organize_for_delete",
     "organize_for_save",
+    "postfetch_batch",
     "register_persistent",
     "remove_newly_deleted",
 ]
 
-_RETURN_NO_VALUE = PassiveFlag.PASSIVE_RETURN_NO_VALUE
-_PASSIVE_OFF = PassiveFlag.PASSIVE_OFF
-_PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
-_PLAIN_TYPES = frozenset([int, str, float, bool, bytes, type(None)])
+cdef object _RETURN_NO_VALUE = PassiveFlag.PASSIVE_RETURN_NO_VALUE
+cdef object _PASSIVE_OFF = PassiveFlag.PASSIVE_OFF
+cdef object _PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
+cdef object _ClauseElement = ClauseElement
+cdef object _postfetch = persistence._postfetch
 
 
 def _is_compiled():
     return True
 
 
-def _sql_expression(value):
+cdef inline bint _is_plain(object value):
+    cdef type t = type(value)
+    return (
+        value is None
+        or t is int
+        or t is str
+        or t is float
+        or t is bool
+        or t is bytes
+    )
+
+
+cdef inline object _sql_expression(object value):
     """The SQL expression ``value`` stands for, or None for a plain value."""
-    if type(value) in _PLAIN_TYPES:
+    if _is_plain(value):
         return None
     if hasattr(value, "__clause_element__"):
         return value.__clause_element__()
-    if isinstance(value, ClauseElement):
+    if isinstance(value, _ClauseElement):
         return value
     return None
 
 
 def identity_key(mapper, state):
     """``mapper._identity_key_from_state(state)``, reading the dict first."""
-    dict_ = state.dict
+    return _identity_key(mapper, state, state.dict)
+
+
+cdef tuple _identity_key(object mapper, object state, object dict_):
     manager = state.manager
-    values = []
-    for prop in mapper._identity_key_props:
-        key = prop.key
-        if key in dict_:
-            values.append(dict_[key])
+    cdef list props = mapper._identity_key_props
+    cdef Py_ssize_t i, n = len(props)
+    cdef tuple values = PyTuple_New(n)
+    cdef PyObject* found
+    for i in range(n):
+        key = (<object>props[i]).key
+        if type(dict_) is dict:
+            found = PyDict_GetItem(<dict>dict_, key)
+            if found is not NULL:
+                value = <object>found
+            else:
+                value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
+        elif key in dict_:
+            value = dict_[key]
         else:
-            values.append(manager[key].impl.get(state, dict_, _RETURN_NO_VALUE))
-    return (mapper._identity_class, tuple(values), state.identity_token)
+            value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(values, i, value)
+    return (mapper._identity_class, values, state.identity_token)
 
 
 def organize_for_save(mapper, states, uow, connection):
-    """``persistence._organize_states_for_save`` for one single-table mapper.
-
-    ``states`` come sorted as ``_sort_states`` sorts them.  Fires
-    ``before_insert``/``before_update`` and warns on a new object whose
-    identity is already persistent, as stock does.  Returns the lists of
-    ``(state, dict, mapper, connection)`` to insert and
-    ``(state, dict, mapper, connection, None)`` to update.
-    """
     before_insert = mapper.dispatch.before_insert
     before_update = mapper.dispatch.before_update
+    cdef bint insert_listeners = bool(before_insert)
+    cdef bint update_listeners = bool(before_update)
     identity_map = uow.session.identity_map
-    to_insert = []
-    to_update = []
+    cdef list to_insert = []
+    cdef list to_update = []
+    cdef bint has_identity
     for state in states:
         dict_ = state.dict
-        has_identity = bool(state.key)
-        instance_key = state.key or identity_key(mapper, state)
+        key = state.key
+        has_identity = bool(key)
+        instance_key = key or _identity_key(mapper, state, dict_)
         if not has_identity:
-            if before_insert:
+            if insert_listeners:
                 before_insert(mapper, connection, state)
-        elif before_update:
+        elif update_listeners:
             before_update(mapper, connection, state)
         if not has_identity and instance_key in identity_map:
             existing = instance_state(identity_map[instance_key])
@@ -112,9 +130,8 @@ def organize_for_save(mapper, states, uow, connection):
 
 
 def collect_insert_commands(table, mapper, connection, states_to_insert):
-    """``persistence._collect_insert_commands`` (not bulk) for one mapper."""
-    propkey_to_col = mapper._propkey_to_col[table]
-    propkeys = set(propkey_to_col)
+    cdef dict propkey_to_col = mapper._propkey_to_col[table]
+    cdef set propkeys = set(propkey_to_col)
     eval_none = mapper._insert_cols_evaluating_none[table]
     as_none = mapper._insert_cols_as_none[table]
     pk_keys = mapper._pk_keys_by_table[table]
@@ -122,6 +139,8 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
         server_default_keys = mapper._server_default_col_keys[table]
     else:
         server_default_keys = None
+    cdef dict params, value_params
+    cdef bint has_all_pks, has_all_defaults
     for state, state_dict, state_mapper, state_connection in states_to_insert:
         params = {}
         value_params = {}
@@ -156,7 +175,7 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
         )
 
 
-def _primary_key_param(uow, state, state_dict, committed, mapper, col, value_params):
+cdef tuple _primary_key_param(uow, state, state_dict, committed, mapper, col, dict value_params):
     """Where an UPDATE finds its row: (value, pk changed, has_all_pks)."""
     propkey = mapper._columntoproperty[col].key
     if propkey in state_dict and propkey not in committed:
@@ -173,11 +192,13 @@ def _primary_key_param(uow, state, state_dict, committed, mapper, col, value_par
 
 
 def collect_update_commands(uow, table, mapper, states_to_update):
-    """``persistence._collect_update_commands`` (not bulk, no version id)."""
-    propkey_to_col = mapper._propkey_to_col[table]
-    propkeys = set(propkey_to_col)
-    pks = mapper._pks_by_table[table]
+    cdef dict propkey_to_col = mapper._propkey_to_col[table]
+    cdef set propkeys = set(propkey_to_col)
+    cdef tuple pks = tuple(mapper._pks_by_table[table])
     manager = mapper.class_manager
+    cdef dict params, value_params, pk_params
+    cdef bint has_all_pks
+    cdef tuple located
     for state, state_dict, state_mapper, connection, _ in states_to_update:
         committed = state.committed_state
         params = {}
@@ -195,12 +216,13 @@ def collect_update_commands(uow, table, mapper, states_to_update):
         has_all_pks = True
         pk_params = {}
         for col in pks:
-            value, changed, found = _primary_key_param(
+            located = _primary_key_param(
                 uow, state, state_dict, committed, mapper, col, value_params
             )
-            if changed:
+            value = located[0]
+            if located[1]:
                 params.pop(col.key, None)
-            if not found:
+            if not located[2]:
                 has_all_pks = False
             pk_params[col._label] = value
             if value is None:
@@ -221,25 +243,63 @@ def collect_update_commands(uow, table, mapper, states_to_update):
         )
 
 
+def postfetch_batch(mapper, uow, table, list records, result, bint isupdate):
+    context = result.context
+    compiled = context.compiled
+    all_params = context.compiled_parameters
+    returned = None if context.executemany else result.returned_defaults
+    cdef Py_ssize_t index
+    cdef tuple record
+    if compiled.effective_returning and returned is not None:
+        for index in range(len(records)):
+            record = records[index]
+            params = all_params[0] if isupdate else all_params[index]
+            _postfetch(
+                mapper, uow, table, record[0], record[1], result, params,
+                record[5], isupdate, returned,
+            )
+        return
+    columns = mapper._columntoproperty
+    cdef list prefetch = [(c.key, columns[c].key) for c in compiled.prefetch if c in columns]
+    postfetch = compiled.postfetch
+    cdef list expire = [columns[c].key for c in postfetch if c in columns]
+    cdef bint has_postfetch = bool(postfetch)
+    if not prefetch and not has_postfetch:
+        return
+    cdef tuple pair
+    for index in range(len(records)):
+        record = records[index]
+        state = record[0]
+        dict_ = record[1]
+        params_row = all_params[0] if isupdate else all_params[index]
+        for pair in prefetch:
+            if pair[0] in params_row:
+                dict_[pair[1]] = params_row[pair[0]]
+                state.committed_state.pop(pair[1], None)
+        if has_postfetch:
+            state._expire_attributes(state.dict, expire)
+
+
 def organize_for_delete(mapper, states, connection):
-    """``persistence._organize_states_for_delete``: fires ``before_delete``."""
     before_delete = mapper.dispatch.before_delete
-    to_delete = []
+    cdef bint listeners = bool(before_delete)
+    cdef list to_delete = []
     for state in states:
-        if before_delete:
+        if listeners:
             before_delete(mapper, connection, state)
         to_delete.append((state, state.dict, mapper, connection, None))
     return to_delete
 
 
 def collect_delete_commands(table, mapper, states_to_delete):
-    """``persistence._collect_delete_commands`` (no version id)."""
-    pks = mapper._pks_by_table[table]
+    cdef tuple pks = tuple(mapper._pks_by_table[table])
+    columns = mapper._columntoproperty
+    cdef dict params
     for state, state_dict, state_mapper, connection, _ in states_to_delete:
         committed = state.committed_state
         params = {}
         for col in pks:
-            propkey = mapper._columntoproperty[col].key
+            propkey = columns[col].key
             if propkey in state_dict and propkey not in committed:
                 value = state_dict[propkey]
             else:
@@ -256,7 +316,7 @@ def collect_delete_commands(table, mapper, states_to_delete):
         yield params, connection
 
 
-def _check_identity_key(state, mapper, instance_key):
+cdef _check_identity_key(state, mapper, tuple instance_key):
     pk = instance_key[1]
     if (
         _none_set.intersection(pk) and not mapper.allow_partial_pks
@@ -272,7 +332,7 @@ def _check_identity_key(state, mapper, instance_key):
         )
 
 
-def _switch_key(session, state, instance_key):
+cdef _switch_key(session, state, instance_key):
     # a primary key changed: safe_discard() in case another state already
     # replaced this one in the identity map
     session.identity_map.safe_discard(state)
@@ -287,24 +347,27 @@ def _switch_key(session, state, instance_key):
     state.key = instance_key
 
 
-def register_persistent(session, states, commit_all_states):
-    """``Session._register_persistent``: flushed states become persistent.
-
-    ``commit_all_states`` is the tracking twin's reset of flushed states.
-    """
+def register_persistent(session, set states, commit_all_states):
     pending_to_persistent = session.dispatch.pending_to_persistent or None
     identity_map = session.identity_map
+    cdef tuple instance_key
+    # (state, dict) pairs to reset afterwards: every flushed object is held
+    # strongly (by _new, _deleted or its modified state) until then
+    cdef list committing = []
     for state in states:
         mapper = state.manager.mapper
         # hold the object against a last-minute dereference
         obj = state.obj()
+        dict_ = state.dict
+        committing.append((state, dict_))
         if obj is None:
             continue
-        instance_key = identity_key(mapper, state)
+        instance_key = _identity_key(mapper, state, dict_)
         _check_identity_key(state, mapper, instance_key)
-        if state.key is None:
+        key = state.key
+        if key is None:
             state.key = instance_key
-        elif state.key != instance_key:
+        elif key != instance_key:
             _switch_key(session, state, instance_key)
         old = identity_map.replace(state)
         if (
@@ -321,16 +384,18 @@ def register_persistent(session, states, commit_all_states):
             )
         state._orphaned_outside_of_session = False
 
-    commit_all_states(((state, state.dict) for state in states), identity_map)
+    commit_all_states(committing, identity_map)
 
-    new = session._new
+    cdef dict new = session._new
     transaction = session._transaction
     if transaction:
+        transaction_new = transaction._new
+        transaction_dirty = transaction._dirty
         for state in states:
             if state in new:
-                transaction._new[state] = True
+                transaction_new[state] = True
             else:
-                transaction._dirty[state] = True
+                transaction_dirty[state] = True
 
     if pending_to_persistent is not None:
         for state in states.intersection(new):
@@ -342,7 +407,6 @@ def register_persistent(session, states, commit_all_states):
 
 
 def remove_newly_deleted(session, states):
-    """``Session._remove_newly_deleted``: flushed deletes become deleted."""
     persistent_to_deleted = session.dispatch.persistent_to_deleted or None
     identity_map = session.identity_map
     deleted = session._deleted
@@ -352,7 +416,7 @@ def remove_newly_deleted(session, states):
             transaction._deleted[state] = True
         if persistent_to_deleted is not None:
             # a strong reference before the state leaves _deleted
-            obj = state.obj()  # noqa: F841
+            obj = state.obj()
         identity_map.safe_discard(state)
         deleted.pop(state, None)
         state._deleted = True

@@ -153,9 +153,10 @@ def scenario_inserts(session_cls, engine, log):
     session = session_cls(engine)
     handles = listen_all(session, log)
     try:
-        given = [Item(id=i, name=f"given {i}", qty=i) for i in range(1, 6)]
+        # explicit ids far above what a PostgreSQL sequence hands out here
+        given = [Item(id=i, name=f"given {i}", qty=i) for i in range(1001, 1006)]
         auto = [Item(name=f"auto {i}") for i in range(3)]
-        mixed = [Item(id=50, name="x", note="n"), Item(name="y", note=None), Item(id=60, name="z")]
+        mixed = [Item(id=1050, name="x", note="n"), Item(name="y", note=None), Item(id=1060, name="z")]
         session.add_all(given + auto + mixed)
         session.flush()
         log.note("objects", [describe(o) for o in given + auto + mixed])

@@ -15,6 +15,7 @@ consume them group by group, interleaved with execution.
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import util
 from sqlalchemy.orm import exc as orm_exc
+from sqlalchemy.orm import persistence
 from sqlalchemy.orm.base import (
     PassiveFlag,
     _none_set,
@@ -30,6 +31,7 @@ __all__ = [
     "identity_key",
     "organize_for_delete",
     "organize_for_save",
+    "postfetch_batch",
     "register_persistent",
     "remove_newly_deleted",
 ]
@@ -57,7 +59,10 @@ def _sql_expression(value):
 
 def identity_key(mapper, state):
     """``mapper._identity_key_from_state(state)``, reading the dict first."""
-    dict_ = state.dict
+    return _identity_key(mapper, state, state.dict)
+
+
+def _identity_key(mapper, state, dict_):
     manager = state.manager
     values = []
     for prop in mapper._identity_key_props:
@@ -86,7 +91,7 @@ def organize_for_save(mapper, states, uow, connection):
     for state in states:
         dict_ = state.dict
         has_identity = bool(state.key)
-        instance_key = state.key or identity_key(mapper, state)
+        instance_key = state.key or _identity_key(mapper, state, dict_)
         if not has_identity:
             if before_insert:
                 before_insert(mapper, connection, state)
@@ -220,6 +225,48 @@ def collect_update_commands(uow, table, mapper, states_to_update):
         )
 
 
+def postfetch_batch(mapper, uow, table, records, result, isupdate):
+    """``persistence._postfetch`` for each record of one executemany batch.
+
+    Prefetched values (Python-side defaults) go into the objects and out of
+    their committed state, server-generated columns are expired.  As stock
+    does, an UPDATE batch hands every record the first row's parameters.
+    A batch whose statement returned rows is handed to stock's ``_postfetch``.
+    """
+    context = result.context
+    compiled = context.compiled
+    all_params = context.compiled_parameters
+    returned = None if context.executemany else result.returned_defaults
+    if compiled.effective_returning and returned is not None:
+        for index, record in enumerate(records):
+            params = all_params[0] if isupdate else all_params[index]
+            persistence._postfetch(
+                mapper, uow, table, record[0], record[1], result, params,
+                record[5], isupdate, returned,
+            )
+        return
+    columns = mapper._columntoproperty
+    prefetch = [(c.key, columns[c].key) for c in compiled.prefetch if c in columns]
+    postfetch = compiled.postfetch
+    if isupdate and postfetch:
+        # stock's _postfetch extends this list for SQL-expression primary
+        # keys; a plain-value batch has none to add
+        postfetch = list(postfetch)
+    expire = [columns[c].key for c in postfetch if c in columns]
+    if not prefetch and not postfetch:
+        return
+    for index, record in enumerate(records):
+        state = record[0]
+        dict_ = record[1]
+        params = all_params[0] if isupdate else all_params[index]
+        for column_key, prop_key in prefetch:
+            if column_key in params:
+                dict_[prop_key] = params[column_key]
+                state.committed_state.pop(prop_key, None)
+        if postfetch:
+            state._expire_attributes(state.dict, expire)
+
+
 def organize_for_delete(mapper, states, connection):
     """``persistence._organize_states_for_delete``: fires ``before_delete``."""
     before_delete = mapper.dispatch.before_delete
@@ -293,13 +340,18 @@ def register_persistent(session, states, commit_all_states):
     """
     pending_to_persistent = session.dispatch.pending_to_persistent or None
     identity_map = session.identity_map
+    # (state, dict) pairs to reset afterwards: every flushed object is held
+    # strongly (by _new, _deleted or its modified state) until then
+    committing = []
     for state in states:
         mapper = state.manager.mapper
         # hold the object against a last-minute dereference
         obj = state.obj()
+        dict_ = state.dict
+        committing.append((state, dict_))
         if obj is None:
             continue
-        instance_key = identity_key(mapper, state)
+        instance_key = _identity_key(mapper, state, dict_)
         _check_identity_key(state, mapper, instance_key)
         if state.key is None:
             state.key = instance_key
@@ -320,7 +372,7 @@ def register_persistent(session, states, commit_all_states):
             )
         state._orphaned_outside_of_session = False
 
-    commit_all_states(((state, state.dict) for state in states), identity_map)
+    commit_all_states(committing, identity_map)
 
     new = session._new
     transaction = session._transaction

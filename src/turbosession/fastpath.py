@@ -16,8 +16,13 @@ events are stock's.
 
 import logging
 from collections import Counter
+from itertools import groupby
 
+from sqlalchemy import sql
+from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
 __all__ = ["FALLBACK_REASONS", "fallback_reason", "execute", "reset_stats", "stats"]
@@ -138,8 +143,8 @@ def _save(uow, mapper, persist):
     table = mapper.local_table
     insert = persist.collect_insert_commands(table, mapper, connection, to_insert)
     update = persist.collect_update_commands(uow, table, mapper, to_update)
-    persistence._emit_update_statements(mapper, uow, mapper, table, update)
-    persistence._emit_insert_statements(mapper, uow, mapper, table, insert)
+    _emit_updates(uow, mapper, table, update, persist)
+    _emit_inserts(uow, mapper, table, insert, persist)
     after_insert = mapper.dispatch.after_insert
     if after_insert:
         for state, _, _, state_connection in to_insert:
@@ -148,6 +153,86 @@ def _save(uow, mapper, persist):
     if after_update:
         for state, _, _, state_connection, _ in to_update:
             after_update(mapper, state_connection, state)
+
+
+def _group_key(record):
+    # stock's grouping of consecutive records into one batch: connection,
+    # parameter keys, SQL-expression values, and the two flags
+    return (record[4], set(record[2]), bool(record[5]), record[6], record[7])
+
+
+def _emit_inserts(uow, mapper, table, records, persist):
+    """``persistence._emit_insert_statements`` (bookkeeping, no version id).
+
+    A batch that has every primary key and nothing to fetch back is one
+    executemany, sent here as stock sends it, with the per-row bookkeeping
+    in ``persist``; any other batch goes to stock's emitter unchanged.
+    """
+    for (connection, _, hasvalue, has_all_pks, has_all_defaults), batch in groupby(
+        records, _group_key
+    ):
+        if (
+            not hasvalue
+            and has_all_pks
+            and (
+                has_all_defaults
+                or not mapper._prefer_eager_defaults(connection.dialect, table)
+                or not table.implicit_returning
+                or not connection.dialect.insert_returning
+            )
+        ):
+            batch = list(batch)
+            result = connection.execute(
+                mapper._memo(("insert", table), table.insert),
+                [record[2] for record in batch],
+                execution_options={"compiled_cache": mapper._compiled_cache},
+            )
+            persist.postfetch_batch(mapper, uow, table, batch, result, False)
+        else:
+            persistence._emit_insert_statements(mapper, uow, mapper, table, batch)
+
+
+def _update_statement(mapper, table):
+    """Stock's memoized UPDATE .. WHERE <primary key> for the table."""
+
+    def update_stmt():
+        clauses = BooleanClauseList._construct_raw(operators.and_)
+        for col in mapper._pks_by_table[table]:
+            clauses._append_inplace(col == sql.bindparam(col._label, type_=col.type))
+        return table.update().where(clauses)
+
+    return mapper._memo(("update", table), update_stmt)
+
+
+def _emit_updates(uow, mapper, table, records, persist):
+    """``persistence._emit_update_statements`` (bookkeeping, no version id).
+
+    A batch of plain values locating rows by unchanged primary keys is one
+    executemany with stock's row-count check, sent here; any other batch
+    goes to stock's emitter unchanged.
+    """
+    for (connection, _, hasvalue, _, has_all_pks), batch in groupby(records, _group_key):
+        if hasvalue or not has_all_pks:
+            persistence._emit_update_statements(mapper, uow, mapper, table, batch)
+            continue
+        batch = list(batch)
+        dialect = connection.dialect
+        check_rowcount = dialect.supports_sane_rowcount and (
+            dialect.supports_sane_multi_rowcount or len(batch) == 1
+        )
+        result = connection.execute(
+            _update_statement(mapper, table),
+            [record[2] for record in batch],
+            execution_options={"compiled_cache": mapper._compiled_cache},
+        )
+        rows = result.rowcount
+        persist.postfetch_batch(mapper, uow, table, batch, result, True)
+        if check_rowcount and rows != len(batch):
+            raise orm_exc.StaleDataError(
+                "UPDATE statement on table '%s' expected to "
+                "update %d row(s); %d were matched."
+                % (table.description, len(batch), rows)
+            )
 
 
 def _delete(uow, mapper, persist):

@@ -12,11 +12,12 @@ from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
 
-from sqlalchemy import util
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
 from sqlalchemy.orm.base import PassiveFlag, _none_set, instance_state, state_str
 from sqlalchemy.sql.elements import ClauseElement
+
+from turbosession.flush import _warn
 
 __all__ = [
     "collect_delete_commands",
@@ -117,7 +118,7 @@ def organize_for_save(mapper, states, uow, connection):
                 # fastpath sends flushes that also delete this mapper's
                 # objects to stock, so no row switch can be due here
                 assert not uow.is_deleted(existing)
-                util.warn(
+                _warn(
                     "New instance %s with identity key %s conflicts "
                     "with persistent instance %s"
                     % (state_str(state), instance_key, state_str(existing))
@@ -376,7 +377,7 @@ def register_persistent(session, set states, commit_all_states):
             and mapper._identity_key_from_state(old, _PASSIVE_NO_FETCH)
             == instance_key
         ):
-            util.warn(
+            _warn(
                 "Identity map already had an identity for %s, "
                 "replacing it with newly flushed object.   Are there "
                 "load operations occurring inside of an event handler "

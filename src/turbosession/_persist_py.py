@@ -13,7 +13,6 @@ consume them group by group, interleaved with execution.
 """
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import util
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
 from sqlalchemy.orm.base import (
@@ -23,6 +22,8 @@ from sqlalchemy.orm.base import (
     state_str,
 )
 from sqlalchemy.sql.elements import ClauseElement
+
+from turbosession.flush import _warn
 
 __all__ = [
     "collect_delete_commands",
@@ -103,7 +104,7 @@ def organize_for_save(mapper, states, uow, connection):
                 # fastpath sends flushes that also delete this mapper's
                 # objects to stock, so no row switch can be due here
                 assert not uow.is_deleted(existing)
-                util.warn(
+                _warn(
                     "New instance %s with identity key %s conflicts "
                     "with persistent instance %s"
                     % (state_str(state), instance_key, state_str(existing))
@@ -364,7 +365,7 @@ def register_persistent(session, states, commit_all_states):
             and mapper._identity_key_from_state(old, _PASSIVE_NO_FETCH)
             == instance_key
         ):
-            util.warn(
+            _warn(
                 "Identity map already had an identity for %s, "
                 "replacing it with newly flushed object.   Are there "
                 "load operations occurring inside of an event handler "

@@ -2,7 +2,10 @@
 
 Run with ``pytest bench``.  ``--bench-n`` sets N (default 10,000),
 ``--pg-url`` / ``TURBOSESSION_PG_URL`` adds PostgreSQL next to SQLite,
-``--bench-rounds`` / ``--bench-warmup`` set the pedantic rounds.  At the end a
+``--bench-rounds`` / ``--bench-warmup`` set the pedantic rounds.  On a busy
+shared machine, ``--benchmark-timer time.process_time`` times SQLite in CPU
+time as ``python -m turbosession bench`` does (not for PostgreSQL, whose
+server works in another process).  At the end a
 summary gives, per group, every implementation's median per unit and its
 ratio to the stock Session measured in the same run.
 """

@@ -92,9 +92,8 @@ def run(args):
     try:
         with tqdm(total=total, unit="round", file=sys.stderr, dynamic_ncols=True) as progress:
             for db, cases in plan:
-                results += [
-                    m.as_dict() for m in measure_workload(cases, db.name, rounds, warmup, progress)
-                ]
+                measured = measure_workload(cases, db.name, rounds, warmup, progress, db.clock)
+                results += [m.as_dict() for m in measured]
         memory_figures = None
         if memory_n:
             print(f"memory: loading {memory_n:,} objects per session under tracemalloc",
@@ -108,6 +107,7 @@ def run(args):
             {db.name: f"{db.server_version()} ({driver_version(db)})" for db in databases},
             n, rounds, warmup,
         )
+        env["clocks"] = {db.name: db.clock_name for db in databases}
     finally:
         for db in databases:
             db.dispose()

@@ -122,6 +122,7 @@ def footer(env):
         f"Python {versions['python']}, SQLAlchemy {versions['sqlalchemy']}, "
         f"turbosession {versions['turbosession']}, Cython {versions['cython']}; {dbs}; "
         f"N = {env['n']:,}, median of {env['rounds']} rounds after {env['warmup_rounds']} warm-up"
+        + "".join(f"; {db} timed in {clock}" for db, clock in env.get("clocks", {}).items())
     )
 
 
@@ -232,7 +233,7 @@ def chart(report, path):
         ax.set_xticklabels([title for _, title in workloads], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("µs per object / get / request (log scale)")
         ax.set_title(f"{database}: lower is better; labels are speed-ups over the stock Session")
-        ax.legend(fontsize=8, ncol=3)
+        ax.legend(fontsize=8, ncol=3, loc="upper left")
         ax.margins(y=0.25)
     fig.suptitle(f"turbosession benchmark: {footer(report['environment'])}", fontsize=8)
     fig.tight_layout()

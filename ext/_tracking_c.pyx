@@ -8,6 +8,7 @@ loops over typed dicts and sets.
 
 from sqlalchemy.orm.attributes import _ScalarAttributeImpl
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
+from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql.elements import ClauseElement
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
 cdef object _NO_CHANGE = PassiveFlag.NO_CHANGE
 cdef object _NO_VALUE = NO_VALUE
 cdef object _ScalarImpl = _ScalarAttributeImpl
+cdef object _ClassManager = ClassManager
 cdef object _ClauseElement = ClauseElement
 
 
@@ -42,10 +44,7 @@ def dirty_objects(dirty_states, deleted):
     return objects
 
 
-cdef inline bint _scalar_changed(object impl, dict committed, object dict_) except -1:
-    key = impl.key
-    if key not in committed:
-        return False
+cdef inline bint _scalar_changed(object impl, object key, dict committed, object dict_) except -1:
     if key not in dict_:
         return True
     current = dict_[key]
@@ -58,18 +57,26 @@ def has_net_changes(state, include_collections):
     """True when an attribute of ``state`` has a net change (``is_modified``)."""
     if not state.modified:
         return False
-    dict_ = state.dict
+    manager = state.manager
+    attrs = manager.values() if type(manager) is _ClassManager else manager.attributes
     cdef dict committed = state.committed_state
-    for attr in state.manager.attributes:
+    dict_ = None
+    for attr in attrs:
         impl = attr.impl
         if type(impl) is _ScalarImpl:
-            if _scalar_changed(impl, committed, dict_):
-                return True
+            key = impl.key
+            if key in committed:
+                if dict_ is None:
+                    dict_ = state.dict
+                if _scalar_changed(impl, key, committed, dict_):
+                    return True
             continue
         if (
             not include_collections and hasattr(impl, "get_collection")
         ) or not hasattr(impl, "get_history"):
             continue
+        if dict_ is None:
+            dict_ = state.dict
         added, unchanged, deleted = impl.get_history(
             state, dict_, passive=_NO_CHANGE
         )

@@ -22,6 +22,7 @@ SQLAlchemy's own rules so the answers are identical to stock:
 
 from sqlalchemy.orm.attributes import _ScalarAttributeImpl
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
+from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql.elements import ClauseElement
 
 __all__ = [
@@ -56,9 +57,13 @@ def has_net_changes(state, include_collections):
     """True when an attribute of ``state`` has a net change (``is_modified``)."""
     if not state.modified:
         return False
-    dict_ = state.dict
+    manager = state.manager
+    # ClassManager.attributes is iter(self.values()); a custom
+    # instrumentation manager keeps its own
+    attrs = manager.values() if type(manager) is ClassManager else manager.attributes
     committed = state.committed_state
-    for attr in state.manager.attributes:
+    dict_ = None  # state.dict (a property) only once an attribute needs it
+    for attr in attrs:
         impl = attr.impl
         if type(impl) is _ScalarAttributeImpl:
             # get_history(NO_CHANGE) has added or deleted exactly when a
@@ -66,6 +71,8 @@ def has_net_changes(state, include_collections):
             # equal to it (a missing current value counts as a change)
             key = impl.key
             if key in committed:
+                if dict_ is None:
+                    dict_ = state.dict
                 current = dict_[key] if key in dict_ else NO_VALUE
                 if (
                     current is NO_VALUE
@@ -77,6 +84,8 @@ def has_net_changes(state, include_collections):
             not include_collections and hasattr(impl, "get_collection")
         ) or not hasattr(impl, "get_history"):
             continue
+        if dict_ is None:
+            dict_ = state.dict
         added, unchanged, deleted = impl.get_history(
             state, dict_, passive=_NO_CHANGE
         )

@@ -24,6 +24,7 @@ from sqlalchemy.orm import (
     Mapped,
     attributes,
     deferred,
+    instrumentation,
     mapped_column,
     persistence,
     relationship,
@@ -305,6 +306,38 @@ def test_unmapped_instance_raises_as_stock(world):
     ours = outcome(session.is_modified, object())
     theirs = outcome(orm.Session.is_modified, session, object())
     assert ours[0] == "raised" and ours == theirs
+
+
+def test_custom_manager_attributes_are_used(world):
+    """A manager that is not exactly ClassManager is asked for ``attributes``."""
+    session, (p1, p2, _), (c1, *_), tracking = world
+    p1.name = "changed"
+    p2.name = "p2"
+    c1.parent = p1
+
+    class CustomManager(instrumentation.ClassManager):
+        asked = 0
+
+        @property
+        def attributes(self):
+            CustomManager.asked += 1
+            return iter(self.values())
+
+    for obj in (p1, p2, c1):
+        state = instance_state(obj)
+        manager = CustomManager.__new__(CustomManager)
+        dict.update(manager, state.manager)
+        view = types.SimpleNamespace(
+            modified=state.modified,
+            manager=manager,
+            committed_state=state.committed_state,
+            dict=state.dict,
+        )
+        for include_collections in (True, False):
+            assert tracking.has_net_changes(view, include_collections) == (
+                orm.Session.is_modified(session, obj, include_collections)
+            )
+    assert CustomManager.asked == 6
 
 
 # --- random sequences --------------------------------------------------------

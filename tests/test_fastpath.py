@@ -268,6 +268,32 @@ def scenario_listener_raises(session_cls, engine, log):
         session.close()
 
 
+def scenario_connection_lost(session_cls, engine, log):
+    """The connection dies under the flush's INSERT: rolled back, invalidated."""
+    session = session_cls(engine)
+    session.add(Item(id=1, name="a"))
+    session.commit()
+    item = session.get(Item, 1)
+    item.name = "changed"
+    new = Item(id=2, name="b")
+    session.add(new)
+
+    def cut(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT"):
+            conn.connection.dbapi_connection.close()
+
+    event.listen(engine, "before_cursor_execute", cut)
+    try:
+        guarded(log, session.flush)
+    finally:
+        event.remove(engine, "before_cursor_execute", cut)
+    log.note("after failure", describe(item), describe(new), session.is_active,
+             sorted(map(repr, session.new)), sorted(map(repr, session.dirty)))
+    session.rollback()
+    log.note("after rollback", describe(item), describe(new), sorted(map(repr, session.new)))
+    session.close()
+
+
 def scenario_stale_and_null(session_cls, engine, log):
     session = session_cls(engine)
     session.add_all([Item(id=1, name="a"), Item(id=2, name="b")])
@@ -329,7 +355,8 @@ def scenario_flush_objects_and_nested(session_cls, engine, log):
 
 
 FAST = [scenario_inserts, scenario_updates, scenario_deletes, scenario_defaults,
-        scenario_integrity_error, scenario_listener_raises, scenario_stale_and_null,
+        scenario_integrity_error, scenario_listener_raises, scenario_connection_lost,
+        scenario_stale_and_null,
         scenario_listener_changes, scenario_flush_objects_and_nested]
 
 

@@ -1,0 +1,245 @@
+"""Random session programs, run on stock and on turbosession side by side.
+
+A hypothesis state machine drives two worlds with the same random sequence of
+session operations (add, modify, delete, expunge, merge, flush, commit,
+rollback, begin_nested, expire, refresh, get): stock ``Session`` on one
+SQLite database, turbosession's (one twin) on another.  After every step the
+SQL sent, the committed rows, each object's state and loaded attribute values,
+and the outcome of the step (value or exception) must be the same.  The
+mappers mix simple ones (which turbosession flushes itself) with a
+relationship (which falls back), so both paths and their interplay are hit.
+"""
+
+import re
+import shutil
+import sqlite3
+import tempfile
+import warnings
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
+from sqlalchemy import ForeignKey, String, create_engine, event, orm, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from support import object_state
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "df_item"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+    qty: Mapped[int] = mapped_column(default=0)
+
+
+class Parent(Base):
+    __tablename__ = "df_parent"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+    children: Mapped[list["Child"]] = relationship(cascade="all, delete-orphan", order_by="Child.id")
+
+
+class Child(Base):
+    __tablename__ = "df_child"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("df_parent.id"))
+    name: Mapped[str] = mapped_column(String(30))
+
+
+TABLES = ["df_item", "df_parent", "df_child"]
+
+
+def scrub(text):
+    return re.sub(r"0x[0-9a-fA-F]+", "0x?", text)
+
+
+class World:
+    def __init__(self, session_cls, folder, name):
+        self.path = f"{folder}/{name}.db"
+        self.engine = create_engine(f"sqlite:///{self.path}")
+        Base.metadata.create_all(self.engine)
+        self.sql = []
+        event.listen(self.engine, "before_cursor_execute", self._record)
+        self.session = session_cls(self.engine)
+        self.objects = []
+        self.nested = []
+
+    def _record(self, conn, cursor, statement, parameters, context, executemany):
+        self.sql.append((statement, repr(parameters)))
+
+    def attempt(self, action):
+        """The outcome of one step: its value, or the exception's type and text."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = action(self)
+            except Exception as exc:
+                outcome = ("raised", type(exc).__name__, scrub(str(exc)))
+                if self.session.in_transaction() and not self.session.is_active:
+                    self.session.rollback()
+            else:
+                outcome = ("ok", self.describe_value(result))
+        return outcome, [(w.category.__name__, scrub(str(w.message))) for w in caught]
+
+    def describe_value(self, value):
+        if isinstance(value, Base):
+            return ("object", self.index_of(value))
+        if isinstance(value, (list, tuple)):
+            return [self.describe_value(v) for v in value]
+        return scrub(repr(value))
+
+    def index_of(self, obj):
+        for index, known in enumerate(self.objects):
+            if known is obj:
+                return index
+        return None
+
+    def observe(self):
+        sql, self.sql = self.sql, []
+        objects = []
+        for obj in self.objects:
+            loaded = {
+                k: v if not isinstance(v, (list, Base)) else self.describe_value(v)
+                for k, v in sorted(obj.__dict__.items())
+                if not k.startswith("_")
+            }
+            objects.append((type(obj).__name__, object_state(obj), obj in self.session, loaded))
+        with sqlite3.connect(self.path) as raw:
+            rows = {t: raw.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in TABLES}
+        sets = {
+            label: sorted(self.index_of(o) or -1 for o in getattr(self.session, label))
+            for label in ("new", "dirty", "deleted")
+        }
+        return sql, objects, rows, sets
+
+    def close(self):
+        self.session.close()
+        self.engine.dispose()
+
+
+def make_machine(session_cls):
+    class SessionPrograms(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.folder = tempfile.mkdtemp(prefix="turbosession-differential-")
+            self.worlds = [World(orm.Session, self.folder, "stock"), World(session_cls, self.folder, "turbo")]
+
+        def step(self, action):
+            results = [world.attempt(action) for world in self.worlds]
+            observed = [world.observe() for world in self.worlds]
+            assert results[1] == results[0]
+            assert observed[1] == observed[0]
+
+        def teardown(self):
+            for world in self.worlds:
+                world.close()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+        def has_objects(self):
+            return bool(self.worlds[0].objects)
+
+        @rule(ident=st.one_of(st.none(), st.integers(1, 6)), name=st.sampled_from(["a", "b", "c"]))
+        def add_item(self, ident, name):
+            def action(world):
+                item = Item(id=ident, name=name) if ident is not None else Item(name=name)
+                world.objects.append(item)
+                world.session.add(item)
+            self.step(action)
+
+        @rule(ident=st.integers(1, 3), kids=st.integers(0, 2))
+        def add_parent(self, ident, kids):
+            def action(world):
+                parent = Parent(id=ident, name="p", children=[Child(name=f"k{i}") for i in range(kids)])
+                world.objects.append(parent)
+                world.objects.extend(parent.children)
+                world.session.add(parent)
+            self.step(action)
+
+        @precondition(has_objects)
+        @rule(index=st.integers(0, 50), value=st.sampled_from(["x", "y", "a"]), qty=st.integers(0, 3))
+        def modify(self, index, value, qty):
+            def action(world):
+                obj = world.objects[index % len(world.objects)]
+                obj.name = value
+                if isinstance(obj, Item):
+                    obj.qty = qty
+            self.step(action)
+
+        @precondition(has_objects)
+        @rule(index=st.integers(0, 50), kind=st.sampled_from(["delete", "expunge", "expire", "refresh", "merge"]))
+        def object_operation(self, index, kind):
+            def action(world):
+                obj = world.objects[index % len(world.objects)]
+                if kind == "merge":
+                    merged = world.session.merge(obj)
+                    if world.index_of(merged) is None:
+                        world.objects.append(merged)
+                    return merged
+                return getattr(world.session, kind)(obj)
+            self.step(action)
+
+        @precondition(has_objects)
+        @rule(index=st.integers(0, 50))
+        def reparent(self, index):
+            def action(world):
+                parents = [o for o in world.objects if isinstance(o, Parent)]
+                if parents and parents[index % len(parents)].children:
+                    parents[index % len(parents)].children.pop()
+            self.step(action)
+
+        @rule(ident=st.integers(1, 6), cls=st.sampled_from([Item, Parent]))
+        def get(self, ident, cls):
+            def action(world):
+                obj = world.session.get(cls, ident)
+                if obj is not None and world.index_of(obj) is None:
+                    world.objects.append(obj)
+                return obj
+            self.step(action)
+
+        @rule(kind=st.sampled_from(["flush", "commit", "rollback", "expire_all"]))
+        def session_operation(self, kind):
+            self.step(lambda world: getattr(world.session, kind)())
+
+        @rule()
+        def begin_nested(self):
+            def action(world):
+                world.nested.append(world.session.begin_nested())
+            self.step(action)
+
+        @precondition(lambda self: self.worlds[0].nested)
+        @rule(commit=st.booleans())
+        def end_nested(self, commit):
+            def action(world):
+                nested = world.nested.pop()
+                if nested.is_active:
+                    nested.commit() if commit else nested.rollback()
+            self.step(action)
+
+        @rule()
+        def load_all(self):
+            def action(world):
+                loaded = world.session.scalars(select(Item).order_by(Item.id)).all()
+                for obj in loaded:
+                    if world.index_of(obj) is None:
+                        world.objects.append(obj)
+                return loaded
+            self.step(action)
+
+    return SessionPrograms
+
+
+def test_random_session_programs(session_cls):
+    machine = make_machine(session_cls)
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=150,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )

@@ -191,7 +191,7 @@ def sort_association_rows(entry):
     so their order in the executemany follows memory addresses.
     """
     if entry[0] == "sql" and entry[3] and "fo_post_tags" in entry[1]:
-        return entry[:2] + (sorted(eval(entry[2])),) + entry[3:]
+        return entry[:2] + (sorted(eval(entry[2]), key=repr),) + entry[3:]
     return entry
 
 

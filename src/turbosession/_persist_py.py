@@ -33,7 +33,9 @@ __all__ = [
     "organize_for_delete",
     "organize_for_save",
     "postfetch_batch",
+    "register_deletes",
     "register_persistent",
+    "register_saves",
     "remove_newly_deleted",
 ]
 
@@ -410,3 +412,55 @@ def remove_newly_deleted(session, states):
         state._deleted = True
         if persistent_to_deleted is not None:
             persistent_to_deleted(session, state)
+
+
+def _orphan_possible(mapper):
+    """Whether ``mapper._is_orphan`` can be true: some mapper up its
+    hierarchy is the target of a delete-orphan relationship."""
+    return any(m._delete_orphans for m in mapper.iterate_to_root())
+
+
+def _register(session, uow, state, isdelete):
+    """``UOWTransaction.register_object(state, isdelete)`` from the flush."""
+    if not session._contains_state(state):
+        return False
+    states = uow.states
+    if state not in states:
+        mapper = state.manager.mapper
+        if mapper not in uow.mappers:
+            uow._per_mapper_flush_actions(mapper)
+        uow.mappers[mapper].add(state)
+        states[state] = (isdelete, False)
+    elif isdelete:
+        states[state] = (True, False)
+    return True
+
+
+def register_saves(session, uow, states, processed):
+    """The save half of ``Session._flush``'s registration loop.
+
+    Pending orphans outside of the session are expunged, persistent orphans
+    registered as deletes, the rest as saves (and added to ``processed``);
+    ``_is_orphan`` is only asked where it can be true.
+    """
+    orphan_possible = {}
+    for state in states:
+        mapper = state.manager.mapper
+        possible = orphan_possible.get(mapper)
+        if possible is None:
+            possible = orphan_possible[mapper] = _orphan_possible(mapper)
+        is_orphan = possible and mapper._is_orphan(state)
+        is_persistent_orphan = is_orphan and state.has_identity
+        if is_orphan and not is_persistent_orphan and state._orphaned_outside_of_session:
+            session._expunge_states([state])
+        else:
+            registered = _register(session, uow, state, is_persistent_orphan)
+            assert registered, "Failed to add object to the flush context!"
+            processed.add(state)
+
+
+def register_deletes(session, uow, states):
+    """The delete half of ``Session._flush``'s registration loop."""
+    for state in states:
+        registered = _register(session, uow, state, True)
+        assert registered, "Failed to add object to the flush context!"

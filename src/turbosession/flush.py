@@ -25,7 +25,6 @@ from sqlalchemy import orm, util
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
-from sqlalchemy.orm.base import _state_mapper
 from sqlalchemy.util.langhelpers import _warning_tags
 
 from . import fastpath
@@ -190,29 +189,15 @@ def _register_states(session, flush_context, objects, dirty):
     else:
         proc = new.union(dirty).difference(deleted)
 
-    for state in proc:
-        is_orphan = _state_mapper(state)._is_orphan(state)
-        is_persistent_orphan = is_orphan and state.has_identity
-        if (
-            is_orphan
-            and not is_persistent_orphan
-            and state._orphaned_outside_of_session
-        ):
-            session._expunge_states([state])
-        else:
-            _reg = flush_context.register_object(
-                state, isdelete=is_persistent_orphan
-            )
-            assert _reg, "Failed to add object to the flush context!"
-            processed.add(state)
+    # the per-state loops (orphan check, register_object) in persist
+    persist = session._turbo.persist
+    persist.register_saves(session, flush_context, proc, processed)
 
     if objset:
         proc = deleted.intersection(objset).difference(processed)
     else:
         proc = deleted.difference(processed)
-    for state in proc:
-        _reg = flush_context.register_object(state, isdelete=True)
-        assert _reg, "Failed to add object to the flush context!"
+    persist.register_deletes(session, flush_context, proc)
 
 
 def _warn(message):

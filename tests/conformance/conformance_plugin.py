@@ -271,12 +271,12 @@ def pytest_collection_finish(session):
         )
 
 
+# sessions the test's call phase constructed (setup is left out: class-level
+# fixtures land in whichever test of the class a worker happens to run first)
 _sessions_this_test = 0
 
 
 def _raise_on_wrong_sessions():
-    global _sessions_this_test
-    _sessions_this_test += len(_constructed)
     problems = _check_constructed()
     if problems:
         raise AssertionError(
@@ -288,7 +288,12 @@ def _raise_on_wrong_sessions():
 def pytest_runtest_call(item):
     # checked here too because the test's sessions (fixture_session() ones at
     # least) are still alive, so their identity maps can be looked at
-    result = yield
+    global _sessions_this_test
+    before = len(_constructed)
+    try:
+        result = yield
+    finally:
+        _sessions_this_test = len(_constructed) - before
     _raise_on_wrong_sessions()
     return result
 

@@ -9,6 +9,7 @@ and under the table, so that a pasted table says where it came from.
 import json
 import os
 import platform
+import textwrap
 from datetime import datetime, timezone
 
 from . import implementations as impls
@@ -235,8 +236,9 @@ def chart(report, path):
         ax.set_title(f"{database}: lower is better; labels are speed-ups over the stock Session")
         ax.legend(fontsize=8, ncol=3, loc="upper left")
         ax.margins(y=0.25)
-    fig.suptitle(f"turbosession benchmark: {footer(report['environment'])}", fontsize=8)
-    fig.tight_layout()
+    caption = textwrap.fill(f"turbosession benchmark: {footer(report['environment'])}", 190)
+    fig.suptitle(caption, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.05 / len(databases)))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

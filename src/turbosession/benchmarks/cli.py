@@ -125,6 +125,8 @@ def run(args):
         print(f"previous results were for N = {previous['environment']['n']:,}: "
               "ratios not compared", file=sys.stderr)
     paths = report.write(result, out, RESULT_NAME)
+    if args.quick:
+        print("--quick: a smoke run (small N, one round, no warm-up); its figures mean nothing\n")
     print(report.markdown(result))
     for kind, path in paths.items():
         print(f"{kind:6s} {path}")

@@ -121,7 +121,8 @@ def footer(env):
     return (
         f"{env['date']}; {env['machine']['cores']} cores ({env['machine']['cpu']}); "
         f"Python {versions['python']}, SQLAlchemy {versions['sqlalchemy']}, "
-        f"turbosession {versions['turbosession']}, Cython {versions['cython']}; {dbs}; "
+        f"turbosession {versions['turbosession']}, "
+        f"Cython {versions['cython'] or '(not installed at run time)'}; {dbs}; "
         f"N = {env['n']:,}, median of {env['rounds']} rounds after {env['warmup_rounds']} warm-up"
         + "".join(f"; {db} timed in {clock}" for db, clock in env.get("clocks", {}).items())
     )

@@ -20,6 +20,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from turbosession.flush import _warn
 
 __all__ = [
+    "batches",
     "collect_delete_commands",
     "collect_insert_commands",
     "collect_update_commands",
@@ -478,3 +479,24 @@ def register_deletes(session, uow, states):
     for state in states:
         registered = _register(session, uow, state, True)
         assert registered, "Failed to add object to the flush context!"
+
+
+def batches(records):
+    """``itertools.groupby`` of INSERT/UPDATE records as stock's emitters
+    group them (connection, parameter keys, SQL-expression values, the two
+    flags), each batch as a list.  As with stock's ``list(group)``, a batch
+    is handed on once the first record of the next one has been collected.
+    """
+    cdef list batch = None
+    cdef tuple current = None, key
+    for record in records:
+        key = (record[4], set(record[2]), bool(record[5]), record[6], record[7])
+        if batch is not None and key == current:
+            batch.append(record)
+            continue
+        if batch is not None:
+            yield current, batch
+        current = key
+        batch = [record]
+    if batch is not None:
+        yield current, batch

@@ -16,7 +16,6 @@ events are stock's.
 
 import logging
 from collections import Counter
-from itertools import groupby
 
 from sqlalchemy import sql
 from sqlalchemy.orm import exc as orm_exc
@@ -155,12 +154,6 @@ def _save(uow, mapper, persist):
             after_update(mapper, state_connection, state)
 
 
-def _group_key(record):
-    # stock's grouping of consecutive records into one batch: connection,
-    # parameter keys, SQL-expression values, and the two flags
-    return (record[4], set(record[2]), bool(record[5]), record[6], record[7])
-
-
 def _emit_inserts(uow, mapper, table, records, persist):
     """``persistence._emit_insert_statements`` (bookkeeping, no version id).
 
@@ -168,8 +161,8 @@ def _emit_inserts(uow, mapper, table, records, persist):
     executemany, sent here as stock sends it, with the per-row bookkeeping
     in ``persist``; any other batch goes to stock's emitter unchanged.
     """
-    for (connection, _, hasvalue, has_all_pks, has_all_defaults), batch in groupby(
-        records, _group_key
+    for (connection, _, hasvalue, has_all_pks, has_all_defaults), batch in persist.batches(
+        records
     ):
         if (
             not hasvalue
@@ -181,7 +174,6 @@ def _emit_inserts(uow, mapper, table, records, persist):
                 or not connection.dialect.insert_returning
             )
         ):
-            batch = list(batch)
             result = connection.execute(
                 mapper._memo(("insert", table), table.insert),
                 [record[2] for record in batch],
@@ -211,11 +203,10 @@ def _emit_updates(uow, mapper, table, records, persist):
     executemany with stock's row-count check, sent here; any other batch
     goes to stock's emitter unchanged.
     """
-    for (connection, _, hasvalue, _, has_all_pks), batch in groupby(records, _group_key):
+    for (connection, _, hasvalue, _, has_all_pks), batch in persist.batches(records):
         if hasvalue or not has_all_pks:
             persistence._emit_update_statements(mapper, uow, mapper, table, batch)
             continue
-        batch = list(batch)
         dialect = connection.dialect
         check_rowcount = dialect.supports_sane_rowcount and (
             dialect.supports_sane_multi_rowcount or len(batch) == 1

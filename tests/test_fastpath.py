@@ -56,7 +56,7 @@ class Code(Base):
     counter: Mapped[int] = mapped_column(default=7, onupdate=lambda: 99)
     stamp: Mapped[str] = mapped_column(String(30), server_default=text("'server'"))
     bumped: Mapped[int | None] = mapped_column(server_onupdate=text("1"))
-    doubled: Mapped[int | None] = mapped_column(Computed("counter * 2"))
+    doubled: Mapped[int | None] = mapped_column(Computed("counter * 2", persisted=True))
     expr_default: Mapped[int] = mapped_column(default=literal(40) + 2)
 
 

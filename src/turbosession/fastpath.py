@@ -1,17 +1,22 @@
-"""turbosession's own unit of work, and which flushes may take it.
+"""turbosession's own unit of work, and where it takes over from stock's.
 
-A flush takes the fast path when every mapper in it is one this module runs
-exactly as stock does: one table, no inheritance, no version counter, no
-relationship that could have work (so the dependency graph has no edges
-between mappers and no per-state actions).  Otherwise the whole flush goes to
-stock's unit of work; the reason is named, counted (``stats()``) and logged
+A flush runs stock's dependency graph (turbosession's ``UOWTransaction``:
+relationship processing, sorting), but each mapper's save and delete steps
+(``_SaveUpdateAll`` / ``_DeleteAll``, stock's ``_save_obj``/``_delete_obj``)
+run on turbosession's unit of work when the mapper is one this module handles
+exactly as stock does: one table, no inheritance, no version counter, none
+of the features whose bookkeeping is stock's (below).  Otherwise that step
+runs as stock's; a flush with a cycle between mappers (self-referential
+relationships, split per state) runs entirely on stock's steps.  A flush is
+counted as fast (``stats()``) when every step that had states to write took
+turbosession's path, else under the first reason met, which is also logged
 at DEBUG on the ``turbosession`` logger.
 
 On the fast path the per-mapper decisions are made here, in Python, and the
 per-object loops run in the ``persist`` hot path (compiled, or its pure
-twin).  Statements are sent by SQLAlchemy's own emitters on the unit of
-work's connection, so SQL text, parameters, batching, RETURNING and engine
-events are stock's.
+twin).  Statements are sent on the unit of work's connection with stock's
+statements and batching; batches with anything to fetch back go through
+SQLAlchemy's own emitters.
 """
 
 import logging
@@ -20,11 +25,12 @@ from collections import Counter
 from sqlalchemy import sql
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
+from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
-__all__ = ["FALLBACK_REASONS", "fallback_reason", "execute", "reset_stats", "stats"]
+__all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "stats"]
 
 log = logging.getLogger("turbosession")
 
@@ -35,12 +41,11 @@ FALLBACK_REASONS = {
     "not_one_table": "the mapper is not mapped to exactly one Table",
     "version_id": "the mapper has a version_id_col",
     "batch_false": "the mapper was configured with batch=False",
-    "relationships": "the mapper has relationships that take part in the flush",
+    "cycles": "mappers depend on each other (self-referential), split per state",
     "readonly_props": "the mapper has read-only column properties to expire",
     "eager_defaults": "the mapper has eager_defaults=True (a SELECT after the flush)",
     "orm_defaults": "the mapper has ORM-level (dataclass) defaults",
     "refresh_flush": "a refresh_flush listener is registered",
-    "list_only": "states are registered for bookkeeping only (listonly)",
     "row_switch_possible": "one mapper has both inserts and deletes in the flush",
     "disabled": "the session class sets _fast_flush = False",
 }
@@ -86,10 +91,6 @@ def mapper_fallback_reason(mapper):
         return "version_id"
     if not mapper.batch:
         return "batch_false"
-    if mapper._dependency_processors or any(
-        not rel.viewonly for rel in mapper.relationships
-    ):
-        return "relationships"
     if mapper._readonly_props:
         return "readonly_props"
     if mapper.eager_defaults is True:
@@ -103,29 +104,68 @@ def mapper_fallback_reason(mapper):
     return None
 
 
-def fallback_reason(uow):
-    """Why this flush must run on stock's unit of work, or None."""
+def _step_fallback_reason(uow, mapper):
+    """Why this mapper's save and delete steps must be stock's, or None."""
     session = uow.session
+    if not session._fast_flush:
+        return "disabled"
     if session.connection_callable:
         return "connection_callable"
-    for mapper in uow.mappers:
-        reason = mapper_fallback_reason(mapper)
-        if reason is not None:
-            return reason
-    inserting = set()
-    deleting = set()
-    for state, (isdelete, listonly) in uow.states.items():
+    reason = mapper_fallback_reason(mapper)
+    if reason is not None:
+        return reason
+    inserting = deleting = False
+    states = uow.states
+    for state in uow.mappers[mapper]:
+        isdelete, listonly = states[state]
         if listonly:
-            return "list_only"
+            continue
         if isdelete:
-            deleting.add(state.manager.mapper)
+            deleting = True
         elif state.key is None:
-            inserting.add(state.manager.mapper)
-    if not inserting.isdisjoint(deleting):
+            inserting = True
+    if inserting and deleting:
         # a new object may take the identity of a deleted one (a "row
         # switch"), which stock turns into an UPDATE
         return "row_switch_possible"
     return None
+
+
+class ActionRunner:
+    """Runs the sorted actions of one flush, mapper steps on the fast path.
+
+    ``reason`` is None while every step with states took turbosession's
+    path, else the first reason one did not.
+    """
+
+    def __init__(self, uow):
+        self.uow = uow
+        self.persist = uow.session._turbo.persist
+        self.reason = None
+        self._fast = {}
+
+    def __call__(self, action):
+        kind = type(action)
+        if kind is _SaveUpdateAll or kind is _DeleteAll:
+            uow = self.uow
+            mapper = action.mapper
+            fast = self._fast.get(mapper)
+            if fast is None:
+                reason = _step_fallback_reason(uow, mapper)
+                fast = self._fast[mapper] = reason is None
+                if reason is not None and self.reason is None and any(
+                    uow.mappers.get(m) for m in mapper.self_and_descendants
+                ):
+                    # states of this mapper or its subclasses are written
+                    # by stock's step
+                    self.reason = reason
+            if fast:
+                if kind is _SaveUpdateAll:
+                    _save(uow, mapper, self.persist)
+                else:
+                    _delete(uow, mapper, self.persist)
+                return
+        action.execute(self.uow)
 
 
 def _states(uow, mapper, isdelete):
@@ -238,19 +278,3 @@ def _delete(uow, mapper, persist):
     if after_delete:
         for state, _, _, state_connection, _ in to_delete:
             after_delete(mapper, state_connection, state)
-
-
-def execute(uow):
-    """Run the statements of a flush that ``fallback_reason`` let through.
-
-    With no relationship work the stock dependency graph only orders each
-    mapper's saves before its deletes; sorted by ``sort_key`` that gives all
-    saves, mapper by mapper, then all deletes, in the mappers' sort order.
-    Every mapper in the flush gets both steps, as stock's does.
-    """
-    persist = uow.session._turbo.persist
-    mappers = sorted(uow.mappers, key=lambda mapper: mapper._sort_key)
-    for mapper in mappers:
-        _save(uow, mapper, persist)
-    for mapper in mappers:
-        _delete(uow, mapper, persist)

@@ -10,9 +10,9 @@ is the unit of work it builds: ``UOWTransaction`` below, stock's class with
 its dependency sorts and per-state cycle handling on turbosession's
 implementation (``session._turbo``).
 
-``_execute`` is the one place where the work of a flush is done.  The fast
-path (the "own unit of work" issue) decides there, per flush, whether it
-runs the flush itself or hands it to the unit of work as today.
+``UOWTransaction.execute`` runs the sorted actions; each mapper's save and
+delete steps go to turbosession's own unit of work (``fastpath``) where the
+mapper allows it, and the flush is counted as fast or as a fallback.
 """
 
 import re
@@ -115,6 +115,7 @@ class UOWTransaction(unitofwork.UOWTransaction):
         )
         topological = self._topological
         if self.cycles:
+            fastpath.record("cycles")
             # per-state actions of one round run in aggregates (one
             # statement batch per mapper), in stock's set order
             for subset in topological.sort_as_subsets(
@@ -124,28 +125,21 @@ class UOWTransaction(unitofwork.UOWTransaction):
                 while set_:
                     n = set_.pop()
                     n.execute_aggregate(self, set_)
-        else:
+            return
+        # each mapper's save and delete steps on turbosession's unit of work
+        # where the mapper allows it (fastpath), the rest as stock's; the
+        # flush is counted, fast or by its fallback reason, even if it fails
+        run = fastpath.ActionRunner(self)
+        try:
             for rec in topological.sort(self.dependencies, postsort_actions):
-                rec.execute(self)
+                run(rec)
+        finally:
+            fastpath.record(run.reason)
 
 
 def _execute(flush_context):
-    """Do the work of a flush: statements, in dependency order.
-
-    turbosession's own unit of work runs it when ``fastpath`` finds nothing
-    in the flush it does not handle exactly; otherwise stock's does.
-    """
-    session = flush_context.session
-    reason = (
-        fastpath.fallback_reason(flush_context)
-        if session._fast_flush
-        else "disabled"
-    )
-    fastpath.record(reason)
-    if reason is None:
-        fastpath.execute(flush_context)
-    else:
-        flush_context.execute()
+    """Do the work of a flush: statements, in dependency order."""
+    flush_context.execute()
 
 
 _BOOKKEEPING = ("_register_persistent", "_register_altered", "_remove_newly_deleted")

@@ -24,7 +24,6 @@ __all__ = [
     "collect_delete_commands",
     "collect_insert_commands",
     "collect_update_commands",
-    "identity_key",
     "organize_for_delete",
     "organize_for_save",
     "postfetch_batch",
@@ -68,12 +67,8 @@ cdef inline object _sql_expression(object value):
     return None
 
 
-def identity_key(mapper, state):
-    """``mapper._identity_key_from_state(state)``, reading the dict first."""
-    return _identity_key(mapper, state, state.dict)
-
-
 cdef tuple _identity_key(object mapper, object state, object dict_):
+    """``mapper._identity_key_from_state(state)``, reading the dict first."""
     manager = state.manager
     cdef list props = mapper._identity_key_props
     cdef Py_ssize_t i, n = len(props)

@@ -80,7 +80,14 @@ class World:
             except Exception as exc:
                 outcome = ("raised", type(exc).__name__, scrub(str(exc)))
                 if self.session.in_transaction() and not self.session.is_active:
-                    self.session.rollback()
+                    # restoring the snapshot can itself raise (stock does, for
+                    # some objects deleted before a failed flush): part of
+                    # the outcome, compared like the rest
+                    try:
+                        self.session.rollback()
+                    except Exception as rollback_exc:
+                        outcome += ("rollback raised", type(rollback_exc).__name__,
+                                    scrub(str(rollback_exc)))
             else:
                 outcome = ("ok", self.describe_value(result))
         return outcome, [(w.category.__name__, scrub(str(w.message))) for w in caught]
@@ -121,6 +128,19 @@ class World:
         self.engine.dispose()
 
 
+def row_switch(world, cls, ident):
+    """Whether a new object with this identity would replace a deleted one.
+
+    Stock then makes both states persistent in one set and the one it
+    registers last (by memory address) keeps the identity; no second run
+    repeats that, so the state machine leaves row switches to test_fastpath.
+    """
+    return ident is not None and any(
+        type(obj) is cls and obj.__dict__.get("id") == ident
+        for obj in world.session.deleted
+    )
+
+
 def make_machine(session_cls):
     class SessionPrograms(RuleBasedStateMachine):
         def __init__(self):
@@ -145,6 +165,8 @@ def make_machine(session_cls):
         @rule(ident=st.one_of(st.none(), st.integers(1, 6)), name=st.sampled_from(["a", "b", "c"]))
         def add_item(self, ident, name):
             def action(world):
+                if row_switch(world, Item, ident):
+                    return
                 item = Item(id=ident, name=name) if ident is not None else Item(name=name)
                 world.objects.append(item)
                 world.session.add(item)
@@ -153,6 +175,8 @@ def make_machine(session_cls):
         @rule(ident=st.integers(1, 3), kids=st.integers(0, 2))
         def add_parent(self, ident, kids):
             def action(world):
+                if row_switch(world, Parent, ident):
+                    return
                 parent = Parent(id=ident, name="p", children=[Child(name=f"k{i}") for i in range(kids)])
                 world.objects.append(parent)
                 world.objects.extend(parent.children)

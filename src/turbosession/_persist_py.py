@@ -30,7 +30,6 @@ __all__ = [
     "collect_delete_commands",
     "collect_insert_commands",
     "collect_update_commands",
-    "identity_key",
     "organize_for_delete",
     "organize_for_save",
     "postfetch_batch",
@@ -61,12 +60,8 @@ def _sql_expression(value):
     return None
 
 
-def identity_key(mapper, state):
-    """``mapper._identity_key_from_state(state)``, reading the dict first."""
-    return _identity_key(mapper, state, state.dict)
-
-
 def _identity_key(mapper, state, dict_):
+    """``mapper._identity_key_from_state(state)``, reading the dict first."""
     manager = state.manager
     values = []
     for prop in mapper._identity_key_props:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import persistence
 from sqlalchemy.orm.base import PassiveFlag, _none_set, instance_state, state_str
 from sqlalchemy.sql.elements import ClauseElement
 
-from turbosession.flush import _warn
+from turbosession._warn import warn
 
 __all__ = [
     "batches",
@@ -116,7 +116,7 @@ def organize_for_save(mapper, states, uow, connection):
                 # fastpath sends flushes that also delete this mapper's
                 # objects to stock, so no row switch can be due here
                 assert not uow.is_deleted(existing)
-                _warn(
+                warn(
                     "New instance %s with identity key %s conflicts "
                     "with persistent instance %s"
                     % (state_str(state), instance_key, state_str(existing))
@@ -190,26 +190,16 @@ cdef tuple _primary_key_param(uow, state, state_dict, committed, mapper, col, di
     return history.unchanged[0], False, True
 
 
-def collect_update_commands(uow, table, mapper, states_to_update):
+def collect_update_commands(uow, table, mapper, states_to_update, column_changes):
     cdef dict propkey_to_col = mapper._propkey_to_col[table]
-    cdef set propkeys = set(propkey_to_col)
+    cdef frozenset keys = frozenset(propkey_to_col)
     cdef tuple pks = tuple(mapper._pks_by_table[table])
-    manager = mapper.class_manager
     cdef dict params, value_params, pk_params
     cdef bint has_all_pks
     cdef tuple located
     for state, state_dict, state_mapper, connection, _ in states_to_update:
         committed = state.committed_state
-        params = {}
-        value_params = {}
-        for propkey in propkeys.intersection(committed):
-            value = state_dict[propkey]
-            col = propkey_to_col[propkey]
-            expression = _sql_expression(value)
-            if expression is not None:
-                value_params[col] = expression
-            elif manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
-                params[col.key] = value
+        params, value_params = column_changes(state, state_dict, keys, propkey_to_col)
         if not (params or value_params):
             continue
         has_all_pks = True
@@ -375,7 +365,7 @@ def register_persistent(session, set states, commit_all_states):
             and mapper._identity_key_from_state(old, _PASSIVE_NO_FETCH)
             == instance_key
         ):
-            _warn(
+            warn(
                 "Identity map already had an identity for %s, "
                 "replacing it with newly flushed object.   Are there "
                 "load operations occurring inside of an event handler "

@@ -13,6 +13,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 __all__ = [
     "collect_column_changes",
+    "column_changes",
     "commit_all_states",
     "dirty_objects",
     "has_net_changes",
@@ -88,29 +89,39 @@ def has_net_changes(state, include_collections):
 def collect_column_changes(states, propkey_to_col):
     """Net column changes of ``(state, state_dict)`` pairs for one table."""
     cdef frozenset keys = frozenset(propkey_to_col)
-    cdef list changes = []
-    cdef dict params, value_params, committed
-    for state, state_dict in states:
-        params = {}
-        value_params = {}
-        committed = state.committed_state
-        if committed:
-            for propkey in keys.intersection(committed):
-                value = state_dict[propkey]
-                col = propkey_to_col[propkey]
+    return [
+        column_changes(state, state_dict, keys, propkey_to_col)
+        for state, state_dict in states
+    ]
+
+
+cdef inline bint _is_plain(object value):
+    cdef type t = type(value)
+    return (
+        value is None or t is int or t is str or t is float or t is bool or t is bytes
+    )
+
+
+def column_changes(state, state_dict, frozenset keys, propkey_to_col):
+    """The net column changes of one state: ``(params, value_params)``."""
+    cdef dict params = {}
+    cdef dict value_params = {}
+    cdef dict committed = state.committed_state
+    if committed:
+        for propkey in keys.intersection(committed):
+            value = state_dict[propkey]
+            col = propkey_to_col[propkey]
+            # a plain value is neither a SQL expression nor stands for one
+            if not _is_plain(value):
                 if hasattr(value, "__clause_element__"):
                     value_params[col] = value.__clause_element__()
-                elif isinstance(value, _ClauseElement):
+                    continue
+                if isinstance(value, _ClauseElement):
                     value_params[col] = value
-                elif (
-                    state.manager[propkey].impl.is_equal(
-                        value, committed[propkey]
-                    )
-                    is not True
-                ):
-                    params[col.key] = value
-        changes.append((params, value_params))
-    return changes
+                    continue
+            if state.manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
+                params[col.key] = value
+    return params, value_params
 
 
 def commit_all_states(states_and_dicts, instance_dict=None):

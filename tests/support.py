@@ -56,9 +56,14 @@ def _label(obj, objects):
     return repr(obj)
 
 
+def scrub(text):
+    """``text`` without memory addresses, which differ from run to run."""
+    return re.sub(r"0x[0-9a-fA-F]+", "0x?", text)
+
+
 def normalize_error(exc):
     """Exception type and message without memory addresses or session ids."""
-    text = re.sub(r"0x[0-9a-fA-F]+", "0x?", str(exc))
+    text = scrub(str(exc))
     text = re.sub(r"session '\d+'", "session '?'", text)
     text = re.sub(r"is '\d+'", "is '?'", text)
     return type(exc), text

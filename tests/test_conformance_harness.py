@@ -13,7 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 CONFORMANCE = Path(__file__).resolve().parent / "conformance"
 

@@ -10,7 +10,6 @@ mappers mix simple ones (which turbosession flushes itself) with a
 relationship (which falls back), so both paths and their interplay are hit.
 """
 
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -22,7 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_s
 from sqlalchemy import ForeignKey, String, create_engine, event, orm, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from support import object_state
+from support import object_state, scrub
 
 
 class Base(DeclarativeBase):
@@ -51,10 +50,6 @@ class Child(Base):
 
 
 TABLES = ["df_item", "df_parent", "df_child"]
-
-
-def scrub(text):
-    return re.sub(r"0x[0-9a-fA-F]+", "0x?", text)
 
 
 class World:

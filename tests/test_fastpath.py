@@ -7,16 +7,13 @@ asserts that turbosession really took the fast path (or fell back for the
 named reason), so a green run cannot hide a fallback.
 """
 
-import re
 import warnings
 
 import pytest
 from sqlalchemy import (
     Column,
     Computed,
-    DateTime,
     ForeignKey,
-    Integer,
     String,
     delete,
     event,
@@ -27,12 +24,11 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 import turbosession
 from turbosession import fastpath
-from support import normalize_error, object_state, run
+from support import normalize_error, object_state, run, scrub
 
 
 class Base(DeclarativeBase):
@@ -91,7 +87,7 @@ SESSION_EVENTS = ["before_flush", "after_flush", "after_flush_postexec",
 
 def value(v):
     """A value as a program sees it, with memory addresses left out."""
-    return re.sub(r"0x[0-9a-fA-F]+", "0x?", repr(v))
+    return scrub(repr(v))
 
 
 def describe(obj):

@@ -7,7 +7,6 @@ garbage collection removes) must match.
 """
 
 import gc
-import re
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +16,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.orm.base import instance_state
 from sqlalchemy.orm.identity import IdentityMap, _WeakInstanceDict
 from sqlalchemy.orm.util import identity_key
+
+from support import scrub
 
 
 class Base(DeclarativeBase):
@@ -82,8 +83,7 @@ def outcome(world, call):
     try:
         return ("ok", world.describe(call()))
     except Exception as exc:  # compared across worlds, so keep type and text
-        text = re.sub(r"0x[0-9a-f]+", "0x?", str(exc))
-        return ("raised", type(exc), text)
+        return ("raised", type(exc), scrub(str(exc)))
 
 
 def apply(world, op):

@@ -12,7 +12,6 @@ The parameter collectors are generators because stock's are: the emitters
 consume them group by group, interleaved with execution.
 """
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
 from sqlalchemy.orm.base import (
@@ -23,7 +22,7 @@ from sqlalchemy.orm.base import (
 )
 from sqlalchemy.sql.elements import ClauseElement
 
-from turbosession.flush import _warn
+from turbosession._warn import warn
 
 __all__ = [
     "batches",
@@ -102,7 +101,7 @@ def organize_for_save(mapper, states, uow, connection):
                 # fastpath sends flushes that also delete this mapper's
                 # objects to stock, so no row switch can be due here
                 assert not uow.is_deleted(existing)
-                _warn(
+                warn(
                     "New instance %s with identity key %s conflicts "
                     "with persistent instance %s"
                     % (state_str(state), instance_key, state_str(existing))
@@ -175,24 +174,17 @@ def _primary_key_param(uow, state, state_dict, committed, mapper, col, value_par
     return history.unchanged[0], False, True
 
 
-def collect_update_commands(uow, table, mapper, states_to_update):
-    """``persistence._collect_update_commands`` (not bulk, no version id)."""
+def collect_update_commands(uow, table, mapper, states_to_update, column_changes):
+    """``persistence._collect_update_commands`` (not bulk, no version id).
+
+    ``column_changes`` is the tracking twin's net changes of one state.
+    """
     propkey_to_col = mapper._propkey_to_col[table]
-    propkeys = set(propkey_to_col)
+    keys = frozenset(propkey_to_col)
     pks = mapper._pks_by_table[table]
-    manager = mapper.class_manager
     for state, state_dict, state_mapper, connection, _ in states_to_update:
         committed = state.committed_state
-        params = {}
-        value_params = {}
-        for propkey in propkeys.intersection(committed):
-            value = state_dict[propkey]
-            col = propkey_to_col[propkey]
-            expression = _sql_expression(value)
-            if expression is not None:
-                value_params[col] = expression
-            elif manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
-                params[col.key] = value
+        params, value_params = column_changes(state, state_dict, keys, propkey_to_col)
         if not (params or value_params):
             continue
         has_all_pks = True
@@ -363,7 +355,7 @@ def register_persistent(session, states, commit_all_states):
             and mapper._identity_key_from_state(old, _PASSIVE_NO_FETCH)
             == instance_key
         ):
-            _warn(
+            warn(
                 "Identity map already had an identity for %s, "
                 "replacing it with newly flushed object.   Are there "
                 "load operations occurring inside of an event handler "

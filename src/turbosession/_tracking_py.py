@@ -13,9 +13,10 @@ SQLAlchemy's own rules so the answers are identical to stock:
   attribute kind (relationships, collections, custom impls) still goes
   through its own ``get_history``, in the same attribute order, so the first
   change stops the scan at the same place stock's does.
-- ``collect_column_changes``: the net column changes of states for one
-  mapper's table, decided exactly as ``persistence._collect_update_commands``
-  decides them (the fast flush builds its UPDATE parameters from this).
+- ``column_changes`` / ``collect_column_changes``: the net column changes of
+  one state / of states for one mapper's table, decided exactly as
+  ``persistence._collect_update_commands`` decides them (the fast flush builds
+  its UPDATE parameters with ``column_changes``).
 - ``commit_all_states``: ``InstanceState._commit_all_states``, the reset of
   states after a flush.
 """
@@ -27,6 +28,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 __all__ = [
     "collect_column_changes",
+    "column_changes",
     "commit_all_states",
     "dirty_objects",
     "has_net_changes",
@@ -107,28 +109,40 @@ def collect_column_changes(states, propkey_to_col):
     Primary-key and version-id handling stays with the flush.
     """
     keys = frozenset(propkey_to_col)
-    changes = []
-    for state, state_dict in states:
-        params = {}
-        value_params = {}
-        committed = state.committed_state
-        if committed:
-            for propkey in keys.intersection(committed):
-                value = state_dict[propkey]
-                col = propkey_to_col[propkey]
-                if hasattr(value, "__clause_element__"):
-                    value_params[col] = value.__clause_element__()
-                elif isinstance(value, ClauseElement):
-                    value_params[col] = value
-                elif (
-                    state.manager[propkey].impl.is_equal(
-                        value, committed[propkey]
-                    )
-                    is not True
-                ):
-                    params[col.key] = value
-        changes.append((params, value_params))
-    return changes
+    return [
+        column_changes(state, state_dict, keys, propkey_to_col)
+        for state, state_dict in states
+    ]
+
+
+_PLAIN_TYPES = frozenset([int, str, float, bool, bytes, type(None)])
+
+
+def column_changes(state, state_dict, keys, propkey_to_col):
+    """The net column changes of one state: ``(params, value_params)``.
+
+    ``keys`` is ``frozenset(propkey_to_col)``, built once per table by the
+    caller; the flush calls this once per state it updates.
+    """
+    params = {}
+    value_params = {}
+    committed = state.committed_state
+    if committed:
+        for propkey in keys.intersection(committed):
+            value = state_dict[propkey]
+            col = propkey_to_col[propkey]
+            # a plain value is neither a SQL expression nor stands for one
+            if type(value) in _PLAIN_TYPES:
+                pass
+            elif hasattr(value, "__clause_element__"):
+                value_params[col] = value.__clause_element__()
+                continue
+            elif isinstance(value, ClauseElement):
+                value_params[col] = value
+                continue
+            if state.manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
+                params[col.key] = value
+    return params, value_params
 
 
 def commit_all_states(states_and_dicts, instance_dict=None):

@@ -114,19 +114,14 @@ def _step_fallback_reason(uow, mapper):
     reason = mapper_fallback_reason(mapper)
     if reason is not None:
         return reason
-    inserting = deleting = False
-    states = uow.states
-    for state in uow.mappers[mapper]:
-        isdelete, listonly = states[state]
-        if listonly:
-            continue
-        if isdelete:
-            deleting = True
-        elif state.key is None:
-            inserting = True
-    if inserting and deleting:
-        # a new object may take the identity of a deleted one (a "row
-        # switch"), which stock turns into an UPDATE
+    # a new object may take the identity of a deleted one (a "row switch"),
+    # which stock turns into an UPDATE; the saves are only looked through
+    # when the flush deletes objects of this mapper too
+    deletes = uow.states_for_mapper_hierarchy(mapper, True, False)
+    if next(deletes, None) is not None and any(
+        state.key is None
+        for state in uow.states_for_mapper_hierarchy(mapper, False, False)
+    ):
         return "row_switch_possible"
     return None
 
@@ -168,20 +163,18 @@ class ActionRunner:
         action.execute(self.uow)
 
 
-def _states(uow, mapper, isdelete):
-    wanted = (isdelete, False)
-    states = uow.states
-    return [state for state in uow.mappers[mapper] if states[state] == wanted]
-
-
 def _save(uow, mapper, persist):
     """``persistence._save_obj`` for a single-table mapper."""
     connection = uow.transaction.connection(mapper)
-    states = persistence._sort_states(mapper, _states(uow, mapper, False))
+    states = persistence._sort_states(
+        mapper, uow.states_for_mapper_hierarchy(mapper, False, False)
+    )
     to_insert, to_update = persist.organize_for_save(mapper, states, uow, connection)
     table = mapper.local_table
     insert = persist.collect_insert_commands(table, mapper, connection, to_insert)
-    update = persist.collect_update_commands(uow, table, mapper, to_update)
+    update = persist.collect_update_commands(
+        uow, table, mapper, to_update, uow.session._turbo.tracking.column_changes
+    )
     _emit_updates(uow, mapper, table, update, persist)
     _emit_inserts(uow, mapper, table, insert, persist)
     after_insert = mapper.dispatch.after_insert
@@ -269,7 +262,9 @@ def _emit_updates(uow, mapper, table, records, persist):
 def _delete(uow, mapper, persist):
     """``persistence._delete_obj`` for a single-table mapper."""
     connection = uow.transaction.connection(mapper)
-    states = persistence._sort_states(mapper, _states(uow, mapper, True))
+    states = persistence._sort_states(
+        mapper, uow.states_for_mapper_hierarchy(mapper, True, False)
+    )
     to_delete = persist.organize_for_delete(mapper, states, connection)
     table = mapper.local_table
     delete = persist.collect_delete_commands(table, mapper, to_delete)

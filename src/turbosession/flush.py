@@ -15,27 +15,19 @@ delete steps go to turbosession's own unit of work (``fastpath``) where the
 mapper allows it, and the flush is counted as fast or as a fallback.
 """
 
-import re
-import sys
-import warnings
 from operator import attrgetter
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm, util
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
-from sqlalchemy.util.langhelpers import _warning_tags
 
 from . import fastpath
+from ._warn import warn
 
 __all__ = ["UOWTransaction", "flush"]
 
 _sort_key = attrgetter("sort_key")
-
-# frames a warning is not attributed to: SQLAlchemy's pattern, plus ours
-_INTERNAL = re.compile(r"^(?:sqlalchemy\.(?!testing)|alembic\.|turbosession\.)")
-
 
 class UOWTransaction(unitofwork.UOWTransaction):
     """Stock's unit of work, sorting with turbosession's topological twins.
@@ -137,11 +129,6 @@ class UOWTransaction(unitofwork.UOWTransaction):
             fastpath.record(run.reason)
 
 
-def _execute(flush_context):
-    """Do the work of a flush: statements, in dependency order."""
-    flush_context.execute()
-
-
 _BOOKKEEPING = ("_register_persistent", "_register_altered", "_remove_newly_deleted")
 
 
@@ -194,30 +181,6 @@ def _register_states(session, flush_context, objects, dirty):
     persist.register_deletes(session, flush_context, proc)
 
 
-def _warn(message):
-    """``sqlalchemy.util.warn`` pointing where stock's warning points.
-
-    SQLAlchemy attributes a warning to the first frame outside SQLAlchemy
-    and appends the tag of a tagged method on the stack (autoflush).  Issued
-    from here, its search would stop at turbosession's frames; this is the
-    same search with turbosession's frames counted as internal too.
-    """
-    frame, stacklevel = sys._getframe(1), 2
-    found = tagged = False
-    while frame is not None:
-        if not found and not _INTERNAL.match(frame.f_globals.get("__name__", "")):
-            found = True
-        if frame.f_code in _warning_tags:
-            tagged = True
-            message = f"{message} ({_warning_tags[frame.f_code][0]})"
-        frame = frame.f_back
-        if not found:
-            stacklevel += 1
-        elif tagged:
-            break
-    warnings.warn(message, sa_exc.SAWarning, stacklevel=stacklevel)
-
-
 def _reset_inner_flush_changes(session):
     """Reset states modified by listeners during the flush, with stock's warning."""
     modified = session.identity_map._modified
@@ -226,7 +189,7 @@ def _reset_inner_flush_changes(session):
         [(state, state.dict) for state in modified],
         instance_dict=session.identity_map,
     )
-    _warn(
+    warn(
         "Attribute history events accumulated on %d "
         "previously clean instances "
         "within inner-flush event handlers have been "
@@ -269,7 +232,7 @@ def flush(self, objects=None):
     try:
         self._warn_on_events = True
         try:
-            _execute(flush_context)
+            flush_context.execute()
         finally:
             self._warn_on_events = False
 

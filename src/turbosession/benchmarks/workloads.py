@@ -23,7 +23,6 @@ from .models import Child, Item, Node, Parent
 ITEM = Item.__table__
 PARENT = Parent.__table__
 CHILD = Child.__table__
-NODE = Node.__table__
 
 CHILDREN_PER_PARENT = 4
 TREE_FAN_OUT = 4
@@ -134,12 +133,58 @@ class Construct(Workload):
         check(all(inspect(o).transient for o in objects), "objects are not transient")
 
 
-class InsertAutoincrement(Workload):
+class InsertReferences:
+    """ORM bulk, Core and raw DBAPI inserts of ``rows()`` into ``model``'s table.
+
+    ``dbapi_columns`` names the columns the raw driver inserts, in order.
+    """
+
+    model = None
+    dbapi_columns = ()
+
+    def setup_orm_bulk(self, state):
+        self.db.reset()
+        state.rows = self.rows()
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_orm_bulk(self, state):
+        state.session.execute(insert(self.model), state.rows)
+        state.session.commit()
+
+    def setup_core(self, state):
+        self.db.reset()
+        state.rows = self.rows()
+        return state
+
+    def run_core(self, state):
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(self.model.__table__), state.rows)
+
+    def setup_dbapi(self, state):
+        self.db.reset()
+        columns = self.dbapi_columns
+        state.params = [tuple(row[c] for c in columns) for row in self.rows()]
+        state.statement = self.sql(
+            f"INSERT INTO {self.model.__tablename__} ({', '.join(columns)}) "
+            f"VALUES ({', '.join('?' for _ in columns)})"
+        )
+        self.raw_connection(state)
+        return state
+
+    def run_dbapi(self, state):
+        state.connection.cursor().executemany(state.statement, state.params)
+        state.connection.commit()
+
+
+class InsertAutoincrement(InsertReferences, Workload):
     """add_all + commit of new objects whose ids the database assigns."""
 
     name = "insert_autoincrement"
     title = "insert, autoincrement PK"
+    model = Item
     with_ids = False
+    dbapi_columns = ("name", "qty")
 
     def rows(self):
         rows = [item_row(i) for i in range(self.n)]
@@ -157,41 +202,6 @@ class InsertAutoincrement(Workload):
     def run_session(self, state):
         state.session.add_all(state.objects)
         state.session.commit()
-
-    def setup_orm_bulk(self, state):
-        self.db.reset()
-        state.rows = self.rows()
-        state.session = state.session_cls(self.db.engine)
-        return state
-
-    def run_orm_bulk(self, state):
-        state.session.execute(insert(Item), state.rows)
-        state.session.commit()
-
-    def setup_core(self, state):
-        self.db.reset()
-        state.rows = self.rows()
-        return state
-
-    def run_core(self, state):
-        with self.db.engine.begin() as conn:
-            conn.execute(insert(ITEM), state.rows)
-
-    def setup_dbapi(self, state):
-        self.db.reset()
-        columns = ("id", "name", "qty") if self.with_ids else ("name", "qty")
-        state.params = [tuple(row[c] for c in columns) for row in self.rows()]
-        state.statement = self.sql(
-            f"INSERT INTO tsbench_item ({', '.join(columns)}) "
-            f"VALUES ({', '.join('?' for _ in columns)})"
-        )
-        self.raw_connection(state)
-        return state
-
-    def run_dbapi(self, state):
-        cursor = state.connection.cursor()
-        cursor.executemany(state.statement, state.params)
-        state.connection.commit()
 
     def verify(self, state):
         n = self.n
@@ -211,6 +221,7 @@ class InsertPrimaryKeyGiven(InsertAutoincrement):
     name = "insert_pk_given"
     title = "insert, PK given"
     with_ids = True
+    dbapi_columns = ("id", "name", "qty")
 
 
 class UpdateOneColumn(Workload):
@@ -507,11 +518,13 @@ class ParentsWithChildren(Workload):
         check(len(parents) == self.parents, f"{len(parents)} parents, expected {self.parents}")
 
 
-class SelfReferentialTree(Workload):
+class SelfReferentialTree(InsertReferences, Workload):
     """A tree of N nodes, fan-out 4: the cyclic case the flush sorts per state."""
 
     name = "tree"
     title = "self-referential tree (cyclic)"
+    model = Node
+    dbapi_columns = ("id", "parent_id", "name")
 
     def parent_index(self, i):
         return (i - 1) // TREE_FAN_OUT
@@ -537,38 +550,6 @@ class SelfReferentialTree(Workload):
             {"id": i + 1, "parent_id": self.parent_index(i) + 1 if i else None, "name": f"n{i}"}
             for i in range(self.n)
         ]
-
-    def setup_orm_bulk(self, state):
-        self.db.reset()
-        state.rows = self.rows()
-        state.session = state.session_cls(self.db.engine)
-        return state
-
-    def run_orm_bulk(self, state):
-        state.session.execute(insert(Node), state.rows)
-        state.session.commit()
-
-    def setup_core(self, state):
-        self.db.reset()
-        state.rows = self.rows()
-        return state
-
-    def run_core(self, state):
-        with self.db.engine.begin() as conn:
-            conn.execute(insert(NODE), state.rows)
-
-    def setup_dbapi(self, state):
-        self.db.reset()
-        state.params = [(r["id"], r["parent_id"], r["name"]) for r in self.rows()]
-        state.statement = self.sql(
-            "INSERT INTO tsbench_node (id, parent_id, name) VALUES (?, ?, ?)"
-        )
-        self.raw_connection(state)
-        return state
-
-    def run_dbapi(self, state):
-        state.connection.cursor().executemany(state.statement, state.params)
-        state.connection.commit()
 
     def verify(self, state):
         pairs = self.db.pairs(

@@ -149,7 +149,7 @@ cdef class WeakIdentityMapCore:
         if existing is not None and _object_of(existing) is not None:
             _raise_conflict(state)
         self._dict[key] = state
-        self._manage_incoming_state(state)
+        self._incoming(state)
         return True
 
     def replace(self, state):
@@ -159,20 +159,29 @@ cdef class WeakIdentityMapCore:
         if existing is state:
             return None
         if existing is not None:
-            self._manage_removed_state(existing)
+            self._removed(existing)
         self._dict[key] = state
-        self._manage_incoming_state(state)
+        self._incoming(state)
         return existing
 
-    def _manage_incoming_state(self, state):
+    # the flush registers every state through replace(): these two run as
+    # C calls there, and stay methods for IdentityMap's API
+
+    cdef inline _incoming(self, state):
         state._instance_dict = self._wr
         if state.modified:
             self._modified.add(state)
 
-    def _manage_removed_state(self, state):
+    cdef inline _removed(self, state):
         del state._instance_dict
         if state.modified:
             self._modified.discard(state)
+
+    def _manage_incoming_state(self, state):
+        self._incoming(state)
+
+    def _manage_removed_state(self, state):
+        self._removed(state)
 
     def _fast_discard(self, state):
         # weakref callback of a collected object: no _modified bookkeeping,
@@ -185,7 +194,7 @@ cdef class WeakIdentityMapCore:
         key = state.key
         if self._dict.get(key) is state:
             del self._dict[key]
-            self._manage_removed_state(state)
+            self._removed(state)
 
     def discard(self, state):
         self.safe_discard(state)

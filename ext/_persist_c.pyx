@@ -12,9 +12,19 @@ from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.ref cimport Py_INCREF
 
+import weakref
+
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
-from sqlalchemy.orm.base import PassiveFlag, _none_set, instance_state, state_str
+from sqlalchemy.orm import base as orm_base
+from sqlalchemy.orm.base import (
+    NEVER_SET,
+    PASSIVE_NO_RESULT,
+    PassiveFlag,
+    _none_set,
+    instance_state,
+    state_str,
+)
 from sqlalchemy.sql.elements import ClauseElement
 
 from turbosession._warn import warn
@@ -38,6 +48,8 @@ cdef object _PASSIVE_OFF = PassiveFlag.PASSIVE_OFF
 cdef object _PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
 cdef object _ClauseElement = ClauseElement
 cdef object _postfetch = persistence._postfetch
+cdef object _ref = weakref.ref
+cdef object _WeakKeyDictionary = weakref.WeakKeyDictionary
 
 
 def _is_compiled():
@@ -67,28 +79,39 @@ cdef inline object _sql_expression(object value):
     return None
 
 
-cdef tuple _identity_key(object mapper, object state, object dict_):
-    """``mapper._identity_key_from_state(state)``, reading the dict first."""
-    manager = state.manager
-    cdef list props = mapper._identity_key_props
-    cdef Py_ssize_t i, n = len(props)
+cdef tuple _key_props(mapper):
+    """What a mapper's identity keys are built from: its identity class and
+    the attribute keys of its primary key properties, in order."""
+    return mapper._identity_class, tuple([p.key for p in mapper._identity_key_props])
+
+
+cdef tuple _identity_key(tuple key_props, object state, object dict_):
+    """``mapper._identity_key_from_state(state)``, reading the dict first;
+    ``key_props`` is the mapper's ``_key_props``."""
+    cdef tuple keys = key_props[1]
+    cdef Py_ssize_t i, n = len(keys)
     cdef tuple values = PyTuple_New(n)
     cdef PyObject* found
+    manager = None
     for i in range(n):
-        key = (<object>props[i]).key
+        key = keys[i]
         if type(dict_) is dict:
             found = PyDict_GetItem(<dict>dict_, key)
             if found is not NULL:
                 value = <object>found
             else:
+                if manager is None:
+                    manager = state.manager
                 value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
         elif key in dict_:
             value = dict_[key]
         else:
+            if manager is None:
+                manager = state.manager
             value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
         Py_INCREF(value)
         PyTuple_SET_ITEM(values, i, value)
-    return (mapper._identity_class, values, state.identity_token)
+    return (key_props[0], values, state.identity_token)
 
 
 def organize_for_save(mapper, states, uow, connection):
@@ -97,6 +120,7 @@ def organize_for_save(mapper, states, uow, connection):
     cdef bint insert_listeners = bool(before_insert)
     cdef bint update_listeners = bool(before_update)
     identity_map = uow.session.identity_map
+    cdef tuple key_props = _key_props(mapper)
     cdef list to_insert = []
     cdef list to_update = []
     cdef bint has_identity
@@ -104,7 +128,7 @@ def organize_for_save(mapper, states, uow, connection):
         dict_ = state.dict
         key = state.key
         has_identity = bool(key)
-        instance_key = key or _identity_key(mapper, state, dict_)
+        instance_key = key or _identity_key(key_props, state, dict_)
         if not has_identity:
             if insert_listeners:
                 before_insert(mapper, connection, state)
@@ -305,11 +329,30 @@ def collect_delete_commands(table, mapper, states_to_delete):
         yield params, connection
 
 
+cdef object _NEVER_SET = NEVER_SET
+cdef object _PASSIVE_NO_RESULT = PASSIVE_NO_RESULT
+
+
+cdef bint _null_identity(tuple pk, bint allow_partial_pks) except -1:
+    """Whether ``pk`` is a NULL identity (stock's test against ``_none_set``).
+
+    Counted in a C loop when every value is an int, a str or a "none"
+    marker; other values take stock's set expression, which also raises
+    as stock does for an unhashable value.
+    """
+    cdef Py_ssize_t nones = 0
+    for value in pk:
+        if value is None or value is _NEVER_SET or value is _PASSIVE_NO_RESULT:
+            nones += 1
+        elif type(value) is not int and type(value) is not str:
+            return (
+                _none_set.intersection(pk) and not allow_partial_pks
+            ) or _none_set.issuperset(pk)
+    return (nones and not allow_partial_pks) or nones == len(pk)
+
+
 cdef _check_identity_key(state, mapper, tuple instance_key):
-    pk = instance_key[1]
-    if (
-        _none_set.intersection(pk) and not mapper.allow_partial_pks
-    ) or _none_set.issuperset(pk):
+    if _null_identity(instance_key[1], mapper.allow_partial_pks):
         raise orm_exc.FlushError(
             "Instance %s has a NULL identity key.  If this is an "
             "auto-generated value, check that the database table "
@@ -336,22 +379,42 @@ cdef _switch_key(session, state, instance_key):
     state.key = instance_key
 
 
+cdef _mark_in(mapping, list states):
+    """``mapping[state] = True`` for each state (a transaction's ``_new`` or
+    ``_dirty``); for a ``WeakKeyDictionary`` its own ``__setitem__``
+    statement, run here without a Python frame per state."""
+    if type(mapping) is not _WeakKeyDictionary:
+        for state in states:
+            mapping[state] = True
+        return
+    cdef dict data = mapping.data
+    remove = mapping._remove
+    for state in states:
+        data[_ref(state, remove)] = True
+
+
 def register_persistent(session, set states, commit_all_states):
     pending_to_persistent = session.dispatch.pending_to_persistent or None
     identity_map = session.identity_map
-    cdef tuple instance_key
+    instance_dict = orm_base.instance_dict
+    cdef dict key_props_of = {}
+    cdef tuple instance_key, key_props
     # (state, dict) pairs to reset afterwards: every flushed object is held
     # strongly (by _new, _deleted or its modified state) until then
     cdef list committing = []
     for state in states:
-        mapper = state.manager.mapper
         # hold the object against a last-minute dereference
         obj = state.obj()
-        dict_ = state.dict
-        committing.append((state, dict_))
         if obj is None:
+            committing.append((state, {}))
             continue
-        instance_key = _identity_key(mapper, state, dict_)
+        dict_ = instance_dict(obj)
+        committing.append((state, dict_))
+        mapper = state.manager.mapper
+        key_props = key_props_of.get(mapper)
+        if key_props is None:
+            key_props = key_props_of[mapper] = _key_props(mapper)
+        instance_key = _identity_key(key_props, state, dict_)
         _check_identity_key(state, mapper, instance_key)
         key = state.key
         if key is None:
@@ -376,15 +439,17 @@ def register_persistent(session, set states, commit_all_states):
     commit_all_states(committing, identity_map)
 
     cdef dict new = session._new
+    cdef list was_new = []
+    cdef list was_dirty = []
     transaction = session._transaction
     if transaction:
-        transaction_new = transaction._new
-        transaction_dirty = transaction._dirty
         for state in states:
             if state in new:
-                transaction_new[state] = True
+                was_new.append(state)
             else:
-                transaction_dirty[state] = True
+                was_dirty.append(state)
+        _mark_in(transaction._new, was_new)
+        _mark_in(transaction._dirty, was_dirty)
 
     if pending_to_persistent is not None:
         for state in states.intersection(new):

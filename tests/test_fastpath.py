@@ -62,6 +62,21 @@ class Other(Base):
     value: Mapped[str | None] = mapped_column(String(20), default="dflt")
 
 
+class Pair(Base):
+    """Composite key that may be partly NULL (allow_partial_pks, the default)."""
+
+    __tablename__ = "fp_pair"
+    a: Mapped[int | None] = mapped_column(primary_key=True, autoincrement=False, nullable=True)
+    b: Mapped[str | None] = mapped_column(String(10), primary_key=True, nullable=True)
+
+
+class StrictPair(Base):
+    __tablename__ = "fp_strict_pair"
+    __mapper_args__ = {"allow_partial_pks": False}
+    a: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    b: Mapped[str | None] = mapped_column(String(10), primary_key=True, nullable=True)
+
+
 class Owner(Base):
     """Has a relationship: flushes that involve it fall back to stock."""
 
@@ -330,6 +345,20 @@ def scenario_stale_and_null(session_cls, engine, log):
     session.close()
 
 
+def scenario_null_identity_keys(session_cls, engine, log):
+    """Primary keys flushed as NULL: a partial key is an identity unless the
+    mapper forbids it; an all-NULL key never is (FlushError, or the
+    database refuses the row first)."""
+    session = session_cls(engine)
+    for obj in (Pair(a=1, b=None), Pair(a=2, b="x"), StrictPair(a=1, b="y"),
+                StrictPair(a=2, b=None), Pair(a=None, b=None)):
+        session.add(obj)
+        guarded(log, session.flush)
+        log.note("state", describe(obj), sorted(map(repr, session.identity_map.keys())))
+        session.rollback()
+    session.close()
+
+
 def scenario_listener_changes(session_cls, engine, log):
     """Listeners that set values, including SQL expressions, in before_*."""
 
@@ -373,7 +402,7 @@ def scenario_flush_objects_and_nested(session_cls, engine, log):
 
 FAST = [scenario_inserts, scenario_updates, scenario_deletes, scenario_defaults,
         scenario_integrity_error, scenario_listener_raises, scenario_connection_lost,
-        scenario_stale_and_null,
+        scenario_stale_and_null, scenario_null_identity_keys,
         scenario_listener_changes, scenario_flush_objects_and_nested]
 
 

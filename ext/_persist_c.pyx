@@ -153,39 +153,47 @@ def organize_for_save(mapper, states, uow, connection):
 
 
 def collect_insert_commands(table, mapper, connection, states_to_insert):
-    cdef dict propkey_to_col = mapper._propkey_to_col[table]
-    cdef set propkeys = set(propkey_to_col)
+    # the mapper's columns once, as (propkey, column key, column,
+    # evaluates None); stock walks a set intersection whose order is that
+    # of str hashes, so no order of the parameters is observable
     eval_none = mapper._insert_cols_evaluating_none[table]
+    cdef tuple columns = tuple([
+        (propkey, col.key, col, col in eval_none)
+        for propkey, col in mapper._propkey_to_col[table].items()
+    ])
     as_none = mapper._insert_cols_as_none[table]
-    pk_keys = mapper._pk_keys_by_table[table]
+    cdef tuple pk_keys = tuple(mapper._pk_keys_by_table[table])
+    cdef tuple server_default_keys = None
     if mapper.base_mapper._prefer_eager_defaults(connection.dialect, table):
-        server_default_keys = mapper._server_default_col_keys[table]
-    else:
-        server_default_keys = None
+        server_default_keys = tuple(mapper._server_default_col_keys[table])
     cdef dict params, value_params
-    cdef bint has_all_pks, has_all_defaults
+    cdef tuple column
+    cdef PyObject* found
     for state, state_dict, state_mapper, state_connection in states_to_insert:
         params = {}
         value_params = {}
-        for propkey in propkeys.intersection(state_dict):
-            value = state_dict[propkey]
-            col = propkey_to_col[propkey]
-            if value is None and col not in eval_none:
+        for column in columns:
+            if type(state_dict) is dict:
+                found = PyDict_GetItem(<dict>state_dict, column[0])
+                if found is NULL:
+                    continue
+                value = <object>found
+            elif column[0] in state_dict:
+                value = state_dict[column[0]]
+            else:
+                continue
+            if value is None and not column[3]:
                 continue
             expression = _sql_expression(value)
             if expression is None:
-                params[col.key] = value
+                params[column[1]] = value
             else:
-                value_params[col] = expression
-        for colkey in as_none.difference(params).difference(
-            [c.key for c in value_params]
-        ):
-            params[colkey] = None
-        has_all_pks = pk_keys.issubset(params)
-        if server_default_keys is None:
-            has_all_defaults = True
-        else:
-            has_all_defaults = server_default_keys.issubset(params)
+                value_params[column[2]] = expression
+        if as_none:
+            for colkey in as_none.difference(params).difference(
+                [c.key for c in value_params]
+            ):
+                params[colkey] = None
         yield (
             state,
             state_dict,
@@ -193,9 +201,16 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
             state_mapper,
             state_connection,
             value_params,
-            has_all_pks,
-            has_all_defaults,
+            _has_all(params, pk_keys),
+            server_default_keys is None or _has_all(params, server_default_keys),
         )
+
+
+cdef inline bint _has_all(dict params, tuple keys):
+    for key in keys:
+        if key not in params:
+            return False
+    return True
 
 
 cdef tuple _primary_key_param(uow, state, state_dict, committed, mapper, col, dict value_params):
@@ -531,22 +546,44 @@ def register_deletes(session, uow, states):
         assert registered, "Failed to add object to the flush context!"
 
 
+cdef bint _same_keys(dict a, dict b):
+    """``set(a) == set(b)`` without building either set."""
+    if len(a) != len(b):
+        return False
+    for key in a:
+        if key not in b:
+            return False
+    return True
+
+
 def batches(records):
     """``itertools.groupby`` of INSERT/UPDATE records as stock's emitters
     group them (connection, parameter keys, SQL-expression values, the two
     flags), each batch as a list.  As with stock's ``list(group)``, a batch
     is handed on once the first record of the next one has been collected.
+    Records are compared with the batch's first one, so no key is built
+    per record.
     """
     cdef list batch = None
-    cdef tuple current = None, key
+    cdef tuple first = None
     for record in records:
-        key = (record[4], set(record[2]), bool(record[5]), record[6], record[7])
-        if batch is not None and key == current:
+        if (
+            batch is not None
+            and record[4] == first[4]
+            and _same_keys(record[2], first[2])
+            and bool(record[5]) == bool(first[5])
+            and record[6] == first[6]
+            and record[7] == first[7]
+        ):
             batch.append(record)
             continue
         if batch is not None:
-            yield current, batch
-        current = key
+            yield _batch_key(first), batch
+        first = record
         batch = [record]
     if batch is not None:
-        yield current, batch
+        yield _batch_key(first), batch
+
+
+cdef tuple _batch_key(tuple record):
+    return (record[4], set(record[2]), bool(record[5]), record[6], record[7])

@@ -16,6 +16,7 @@ import weakref
 
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
+from sqlalchemy.orm.session import Session
 from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm.base import (
     NEVER_SET,
@@ -49,6 +50,7 @@ cdef object _PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
 cdef object _ClauseElement = ClauseElement
 cdef object _postfetch = persistence._postfetch
 cdef object _ref = weakref.ref
+cdef object _stock_contains_state = Session._contains_state
 cdef object _WeakKeyDictionary = weakref.WeakKeyDictionary
 
 
@@ -153,14 +155,15 @@ def organize_for_save(mapper, states, uow, connection):
 
 
 def collect_insert_commands(table, mapper, connection, states_to_insert):
-    # the mapper's columns once, as (propkey, column key, column,
-    # evaluates None); stock walks a set intersection whose order is that
-    # of str hashes, so no order of the parameters is observable
+    # the mapper's columns once: propkey -> (column key, column, evaluates
+    # None).  The parameters are gathered in the order of stock's set
+    # intersection, which a before_execute listener sees.
     eval_none = mapper._insert_cols_evaluating_none[table]
-    cdef tuple columns = tuple([
-        (propkey, col.key, col, col in eval_none)
+    cdef dict columns = {
+        propkey: (col.key, col, col in eval_none)
         for propkey, col in mapper._propkey_to_col[table].items()
-    ])
+    }
+    cdef frozenset propkeys = frozenset(columns)
     as_none = mapper._insert_cols_as_none[table]
     cdef tuple pk_keys = tuple(mapper._pk_keys_by_table[table])
     cdef tuple server_default_keys = None
@@ -168,27 +171,19 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
         server_default_keys = tuple(mapper._server_default_col_keys[table])
     cdef dict params, value_params
     cdef tuple column
-    cdef PyObject* found
     for state, state_dict, state_mapper, state_connection in states_to_insert:
         params = {}
         value_params = {}
-        for column in columns:
-            if type(state_dict) is dict:
-                found = PyDict_GetItem(<dict>state_dict, column[0])
-                if found is NULL:
-                    continue
-                value = <object>found
-            elif column[0] in state_dict:
-                value = state_dict[column[0]]
-            else:
-                continue
-            if value is None and not column[3]:
+        for propkey in propkeys.intersection(state_dict):
+            value = state_dict[propkey]
+            column = <tuple>columns[propkey]
+            if value is None and not column[2]:
                 continue
             expression = _sql_expression(value)
             if expression is None:
-                params[column[1]] = value
+                params[column[0]] = value
             else:
-                value_params[column[2]] = expression
+                value_params[column[1]] = expression
         if as_none:
             for colkey in as_none.difference(params).difference(
                 [c.key for c in value_params]
@@ -499,20 +494,47 @@ def _orphan_possible(mapper):
     return any(m._delete_orphans for m in mapper.iterate_to_root())
 
 
-cdef bint _register(session, uow, state, bint isdelete) except -1:
-    """``UOWTransaction.register_object(state, isdelete)`` from the flush."""
-    if not session._contains_state(state):
-        return False
-    cdef dict states = uow.states
-    if state not in states:
-        mapper = state.manager.mapper
-        if mapper not in uow.mappers:
-            uow._per_mapper_flush_actions(mapper)
-        uow.mappers[mapper].add(state)
-        states[state] = (isdelete, False)
-    elif isdelete:
-        states[state] = (True, False)
-    return True
+cdef class _Registrar:
+    """``UOWTransaction.register_object(state, isdelete)`` from the flush,
+    with the session's and unit of work's containers looked up once.
+
+    Session membership is stock's ``_contains_state`` (in ``_new``, or the
+    identity map's own state for its key) unless the session class
+    overrides it, in which case that override is asked."""
+
+    cdef object uow
+    cdef dict new
+    cdef object contains_state
+    cdef object session_contains
+    cdef dict states
+    cdef object mappers
+
+    def __cinit__(self, session, uow):
+        self.uow = uow
+        if type(session)._contains_state is _stock_contains_state:
+            self.new = session._new
+            self.contains_state = session.identity_map.contains_state
+            self.session_contains = None
+        else:
+            self.session_contains = session._contains_state
+        self.states = uow.states
+        self.mappers = uow.mappers
+
+    cdef bint register(self, state, bint isdelete) except -1:
+        if self.session_contains is None:
+            if state not in self.new and not self.contains_state(state):
+                return False
+        elif not self.session_contains(state):
+            return False
+        if state not in self.states:
+            mapper = state.manager.mapper
+            if mapper not in self.mappers:
+                self.uow._per_mapper_flush_actions(mapper)
+            self.mappers[mapper].add(state)
+            self.states[state] = (isdelete, False)
+        elif isdelete:
+            self.states[state] = (True, False)
+        return True
 
 
 def register_saves(session, uow, states, set processed):
@@ -522,6 +544,7 @@ def register_saves(session, uow, states, set processed):
     registered as deletes, the rest as saves (and added to ``processed``);
     ``_is_orphan`` is only asked where it can be true.
     """
+    cdef _Registrar registrar = _Registrar(session, uow)
     cdef dict orphan_possible = {}
     cdef bint is_orphan, is_persistent_orphan
     for state in states:
@@ -534,15 +557,16 @@ def register_saves(session, uow, states, set processed):
         if is_orphan and not is_persistent_orphan and state._orphaned_outside_of_session:
             session._expunge_states([state])
         else:
-            registered = _register(session, uow, state, is_persistent_orphan)
+            registered = registrar.register(state, is_persistent_orphan)
             assert registered, "Failed to add object to the flush context!"
             processed.add(state)
 
 
 def register_deletes(session, uow, states):
     """The delete half of ``Session._flush``'s registration loop."""
+    cdef _Registrar registrar = _Registrar(session, uow)
     for state in states:
-        registered = _register(session, uow, state, True)
+        registered = registrar.register(state, True)
         assert registered, "Failed to add object to the flush context!"
 
 

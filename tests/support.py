@@ -39,11 +39,19 @@ class Recorder:
             self.note(label, sorted(_label(o, objects) for o in members))
 
     def __enter__(self):
+        event.listen(self.engine, "before_execute", self._execute)
         event.listen(self.engine, "before_cursor_execute", self._sql)
         return self
 
     def __exit__(self, *exc):
+        event.remove(self.engine, "before_execute", self._execute)
         event.remove(self.engine, "before_cursor_execute", self._sql)
+
+    def _execute(self, conn, clauseelement, multiparams, params, execution_options):
+        # the key order of the parameter dictionaries a listener gets (their
+        # values and row order are in the "sql" entry: stock orders the rows
+        # of relationship statements by set order, which is by memory address)
+        self.note("execute keys", sorted({tuple(p) for p in multiparams}), list(params))
 
     def _sql(self, conn, cursor, statement, parameters, context, executemany):
         self.note("sql", statement, repr(parameters), executemany)

@@ -208,11 +208,9 @@ cdef inline bint _has_all(dict params, tuple keys):
     return True
 
 
-cdef tuple _primary_key_param(uow, state, state_dict, committed, mapper, col, dict value_params):
-    """Where an UPDATE finds its row: (value, pk changed, has_all_pks)."""
-    propkey = mapper._columntoproperty[col].key
-    if propkey in state_dict and propkey not in committed:
-        return state_dict[propkey], False, True
+cdef tuple _primary_key_param(uow, state, state_dict, mapper, col, propkey, dict value_params):
+    """Where an UPDATE finds its row when the key attribute is not simply
+    loaded and unchanged: (value, pk changed, has_all_pks)."""
     history = state.manager[propkey].impl.get_history(
         state, state_dict, _PASSIVE_OFF
     )
@@ -227,10 +225,16 @@ cdef tuple _primary_key_param(uow, state, state_dict, committed, mapper, col, di
 def collect_update_commands(uow, table, mapper, states_to_update, column_changes):
     cdef dict propkey_to_col = mapper._propkey_to_col[table]
     cdef frozenset keys = frozenset(propkey_to_col)
-    cdef tuple pks = tuple(mapper._pks_by_table[table])
+    columns = mapper._columntoproperty
+    # per primary key column: (column, key, bind label, attribute key)
+    cdef tuple pk_columns = tuple([
+        (col, col.key, col._label, columns[col].key)
+        for col in mapper._pks_by_table[table]
+    ])
     cdef dict params, value_params, pk_params
+    cdef dict committed
     cdef bint has_all_pks
-    cdef tuple located
+    cdef tuple located, pk_column
     for state, state_dict, state_mapper, connection, _ in states_to_update:
         committed = state.committed_state
         params, value_params = column_changes(state, state_dict, keys, propkey_to_col)
@@ -238,22 +242,27 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
             continue
         has_all_pks = True
         pk_params = {}
-        for col in pks:
-            located = _primary_key_param(
-                uow, state, state_dict, committed, mapper, col, value_params
-            )
-            value = located[0]
-            if located[1]:
-                params.pop(col.key, None)
-            if not located[2]:
-                has_all_pks = False
-            pk_params[col._label] = value
+        for pk_column in pk_columns:
+            propkey = pk_column[3]
+            if propkey in state_dict and propkey not in committed:
+                value = state_dict[propkey]
+            else:
+                located = _primary_key_param(
+                    uow, state, state_dict, mapper, pk_column[0], propkey, value_params
+                )
+                value = located[0]
+                if located[1]:
+                    params.pop(pk_column[1], None)
+                if not located[2]:
+                    has_all_pks = False
+            pk_params[pk_column[2]] = value
             if value is None:
                 raise orm_exc.FlushError(
                     "Can't update table %s using NULL for primary "
-                    "key value on column %s" % (table, col)
+                    "key value on column %s" % (table, pk_column[0])
                 )
-        params.update(pk_params)
+        for label, value in pk_params.items():
+            params[label] = value
         yield (
             state,
             state_dict,

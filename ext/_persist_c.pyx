@@ -81,10 +81,53 @@ cdef inline object _sql_expression(object value):
     return None
 
 
-cdef tuple _key_props(mapper):
+cdef object _precomputed(mapper, table, build):
+    """``build(mapper, table)``, kept with the mapper's memoized values.
+
+    What is built derives from the mapper's memoized attributes; it is
+    rebuilt when SQLAlchemy has rebuilt those (``_propkey_to_col`` is then
+    a new object), so small flushes do not pay for it every time.
+    """
+    cdef dict memo = mapper._memoized_values
+    source = mapper._propkey_to_col
+    key = ("turbosession", build, table)
+    entry = memo.get(key)
+    if entry is not None and (<tuple>entry)[0] is source:
+        return (<tuple>entry)[1]
+    value = build(mapper, table)
+    memo[key] = (source, value)
+    return value
+
+
+def _build_key_props(mapper, table):
     """What a mapper's identity keys are built from: its identity class and
     the attribute keys of its primary key properties, in order."""
     return mapper._identity_class, tuple([p.key for p in mapper._identity_key_props])
+
+
+cdef tuple _key_props(mapper):
+    return _precomputed(mapper, None, _build_key_props)
+
+
+def _build_insert_columns(mapper, table):
+    """propkey -> (column key, column, evaluates None), their keys, the
+    primary key's column keys."""
+    eval_none = mapper._insert_cols_evaluating_none[table]
+    columns = {
+        propkey: (col.key, col, col in eval_none)
+        for propkey, col in mapper._propkey_to_col[table].items()
+    }
+    return columns, frozenset(columns), tuple(mapper._pk_keys_by_table[table])
+
+
+def _build_update_columns(mapper, table):
+    """The table's property keys, and per primary key column (column, key,
+    bind label, attribute key)."""
+    columns = mapper._columntoproperty
+    return frozenset(mapper._propkey_to_col[table]), tuple([
+        (col, col.key, col._label, columns[col].key)
+        for col in mapper._pks_by_table[table]
+    ])
 
 
 cdef tuple _identity_key(tuple key_props, object state, object dict_):
@@ -155,17 +198,13 @@ def organize_for_save(mapper, states, uow, connection):
 
 
 def collect_insert_commands(table, mapper, connection, states_to_insert):
-    # the mapper's columns once: propkey -> (column key, column, evaluates
-    # None).  The parameters are gathered in the order of stock's set
-    # intersection, which a before_execute listener sees.
-    eval_none = mapper._insert_cols_evaluating_none[table]
-    cdef dict columns = {
-        propkey: (col.key, col, col in eval_none)
-        for propkey, col in mapper._propkey_to_col[table].items()
-    }
-    cdef frozenset propkeys = frozenset(columns)
+    # the parameters are gathered in the order of stock's set
+    # intersection, which a before_execute listener sees
+    cdef tuple precomputed = _precomputed(mapper, table, _build_insert_columns)
+    cdef dict columns = precomputed[0]
+    cdef frozenset propkeys = precomputed[1]
+    cdef tuple pk_keys = precomputed[2]
     as_none = mapper._insert_cols_as_none[table]
-    cdef tuple pk_keys = tuple(mapper._pk_keys_by_table[table])
     cdef tuple server_default_keys = None
     if mapper.base_mapper._prefer_eager_defaults(connection.dialect, table):
         server_default_keys = tuple(mapper._server_default_col_keys[table])
@@ -224,13 +263,9 @@ cdef tuple _primary_key_param(uow, state, state_dict, mapper, col, propkey, dict
 
 def collect_update_commands(uow, table, mapper, states_to_update, column_changes):
     cdef dict propkey_to_col = mapper._propkey_to_col[table]
-    cdef frozenset keys = frozenset(propkey_to_col)
-    columns = mapper._columntoproperty
-    # per primary key column: (column, key, bind label, attribute key)
-    cdef tuple pk_columns = tuple([
-        (col, col.key, col._label, columns[col].key)
-        for col in mapper._pks_by_table[table]
-    ])
+    cdef tuple precomputed = _precomputed(mapper, table, _build_update_columns)
+    cdef frozenset keys = precomputed[0]
+    cdef tuple pk_columns = precomputed[1]
     cdef dict params, value_params, pk_params
     cdef dict committed
     cdef bint has_all_pks

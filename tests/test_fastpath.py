@@ -12,6 +12,8 @@ import warnings
 import pytest
 from sqlalchemy import (
     Column,
+    Integer,
+    Table,
     Computed,
     ForeignKey,
     String,
@@ -430,6 +432,49 @@ def scenario_relationship(session_cls, engine, log):
     finally:
         unlisten(handles)
         session.close()
+
+
+def scenario_property_added_after_flush(session_cls, engine, log):
+    """A column mapped after the mapper's first flush takes part in the next
+    flushes (turbosession's per-mapper precomputations follow the mapper)."""
+    reg = orm.registry()
+    table = Table(
+        "fp_late", reg.metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(20)),
+        Column("late", String(20)),
+    )
+
+    class Late:
+        pass
+
+    reg.map_imperatively(Late, table, exclude_properties=["late"])
+    reg.metadata.create_all(engine)
+    session = session_cls(engine)
+    try:
+        first = Late()
+        first.id, first.name = 1, "a"
+        session.add(first)
+        session.flush()
+        first.name = "b"
+        session.flush()
+        Late.__mapper__.add_property("late", table.c.late)
+        second = Late()
+        second.id, second.late = 2, "x"
+        session.add(second)
+        session.flush()
+        second.late = "y"
+        session.flush()
+        log.note("rows", session.execute(select(table).order_by(table.c.id)).all())
+    finally:
+        session.close()
+        reg.metadata.drop_all(engine)
+        reg.dispose()
+
+
+def test_property_added_after_flush(session_cls, engine):
+    entries = compare(scenario_property_added_after_flush, session_cls, engine)
+    assert ("rows", [(1, "b", None), (2, None, "y")]) in entries
 
 
 def test_relationship_flush_is_fast(session_cls, engine):

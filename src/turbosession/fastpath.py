@@ -2,15 +2,15 @@
 
 A flush runs stock's dependency graph (turbosession's ``UOWTransaction``:
 relationship processing, sorting), but each mapper's save and delete steps
-(``_SaveUpdateAll`` / ``_DeleteAll``, stock's ``_save_obj``/``_delete_obj``)
-run on turbosession's unit of work when the mapper is one this module handles
-exactly as stock does: one table, no inheritance, no version counter, none
-of the features whose bookkeeping is stock's (below).  Otherwise that step
-runs as stock's; a flush with a cycle between mappers (self-referential
-relationships, split per state) runs entirely on stock's steps.  A flush is
-counted as fast (``stats()``) when every step that had states to write took
-turbosession's path, else under the first reason met, which is also logged
-at DEBUG on the ``turbosession`` logger.
+(``_SaveUpdateAll`` / ``_DeleteAll``, stock's ``_save_obj``/``_delete_obj``;
+in a flush split per state for a cycle between mappers, the per-state
+``_SaveUpdateState`` / ``_DeleteState`` aggregated per mapper) run on
+turbosession's unit of work when the mapper is one this module handles
+exactly as stock does: one table, no inheritance, none of the features
+whose bookkeeping is stock's (below).  Otherwise that step runs as stock's.
+A flush is counted as fast (``stats()``) when every step that had states to
+write took turbosession's path, else under the first reason met, which is
+also logged at DEBUG on the ``turbosession`` logger.
 
 On the fast path the per-mapper decisions are made here, in Python, and the
 per-object loops run in the ``persist`` hot path (compiled, or its pure
@@ -25,7 +25,12 @@ from collections import Counter
 from sqlalchemy import sql
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
-from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
+from sqlalchemy.orm.unitofwork import (
+    _DeleteAll,
+    _DeleteState,
+    _SaveUpdateAll,
+    _SaveUpdateState,
+)
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
@@ -41,7 +46,6 @@ FALLBACK_REASONS = {
     "not_one_table": "the mapper is not mapped to exactly one Table",
     "version_id": "the mapper has a version_id_col",
     "batch_false": "the mapper was configured with batch=False",
-    "cycles": "mappers depend on each other (self-referential), split per state",
     "readonly_props": "the mapper has read-only column properties to expire",
     "eager_defaults": "the mapper has eager_defaults=True (a SELECT after the flush)",
     "orm_defaults": "the mapper has ORM-level (dataclass) defaults",
@@ -129,8 +133,13 @@ def _step_fallback_reason(uow, mapper):
 class ActionRunner:
     """Runs the sorted actions of one flush, mapper steps on the fast path.
 
-    ``reason`` is None while every step with states took turbosession's
-    path, else the first reason one did not.
+    Whole-mapper steps (``_SaveUpdateAll`` / ``_DeleteAll``) and, in a flush
+    split per state for a cycle, the per-state steps (``_SaveUpdateState`` /
+    ``_DeleteState``, aggregated per mapper as stock aggregates them) run
+    on turbosession's unit of work where the mapper allows it; every other
+    action (relationship processing, post updates) is stock's.  ``reason``
+    is None while every step with states took turbosession's path, else
+    the first reason one did not.
     """
 
     def __init__(self, uow):
@@ -139,36 +148,60 @@ class ActionRunner:
         self.reason = None
         self._fast = {}
 
+    def _is_fast(self, mapper):
+        fast = self._fast.get(mapper)
+        if fast is None:
+            uow = self.uow
+            reason = _step_fallback_reason(uow, mapper)
+            fast = self._fast[mapper] = reason is None
+            if reason is not None and self.reason is None and any(
+                uow.mappers.get(m) for m in mapper.self_and_descendants
+            ):
+                # states of this mapper or its subclasses are written
+                # by stock's step
+                self.reason = reason
+        return fast
+
     def __call__(self, action):
         kind = type(action)
-        if kind is _SaveUpdateAll or kind is _DeleteAll:
+        if (kind is _SaveUpdateAll or kind is _DeleteAll) and self._is_fast(action.mapper):
             uow = self.uow
             mapper = action.mapper
-            fast = self._fast.get(mapper)
-            if fast is None:
-                reason = _step_fallback_reason(uow, mapper)
-                fast = self._fast[mapper] = reason is None
-                if reason is not None and self.reason is None and any(
-                    uow.mappers.get(m) for m in mapper.self_and_descendants
-                ):
-                    # states of this mapper or its subclasses are written
-                    # by stock's step
-                    self.reason = reason
-            if fast:
-                if kind is _SaveUpdateAll:
-                    _save(uow, mapper, self.persist)
-                else:
-                    _delete(uow, mapper, self.persist)
-                return
+            if kind is _SaveUpdateAll:
+                states = uow.states_for_mapper_hierarchy(mapper, False, False)
+                _save(uow, mapper, self.persist, states)
+            else:
+                states = uow.states_for_mapper_hierarchy(mapper, True, False)
+                _delete(uow, mapper, self.persist, states)
+            return
         action.execute(self.uow)
 
+    def aggregate(self, action, actions):
+        """``action.execute_aggregate(uow, actions)``: run ``action`` with
+        the actions of the same kind and mapper among ``actions`` (removed
+        from it), as stock's per-state steps do."""
+        kind = type(action)
+        if kind is _SaveUpdateAll or kind is _DeleteAll:
+            self(action)
+            return
+        if (kind is _SaveUpdateState or kind is _DeleteState) and self._is_fast(action.mapper):
+            uow = self.uow
+            mapper = action.mapper
+            same = [a for a in actions if a.__class__ is kind and a.mapper is mapper]
+            actions.difference_update(same)
+            states = [action.state] + [a.state for a in same]
+            if kind is _SaveUpdateState:
+                _save(uow, mapper, self.persist, states)
+            else:
+                _delete(uow, mapper, self.persist, [s for s in states if uow.states[s][0]])
+            return
+        action.execute_aggregate(self.uow, actions)
 
-def _save(uow, mapper, persist):
-    """``persistence._save_obj`` for a single-table mapper."""
+
+def _save(uow, mapper, persist, states):
+    """``persistence._save_obj(mapper, states, uow)`` for a single-table mapper."""
     connection = uow.transaction.connection(mapper)
-    states = persistence._sort_states(
-        mapper, uow.states_for_mapper_hierarchy(mapper, False, False)
-    )
+    states = persistence._sort_states(mapper, states)
     to_insert, to_update = persist.organize_for_save(mapper, states, uow, connection)
     table = mapper.local_table
     insert = persist.collect_insert_commands(table, mapper, connection, to_insert)
@@ -259,12 +292,10 @@ def _emit_updates(uow, mapper, table, records, persist):
             )
 
 
-def _delete(uow, mapper, persist):
-    """``persistence._delete_obj`` for a single-table mapper."""
+def _delete(uow, mapper, persist, states):
+    """``persistence._delete_obj(mapper, states, uow)`` for a single-table mapper."""
     connection = uow.transaction.connection(mapper)
-    states = persistence._sort_states(
-        mapper, uow.states_for_mapper_hierarchy(mapper, True, False)
-    )
+    states = persistence._sort_states(mapper, states)
     to_delete = persist.organize_for_delete(mapper, states, connection)
     table = mapper.local_table
     delete = persist.collect_delete_commands(table, mapper, to_delete)

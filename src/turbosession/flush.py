@@ -105,26 +105,24 @@ class UOWTransaction(unitofwork.UOWTransaction):
         postsort_actions = sorted(
             self._generate_actions(), key=_sort_key
         )
-        topological = self._topological
-        if self.cycles:
-            fastpath.record("cycles")
-            # per-state actions of one round run in aggregates (one
-            # statement batch per mapper), in stock's set order
-            for subset in topological.sort_as_subsets(
-                self.dependencies, postsort_actions
-            ):
-                set_ = set(subset)
-                while set_:
-                    n = set_.pop()
-                    n.execute_aggregate(self, set_)
-            return
         # each mapper's save and delete steps on turbosession's unit of work
         # where the mapper allows it (fastpath), the rest as stock's; the
         # flush is counted, fast or by its fallback reason, even if it fails
+        topological = self._topological
         run = fastpath.ActionRunner(self)
         try:
-            for rec in topological.sort(self.dependencies, postsort_actions):
-                run(rec)
+            if self.cycles:
+                # per-state actions of one round run in aggregates (one
+                # statement batch per mapper), in stock's set order
+                for subset in topological.sort_as_subsets(
+                    self.dependencies, postsort_actions
+                ):
+                    set_ = set(subset)
+                    while set_:
+                        run.aggregate(set_.pop(), set_)
+            else:
+                for rec in topological.sort(self.dependencies, postsort_actions):
+                    run(rec)
         finally:
             fastpath.record(run.reason)
 

@@ -777,3 +777,45 @@ def test_issue6_features_on_fast_path(scenario, session_cls, engine):
     and ORM-level defaults: stock's SQL, events and states, on the fast path."""
     entries = compare(scenario, session_cls, engine)
     assert any(e[0] == "sql" for e in entries)
+
+
+class Region(Base):
+    """A natural primary key that the database cascades to its cities."""
+
+    __tablename__ = "fp_region"
+    code: Mapped[str] = mapped_column(String(10), primary_key=True)
+    cities: Mapped[list["City"]] = relationship(passive_updates=True)
+
+
+class City(Base):
+    __tablename__ = "fp_city"
+    region_code: Mapped[str] = mapped_column(
+        String(10), ForeignKey("fp_region.code", onupdate="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(20), primary_key=True)
+    size: Mapped[int] = mapped_column(default=0)
+
+
+def scenario_cascaded_primary_key(session_cls, engine, log):
+    """A primary key the database cascades: a child in the flush with no
+    other change has no UPDATE, as with stock."""
+    session = session_cls(engine)
+    if engine.dialect.name == "sqlite":
+        session.execute(text("PRAGMA foreign_keys=ON"))
+    region = Region(code="n", cities=[City(name="a"), City(name="b")])
+    session.add(region)
+    session.commit()
+    log.note("cities", [describe(c) for c in region.cities])
+    region.code = "north"
+    region.cities[0].size = 0                   # modified, to its own value: in the flush
+    region.cities[1].size = 5                   # a change of its own
+    session.flush()
+    log.note("cities", [describe(c) for c in region.cities])
+    session.commit()
+    log.note("rows", session.execute(
+        select(City.region_code, City.name, City.size).order_by(City.name)).all())
+    session.close()
+
+
+def test_cascaded_primary_key_is_fast(session_cls, engine):
+    compare(scenario_cascaded_primary_key, session_cls, engine)

@@ -47,6 +47,7 @@ __all__ = [
 cdef object _RETURN_NO_VALUE = PassiveFlag.PASSIVE_RETURN_NO_VALUE
 cdef object _PASSIVE_OFF = PassiveFlag.PASSIVE_OFF
 cdef object _PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
+cdef object _PASSIVE_NO_INITIALIZE = PassiveFlag.PASSIVE_NO_INITIALIZE
 cdef object _ClauseElement = ClauseElement
 cdef object _postfetch = persistence._postfetch
 cdef object _ref = weakref.ref
@@ -162,6 +163,7 @@ cdef tuple _identity_key(tuple key_props, object state, object dict_):
 def organize_for_save(mapper, states, uow, connection):
     before_insert = mapper.dispatch.before_insert
     before_update = mapper.dispatch.before_update
+    version_col = mapper.version_id_col
     cdef bint insert_listeners = bool(before_insert)
     cdef bint update_listeners = bool(before_update)
     identity_map = uow.session.identity_map
@@ -191,10 +193,24 @@ def organize_for_save(mapper, states, uow, connection):
                     % (state_str(state), instance_key, state_str(existing))
                 )
         if has_identity:
-            to_update.append((state, dict_, mapper, connection, None))
+            if version_col is None:
+                update_version_id = None
+            else:
+                update_version_id = mapper._get_committed_state_attr_by_column(
+                    state, dict_, version_col
+                )
+            to_update.append((state, dict_, mapper, connection, update_version_id))
         else:
             to_insert.append((state, dict_, mapper, connection))
     return to_insert, to_update
+
+
+cdef object _table_version_col(mapper, table):
+    """The mapper's version column when ``table`` holds it, else None."""
+    col = mapper.version_id_col
+    if col is not None and col in mapper._cols_by_table[table]:
+        return col
+    return None
 
 
 def collect_insert_commands(table, mapper, connection, states_to_insert):
@@ -204,12 +220,19 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
     cdef dict columns = precomputed[0]
     cdef frozenset propkeys = precomputed[1]
     cdef tuple pk_keys = precomputed[2]
+    cdef tuple orm_defaults = tuple(mapper._insert_orm_defaults[table])
+    cdef tuple orm_default
+    version_col = _table_version_col(mapper, table)
+    generate_version = mapper.version_id_generator
+    if generate_version is False:
+        version_col = None
     as_none = mapper._insert_cols_as_none[table]
     cdef tuple server_default_keys = None
     if mapper.base_mapper._prefer_eager_defaults(connection.dialect, table):
         server_default_keys = tuple(mapper._server_default_col_keys[table])
     cdef dict params, value_params
     cdef tuple column
+    cdef bint has_all_pks, has_all_defaults
     for state, state_dict, state_mapper, state_connection in states_to_insert:
         params = {}
         value_params = {}
@@ -223,11 +246,26 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
                 params[column[0]] = value
             else:
                 value_params[column[1]] = expression
+        # ORM-level (dataclass) defaults the column's own would not deliver
+        for orm_default in orm_defaults:
+            col = orm_default[1]
+            if col.key not in params and col not in value_params:
+                expression = _sql_expression(orm_default[2])
+                if expression is None:
+                    params[col.key] = orm_default[2]
+                else:
+                    value_params[col] = expression
         if as_none:
             for colkey in as_none.difference(params).difference(
                 [c.key for c in value_params]
             ):
                 params[colkey] = None
+        has_all_pks = _has_all(params, pk_keys)
+        has_all_defaults = server_default_keys is None or _has_all(
+            params, server_default_keys
+        )
+        if version_col is not None:
+            params[version_col.key] = generate_version(None)
         yield (
             state,
             state_dict,
@@ -235,8 +273,8 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
             state_mapper,
             state_connection,
             value_params,
-            _has_all(params, pk_keys),
-            server_default_keys is None or _has_all(params, server_default_keys),
+            has_all_pks,
+            has_all_defaults,
         )
 
 
@@ -261,6 +299,18 @@ cdef tuple _primary_key_param(uow, state, state_dict, mapper, col, propkey, dict
     return history.unchanged[0], False, True
 
 
+cdef bint _has_added_history(mapper, state, state_dict):
+    """Whether any column attribute of ``state`` has a value added."""
+    manager = state.manager
+    for prop in mapper._columntoproperty.values():
+        history = manager[prop.key].impl.get_history(
+            state, state_dict, _PASSIVE_NO_INITIALIZE
+        )
+        if history.added:
+            return True
+    return False
+
+
 def collect_update_commands(uow, table, mapper, states_to_update, column_changes):
     cdef dict propkey_to_col = mapper._propkey_to_col[table]
     cdef tuple precomputed = _precomputed(mapper, table, _build_update_columns)
@@ -268,12 +318,34 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
     cdef tuple pk_columns = precomputed[1]
     cdef dict params, value_params, pk_params
     cdef dict committed
-    cdef bint has_all_pks
+    cdef bint has_all_pks, has_all_defaults, no_params
     cdef tuple located, pk_column
-    for state, state_dict, state_mapper, connection, _ in states_to_update:
+    if mapper.base_mapper.eager_defaults is True:
+        onupdate_keys = mapper._server_onupdate_default_col_keys[table]
+    else:
+        onupdate_keys = None
+    version_col = _table_version_col(mapper, table)
+    generate_version = mapper.version_id_generator
+    for state, state_dict, state_mapper, connection, update_version_id in states_to_update:
         committed = state.committed_state
         params, value_params = column_changes(state, state_dict, keys, propkey_to_col)
-        if not (params or value_params):
+        if onupdate_keys is None:
+            has_all_defaults = True
+        else:
+            has_all_defaults = onupdate_keys.issubset(params)
+        if update_version_id is not None and version_col is not None:
+            no_params = not (params or value_params)
+            if no_params and not _has_added_history(mapper, state, state_dict):
+                continue
+            params[version_col._label] = update_version_id
+            if generate_version is not False:
+                if version_col.key not in params:
+                    params[version_col.key] = generate_version(update_version_id)
+            elif no_params:
+                # nothing else to set: the version is set to itself so that
+                # there is an UPDATE
+                params[version_col.key] = update_version_id
+        elif not (params or value_params):
             continue
         has_all_pks = True
         pk_params = {}
@@ -296,6 +368,9 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
                     "Can't update table %s using NULL for primary "
                     "key value on column %s" % (table, pk_column[0])
                 )
+        if not (params or value_params):
+            # only the primary key changed, and the database cascaded it
+            continue
         for label, value in pk_params.items():
             params[label] = value
         yield (
@@ -305,7 +380,7 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
             state_mapper,
             connection,
             value_params,
-            True,
+            has_all_defaults,
             has_all_pks,
         )
 
@@ -349,20 +424,29 @@ def postfetch_batch(mapper, uow, table, list records, result, bint isupdate):
 
 def organize_for_delete(mapper, states, connection):
     before_delete = mapper.dispatch.before_delete
+    version_col = mapper.version_id_col
     cdef bint listeners = bool(before_delete)
     cdef list to_delete = []
     for state in states:
         if listeners:
             before_delete(mapper, connection, state)
-        to_delete.append((state, state.dict, mapper, connection, None))
+        dict_ = state.dict
+        if version_col is None:
+            update_version_id = None
+        else:
+            update_version_id = mapper._get_committed_state_attr_by_column(
+                state, dict_, version_col
+            )
+        to_delete.append((state, dict_, mapper, connection, update_version_id))
     return to_delete
 
 
 def collect_delete_commands(table, mapper, states_to_delete):
     cdef tuple pks = tuple(mapper._pks_by_table[table])
     columns = mapper._columntoproperty
+    version_col = _table_version_col(mapper, table)
     cdef dict params
-    for state, state_dict, state_mapper, connection, _ in states_to_delete:
+    for state, state_dict, state_mapper, connection, update_version_id in states_to_delete:
         committed = state.committed_state
         params = {}
         for col in pks:
@@ -380,6 +464,8 @@ def collect_delete_commands(table, mapper, states_to_delete):
                     "using NULL for primary "
                     "key value on column %s" % (table, col)
                 )
+        if update_version_id is not None and version_col is not None:
+            params[version_col.key] = update_version_id
         yield params, connection
 
 

@@ -6,8 +6,9 @@ parameters, ``after_*`` events, and making states persistent or deleted
 afterwards.  Each function gives exactly the results, events, warnings and
 exceptions of its stock counterpart (named in its docstring) for the mappers
 ``turbosession.fastpath`` lets through: one table, no inheritance, no
-version counter, no relationship work.  The statements themselves are sent
-by SQLAlchemy's own emitters, so SQL, batching and RETURNING are stock's.
+relationship work.  Version counters, eager defaults and ORM-level defaults
+go into the records exactly as stock puts them there, since stock's own
+emitters send every batch that has anything to fetch back or check.
 The parameter collectors are generators because stock's are: the emitters
 consume them group by group, interleaved with execution.
 """
@@ -41,6 +42,7 @@ __all__ = [
 _RETURN_NO_VALUE = PassiveFlag.PASSIVE_RETURN_NO_VALUE
 _PASSIVE_OFF = PassiveFlag.PASSIVE_OFF
 _PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
+_PASSIVE_NO_INITIALIZE = PassiveFlag.PASSIVE_NO_INITIALIZE
 _PLAIN_TYPES = frozenset([int, str, float, bool, bytes, type(None)])
 
 
@@ -79,10 +81,12 @@ def organize_for_save(mapper, states, uow, connection):
     ``before_insert``/``before_update`` and warns on a new object whose
     identity is already persistent, as stock does.  Returns the lists of
     ``(state, dict, mapper, connection)`` to insert and
-    ``(state, dict, mapper, connection, None)`` to update.
+    ``(state, dict, mapper, connection, update_version_id)`` to update, the
+    version being the committed one (loaded if expired, as stock does).
     """
     before_insert = mapper.dispatch.before_insert
     before_update = mapper.dispatch.before_update
+    version_col = mapper.version_id_col
     identity_map = uow.session.identity_map
     to_insert = []
     to_update = []
@@ -107,15 +111,34 @@ def organize_for_save(mapper, states, uow, connection):
                     % (state_str(state), instance_key, state_str(existing))
                 )
         if has_identity:
-            to_update.append((state, dict_, mapper, connection, None))
+            if version_col is None:
+                update_version_id = None
+            else:
+                update_version_id = mapper._get_committed_state_attr_by_column(
+                    state, dict_, version_col
+                )
+            to_update.append((state, dict_, mapper, connection, update_version_id))
         else:
             to_insert.append((state, dict_, mapper, connection))
     return to_insert, to_update
 
 
+def _table_version_col(mapper, table):
+    """The mapper's version column when ``table`` holds it, else None."""
+    col = mapper.version_id_col
+    if col is not None and col in mapper._cols_by_table[table]:
+        return col
+    return None
+
+
 def collect_insert_commands(table, mapper, connection, states_to_insert):
     """``persistence._collect_insert_commands`` (not bulk) for one mapper."""
     propkey_to_col = mapper._propkey_to_col[table]
+    orm_defaults = mapper._insert_orm_defaults[table]
+    version_col = _table_version_col(mapper, table)
+    generate_version = mapper.version_id_generator
+    if generate_version is False:
+        version_col = None
     propkeys = set(propkey_to_col)
     eval_none = mapper._insert_cols_evaluating_none[table]
     as_none = mapper._insert_cols_as_none[table]
@@ -137,6 +160,14 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
                 params[col.key] = value
             else:
                 value_params[col] = expression
+        # ORM-level (dataclass) defaults the column's own would not deliver
+        for _, col, value in orm_defaults:
+            if col.key not in params and col not in value_params:
+                expression = _sql_expression(value)
+                if expression is None:
+                    params[col.key] = value
+                else:
+                    value_params[col] = expression
         for colkey in as_none.difference(params).difference(
             [c.key for c in value_params]
         ):
@@ -146,6 +177,8 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
             has_all_defaults = True
         else:
             has_all_defaults = server_default_keys.issubset(params)
+        if version_col is not None:
+            params[version_col.key] = generate_version(None)
         yield (
             state,
             state_dict,
@@ -174,18 +207,60 @@ def _primary_key_param(uow, state, state_dict, committed, mapper, col, value_par
     return history.unchanged[0], False, True
 
 
+def _has_added_history(mapper, state, state_dict):
+    """Whether any column attribute of ``state`` has a value added.
+
+    Stock asks this of a versioned row with no net change on its table
+    (the change may be on another table of the mapper): without one, no
+    UPDATE and no version bump.
+    """
+    manager = state.manager
+    for prop in mapper._columntoproperty.values():
+        history = manager[prop.key].impl.get_history(
+            state, state_dict, _PASSIVE_NO_INITIALIZE
+        )
+        if history.added:
+            return True
+    return False
+
+
 def collect_update_commands(uow, table, mapper, states_to_update, column_changes):
-    """``persistence._collect_update_commands`` (not bulk, no version id).
+    """``persistence._collect_update_commands`` (not bulk).
 
     ``column_changes`` is the tracking twin's net changes of one state.
+    With a version counter the row is located by its committed version too
+    and the new one is generated (or, with ``version_id_generator=False``,
+    left to the database or the application), as stock does.
     """
     propkey_to_col = mapper._propkey_to_col[table]
     keys = frozenset(propkey_to_col)
     pks = mapper._pks_by_table[table]
-    for state, state_dict, state_mapper, connection, _ in states_to_update:
+    if mapper.base_mapper.eager_defaults is True:
+        onupdate_keys = mapper._server_onupdate_default_col_keys[table]
+    else:
+        onupdate_keys = None
+    version_col = _table_version_col(mapper, table)
+    generate_version = mapper.version_id_generator
+    for state, state_dict, state_mapper, connection, update_version_id in states_to_update:
         committed = state.committed_state
         params, value_params = column_changes(state, state_dict, keys, propkey_to_col)
-        if not (params or value_params):
+        if onupdate_keys is None:
+            has_all_defaults = True
+        else:
+            has_all_defaults = onupdate_keys.issubset(params)
+        if update_version_id is not None and version_col is not None:
+            no_params = not (params or value_params)
+            if no_params and not _has_added_history(mapper, state, state_dict):
+                continue
+            params[version_col._label] = update_version_id
+            if generate_version is not False:
+                if version_col.key not in params:
+                    params[version_col.key] = generate_version(update_version_id)
+            elif no_params:
+                # nothing else to set: the version is set to itself so that
+                # there is an UPDATE
+                params[version_col.key] = update_version_id
+        elif not (params or value_params):
             continue
         has_all_pks = True
         pk_params = {}
@@ -203,6 +278,9 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
                     "Can't update table %s using NULL for primary "
                     "key value on column %s" % (table, col)
                 )
+        if not (params or value_params):
+            # only the primary key changed, and the database cascaded it
+            continue
         params.update(pk_params)
         yield (
             state,
@@ -211,7 +289,7 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
             state_mapper,
             connection,
             value_params,
-            True,
+            has_all_defaults,
             has_all_pks,
         )
 
@@ -259,20 +337,31 @@ def postfetch_batch(mapper, uow, table, records, result, isupdate):
 
 
 def organize_for_delete(mapper, states, connection):
-    """``persistence._organize_states_for_delete``: fires ``before_delete``."""
+    """``persistence._organize_states_for_delete``: fires ``before_delete``
+    and reads each state's committed version, if the mapper has one."""
     before_delete = mapper.dispatch.before_delete
+    version_col = mapper.version_id_col
     to_delete = []
     for state in states:
         if before_delete:
             before_delete(mapper, connection, state)
-        to_delete.append((state, state.dict, mapper, connection, None))
+        dict_ = state.dict
+        if version_col is None:
+            update_version_id = None
+        else:
+            update_version_id = mapper._get_committed_state_attr_by_column(
+                state, dict_, version_col
+            )
+        to_delete.append((state, dict_, mapper, connection, update_version_id))
     return to_delete
 
 
 def collect_delete_commands(table, mapper, states_to_delete):
-    """``persistence._collect_delete_commands`` (no version id)."""
+    """``persistence._collect_delete_commands``: the row by its primary key
+    and, with a version counter, its committed version."""
     pks = mapper._pks_by_table[table]
-    for state, state_dict, state_mapper, connection, _ in states_to_delete:
+    version_col = _table_version_col(mapper, table)
+    for state, state_dict, state_mapper, connection, update_version_id in states_to_delete:
         committed = state.committed_state
         params = {}
         for col in pks:
@@ -290,6 +379,8 @@ def collect_delete_commands(table, mapper, states_to_delete):
                     "using NULL for primary "
                     "key value on column %s" % (table, col)
                 )
+        if update_version_id is not None and version_col is not None:
+            params[version_col.key] = update_version_id
         yield params, connection
 
 

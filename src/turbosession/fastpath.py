@@ -6,21 +6,26 @@ relationship processing, sorting), but each mapper's save and delete steps
 in a flush split per state for a cycle between mappers, the per-state
 ``_SaveUpdateState`` / ``_DeleteState`` aggregated per mapper) run on
 turbosession's unit of work when the mapper is one this module handles
-exactly as stock does: one table, no inheritance, none of the features
-whose bookkeeping is stock's (below).  Otherwise that step runs as stock's.
-A flush is counted as fast (``stats()``) when every step that had states to
-write took turbosession's path, else under the first reason met, which is
-also logged at DEBUG on the ``turbosession`` logger.
+exactly as stock does: one table, no inheritance (the reasons below).
+Otherwise that step runs as stock's.  A flush is counted as fast
+(``stats()``) when every step that had states to write took turbosession's
+path, else under the first reason met, which is also logged at DEBUG on the
+``turbosession`` logger.
 
 On the fast path the per-mapper decisions are made here, in Python, and the
 per-object loops run in the ``persist`` hot path (compiled, or its pure
 twin).  Statements are sent on the unit of work's connection with stock's
-statements and batching; batches with anything to fetch back go through
-SQLAlchemy's own emitters.
+statements and batching; batches with anything to fetch back or to check
+(RETURNING, version counters, ORM-level defaults, ``refresh_flush``
+listeners) go through SQLAlchemy's own emitters, and the states of a mapper
+with read-only properties, eager defaults or a version counter are finished
+by stock's ``_finalize_insert_update_commands`` (expiry, the SELECT of eager
+defaults or a server-side version, ``after_insert``/``after_update``).
 """
 
 import logging
 from collections import Counter
+from itertools import chain
 
 from sqlalchemy import sql
 from sqlalchemy.orm import exc as orm_exc
@@ -44,12 +49,7 @@ FALLBACK_REASONS = {
     "inheritance": "the mapper inherits or is inherited from",
     "polymorphic": "the mapper has a polymorphic discriminator",
     "not_one_table": "the mapper is not mapped to exactly one Table",
-    "version_id": "the mapper has a version_id_col",
     "batch_false": "the mapper was configured with batch=False",
-    "readonly_props": "the mapper has read-only column properties to expire",
-    "eager_defaults": "the mapper has eager_defaults=True (a SELECT after the flush)",
-    "orm_defaults": "the mapper has ORM-level (dataclass) defaults",
-    "refresh_flush": "a refresh_flush listener is registered",
     "row_switch_possible": "one mapper has both inserts and deletes in the flush",
     "disabled": "the session class sets _fast_flush = False",
 }
@@ -91,18 +91,8 @@ def mapper_fallback_reason(mapper):
         or table not in mapper._pks_by_table
     ):
         return "not_one_table"
-    if mapper.version_id_col is not None:
-        return "version_id"
     if not mapper.batch:
         return "batch_false"
-    if mapper._readonly_props:
-        return "readonly_props"
-    if mapper.eager_defaults is True:
-        return "eager_defaults"
-    if mapper._insert_orm_defaults[table]:
-        return "orm_defaults"
-    if mapper.class_manager.dispatch.refresh_flush:
-        return "refresh_flush"
     if mapper._table_to_equated[table]:
         return "inheritance"
     return None
@@ -210,6 +200,22 @@ def _save(uow, mapper, persist, states):
     )
     _emit_updates(uow, mapper, table, update, persist)
     _emit_inserts(uow, mapper, table, insert, persist)
+    if _needs_finalize(mapper):
+        persistence._finalize_insert_update_commands(
+            mapper,
+            uow,
+            chain(
+                (
+                    (state, state_dict, mapper, connection, False)
+                    for state, state_dict, _, connection in to_insert
+                ),
+                (
+                    (state, state_dict, mapper, connection, True)
+                    for state, state_dict, _, connection, _ in to_update
+                ),
+            ),
+        )
+        return
     after_insert = mapper.dispatch.after_insert
     if after_insert:
         for state, _, _, state_connection in to_insert:
@@ -220,13 +226,40 @@ def _save(uow, mapper, persist, states):
             after_update(mapper, state_connection, state)
 
 
+def _needs_finalize(mapper):
+    """Whether stock's ``_finalize_insert_update_commands`` has work for the
+    mapper's states besides the ``after_*`` events: read-only properties to
+    expire, eager defaults or a server-side version to SELECT, a version to
+    check for NULL."""
+    return bool(
+        mapper._readonly_props
+        or mapper.eager_defaults is True
+        or mapper.version_id_col is not None
+    )
+
+
+def _stock_postfetch(mapper, table):
+    """Whether stock's ``_postfetch`` does more for a row of the mapper than
+    ``persist.postfetch_batch``: a version to take from the parameters,
+    ORM-level defaults to treat as prefetched, ``refresh_flush`` events."""
+    return bool(
+        mapper.version_id_col is not None
+        or mapper._insert_orm_defaults[table]
+        or mapper.class_manager.dispatch.refresh_flush
+    )
+
+
 def _emit_inserts(uow, mapper, table, records, persist):
-    """``persistence._emit_insert_statements`` (bookkeeping, no version id).
+    """``persistence._emit_insert_statements`` (bookkeeping).
 
     A batch that has every primary key and nothing to fetch back is one
     executemany, sent here as stock sends it, with the per-row bookkeeping
-    in ``persist``; any other batch goes to stock's emitter unchanged.
+    in ``persist``; any other batch, and every batch of a mapper whose rows
+    need stock's ``_postfetch``, goes to stock's emitter unchanged.
     """
+    if _stock_postfetch(mapper, table):
+        persistence._emit_insert_statements(mapper, uow, mapper, table, records)
+        return
     for (connection, _, hasvalue, has_all_pks, has_all_defaults), batch in persist.batches(
         records
     ):
@@ -263,14 +296,18 @@ def _update_statement(mapper, table):
 
 
 def _emit_updates(uow, mapper, table, records, persist):
-    """``persistence._emit_update_statements`` (bookkeeping, no version id).
+    """``persistence._emit_update_statements`` (bookkeeping).
 
     A batch of plain values locating rows by unchanged primary keys is one
     executemany with stock's row-count check, sent here; any other batch
-    goes to stock's emitter unchanged.
+    (with eager defaults to return, too), and every batch of a mapper whose
+    rows need stock's ``_postfetch``, goes to stock's emitter unchanged.
     """
-    for (connection, _, hasvalue, _, has_all_pks), batch in persist.batches(records):
-        if hasvalue or not has_all_pks:
+    if _stock_postfetch(mapper, table):
+        persistence._emit_update_statements(mapper, uow, mapper, table, records)
+        return
+    for (connection, _, hasvalue, has_all_defaults, has_all_pks), batch in persist.batches(records):
+        if hasvalue or not has_all_pks or not has_all_defaults:
             persistence._emit_update_statements(mapper, uow, mapper, table, batch)
             continue
         dialect = connection.dialect

@@ -190,8 +190,12 @@ class ActionRunner:
 
 def _save(uow, mapper, persist, states):
     """``persistence._save_obj(mapper, states, uow)`` for a single-table mapper."""
+    # stock asks for the connection even with no states (it may begin
+    # the transaction), and then does nothing more
     connection = uow.transaction.connection(mapper)
     states = persistence._sort_states(mapper, states)
+    if not states:
+        return
     to_insert, to_update = persist.organize_for_save(mapper, states, uow, connection)
     table = mapper.local_table
     insert = persist.collect_insert_commands(table, mapper, connection, to_insert)
@@ -333,6 +337,8 @@ def _delete(uow, mapper, persist, states):
     """``persistence._delete_obj(mapper, states, uow)`` for a single-table mapper."""
     connection = uow.transaction.connection(mapper)
     states = persistence._sort_states(mapper, states)
+    if not states:
+        return
     to_delete = persist.organize_for_delete(mapper, states, connection)
     table = mapper.local_table
     delete = persist.collect_delete_commands(table, mapper, to_delete)

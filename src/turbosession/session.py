@@ -10,7 +10,7 @@ from sqlalchemy import orm
 from sqlalchemy.orm.base import object_state
 from sqlalchemy.util import IdentitySet
 
-from . import _impl, flush
+from . import _impl, flush, transaction
 
 __all__ = ["TurboSessionMixin", "Session", "sessionmaker", "scoped_session"]
 
@@ -34,6 +34,11 @@ class TurboSessionMixin:
         super().__init__(*args, **kw)
         # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
         self.identity_map = self._turbo.identity.WeakIdentityMap()
+
+    def _autobegin_t(self, begin=False):
+        # stock's, creating turbosession's SessionTransaction (its commit
+        # expires objects on turbosession._expire_*)
+        return transaction.autobegin(self, begin)
 
     # Attaching objects (turbosession._attach_*).  Each method takes the
     # compiled loop only when the session's class leaves every method stock's

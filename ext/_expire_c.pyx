@@ -23,13 +23,15 @@ cdef class _ManagerPlan:
     """What ``_expire`` reads from a class manager."""
 
     cdef list loader_keys
-    cdef object collection_keys
-    cdef object all_keys
+    cdef tuple collection_keys
+    cdef tuple all_keys
+    cdef frozenset all_key_set
 
     def __init__(self, manager):
         self.loader_keys = [impl.key for impl in manager._loader_impls]
-        self.collection_keys = manager._collection_impl_keys
-        self.all_keys = manager._all_key_set
+        self.collection_keys = tuple(manager._collection_impl_keys)
+        self.all_key_set = frozenset(manager._all_key_set)
+        self.all_keys = tuple(self.all_key_set)
 
 
 cdef object _plan_for(manager):
@@ -86,16 +88,23 @@ def expire_all(session, states):
             for key in expired.intersection(callables):
                 del callables[key]
 
-        if plan.collection_keys:
-            for key in plan.collection_keys.intersection(dict_):
+        for key in plan.collection_keys:
+            if key in dict_:
                 dict_.pop(key)._sa_adapter.invalidated = True
 
         last_known = state._last_known_values
         if last_known:
             last_known.update({k: dict_[k] for k in last_known if k in dict_})
 
-        for key in plan.all_keys.intersection(dict_):
-            del dict_[key]
+        # the loaded values go; walking the shorter side needs no
+        # intersection set per state (the order of deletion leaves no trace)
+        if len(dict_) < len(plan.all_keys):
+            for key in [key for key in dict_ if key in plan.all_key_set]:
+                del dict_[key]
+        else:
+            for key in plan.all_keys:
+                if key in dict_:
+                    del dict_[key]
 
 
 _DETACH_EVENTS = (

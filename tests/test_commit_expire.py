@@ -68,6 +68,7 @@ def sc_commit_expires(session_cls, engine, log):
     newcomer = Child(name="c3")
     children.append(newcomer)
     x.qty = 10
+    session.expire(y, ["qty"])  # fewer values loaded than the class maps
     expiry(session, log, x=x, y=y, p=p, c1=c1, newcomer=newcomer)
 
     @event.listens_for(session, "after_commit")

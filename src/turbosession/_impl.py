@@ -10,7 +10,7 @@ import importlib
 import os
 from types import SimpleNamespace
 
-HOT_PATHS = ("identity", "tracking", "topological", "persist", "unitofwork")
+HOT_PATHS = ("identity", "tracking", "topological", "persist", "unitofwork", "attach", "expire")
 
 NO_EXTENSIONS = bool(os.environ.get("TURBOSESSION_NO_EXTENSIONS"))
 

@@ -10,7 +10,7 @@ from sqlalchemy import orm
 from sqlalchemy.orm.base import object_state
 from sqlalchemy.util import IdentitySet
 
-from . import _impl, flush
+from . import _impl, flush, transaction
 
 __all__ = ["TurboSessionMixin", "Session", "sessionmaker", "scoped_session"]
 
@@ -34,6 +34,43 @@ class TurboSessionMixin:
         super().__init__(*args, **kw)
         # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
         self.identity_map = self._turbo.identity.WeakIdentityMap()
+
+    def _autobegin_t(self, begin=False):
+        # stock's, creating turbosession's SessionTransaction (its commit
+        # expires objects on turbosession._expire_*)
+        return transaction.autobegin(self, begin)
+
+    # Attaching objects (turbosession._attach_*).  Each method takes the
+    # compiled loop only when the session's class leaves every method stock's
+    # version would call as stock's, and when no flush is running (stock then
+    # warns from _flush_warning); otherwise it is stock's method as is.
+
+    def add(self, instance, *, _warn=True):
+        if (_warn and self._warn_on_events) or not _adds_like_stock(self):
+            return super().add(instance, _warn=_warn)
+        self._turbo.attach.add_all(self, (instance,))
+
+    def add_all(self, instances):
+        cls = type(self)
+        if (
+            self._warn_on_events
+            or cls.add is not TurboSessionMixin.add
+            or super(TurboSessionMixin, cls).add_all is not orm.Session.add_all
+            or not _adds_like_stock(self)
+        ):
+            # a subclass overriding add() sees stock's add_all call it
+            return super().add_all(instances)
+        self._turbo.attach.add_all(self, instances)
+
+    def delete(self, instance):
+        if self._warn_on_events or not _deletes_like_stock(self):
+            return super().delete(instance)
+        self._turbo.attach.delete_all(self, (instance,))
+
+    def delete_all(self, instances):
+        if self._warn_on_events or not _deletes_like_stock(self):
+            return super().delete_all(instances)
+        self._turbo.attach.delete_all(self, instances)
 
     def expunge_all(self):
         # stock kills the old map, detaches its states and makes an empty
@@ -62,8 +99,70 @@ class TurboSessionMixin:
         )
 
 
+# What stock's add() and delete() reach through ``self``.  The fast path is
+# taken only while a session resolves all of them to stock's; a mock.patch of
+# Session or of one session counts too, so this is checked on every call.
+_ATTACH_HOOK_NAMES = frozenset(
+    (
+        "add",
+        "add_all",
+        "delete",
+        "delete_all",
+        "_save_or_update_state",
+        "_save_or_update_impl",
+        "_save_impl",
+        "_update_impl",
+        "_delete_impl",
+        "_before_attach",
+        "_after_attach",
+        "_autobegin_t",
+    )
+)
+
+
+def _adds_like_stock(session):
+    return _add_hooks(type(session)) == _STOCK_ADD_HOOKS and (
+        session.__dict__.keys().isdisjoint(_ATTACH_HOOK_NAMES)
+    )
+
+
+def _deletes_like_stock(session):
+    return _delete_hooks(type(session)) == _STOCK_DELETE_HOOKS and (
+        session.__dict__.keys().isdisjoint(_ATTACH_HOOK_NAMES)
+    )
+
+
+def _add_hooks(cls):
+    return (
+        super(TurboSessionMixin, cls).add,
+        cls._save_or_update_state,
+        cls._save_or_update_impl,
+        cls._save_impl,
+        cls._update_impl,
+        cls._before_attach,
+        cls._after_attach,
+        cls._autobegin_t,
+    )
+
+
+def _delete_hooks(cls):
+    return (
+        super(TurboSessionMixin, cls).delete,
+        super(TurboSessionMixin, cls).delete_all,
+        cls._delete_impl,
+        cls._before_attach,
+        cls._after_attach,
+        cls._autobegin_t,
+    )
+
+
 class Session(TurboSessionMixin, orm.Session):
     """``sqlalchemy.orm.Session`` with turbosession's hot paths."""
+
+
+# the hooks as stock's Session has them, seen from a class using the mixin
+_STOCK_ADD_HOOKS = _add_hooks(Session)
+_STOCK_DELETE_HOOKS = _delete_hooks(Session)
 
 
 class sessionmaker(orm.sessionmaker):

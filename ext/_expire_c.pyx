@@ -1,0 +1,129 @@
+# cython: language_level=3
+"""Expiring and detaching objects on commit, compiled twin of ``turbosession._expire_py``.
+
+Same decisions (see the pure twin for which states are expired here and
+which through their own ``_expire``); here the per-state loop is C, with the
+per-manager lookups in a typed plan.
+"""
+
+from sqlalchemy.orm.instrumentation import ClassManager
+from sqlalchemy.orm.state import InstanceState
+
+__all__ = ["detach_all", "expire_all"]
+
+cdef object _ClassManager = ClassManager
+cdef object _InstanceState = InstanceState
+
+
+def _is_compiled():
+    return True
+
+
+cdef class _ManagerPlan:
+    """What ``_expire`` reads from a class manager."""
+
+    cdef list loader_keys
+    cdef tuple collection_keys
+    cdef tuple all_keys
+    cdef frozenset all_key_set
+
+    def __init__(self, manager):
+        self.loader_keys = [impl.key for impl in manager._loader_impls]
+        self.collection_keys = tuple(manager._collection_impl_keys)
+        self.all_key_set = frozenset(manager._all_key_set)
+        self.all_keys = tuple(self.all_key_set)
+
+
+cdef object _plan_for(manager):
+    if type(manager) is not _ClassManager or manager.dispatch.expire:
+        return None
+    return _ManagerPlan(manager)
+
+
+def expire_all(session, states):
+    """Expire ``states`` (the identity map's, listed) as commit does."""
+    cdef object modified = session.identity_map._modified
+    cdef dict plans = {}
+    cdef _ManagerPlan plan
+    cdef dict own
+    last_manager = last_plan = None  # objects of one class come in runs
+    for state in states:
+        plan_or_none = None
+        if type(state) is _InstanceState:
+            manager = state.manager
+            if manager is last_manager:
+                plan_or_none = last_plan
+            else:
+                plan_or_none = plans.get(manager, plans)
+                if plan_or_none is plans:
+                    plan_or_none = plans[manager] = _plan_for(manager)
+                last_manager, last_plan = manager, plan_or_none
+        if plan_or_none is None:
+            state._expire(state.dict, session.identity_map._modified)
+            modified = session.identity_map._modified
+            plans.clear()
+            last_manager = last_plan = None
+            continue
+        plan = <_ManagerPlan>plan_or_none
+
+        obj = state.obj()
+        dict_ = obj.__dict__ if obj is not None else {}
+        obj = None  # as in stock, dropping _strong_obj may free the object
+
+        state.expired = True
+        if state.modified:
+            modified.discard(state)
+            state.committed_state.clear()
+            state.modified = False
+        state._strong_obj = None
+
+        own = state.__dict__
+        own.pop("_pending_mutations", None)
+        own.pop("parents", None)
+
+        expired = state.expired_attributes
+        expired.update(plan.loader_keys)
+        callables = state.callables
+        if callables:
+            for key in expired.intersection(callables):
+                del callables[key]
+
+        for key in plan.collection_keys:
+            if key in dict_:
+                dict_.pop(key)._sa_adapter.invalidated = True
+
+        last_known = state._last_known_values
+        if last_known:
+            last_known.update({k: dict_[k] for k in last_known if k in dict_})
+
+        # the loaded values go; walking the shorter side needs no
+        # intersection set per state (the order of deletion leaves no trace)
+        if len(dict_) < len(plan.all_keys):
+            for key in [key for key in dict_ if key in plan.all_key_set]:
+                del dict_[key]
+        else:
+            for key in plan.all_keys:
+                if key in dict_:
+                    del dict_[key]
+
+
+_DETACH_EVENTS = (
+    "persistent_to_detached",
+    "deleted_to_detached",
+    "pending_to_transient",
+    "persistent_to_transient",
+)
+
+
+def detach_all(session, states):
+    """``InstanceState._detach_states(states, session)``, as commit calls it
+    for the deleted states: without a listener of the state-change events
+    it fires, all it does is take each state out of the session."""
+    dispatch = session.dispatch
+    for name in _DETACH_EVENTS:
+        if getattr(dispatch, name):
+            InstanceState._detach_states(states, session)
+            return
+    for state in states:
+        state.session_id = None
+        state._strong_obj = None

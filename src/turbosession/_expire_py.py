@@ -1,0 +1,129 @@
+"""Expiring and detaching objects on commit, pure-Python twin of ``_expire_c``.
+
+``expire_all`` is the loop of ``SessionTransaction._remove_snapshot`` that
+calls ``InstanceState._expire(state.dict, identity_map._modified)`` for each
+state of the identity map.  A state of the plain ``InstanceState`` class,
+instrumented by a plain ``ClassManager`` whose ``expire`` event has no
+listener, gets the same changes here with what is per-class looked up once
+per manager: attributes marked expired, pending changes, lazy-load callables
+and loaded values dropped, collections invalidated.  Any other state goes
+through its own ``_expire``, in its place in the order; its listeners may
+change anything, so the loop forgets what it had looked up afterwards.
+
+``detach_all`` is the ``InstanceState._detach_states`` call that follows,
+for the objects deleted in the transaction.
+"""
+
+from sqlalchemy.orm.instrumentation import ClassManager
+from sqlalchemy.orm.state import InstanceState
+
+__all__ = ["detach_all", "expire_all"]
+
+
+def _is_compiled():
+    return False
+
+
+class _ManagerPlan:
+    """What ``_expire`` reads from a class manager, or None to use stock's."""
+
+    __slots__ = ("loader_keys", "collection_keys", "all_keys", "all_key_set")
+
+    def __init__(self, manager):
+        self.loader_keys = [impl.key for impl in manager._loader_impls]
+        self.collection_keys = tuple(manager._collection_impl_keys)
+        self.all_key_set = frozenset(manager._all_key_set)
+        self.all_keys = tuple(self.all_key_set)
+
+
+def _plan_for(manager):
+    if type(manager) is not ClassManager or manager.dispatch.expire:
+        return None
+    return _ManagerPlan(manager)
+
+
+def expire_all(session, states):
+    """Expire ``states`` (the identity map's, listed) as commit does."""
+    modified = session.identity_map._modified
+    plans = {}
+    last_manager = last_plan = None  # objects of one class come in runs
+    for state in states:
+        plan = None
+        if type(state) is InstanceState:
+            manager = state.manager
+            if manager is last_manager:
+                plan = last_plan
+            else:
+                try:
+                    plan = plans[manager]
+                except KeyError:
+                    plan = plans[manager] = _plan_for(manager)
+                last_manager, last_plan = manager, plan
+        if plan is None:
+            state._expire(state.dict, session.identity_map._modified)
+            modified = session.identity_map._modified
+            plans.clear()
+            last_manager = last_plan = None
+            continue
+
+        obj = state.obj()
+        dict_ = obj.__dict__ if obj is not None else {}
+        obj = None  # as in stock, dropping _strong_obj may free the object
+
+        state.expired = True
+        if state.modified:
+            modified.discard(state)
+            state.committed_state.clear()
+            state.modified = False
+        state._strong_obj = None
+
+        own = state.__dict__
+        own.pop("_pending_mutations", None)
+        own.pop("parents", None)
+
+        expired = state.expired_attributes
+        expired.update(plan.loader_keys)
+        callables = state.callables
+        if callables:
+            for key in expired.intersection(callables):
+                del callables[key]
+
+        for key in plan.collection_keys:
+            if key in dict_:
+                dict_.pop(key)._sa_adapter.invalidated = True
+
+        last_known = state._last_known_values
+        if last_known:
+            last_known.update({k: dict_[k] for k in last_known if k in dict_})
+
+        # the loaded values go; walking the shorter side needs no
+        # intersection set per state (the order of deletion leaves no trace)
+        if len(dict_) < len(plan.all_keys):
+            for key in [key for key in dict_ if key in plan.all_key_set]:
+                del dict_[key]
+        else:
+            for key in plan.all_keys:
+                if key in dict_:
+                    del dict_[key]
+
+
+_DETACH_EVENTS = (
+    "persistent_to_detached",
+    "deleted_to_detached",
+    "pending_to_transient",
+    "persistent_to_transient",
+)
+
+
+def detach_all(session, states):
+    """``InstanceState._detach_states(states, session)``, as commit calls it
+    for the deleted states: without a listener of the state-change events
+    it fires, all it does is take each state out of the session."""
+    dispatch = session.dispatch
+    for name in _DETACH_EVENTS:
+        if getattr(dispatch, name):
+            InstanceState._detach_states(states, session)
+            return
+    for state in states:
+        state.session_id = None
+        state._strong_obj = None

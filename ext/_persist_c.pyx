@@ -27,6 +27,7 @@ from sqlalchemy.orm.base import (
     state_str,
 )
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import EMPTY_DICT
 
 from turbosession._warn import warn
 
@@ -49,6 +50,7 @@ cdef object _PASSIVE_OFF = PassiveFlag.PASSIVE_OFF
 cdef object _PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
 cdef object _PASSIVE_NO_INITIALIZE = PassiveFlag.PASSIVE_NO_INITIALIZE
 cdef object _ClauseElement = ClauseElement
+cdef object _NO_VALUES = EMPTY_DICT
 cdef object _postfetch = persistence._postfetch
 cdef object _ref = weakref.ref
 cdef object _stock_contains_state = Session._contains_state
@@ -272,7 +274,9 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
             params,
             state_mapper,
             state_connection,
-            value_params,
+            # one shared empty mapping when there are none (nothing writes
+            # to a record's value_params): no dict per state stays alive
+            value_params or _NO_VALUES,
             has_all_pks,
             has_all_defaults,
         )
@@ -285,7 +289,7 @@ cdef inline bint _has_all(dict params, tuple keys):
     return True
 
 
-cdef tuple _primary_key_param(uow, state, state_dict, mapper, col, propkey, dict value_params):
+cdef tuple _primary_key_param(uow, state, state_dict, mapper, col, propkey, value_params):
     """Where an UPDATE finds its row when the key attribute is not simply
     loaded and unchanged: (value, pk changed, has_all_pks)."""
     history = state.manager[propkey].impl.get_history(
@@ -316,7 +320,7 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
     cdef tuple precomputed = _precomputed(mapper, table, _build_update_columns)
     cdef frozenset keys = precomputed[0]
     cdef tuple pk_columns = precomputed[1]
-    cdef dict params, value_params, pk_params
+    cdef dict params, pk_params
     cdef dict committed
     cdef bint has_all_pks, has_all_defaults, no_params
     cdef tuple located, pk_column
@@ -539,17 +543,22 @@ def register_persistent(session, set states, commit_all_states):
     instance_dict = orm_base.instance_dict
     cdef dict key_props_of = {}
     cdef tuple instance_key, key_props
-    # (state, dict) pairs to reset afterwards: every flushed object is held
-    # strongly (by _new, _deleted or its modified state) until then
+    # the states and their dicts to reset afterwards: every flushed object
+    # is held strongly (by _new, _deleted or its modified state) until then.
+    # Two lists zipped, not a list of pairs: stock hands its reset a
+    # generator, and 10,000 live pairs would bring a full GC pass forward
     cdef list committing = []
+    cdef list committing_dicts = []
     for state in states:
         # hold the object against a last-minute dereference
         obj = state.obj()
         if obj is None:
-            committing.append((state, {}))
+            committing.append(state)
+            committing_dicts.append({})
             continue
         dict_ = instance_dict(obj)
-        committing.append((state, dict_))
+        committing.append(state)
+        committing_dicts.append(dict_)
         mapper = state.manager.mapper
         key_props = key_props_of.get(mapper)
         if key_props is None:
@@ -576,7 +585,7 @@ def register_persistent(session, set states, commit_all_states):
             )
         state._orphaned_outside_of_session = False
 
-    commit_all_states(committing, identity_map)
+    commit_all_states(zip(committing, committing_dicts), identity_map)
 
     cdef dict new = session._new
     cdef list was_new = []

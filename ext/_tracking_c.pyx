@@ -10,6 +10,7 @@ from sqlalchemy.orm.attributes import _ScalarAttributeImpl
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import EMPTY_DICT
 
 __all__ = [
     "collect_column_changes",
@@ -25,6 +26,7 @@ cdef object _NO_VALUE = NO_VALUE
 cdef object _ScalarImpl = _ScalarAttributeImpl
 cdef object _ClassManager = ClassManager
 cdef object _ClauseElement = ClauseElement
+cdef object _NO_VALUES = EMPTY_DICT
 
 
 def _is_compiled():
@@ -121,7 +123,9 @@ def column_changes(state, state_dict, frozenset keys, propkey_to_col):
                     continue
             if state.manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
                 params[col.key] = value
-    return params, value_params
+    # the flush keeps each state's result until its batch is sent: one
+    # shared empty mapping when there are no SQL expressions
+    return params, value_params or _NO_VALUES
 
 
 def commit_all_states(states_and_dicts, instance_dict=None):

@@ -22,6 +22,7 @@ from sqlalchemy.orm.base import (
     state_str,
 )
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import EMPTY_DICT
 
 from turbosession._warn import warn
 
@@ -185,7 +186,9 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
             params,
             state_mapper,
             state_connection,
-            value_params,
+            # one shared empty mapping when there are none (nothing writes
+            # to a record's value_params): no dict per state stays alive
+            value_params or EMPTY_DICT,
             has_all_pks,
             has_all_defaults,
         )
@@ -422,15 +425,19 @@ def register_persistent(session, states, commit_all_states):
     """
     pending_to_persistent = session.dispatch.pending_to_persistent or None
     identity_map = session.identity_map
-    # (state, dict) pairs to reset afterwards: every flushed object is held
-    # strongly (by _new, _deleted or its modified state) until then
+    # the states and their dicts to reset afterwards: every flushed object
+    # is held strongly (by _new, _deleted or its modified state) until then.
+    # Two lists zipped, not a list of pairs: stock hands its reset a
+    # generator, and 10,000 live pairs would bring a full GC pass forward
     committing = []
+    committing_dicts = []
     for state in states:
         mapper = state.manager.mapper
         # hold the object against a last-minute dereference
         obj = state.obj()
         dict_ = state.dict
-        committing.append((state, dict_))
+        committing.append(state)
+        committing_dicts.append(dict_)
         if obj is None:
             continue
         instance_key = _identity_key(mapper, state, dict_)
@@ -454,7 +461,7 @@ def register_persistent(session, states, commit_all_states):
             )
         state._orphaned_outside_of_session = False
 
-    commit_all_states(committing, identity_map)
+    commit_all_states(zip(committing, committing_dicts), identity_map)
 
     new = session._new
     transaction = session._transaction

@@ -25,6 +25,7 @@ from sqlalchemy.orm.attributes import _ScalarAttributeImpl
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.util import EMPTY_DICT
 
 __all__ = [
     "collect_column_changes",
@@ -142,7 +143,9 @@ def column_changes(state, state_dict, keys, propkey_to_col):
                 continue
             if state.manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
                 params[col.key] = value
-    return params, value_params
+    # the flush keeps each state's result until its batch is sent: one
+    # shared empty mapping when there are no SQL expressions
+    return params, value_params or EMPTY_DICT
 
 
 def commit_all_states(states_and_dicts, instance_dict=None):

@@ -614,17 +614,24 @@ def remove_newly_deleted(session, states):
     identity_map = session.identity_map
     deleted = session._deleted
     transaction = session._transaction
+    if persistent_to_deleted is None:
+        # no listener runs in between: the transaction's marks go in at once
+        if transaction:
+            _mark_in(transaction._deleted, list(states))
+        for state in states:
+            identity_map.safe_discard(state)
+            deleted.pop(state, None)
+            state._deleted = True
+        return
     for state in states:
         if transaction:
             transaction._deleted[state] = True
-        if persistent_to_deleted is not None:
-            # a strong reference before the state leaves _deleted
-            obj = state.obj()
+        # a strong reference before the state leaves _deleted
+        obj = state.obj()
         identity_map.safe_discard(state)
         deleted.pop(state, None)
         state._deleted = True
-        if persistent_to_deleted is not None:
-            persistent_to_deleted(session, state)
+        persistent_to_deleted(session, state)
 
 
 def _orphan_possible(mapper):

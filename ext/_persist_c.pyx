@@ -645,8 +645,8 @@ cdef class _Registrar:
     with the session's and unit of work's containers looked up once.
 
     Session membership is stock's ``_contains_state`` (in ``_new``, or the
-    identity map's own state for its key) unless the session class
-    overrides it, in which case that override is asked."""
+    identity map's own state for its key) unless the session's class or
+    the session itself overrides it, in which case that override is asked."""
 
     cdef object uow
     cdef dict new
@@ -657,7 +657,10 @@ cdef class _Registrar:
 
     def __cinit__(self, session, uow):
         self.uow = uow
-        if type(session)._contains_state is _stock_contains_state:
+        if (
+            type(session)._contains_state is _stock_contains_state
+            and "_contains_state" not in session.__dict__
+        ):
             self.new = session._new
             self.contains_state = session.identity_map.contains_state
             self.session_contains = None

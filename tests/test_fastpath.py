@@ -561,6 +561,50 @@ def test_fast_flush_can_be_disabled(impl, engine):
     compare(scenario_inserts, Careful, engine, expect_fast="disabled")
 
 
+def test_overridden_contains_state_is_asked(impl, engine):
+    """A session overriding _contains_state is asked by the flush's
+    registration as stock's flush asks it, per class and per instance."""
+
+    def flush_calls(session_cls, per_instance):
+        Base.metadata.drop_all(engine)
+        Base.metadata.create_all(engine)
+        calls = []
+        session = session_cls(engine)
+        loaded = Item(id=1, name="a")
+        session.add(loaded)
+        session.commit()
+        loaded.qty = 5
+        session.add(Item(id=2, name="b"))
+        watch = (lambda state: calls.append(state.key) or True) if per_instance else None
+        if per_instance:
+            session._contains_state = watch
+        else:
+            session.watch = calls
+        session.flush()
+        session.close()
+        return calls
+
+    class Stock(orm.Session):
+        def _contains_state(self, state):
+            getattr(self, "watch", []).append(state.key)
+            return super()._contains_state(state)
+
+    class Turbo(turbosession.Session):
+        _turbo = impl
+
+        def _contains_state(self, state):
+            getattr(self, "watch", []).append(state.key)
+            return super()._contains_state(state)
+
+    for per_instance, stock_cls, turbo_cls in (
+        (False, Stock, Turbo),
+        (True, orm.Session, type("Plain", (turbosession.Session,), {"_turbo": impl})),
+    ):
+        expected = flush_calls(stock_cls, per_instance)
+        assert sorted(map(repr, expected)) == sorted(map(repr, flush_calls(turbo_cls, per_instance)))
+        assert len(expected) == 2
+
+
 def test_stats_are_public():
     assert turbosession.stats() == fastpath.stats()
     assert set(fastpath.FALLBACK_REASONS) >= {"inheritance", "row_switch_possible"}

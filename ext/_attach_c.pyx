@@ -53,92 +53,99 @@ cdef inline object _mapper_of(state):
         return None
 
 
+cdef class _Gate:
+    """Which objects of one ``add_all`` / ``delete_all`` call take the fast
+    path: the decision the two loops share, with what it looked up kept
+    until stock's code runs (its listeners may change anything)."""
+
+    cdef object session
+    cdef object hash_key
+    cdef bint persistent
+    cdef str cascade
+    cdef tuple events
+    cdef object last_mapper
+    cdef bint last_cascades
+    cdef int listened  # -1: not looked up yet
+
+    def __cinit__(self, session, bint persistent, str cascade, tuple events):
+        self.session = session
+        self.hash_key = session.hash_key
+        self.persistent = persistent
+        self.cascade = cascade
+        self.events = events
+        self.forget()
+
+    cdef forget(self):
+        self.last_mapper = None
+        self.listened = -1
+
+    cdef int decide(self, state) except -2:
+        """-1: stock's method; 0: fast, already attached; 1: fast, to attach."""
+        if (
+            state is None
+            or (state.key is not None) != self.persistent
+            or self.session._transaction is None
+        ):
+            return -1
+        mapper = _mapper_of(state)
+        if mapper is None:
+            return -1
+        if mapper is not self.last_mapper:
+            self.last_cascades = _cascades(mapper, self.cascade)
+            self.last_mapper = mapper
+        if self.last_cascades:
+            return -1
+        session_id = state.session_id
+        if session_id is None:
+            if self.listened < 0:
+                self.listened = _listened(self.session.dispatch, self.events)
+            return -1 if self.listened else 1
+        return 0 if session_id == self.hash_key else -1
+
+
 def add_all(session, instances):
+    cdef _Gate gate = _Gate(session, False, "save-update", _ADD_EVENTS)
     cdef dict new = session._new
-    cdef int listened = -1  # unknown until the first object needs attaching
-    cdef bint fast, attach
-    cdef object last_mapper = None
-    cdef bint last_cascades = False
-    hash_key = session.hash_key
+    cdef int verdict
     for instance in instances:
         state = _state_of(instance)
-        fast = state is not None and state.key is None and session._transaction is not None
-        if fast:
-            mapper = _mapper_of(state)
-            if mapper is None:
-                fast = False
-            else:
-                if mapper is not last_mapper:
-                    last_cascades = _cascades(mapper, "save-update")
-                    last_mapper = mapper
-                fast = not last_cascades
-        attach = False
-        if fast:
-            session_id = state.session_id
-            if session_id is None:
-                if listened < 0:
-                    listened = _listened(session.dispatch, _ADD_EVENTS)
-                attach = fast = not listened
-            elif session_id != hash_key:
-                fast = False
-        if not fast:
+        verdict = gate.decide(state)
+        if verdict < 0:
             _stock_add(session, instance, _warn=False)
             new = session._new
-            listened = -1
-            last_mapper = None
+            gate.forget()
             continue
-
         state._orphaned_outside_of_session = False
         obj = state.obj()
         if state not in new:
             new[state] = obj
             state.insert_order = len(new)
-        if attach:
-            state.session_id = hash_key
-            if state.modified and state._strong_obj is None:
-                state._strong_obj = obj
+        if verdict:
+            _attach(state, gate.hash_key, obj)
 
 
 def delete_all(session, instances):
+    cdef _Gate gate = _Gate(session, True, "delete", _DELETE_EVENTS)
     cdef dict deleted = session._deleted
-    cdef int listened = -1
-    cdef bint fast, attach
-    cdef object last_mapper = None
-    cdef bint last_cascades = False
-    hash_key = session.hash_key
+    cdef int verdict
     for instance in instances:
         state = _state_of(instance)
-        fast = state is not None and state.key is not None and session._transaction is not None
-        if fast:
-            mapper = _mapper_of(state)
-            if mapper is None:
-                fast = False
-            else:
-                if mapper is not last_mapper:
-                    last_cascades = _cascades(mapper, "delete")
-                    last_mapper = mapper
-                fast = not last_cascades
-        attach = False
-        if fast:
-            session_id = state.session_id
-            if session_id is None:
-                if listened < 0:
-                    listened = _listened(session.dispatch, _DELETE_EVENTS)
-                attach = fast = not listened
-            elif session_id != hash_key:
-                fast = False
-        if not fast:
+        verdict = gate.decide(state)
+        if verdict < 0:
             _stock_delete(session, instance)
             deleted = session._deleted
-            listened = -1
-            last_mapper = None
+            gate.forget()
             continue
-
         if state in deleted:
             continue
         session.identity_map.add(state)
-        if attach:
-            state.session_id = hash_key
-            if state.modified and state._strong_obj is None:
-                state._strong_obj = instance
+        if verdict:
+            _attach(state, gate.hash_key, instance)
         deleted[state] = instance
+
+
+cdef inline _attach(state, hash_key, obj):
+    """Stock's ``_after_attach`` with no listener."""
+    state.session_id = hash_key
+    if state.modified and state._strong_obj is None:
+        state._strong_obj = obj

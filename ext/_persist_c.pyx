@@ -125,7 +125,7 @@ def _build_insert_columns(mapper, table):
 
 def _build_update_columns(mapper, table):
     """The table's property keys, and per primary key column (column, key,
-    bind label, attribute key)."""
+    bind label, attribute key), which DELETE uses too."""
     columns = mapper._columntoproperty
     return frozenset(mapper._propkey_to_col[table]), tuple([
         (col, col.key, col._label, columns[col].key)
@@ -162,6 +162,13 @@ cdef tuple _identity_key(tuple key_props, object state, object dict_):
     return (key_props[0], values, state.identity_token)
 
 
+cdef inline object _committed_version(mapper, state, dict_, version_col):
+    """The version an UPDATE or DELETE expects the row to have, or None."""
+    if version_col is None:
+        return None
+    return mapper._get_committed_state_attr_by_column(state, dict_, version_col)
+
+
 def organize_for_save(mapper, states, uow, connection):
     before_insert = mapper.dispatch.before_insert
     before_update = mapper.dispatch.before_update
@@ -195,13 +202,10 @@ def organize_for_save(mapper, states, uow, connection):
                     % (state_str(state), instance_key, state_str(existing))
                 )
         if has_identity:
-            if version_col is None:
-                update_version_id = None
-            else:
-                update_version_id = mapper._get_committed_state_attr_by_column(
-                    state, dict_, version_col
-                )
-            to_update.append((state, dict_, mapper, connection, update_version_id))
+            to_update.append(
+                (state, dict_, mapper, connection,
+                 _committed_version(mapper, state, dict_, version_col))
+            )
         else:
             to_insert.append((state, dict_, mapper, connection))
     return to_insert, to_update
@@ -423,7 +427,7 @@ def postfetch_batch(mapper, uow, table, list records, result, bint isupdate):
                 dict_[pair[1]] = params_row[pair[0]]
                 state.committed_state.pop(pair[1], None)
         if has_postfetch:
-            state._expire_attributes(state.dict, expire)
+            state._expire_attributes(dict_, expire)
 
 
 def organize_for_delete(mapper, states, connection):
@@ -435,38 +439,36 @@ def organize_for_delete(mapper, states, connection):
         if listeners:
             before_delete(mapper, connection, state)
         dict_ = state.dict
-        if version_col is None:
-            update_version_id = None
-        else:
-            update_version_id = mapper._get_committed_state_attr_by_column(
-                state, dict_, version_col
-            )
-        to_delete.append((state, dict_, mapper, connection, update_version_id))
+        to_delete.append(
+            (state, dict_, mapper, connection,
+             _committed_version(mapper, state, dict_, version_col))
+        )
     return to_delete
 
 
 def collect_delete_commands(table, mapper, states_to_delete):
-    cdef tuple pks = tuple(mapper._pks_by_table[table])
-    columns = mapper._columntoproperty
+    # per primary key column: (column, key, bind label, attribute key)
+    cdef tuple pk_columns = _precomputed(mapper, table, _build_update_columns)[1]
+    cdef tuple pk_column
     version_col = _table_version_col(mapper, table)
     cdef dict params
     for state, state_dict, state_mapper, connection, update_version_id in states_to_delete:
         committed = state.committed_state
         params = {}
-        for col in pks:
-            propkey = columns[col].key
+        for pk_column in pk_columns:
+            propkey = pk_column[3]
             if propkey in state_dict and propkey not in committed:
                 value = state_dict[propkey]
             else:
                 value = mapper._get_committed_state_attr_by_column(
-                    state, state_dict, col
+                    state, state_dict, pk_column[0]
                 )
-            params[col.key] = value
+            params[pk_column[1]] = value
             if value is None:
                 raise orm_exc.FlushError(
                     "Can't delete from table %s "
                     "using NULL for primary "
-                    "key value on column %s" % (table, col)
+                    "key value on column %s" % (table, pk_column[0])
                 )
         if update_version_id is not None and version_col is not None:
             params[version_col.key] = update_version_id

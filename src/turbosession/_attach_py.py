@@ -63,98 +63,95 @@ def _mapper_of(state):
         return None
 
 
+class _Gate:
+    """Which objects of one ``add_all`` / ``delete_all`` call take the fast
+    path: the decision the two loops share, with what it looked up kept
+    until stock's code runs (its listeners may change anything)."""
+
+    __slots__ = (
+        "session", "hash_key", "persistent", "cascade", "events",
+        "last_mapper", "last_cascades", "listened",
+    )
+
+    def __init__(self, session, persistent, cascade, events):
+        self.session = session
+        self.hash_key = session.hash_key
+        self.persistent = persistent
+        self.cascade = cascade
+        self.events = events
+        self.last_cascades = False
+        self.forget()
+
+    def forget(self):
+        self.last_mapper = None
+        self.listened = None  # looked up when the first object needs attaching
+
+    def decide(self, state):
+        """None: stock's method; False: fast, already attached; True: fast,
+        to attach."""
+        if (
+            state is None
+            or (state.key is not None) != self.persistent
+            or self.session._transaction is None
+        ):
+            return None
+        mapper = _mapper_of(state)
+        if mapper is None:
+            return None
+        if mapper is not self.last_mapper:
+            self.last_cascades = _cascades(mapper, self.cascade)
+            self.last_mapper = mapper
+        if self.last_cascades:
+            return None
+        session_id = state.session_id
+        if session_id is None:
+            if self.listened is None:
+                self.listened = _listened(self.session.dispatch, self.events)
+            return None if self.listened else True
+        return False if session_id == self.hash_key else None
+
+
 def add_all(session, instances):
-    hash_key = session.hash_key
+    gate = _Gate(session, False, "save-update", _ADD_EVENTS)
     new = session._new
-    listened = None  # looked up when the first object needs attaching
-    last_mapper = None
-    last_cascades = False
     for instance in instances:
         state = _state_of(instance)
-        fast = (
-            state is not None
-            and state.key is None
-            and session._transaction is not None
-        )
-        if fast:
-            mapper = _mapper_of(state)
-            if mapper is None:
-                fast = False
-            else:
-                if mapper is not last_mapper:
-                    last_cascades = _cascades(mapper, "save-update")
-                    last_mapper = mapper
-                fast = not last_cascades
-        attach = False
-        if fast:
-            session_id = state.session_id
-            if session_id is None:
-                if listened is None:
-                    listened = _listened(session.dispatch, _ADD_EVENTS)
-                attach = fast = not listened
-            elif session_id != hash_key:
-                fast = False
-        if not fast:
+        attach = gate.decide(state)
+        if attach is None:
             _stock_add(session, instance, _warn=False)
             new = session._new
-            listened = None
-            last_mapper = None
+            gate.forget()
             continue
-
         state._orphaned_outside_of_session = False
         obj = state.obj()
         if state not in new:
             new[state] = obj
             state.insert_order = len(new)
         if attach:
-            state.session_id = hash_key
-            if state.modified and state._strong_obj is None:
-                state._strong_obj = obj
+            _attach(state, gate.hash_key, obj)
 
 
 def delete_all(session, instances):
-    hash_key = session.hash_key
+    gate = _Gate(session, True, "delete", _DELETE_EVENTS)
     deleted = session._deleted
-    listened = None
-    last_mapper = None
-    last_cascades = False
     for instance in instances:
         state = _state_of(instance)
-        fast = (
-            state is not None
-            and state.key is not None
-            and session._transaction is not None
-        )
-        if fast:
-            mapper = _mapper_of(state)
-            if mapper is None:
-                fast = False
-            else:
-                if mapper is not last_mapper:
-                    last_cascades = _cascades(mapper, "delete")
-                    last_mapper = mapper
-                fast = not last_cascades
-        attach = False
-        if fast:
-            session_id = state.session_id
-            if session_id is None:
-                if listened is None:
-                    listened = _listened(session.dispatch, _DELETE_EVENTS)
-                attach = fast = not listened
-            elif session_id != hash_key:
-                fast = False
-        if not fast:
+        attach = gate.decide(state)
+        if attach is None:
             _stock_delete(session, instance)
             deleted = session._deleted
-            listened = None
-            last_mapper = None
+            gate.forget()
             continue
-
         if state in deleted:
             continue
         session.identity_map.add(state)
         if attach:
-            state.session_id = hash_key
-            if state.modified and state._strong_obj is None:
-                state._strong_obj = instance
+            _attach(state, gate.hash_key, instance)
         deleted[state] = instance
+
+
+def _attach(state, hash_key, obj):
+    """Stock's ``_after_attach`` with no listener."""
+    state.session_id = hash_key
+    if state.modified and state._strong_obj is None:
+        state._strong_obj = obj

@@ -75,6 +75,13 @@ def _identity_key(mapper, state, dict_):
     return (mapper._identity_class, tuple(values), state.identity_token)
 
 
+def _committed_version(mapper, state, dict_, version_col):
+    """The version an UPDATE or DELETE expects the row to have, or None."""
+    if version_col is None:
+        return None
+    return mapper._get_committed_state_attr_by_column(state, dict_, version_col)
+
+
 def organize_for_save(mapper, states, uow, connection):
     """``persistence._organize_states_for_save`` for one single-table mapper.
 
@@ -112,13 +119,10 @@ def organize_for_save(mapper, states, uow, connection):
                     % (state_str(state), instance_key, state_str(existing))
                 )
         if has_identity:
-            if version_col is None:
-                update_version_id = None
-            else:
-                update_version_id = mapper._get_committed_state_attr_by_column(
-                    state, dict_, version_col
-                )
-            to_update.append((state, dict_, mapper, connection, update_version_id))
+            to_update.append(
+                (state, dict_, mapper, connection,
+                 _committed_version(mapper, state, dict_, version_col))
+            )
         else:
             to_insert.append((state, dict_, mapper, connection))
     return to_insert, to_update
@@ -336,7 +340,7 @@ def postfetch_batch(mapper, uow, table, records, result, isupdate):
                 dict_[prop_key] = params[column_key]
                 state.committed_state.pop(prop_key, None)
         if postfetch:
-            state._expire_attributes(state.dict, expire)
+            state._expire_attributes(dict_, expire)
 
 
 def organize_for_delete(mapper, states, connection):
@@ -349,13 +353,10 @@ def organize_for_delete(mapper, states, connection):
         if before_delete:
             before_delete(mapper, connection, state)
         dict_ = state.dict
-        if version_col is None:
-            update_version_id = None
-        else:
-            update_version_id = mapper._get_committed_state_attr_by_column(
-                state, dict_, version_col
-            )
-        to_delete.append((state, dict_, mapper, connection, update_version_id))
+        to_delete.append(
+            (state, dict_, mapper, connection,
+             _committed_version(mapper, state, dict_, version_col))
+        )
     return to_delete
 
 

@@ -8,6 +8,7 @@ stock ``sqlalchemy.orm.Session`` and with the session class under test and
 compares the two records entry by entry.
 """
 
+import itertools
 import re
 
 from sqlalchemy import event, inspect, orm
@@ -94,3 +95,22 @@ def assert_same_as_stock(scenario, session_cls, engine, metadata):
     actual = run(scenario, session_cls, engine, metadata)
     assert actual == expected
     return actual
+
+
+def set_order_sorted(entries, groups):
+    """``entries`` with each run of set-ordered events sorted.
+
+    Stock fires some events for a set of states, so their order among
+    themselves follows memory addresses.  ``groups`` maps such an event name
+    to the name of its group; a run of consecutive ``("event", name, ...)``
+    entries of one group is compared sorted.
+    """
+
+    def group_of(entry):
+        return groups.get(entry[1]) if entry[0] == "event" else None
+
+    out = []
+    for group, run_ in itertools.groupby(entries, key=group_of):
+        run_ = list(run_)
+        out.extend(sorted(run_, key=repr) if group else run_)
+    return out

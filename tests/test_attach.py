@@ -10,7 +10,6 @@ them plain objects take the compiled loop, with them every attach goes
 through stock's code.
 """
 
-import itertools
 import os
 import sys
 import warnings
@@ -20,7 +19,7 @@ import pytest
 from sqlalchemy import Connection, ForeignKey, String, event, inspect, orm, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from support import normalize_error, object_state, run
+from support import normalize_error, object_state, run, set_order_sorted
 
 
 class Base(DeclarativeBase):
@@ -410,16 +409,6 @@ SET_ORDER_EVENTS = {
 }
 
 
-def set_order_sorted(entries):
-    def run_of(entry):
-        return SET_ORDER_EVENTS.get(entry[1]) if entry[0] == "event" else None
-
-    out = []
-    for group_name, group in itertools.groupby(entries, key=run_of):
-        out.extend(sorted(group, key=repr) if group_name else group)
-    return out
-
-
 def with_listeners(scenario):
     def listened(session_cls, engine, log):
         class Listened(session_cls):
@@ -441,8 +430,8 @@ def with_listeners(scenario):
 def test_same_as_stock(scenario, listened, session_cls, engine):
     if listened:
         scenario = with_listeners(scenario)
-    expected = set_order_sorted(run(scenario, orm.Session, engine, Base.metadata))
-    entries = set_order_sorted(run(scenario, session_cls, engine, Base.metadata))
+    expected = set_order_sorted(run(scenario, orm.Session, engine, Base.metadata), SET_ORDER_EVENTS)
+    entries = set_order_sorted(run(scenario, session_cls, engine, Base.metadata), SET_ORDER_EVENTS)
     assert entries == expected
     assert len(entries) > 5
     if listened:

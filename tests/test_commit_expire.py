@@ -11,17 +11,17 @@ instance event when listened.
 
 import pytest
 from sqlalchemy import event, inspect, orm, select
-from sqlalchemy.orm import defer, undefer
+from sqlalchemy.orm import defer
 
 import turbosession
-from support import run
+from support import run, set_order_sorted
 from test_attach import (
     Base,
     Child,
     Parent,
     Plain,
     bookkeeping,
-    set_order_sorted,
+    SET_ORDER_EVENTS,
     stock_methods_called,
     with_listeners,
 )
@@ -149,8 +149,8 @@ SCENARIOS = [sc_commit_expires, sc_pending_mutations, sc_no_expiry, sc_explicit_
 def test_same_as_stock(scenario, listened, session_cls, engine):
     if listened:
         scenario = with_listeners(scenario)
-    expected = set_order_sorted(run(scenario, orm.Session, engine, Base.metadata))
-    entries = set_order_sorted(run(scenario, session_cls, engine, Base.metadata))
+    expected = set_order_sorted(run(scenario, orm.Session, engine, Base.metadata), SET_ORDER_EVENTS)
+    entries = set_order_sorted(run(scenario, session_cls, engine, Base.metadata), SET_ORDER_EVENTS)
     assert entries == expected
     assert any(e[1] is True for e in entries if len(e) > 2 and e[0] in ("x", "p"))
 

@@ -41,7 +41,7 @@ from sqlalchemy.orm import (
 
 import turbosession
 from turbosession import fastpath
-from support import normalize_error, object_state, run, scrub
+from support import normalize_error, object_state, run, scrub, set_order_sorted
 
 
 class Base(DeclarativeBase):
@@ -148,31 +148,17 @@ def unlisten(handles):
 
 
 # stock fires these for a set of states, so their order among themselves
-# follows memory addresses: compared as a sorted run
-SET_ORDER_EVENTS = {"pending_to_persistent", "persistent_to_deleted", "deleted_to_detached"}
-
-
-def set_order_sorted(entries):
-    out, run_ = [], []
-    for entry in entries + [None]:
-        if entry is not None and entry[0] == "event" and entry[1] in SET_ORDER_EVENTS:
-            if run_ and run_[0][1] != entry[1]:
-                out.extend(sorted(run_, key=repr))
-                run_ = []
-            run_.append(entry)
-            continue
-        out.extend(sorted(run_, key=repr))
-        run_ = []
-        if entry is not None:
-            out.append(entry)
-    return out
+# follows memory addresses: compared as a sorted run of each
+SET_ORDER_EVENTS = {
+    name: name for name in ("pending_to_persistent", "persistent_to_deleted", "deleted_to_detached")
+}
 
 
 def compare(scenario, session_cls, engine, expect_fast=True):
     """Run on stock and on ``session_cls``; the records must be equal."""
-    expected = set_order_sorted(run(scenario, orm.Session, engine, Base.metadata))
+    expected = set_order_sorted(run(scenario, orm.Session, engine, Base.metadata), SET_ORDER_EVENTS)
     fastpath.reset_stats()
-    actual = set_order_sorted(run(scenario, session_cls, engine, Base.metadata))
+    actual = set_order_sorted(run(scenario, session_cls, engine, Base.metadata), SET_ORDER_EVENTS)
     stats = fastpath.stats()
     assert actual == expected
     if expect_fast is True:

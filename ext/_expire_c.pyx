@@ -46,23 +46,17 @@ def expire_all(session, states):
     cdef dict plans = {}
     cdef _ManagerPlan plan
     cdef dict own
-    last_manager = last_plan = None  # objects of one class come in runs
     for state in states:
         plan_or_none = None
         if type(state) is _InstanceState:
             manager = state.manager
-            if manager is last_manager:
-                plan_or_none = last_plan
-            else:
-                plan_or_none = plans.get(manager, plans)
-                if plan_or_none is plans:
-                    plan_or_none = plans[manager] = _plan_for(manager)
-                last_manager, last_plan = manager, plan_or_none
+            plan_or_none = plans.get(manager, plans)
+            if plan_or_none is plans:
+                plan_or_none = plans[manager] = _plan_for(manager)
         if plan_or_none is None:
             state._expire(state.dict, session.identity_map._modified)
             modified = session.identity_map._modified
             plans.clear()
-            last_manager = last_plan = None
             continue
         plan = <_ManagerPlan>plan_or_none
 

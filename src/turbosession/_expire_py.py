@@ -46,24 +46,18 @@ def expire_all(session, states):
     """Expire ``states`` (the identity map's, listed) as commit does."""
     modified = session.identity_map._modified
     plans = {}
-    last_manager = last_plan = None  # objects of one class come in runs
     for state in states:
         plan = None
         if type(state) is InstanceState:
             manager = state.manager
-            if manager is last_manager:
-                plan = last_plan
-            else:
-                try:
-                    plan = plans[manager]
-                except KeyError:
-                    plan = plans[manager] = _plan_for(manager)
-                last_manager, last_plan = manager, plan
+            try:
+                plan = plans[manager]
+            except KeyError:
+                plan = plans[manager] = _plan_for(manager)
         if plan is None:
             state._expire(state.dict, session.identity_map._modified)
             modified = session.identity_map._modified
             plans.clear()
-            last_manager = last_plan = None
             continue
 
         obj = state.obj()

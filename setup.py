@@ -1,4 +1,10 @@
-"""Builds the Cython hot paths in ext/; falls back to the pure-Python package.
+"""Compiles the hot paths with Cython; falls back to the pure-Python package.
+
+Each hot path is one module in Cython's pure-Python mode,
+``src/turbosession/_<name>.py``, listed in ``turbosession._impl.HOT_PATHS``;
+the same file is the pure implementation when it is not compiled.  ``ext/``
+holds what only the compiler reads (``.pxd`` declarations shared between
+hot paths) and, while the conversion lasts, the remaining ``_<name>_c.pyx``.
 
 ``TURBOSESSION_NO_EXTENSIONS=1`` skips the build.  A build that fails (no
 compiler, no Python headers) installs the pure-Python twins with a warning,
@@ -6,6 +12,7 @@ unless ``TURBOSESSION_REQUIRE_EXTENSIONS=1`` asks for a hard failure (CI and
 cibuildwheel use that so a broken build cannot pass unnoticed).
 """
 
+import ast
 import os
 import sys
 import warnings
@@ -14,8 +21,18 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-# every ext/_<name>_c.pyx becomes turbosession._<name>_c
-HOT_PATHS = sorted(p.stem[1:-2] for p in Path("ext").glob("_*_c.pyx"))
+
+
+def _hot_paths():
+    """``HOT_PATHS`` as ``src/turbosession/_impl.py`` assigns it (one list)."""
+    tree = ast.parse(Path("src/turbosession/_impl.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["HOT_PATHS"]:
+            return ast.literal_eval(node.value)
+    raise RuntimeError("src/turbosession/_impl.py assigns no HOT_PATHS")
+
+
+HOT_PATHS = _hot_paths()
 
 NO_EXTENSIONS = bool(os.environ.get("TURBOSESSION_NO_EXTENSIONS"))
 REQUIRE_EXTENSIONS = bool(os.environ.get("TURBOSESSION_REQUIRE_EXTENSIONS"))
@@ -61,12 +78,19 @@ def extensions():
             raise
         _warn_pure("Cython is not installed")
         return []
-    modules = [
-        Extension(f"turbosession._{name}_c", [f"ext/_{name}_c.pyx"])
-        for name in HOT_PATHS
-    ]
+    modules = []
+    for name in HOT_PATHS:
+        twin = Path(f"ext/_{name}_c.pyx")
+        if twin.exists():  # not converted yet
+            modules.append(Extension(f"turbosession._{name}_c", [str(twin)]))
+        else:
+            modules.append(
+                Extension(f"turbosession._{name}", [f"src/turbosession/_{name}.py"])
+            )
     return cythonize(
         modules,
+        include_path=["ext"],
+        build_dir="build/cython",  # generated C stays out of the package
         compiler_directives={"language_level": "3", "embedsignature": True},
     )
 

@@ -36,6 +36,7 @@ def test_substitution_reaches_every_way_the_suite_makes_sessions(impl):
         from sqlalchemy import orm
         from sqlalchemy.orm import session as orm_session
         import turbosession
+        from turbosession import _impl
         import conformance_plugin
 
         stock = orm.Session
@@ -52,7 +53,8 @@ def test_substitution_reaches_every_way_the_suite_makes_sessions(impl):
             how: [
                 isinstance(s, turbosession.Session),
                 isinstance(s, stock),
-                type(s.identity_map).__module__,
+                type(s.identity_map) is _impl.active.identity.WeakIdentityMap,
+                _impl.active.identity._is_compiled(),
             ]
             for how, s in made.items()
         }))
@@ -66,10 +68,9 @@ def test_substitution_reaches_every_way_the_suite_makes_sessions(impl):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True,
         check=True,
     ).stdout
-    expected_module = f"turbosession._identity_{'c' if impl.name == 'compiled' else 'py'}"
-    for how, (is_turbo, is_stock_subclass, identity_module) in json.loads(out).items():
-        assert (how, is_turbo, is_stock_subclass) == (how, True, True)
-        assert (how, identity_module) == (how, expected_module)
+    for how, (is_turbo, is_stock_subclass, active_map, compiled) in json.loads(out).items():
+        assert (how, is_turbo, is_stock_subclass, active_map) == (how, True, True, True)
+        assert (how, compiled) == (how, impl.name == "compiled")
 
 
 def _results(tmp_path, records):

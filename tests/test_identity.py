@@ -194,3 +194,13 @@ def test_unhashable_key_raises_like_stock(impl):
             identity_map.get([1])
         with pytest.raises(TypeError):
             [1] in identity_map
+
+
+@pytest.mark.parametrize("key", [None, 1, (Thing, (1,), None), "x"])
+def test_missing_key_error_like_stock(impl, key):
+    raised = []
+    for identity_map in (_WeakInstanceDict(), impl.identity.WeakIdentityMap()):
+        with pytest.raises(KeyError) as info:
+            identity_map[key]
+        raised.append((info.value.args, str(info.value)))
+    assert raised[1] == raised[0]

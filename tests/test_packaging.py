@@ -42,13 +42,13 @@ def extensions_in(names):
 def test_default_build_is_compiled(tmp_path):
     names, _ = build_wheel(tmp_path)
     assert extensions_in(names), names
-    assert "turbosession/_identity_py.py" in names
+    assert "turbosession/_identity.py" in names
 
 
 def test_no_extensions_switch_builds_pure(tmp_path):
     names, log = build_wheel(tmp_path, TURBOSESSION_NO_EXTENSIONS="1")
     assert extensions_in(names) == []
-    assert "turbosession/_identity_py.py" in names
+    assert "turbosession/_identity.py" in names
     assert "installing the pure-Python implementation" in log
 
 

@@ -1,32 +1,67 @@
-"""Chooses between the compiled hot paths and their pure-Python twins.
+"""Chooses between the compiled hot paths and the same modules uncompiled.
 
-Every hot path ``X`` exists as ``turbosession._X_c`` (built from ``ext/``) and
-``turbosession._X_py``, with the same names.  ``pure`` and ``compiled`` bundle
-one module per hot path; ``active`` is what turbosession's Session uses:
-``compiled`` unless it is not built or ``TURBOSESSION_NO_EXTENSIONS`` is set.
+Each hot path ``X`` is one module, ``turbosession._X``, written in Cython's
+pure-Python mode: the build compiles it (setup.py reads ``HOT_PATHS`` from
+here), and the same source imports as plain Python when it is not compiled.
+``compiled`` and ``pure`` bundle one module per hot path: ``compiled`` the
+built extension modules (None when any is missing), ``pure`` the sources
+loaded uncompiled even where the extensions are installed, as SQLAlchemy's
+``testing.util.load_uncompiled_module`` does, so that tests can run both in
+one process.  ``active`` is what turbosession's Session uses: ``compiled``
+unless it is not built or ``TURBOSESSION_NO_EXTENSIONS`` is set (which only
+changes ``active``: tests can still pin either bundle).
 """
 
 import importlib
+import importlib.util
 import os
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 HOT_PATHS = ("identity", "tracking", "topological", "persist", "unitofwork", "attach", "expire")
 
+# still twins (_X_c built from ext/_X_c.pyx, _X_py): converted one at a time
+_TWINS = ("tracking", "topological", "persist", "unitofwork", "attach", "expire")
+
 NO_EXTENSIONS = bool(os.environ.get("TURBOSESSION_NO_EXTENSIONS"))
 
-
-def _bundle(suffix):
-    modules = {
-        name: importlib.import_module(f"turbosession._{name}_{suffix}")
-        for name in HOT_PATHS
-    }
-    return SimpleNamespace(name="compiled" if suffix == "c" else "pure", **modules)
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-pure = _bundle("py")
+def load_uncompiled(name):
+    """``turbosession._<name>`` executed from its source, whatever is built."""
+    full_name = f"turbosession._{name}"
+    module = sys.modules.get(full_name)
+    if module is not None and not module._is_compiled():
+        return module
+    spec = importlib.util.spec_from_file_location(full_name, _PACKAGE_DIR / f"_{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_compiled(name):
+    if name in _TWINS:
+        return importlib.import_module(f"turbosession._{name}_c")
+    module = importlib.import_module(f"turbosession._{name}")
+    if not module._is_compiled():
+        raise ImportError(f"turbosession._{name} is not compiled")
+    return module
+
+
+def _load_pure(name):
+    if name in _TWINS:
+        return importlib.import_module(f"turbosession._{name}_py")
+    return load_uncompiled(name)
+
+
+pure = SimpleNamespace(name="pure", **{name: _load_pure(name) for name in HOT_PATHS})
 
 try:
-    compiled = _bundle("c")
+    compiled = SimpleNamespace(
+        name="compiled", **{name: _load_compiled(name) for name in HOT_PATHS}
+    )
 except ImportError as exc:
     compiled = None
     compiled_import_error = exc

@@ -37,19 +37,12 @@ MODES = ("stock", "compiled", "pure")
 
 MODE = os.environ.get("TURBOSESSION_CONFORMANCE_MODE", "")
 
-IDENTITY_MODULES = {
-    "stock": "sqlalchemy.orm.identity",
-    "compiled": "turbosession._identity_c",
-    "pure": "turbosession._identity_py",
-}
-
-
 class _Expectations:
     """What the sessions of this run must be; filled in by ``pytest_configure``."""
 
     stock_session = None
     session_cls = None
-    identity_module = None
+    identity_map_cls = None
 
 
 expect = _Expectations()
@@ -132,9 +125,11 @@ def pytest_configure(config):
         )
 
     expect.stock_session = orm_session.Session
-    expect.identity_module = IDENTITY_MODULES[MODE]
     if MODE == "stock":
+        from sqlalchemy.orm.identity import _WeakInstanceDict
+
         expect.session_cls = orm_session.Session
+        expect.identity_map_cls = _WeakInstanceDict
     else:
         import turbosession
         from turbosession import _impl
@@ -147,6 +142,8 @@ def pytest_configure(config):
                 f"TURBOSESSION_NO_EXTENSIONS={os.environ.get('TURBOSESSION_NO_EXTENSIONS')!r})"
             )
         expect.session_cls = turbosession.Session
+        # compiled and pure are one module, built or loaded from its source
+        expect.identity_map_cls = _impl.active.identity.WeakIdentityMap
         substitute(turbosession.Session)
     _install_registry()
 
@@ -183,11 +180,10 @@ def _session_problem(cls, session):
         if cls._turbo is not _impl.active:
             return f"session class {cls!r} runs {cls._turbo.name}, not {MODE}"
     if session is not None:
-        module = type(session.identity_map).__module__
-        if module != expect.identity_module:
+        if type(session.identity_map) is not expect.identity_map_cls:
             return (
                 f"session {cls!r} has identity map {type(session.identity_map)!r}, "
-                f"expected one from {expect.identity_module}"
+                f"expected {expect.identity_map_cls!r}"
             )
         counters["identity_maps_checked"] += 1
     return None

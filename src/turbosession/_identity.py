@@ -1,51 +1,65 @@
-# cython: language_level=3
-"""Identity map, compiled twin of ``turbosession._identity_py``.
+"""Identity map: identity key -> InstanceState, objects weakly referenced.
 
-The same semantics as ``sqlalchemy.orm.identity._WeakInstanceDict``; the map
-itself is a ``cdef class`` so that lookups made by loading, ``Session.get()``
-and the flush are C calls on a typed dict.  ``WeakIdentityMap`` adds
-SQLAlchemy's ``IdentityMap`` as a second base so that ``isinstance`` checks
-and the base class's helpers keep working.
+Behaves as ``sqlalchemy.orm.identity._WeakInstanceDict``: an InstanceState
+removes itself through ``_fast_discard`` when its object is collected, and
+``InstanceState._modified_event`` adds dirty states to ``_modified``.  A single
+``dict.get`` replaces stock's ``in`` test plus lookup.
+
+Compiled, the map's bookkeeping is a ``cclass`` so that the lookups made by
+loading, ``Session.get()`` and the flush are C calls on a typed dict;
+``WeakIdentityMap`` adds SQLAlchemy's ``IdentityMap`` as a second base so that
+``isinstance`` checks and the base class's helpers keep working.
 """
+
+from __future__ import annotations
 
 import weakref
 
-from cpython.object cimport PyObject
-from cpython.ref cimport Py_DECREF
-from cpython.weakref cimport PyWeakref_GetRef
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm.base import state_str
 from sqlalchemy.orm.identity import IdentityMap
 
+try:
+    import cython
+except ModuleNotFoundError:
+    from turbosession import _cython_shim as cython
+
+if cython.compiled:
+    from cython.cimports.cpython.object import PyObject
+    from cython.cimports.cpython.ref import Py_DECREF
+    from cython.cimports.cpython.weakref import PyWeakref_GetRef
+
 __all__ = ["WeakIdentityMap"]
+
+WeakRefType = weakref.ref
 
 
 def _is_compiled():
-    return True
+    return cython.compiled
 
 
-cdef object WeakRefType = weakref.ref
+@cython.cfunc
+@cython.inline
+def _object_of(state) -> object:
+    """``state.obj()``: the object, or None once it has been collected.
 
-
-cdef inline object _object_of(state):
-    """``state.obj()``, without calling the weakref through Python.
-
-    Every lookup ends here, and the Python-level call was a third of the cost
-    of ``get``.  ``state.obj`` is a ``weakref.ref`` except on a state that
-    SQLAlchemy dereferenced, where it is a function returning None.
+    Every lookup ends here.  Compiled, the weakref is read without a Python
+    call (that call was a third of the cost of ``get``).  ``state.obj`` is a
+    ``weakref.ref`` except on a state SQLAlchemy dereferenced, where it is a
+    function returning None.
     """
-    cdef PyObject* obj
     ref = state.obj
-    if type(ref) is not WeakRefType:
+    if not cython.compiled or type(ref) is not WeakRefType:
         return ref()
-    if PyWeakref_GetRef(ref, &obj) != 1:
+    obj: cython.pointer(PyObject)
+    if PyWeakref_GetRef(ref, cython.address(obj)) != 1:
         return None
-    result = <object>obj  # takes a reference of its own: give back GetRef's
+    result = cython.cast(object, obj)  # a reference of its own: give back GetRef's
     Py_DECREF(result)
     return result
 
 
-cdef _raise_killed(state):
+def _raise_killed(state):
     raise sa_exc.InvalidRequestError(
         "Object %s cannot be converted to 'persistent' state, as this "
         "identity map is no longer valid.  Has the owning Session "
@@ -54,7 +68,7 @@ cdef _raise_killed(state):
     )
 
 
-cdef _raise_conflict(state):
+def _raise_conflict(state):
     raise sa_exc.InvalidRequestError(
         "Can't attach instance "
         "%s; another instance with key %s is already "
@@ -62,22 +76,21 @@ cdef _raise_conflict(state):
     )
 
 
-cdef class WeakIdentityMapCore:
-    cdef public dict _dict
-    cdef public set _modified
-    cdef public object _wr
-    cdef public bint _killed
-    cdef object __weakref__
+@cython.cclass
+class WeakIdentityMapCore:
+    _dict = cython.declare(dict, visibility="public")
+    _modified = cython.declare(set, visibility="public")
+    _wr = cython.declare(object, visibility="public")
+    _killed = cython.declare(cython.bint, visibility="public")
+    __weakref__: object
 
-    def __cinit__(self):
+    def __init__(self):
+        # what IdentityMap.__init__ sets, plus _killed; that one must not run
+        # (compiled, its attributes are this class's slots)
         self._dict = {}
         self._modified = set()
         self._wr = weakref.ref(self)
         self._killed = False
-
-    def __init__(self):
-        # all set up in __cinit__; IdentityMap.__init__ must not run
-        pass
 
     def _kill(self):
         # after expunge_all()/close(), loading into this map must fail
@@ -90,7 +103,12 @@ cdef class WeakIdentityMapCore:
         state._instance_dict = self._wr
 
     def __getitem__(self, key):
-        obj = _object_of(self._dict[key])
+        # .get, not [key]: compiled, a typed dict's own KeyError for None has
+        # no args, where Python's (and so stock's) is KeyError(None)
+        state = self._dict.get(key)
+        if state is None:
+            raise KeyError(key)
+        obj = _object_of(state)
         if obj is None:
             raise KeyError(key)
         return obj
@@ -125,7 +143,7 @@ cdef class WeakIdentityMapCore:
         return list(self._dict.values())
 
     def values(self):
-        cdef list objects = []
+        objects: list = []
         for state in list(self._dict.values()):
             obj = _object_of(state)
             if obj is not None:
@@ -133,7 +151,7 @@ cdef class WeakIdentityMapCore:
         return objects
 
     def items(self):
-        cdef list pairs = []
+        pairs: list = []
         for state in list(self._dict.values()):
             obj = _object_of(state)
             if obj is not None:
@@ -164,15 +182,19 @@ cdef class WeakIdentityMapCore:
         self._incoming(state)
         return existing
 
-    # the flush registers every state through replace(): these two run as
-    # C calls there, and stay methods for IdentityMap's API
+    # the flush registers every state through replace(): compiled, these two
+    # are C calls there, and the _manage_* methods keep IdentityMap's API
 
-    cdef inline _incoming(self, state):
+    @cython.cfunc
+    @cython.inline
+    def _incoming(self, state):
         state._instance_dict = self._wr
         if state.modified:
             self._modified.add(state)
 
-    cdef inline _removed(self, state):
+    @cython.cfunc
+    @cython.inline
+    def _removed(self, state):
         del state._instance_dict
         if state.modified:
             self._modified.discard(state)
@@ -184,9 +206,14 @@ cdef class WeakIdentityMapCore:
         self._removed(state)
 
     def _fast_discard(self, state):
-        # weakref callback of a collected object: no _modified bookkeeping,
-        # a modified state is strongly held and cannot be collected
+        # weakref callback of a collected object: no _modified bookkeeping (a
+        # modified state is strongly held and cannot be collected).  Stock
+        # asserts a key: a state whose key a rollback removed while its entry
+        # stayed makes that AssertionError, which keeps InstanceState._cleanup
+        # from deleting _instance_dict, so that the stale entry can still be
+        # replaced later; the same assertion keeps that outcome.
         key = state.key
+        assert key is not None
         if self._dict.get(key) is state:
             del self._dict[key]
 

@@ -332,7 +332,6 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
 
 @cython.cfunc
 @cython.inline
-@cython.exceptval(-1)
 def _has_all(params: dict, keys: tuple) -> cython.bint:
     for key in keys:
         if key not in params:
@@ -356,7 +355,6 @@ def _primary_key_param(uow, state, state_dict, mapper, col, propkey, value_param
 
 
 @cython.cfunc
-@cython.exceptval(-1)
 def _has_added_history(mapper, state, state_dict) -> cython.bint:
     """Whether any column attribute of ``state`` has a value added.
 
@@ -554,7 +552,7 @@ def collect_delete_commands(table, mapper, states_to_delete):
 
 
 @cython.cfunc
-@cython.exceptval(-1)
+@cython.exceptval(-1, check=False)
 def _null_identity(pk: tuple, allow_partial_pks: cython.bint) -> cython.bint:
     """Whether ``pk`` is a NULL identity (stock's test against ``_none_set``).
 
@@ -759,7 +757,7 @@ class _Registrar:
         self.mappers = uow.mappers
 
     @cython.cfunc
-    @cython.exceptval(-1)
+    @cython.exceptval(-1, check=False)
     def register(self, state, isdelete: cython.bint) -> cython.bint:
         if self.session_contains is None:
             if state not in self.new and not self.contains_state(state):
@@ -812,7 +810,6 @@ def register_deletes(session, uow, states):
 
 
 @cython.cfunc
-@cython.exceptval(-1)
 def _same_keys(a: dict, b: dict) -> cython.bint:
     """``set(a) == set(b)`` without building either set."""
     if len(a) != len(b):

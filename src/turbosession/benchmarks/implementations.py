@@ -2,7 +2,7 @@
 
 ``stock`` is ``sqlalchemy.orm.Session``; ``compiled`` and ``pure`` are
 turbosession's Session pinned to one implementation bundle (the way
-tests/conftest.py pins them), so both twins are measured in the same process
+tests/conftest.py pins them), so both implementations are measured in the same process
 whichever is active.  The references are what users otherwise reach for when
 the ORM is too slow: another unit-of-work ORM (Pony ORM, SQLite only), ORM bulk
 statements, Core ``executemany`` and the DBAPI driver itself.

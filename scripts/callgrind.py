@@ -29,7 +29,7 @@ VALGRIND = os.environ.get("VALGRIND", "valgrind")
 DEFAULT_N = 2000
 
 
-def measure_in_process(workload_name, implementation, n, db_url):
+def measure_in_process(workload_name, implementation, n, db_url, freeze):
     """Under callgrind: warm up, then run once inside ``sys.call_tracing``."""
     from turbosession.benchmarks import implementations as impls
     from turbosession.benchmarks.database import SQLITE_URL, Database
@@ -42,6 +42,8 @@ def measure_in_process(workload_name, implementation, n, db_url):
         state = case.setup()
         gc.collect()
         if measured:
+            if freeze:
+                gc.freeze()
             sys.call_tracing(case.run, (state,))
         else:
             case.run(state)
@@ -53,7 +55,7 @@ def measure_in_process(workload_name, implementation, n, db_url):
     print(case.ops)
 
 
-def instructions(workload_name, implementation, n, python, db_url):
+def instructions(workload_name, implementation, n, python, db_url, freeze=False):
     """(instructions of the measured run, operations it handled)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
@@ -65,6 +67,8 @@ def instructions(workload_name, implementation, n, python, db_url):
         ]
         if db_url:
             command += ["--db", db_url]
+        if freeze:
+            command.append("--gc-freeze")
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode:
@@ -88,10 +92,14 @@ def main():
     parser.add_argument("--python", default=sys.executable,
                         help="interpreter whose installed turbosession is measured")
     parser.add_argument("--db", default=None, help="database URL (default in-memory SQLite)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() before the measured run: full collections then "
+                        "skip what existed before it (the modules, the setup's objects), "
+                        "so two builds whose modules differ in size compare equal")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        measure_in_process(args.workloads[0], args.impl, args.n, args.db)
+        measure_in_process(args.workloads[0], args.impl, args.n, args.db, args.gc_freeze)
         return
     names = list(BY_NAME) if args.workloads == ["all"] else args.workloads
     for name in names:
@@ -100,7 +108,9 @@ def main():
     print(f"{'workload':<22} {'impl':<9} {'instructions/op':>16}")
     for name in names:
         for implementation in args.impl.split(","):
-            total, ops = instructions(name, implementation, args.n, args.python, args.db)
+            total, ops = instructions(
+                name, implementation, args.n, args.python, args.db, args.gc_freeze
+            )
             print(f"{name:<22} {implementation:<9} {total / ops:>16.0f}", flush=True)
 
 

@@ -108,8 +108,8 @@ SESSION_EVENTS = ("before_commit", "after_commit", "after_transaction_create",
 
 # insertmanyvalues in small pages, so that a bulk insert with RETURNING is
 # several statements (a fault can hit the second page)
-PAGE_SIZE = 12
-BULK = 30
+PAGE_SIZE = 8
+BULK = 20
 
 
 # -- the scenarios: ``setup`` fills the database (committed, not swept);

@@ -253,6 +253,9 @@ class Fault:
         self.fired = False
         self.armed = False
 
+    def arm(self, on):
+        self.armed = on
+
     def __repr__(self):
         return f"{self.kind[0]}:{self.kind[1]}#{self.k}"
 
@@ -286,6 +289,8 @@ class Fault:
 class Counter:
     """Counts, without raising, what each fault kind would see in a commit."""
 
+    fired = None
+
     def __init__(self):
         self.faults = [Fault(("statement", "dbapi"), None)] + [
             Fault(("mapper", name), None) for name in MAPPER_EVENTS
@@ -294,14 +299,9 @@ class Counter:
     def install(self, world, session):
         return [h for f in self.faults for h in f.install(world, session)]
 
-    @property
-    def armed(self):
-        return self.faults[0].armed
-
-    @armed.setter
-    def armed(self, value):
+    def arm(self, on):
         for fault in self.faults:
-            fault.armed = value
+            fault.arm(on)
 
     def cases(self):
         """Every (kind, k, n) the commit has, the statements with both errors."""
@@ -409,14 +409,14 @@ class World:
             handles = fault.install(self, session)
             for target, name, fn in handles:
                 event.listen(target, name, fn)
-            fault.armed = True
+            fault.arm(True)
             try:
                 self.attempt("commit", session.commit)
             finally:
-                fault.armed = False
+                fault.arm(False)
                 for target, name, fn in handles:
                     event.remove(target, name, fn)
-            self.note("fault fired", getattr(fault, "fired", None))
+            self.note("fault fired", fault.fired)
             self.observe("after failure", session, objs)
             self.attempt("rollback", session.rollback)
             self.observe("after rollback", session, objs)
@@ -522,7 +522,7 @@ def sweep(backend, scenario, stock, turbo, baseline, cases):
         divergences.append(("no fault", first_difference(baseline, turbo_baseline)))
     order_dependent = 0
     for kind, k, n in cases:
-        key = (backend, scenario, kind, k, stock.session_cls)
+        key = (backend, scenario, kind, k)
         expected = _stock_records.get(key)
         if expected is None:
             expected = _stock_records[key] = stock.play(scenario, Fault(kind, k))

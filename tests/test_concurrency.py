@@ -128,7 +128,7 @@ def test_threads_share_a_scoped_session(session_cls, pg_engine):
     assert errors == []
 
     # one session per thread (and a new one after each remove()), all of
-    # the twin under test (sessionmaker makes a subclass of its class_)
+    # the implementation under test (sessionmaker makes a subclass of its class_)
     assert all(issubclass(cls, session_cls) for _, cls, _ in sessions)
     assert len({(t, s) for t, _, s in sessions}) >= THREADS
     assert fastpath.stats()["fast"] > 0

@@ -13,7 +13,7 @@ one failing:
 * the k-th firing of each mapper event, and of each session event, with a
   plain Python error from a listener installed for that event only.
 
-Each case runs on stock ``Session`` and on turbosession's (the twin under
+Each case runs on stock ``Session`` and on turbosession's (the implementation under
 test), each on a database of its own, and compares what a program could
 observe after the failure, after ``rollback()`` and after a retry of the same
 changes: the exception, each object's state, loaded values, expired
@@ -502,7 +502,7 @@ def two_databases(request, tmp_path):
             yield request.param, [stock, turbo]
 
 
-# stock's record per (backend, scenario, case): the same for every twin
+# stock's record per (backend, scenario, case): the same for every implementation
 _stock_records = {}
 
 

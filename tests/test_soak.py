@@ -11,7 +11,7 @@ timed.  What must hold:
 * the number of objects the garbage collector tracks (after a full
   collection) is the same after the last batch as after the second, within
   ``TOLERANCE``.  The first batch is left out: it fills caches that fill once
-  (compiled statements, the mappers' memoized values, the twins' per-mapper
+  (compiled statements, the mappers' memoized values, turbosession's per-mapper
   precomputations).  After it, stock and turbosession measure a growth of 0
   over the remaining batches (on a connection per transaction: see
   ``sqlite_file_engine``).  A leak of one object per flushed object would be

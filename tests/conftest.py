@@ -44,3 +44,25 @@ def engine(request):
     """
     with backends.backend_engine(request.param) as eng:
         yield eng
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault sweep's totals (tests/test_fault_sweep.py), summed over its
+    tests; under pytest-xdist the workers' records arrive with the reports."""
+    cases = divergences = order_dependent = tests = 0
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", None) != "call":
+                continue
+            for name, value in report.user_properties:
+                if name == "fault_sweep":
+                    tests += 1
+                    cases += value["cases"]
+                    divergences += value["divergences"]
+                    order_dependent += value["order_dependent"]
+    if tests:
+        terminalreporter.write_line(
+            f"fault sweep: {cases} cases (scenario x fault x k) in {tests} tests, "
+            f"{divergences} divergences from stock ({order_dependent} cases compared up to the "
+            f"failure: stock's own outcome depends on set order there)"
+        )

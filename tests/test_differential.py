@@ -10,6 +10,7 @@ mappers mix simple ones (which turbosession flushes itself) with a
 relationship (which falls back), so both paths and their interplay are hit.
 """
 
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -261,13 +262,19 @@ def make_machine(session_cls):
     return SessionPrograms
 
 
+# programs per implementation: 500 in CI; a release run sets more, e.g.
+# TURBOSESSION_DIFFERENTIAL_EXAMPLES=20000 (README, "Reliability checks")
+EXAMPLES = int(os.environ.get("TURBOSESSION_DIFFERENTIAL_EXAMPLES", "500"))
+STEPS = int(os.environ.get("TURBOSESSION_DIFFERENTIAL_STEPS", "25"))
+
+
 def test_random_session_programs(session_cls):
     machine = make_machine(session_cls)
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=150,
-            stateful_step_count=25,
+            max_examples=EXAMPLES,
+            stateful_step_count=STEPS,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),

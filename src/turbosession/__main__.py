@@ -1,4 +1,4 @@
-"""``python -m turbosession info|bench``."""
+"""``python -m turbosession info|bench|soak``."""
 
 import argparse
 import platform
@@ -36,13 +36,20 @@ def main(argv=None):
         "bench", help="benchmark report: stock, turbosession and references side by side"
     )
     from turbosession.benchmarks import cli as bench_cli
+    from turbosession.benchmarks import soak
 
     bench_cli.add_arguments(bench_parser)
+    soak_parser = commands.add_parser(
+        "soak", help="memory soak: a million objects through one session, stock and turbosession"
+    )
+    soak.add_arguments(soak_parser)
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
     elif args.command == "bench":
         return bench_cli.run(args)
+    elif args.command == "soak":
+        return soak.run(args)
     return 0
 
 

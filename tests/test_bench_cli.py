@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 
+from support import optional_package
 from turbosession.benchmarks import implementations as impls
 from turbosession.benchmarks.workloads import WORKLOADS
 
@@ -18,6 +19,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_quick_report(tmp_path):
+    optional_package("matplotlib", "bench")
+    optional_package("tqdm", "bench")
     done = subprocess.run(
         [sys.executable, "-m", "turbosession", "bench", "--quick", "-n", "60", "--memory-n", "300"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,

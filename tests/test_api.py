@@ -13,9 +13,11 @@ from sqlalchemy.ext.horizontal_shard import ShardedSession
 
 import turbosession
 from turbosession import _impl
+from turbosession.ext import horizontal_shard
 from turbosession.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Base, User
+from support import optional_package
 
 
 def test_session_is_a_sqlalchemy_session():
@@ -69,10 +71,10 @@ def test_info_command(switch):
 
 
 def test_sharded_session_accelerated(impl, tmp_path):
-    """The mixin accelerates an existing Session subclass: ShardedSession."""
+    """turbosession.ext.horizontal_shard: SQLAlchemy's ShardedSession with the mixin."""
 
-    class TurboSharded(turbosession.TurboSessionMixin, ShardedSession):
-        _turbo = impl
+    TurboSharded = type("TurboSharded", (horizontal_shard.ShardedSession,), {"_turbo": impl})
+    assert issubclass(TurboSharded, ShardedSession)
 
     engines = {name: create_engine(f"sqlite:///{tmp_path}/{name}.db") for name in ("east", "west")}
     for eng in engines.values():
@@ -99,6 +101,8 @@ def test_sharded_session_accelerated(impl, tmp_path):
 
 
 def test_async_session(impl, tmp_path):
+    optional_package("aiosqlite", "test-integrations")
+    optional_package("greenlet", "asyncio")
     pinned = type("Pinned", (turbosession.Session,), {"_turbo": impl})
 
     async def main():

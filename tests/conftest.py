@@ -17,6 +17,9 @@ from turbosession import _impl
 
 REQUIRE_EXTENSIONS = bool(os.environ.get("TURBOSESSION_REQUIRE_EXTENSIONS"))
 
+# an application's own suite, which test_testing_plugin.py runs in a subprocess
+collect_ignore = ["example_project"]
+
 
 @pytest.fixture(scope="session", params=["compiled", "pure"])
 def impl(request):

@@ -13,6 +13,7 @@ from sqlalchemy.ext.horizontal_shard import ShardedSession
 
 import turbosession
 from turbosession import _impl
+from turbosession._env import flag
 from turbosession.ext import horizontal_shard
 from turbosession.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -48,13 +49,13 @@ def test_scoped_session(engine):
 
 
 def test_active_implementation_follows_the_switch():
-    expected = "pure" if os.environ.get("TURBOSESSION_NO_EXTENSIONS") or _impl.compiled is None else "compiled"
+    expected = "pure" if flag("TURBOSESSION_NO_EXTENSIONS") or _impl.compiled is None else "compiled"
     assert turbosession.implementation == expected
     assert turbosession.compiled is (expected == "compiled")
     assert turbosession.Session._turbo is _impl.active
 
 
-@pytest.mark.parametrize("switch", [None, "1"])
+@pytest.mark.parametrize("switch", [None, "", "0", "false", "1", "true"])
 def test_info_command(switch):
     env = dict(os.environ)
     env.pop("TURBOSESSION_NO_EXTENSIONS", None)
@@ -64,8 +65,11 @@ def test_info_command(switch):
         [sys.executable, "-m", "turbosession", "info"], env=env, capture_output=True, text=True, check=True
     ).stdout
     built = _impl.compiled is not None
-    expected = "compiled" if built and not switch else "pure"
+    chose_pure = switch in ("1", "true")
+    expected = "compiled" if built and not chose_pure else "pure"
     assert f"implementation {expected}" in out
+    if chose_pure:
+        assert "(pure because TURBOSESSION_NO_EXTENSIONS is set)" in out
     assert "sqlalchemy     2.1." in out
     assert ("cython " in out) is (expected == "compiled")
 

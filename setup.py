@@ -13,12 +13,12 @@ cibuildwheel use that so a broken build cannot pass unnoticed); with it, a
 skipped build is an error too.  Both switches are read as the package reads
 them at run time (``turbosession._env``: unset, empty or ``0`` is off).
 
-The warning is a ``warnings.warn`` (pip 26.3 and later show a build
-backend's warnings in their default output; older pips show nothing of a
-build that succeeds) and a banner on stderr (``pip -v``, ``python -m build``).
-Whatever pip shows, the outcome is recorded in the package as
-``turbosession._build_info``, and an install whose build failed warns at
-import (``turbosession._impl``).
+The warning is a ``warnings.warn`` and a banner on stderr.  pip shows
+neither by default when the build succeeds, except that pip 26.3 and later
+show a build backend's warnings when installing from a local directory (a
+checkout); from an sdist archive they show only with ``-v``.  So the outcome
+is also recorded in the package as ``turbosession._build_info``, and an
+install whose build failed warns when it is imported (``turbosession._impl``).
 """
 
 import ast
@@ -30,6 +30,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
+from setuptools.errors import CompileError
 
 
 def _load_env_module():
@@ -81,6 +82,17 @@ def _write_build_info(package_dir):
     )
 
 
+class RequiredBuildFailed(CompileError):
+    pass
+
+
+def _required(exc, what="the build"):
+    return RequiredBuildFailed(
+        f"turbosession: {what} failed and TURBOSESSION_REQUIRE_EXTENSIONS is set, "
+        f"so no pure-Python fallback: {type(exc).__name__}: {exc}"
+    )
+
+
 class BuildPy(build_py):
     """Records the build's outcome; build_ext rewrites it once it has run."""
 
@@ -96,9 +108,11 @@ class OptionalBuildExt(build_ext):
         self._failures = []
         try:
             super().run()
+        except RequiredBuildFailed:
+            raise
         except Exception as exc:  # compiler missing, headers missing, ...
             if REQUIRE_EXTENSIONS:
-                raise
+                raise _required(exc) from exc
             self._failures.append(f"{type(exc).__name__}: {exc}")
         if self._failures:
             more = f" (and {len(self._failures) - 1} more)" if len(self._failures) > 1 else ""
@@ -111,7 +125,7 @@ class OptionalBuildExt(build_ext):
             super().build_extension(ext)
         except Exception as exc:
             if REQUIRE_EXTENSIONS:
-                raise
+                raise _required(exc, ext.name) from exc
             self._failures.append(f"{ext.name}: {type(exc).__name__}: {str(exc)[:300]}")
 
 

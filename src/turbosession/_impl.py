@@ -13,9 +13,10 @@ changes ``active``: tests can still pin either bundle).
 
 ``pure_reason`` says why pure is active.  When the compiled modules are
 missing although nobody chose pure (the build failed, or they cannot be
-imported), the ``turbosession`` logger warns once, here at import: pip does
-not show a build's warnings by default before pip 26.3, so this is where a
-failed build becomes visible.  The build records what it did in
+imported), the ``turbosession`` logger warns once, here at import: pip's
+default output shows nothing of a build that succeeded (pip 26.3 and later
+show the build's warnings for a local directory, never for an sdist), so this
+is where a failed build becomes visible.  The build records what it did in
 ``turbosession._build_info`` (written by setup.py, absent from a source tree).
 """
 

@@ -7,15 +7,12 @@ import sys
 
 import pytest
 from sqlalchemy import create_engine, orm, select
-from sqlalchemy.ext.asyncio import AsyncSession as StockAsyncSession
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.ext.horizontal_shard import ShardedSession
 
 import turbosession
 from turbosession import _impl
 from turbosession._env import flag
 from turbosession.ext import horizontal_shard
-from turbosession.ext.asyncio import AsyncSession, async_sessionmaker
 
 from models import Base, User
 from support import optional_package
@@ -106,7 +103,11 @@ def test_sharded_session_accelerated(impl, tmp_path):
 
 def test_async_session(impl, tmp_path):
     optional_package("aiosqlite", "test-integrations")
-    optional_package("greenlet", "asyncio")
+    optional_package("greenlet", "asyncio")  # sqlalchemy.ext.asyncio needs it to import
+    from sqlalchemy.ext.asyncio import AsyncSession as StockAsyncSession
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from turbosession.ext.asyncio import AsyncSession, async_sessionmaker
     pinned = type("Pinned", (turbosession.Session,), {"_turbo": impl})
 
     async def main():

@@ -99,7 +99,6 @@ def substitute():
         return
     _substituted = True
     from sqlalchemy import orm
-    from sqlalchemy.ext import asyncio as sa_asyncio
     from sqlalchemy.ext import horizontal_shard
     from sqlalchemy.orm import _orm_constructors
     from sqlalchemy.orm import session as orm_session
@@ -113,18 +112,23 @@ def substitute():
     # sessionmaker()'s default class_ was bound when it was defined
     orm_session.sessionmaker.__init__.__kwdefaults__["class_"] = turbosession.Session
     _SESSION_CLASSES.append("sqlalchemy.orm.sessionmaker(class_=)")
-    sa_asyncio.AsyncSession.sync_session_class = turbosession.Session
-    _SESSION_CLASSES.append("sqlalchemy.ext.asyncio.AsyncSession.sync_session_class")
     _replace(horizontal_shard, "ShardedSession", ts_horizontal_shard.ShardedSession)
     for module, name, replacement in integrations:
         _replace(module, name, replacement)
-    if any(module.__name__ == "sqlmodel" for module, _, _ in integrations):
-        from sqlmodel.ext.asyncio import session as sqlmodel_asyncio
+    try:  # SQLAlchemy's asyncio extension imports only with greenlet installed
+        from sqlalchemy.ext import asyncio as sa_asyncio
+    except ImportError:
+        pass
+    else:
+        sa_asyncio.AsyncSession.sync_session_class = turbosession.Session
+        _SESSION_CLASSES.append("sqlalchemy.ext.asyncio.AsyncSession.sync_session_class")
+        if any(module.__name__ == "sqlmodel" for module, _, _ in integrations):
+            from sqlmodel.ext.asyncio import session as sqlmodel_asyncio
 
-        from .ext import sqlmodel as ts_sqlmodel
+            from .ext import sqlmodel as ts_sqlmodel
 
-        sqlmodel_asyncio.AsyncSession.sync_session_class = ts_sqlmodel.Session
-        _SESSION_CLASSES.append("sqlmodel AsyncSession.sync_session_class")
+            sqlmodel_asyncio.AsyncSession.sync_session_class = ts_sqlmodel.Session
+            _SESSION_CLASSES.append("sqlmodel AsyncSession.sync_session_class")
 
     # the registry object is shared (sqlalchemy.orm.state holds it too): it
     # keeps its identity and only gains the counting __setitem__

@@ -9,7 +9,6 @@ underneath.  Use them where you used SQLModel's::
 """
 
 import sqlmodel
-from sqlmodel.ext.asyncio import session as sqlmodel_asyncio
 
 from ..session import TurboSessionMixin
 
@@ -20,5 +19,17 @@ class Session(TurboSessionMixin, sqlmodel.Session):
     pass
 
 
-class AsyncSession(sqlmodel_asyncio.AsyncSession):
-    sync_session_class = Session
+def __getattr__(name):
+    # made on first use: SQLAlchemy's asyncio extension needs greenlet (the
+    # asyncio extra) even to import, and Session must not
+    if name != "AsyncSession":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from sqlmodel.ext.asyncio import session as sqlmodel_asyncio
+
+    global AsyncSession
+
+    class AsyncSession(sqlmodel_asyncio.AsyncSession):
+        sync_session_class = Session
+
+    AsyncSession.__module__ = __name__
+    return AsyncSession

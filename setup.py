@@ -41,7 +41,6 @@ def _load_env_module():
     return module
 
 
-
 def _hot_paths():
     """``HOT_PATHS`` as ``src/turbosession/_impl.py`` assigns it (one list)."""
     tree = ast.parse(Path("src/turbosession/_impl.py").read_text())

@@ -14,7 +14,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet ".[test,bench,postgresql]"
+"$VENV/bin/python" -m pip install --quiet ".[test-all,postgresql]"
 "$VENV/bin/python" -m turbosession info
 
 echo "== project tests (compiled and uncompiled hot paths)"

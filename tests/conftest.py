@@ -7,15 +7,17 @@ cases skip with the reason when the extension is not built, unless
 ``engine`` runs a test once per database backend (tests/backends.py).
 """
 
-import os
-
 import pytest
 
 import backends
 import turbosession
 from turbosession import _impl
+from turbosession._env import flag
 
-REQUIRE_EXTENSIONS = bool(os.environ.get("TURBOSESSION_REQUIRE_EXTENSIONS"))
+REQUIRE_EXTENSIONS = flag("TURBOSESSION_REQUIRE_EXTENSIONS")
+
+# an application's own suite, which test_testing_plugin.py runs in a subprocess
+collect_ignore = ["example_project"]
 
 
 @pytest.fixture(scope="session", params=["compiled", "pure"])

@@ -8,10 +8,27 @@ stock ``sqlalchemy.orm.Session`` and with the session class under test and
 compares the two records entry by entry.
 """
 
+import importlib
 import itertools
+import os
 import re
 
+import pytest
 from sqlalchemy import event, inspect, orm
+
+REQUIRE_ALL_TESTS = bool(os.environ.get("TURBOSESSION_REQUIRE_ALL_TESTS"))
+
+
+def optional_package(name, extra):
+    """Import a test dependency that the lean ``test`` extra leaves out.
+
+    Without it the test (or, at module level, the module) skips, naming the
+    extra that brings it: the wheels' tests install only pure-Python packages.
+    ``TURBOSESSION_REQUIRE_ALL_TESTS`` (CI) turns the skip into the ImportError.
+    """
+    if REQUIRE_ALL_TESTS:
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason=f"{name} is not installed (turbosession[{extra}])")
 
 
 def object_state(obj):

@@ -7,15 +7,15 @@ import sys
 
 import pytest
 from sqlalchemy import create_engine, orm, select
-from sqlalchemy.ext.asyncio import AsyncSession as StockAsyncSession
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.ext.horizontal_shard import ShardedSession
 
 import turbosession
 from turbosession import _impl
-from turbosession.ext.asyncio import AsyncSession, async_sessionmaker
+from turbosession._env import flag
+from turbosession.ext import horizontal_shard
 
 from models import Base, User
+from support import optional_package
 
 
 def test_session_is_a_sqlalchemy_session():
@@ -46,13 +46,13 @@ def test_scoped_session(engine):
 
 
 def test_active_implementation_follows_the_switch():
-    expected = "pure" if os.environ.get("TURBOSESSION_NO_EXTENSIONS") or _impl.compiled is None else "compiled"
+    expected = "pure" if flag("TURBOSESSION_NO_EXTENSIONS") or _impl.compiled is None else "compiled"
     assert turbosession.implementation == expected
     assert turbosession.compiled is (expected == "compiled")
     assert turbosession.Session._turbo is _impl.active
 
 
-@pytest.mark.parametrize("switch", [None, "1"])
+@pytest.mark.parametrize("switch", [None, "", "0", "false", "1", "true"])
 def test_info_command(switch):
     env = dict(os.environ)
     env.pop("TURBOSESSION_NO_EXTENSIONS", None)
@@ -62,17 +62,20 @@ def test_info_command(switch):
         [sys.executable, "-m", "turbosession", "info"], env=env, capture_output=True, text=True, check=True
     ).stdout
     built = _impl.compiled is not None
-    expected = "compiled" if built and not switch else "pure"
+    chose_pure = switch in ("1", "true")
+    expected = "compiled" if built and not chose_pure else "pure"
     assert f"implementation {expected}" in out
+    if chose_pure:
+        assert "(pure because TURBOSESSION_NO_EXTENSIONS is set)" in out
     assert "sqlalchemy     2.1." in out
     assert ("cython " in out) is (expected == "compiled")
 
 
 def test_sharded_session_accelerated(impl, tmp_path):
-    """The mixin accelerates an existing Session subclass: ShardedSession."""
+    """turbosession.ext.horizontal_shard: SQLAlchemy's ShardedSession with the mixin."""
 
-    class TurboSharded(turbosession.TurboSessionMixin, ShardedSession):
-        _turbo = impl
+    TurboSharded = type("TurboSharded", (horizontal_shard.ShardedSession,), {"_turbo": impl})
+    assert issubclass(TurboSharded, ShardedSession)
 
     engines = {name: create_engine(f"sqlite:///{tmp_path}/{name}.db") for name in ("east", "west")}
     for eng in engines.values():
@@ -99,6 +102,12 @@ def test_sharded_session_accelerated(impl, tmp_path):
 
 
 def test_async_session(impl, tmp_path):
+    optional_package("aiosqlite", "test-integrations")
+    optional_package("greenlet", "asyncio")  # sqlalchemy.ext.asyncio needs it to import
+    from sqlalchemy.ext.asyncio import AsyncSession as StockAsyncSession
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from turbosession.ext.asyncio import AsyncSession, async_sessionmaker
     pinned = type("Pinned", (turbosession.Session,), {"_turbo": impl})
 
     async def main():

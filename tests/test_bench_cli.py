@@ -1,7 +1,8 @@
 """``python -m turbosession bench --quick`` end to end: table, JSON and chart.
 
-It runs in an empty directory, as from an installed wheel where the
-repository's bench/ is absent, so the report lands in the current directory.
+It runs in a directory without bench/, as from an installed wheel where the
+repository's bench/ is absent, so the report lands in the current directory,
+beside (never over) a full report there.
 Only that the report is produced and every measured run was verified is
 checked here: speed is the benchmark's business, never a test's.
 """
@@ -11,6 +12,7 @@ import struct
 import subprocess
 import sys
 
+from support import optional_package
 from turbosession.benchmarks import implementations as impls
 from turbosession.benchmarks.workloads import WORKLOADS
 
@@ -18,13 +20,24 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_quick_report(tmp_path):
+    optional_package("matplotlib", "bench")
+    optional_package("tqdm", "bench")
+    full_report = b'{"a full report": "kept"}'
+    (tmp_path / "turbosession-bench.json").write_bytes(full_report)
     done = subprocess.run(
         [sys.executable, "-m", "turbosession", "bench", "--quick", "-n", "60", "--memory-n", "300"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    report = json.loads((tmp_path / "turbosession-bench.json").read_text())
+    assert (tmp_path / "turbosession-bench.json").read_bytes() == full_report
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "turbosession-bench-quick.json",
+        "turbosession-bench-quick.md",
+        "turbosession-bench-quick.png",
+        "turbosession-bench.json",
+    ]
+    report = json.loads((tmp_path / "turbosession-bench-quick.json").read_text())
     results = report["results"]
     available = impls.session_classes()
     expected = {
@@ -46,7 +59,7 @@ def test_quick_report(tmp_path):
         assert figures["objects"] == 300 and figures["peak_bytes"] > 0
         assert figures["identity_map_bytes_per_object"] > 0
 
-    table = (tmp_path / "turbosession-bench.md").read_text()
+    table = (tmp_path / "turbosession-bench-quick.md").read_text()
     assert table in done.stdout + "\n"
     assert "### sqlite" in table and "FAILED" not in table
     for w in WORKLOADS:
@@ -54,13 +67,13 @@ def test_quick_report(tmp_path):
     for name in available:
         assert impls.LABELS[name] in table
 
-    png = (tmp_path / "turbosession-bench.png").read_bytes()
+    png = (tmp_path / "turbosession-bench-quick.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE)
     width, height = struct.unpack(">II", png[16:24])
     assert width > 800 and height > 400
 
 
-def test_help_lists_the_options():
+def test_help_lists_the_options_and_workloads():
     done = subprocess.run(
         [sys.executable, "-m", "turbosession", "bench", "--help"],
         capture_output=True, text=True, timeout=120,
@@ -68,3 +81,22 @@ def test_help_lists_the_options():
     assert done.returncode == 0
     for option in ("-n", "--rounds", "--pg-url", "--out", "--quick", "--memory-n", "--compare"):
         assert option in done.stdout
+    for w in WORKLOADS:
+        assert f"  {w.name} " in done.stdout and w.title in done.stdout
+    assert "turbosession[bench]" in done.stdout
+
+
+def test_missing_bench_extra_names_it(tmp_path):
+    # tqdm and matplotlib made unimportable, as in an install without [bench]
+    script = (
+        "import sys; sys.modules['tqdm'] = sys.modules['matplotlib'] = None; "
+        "from turbosession.__main__ import main; sys.exit(main(['bench', '--quick']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "needs tqdm and matplotlib" in done.stderr
+    assert "pip install 'turbosession[bench]'" in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,7 +1,7 @@
 """Partitioning, as SQLAlchemy's Session documentation describes it.
 
 A Session bound to two databases (``binds`` per mapper and per table),
-``ShardedSession`` accelerated with turbosession's mixin, and two-phase commit
+``turbosession.ext.horizontal_shard.ShardedSession``, and two-phase commit
 across two databases.  Each scenario runs on stock SQLAlchemy and on
 turbosession (compiled and pure) over the same two databases and must leave
 the same record: every statement with its parameters and the database it went
@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.horizontal_shard import ShardedSession, set_shard_id
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-import turbosession
+from turbosession.ext import horizontal_shard
 from backends import BACKENDS, PG_URL, PG_URL_2, require_postgresql, scratch_engine, sqlite_engine
 from support import object_state
 
@@ -286,8 +286,7 @@ def sharding_scenario(session_cls, first, second, log):
 
 
 def test_sharded_session_over_two_databases(impl, two_pg_databases):
-    class TurboSharded(turbosession.TurboSessionMixin, ShardedSession):
-        _turbo = impl
+    TurboSharded = type("TurboSharded", (horizontal_shard.ShardedSession,), {"_turbo": impl})
 
     first, second = two_pg_databases
     session = sharded(TurboSharded, first, second)

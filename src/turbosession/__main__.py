@@ -13,10 +13,8 @@ def info():
 
     print(f"turbosession   {turbosession.__version__}")
     print(f"implementation {turbosession.implementation}")
-    if _impl.NO_EXTENSIONS:
-        print("               (TURBOSESSION_NO_EXTENSIONS is set)")
-    elif _impl.compiled is None:
-        print(f"               (not built: {_impl.compiled_import_error})")
+    if _impl.pure_reason:
+        print(f"               (pure because {_impl.pure_reason})")
     print(f"sqlalchemy     {sqlalchemy.__version__}")
     print(f"python         {platform.python_version()} ({platform.python_implementation()})")
     if turbosession.compiled:

@@ -5,6 +5,8 @@ matplotlib): the workloads live in ``turbosession.benchmarks``, so the report
 runs from a wheel as well as from a checkout.
 """
 
+import argparse
+import importlib
 import json
 import os
 import sys
@@ -22,9 +24,35 @@ DEFAULT_MEMORY_N = 100_000
 QUICK_N = 200
 QUICK_MEMORY_N = 1_000
 RESULT_NAME = "turbosession-bench"
+# a smoke run's figures mean nothing: they never replace the full report's
+QUICK_RESULT_NAME = "turbosession-bench-quick"
+
+# what the report needs beyond turbosession itself: the bench extra
+BENCH_PACKAGES = ("tqdm", "matplotlib")
+
+
+def missing_bench_packages():
+    missing = []
+    for name in BENCH_PACKAGES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def _workload_list():
+    width = max(len(w.name) for w in WORKLOADS)
+    lines = [f"  {w.name:<{width}}  {w.title} (per {w.unit})" for w in WORKLOADS]
+    return "workloads (all by default; --only picks some):\n" + "\n".join(lines)
 
 
 def add_arguments(parser):
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        _workload_list()
+        + "\n\nNeeds the bench extra (tqdm, matplotlib): pip install 'turbosession[bench]'"
+    )
     parser.add_argument("-n", type=int, default=None,
                         help=f"objects per workload (default {DEFAULT_N:,}; {QUICK_N} with --quick)")
     parser.add_argument("--rounds", type=int, default=None,
@@ -37,7 +65,8 @@ def add_arguments(parser):
                         help="directory for the JSON, table and chart (default bench/results/ "
                              "in a checkout, else the current directory)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: small N, 1 round, no warm-up")
+                        help=f"smoke run: small N, 1 round, no warm-up; written as {QUICK_RESULT_NAME}.* "
+                             "beside the full report, never over it")
     parser.add_argument("--only", nargs="+", choices=sorted(BY_NAME), metavar="WORKLOAD",
                         help="run only these workloads")
     parser.add_argument("--memory-n", type=int, default=None,
@@ -69,9 +98,19 @@ def _load_previous(path):
 
 
 def run(args):
+    missing = missing_bench_packages()
+    if missing:
+        print(
+            f"python -m turbosession bench needs {' and '.join(missing)}, which the "
+            "bench extra brings: pip install 'turbosession[bench]' "
+            "(from a checkout: pip install '.[bench]')",
+            file=sys.stderr,
+        )
+        return 2
     from tqdm import tqdm
 
     n, rounds, warmup, memory_n, out = _settings(args)
+    result_name = QUICK_RESULT_NAME if args.quick else RESULT_NAME
     workloads = [BY_NAME[name] for name in args.only] if args.only else list(WORKLOADS)
     classes = impls.session_classes()
     if impls.COMPILED not in classes:
@@ -117,14 +156,14 @@ def run(args):
         "results": report.add_ratios(results),
         "memory": memory_figures,
     }
-    json_path = os.path.join(out, f"{RESULT_NAME}.json")
+    json_path = os.path.join(out, f"{result_name}.json")
     previous = _load_previous(args.compare or json_path)
     if previous is not None and previous["environment"]["n"] == n:
         result["stability"] = report.compare(previous, result)
     elif previous is not None:
         print(f"previous results were for N = {previous['environment']['n']:,}: "
               "ratios not compared", file=sys.stderr)
-    paths = report.write(result, out, RESULT_NAME)
+    paths = report.write(result, out, result_name)
     if args.quick:
         print("--quick: a smoke run (small N, one round, no warm-up); its figures mean nothing\n")
     print(report.markdown(result))

@@ -19,7 +19,16 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-HOT_PATHS = ("identity", "tracking", "topological", "persist", "unitofwork", "attach", "expire")
+HOT_PATHS = (
+    "identity",
+    "tracking",
+    "topological",
+    "persist",
+    "unitofwork",
+    "attach",
+    "expire",
+    "loading",
+)
 
 NO_EXTENSIONS = bool(os.environ.get("TURBOSESSION_NO_EXTENSIONS"))
 

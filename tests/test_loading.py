@@ -294,3 +294,18 @@ def test_scoped_session_and_subclass_with_mixin(impl, engine):
         scoped.remove()
     finally:
         Base.metadata.drop_all(engine)
+
+
+def test_fallbacks_are_logged(session_cls, engine, caplog):
+    Base.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            seed(session)
+            with caplog.at_level("DEBUG", logger="turbosession"):
+                session.get(Account, {"id": 1})
+                session.get(Account, 1, populate_existing=True)
+        messages = [r.getMessage() for r in caplog.records if r.name == "turbosession"]
+        assert any("get_ident" in m for m in messages), messages
+        assert any("get_options" in m for m in messages), messages
+    finally:
+        Base.metadata.drop_all(engine)

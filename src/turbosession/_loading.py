@@ -16,6 +16,8 @@ with a reason counted in ``counts()`` (``turbosession.loads.FALLBACK_REASONS``);
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import inspection
 from sqlalchemy.orm import decl_api, instrumentation, loading
 from sqlalchemy.orm import session as orm_session
@@ -44,6 +46,9 @@ def _is_compiled():
     return cython.compiled
 
 
+
+_log = logging.getLogger("turbosession")
+_DEBUG = logging.DEBUG
 
 _STOCK_GET_IMPL = orm_session.Session._get_impl
 _STOCK_IDENTITY_LOOKUP = orm_session.Session._identity_lookup
@@ -80,6 +85,8 @@ def reset_counts():
 @cython.cfunc
 def _fallback(reason: str) -> object:
     _get_fallbacks[reason] = _get_fallbacks.get(reason, 0) + 1
+    if _log.isEnabledFor(_DEBUG):
+        _log.debug("get() runs stock's: %s (%s)", reason, loads.FALLBACK_REASONS[reason])
     return NOT_HANDLED
 
 

@@ -4,10 +4,8 @@
 (``fast``) and how many ran stock's code instead, by reason.  The per-call
 counters live in the hot-path modules themselves (a C counter when compiled)
 and are added up here over both implementations, since tests run both in one
-process.  Fallbacks decided in Python (``get()`` with options) are counted
-here.  ``record_get_option`` logs at DEBUG on the ``turbosession`` logger, as
-the flush fallbacks do; the per-call fallbacks of the hot paths are counted
-only (a log call per ``get()`` would cost more than the lookup).
+process; ``get()`` with options is counted here.  Each fallback is logged at
+DEBUG on the ``turbosession`` logger, as the flush fallbacks are.
 """
 
 import logging

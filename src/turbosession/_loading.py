@@ -1,16 +1,17 @@
 """Loading: ``Session.get()`` answered from the identity map.
 
-``session_get`` is turbosession's ``Session.get``.  ``_get_hit`` is what ``Session.get(entity, ident)`` returns when stock's
-``_get_impl`` would find the object in the identity map and return it
-without SQL: the common case of an application asking again for an object
-it already has.  It follows stock's steps (``inspect(entity)``, the key
+``session_get`` is turbosession's ``Session.get``.  ``_get_hit`` is what
+``Session.get(entity, ident)`` returns when stock's ``_get_impl`` would find
+the object in the identity map and return it without SQL: the common case
+of an application asking again for an object it already has.  It follows stock's steps (``inspect(entity)``, the key
 ``(mapper._identity_class, tuple(ident), identity_token)``, the session's
 ``identity_map.get``, ``state.expired``) but skips the generality that does
 not apply to a plain mapped class and a scalar or tuple identity.  Every
 case it does not decide exactly as stock does (a miss, an expired or
 refreshed object, a dict or other identity, an aliased entity, a mismatched
 class or arity, a session overriding the lookup) returns ``NOT_HANDLED``
-with a reason counted in ``counts()`` (``turbosession.loads.FALLBACK_REASONS``); the caller then runs stock's
+with a reason counted in ``counts()`` and logged at DEBUG (the reasons are
+``turbosession.loads.FALLBACK_REASONS``); ``session_get`` then runs stock's
 ``get``, which repeats the lookup (it has no side effects) and does the rest.
 """
 
@@ -23,7 +24,6 @@ from sqlalchemy.orm import decl_api, instrumentation, loading
 from sqlalchemy.orm import session as orm_session
 from sqlalchemy.orm import util as orm_util
 from sqlalchemy.orm.mapper import Mapper
-
 from sqlalchemy.util import EMPTY_DICT
 
 from turbosession import loads
@@ -44,7 +44,6 @@ __all__ = ["counts", "reset_counts", "session_get"]
 
 def _is_compiled():
     return cython.compiled
-
 
 
 _log = logging.getLogger("turbosession")

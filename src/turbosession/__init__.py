@@ -7,8 +7,7 @@ Change one import::
 ``turbosession.compiled`` tells whether the Cython modules are in use.
 """
 
-from . import _impl
-from .fastpath import reset_stats, stats
+from . import _impl, fastpath, loads
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
 
 __version__ = "0.1.0"
@@ -18,6 +17,25 @@ compiled = _impl.active is _impl.compiled
 
 implementation = _impl.active.name
 """``"compiled"`` or ``"pure"``."""
+
+
+
+def stats():
+    """Flushes: ``fast`` and ``fallback`` (by reason); loads under ``"loads"``.
+
+    ``{"fast": n, "fallback": {reason: n}, "loads": {"get": {"fast": n,
+    "fallback": {reason: n}}}}``; the reasons are described in
+    ``fastpath.FALLBACK_REASONS`` and ``loads.FALLBACK_REASONS``.
+    """
+    result = fastpath.stats()
+    result["loads"] = loads.stats()
+    return result
+
+
+def reset_stats():
+    fastpath.reset_stats()
+    loads.reset_stats()
+
 
 __all__ = [
     "Session",

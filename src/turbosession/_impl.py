@@ -29,7 +29,16 @@ from types import SimpleNamespace
 
 from ._env import flag
 
-HOT_PATHS = ("identity", "tracking", "topological", "persist", "unitofwork", "attach", "expire")
+HOT_PATHS = (
+    "identity",
+    "tracking",
+    "topological",
+    "persist",
+    "unitofwork",
+    "attach",
+    "expire",
+    "loading",
+)
 
 NO_EXTENSIONS = flag("TURBOSESSION_NO_EXTENSIONS")
 

@@ -84,6 +84,17 @@ class TurboSessionMixin:
         self._deleted = {}
         InstanceState._detach_states(all_states, self)
 
+    # Loading (turbosession._loading): get() answers an identity-map hit with
+    # no options itself, and is stock's get() otherwise.  The method is the
+    # bundle's compiled function; a subclass pinning another bundle gets
+    # that bundle's (__init_subclass__).
+    get = _impl.active.loading.session_get
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "_turbo" in cls.__dict__ and any(cls.get is get for get in _SESSION_GETS):
+            cls.get = cls._turbo.loading.session_get
+
     # Dirty tracking (turbosession._tracking_*).  ``_dirty_states`` stays
     # stock's: it already returns the identity map's modified set as is.
 
@@ -104,6 +115,11 @@ class TurboSessionMixin:
             object_state(instance), include_collections
         )
 
+
+# each bundle's Session.get, which a subclass pinning a bundle swaps
+_SESSION_GETS = tuple(
+    bundle.loading.session_get for bundle in (_impl.compiled, _impl.pure) if bundle is not None
+)
 
 # What stock's add() and delete() reach through ``self``.  The fast path is
 # taken only while a session resolves all of them to stock's; a mock.patch of

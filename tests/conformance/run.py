@@ -154,6 +154,27 @@ def _flatten(stats, prefix=""):
     return flat
 
 
+def share_lines(turbo):
+    """The share of flushes and of each kind of load that took turbosession's
+    path, and the fallbacks by reason, from the summed ``stats()``."""
+    lines = []
+    for label, prefix in (("flushes", ""), ("loads: get()", "loads.get.")):
+        fast = turbo.get(f"{prefix}fast", 0)
+        fallbacks = {
+            key[len(f"{prefix}fallback."):]: n
+            for key, n in turbo.items()
+            if key.startswith(f"{prefix}fallback.")
+        }
+        total = fast + sum(fallbacks.values())
+        share = f"{100 * fast / total:.0f}%" if total else "-"
+        reasons = ", ".join(f"{k} {n}" for k, n in sorted(fallbacks.items(), key=lambda kv: -kv[1]))
+        lines.append(
+            f"{label}: {fast} of {total} on turbosession's path ({share})"
+            + (f"; fallbacks: {reasons}" if reasons else "")
+        )
+    return lines
+
+
 def run_mode(mode, root, args, version, workdir):
     results = workdir / f"{mode}.results.jsonl"
     log = workdir / f"{mode}.log"
@@ -209,10 +230,13 @@ def run_mode(mode, root, args, version, workdir):
     if turbo:
         print(f"[{mode}] turbosession.stats(): "
               + ", ".join(f"{k}={v}" for k, v in sorted(turbo.items())), flush=True)
+        for line in share_lines(turbo):
+            print(f"[{mode}] {line}", flush=True)
     return {
         "returncode": proc.returncode, "outcomes": per_test, "log": log,
         "sessions": session_counts(results) if results.exists() else {},
         "counters": counters, "processes": processes, "seconds": elapsed,
+        "turbo": turbo,
     }
 
 
@@ -230,6 +254,9 @@ def verdict(mode, run, known, control):
         problems.append(f"{counters['sessions_stock']} stock sessions were made")
     elif mode == "stock" and counters["sessions_turbosession"]:
         problems.append("the control made turbosession sessions")
+    took_turbo_path = {k: v for k, v in run.get("turbo", {}).items() if v}
+    if mode == "stock" and took_turbo_path:
+        problems.append(f"stock sessions took turbosession's paths: {took_turbo_path}")
     bad = sorted(n for n, o in run["outcomes"].items() if o in ("failed", "error"))
     unexplained = [n for n in bad if mode == "stock" or known_reason(n, known) is None]
     if run["returncode"] == 1 and not bad:

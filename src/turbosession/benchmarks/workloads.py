@@ -477,6 +477,69 @@ class GetIdentityHits(Workload):
         )
 
 
+class GetMisses(Workload):
+    """Session.get() of objects not in the identity map: one SELECT per get."""
+
+    name = "get_misses"
+    title = "Session.get() misses (primary-key load)"
+    unit = "get"
+
+    def setup_session(self, state):
+        self.db.ensure_items(self.n)
+        state.session = state.session_cls(self.db.engine)
+        state.ids = [i + 1 for i in range(self.n)]
+        return state
+
+    def run_session(self, state):
+        get = state.session.get
+        state.found = [get(Item, id_) for id_ in state.ids]
+
+    def verify(self, state):
+        found = state.found
+        check(len(found) == self.n, "wrong number of results")
+        check(all(type(o) is Item for o in found), "get() did not return Item objects")
+        check([o.id for o in found] == state.ids, "get() returned the wrong rows")
+        expected = [tuple(item_row(i).values()) for i in range(self.n)]
+        check([(o.id, o.name, o.qty) for o in found] == expected, "loaded values differ")
+        check(len(state.session.identity_map) == self.n, "identity map misses objects")
+
+
+class RepeatedQueries(Workload):
+    """The same statement shape run N / 100 times, 100 rows each (a web app's
+    repeated query): per-query setup against per-row work."""
+
+    name = "repeated_queries"
+    title = "100-row queries of one shape"
+    unit = "query"
+    ROWS = 100
+
+    @property
+    def ops(self):
+        return max(self.n // self.ROWS, 1)
+
+    def setup_session(self, state):
+        self.db.ensure_items(self.n)
+        state.session = state.session_cls(self.db.engine)
+        state.statement = (
+            select(Item).where(Item.id > bindparam("low")).order_by(Item.id).limit(self.ROWS)
+        )
+        # distinct ranges: every query loads new objects
+        state.lows = [(q * self.ROWS) % max(self.n - self.ROWS + 1, 1) for q in range(self.ops)]
+        return state
+
+    def run_session(self, state):
+        scalars, statement = state.session.scalars, state.statement
+        state.results = [scalars(statement, {"low": low}).all() for low in state.lows]
+
+    def verify(self, state):
+        check(len(state.results) == self.ops, "wrong number of queries")
+        for low, rows in zip(state.lows, state.results):
+            ids = [o.id for o in rows]
+            want = list(range(low + 1, min(low + self.ROWS, self.n) + 1))
+            check(ids == want, f"query from {low} loaded ids {ids[:3]}..., expected {want[:3]}...")
+            check(all(type(o) is Item for o in rows), "rows are not Item objects")
+
+
 class ParentsWithChildren(Workload):
     """One-to-many with cascade: N / 5 parents, each with 4 children."""
 
@@ -853,6 +916,8 @@ WORKLOADS = (
     DeleteLoaded,
     LoadObjects,
     GetIdentityHits,
+    GetMisses,
+    RepeatedQueries,
     ParentsWithChildren,
     SelfReferentialTree,
     WebRequests,

@@ -1,0 +1,279 @@
+"""Loading: ``Session.get()`` answered from the identity map.
+
+``session_get`` is turbosession's ``Session.get``.  ``_get_hit`` is what
+``Session.get(entity, ident)`` returns when stock's ``_get_impl`` would find
+the object in the identity map and return it without SQL: the common case
+of an application asking again for an object it already has.  It follows stock's steps (``inspect(entity)``, the key
+``(mapper._identity_class, tuple(ident), identity_token)``, the session's
+``identity_map.get``, ``state.expired``) but skips the generality that does
+not apply to a plain mapped class and a scalar or tuple identity.  Every
+case it does not decide exactly as stock does (a miss, an expired or
+refreshed object, a dict or other identity, an aliased entity, a mismatched
+class or arity, a session overriding the lookup) returns ``NOT_HANDLED``
+with a reason counted in ``counts()`` and logged at DEBUG (the reasons are
+``turbosession.loads.FALLBACK_REASONS``); ``session_get`` then runs stock's
+``get``, which repeats the lookup (it has no side effects) and does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import inspection
+from sqlalchemy.orm import decl_api, instrumentation, loading
+from sqlalchemy.orm import session as orm_session
+from sqlalchemy.orm import util as orm_util
+from sqlalchemy.orm.mapper import Mapper
+from sqlalchemy.util import EMPTY_DICT
+
+from turbosession import loads
+from turbosession.loads import NOT_HANDLED
+
+try:
+    import cython
+except ModuleNotFoundError:
+    from turbosession import _cython_shim as cython
+
+if cython.compiled:
+    from cython.cimports.cpython.dict import PyDict_GetItem
+    from cython.cimports.cpython.object import PyObject, PyTypeObject
+    from cython.cimports.cpython.type import PyType_Check
+
+__all__ = ["counts", "reset_counts", "session_get"]
+
+
+def _is_compiled():
+    return cython.compiled
+
+
+_log = logging.getLogger("turbosession")
+_DEBUG = logging.DEBUG
+
+_STOCK_GET_IMPL = orm_session.Session._get_impl
+_STOCK_IDENTITY_LOOKUP = orm_session.Session._identity_lookup
+_STOCK_GET_FROM_IDENTITY = loading.get_from_identity
+_STOCK_IDENTITY_KEY = Mapper.identity_key_from_primary_key
+_DEFAULT_OPT_MANAGER = instrumentation._default_opt_manager_getter
+# inspect() of a class: both return class_manager.mapper for a mapped class
+_INSPECT_CLASS = (orm_util._inspect_mc, decl_api._inspect_decl_meta)
+_MANAGER_ATTR = "_sa_class_manager"
+
+# module namespaces read directly: a patched function is seen there, and a
+# dict lookup is far cheaper than a module attribute lookup
+_LOADING_NAMES = cython.declare(dict, loading.__dict__)
+_ORM_UTIL_NAMES = cython.declare(dict, orm_util.__dict__)
+
+# metaclass -> whether inspect() of its classes is one of _INSPECT_CLASS
+_plain_metaclasses = cython.declare(dict, {})
+
+_gets_fast = cython.declare(cython.Py_ssize_t, 0)
+_get_fallbacks = cython.declare(dict, {})
+
+
+def counts():
+    """``{"fast": n, "fallback": {reason: n}}`` for ``get()`` calls so far."""
+    return {"fast": _gets_fast, "fallback": dict(_get_fallbacks)}
+
+
+def reset_counts():
+    global _gets_fast
+    _gets_fast = 0
+    _get_fallbacks.clear()
+
+
+@cython.cfunc
+def _fallback(reason: str) -> object:
+    _get_fallbacks[reason] = _get_fallbacks.get(reason, 0) + 1
+    if _log.isEnabledFor(_DEBUG):
+        _log.debug("get() runs stock's: %s (%s)", reason, loads.FALLBACK_REASONS[reason])
+    return NOT_HANDLED
+
+
+def _inspects_as_mapped_class(metaclass) -> bool:
+    """Whether ``inspect(cls)`` of a class of this metaclass is SQLAlchemy's
+    (which, for a mapped class, returns its manager's mapper)."""
+    registrars = inspection._registrars
+    for cls in metaclass.__mro__:
+        registrar = registrars.get(cls)
+        if registrar is not None:
+            return registrar in _INSPECT_CLASS
+    return False
+
+
+@cython.cfunc
+@cython.inline
+def _own_manager(entity) -> object:
+    """``entity.__dict__.get(_MANAGER_ATTR)``, what ``opt_manager_of_class`` does.
+
+    Compiled, the class's dict is read directly instead of through a new
+    mappingproxy and a method call.
+    """
+    if not cython.compiled:
+        return entity.__dict__.get(_MANAGER_ATTR)
+    if not PyType_Check(entity):
+        return None
+    class_dict: cython.pointer(PyObject) = cython.cast(
+        cython.pointer(PyTypeObject), entity
+    ).tp_dict
+    if class_dict is cython.NULL:
+        return None
+    manager: cython.pointer(PyObject) = PyDict_GetItem(
+        cython.cast(object, class_dict), _MANAGER_ATTR
+    )
+    if manager is cython.NULL:
+        return None
+    return cython.cast(object, manager)
+
+
+@cython.cclass
+class _GetPlan:
+    """What ``get()`` reads of a mapped class's mapper, kept on its manager.
+
+    A ClassManager gets its mapper once and keeps it until it is removed
+    from the class (``unregister``); the mapper's class, identity class,
+    primary key and ``always_refresh`` are set when the mapper is built, so
+    the plan lives as long as the manager and needs no invalidation.
+    ``inherits`` is read from the mapper on each call (a concrete base can
+    be set during configuration).
+    """
+
+    mapper = cython.declare(object)
+    identity_class = cython.declare(object)
+    class_ = cython.declare(object)
+    pk_length = cython.declare(cython.Py_ssize_t)
+    always_refresh = cython.declare(cython.bint)
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+        self.identity_class = mapper._identity_class
+        self.class_ = mapper.class_
+        self.pk_length = len(mapper.primary_key)
+        self.always_refresh = bool(mapper.always_refresh)
+
+
+# one attribute per implementation: tests run both in one process
+_PLAN_ATTR = "_turbosession_get_plan_compiled" if cython.compiled else "_turbosession_get_plan_pure"
+
+
+@cython.cfunc
+def _plan_of(entity) -> object:
+    """The plan of ``inspect(entity)`` for a plain mapped class; None when
+    the entity is anything else (stock's get then decides)."""
+    metaclass = type(entity)
+    plain = _plain_metaclasses.get(metaclass)
+    if plain is None:
+        plain = isinstance(entity, type) and _inspects_as_mapped_class(metaclass)
+        _plain_metaclasses[metaclass] = plain
+    if not plain or _ORM_UTIL_NAMES.get("opt_manager_of_class") is not _DEFAULT_OPT_MANAGER:
+        return None
+    manager = _own_manager(entity)
+    if manager is None:
+        return None
+    plan = getattr(manager, _PLAN_ATTR, None)
+    if plan is not None:
+        return plan
+    try:
+        # the mapper once mapped (None after unregister); raises before
+        mapper = manager.mapper
+    except Exception:
+        return None
+    if mapper is None or type(mapper).identity_key_from_primary_key is not _STOCK_IDENTITY_KEY:
+        return None
+    plan = _GetPlan(mapper)
+    setattr(manager, _PLAN_ATTR, plan)
+    return plan
+
+
+@cython.cfunc
+def _overrides_lookup(session) -> cython.bint:
+    cls = type(session)
+    if (
+        cls._get_impl is not _STOCK_GET_IMPL
+        or cls._identity_lookup is not _STOCK_IDENTITY_LOOKUP
+        or _LOADING_NAMES.get("get_from_identity") is not _STOCK_GET_FROM_IDENTITY
+    ):
+        return True
+    attrs = session.__dict__
+    return "_get_impl" in attrs or "_identity_lookup" in attrs
+
+
+def session_get(
+    self,
+    entity,
+    ident,
+    *,
+    options=None,
+    populate_existing=None,
+    with_for_update=None,
+    identity_token=None,
+    execution_options=EMPTY_DICT,
+    bind_arguments=None,
+):
+    """``TurboSessionMixin.get``: an identity-map hit answered here, anything
+    else by stock's ``get`` (the next one in the session's MRO).
+
+    It is the method itself (compiled, a C function) rather than a Python
+    method calling into this module: for a hit, that call was a third of
+    the cost.
+    """
+    if (
+        options is None
+        and populate_existing is None
+        and with_for_update is None
+        and execution_options is EMPTY_DICT
+        and bind_arguments is None
+    ):
+        instance = _get_hit(self, entity, ident, identity_token)
+        if instance is not NOT_HANDLED:
+            return instance
+    else:
+        loads.record_get_option()
+    from turbosession.session import TurboSessionMixin
+
+    return super(TurboSessionMixin, self).get(
+        entity,
+        ident,
+        options=options,
+        populate_existing=populate_existing,
+        with_for_update=with_for_update,
+        identity_token=identity_token,
+        execution_options=execution_options,
+        bind_arguments=bind_arguments,
+    )
+
+
+@cython.cfunc
+def _get_hit(session, entity, ident, identity_token) -> object:
+    """The object stock's ``get(entity, ident, identity_token=...)`` returns
+    from the identity map, or ``NOT_HANDLED`` (counted) for stock's ``get``."""
+    global _gets_fast
+    if _overrides_lookup(session):
+        return _fallback("get_overridden")
+    plan_object = _plan_of(entity)
+    if plan_object is None:
+        return _fallback("get_entity")
+    plan: _GetPlan = plan_object
+    ident_type = type(ident)
+    if ident_type is tuple:
+        pk = ident
+    elif ident_type is int or ident_type is str:
+        pk = (ident,)
+    else:
+        return _fallback("get_ident")
+    if len(pk) != plan.pk_length:
+        return _fallback("get_ident")
+    if plan.always_refresh:
+        return _fallback("get_class")
+    instance = session.identity_map.get((plan.identity_class, pk, identity_token))
+    if instance is None:
+        return _fallback("get_miss")
+    state = instance._sa_instance_state
+    if state.expired:
+        return _fallback("get_expired")
+    mapper = plan.mapper
+    if mapper.inherits is not None and not state.mapper.isa(mapper):
+        return _fallback("get_class")
+    if not isinstance(instance, plan.class_):
+        return _fallback("get_class")
+    _gets_fast += 1
+    return instance

@@ -1,0 +1,74 @@
+"""What loading took turbosession's path, and what fell back to stock's.
+
+``stats()`` reports, per kind of load, how many took turbosession's path
+(``fast``) and how many ran stock's code instead, by reason.  The per-call
+counters live in the hot-path modules themselves (a C counter when compiled)
+and are added up here over both implementations, since tests run both in one
+process; ``get()`` with options is counted here.  Each fallback is logged at
+DEBUG on the ``turbosession`` logger, as the flush fallbacks are.
+"""
+
+import logging
+
+__all__ = ["FALLBACK_REASONS", "NOT_HANDLED", "reset_stats", "stats"]
+
+log = logging.getLogger("turbosession")
+
+
+class _NotHandled:
+    __slots__ = ()
+
+    def __repr__(self):
+        return "NOT_HANDLED"
+
+
+NOT_HANDLED = _NotHandled()
+"""Returned by a hot path that leaves the call to stock's code."""
+
+FALLBACK_REASONS = {
+    "get_overridden": "the session's class or instance overrides _get_impl or "
+    "_identity_lookup, or loading.get_from_identity is patched",
+    "get_entity": "the entity is not a plain mapped class (a mapper, an alias, "
+    "unmapped, or custom class instrumentation)",
+    "get_ident": "the identity is not an int, a str or a tuple (a dict, None, "
+    "a composite, another type), or its length is not the primary key's",
+    "get_miss": "the identity is not in the identity map: stock loads the row",
+    "get_expired": "the object is expired: stock reloads it",
+    "get_class": "always_refresh, or the object found is not of the entity's class",
+    "get_options": "get() was given options, populate_existing, with_for_update, "
+    "execution_options or bind_arguments",
+}
+
+_get_options = 0
+
+
+def record_get_option():
+    global _get_options
+    _get_options += 1
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("get() runs stock's: get_options (%s)", FALLBACK_REASONS["get_options"])
+
+
+def _bundles():
+    from . import _impl
+
+    return [bundle for bundle in (_impl.compiled, _impl.pure) if bundle is not None]
+
+
+def stats():
+    """``{"get": {"fast": n, "fallback": {reason: n}}}`` over both implementations."""
+    fast = 0
+    fallback = {"get_options": _get_options} if _get_options else {}
+    for bundle in _bundles():
+        counts = bundle.loading.counts()
+        fast += counts["fast"]
+        for reason, n in counts["fallback"].items():
+            fallback[reason] = fallback.get(reason, 0) + n
+    return {"get": {"fast": fast, "fallback": fallback}}
+
+
+def reset_stats():
+    global _get_options
+    _get_options = 0
+    for bundle in _bundles():
+        bundle.loading.reset_counts()

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 HOT_PATHS = ("identity", "tracking", "topological", "persist", "unitofwork", "attach", "expire")
 
 # still twins (_X_c built from ext/_X_c.pyx, _X_py): converted one at a time
-_TWINS = ("tracking", "topological", "persist", "unitofwork", "attach", "expire")
+_TWINS = ("tracking", "topological", "unitofwork", "expire")
 
 NO_EXTENSIONS = bool(os.environ.get("TURBOSESSION_NO_EXTENSIONS"))
 

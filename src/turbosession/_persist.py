@@ -1,23 +1,31 @@
-# cython: language_level=3
-"""Per-object work of the flush, compiled twin of ``_persist_py``.
+"""Per-object work of the flush.
 
-Same functions, same results, events, warnings and exceptions as the pure
-twin (whose docstrings name the stock counterpart of each); here the loops
-run with typed locals, plain values are recognised by exact type before any
-attribute lookup, and identity keys are built without a per-call list.
+The loops ``sqlalchemy.orm.persistence`` and ``Session`` run once per state
+during a flush: ordering and ``before_*`` events, INSERT/UPDATE/DELETE
+parameters, ``after_*`` events, and making states persistent or deleted
+afterwards.  Each function gives exactly the results, events, warnings and
+exceptions of its stock counterpart (named in its docstring) for the mappers
+``turbosession.fastpath`` lets through: one table, no inheritance, no
+relationship work.  Version counters, eager defaults and ORM-level defaults
+go into the records exactly as stock puts them there, since stock's own
+emitters send every batch that has anything to fetch back or check.
+The parameter collectors are generators because stock's are: the emitters
+consume them group by group, interleaved with execution.
+
+What can be is worked out once per mapper and table and kept with the
+mapper's memoized values (``_precomputed``), so the per-object loops index
+tuples instead of asking the mapper.  Compiled, those loops run with typed
+locals, plain values are recognised by exact type before any attribute
+lookup, and identity keys are built without a per-call list.
 """
 
-from cpython.dict cimport PyDict_GetItem
-from cpython.object cimport PyObject
-from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from cpython.ref cimport Py_INCREF
+from __future__ import annotations
 
 import weakref
 
+from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
-from sqlalchemy.orm.session import Session
-from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm.base import (
     NEVER_SET,
     PASSIVE_NO_RESULT,
@@ -26,10 +34,22 @@ from sqlalchemy.orm.base import (
     instance_state,
     state_str,
 )
+from sqlalchemy.orm.session import Session
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
 
 from turbosession._warn import warn
+
+try:
+    import cython
+except ModuleNotFoundError:
+    from turbosession import _cython_shim as cython
+
+if cython.compiled:
+    from cython.cimports.cpython.dict import PyDict_GetItem
+    from cython.cimports.cpython.object import PyObject
+    from cython.cimports.cpython.ref import Py_INCREF
+    from cython.cimports.cpython.tuple import PyTuple_New, PyTuple_SET_ITEM
 
 __all__ = [
     "batches",
@@ -45,37 +65,31 @@ __all__ = [
     "remove_newly_deleted",
 ]
 
-cdef object _RETURN_NO_VALUE = PassiveFlag.PASSIVE_RETURN_NO_VALUE
-cdef object _PASSIVE_OFF = PassiveFlag.PASSIVE_OFF
-cdef object _PASSIVE_NO_FETCH = PassiveFlag.PASSIVE_NO_FETCH
-cdef object _PASSIVE_NO_INITIALIZE = PassiveFlag.PASSIVE_NO_INITIALIZE
-cdef object _ClauseElement = ClauseElement
-cdef object _NO_VALUES = EMPTY_DICT
-cdef object _postfetch = persistence._postfetch
-cdef object _ref = weakref.ref
-cdef object _stock_contains_state = Session._contains_state
-cdef object _WeakKeyDictionary = weakref.WeakKeyDictionary
+_RETURN_NO_VALUE = cython.declare(object, PassiveFlag.PASSIVE_RETURN_NO_VALUE)
+_PASSIVE_OFF = cython.declare(object, PassiveFlag.PASSIVE_OFF)
+_PASSIVE_NO_FETCH = cython.declare(object, PassiveFlag.PASSIVE_NO_FETCH)
+_PASSIVE_NO_INITIALIZE = cython.declare(object, PassiveFlag.PASSIVE_NO_INITIALIZE)
+_NEVER_SET = cython.declare(object, NEVER_SET)
+_PASSIVE_NO_RESULT = cython.declare(object, PASSIVE_NO_RESULT)
+_ClauseElement = cython.declare(object, ClauseElement)
+_NO_VALUES = cython.declare(object, EMPTY_DICT)
+_postfetch = cython.declare(object, persistence._postfetch)
+_ref = cython.declare(object, weakref.ref)
+_stock_contains_state = cython.declare(object, Session._contains_state)
+_WeakKeyDictionary = cython.declare(object, weakref.WeakKeyDictionary)
 
 
 def _is_compiled():
-    return True
+    return cython.compiled
 
 
-cdef inline bint _is_plain(object value):
-    cdef type t = type(value)
-    return (
-        value is None
-        or t is int
-        or t is str
-        or t is float
-        or t is bool
-        or t is bytes
-    )
-
-
-cdef inline object _sql_expression(object value):
-    """The SQL expression ``value`` stands for, or None for a plain value."""
-    if _is_plain(value):
+@cython.cfunc
+@cython.inline
+def _sql_expression(value) -> object:
+    """The SQL expression ``value`` stands for, or None for a plain value
+    (recognised by its exact type before any attribute lookup)."""
+    t = type(value)
+    if value is None or t is int or t is str or t is float or t is bool or t is bytes:
         return None
     if hasattr(value, "__clause_element__"):
         return value.__clause_element__()
@@ -84,19 +98,20 @@ cdef inline object _sql_expression(object value):
     return None
 
 
-cdef object _precomputed(mapper, table, build):
+@cython.cfunc
+def _precomputed(mapper, table, build) -> object:
     """``build(mapper, table)``, kept with the mapper's memoized values.
 
     What is built derives from the mapper's memoized attributes; it is
     rebuilt when SQLAlchemy has rebuilt those (``_propkey_to_col`` is then
     a new object), so small flushes do not pay for it every time.
     """
-    cdef dict memo = mapper._memoized_values
+    memo: dict = mapper._memoized_values
     source = mapper._propkey_to_col
     key = ("turbosession", build, table)
-    entry = memo.get(key)
-    if entry is not None and (<tuple>entry)[0] is source:
-        return (<tuple>entry)[1]
+    entry: tuple = memo.get(key)
+    if entry is not None and entry[0] is source:
+        return entry[1]
     value = build(mapper, table)
     memo[key] = (source, value)
     return value
@@ -108,7 +123,8 @@ def _build_key_props(mapper, table):
     return mapper._identity_class, tuple([p.key for p in mapper._identity_key_props])
 
 
-cdef tuple _key_props(mapper):
+@cython.cfunc
+def _key_props(mapper) -> tuple:
     return _precomputed(mapper, None, _build_key_props)
 
 
@@ -133,36 +149,51 @@ def _build_update_columns(mapper, table):
     ])
 
 
-cdef tuple _identity_key(tuple key_props, object state, object dict_):
+@cython.cfunc
+def _identity_key(key_props: tuple, state, dict_) -> tuple:
     """``mapper._identity_key_from_state(state)``, reading the dict first;
     ``key_props`` is the mapper's ``_key_props``."""
-    cdef tuple keys = key_props[1]
-    cdef Py_ssize_t i, n = len(keys)
-    cdef tuple values = PyTuple_New(n)
-    cdef PyObject* found
-    manager = None
-    for i in range(n):
-        key = keys[i]
-        if type(dict_) is dict:
-            found = PyDict_GetItem(<dict>dict_, key)
-            if found is not NULL:
-                value = <object>found
+    keys: tuple = key_props[1]
+    values: tuple
+    if cython.compiled:
+        # the tuple filled in place, the dict read without a KeyError
+        i: cython.Py_ssize_t
+        n: cython.Py_ssize_t = len(keys)
+        found: cython.pointer(PyObject)
+        values = PyTuple_New(n)
+        manager = None
+        for i in range(n):
+            key = keys[i]
+            if type(dict_) is dict:
+                found = PyDict_GetItem(dict_, key)
+                if found is not cython.NULL:
+                    value = cython.cast(object, found)
+                else:
+                    if manager is None:
+                        manager = state.manager
+                    value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
+            elif key in dict_:
+                value = dict_[key]
             else:
                 if manager is None:
                     manager = state.manager
                 value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
-        elif key in dict_:
-            value = dict_[key]
-        else:
-            if manager is None:
-                manager = state.manager
-            value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
-        Py_INCREF(value)
-        PyTuple_SET_ITEM(values, i, value)
+            Py_INCREF(value)
+            PyTuple_SET_ITEM(values, i, value)
+    else:
+        found_values = []
+        for key in keys:
+            if key in dict_:
+                found_values.append(dict_[key])
+            else:
+                found_values.append(state.manager[key].impl.get(state, dict_, _RETURN_NO_VALUE))
+        values = tuple(found_values)
     return (key_props[0], values, state.identity_token)
 
 
-cdef inline object _committed_version(mapper, state, dict_, version_col):
+@cython.cfunc
+@cython.inline
+def _committed_version(mapper, state, dict_, version_col) -> object:
     """The version an UPDATE or DELETE expects the row to have, or None."""
     if version_col is None:
         return None
@@ -170,16 +201,25 @@ cdef inline object _committed_version(mapper, state, dict_, version_col):
 
 
 def organize_for_save(mapper, states, uow, connection):
+    """``persistence._organize_states_for_save`` for one single-table mapper.
+
+    ``states`` come sorted as ``_sort_states`` sorts them.  Fires
+    ``before_insert``/``before_update`` and warns on a new object whose
+    identity is already persistent, as stock does.  Returns the lists of
+    ``(state, dict, mapper, connection)`` to insert and
+    ``(state, dict, mapper, connection, update_version_id)`` to update, the
+    version being the committed one (loaded if expired, as stock does).
+    """
     before_insert = mapper.dispatch.before_insert
     before_update = mapper.dispatch.before_update
     version_col = mapper.version_id_col
-    cdef bint insert_listeners = bool(before_insert)
-    cdef bint update_listeners = bool(before_update)
+    insert_listeners: cython.bint = bool(before_insert)
+    update_listeners: cython.bint = bool(before_update)
     identity_map = uow.session.identity_map
-    cdef tuple key_props = _key_props(mapper)
-    cdef list to_insert = []
-    cdef list to_update = []
-    cdef bint has_identity
+    key_props: tuple = _key_props(mapper)
+    to_insert: list = []
+    to_update: list = []
+    has_identity: cython.bint
     for state in states:
         dict_ = state.dict
         key = state.key
@@ -211,7 +251,8 @@ def organize_for_save(mapper, states, uow, connection):
     return to_insert, to_update
 
 
-cdef object _table_version_col(mapper, table):
+@cython.cfunc
+def _table_version_col(mapper, table) -> object:
     """The mapper's version column when ``table`` holds it, else None."""
     col = mapper.version_id_col
     if col is not None and col in mapper._cols_by_table[table]:
@@ -220,31 +261,34 @@ cdef object _table_version_col(mapper, table):
 
 
 def collect_insert_commands(table, mapper, connection, states_to_insert):
+    """``persistence._collect_insert_commands`` (not bulk) for one mapper."""
     # the parameters are gathered in the order of stock's set
     # intersection, which a before_execute listener sees
-    cdef tuple precomputed = _precomputed(mapper, table, _build_insert_columns)
-    cdef dict columns = precomputed[0]
-    cdef frozenset propkeys = precomputed[1]
-    cdef tuple pk_keys = precomputed[2]
-    cdef tuple orm_defaults = tuple(mapper._insert_orm_defaults[table])
-    cdef tuple orm_default
+    precomputed: tuple = _precomputed(mapper, table, _build_insert_columns)
+    columns: dict = precomputed[0]
+    propkeys: frozenset = precomputed[1]
+    pk_keys: tuple = precomputed[2]
+    orm_defaults: tuple = tuple(mapper._insert_orm_defaults[table])
+    orm_default: tuple
     version_col = _table_version_col(mapper, table)
     generate_version = mapper.version_id_generator
     if generate_version is False:
         version_col = None
     as_none = mapper._insert_cols_as_none[table]
-    cdef tuple server_default_keys = None
+    server_default_keys: tuple = None
     if mapper.base_mapper._prefer_eager_defaults(connection.dialect, table):
         server_default_keys = tuple(mapper._server_default_col_keys[table])
-    cdef dict params, value_params
-    cdef tuple column
-    cdef bint has_all_pks, has_all_defaults
+    params: dict
+    value_params: dict
+    column: tuple
+    has_all_pks: cython.bint
+    has_all_defaults: cython.bint
     for state, state_dict, state_mapper, state_connection in states_to_insert:
         params = {}
         value_params = {}
         for propkey in propkeys.intersection(state_dict):
             value = state_dict[propkey]
-            column = <tuple>columns[propkey]
+            column = columns[propkey]
             if value is None and not column[2]:
                 continue
             expression = _sql_expression(value)
@@ -286,14 +330,17 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
         )
 
 
-cdef inline bint _has_all(dict params, tuple keys):
+@cython.cfunc
+@cython.inline
+def _has_all(params: dict, keys: tuple) -> cython.bint:
     for key in keys:
         if key not in params:
             return False
     return True
 
 
-cdef tuple _primary_key_param(uow, state, state_dict, mapper, col, propkey, value_params):
+@cython.cfunc
+def _primary_key_param(uow, state, state_dict, mapper, col, propkey, value_params) -> tuple:
     """Where an UPDATE finds its row when the key attribute is not simply
     loaded and unchanged: (value, pk changed, has_all_pks)."""
     history = state.manager[propkey].impl.get_history(
@@ -307,8 +354,14 @@ cdef tuple _primary_key_param(uow, state, state_dict, mapper, col, propkey, valu
     return history.unchanged[0], False, True
 
 
-cdef bint _has_added_history(mapper, state, state_dict):
-    """Whether any column attribute of ``state`` has a value added."""
+@cython.cfunc
+def _has_added_history(mapper, state, state_dict) -> cython.bint:
+    """Whether any column attribute of ``state`` has a value added.
+
+    Stock asks this of a versioned row with no net change on its table
+    (the change may be on another table of the mapper): without one, no
+    UPDATE and no version bump.
+    """
     manager = state.manager
     for prop in mapper._columntoproperty.values():
         history = manager[prop.key].impl.get_history(
@@ -320,14 +373,25 @@ cdef bint _has_added_history(mapper, state, state_dict):
 
 
 def collect_update_commands(uow, table, mapper, states_to_update, column_changes):
-    cdef dict propkey_to_col = mapper._propkey_to_col[table]
-    cdef tuple precomputed = _precomputed(mapper, table, _build_update_columns)
-    cdef frozenset keys = precomputed[0]
-    cdef tuple pk_columns = precomputed[1]
-    cdef dict params, pk_params
-    cdef dict committed
-    cdef bint has_all_pks, has_all_defaults, no_params
-    cdef tuple located, pk_column
+    """``persistence._collect_update_commands`` (not bulk).
+
+    ``column_changes`` is the tracking module's net changes of one state.
+    With a version counter the row is located by its committed version too
+    and the new one is generated (or, with ``version_id_generator=False``,
+    left to the database or the application), as stock does.
+    """
+    propkey_to_col: dict = mapper._propkey_to_col[table]
+    precomputed: tuple = _precomputed(mapper, table, _build_update_columns)
+    keys: frozenset = precomputed[0]
+    pk_columns: tuple = precomputed[1]
+    params: dict
+    pk_params: dict
+    committed: dict
+    has_all_pks: cython.bint
+    has_all_defaults: cython.bint
+    no_params: cython.bint
+    located: tuple
+    pk_column: tuple
     if mapper.base_mapper.eager_defaults is True:
         onupdate_keys = mapper._server_onupdate_default_col_keys[table]
     else:
@@ -393,13 +457,20 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
         )
 
 
-def postfetch_batch(mapper, uow, table, list records, result, bint isupdate):
+def postfetch_batch(mapper, uow, table, records: list, result, isupdate: cython.bint):
+    """``persistence._postfetch`` for each record of one executemany batch.
+
+    Prefetched values (Python-side defaults) go into the objects and out of
+    their committed state, server-generated columns are expired.  As stock
+    does, an UPDATE batch hands every record the first row's parameters.
+    A batch whose statement returned rows is handed to stock's ``_postfetch``.
+    """
     context = result.context
     compiled = context.compiled
     all_params = context.compiled_parameters
     returned = None if context.executemany else result.returned_defaults
-    cdef Py_ssize_t index
-    cdef tuple record
+    index: cython.Py_ssize_t
+    record: tuple
     if compiled.effective_returning and returned is not None:
         for index in range(len(records)):
             record = records[index]
@@ -410,13 +481,13 @@ def postfetch_batch(mapper, uow, table, list records, result, bint isupdate):
             )
         return
     columns = mapper._columntoproperty
-    cdef list prefetch = [(c.key, columns[c].key) for c in compiled.prefetch if c in columns]
+    prefetch: list = [(c.key, columns[c].key) for c in compiled.prefetch if c in columns]
     postfetch = compiled.postfetch
-    cdef list expire = [columns[c].key for c in postfetch if c in columns]
-    cdef bint has_postfetch = bool(postfetch)
+    expire: list = [columns[c].key for c in postfetch if c in columns]
+    has_postfetch: cython.bint = bool(postfetch)
     if not prefetch and not has_postfetch:
         return
-    cdef tuple pair
+    pair: tuple
     for index in range(len(records)):
         record = records[index]
         state = record[0]
@@ -431,10 +502,12 @@ def postfetch_batch(mapper, uow, table, list records, result, bint isupdate):
 
 
 def organize_for_delete(mapper, states, connection):
+    """``persistence._organize_states_for_delete``: fires ``before_delete``
+    and reads each state's committed version, if the mapper has one."""
     before_delete = mapper.dispatch.before_delete
     version_col = mapper.version_id_col
-    cdef bint listeners = bool(before_delete)
-    cdef list to_delete = []
+    listeners: cython.bint = bool(before_delete)
+    to_delete: list = []
     for state in states:
         if listeners:
             before_delete(mapper, connection, state)
@@ -447,11 +520,14 @@ def organize_for_delete(mapper, states, connection):
 
 
 def collect_delete_commands(table, mapper, states_to_delete):
+    """``persistence._collect_delete_commands``: the row by its primary key
+    and, with a version counter, its committed version."""
     # per primary key column: (column, key, bind label, attribute key)
-    cdef tuple pk_columns = _precomputed(mapper, table, _build_update_columns)[1]
-    cdef tuple pk_column
+    precomputed: tuple = _precomputed(mapper, table, _build_update_columns)
+    pk_columns: tuple = precomputed[1]
+    pk_column: tuple
     version_col = _table_version_col(mapper, table)
-    cdef dict params
+    params: dict
     for state, state_dict, state_mapper, connection, update_version_id in states_to_delete:
         committed = state.committed_state
         params = {}
@@ -475,29 +551,29 @@ def collect_delete_commands(table, mapper, states_to_delete):
         yield params, connection
 
 
-cdef object _NEVER_SET = NEVER_SET
-cdef object _PASSIVE_NO_RESULT = PASSIVE_NO_RESULT
-
-
-cdef bint _null_identity(tuple pk, bint allow_partial_pks) except -1:
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _null_identity(pk: tuple, allow_partial_pks: cython.bint) -> cython.bint:
     """Whether ``pk`` is a NULL identity (stock's test against ``_none_set``).
 
-    Counted in a C loop when every value is an int, a str or a "none"
+    Counted in one loop when every value is an int, a str or a "none"
     marker; other values take stock's set expression, which also raises
     as stock does for an unhashable value.
     """
-    cdef Py_ssize_t nones = 0
+    nones: cython.Py_ssize_t = 0
     for value in pk:
         if value is None or value is _NEVER_SET or value is _PASSIVE_NO_RESULT:
             nones += 1
         elif type(value) is not int and type(value) is not str:
-            return (
-                _none_set.intersection(pk) and not allow_partial_pks
-            ) or _none_set.issuperset(pk)
-    return (nones and not allow_partial_pks) or nones == len(pk)
+            return bool(
+                (_none_set.intersection(pk) and not allow_partial_pks)
+                or _none_set.issuperset(pk)
+            )
+    return (nones > 0 and not allow_partial_pks) or nones == len(pk)
 
 
-cdef _check_identity_key(state, mapper, tuple instance_key):
+@cython.cfunc
+def _check_identity_key(state, mapper, instance_key: tuple):
     if _null_identity(instance_key[1], mapper.allow_partial_pks):
         raise orm_exc.FlushError(
             "Instance %s has a NULL identity key.  If this is an "
@@ -510,7 +586,8 @@ cdef _check_identity_key(state, mapper, tuple instance_key):
         )
 
 
-cdef _switch_key(session, state, instance_key):
+@cython.cfunc
+def _switch_key(session, state, instance_key):
     # a primary key changed: safe_discard() in case another state already
     # replaced this one in the identity map
     session.identity_map.safe_discard(state)
@@ -525,7 +602,8 @@ cdef _switch_key(session, state, instance_key):
     state.key = instance_key
 
 
-cdef _mark_in(mapping, list states):
+@cython.cfunc
+def _mark_in(mapping, states: list):
     """``mapping[state] = True`` for each state (a transaction's ``_new`` or
     ``_dirty``); for a ``WeakKeyDictionary`` its own ``__setitem__``
     statement, run here without a Python frame per state."""
@@ -533,24 +611,29 @@ cdef _mark_in(mapping, list states):
         for state in states:
             mapping[state] = True
         return
-    cdef dict data = mapping.data
+    data: dict = mapping.data
     remove = mapping._remove
     for state in states:
         data[_ref(state, remove)] = True
 
 
-def register_persistent(session, set states, commit_all_states):
+def register_persistent(session, states: set, commit_all_states):
+    """``Session._register_persistent``: flushed states become persistent.
+
+    ``commit_all_states`` is the tracking module's reset of flushed states.
+    """
     pending_to_persistent = session.dispatch.pending_to_persistent or None
     identity_map = session.identity_map
     instance_dict = orm_base.instance_dict
-    cdef dict key_props_of = {}
-    cdef tuple instance_key, key_props
+    key_props_of: dict = {}
+    instance_key: tuple
+    key_props: tuple
     # the states and their dicts to reset afterwards: every flushed object
     # is held strongly (by _new, _deleted or its modified state) until then.
     # Two lists zipped, not a list of pairs: stock hands its reset a
     # generator, and 10,000 live pairs would bring a full GC pass forward
-    cdef list committing = []
-    cdef list committing_dicts = []
+    committing: list = []
+    committing_dicts: list = []
     for state in states:
         # hold the object against a last-minute dereference
         obj = state.obj()
@@ -589,9 +672,9 @@ def register_persistent(session, set states, commit_all_states):
 
     commit_all_states(zip(committing, committing_dicts), identity_map)
 
-    cdef dict new = session._new
-    cdef list was_new = []
-    cdef list was_dirty = []
+    new: dict = session._new
+    was_new: list = []
+    was_dirty: list = []
     transaction = session._transaction
     if transaction:
         for state in states:
@@ -612,6 +695,7 @@ def register_persistent(session, set states, commit_all_states):
 
 
 def remove_newly_deleted(session, states):
+    """``Session._remove_newly_deleted``: flushed deletes become deleted."""
     persistent_to_deleted = session.dispatch.persistent_to_deleted or None
     identity_map = session.identity_map
     deleted = session._deleted
@@ -629,7 +713,7 @@ def remove_newly_deleted(session, states):
         if transaction:
             transaction._deleted[state] = True
         # a strong reference before the state leaves _deleted
-        obj = state.obj()
+        obj = state.obj()  # noqa: F841
         identity_map.safe_discard(state)
         deleted.pop(state, None)
         state._deleted = True
@@ -642,7 +726,8 @@ def _orphan_possible(mapper):
     return any(m._delete_orphans for m in mapper.iterate_to_root())
 
 
-cdef class _Registrar:
+@cython.cclass
+class _Registrar:
     """``UOWTransaction.register_object(state, isdelete)`` from the flush,
     with the session's and unit of work's containers looked up once.
 
@@ -650,14 +735,14 @@ cdef class _Registrar:
     identity map's own state for its key) unless the session's class or
     the session itself overrides it, in which case that override is asked."""
 
-    cdef object uow
-    cdef dict new
-    cdef object contains_state
-    cdef object session_contains
-    cdef dict states
-    cdef object mappers
+    uow: object
+    new: dict
+    contains_state: object
+    session_contains: object
+    states: dict
+    mappers: object
 
-    def __cinit__(self, session, uow):
+    def __init__(self, session, uow):
         self.uow = uow
         if (
             type(session)._contains_state is _stock_contains_state
@@ -671,7 +756,9 @@ cdef class _Registrar:
         self.states = uow.states
         self.mappers = uow.mappers
 
-    cdef bint register(self, state, bint isdelete) except -1:
+    @cython.cfunc
+    @cython.exceptval(-1, check=False)
+    def register(self, state, isdelete: cython.bint) -> cython.bint:
         if self.session_contains is None:
             if state not in self.new and not self.contains_state(state):
                 return False
@@ -688,16 +775,17 @@ cdef class _Registrar:
         return True
 
 
-def register_saves(session, uow, states, set processed):
+def register_saves(session, uow, states, processed: set):
     """The save half of ``Session._flush``'s registration loop.
 
     Pending orphans outside of the session are expunged, persistent orphans
     registered as deletes, the rest as saves (and added to ``processed``);
     ``_is_orphan`` is only asked where it can be true.
     """
-    cdef _Registrar registrar = _Registrar(session, uow)
-    cdef dict orphan_possible = {}
-    cdef bint is_orphan, is_persistent_orphan
+    registrar: _Registrar = _Registrar(session, uow)
+    orphan_possible: dict = {}
+    is_orphan: cython.bint
+    is_persistent_orphan: cython.bint
     for state in states:
         mapper = state.manager.mapper
         possible = orphan_possible.get(mapper)
@@ -715,13 +803,14 @@ def register_saves(session, uow, states, set processed):
 
 def register_deletes(session, uow, states):
     """The delete half of ``Session._flush``'s registration loop."""
-    cdef _Registrar registrar = _Registrar(session, uow)
+    registrar: _Registrar = _Registrar(session, uow)
     for state in states:
         registered = registrar.register(state, True)
         assert registered, "Failed to add object to the flush context!"
 
 
-cdef bint _same_keys(dict a, dict b):
+@cython.cfunc
+def _same_keys(a: dict, b: dict) -> cython.bint:
     """``set(a) == set(b)`` without building either set."""
     if len(a) != len(b):
         return False
@@ -739,8 +828,8 @@ def batches(records):
     Records are compared with the batch's first one, so no key is built
     per record.
     """
-    cdef list batch = None
-    cdef tuple first = None
+    batch: list = None
+    first: tuple = None
     for record in records:
         if (
             batch is not None
@@ -760,5 +849,6 @@ def batches(records):
         yield _batch_key(first), batch
 
 
-cdef tuple _batch_key(tuple record):
+@cython.cfunc
+def _batch_key(record: tuple) -> tuple:
     return (record[4], set(record[2]), bool(record[5]), record[6], record[7])

@@ -29,7 +29,7 @@ from itertools import chain
 
 from sqlalchemy import sql
 from sqlalchemy.orm import exc as orm_exc
-from sqlalchemy.orm import persistence
+from sqlalchemy.orm import persistence, sync
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
@@ -183,36 +183,13 @@ def _row_switch_possible(uow, base_mapper, states):
     return next(deletes, None) is not None and any(state.key is None for state in states)
 
 
-def _warns_on_identity(mapper, states):
-    """Whether stock's per-state ``_validate_polymorphic_identity`` may do
-    anything in ``_organize_states_for_save`` for these states of
-    ``mapper``: a ``before_insert``/``before_update`` listener may change
-    the discriminator before it is validated, or a value is already one it
-    warns about."""
-    if mapper.dispatch.before_insert or mapper.dispatch.before_update:
-        return True
-    key = mapper._polymorphic_attr_key
-    acceptable = mapper._acceptable_polymorphic_identities
-    return any(
-        key in state.dict and state.dict[key] not in acceptable for state in states
-    )
-
-
 def _stock_organize(uow, base_mapper, states):
     """Whether the states are organized by stock's
     ``_organize_states_for_save`` (each its connection from the session's
-    ``connection_callable``, row switches, polymorphic identities it may
-    warn about) rather than by ``persist``'s loop."""
-    if uow.session.connection_callable or _row_switch_possible(uow, base_mapper, states):
-        return True
-    if not any(m._validate_polymorphic_identity for m in base_mapper.self_and_descendants):
-        return False
-    by_mapper = {}
-    for state in states:
-        by_mapper.setdefault(state.manager.mapper, []).append(state)
-    return any(
-        mapper._validate_polymorphic_identity and _warns_on_identity(mapper, mapper_states)
-        for mapper, mapper_states in by_mapper.items()
+    ``connection_callable``, row switches) rather than by ``persist``'s
+    loop."""
+    return bool(uow.session.connection_callable) or _row_switch_possible(
+        uow, base_mapper, states
     )
 
 
@@ -369,8 +346,11 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
     """Stock's ``_postfetch`` for each record of one executemany batch.
 
     ``persist.postfetch_batch`` does it for a batch of one mapper that has
-    no keys to synchronise to its other tables; otherwise (a batch mixing
-    mappers, joined inheritance) each record is handed to stock's
+    no keys to synchronise to its other tables.  Where the statement had
+    nothing to prefetch, postfetch or return, all stock's ``_postfetch``
+    does for a record is to synchronise the keys between its mapper's
+    tables (joined inheritance), done here with stock's ``sync``;
+    otherwise (a batch mixing mappers) each record is handed to stock's
     ``_postfetch`` as stock's emitters hand it, with the parameters they
     give it.
     """
@@ -378,8 +358,19 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
     if not mapper._table_to_equated[table] and all(record[3] is mapper for record in batch):
         persist.postfetch_batch(mapper, uow, table, batch, result, isupdate)
         return
-    all_params = result.context.compiled_parameters
-    returned = None if result.context.executemany else result.returned_defaults
+    context = result.context
+    compiled = context.compiled
+    if not (compiled.prefetch or compiled.postfetch or compiled.effective_returning):
+        for record in batch:
+            state = record[0]
+            record_mapper = record[3]
+            for m, equated_pairs in record_mapper._table_to_equated[table]:
+                sync._populate(
+                    state, m, state, m, equated_pairs, uow, record_mapper.passive_updates
+                )
+        return
+    all_params = context.compiled_parameters
+    returned = None if context.executemany else result.returned_defaults
     for index, (state, state_dict, _, record_mapper, _, value_params, _, _) in enumerate(batch):
         persistence._postfetch(
             record_mapper, uow, table, state, state_dict, result,

@@ -605,7 +605,7 @@ def test_overridden_contains_state_is_asked(impl, engine):
 
 def test_stats_are_public():
     assert turbosession.stats() == fastpath.stats()
-    assert set(fastpath.FALLBACK_REASONS) >= {"not_tables", "batch_false"}
+    assert set(fastpath.FALLBACK_REASONS) >= {"not_tables", "disabled"}
 
 
 # -- what issue 6 put on the fast path: version counters, eager defaults,

@@ -107,6 +107,21 @@ class Account(Base):
     id = orm.column_property(account.c.id, balance.c.account_id)
 
 
+class Unbatched(Base):
+    """``batch=False``: stock saves each state on its own, events around
+    each INSERT or UPDATE."""
+
+    __tablename__ = "ih_unbatched"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {"batch": False, "polymorphic_on": "kind", "polymorphic_identity": "u"}
+
+
+class UnbatchedSub(Unbatched):
+    __mapper_args__ = {"polymorphic_identity": "sub"}
+
+
 EVENT_NAMES = ["before_insert", "after_insert", "before_update", "after_update",
                "before_delete", "after_delete"]
 SESSION_EVENTS = ["pending_to_persistent", "persistent_to_deleted", "deleted_to_detached"]
@@ -359,3 +374,25 @@ def scenario_connection_callable(session_cls, engine, log):
 
 def test_connection_callable(session_cls, engine):
     compare(scenario_connection_callable, session_cls, engine)
+
+
+def scenario_unbatched(session_cls, engine, log):
+    session = session_cls(engine)
+    handles = listen_all(session, log, [(Unbatched, True)])
+    try:
+        objects = [Unbatched(id=1, name="a"), UnbatchedSub(id=2, name="b"), Unbatched(name="c")]
+        session.add_all(objects)
+        guarded(log, session.flush)
+        objects[0].name = "a2"
+        objects[1].name = "b2"
+        session.delete(objects[2])
+        guarded(log, session.flush)
+        log.note("objects", [describe(o) for o in objects])
+        session.commit()
+    finally:
+        unlisten(handles)
+        session.close()
+
+
+def test_batch_false(session_cls, engine):
+    compare(scenario_unbatched, session_cls, engine)

@@ -46,7 +46,6 @@ log = logging.getLogger("turbosession")
 
 FALLBACK_REASONS = {
     "not_tables": "the mapper hierarchy writes to something other than Tables",
-    "batch_false": "the mapper was configured with batch=False",
     "disabled": "the session class sets _fast_flush = False",
 }
 
@@ -78,8 +77,6 @@ def mapper_fallback_reason(mapper):
     the fast path, or None."""
     if not all(isinstance(table, Table) for table in mapper._sorted_tables):
         return "not_tables"
-    if not mapper.batch:
-        return "batch_false"
     return None
 
 
@@ -269,8 +266,16 @@ def _collect_updates(uow, table, runs, persist, column_changes):
 def _save(uow, base_mapper, persist, states):
     """``persistence._save_obj(base_mapper, states, uow)``: the states of a
     mapper hierarchy, each with its own mapper's columns and events, one
-    table after the other in stock's order."""
-    states = list(states)
+    table after the other in stock's order; with ``batch=False``, each
+    state on its own, as stock does."""
+    if not base_mapper.batch:
+        for state in persistence._sort_states(base_mapper, states):
+            _save_batch(uow, base_mapper, persist, [state])
+        return
+    _save_batch(uow, base_mapper, persist, list(states))
+
+
+def _save_batch(uow, base_mapper, persist, states):
     to_insert, to_update, row_switch = _organize_for_save(uow, base_mapper, persist, states)
     if not to_insert and not to_update:
         return

@@ -6,7 +6,7 @@ and parameters, object states, session membership, new/dirty/deleted.
 """
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from models import Address, Base, User
 from support import assert_same_as_stock
@@ -169,7 +169,29 @@ def autoflush(session_cls, engine, log):
     session.close()
 
 
+def detach_listener_during_close(session_cls, engine, log):
+    # persistent_to_detached / pending_to_transient listeners run while
+    # close() detaches: they see the new, empty identity map
+    seed(session_cls, engine)
+    session = session_cls(engine)
+
+    def seen(session_, instance):
+        log.note(
+            "detaching", repr(instance), len(session_.identity_map),
+            list(session_.identity_map.keys()), instance in session_, len(session_.new),
+        )
+
+    event.listen(session, "persistent_to_detached", seen)
+    event.listen(session, "pending_to_transient", seen)
+    users = session.scalars(select(User).order_by(User.id)).all()
+    session.add(User(name="pending"))
+    log.note("before", len(session.identity_map), len(session.new))
+    session.close()
+    log.note("after", len(session.identity_map), [u.name for u in users])
+
+
 SCENARIOS = [
+    detach_listener_during_close,
     add_flush_commit,
     rollback,
     expunge_and_close,

@@ -832,6 +832,160 @@ class ManyToManyLinks(Workload):
         check(posts == self.posts, f"{posts} posts, expected {self.posts}")
 
 
+class SmallFlushes(Workload):
+    """Flushes of a few new objects each, in one transaction: a flush's fixed cost."""
+
+    per_flush = 1
+    unit = "flush"
+
+    @property
+    def ops(self):
+        return max(1, self.n // REQUESTS_PER_OBJECT)
+
+    def setup_session(self, state):
+        self.db.reset()
+        state.session = state.session_cls(self.db.engine)
+        state.session.connection()  # the transaction is open before the timing
+        state.batches = [
+            [Item(id=f * self.per_flush + i + 1, name=f"f{f}", qty=i) for i in range(self.per_flush)]
+            for f in range(self.ops)
+        ]
+        return state
+
+    def run_session(self, state):
+        session = state.session
+        for batch in state.batches:
+            session.add_all(batch)
+            session.flush()
+
+    def verify(self, state):
+        state.session.commit()
+        count, qty_sum, _ = self.db.item_totals()
+        expected = self.ops * self.per_flush
+        check(count == expected, f"{count} rows, expected {expected}")
+        check(qty_sum == self.ops * (self.per_flush * (self.per_flush - 1) // 2), "wrong qty")
+        check(not state.session.new and not state.session.dirty, "objects left unflushed")
+
+
+class FlushOne(SmallFlushes):
+    name = "flush_1"
+    title = "flush of 1 new object"
+
+
+class FlushTwo(SmallFlushes):
+    name = "flush_2"
+    title = "flush of 2 new objects"
+    per_flush = 2
+
+
+class FlushTen(SmallFlushes):
+    name = "flush_10"
+    title = "flush of 10 new objects"
+    per_flush = 10
+
+
+class OneNewPerSession(Workload):
+    """A session per new object: add, commit, close (examples/performance single_inserts)."""
+
+    name = "one_new_per_session"
+    title = "one new object per session"
+    unit = "session"
+
+    @property
+    def ops(self):
+        return max(1, self.n // REQUESTS_PER_OBJECT)
+
+    def setup_session(self, state):
+        self.db.reset()
+        return state
+
+    def run_session(self, state):
+        session_cls = state.session_cls
+        engine = self.db.engine
+        for i in range(self.ops):
+            with session_cls(engine) as session:
+                session.add(Item(name=f"one {i}", qty=i))
+                session.commit()
+
+    setup_core = setup_session
+
+    def run_core(self, state):
+        engine = self.db.engine
+        add = insert(ITEM)
+        for i in range(self.ops):
+            with engine.begin() as conn:
+                conn.execute(add, {"name": f"one {i}", "qty": i})
+
+    def verify(self, state):
+        count, qty_sum, _ = self.db.item_totals()
+        check(count == self.ops, f"{count} rows, expected {self.ops}")
+        check(qty_sum == self.ops * (self.ops - 1) // 2, f"sum(qty) is {qty_sum}")
+
+
+READ_MOSTLY_ROWS = 20
+
+
+class ReadMostlyRequests(Workload):
+    """Three get()s, one 20-row query and a commit with nothing to flush, per session."""
+
+    name = "read_mostly"
+    title = "read-mostly request"
+    unit = "request"
+
+    @property
+    def ops(self):
+        return max(1, self.n // REQUESTS_PER_OBJECT)
+
+    def setup_session(self, state):
+        self.db.ensure_items(self.n)
+        count = self.n
+        state.ids = [
+            [(r * 3 + k) % count + 1 for k in range(3)] for r in range(self.ops)
+        ]
+        state.first = [r % max(1, count - READ_MOSTLY_ROWS) for r in range(self.ops)]
+        return state
+
+    def run_session(self, state):
+        session_cls = state.session_cls
+        engine = self.db.engine
+        query = select(Item).where(Item.id > bindparam("first")).order_by(Item.id).limit(
+            READ_MOSTLY_ROWS
+        )
+        seen = state.seen = []
+        for ids, first in zip(state.ids, state.first):
+            with session_cls(engine) as session:
+                total = 0
+                for id_ in ids:
+                    total += session.get(Item, id_).qty
+                for item in session.scalars(query, {"first": first}):
+                    total += item.qty
+                session.commit()
+            seen.append(total)
+
+    setup_core = setup_session
+
+    def run_core(self, state):
+        engine = self.db.engine
+        by_id = select(ITEM.c.qty).where(ITEM.c.id == bindparam("b_id"))
+        query = select(ITEM).where(ITEM.c.id > bindparam("first")).order_by(ITEM.c.id).limit(
+            READ_MOSTLY_ROWS
+        )
+        seen = state.seen = []
+        for ids, first in zip(state.ids, state.first):
+            with engine.begin() as conn:
+                total = sum(conn.execute(by_id, {"b_id": id_}).scalar_one() for id_ in ids)
+                total += sum(row.qty for row in conn.execute(query, {"first": first}))
+            seen.append(total)
+
+    def verify(self, state):
+        # item i + 1 has qty i
+        expected = [
+            sum(id_ - 1 for id_ in ids) + sum(range(first, first + READ_MOSTLY_ROWS))
+            for ids, first in zip(state.ids, state.first)
+        ]
+        check(state.seen == expected, "read values differ from the table's")
+
+
 WORKLOADS = (
     Construct,
     InsertAutoincrement,
@@ -849,6 +1003,11 @@ WORKLOADS = (
     ModelDelete,
     JoinedInheritanceInsert,
     ManyToManyLinks,
+    FlushOne,
+    FlushTwo,
+    FlushTen,
+    OneNewPerSession,
+    ReadMostlyRequests,
 )
 
 BY_NAME = {workload.name: workload for workload in WORKLOADS}

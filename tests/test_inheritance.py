@@ -380,7 +380,8 @@ def scenario_unbatched(session_cls, engine, log):
     session = session_cls(engine)
     handles = listen_all(session, log, [(Unbatched, True)])
     try:
-        objects = [Unbatched(id=1, name="a"), UnbatchedSub(id=2, name="b"), Unbatched(name="c")]
+        # ids far above what a PostgreSQL sequence hands out here, and one it hands out
+        objects = [Unbatched(id=1001, name="a"), UnbatchedSub(id=1002, name="b"), Unbatched(name="c")]
         session.add_all(objects)
         guarded(log, session.flush)
         objects[0].name = "a2"

@@ -4,10 +4,10 @@ Each hot path is one module in Cython's pure-Python mode,
 ``src/turbosession/_<name>.py``, listed in ``turbosession._impl.HOT_PATHS``;
 the same file is the pure implementation when it is not compiled.  ``ext/``
 holds what only the compiler reads (``.pxd`` declarations shared between
-hot paths) and, while the conversion lasts, the remaining ``_<name>_c.pyx``.
+hot paths).
 
 ``TURBOSESSION_NO_EXTENSIONS=1`` skips the build.  A build that fails (no
-compiler, no Python headers) installs the pure-Python twins with a warning,
+compiler, no Python headers) installs the pure-Python package with a warning,
 unless ``TURBOSESSION_REQUIRE_EXTENSIONS=1`` asks for a hard failure (CI and
 cibuildwheel use that so a broken build cannot pass unnoticed).
 """
@@ -78,15 +78,10 @@ def extensions():
             raise
         _warn_pure("Cython is not installed")
         return []
-    modules = []
-    for name in HOT_PATHS:
-        twin = Path(f"ext/_{name}_c.pyx")
-        if twin.exists():  # not converted yet
-            modules.append(Extension(f"turbosession._{name}_c", [str(twin)]))
-        else:
-            modules.append(
-                Extension(f"turbosession._{name}", [f"src/turbosession/_{name}.py"])
-            )
+    modules = [
+        Extension(f"turbosession._{name}", [f"src/turbosession/_{name}.py"])
+        for name in HOT_PATHS
+    ]
     return cythonize(
         modules,
         include_path=["ext"],

@@ -11,7 +11,7 @@ change), untimed, then times one step:
 
 ``Session.dirty`` and ``is_modified`` are the tracking hot path; the flush
 is turbosession's flush (its fast path when the mapper qualifies, else
-stock's unit of work), which uses the tracking twin only to reset the
+stock's unit of work), which uses the tracking hot path only to reset the
 flushed states; the split shows where the time goes.  Every round is
 verified (the dirty set, the is_modified answers, no SQL written, a clean
 session afterwards).

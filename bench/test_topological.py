@@ -1,4 +1,4 @@
-"""Topological sort of 10,000 and 100,000 nodes: stock against both twins.
+"""Topological sort of 10,000 and 100,000 nodes: stock against both implementations.
 
 The graph has the shape of a flush of a self-referential tree after the
 per-state split: nodes hashed by identity (as flush actions are), each with

@@ -1,4 +1,4 @@
-"""Self-referential tree, 10,000 nodes, fan-out 4, SQLite: stock against both twins.
+"""Self-referential tree, 10,000 nodes, fan-out 4, SQLite: stock against both implementations.
 
 The cyclic case of the unit of work: the mapper depends on itself, so the
 flush splits its actions per state and sorts them again.  Two groups:

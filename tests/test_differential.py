@@ -3,7 +3,7 @@
 A hypothesis state machine drives two worlds with the same random sequence of
 session operations (add, modify, delete, expunge, merge, flush, commit,
 rollback, begin_nested, expire, refresh, get): stock ``Session`` on one
-SQLite database, turbosession's (one twin) on another.  After every step the
+SQLite database, turbosession's (one implementation) on another.  After every step the
 SQL sent, the committed rows, each object's state and loaded attribute values,
 and the outcome of the step (value or exception) must be the same.  The
 mappers mix simple ones, a one-to-many with delete-orphan and a

@@ -1,6 +1,6 @@
 """turbosession's own unit of work against stock's, side by side.
 
-Every scenario runs on stock ``Session`` and on turbosession's (each twin),
+Every scenario runs on stock ``Session`` and on turbosession's (each implementation),
 on fresh tables, and compares SQL with parameters, events with their
 arguments, warnings, exceptions and object states.  Each scenario also
 asserts that turbosession really took the fast path (or fell back for the

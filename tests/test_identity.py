@@ -1,7 +1,7 @@
 """turbosession's identity map against SQLAlchemy's _WeakInstanceDict.
 
 Two worlds run the same operation sequence: stock's map with one set of
-objects, turbosession's map (each twin) with a twin set.  Every observable
+objects, turbosession's map (each implementation) with a second set.  Every observable
 result (return values, exceptions, contents, order, the _modified set, what
 garbage collection removes) must match.
 """

@@ -1,4 +1,4 @@
-"""Differential tests: turbosession's topological twins against stock.
+"""Differential tests: turbosession's topological sort (both implementations) against stock.
 
 Flush order is SQL order, so ``sort`` and ``sort_as_subsets`` must give
 ``sqlalchemy.util.topological``'s output element for element, including the

@@ -5,7 +5,7 @@ step of a scenario, turbosession's ``dirty``, ``_is_clean`` and
 ``is_modified`` (both ``include_collections`` values) must equal what
 ``sqlalchemy.orm.Session``'s own methods answer for that session, and the net
 column changes must equal what ``persistence._collect_update_commands``
-builds.  The state reset is compared on twin sessions driven identically.
+builds.  The state reset is compared on two sessions driven identically.
 Every test runs over both implementations (``impl``/``session_cls``).
 """
 
@@ -475,7 +475,7 @@ def test_random_sequences_match_stock(session_cls, impl, steps):
 
 
 def comparable(value):
-    """Mapped objects of two twin sessions compare by class and primary key."""
+    """Mapped objects of two such sessions compare by class and primary key."""
     if isinstance(value, Base):
         return (type(value).__name__, instance_state(value).key)
     return value
@@ -535,7 +535,7 @@ def test_commit_all_states_matches_stock(session_cls, impl, with_map):
     engine.dispose()
 
 
-def test_twins_have_the_same_names():
+def test_compiled_and_uncompiled_have_the_same_names():
     pure = _impl.pure.tracking
     assert pure._is_compiled() is False
     if _impl.compiled is not None:

@@ -1,4 +1,4 @@
-"""The unit of work's per-state bookkeeping (``_unitofwork`` twins) against stock's.
+"""The unit of work's per-state bookkeeping (``_unitofwork``, both implementations) against stock's.
 
 Stock's ``UOWTransaction`` and turbosession's are built over the same
 session and the same states, and their internals compared after

@@ -7,6 +7,7 @@ declaration is a plain value, so the module runs as ordinary Python.
 """
 
 compiled = False
+NULL = None
 
 # C types named in cython.declare() / cython.cast() outside annotations
 bint = bool

@@ -21,9 +21,6 @@ from types import SimpleNamespace
 
 HOT_PATHS = ("identity", "tracking", "topological", "persist", "unitofwork", "attach", "expire")
 
-# still twins (_X_c built from ext/_X_c.pyx, _X_py): converted one at a time
-_TWINS = ("tracking", "topological", "unitofwork", "expire")
-
 NO_EXTENSIONS = bool(os.environ.get("TURBOSESSION_NO_EXTENSIONS"))
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -42,21 +39,13 @@ def load_uncompiled(name):
 
 
 def _load_compiled(name):
-    if name in _TWINS:
-        return importlib.import_module(f"turbosession._{name}_c")
     module = importlib.import_module(f"turbosession._{name}")
     if not module._is_compiled():
         raise ImportError(f"turbosession._{name} is not compiled")
     return module
 
 
-def _load_pure(name):
-    if name in _TWINS:
-        return importlib.import_module(f"turbosession._{name}_py")
-    return load_uncompiled(name)
-
-
-pure = SimpleNamespace(name="pure", **{name: _load_pure(name) for name in HOT_PATHS})
+pure = SimpleNamespace(name="pure", **{name: load_uncompiled(name) for name in HOT_PATHS})
 
 try:
     compiled = SimpleNamespace(

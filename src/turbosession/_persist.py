@@ -88,7 +88,7 @@ def _is_compiled():
 def _sql_expression(value) -> object:
     """The SQL expression ``value`` stands for, or None for a plain value
     (recognised by its exact type before any attribute lookup)."""
-    t = type(value)
+    t: type = type(value)
     if value is None or t is int or t is str or t is float or t is bool or t is bytes:
         return None
     if hasattr(value, "__clause_element__"):

@@ -13,8 +13,8 @@ path, else under the first reason met, which is also logged at DEBUG on the
 ``turbosession`` logger.
 
 On the fast path the per-mapper decisions are made here, in Python, and the
-per-object loops run in the ``persist`` hot path (compiled, or its pure
-twin).  Statements are sent on the unit of work's connection with stock's
+per-object loops run in the ``persist`` hot path (compiled, or the same
+module uncompiled).  Statements are sent on the unit of work's connection with stock's
 statements and batching; batches with anything to fetch back or to check
 (RETURNING, version counters, ORM-level defaults, ``refresh_flush``
 listeners) go through SQLAlchemy's own emitters, and the states of a mapper

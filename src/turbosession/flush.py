@@ -30,7 +30,7 @@ __all__ = ["UOWTransaction", "flush"]
 _sort_key = attrgetter("sort_key")
 
 class UOWTransaction(unitofwork.UOWTransaction):
-    """Stock's unit of work, sorting with turbosession's topological twins.
+    """Stock's unit of work, sorting with turbosession's ``_topological``.
 
     Stock reaches ``sqlalchemy.util.topological`` as a module global from
     ``_generate_actions`` and ``execute``; these two methods are therefore
@@ -45,7 +45,7 @@ class UOWTransaction(unitofwork.UOWTransaction):
         self._topological = session._turbo.topological
         self._unitofwork = session._turbo.unitofwork
 
-    # the per-state loops of stock's bookkeeping, on turbosession's twins
+    # the per-state loops of stock's bookkeeping, on turbosession's hot paths
 
     def get_attribute_history(
         self, state, key, passive=attributes.PASSIVE_NO_INITIALIZE
@@ -61,7 +61,7 @@ class UOWTransaction(unitofwork.UOWTransaction):
 
     def finalize_flush_changes(self):
         """Flushed states become persistent or deleted (per-state loops in
-        the ``persist`` twins), unless the session overrides stock's
+        ``persist``), unless the session overrides stock's
         bookkeeping methods, which then run as they are."""
         session = self.session
         if not _stock_bookkeeping(type(session)):

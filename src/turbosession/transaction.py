@@ -2,7 +2,7 @@
 
 Stock's commit expires every object of the identity map, one
 ``InstanceState._expire`` call per object; this subclass runs that loop on
-turbosession's ``_expire`` twin.  Stock creates ``SessionTransaction`` by
+turbosession's ``_expire``.  Stock creates ``SessionTransaction`` by
 name in exactly two places, ``Session._autobegin_t`` (the root transaction,
 whether autobegun or from ``begin()``) and ``SessionTransaction._begin``
 (subtransactions and savepoints); the mixin overrides the first and this

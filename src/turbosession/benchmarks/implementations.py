@@ -2,10 +2,10 @@
 
 ``stock`` is ``sqlalchemy.orm.Session``; ``compiled`` and ``pure`` are
 turbosession's Session pinned to one implementation bundle (the way
-tests/conftest.py pins them), so both twins are measured in the same process
+tests/conftest.py pins them), so both implementations are measured in the same process
 whichever is active.  The references are what users otherwise reach for when
-the ORM is too slow: ORM bulk statements, Core ``executemany`` and the DBAPI
-driver itself.
+the ORM is too slow: another unit-of-work ORM (Pony ORM, SQLite only), ORM bulk
+statements, Core ``executemany`` and the DBAPI driver itself.
 """
 
 from sqlalchemy import orm
@@ -19,9 +19,10 @@ PURE = "pure"
 ORM_BULK = "orm_bulk"
 CORE = "core"
 DBAPI = "dbapi"
+PONY = "pony"
 
 SESSIONS = (STOCK, COMPILED, PURE)
-REFERENCES = (ORM_BULK, CORE, DBAPI)
+REFERENCES = (PONY, ORM_BULK, CORE, DBAPI)
 ORDER = SESSIONS + REFERENCES
 
 LABELS = {
@@ -31,6 +32,7 @@ LABELS = {
     ORM_BULK: "ORM bulk",
     CORE: "Core",
     DBAPI: "raw DBAPI",
+    PONY: "Pony ORM",
 }
 
 

@@ -208,6 +208,7 @@ def chart(report, path):
         impls.ORM_BULK: "#1f77b4",
         impls.CORE: "#9ecae1",
         impls.DBAPI: "#2ca02c",
+        impls.PONY: "#9467bd",
     }
     fig, axes = plt.subplots(len(databases), 1, figsize=(15, 6 * len(databases)), squeeze=False)
     for ax, database in zip(axes[:, 0], databases):

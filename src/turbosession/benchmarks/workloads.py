@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from sqlalchemy import bindparam, delete, func, inspect, insert, orm, select, update
 
 from . import implementations as impls
+from . import peer_pony
 from .database import item_row
 from .models import Author, Book, Child, Engineer, Item, Node, Parent, Post, Tag, post_tag
 
@@ -77,8 +78,16 @@ class Workload:
 
     def implementations(self, available_sessions):
         names = [name for name in impls.SESSIONS if name in available_sessions]
-        names += [ref for ref in impls.REFERENCES if hasattr(self, f"run_{ref}")]
+        names += [
+            ref for ref in impls.REFERENCES
+            if hasattr(self, f"run_{ref}")
+            and (ref != impls.PONY or peer_pony.available(self.db))
+        ]
         return names
+
+    def rows_of(self, state):
+        """Where the round's rows are: Pony's own database, else the benchmark's."""
+        return peer_pony.peer() if state.implementation == impls.PONY else self.db
 
     def case(self, implementation, session_classes):
         if implementation in impls.SESSIONS:
@@ -203,9 +212,19 @@ class InsertAutoincrement(InsertReferences, Workload):
         state.session.add_all(state.objects)
         state.session.commit()
 
+    def setup_pony(self, state):
+        peer_pony.peer().reset()
+        state.rows = self.rows()
+        return state
+
+    def run_pony(self, state):
+        Item_ = peer_pony.peer().Item
+        with peer_pony.pony.db_session:
+            state.objects = [Item_(**row) for row in state.rows]
+
     def verify(self, state):
         n = self.n
-        count, qty_sum, id_sum = self.db.item_totals()
+        count, qty_sum, id_sum = self.rows_of(state).item_totals()
         check(count == n, f"{count} rows inserted, expected {n}")
         check(qty_sum == n * (n - 1) // 2, f"sum(qty) is {qty_sum}")
         check(id_sum == n * (n + 1) // 2, f"ids are not 1..{n}: sum(id) is {id_sum}")
@@ -277,14 +296,31 @@ class UpdateOneColumn(Workload):
         state.connection.cursor().executemany(state.statement, state.params)
         state.connection.commit()
 
+    def setup_pony(self, state):
+        peer = peer_pony.peer()
+        peer.fill_items(self.n)
+        state.db_session = peer_pony.pony.db_session()
+        state.db_session.__enter__()
+        state.objects = peer_pony.pony.select(i for i in peer.Item)[:]
+        return state
+
+    def run_pony(self, state):
+        for obj in state.objects:
+            obj.qty += 1
+        state.db_session.__exit__(None, None, None)
+
     def verify(self, state):
         n = self.n
-        count, qty_sum, _ = self.db.item_totals()
+        rows = self.rows_of(state)
+        count, qty_sum, _ = rows.item_totals()
         check(count == n, f"{count} rows after update, expected {n}")
         check(qty_sum == n * (n + 1) // 2, f"sum(qty) is {qty_sum}: not every row was updated")
-        updated = self.db.scalar(
-            select(func.count()).select_from(ITEM).where(ITEM.c.qty == ITEM.c.id)
-        )
+        if rows is self.db:
+            updated = self.db.scalar(
+                select(func.count()).select_from(ITEM).where(ITEM.c.qty == ITEM.c.id)
+            )
+        else:
+            updated = rows.rows_with_qty_equal_to_id()
         check(updated == n, f"{n - updated} rows do not have their new qty")
 
 
@@ -327,8 +363,21 @@ class DeleteLoaded(Workload):
         state.connection.cursor().executemany(state.statement, state.params)
         state.connection.commit()
 
+    def setup_pony(self, state):
+        peer = peer_pony.peer()
+        peer.fill_items(self.n)
+        state.db_session = peer_pony.pony.db_session()
+        state.db_session.__enter__()
+        state.objects = peer_pony.pony.select(i for i in peer.Item)[:]
+        return state
+
+    def run_pony(self, state):
+        for obj in state.objects:
+            obj.delete()
+        state.db_session.__exit__(None, None, None)
+
     def verify(self, state):
-        count, _, _ = self.db.item_totals()
+        count, _, _ = self.rows_of(state).item_totals()
         check(count == 0, f"{count} rows left after deleting all {self.n}")
         if state.implementation in impls.SESSIONS:
             check(
@@ -372,8 +421,22 @@ class LoadObjects(Workload):
         cursor.execute(state.statement)
         state.rows = cursor.fetchall()
 
+    def setup_pony(self, state):
+        peer = peer_pony.peer()
+        peer.fill_items(self.n)
+        state.db_session = peer_pony.pony.db_session()
+        state.db_session.__enter__()
+        return state
+
+    def run_pony(self, state):
+        # a fresh db_session has an empty identity map, as the fresh Session has
+        state.rows = peer_pony.pony.select(i for i in peer_pony.peer().Item)[:]
+
     def verify(self, state):
         rows = state.rows
+        if state.implementation == impls.PONY:
+            rows = [(o.id, o.name, o.qty) for o in rows]
+            state.db_session.__exit__(None, None, None)
         check(len(rows) == self.n, f"{len(rows)} rows loaded, expected {self.n}")
         if state.implementation in impls.SESSIONS:
             check(all(type(o) is Item for o in rows), "rows are not Item objects")

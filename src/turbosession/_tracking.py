@@ -1,4 +1,4 @@
-"""Dirty-attribute tracking, pure-Python twin of ``_tracking_c``.
+"""Dirty-attribute tracking.
 
 What the Session API and the flush need to know about changes, answered with
 SQLAlchemy's own rules so the answers are identical to stock:
@@ -19,13 +19,23 @@ SQLAlchemy's own rules so the answers are identical to stock:
   its UPDATE parameters with ``column_changes``).
 - ``commit_all_states``: ``InstanceState._commit_all_states``, the reset of
   states after a flush.
+
+Compiled, the per-state and per-attribute loops are C loops over typed dicts
+and sets.
 """
+
+from __future__ import annotations
 
 from sqlalchemy.orm.attributes import _ScalarAttributeImpl
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
+
+try:
+    import cython
+except ModuleNotFoundError:
+    from turbosession import _cython_shim as cython
 
 __all__ = [
     "collect_column_changes",
@@ -36,11 +46,16 @@ __all__ = [
     "is_clean",
 ]
 
-_NO_CHANGE = PassiveFlag.NO_CHANGE
+_NO_CHANGE = cython.declare(object, PassiveFlag.NO_CHANGE)
+_NO_VALUE = cython.declare(object, NO_VALUE)
+_ScalarImpl = cython.declare(object, _ScalarAttributeImpl)
+_ClassManager = cython.declare(object, ClassManager)
+_ClauseElement = cython.declare(object, ClauseElement)
+_NO_VALUES = cython.declare(object, EMPTY_DICT)
 
 
 def _is_compiled():
-    return False
+    return cython.compiled
 
 
 def is_clean(identity_map, new, deleted):
@@ -53,7 +68,11 @@ def dirty_objects(dirty_states, deleted):
 
     ``Session.dirty`` wraps this list in an ``IdentitySet``.
     """
-    return [state.obj() for state in dirty_states if state not in deleted]
+    objects: list = []
+    for state in dirty_states:
+        if state not in deleted:
+            objects.append(state.obj())
+    return objects
 
 
 def has_net_changes(state, include_collections):
@@ -63,12 +82,12 @@ def has_net_changes(state, include_collections):
     manager = state.manager
     # ClassManager.attributes is iter(self.values()); a custom
     # instrumentation manager keeps its own
-    attrs = manager.values() if type(manager) is ClassManager else manager.attributes
-    committed = state.committed_state
+    attrs = manager.values() if type(manager) is _ClassManager else manager.attributes
+    committed: dict = state.committed_state
     dict_ = None  # state.dict (a property) only once an attribute needs it
     for attr in attrs:
         impl = attr.impl
-        if type(impl) is _ScalarAttributeImpl:
+        if type(impl) is _ScalarImpl:
             # get_history(NO_CHANGE) has added or deleted exactly when a
             # committed value was recorded and the current value is not
             # equal to it (a missing current value counts as a change)
@@ -76,9 +95,9 @@ def has_net_changes(state, include_collections):
             if key in committed:
                 if dict_ is None:
                     dict_ = state.dict
-                current = dict_[key] if key in dict_ else NO_VALUE
+                current = dict_[key] if key in dict_ else _NO_VALUE
                 if (
-                    current is NO_VALUE
+                    current is _NO_VALUE
                     or impl.is_equal(current, committed[key]) is not True
                 ):
                     return True
@@ -109,43 +128,44 @@ def collect_column_changes(states, propkey_to_col):
     parameter dictionaries are identical to ``_collect_update_commands``'s.
     Primary-key and version-id handling stays with the flush.
     """
-    keys = frozenset(propkey_to_col)
+    keys: frozenset = frozenset(propkey_to_col)
     return [
         column_changes(state, state_dict, keys, propkey_to_col)
         for state, state_dict in states
     ]
 
 
-_PLAIN_TYPES = frozenset([int, str, float, bool, bytes, type(None)])
-
-
-def column_changes(state, state_dict, keys, propkey_to_col):
+def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
     """The net column changes of one state: ``(params, value_params)``.
 
     ``keys`` is ``frozenset(propkey_to_col)``, built once per table by the
     caller; the flush calls this once per state it updates.
     """
-    params = {}
-    value_params = {}
-    committed = state.committed_state
+    params: dict = {}
+    value_params: dict = {}
+    committed: dict = state.committed_state
+    t: type
     if committed:
         for propkey in keys.intersection(committed):
             value = state_dict[propkey]
             col = propkey_to_col[propkey]
-            # a plain value is neither a SQL expression nor stands for one
-            if type(value) in _PLAIN_TYPES:
-                pass
-            elif hasattr(value, "__clause_element__"):
-                value_params[col] = value.__clause_element__()
-                continue
-            elif isinstance(value, ClauseElement):
-                value_params[col] = value
-                continue
+            # a plain value (recognised by its exact type) is neither a SQL
+            # expression nor stands for one
+            t = type(value)
+            if not (
+                value is None or t is int or t is str or t is float or t is bool or t is bytes
+            ):
+                if hasattr(value, "__clause_element__"):
+                    value_params[col] = value.__clause_element__()
+                    continue
+                if isinstance(value, _ClauseElement):
+                    value_params[col] = value
+                    continue
             if state.manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
                 params[col.key] = value
     # the flush keeps each state's result until its batch is sent: one
     # shared empty mapping when there are no SQL expressions
-    return params, value_params or EMPTY_DICT
+    return params, value_params or _NO_VALUES
 
 
 def commit_all_states(states_and_dicts, instance_dict=None):
@@ -157,14 +177,21 @@ def commit_all_states(states_and_dicts, instance_dict=None):
     """
     # stock tests the map's truthiness (its length) per state; the map's
     # length does not change in this loop, so once is the same answer
-    track_modified = bool(instance_dict)
+    track_modified: cython.bint = bool(instance_dict)
+    modified: set = instance_dict._modified if track_modified else None
+    state_dict: dict
+    committed: dict
+    expired_attributes: set
     for state, dict_ in states_and_dicts:
         state_dict = state.__dict__
-        state.committed_state.clear()
+        committed = state.committed_state
+        committed.clear()
         if "_pending_mutations" in state_dict:
             del state_dict["_pending_mutations"]
-        state.expired_attributes.difference_update(dict_)
+        expired_attributes = state.expired_attributes
+        if expired_attributes:  # nothing to take out of an empty set
+            expired_attributes.difference_update(dict_)
         if track_modified and state.modified:
-            instance_dict._modified.discard(state)
+            modified.discard(state)
         state.modified = state.expired = False
         state._strong_obj = None

@@ -1,31 +1,50 @@
-# cython: language_level=3
-"""Expiring and detaching objects on commit, compiled twin of ``turbosession._expire_py``.
+"""Expiring and detaching objects on commit.
 
-Same decisions (see the pure twin for which states are expired here and
-which through their own ``_expire``); here the per-state loop is C, with the
-per-manager lookups in a typed plan.
+``expire_all`` is the loop of ``SessionTransaction._remove_snapshot`` that
+calls ``InstanceState._expire(state.dict, identity_map._modified)`` for each
+state of the identity map.  A state of the plain ``InstanceState`` class,
+instrumented by a plain ``ClassManager`` whose ``expire`` event has no
+listener, gets the same changes here with what is per-class looked up once
+per manager: attributes marked expired, pending changes, lazy-load callables
+and loaded values dropped, collections invalidated.  Any other state goes
+through its own ``_expire``, in its place in the order; its listeners may
+change anything, so the loop forgets what it had looked up afterwards.
+
+``detach_all`` is the ``InstanceState._detach_states`` call that follows,
+for the objects deleted in the transaction.
+
+Compiled, the per-state loop is C, with the per-manager lookups in a typed
+plan.
 """
+
+from __future__ import annotations
 
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.orm.state import InstanceState
 
+try:
+    import cython
+except ModuleNotFoundError:
+    from turbosession import _cython_shim as cython
+
 __all__ = ["detach_all", "expire_all"]
 
-cdef object _ClassManager = ClassManager
-cdef object _InstanceState = InstanceState
+_ClassManager = cython.declare(object, ClassManager)
+_InstanceState = cython.declare(object, InstanceState)
 
 
 def _is_compiled():
-    return True
+    return cython.compiled
 
 
-cdef class _ManagerPlan:
+@cython.cclass
+class _ManagerPlan:
     """What ``_expire`` reads from a class manager."""
 
-    cdef list loader_keys
-    cdef tuple collection_keys
-    cdef tuple all_keys
-    cdef frozenset all_key_set
+    loader_keys: list
+    collection_keys: tuple
+    all_keys: tuple
+    all_key_set: frozenset
 
     def __init__(self, manager):
         self.loader_keys = [impl.key for impl in manager._loader_impls]
@@ -34,7 +53,9 @@ cdef class _ManagerPlan:
         self.all_keys = tuple(self.all_key_set)
 
 
-cdef object _plan_for(manager):
+@cython.cfunc
+def _plan_for(manager) -> object:
+    """The manager's plan, or None to use stock's ``_expire``."""
     if type(manager) is not _ClassManager or manager.dispatch.expire:
         return None
     return _ManagerPlan(manager)
@@ -42,10 +63,10 @@ cdef object _plan_for(manager):
 
 def expire_all(session, states):
     """Expire ``states`` (the identity map's, listed) as commit does."""
-    cdef object modified = session.identity_map._modified
-    cdef dict plans = {}
-    cdef _ManagerPlan plan
-    cdef dict own
+    modified: object = session.identity_map._modified
+    plans: dict = {}
+    plan: _ManagerPlan
+    own: dict
     for state in states:
         plan_or_none = None
         if type(state) is _InstanceState:
@@ -58,7 +79,7 @@ def expire_all(session, states):
             modified = session.identity_map._modified
             plans.clear()
             continue
-        plan = <_ManagerPlan>plan_or_none
+        plan = plan_or_none
 
         obj = state.obj()
         dict_ = obj.__dict__ if obj is not None else {}

@@ -1,4 +1,4 @@
-"""Per-state bookkeeping of the unit of work, pure-Python twin of ``_unitofwork_c``.
+"""Per-state bookkeeping of the unit of work.
 
 turbosession's ``UOWTransaction`` (``turbosession.flush``) calls these where
 stock's unit of work loops over states:
@@ -19,7 +19,12 @@ stock's unit of work loops over states:
   ``_SaveUpdateAll`` / ``_DeleteAll`` are made here directly, as their
   constructors would make them; every other action (and every dependency
   processor) still makes its own through stock's code.
+
+Compiled, the per-state and per-edge loops are C loops over typed dicts,
+sets and lists.
 """
+
+from __future__ import annotations
 
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm.unitofwork import (
@@ -29,30 +34,39 @@ from sqlalchemy.orm.unitofwork import (
     _SaveUpdateState,
 )
 
+try:
+    import cython
+except ModuleNotFoundError:
+    from turbosession import _cython_shim as cython
+
 __all__ = ["attribute_history", "split_per_state", "states_for_mapper_hierarchy"]
 
-_SQL_OK = attributes.SQL_OK
-_RELOAD = (
-    attributes.PASSIVE_OFF | attributes.LOAD_AGAINST_COMMITTED | attributes.NO_RAISE
+_SQL_OK = cython.declare(object, attributes.SQL_OK)
+_RELOAD = cython.declare(
+    object, attributes.PASSIVE_OFF | attributes.LOAD_AGAINST_COMMITTED | attributes.NO_RAISE
 )
-_LOAD_EXTRA = attributes.LOAD_AGAINST_COMMITTED | attributes.NO_RAISE
+_LOAD_EXTRA = cython.declare(object, attributes.LOAD_AGAINST_COMMITTED | attributes.NO_RAISE)
+_object_new = cython.declare(object, object.__new__)
 
 # passive flag -> (passive | LOAD_AGAINST_COMMITTED | NO_RAISE, bool(passive & SQL_OK))
-_flags = {}
+_flags = cython.declare(dict, {})
 
 
 def _is_compiled():
-    return False
+    return cython.compiled
 
 
-def _flag_info(passive):
-    info = _flags.get(passive)
+@cython.cfunc
+@cython.inline
+def _flag_info(passive) -> tuple:
+    info: tuple = _flags.get(passive)
     if info is None:
         info = _flags[passive] = (passive | _LOAD_EXTRA, bool(passive & _SQL_OK))
     return info
 
 
-def _history(state, key, flags):
+@cython.cfunc
+def _history(state, key, flags) -> tuple:
     impl = state.manager[key].impl
     history = impl.get_history(state, state.dict, flags)
     if history and impl.uses_objects:
@@ -62,9 +76,9 @@ def _history(state, key, flags):
 
 def attribute_history(uow, state, key, passive):
     """``UOWTransaction.get_attribute_history``, cached in ``uow.attributes``."""
-    cache = uow.attributes
-    hashkey = ("history", state, key)
-    cached = cache.get(hashkey)
+    cache: dict = uow.attributes
+    hashkey: tuple = ("history", state, key)
+    cached: tuple = cache.get(hashkey)
     if cached is not None:
         state_history = cached[1]
         # a passive lookup was cached; a non-passive one loads and re-caches
@@ -79,17 +93,19 @@ def attribute_history(uow, state, key, passive):
 
 def states_for_mapper_hierarchy(uow, mapper, isdelete, listonly):
     """States of ``mapper``'s hierarchy flagged ``(isdelete, listonly)``."""
-    checktup = (isdelete, listonly)
-    states = uow.states
-    return [
-        state
-        for submapper in mapper.base_mapper.self_and_descendants
-        for state in uow.mappers[submapper]
-        if states[state] == checktup
-    ]
+    checktup: tuple = (isdelete, listonly)
+    states: dict = uow.states
+    mappers = uow.mappers
+    found: list = []
+    for submapper in mapper.base_mapper.self_and_descendants:
+        for state in mappers[submapper]:
+            if states[state] == checktup:
+                found.append(state)
+    return found
 
 
-def _state_records(uow, cls, states, mapper, sort_key):
+@cython.cfunc
+def _state_records(uow, cls: type, states: list, mapper, sort_key: tuple) -> list:
     """Records ``cls(uow, state)`` for ``states``, made as stock makes them.
 
     ``_PostSortRec.__new__`` returns the registered record for
@@ -97,13 +113,14 @@ def _state_records(uow, cls, states, mapper, sort_key):
     ``__init__`` (re)sets ``state``, ``mapper`` (the base mapper, ``mapper``
     here) and ``sort_key``.
     """
-    registry = uow.postsort_actions
-    records = []
+    registry: dict = uow.postsort_actions
+    records: list = []
+    key: tuple
     for state in states:
         key = (cls, state)
         record = registry.get(key)
         if record is None:
-            record = object.__new__(cls)
+            record = _object_new(cls)
             record.disabled = False
             registry[key] = record
         record.state = state
@@ -113,21 +130,25 @@ def _state_records(uow, cls, states, mapper, sort_key):
     return records
 
 
-def _per_state_actions(uow, rec):
+@cython.cfunc
+def _per_state_actions(uow, rec) -> set:
     """``rec.per_state_flush_actions(uow)`` for stock's per-mapper save/delete."""
     mapper = rec.mapper
-    isdelete = type(rec) is _DeleteAll
-    states = states_for_mapper_hierarchy(uow, mapper, isdelete, False)
+    isdelete: cython.bint = type(rec) is _DeleteAll
+    states: list = states_for_mapper_hierarchy(uow, mapper, isdelete, False)
     base_mapper = mapper.base_mapper
+    dependencies: set = uow.dependencies
+    actions: list
     if isdelete:
         # saves before deletes, so that 'row switch' operations work
-        save_all = _SaveUpdateAll(uow, base_mapper)
+        other = _SaveUpdateAll(uow, base_mapper)
         actions = _state_records(
             uow, _DeleteState, states, base_mapper, ("DeleteState", base_mapper._sort_key)
         )
-        uow.dependencies.update([(save_all, action) for action in actions])
+        for action in actions:
+            dependencies.add((other, action))
     else:
-        delete_all = _DeleteAll(uow, base_mapper)
+        other = _DeleteAll(uow, base_mapper)
         actions = _state_records(
             uow,
             _SaveUpdateState,
@@ -135,17 +156,22 @@ def _per_state_actions(uow, rec):
             base_mapper,
             ("ProcessState", base_mapper._sort_key),
         )
-        uow.dependencies.update([(action, delete_all) for action in actions])
+        for action in actions:
+            dependencies.add((action, other))
     for dep in uow.deps[mapper]:
         states_for_prop = uow.filter_states_for_dep(dep, states)
         dep.per_state_flush_actions(uow, states_for_prop, isdelete)
     return set(actions)
 
 
-def _rewrite_dependencies(dependencies, cycles, convert):
+@cython.cfunc
+def _rewrite_dependencies(dependencies: set, cycles: set, convert: dict):
     """Point the edges of the split actions at their per-state actions."""
+    edge: tuple
+    deps: set
     for edge in list(dependencies):
-        before, after = edge
+        before = edge[0]
+        after = edge[1]
         if (
             before is None
             or after is None
@@ -156,17 +182,19 @@ def _rewrite_dependencies(dependencies, cycles, convert):
             dependencies.remove(edge)
         elif before in cycles:
             dependencies.remove(edge)
-            for dep in convert[before]:
+            deps = convert[before]
+            for dep in deps:
                 dependencies.add((dep, after))
         elif after in cycles:
             dependencies.remove(edge)
-            for dep in convert[after]:
+            deps = convert[after]
+            for dep in deps:
                 dependencies.add((before, dep))
 
 
-def split_per_state(uow, cycles):
+def split_per_state(uow, cycles: set):
     """Replace the actions in ``cycles`` by per-state actions, as stock does."""
-    convert = {}
+    convert: dict = {}
     for rec in cycles:
         if type(rec) is _SaveUpdateAll or type(rec) is _DeleteAll:
             convert[rec] = _per_state_actions(uow, rec)

@@ -5,9 +5,11 @@ relationship processing, sorting), but each mapper's save and delete steps
 (``_SaveUpdateAll`` / ``_DeleteAll``, stock's ``_save_obj``/``_delete_obj``;
 in a flush split per state for a cycle between mappers, the per-state
 ``_SaveUpdateState`` / ``_DeleteState`` aggregated per mapper) run on
-turbosession's unit of work when the mapper is one this module handles
-exactly as stock does: one table, no inheritance (the reasons below).
-Otherwise that step runs as stock's.  A flush is counted as fast
+turbosession's unit of work: the states of a base mapper and its subclasses,
+table after table as stock's ``_save_obj``/``_delete_obj`` run them, each
+state with its own mapper.  A hierarchy that writes to something other than
+Tables, or a session that disables the fast path, has that step run as
+stock's.  A flush is counted as fast
 (``stats()``) when every step that had states to write took turbosession's
 path, else under the first reason met, which is also logged at DEBUG on the
 ``turbosession`` logger.

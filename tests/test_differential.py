@@ -6,8 +6,8 @@ rollback, begin_nested, expire, refresh, get): stock ``Session`` on one
 SQLite database, turbosession's (one implementation) on another.  After every step the
 SQL sent, the committed rows, each object's state and loaded attribute values,
 and the outcome of the step (value or exception) must be the same.  The
-mappers mix simple ones (which turbosession flushes itself) with a
-relationship (which falls back), so both paths and their interplay are hit.
+mappers mix simple ones, a one-to-many with delete-orphan and a
+joined-inheritance pair.
 """
 
 import os
@@ -50,7 +50,24 @@ class Child(Base):
     name: Mapped[str] = mapped_column(String(30))
 
 
-TABLES = ["df_item", "df_parent", "df_child"]
+class Staff(Base):
+    """A joined-inheritance pair (two tables, a discriminator)."""
+
+    __tablename__ = "df_staff"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "staff"}
+
+
+class Engineer(Staff):
+    __tablename__ = "df_engineer"
+    id: Mapped[int] = mapped_column(ForeignKey("df_staff.id"), primary_key=True)
+    qty: Mapped[int] = mapped_column(default=0)
+    __mapper_args__ = {"polymorphic_identity": "engineer"}
+
+
+TABLES = ["df_item", "df_parent", "df_child", "df_staff", "df_engineer"]
 
 
 class World:
@@ -132,7 +149,7 @@ def row_switch(world, cls, ident):
     repeats that, so the state machine leaves row switches to test_fastpath.
     """
     return ident is not None and any(
-        type(obj) is cls and obj.__dict__.get("id") == ident
+        isinstance(obj, cls) and obj.__dict__.get("id") == ident
         for obj in world.session.deleted
     )
 
@@ -179,13 +196,24 @@ def make_machine(session_cls):
                 world.session.add(parent)
             self.step(action)
 
+        @rule(ident=st.one_of(st.none(), st.integers(1, 4)), engineer=st.booleans())
+        def add_staff(self, ident, engineer):
+            def action(world):
+                if row_switch(world, Staff, ident):
+                    return
+                cls = Engineer if engineer else Staff
+                obj = cls(id=ident, name="s") if ident is not None else cls(name="s")
+                world.objects.append(obj)
+                world.session.add(obj)
+            self.step(action)
+
         @precondition(has_objects)
         @rule(index=st.integers(0, 50), value=st.sampled_from(["x", "y", "a"]), qty=st.integers(0, 3))
         def modify(self, index, value, qty):
             def action(world):
                 obj = world.objects[index % len(world.objects)]
                 obj.name = value
-                if isinstance(obj, Item):
+                if isinstance(obj, (Item, Engineer)):
                     obj.qty = qty
             self.step(action)
 
@@ -221,7 +249,7 @@ def make_machine(session_cls):
                     children.pop()
             self.step(action)
 
-        @rule(ident=st.integers(1, 6), cls=st.sampled_from([Item, Parent]))
+        @rule(ident=st.integers(1, 6), cls=st.sampled_from([Item, Parent, Staff]))
         def get(self, ident, cls):
             def action(world):
                 obj = world.session.get(cls, ident)

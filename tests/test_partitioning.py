@@ -22,7 +22,9 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.horizontal_shard import ShardedSession, set_shard_id
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from turbosession.ext import horizontal_shard
+import turbosession
+import turbosession.ext.horizontal_shard
+from turbosession import fastpath
 from backends import BACKENDS, PG_URL, PG_URL_2, require_postgresql, scratch_engine, sqlite_engine
 from support import object_state
 
@@ -286,13 +288,15 @@ def sharding_scenario(session_cls, first, second, log):
 
 
 def test_sharded_session_over_two_databases(impl, two_pg_databases):
-    TurboSharded = type("TurboSharded", (horizontal_shard.ShardedSession,), {"_turbo": impl})
+    class TurboSharded(turbosession.ext.horizontal_shard.ShardedSession):
+        _turbo = impl
 
     first, second = two_pg_databases
     session = sharded(TurboSharded, first, second)
     assert type(session.identity_map) is impl.identity.WeakIdentityMap
     session.close()
 
+    fastpath.reset_stats()
     record = assert_same_as_stock(
         sharding_scenario,
         ShardedSession,
@@ -320,6 +324,9 @@ def test_sharded_session_over_two_databases(impl, two_pg_databases):
     assert selects == {"first", "second"}
     writes = sorted((e[1], e[2].split()[0]) for e in record if e[0] == "sql" and e[2].startswith(("UPDATE", "DELETE")))
     assert writes == [("first", "DELETE"), ("second", "UPDATE")]
+    # every flush of the sharded session took turbosession's unit of work
+    stats = fastpath.stats()
+    assert stats["fast"] > 0 and not stats["fallback"], stats
 
 
 # --- two-phase commit ---------------------------------------------------------

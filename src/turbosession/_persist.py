@@ -5,8 +5,8 @@ during a flush: ordering and ``before_*`` events, INSERT/UPDATE/DELETE
 parameters, ``after_*`` events, and making states persistent or deleted
 afterwards.  Each function gives exactly the results, events, warnings and
 exceptions of its stock counterpart (named in its docstring) for the mappers
-``turbosession.fastpath`` lets through: one table, no inheritance, no
-relationship work.  Version counters, eager defaults and ORM-level defaults
+``turbosession.fastpath`` hands them (states of one mapper each time; the
+fast path runs them table by table for a mapper hierarchy).  Version counters, eager defaults and ORM-level defaults
 go into the records exactly as stock puts them there, since stock's own
 emitters send every batch that has anything to fetch back or check.
 The parameter collectors are generators because stock's are: the emitters
@@ -201,11 +201,13 @@ def _committed_version(mapper, state, dict_, version_col) -> object:
 
 
 def organize_for_save(mapper, states, uow, connection):
-    """``persistence._organize_states_for_save`` for one single-table mapper.
+    """``persistence._organize_states_for_save`` for states of one mapper
+    on one connection, none of which can be a row switch.
 
     ``states`` come sorted as ``_sort_states`` sorts them.  Fires
-    ``before_insert``/``before_update`` and warns on a new object whose
-    identity is already persistent, as stock does.  Returns the lists of
+    ``before_insert``/``before_update``, validates the polymorphic identity
+    and warns on a new object whose identity is already persistent, as
+    stock does.  Returns the lists of
     ``(state, dict, mapper, connection)`` to insert and
     ``(state, dict, mapper, connection, update_version_id)`` to update, the
     version being the committed one (loaded if expired, as stock does).
@@ -215,6 +217,7 @@ def organize_for_save(mapper, states, uow, connection):
     version_col = mapper.version_id_col
     insert_listeners: cython.bint = bool(before_insert)
     update_listeners: cython.bint = bool(before_update)
+    validate = mapper._validate_polymorphic_identity
     identity_map = uow.session.identity_map
     key_props: tuple = _key_props(mapper)
     to_insert: list = []
@@ -230,11 +233,13 @@ def organize_for_save(mapper, states, uow, connection):
                 before_insert(mapper, connection, state)
         elif update_listeners:
             before_update(mapper, connection, state)
+        if validate is not None:
+            validate(mapper, state, dict_)
         if not has_identity and instance_key in identity_map:
             existing = instance_state(identity_map[instance_key])
             if not uow.was_already_deleted(existing):
-                # fastpath sends flushes that also delete this mapper's
-                # objects to stock, so no row switch can be due here
+                # fastpath sends flushes where the mapper's hierarchy also
+                # deletes objects to stock's loop, so no row switch is due
                 assert not uow.is_deleted(existing)
                 warn(
                     "New instance %s with identity key %s conflicts "

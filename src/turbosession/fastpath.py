@@ -5,9 +5,11 @@ relationship processing, sorting), but each mapper's save and delete steps
 (``_SaveUpdateAll`` / ``_DeleteAll``, stock's ``_save_obj``/``_delete_obj``;
 in a flush split per state for a cycle between mappers, the per-state
 ``_SaveUpdateState`` / ``_DeleteState`` aggregated per mapper) run on
-turbosession's unit of work when the mapper is one this module handles
-exactly as stock does: one table, no inheritance (the reasons below).
-Otherwise that step runs as stock's.  A flush is counted as fast
+turbosession's unit of work: the states of a base mapper and its subclasses,
+table after table as stock's ``_save_obj``/``_delete_obj`` run them, each
+state with its own mapper.  A hierarchy that writes to something other than
+Tables, or a session that disables the fast path, has that step run as
+stock's.  A flush is counted as fast
 (``stats()``) when every step that had states to write took turbosession's
 path, else under the first reason met, which is also logged at DEBUG on the
 ``turbosession`` logger.
@@ -29,7 +31,7 @@ from itertools import chain
 
 from sqlalchemy import sql
 from sqlalchemy.orm import exc as orm_exc
-from sqlalchemy.orm import persistence
+from sqlalchemy.orm import persistence, sync
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
@@ -45,12 +47,7 @@ __all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "stats"]
 log = logging.getLogger("turbosession")
 
 FALLBACK_REASONS = {
-    "connection_callable": "the session picks a connection per object (horizontal sharding)",
-    "inheritance": "the mapper inherits or is inherited from",
-    "polymorphic": "the mapper has a polymorphic discriminator",
-    "not_one_table": "the mapper is not mapped to exactly one Table",
-    "batch_false": "the mapper was configured with batch=False",
-    "row_switch_possible": "one mapper has both inserts and deletes in the flush",
+    "not_tables": "the mapper hierarchy writes to something other than Tables",
     "disabled": "the session class sets _fast_flush = False",
 }
 
@@ -78,46 +75,18 @@ def record(reason):
 
 
 def mapper_fallback_reason(mapper):
-    """Why this mapper's states cannot be flushed by the fast path, or None."""
-    if mapper.inherits is not None or mapper._inheriting_mappers:
-        return "inheritance"
-    if mapper.polymorphic_on is not None:
-        return "polymorphic"
-    table = mapper.local_table
-    if (
-        not isinstance(table, Table)
-        or mapper.persist_selectable is not table
-        or len(mapper._sorted_tables) != 1
-        or table not in mapper._pks_by_table
-    ):
-        return "not_one_table"
-    if not mapper.batch:
-        return "batch_false"
-    if mapper._table_to_equated[table]:
-        return "inheritance"
+    """Why the states of this base mapper's hierarchy cannot be flushed by
+    the fast path, or None."""
+    if not all(isinstance(table, Table) for table in mapper._sorted_tables):
+        return "not_tables"
     return None
 
 
 def _step_fallback_reason(uow, mapper):
     """Why this mapper's save and delete steps must be stock's, or None."""
-    session = uow.session
-    if not session._fast_flush:
+    if not uow.session._fast_flush:
         return "disabled"
-    if session.connection_callable:
-        return "connection_callable"
-    reason = mapper_fallback_reason(mapper)
-    if reason is not None:
-        return reason
-    # a new object may take the identity of a deleted one (a "row switch"),
-    # which stock turns into an UPDATE; the saves are only looked through
-    # when the flush deletes objects of this mapper too
-    deletes = uow.states_for_mapper_hierarchy(mapper, True, False)
-    if next(deletes, None) is not None and any(
-        state.key is None
-        for state in uow.states_for_mapper_hierarchy(mapper, False, False)
-    ):
-        return "row_switch_possible"
-    return None
+    return mapper_fallback_reason(mapper)
 
 
 class ActionRunner:
@@ -188,46 +157,171 @@ class ActionRunner:
         action.execute_aggregate(self.uow, actions)
 
 
-def _save(uow, mapper, persist, states):
-    """``persistence._save_obj(mapper, states, uow)`` for a single-table mapper."""
+def _mapper_runs(records, index):
+    """Consecutive records of one mapper and one connection (``index`` is
+    where a record keeps its mapper; its connection follows it), as
+    ``(mapper, connection, records)``: the per-object loops take one
+    mapper's precomputations, and stock's loops see the states in this
+    order whatever their mappers."""
+    runs = []
+    current = None
+    for record in records:
+        key = (record[index], record[index + 1])
+        if key != current:
+            current = key
+            run = []
+            runs.append((record[index], record[index + 1], run))
+        run.append(record)
+    return runs
+
+
+def _row_switch_possible(uow, base_mapper, states):
+    """Whether a new object may take the identity of one this flush deletes
+    (stock then updates the row): only when the hierarchy deletes too."""
+    deletes = uow.states_for_mapper_hierarchy(base_mapper, True, False)
+    return next(deletes, None) is not None and any(state.key is None for state in states)
+
+
+def _stock_organize(uow, base_mapper, states):
+    """Whether the states are organized by stock's
+    ``_organize_states_for_save`` (each its connection from the session's
+    ``connection_callable``, row switches) rather than by ``persist``'s
+    loop."""
+    return bool(uow.session.connection_callable) or _row_switch_possible(
+        uow, base_mapper, states
+    )
+
+
+def _organize_for_save(uow, base_mapper, persist, states):
+    """``persistence._organize_states_for_save``: the records to insert and
+    to update, and whether a row switch is among the updates."""
+    if _stock_organize(uow, base_mapper, states):
+        to_insert = []
+        to_update = []
+        row_switch = False
+        for (
+            state, dict_, mapper, connection, has_identity, switched, version
+        ) in persistence._organize_states_for_save(base_mapper, states, uow):
+            if has_identity or switched:
+                to_update.append((state, dict_, mapper, connection, version))
+                row_switch = row_switch or switched is not None
+            else:
+                to_insert.append((state, dict_, mapper, connection))
+        return to_insert, to_update, row_switch
     # stock asks for the connection even with no states (it may begin
     # the transaction), and then does nothing more
-    connection = uow.transaction.connection(mapper)
-    states = persistence._sort_states(mapper, states)
-    if not states:
+    connection = uow.transaction.connection(base_mapper)
+    states = persistence._sort_states(base_mapper, states)
+    if not base_mapper._inheriting_mappers:
+        to_insert, to_update = persist.organize_for_save(base_mapper, states, uow, connection)
+        return to_insert, to_update, False
+    to_insert = []
+    to_update = []
+    runs = _mapper_runs([(state, state.manager.mapper, connection) for state in states], 1)
+    for mapper, _, run in runs:
+        inserts, updates = persist.organize_for_save(
+            mapper, [record[0] for record in run], uow, connection
+        )
+        to_insert += inserts
+        to_update += updates
+    return to_insert, to_update, False
+
+
+def _hierarchy_mappers(base_mapper, table):
+    """The mappers of the hierarchy with rows in ``table``."""
+    return [m for m in base_mapper.self_and_descendants if table in m._pks_by_table]
+
+
+def _pk_changed(records):
+    """Whether a state among update records has a primary key attribute
+    changed while its mapper synchronises keys between its tables: stock's
+    ``_collect_update_commands`` then synchronises them for a table whose
+    row has no UPDATE (the key was cascaded)."""
+    keys_of = {}
+    for state, _, mapper, _, _ in records:
+        keys = keys_of.get(mapper)
+        if keys is None:
+            keys = keys_of[mapper] = (
+                frozenset().union(*mapper._pk_attr_keys_by_table.values())
+                if any(mapper._table_to_equated.values())
+                else frozenset()
+            )
+        if keys and not keys.isdisjoint(state.committed_state):
+            return True
+    return False
+
+
+def _collect_inserts(table, runs, persist):
+    """``persistence._collect_insert_commands`` over the runs of records."""
+    for mapper, connection, run in runs:
+        if table in mapper._pks_by_table:
+            yield from persist.collect_insert_commands(table, mapper, connection, run)
+
+
+def _collect_updates(uow, table, runs, persist, column_changes):
+    """``persistence._collect_update_commands`` over the runs of records."""
+    for mapper, _, run in runs:
+        if table in mapper._pks_by_table:
+            yield from persist.collect_update_commands(uow, table, mapper, run, column_changes)
+
+
+def _save(uow, base_mapper, persist, states):
+    """``persistence._save_obj(base_mapper, states, uow)``: the states of a
+    mapper hierarchy, each with its own mapper's columns and events, one
+    table after the other in stock's order; with ``batch=False``, each
+    state on its own, as stock does."""
+    if not base_mapper.batch:
+        for state in persistence._sort_states(base_mapper, states):
+            _save_batch(uow, base_mapper, persist, [state])
         return
-    to_insert, to_update = persist.organize_for_save(mapper, states, uow, connection)
-    table = mapper.local_table
-    insert = persist.collect_insert_commands(table, mapper, connection, to_insert)
-    update = persist.collect_update_commands(
-        uow, table, mapper, to_update, uow.session._turbo.tracking.column_changes
-    )
-    _emit_updates(uow, mapper, table, update, persist)
-    _emit_inserts(uow, mapper, table, insert, persist)
-    if _needs_finalize(mapper):
+    _save_batch(uow, base_mapper, persist, list(states))
+
+
+def _save_batch(uow, base_mapper, persist, states):
+    to_insert, to_update, row_switch = _organize_for_save(uow, base_mapper, persist, states)
+    if not to_insert and not to_update:
+        return
+    insert_runs = _mapper_runs(to_insert, 2)
+    update_runs = _mapper_runs(to_update, 2)
+    stock_updates = row_switch or _pk_changed(to_update)
+    column_changes = uow.session._turbo.tracking.column_changes
+    for table, mapper in base_mapper._sorted_tables.items():
+        if table not in mapper._pks_by_table:
+            continue
+        insert = _collect_inserts(table, insert_runs, persist)
+        if stock_updates:
+            update = persistence._collect_update_commands(uow, table, to_update)
+        else:
+            update = _collect_updates(uow, table, update_runs, persist, column_changes)
+        mappers = _hierarchy_mappers(base_mapper, table)
+        _emit_updates(uow, base_mapper, mapper, mappers, table, update, persist)
+        _emit_inserts(uow, base_mapper, mapper, mappers, table, insert, persist)
+    if any(_needs_finalize(m) for m in base_mapper.self_and_descendants):
         persistence._finalize_insert_update_commands(
-            mapper,
+            base_mapper,
             uow,
             chain(
                 (
                     (state, state_dict, mapper, connection, False)
-                    for state, state_dict, _, connection in to_insert
+                    for state, state_dict, mapper, connection in to_insert
                 ),
                 (
                     (state, state_dict, mapper, connection, True)
-                    for state, state_dict, _, connection, _ in to_update
+                    for state, state_dict, mapper, connection, _ in to_update
                 ),
             ),
         )
         return
-    after_insert = mapper.dispatch.after_insert
-    if after_insert:
-        for state, _, _, state_connection in to_insert:
-            after_insert(mapper, state_connection, state)
-    after_update = mapper.dispatch.after_update
-    if after_update:
-        for state, _, _, state_connection, _ in to_update:
-            after_update(mapper, state_connection, state)
+    for mapper, _, run in insert_runs:
+        after_insert = mapper.dispatch.after_insert
+        if after_insert:
+            for state, _, _, connection in run:
+                after_insert(mapper, connection, state)
+    for mapper, _, run in update_runs:
+        after_update = mapper.dispatch.after_update
+        if after_update:
+            for state, _, _, connection, _ in run:
+                after_update(mapper, connection, state)
 
 
 def _needs_finalize(mapper):
@@ -237,32 +331,71 @@ def _needs_finalize(mapper):
     check for NULL."""
     return bool(
         mapper._readonly_props
-        or mapper.eager_defaults is True
+        or mapper.base_mapper.eager_defaults is True
         or mapper.version_id_col is not None
     )
 
 
-def _stock_postfetch(mapper, table):
-    """Whether stock's ``_postfetch`` does more for a row of the mapper than
-    ``persist.postfetch_batch``: a version to take from the parameters,
-    ORM-level defaults to treat as prefetched, ``refresh_flush`` events."""
-    return bool(
+def _stock_postfetch(mappers, table):
+    """Whether stock's ``_postfetch`` does more for a row of these mappers
+    than ``persist.postfetch_batch``: a version to take from the
+    parameters, ORM-level defaults to treat as prefetched, ``refresh_flush``
+    events."""
+    return any(
         mapper.version_id_col is not None
         or mapper._insert_orm_defaults[table]
         or mapper.class_manager.dispatch.refresh_flush
+        for mapper in mappers
     )
 
 
-def _emit_inserts(uow, mapper, table, records, persist):
+def _postfetch(uow, table, batch, result, isupdate, persist):
+    """Stock's ``_postfetch`` for each record of one executemany batch.
+
+    ``persist.postfetch_batch`` does it for a batch of one mapper that has
+    no keys to synchronise to its other tables.  Where the statement had
+    nothing to prefetch, postfetch or return, all stock's ``_postfetch``
+    does for a record is to synchronise the keys between its mapper's
+    tables (joined inheritance), done here with stock's ``sync``;
+    otherwise (a batch mixing mappers) each record is handed to stock's
+    ``_postfetch`` as stock's emitters hand it, with the parameters they
+    give it.
+    """
+    mapper = batch[0][3]
+    if not mapper._table_to_equated[table] and all(record[3] is mapper for record in batch):
+        persist.postfetch_batch(mapper, uow, table, batch, result, isupdate)
+        return
+    context = result.context
+    compiled = context.compiled
+    if not (compiled.prefetch or compiled.postfetch or compiled.effective_returning):
+        for record in batch:
+            state = record[0]
+            record_mapper = record[3]
+            for m, equated_pairs in record_mapper._table_to_equated[table]:
+                sync._populate(
+                    state, m, state, m, equated_pairs, uow, record_mapper.passive_updates
+                )
+        return
+    all_params = context.compiled_parameters
+    returned = None if context.executemany else result.returned_defaults
+    for index, (state, state_dict, _, record_mapper, _, value_params, _, _) in enumerate(batch):
+        persistence._postfetch(
+            record_mapper, uow, table, state, state_dict, result,
+            all_params[0] if isupdate else all_params[index],
+            value_params, isupdate, returned,
+        )
+
+
+def _emit_inserts(uow, base_mapper, mapper, mappers, table, records, persist):
     """``persistence._emit_insert_statements`` (bookkeeping).
 
     A batch that has every primary key and nothing to fetch back is one
     executemany, sent here as stock sends it, with the per-row bookkeeping
-    in ``persist``; any other batch, and every batch of a mapper whose rows
+    in ``persist``; any other batch, and every batch of a table whose rows
     need stock's ``_postfetch``, goes to stock's emitter unchanged.
     """
-    if _stock_postfetch(mapper, table):
-        persistence._emit_insert_statements(mapper, uow, mapper, table, records)
+    if _stock_postfetch(mappers, table):
+        persistence._emit_insert_statements(base_mapper, uow, mapper, table, records)
         return
     for (connection, _, hasvalue, has_all_pks, has_all_defaults), batch in persist.batches(
         records
@@ -272,22 +405,22 @@ def _emit_inserts(uow, mapper, table, records, persist):
             and has_all_pks
             and (
                 has_all_defaults
-                or not mapper._prefer_eager_defaults(connection.dialect, table)
+                or not base_mapper._prefer_eager_defaults(connection.dialect, table)
                 or not table.implicit_returning
                 or not connection.dialect.insert_returning
             )
         ):
             result = connection.execute(
-                mapper._memo(("insert", table), table.insert),
+                base_mapper._memo(("insert", table), table.insert),
                 [record[2] for record in batch],
-                execution_options={"compiled_cache": mapper._compiled_cache},
+                execution_options={"compiled_cache": base_mapper._compiled_cache},
             )
-            persist.postfetch_batch(mapper, uow, table, batch, result, False)
+            _postfetch(uow, table, batch, result, False, persist)
         else:
-            persistence._emit_insert_statements(mapper, uow, mapper, table, batch)
+            persistence._emit_insert_statements(base_mapper, uow, mapper, table, batch)
 
 
-def _update_statement(mapper, table):
+def _update_statement(base_mapper, mapper, table):
     """Stock's memoized UPDATE .. WHERE <primary key> for the table."""
 
     def update_stmt():
@@ -296,35 +429,35 @@ def _update_statement(mapper, table):
             clauses._append_inplace(col == sql.bindparam(col._label, type_=col.type))
         return table.update().where(clauses)
 
-    return mapper._memo(("update", table), update_stmt)
+    return base_mapper._memo(("update", table), update_stmt)
 
 
-def _emit_updates(uow, mapper, table, records, persist):
+def _emit_updates(uow, base_mapper, mapper, mappers, table, records, persist):
     """``persistence._emit_update_statements`` (bookkeeping).
 
     A batch of plain values locating rows by unchanged primary keys is one
     executemany with stock's row-count check, sent here; any other batch
-    (with eager defaults to return, too), and every batch of a mapper whose
+    (with eager defaults to return, too), and every batch of a table whose
     rows need stock's ``_postfetch``, goes to stock's emitter unchanged.
     """
-    if _stock_postfetch(mapper, table):
-        persistence._emit_update_statements(mapper, uow, mapper, table, records)
+    if _stock_postfetch(mappers, table):
+        persistence._emit_update_statements(base_mapper, uow, mapper, table, records)
         return
     for (connection, _, hasvalue, has_all_defaults, has_all_pks), batch in persist.batches(records):
         if hasvalue or not has_all_pks or not has_all_defaults:
-            persistence._emit_update_statements(mapper, uow, mapper, table, batch)
+            persistence._emit_update_statements(base_mapper, uow, mapper, table, batch)
             continue
         dialect = connection.dialect
         check_rowcount = dialect.supports_sane_rowcount and (
             dialect.supports_sane_multi_rowcount or len(batch) == 1
         )
         result = connection.execute(
-            _update_statement(mapper, table),
+            _update_statement(base_mapper, mapper, table),
             [record[2] for record in batch],
-            execution_options={"compiled_cache": mapper._compiled_cache},
+            execution_options={"compiled_cache": base_mapper._compiled_cache},
         )
         rows = result.rowcount
-        persist.postfetch_batch(mapper, uow, table, batch, result, True)
+        _postfetch(uow, table, batch, result, True, persist)
         if check_rowcount and rows != len(batch):
             raise orm_exc.StaleDataError(
                 "UPDATE statement on table '%s' expected to "
@@ -333,17 +466,49 @@ def _emit_updates(uow, mapper, table, records, persist):
             )
 
 
-def _delete(uow, mapper, persist, states):
-    """``persistence._delete_obj(mapper, states, uow)`` for a single-table mapper."""
-    connection = uow.transaction.connection(mapper)
-    states = persistence._sort_states(mapper, states)
-    if not states:
+def _organize_for_delete(uow, base_mapper, persist, states):
+    """``persistence._organize_states_for_delete``: ``before_delete`` of
+    each state's mapper, in stock's order."""
+    if uow.session.connection_callable:
+        return list(persistence._organize_states_for_delete(base_mapper, states, uow))
+    connection = uow.transaction.connection(base_mapper)
+    states = persistence._sort_states(base_mapper, states)
+    if not base_mapper._inheriting_mappers:
+        return persist.organize_for_delete(base_mapper, states, connection)
+    to_delete = []
+    for mapper, _, run in _mapper_runs(
+        [(state, state.manager.mapper, connection) for state in states], 1
+    ):
+        to_delete += persist.organize_for_delete(mapper, [record[0] for record in run], connection)
+    return to_delete
+
+
+def _collect_deletes(table, runs, persist):
+    """``persistence._collect_delete_commands`` over the runs of records."""
+    for mapper, _, run in runs:
+        if table in mapper._pks_by_table:
+            yield from persist.collect_delete_commands(table, mapper, run)
+
+
+def _delete(uow, base_mapper, persist, states):
+    """``persistence._delete_obj(base_mapper, states, uow)``: the tables of
+    the hierarchy in reverse order, each state's own mapper's events."""
+    to_delete = _organize_for_delete(uow, base_mapper, persist, states)
+    if not to_delete:
         return
-    to_delete = persist.organize_for_delete(mapper, states, connection)
-    table = mapper.local_table
-    delete = persist.collect_delete_commands(table, mapper, to_delete)
-    persistence._emit_delete_statements(mapper, uow, mapper, table, delete)
-    after_delete = mapper.dispatch.after_delete
-    if after_delete:
-        for state, _, _, state_connection, _ in to_delete:
-            after_delete(mapper, state_connection, state)
+    runs = _mapper_runs(to_delete, 2)
+    table_to_mapper = base_mapper._sorted_tables
+    for table in reversed(list(table_to_mapper)):
+        mapper = table_to_mapper[table]
+        if table not in mapper._pks_by_table:
+            continue
+        if mapper.inherits and mapper.passive_deletes:
+            continue
+        persistence._emit_delete_statements(
+            base_mapper, uow, mapper, table, _collect_deletes(table, runs, persist)
+        )
+    for mapper, _, run in runs:
+        after_delete = mapper.dispatch.after_delete
+        if after_delete:
+            for state, _, _, connection, _ in run:
+                after_delete(mapper, connection, state)

@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, delete, func, inspect, insert, orm, select, up
 from . import implementations as impls
 from . import peer_pony
 from .database import item_row
-from .models import Child, Item, Node, Parent
+from .models import Author, Book, Child, Engineer, Item, Node, Parent, Post, Tag, post_tag
 
 ITEM = Item.__table__
 PARENT = Parent.__table__
@@ -754,6 +754,210 @@ class WebRequests(Workload):
         check(qty_sum == n * (n - 1) // 2 + requests, f"sum(qty) is {qty_sum}")
 
 
+def author_rows(n):
+    """Authors 1..n, each with one book (ids 1..n too)."""
+    authors = [{"id": i + 1, "name": f"author {i}", "email": f"a{i}@example.com", "score": i}
+               for i in range(n)]
+    books = [{"id": i + 1, "author_id": i + 1, "title": f"book {i}"} for i in range(n)]
+    return authors, books
+
+
+class ModelInsertAutoincrement(Workload):
+    """add_all + commit of authors (the relationship-bearing model: Python
+    and server defaults, a delete-orphan one-to-many and its many-to-one),
+    each with one book: N objects, N / 2 of each class."""
+
+    name = "model_insert_autoincrement"
+    title = "model with relationships: insert, autoincrement"
+    with_ids = False
+
+    @property
+    def authors(self):
+        return max(1, self.n // 2)
+
+    @property
+    def ops(self):
+        return self.authors * 2
+
+    def setup_session(self, state):
+        self.db.reset()
+        authors, books = author_rows(self.authors)
+        if not self.with_ids:
+            for row in authors + books:
+                del row["id"]
+        for row in authors:
+            del row["score"]  # the Python-side default
+        for row in books:
+            del row["author_id"]
+        state.objects = [
+            Author(**author, books=[Book(**book)]) for author, book in zip(authors, books)
+        ]
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_session(self, state):
+        state.session.add_all(state.objects)
+        state.session.commit()
+
+    def verify(self, state):
+        n = self.authors
+        pairs = self.db.pairs(
+            "SELECT b.title, a.name, a.score, a.status FROM tsbench_book b "
+            "JOIN tsbench_author a ON b.author_id = a.id"
+        )
+        expected = {(f"book {i}", f"author {i}", 0, "active") for i in range(n)}
+        check(pairs == expected, "authors or books missing, or wrong defaults")
+        states = [inspect(o) for o in state.objects]
+        check(all(s.persistent or s.detached for s in states), "objects not persisted")
+
+
+class ModelInsertPrimaryKeyGiven(ModelInsertAutoincrement):
+    name = "model_insert_pk_given"
+    title = "model with relationships: insert, PK given"
+    with_ids = True
+
+
+def fill_authors(db, n):
+    """``n`` authors with one book each (untimed setup)."""
+    db.reset()
+    authors, books = author_rows(n)
+    with db.engine.begin() as conn:
+        conn.execute(insert(Author.__table__), authors)
+        conn.execute(insert(Book.__table__), books)
+
+
+class ModelUpdate(Workload):
+    """Change one column of every loaded author, then commit."""
+
+    name = "model_update"
+    title = "model with relationships: update one column"
+
+    def setup_session(self, state):
+        fill_authors(self.db, self.n)
+        state.session = state.session_cls(self.db.engine)
+        state.objects = state.session.scalars(select(Author)).all()
+        return state
+
+    def run_session(self, state):
+        for obj in state.objects:
+            obj.score += 1
+        state.session.commit()
+
+    def verify(self, state):
+        n = self.n
+        total = self.db.scalar(select(func.sum(Author.score)))
+        check(total == n * (n + 1) // 2, f"sum(score) is {total}: not every row was updated")
+
+
+class ModelDelete(Workload):
+    """session.delete() of every loaded author with its book loaded: the
+    cascade deletes the books (N objects, N / 2 of each class)."""
+
+    name = "model_delete"
+    title = "model with relationships: delete, children loaded"
+
+    @property
+    def authors(self):
+        return max(1, self.n // 2)
+
+    @property
+    def ops(self):
+        return self.authors * 2
+
+    def setup_session(self, state):
+        fill_authors(self.db, self.authors)
+        state.session = state.session_cls(self.db.engine)
+        state.objects = state.session.scalars(
+            select(Author).options(orm.selectinload(Author.books))
+        ).all()
+        return state
+
+    def run_session(self, state):
+        delete_ = state.session.delete
+        for obj in state.objects:
+            delete_(obj)
+        state.session.commit()
+
+    def verify(self, state):
+        left = self.db.pairs("SELECT id FROM tsbench_author UNION ALL SELECT id FROM tsbench_book")
+        check(not left, f"{len(left)} rows left")
+        check(all(inspect(o).detached for o in state.objects), "authors not detached")
+
+
+class JoinedInheritanceInsert(Workload):
+    """add_all + commit of joined-inheritance objects with their ids: two
+    tables per object, the discriminator, the key synchronised between them."""
+
+    name = "joined_insert"
+    title = "joined inheritance: insert, PK given"
+
+    def setup_session(self, state):
+        self.db.reset()
+        state.objects = [
+            Engineer(id=i + 1, name=f"e{i}", language="py" if i % 2 else "c")
+            for i in range(self.n)
+        ]
+        state.session = state.session_cls(self.db.engine)
+        return state
+
+    def run_session(self, state):
+        state.session.add_all(state.objects)
+        state.session.commit()
+
+    def verify(self, state):
+        rows = self.db.pairs(
+            "SELECT p.id, p.name, p.kind, e.language FROM tsbench_person p "
+            "JOIN tsbench_engineer e ON e.id = p.id"
+        )
+        expected = {
+            (i + 1, f"e{i}", "engineer", "py" if i % 2 else "c") for i in range(self.n)
+        }
+        check(rows == expected, "engineers missing or wrong")
+
+
+TAGS_PER_POST = 10
+
+
+class ManyToManyLinks(Workload):
+    """New posts, each linked to 10 existing tags: N / 10 posts, N links."""
+
+    name = "many_to_many"
+    title = "many-to-many links"
+    unit = "link"
+
+    @property
+    def posts(self):
+        return max(1, self.n // TAGS_PER_POST)
+
+    @property
+    def ops(self):
+        return self.posts * TAGS_PER_POST
+
+    def setup_session(self, state):
+        self.db.reset()
+        with self.db.engine.begin() as conn:
+            conn.execute(
+                insert(Tag.__table__),
+                [{"id": i + 1, "name": f"tag {i}"} for i in range(TAGS_PER_POST)],
+            )
+        state.session = state.session_cls(self.db.engine)
+        tags = state.session.scalars(select(Tag).order_by(Tag.id)).all()
+        state.objects = [
+            Post(id=i + 1, title=f"post {i}", tags=list(tags)) for i in range(self.posts)
+        ]
+        return state
+
+    def run_session(self, state):
+        state.session.add_all(state.objects)
+        state.session.commit()
+
+    def verify(self, state):
+        links = self.db.scalar(select(func.count()).select_from(post_tag))
+        check(links == self.ops, f"{links} links, expected {self.ops}")
+        posts = self.db.scalar(select(func.count()).select_from(Post.__table__))
+        check(posts == self.posts, f"{posts} posts, expected {self.posts}")
+
+
 class SmallFlushes(Workload):
     """Flushes of a few new objects each, in one transaction: a flush's fixed cost."""
 
@@ -921,6 +1125,12 @@ WORKLOADS = (
     ParentsWithChildren,
     SelfReferentialTree,
     WebRequests,
+    ModelInsertAutoincrement,
+    ModelInsertPrimaryKeyGiven,
+    ModelUpdate,
+    ModelDelete,
+    JoinedInheritanceInsert,
+    ManyToManyLinks,
     FlushOne,
     FlushTwo,
     FlushTen,

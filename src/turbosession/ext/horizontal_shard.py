@@ -1,11 +1,11 @@
-"""SQLAlchemy's horizontal sharding on turbosession's Session.
+"""SQLAlchemy's horizontal sharding session with turbosession's unit of work.
 
-``ShardedSession`` takes the same arguments as
-``sqlalchemy.ext.horizontal_shard.ShardedSession`` (``shards``,
-``shard_chooser``, ``identity_chooser``, ``execute_chooser``).  Its flushes
-pick a connection per object, which turbosession's fast path does not do, so
-they run on stock's unit of work (fallback reason ``connection_callable``);
-the identity map, dirty tracking, attaching and commit expiry are turbosession's.
+``ShardedSession`` is ``sqlalchemy.ext.horizontal_shard.ShardedSession``
+with ``TurboSessionMixin`` in front: the same constructor (``shards``,
+``shard_chooser``, ``identity_chooser``, ``execute_chooser``), the same
+shard routing.  Its flushes take turbosession's fast path: each object's
+connection comes from the session's ``connection_callable`` as stock's
+flush asks it, per object and in stock's order.
 """
 
 from sqlalchemy.ext import horizontal_shard

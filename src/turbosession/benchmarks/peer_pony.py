@@ -69,6 +69,15 @@ class PonyPeer:
         rows = [tuple(item_row(i).values()) for i in range(n)]
         self._execute("INSERT INTO tsbench_item (id, name, qty) VALUES (?, ?, ?)", rows)
 
+    def open_session(self, n, load):
+        """The table filled with ``n`` items and a db_session left open for the
+        timed step (which closes it), with the items loaded into it if ``load``."""
+        self.fill_items(n)
+        session = pony.db_session()
+        session.__enter__()
+        objects = pony.select(i for i in self.Item)[:] if load else None
+        return session, objects
+
     def item_totals(self):
         (totals,) = self._execute(
             "SELECT count(*), coalesce(sum(qty), 0), coalesce(sum(id), 0) FROM tsbench_item"

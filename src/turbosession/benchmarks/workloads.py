@@ -297,11 +297,7 @@ class UpdateOneColumn(Workload):
         state.connection.commit()
 
     def setup_pony(self, state):
-        peer = peer_pony.peer()
-        peer.fill_items(self.n)
-        state.db_session = peer_pony.pony.db_session()
-        state.db_session.__enter__()
-        state.objects = peer_pony.pony.select(i for i in peer.Item)[:]
+        state.db_session, state.objects = peer_pony.peer().open_session(self.n, load=True)
         return state
 
     def run_pony(self, state):
@@ -364,11 +360,7 @@ class DeleteLoaded(Workload):
         state.connection.commit()
 
     def setup_pony(self, state):
-        peer = peer_pony.peer()
-        peer.fill_items(self.n)
-        state.db_session = peer_pony.pony.db_session()
-        state.db_session.__enter__()
-        state.objects = peer_pony.pony.select(i for i in peer.Item)[:]
+        state.db_session, state.objects = peer_pony.peer().open_session(self.n, load=True)
         return state
 
     def run_pony(self, state):
@@ -422,10 +414,7 @@ class LoadObjects(Workload):
         state.rows = cursor.fetchall()
 
     def setup_pony(self, state):
-        peer = peer_pony.peer()
-        peer.fill_items(self.n)
-        state.db_session = peer_pony.pony.db_session()
-        state.db_session.__enter__()
+        state.db_session, _ = peer_pony.peer().open_session(self.n, load=False)
         return state
 
     def run_pony(self, state):

@@ -27,7 +27,7 @@ CHILD = Child.__table__
 
 CHILDREN_PER_PARENT = 4
 TREE_FAN_OUT = 4
-REQUESTS_PER_OBJECT = 10  # web_requests runs N / 10 requests
+REQUESTS_PER_OBJECT = 10  # the short-transaction workloads run N / 10 of them
 
 
 class VerificationError(AssertionError):
@@ -676,16 +676,20 @@ class SelfReferentialTree(InsertReferences, Workload):
         check(roots == {("n0",)}, f"roots are {roots}, expected only n0")
 
 
-class WebRequests(Workload):
+class ShortTransactions(Workload):
+    """A workload of whole transactions or flushes: N / 10 of them per run."""
+
+    @property
+    def ops(self):
+        return max(1, self.n // REQUESTS_PER_OBJECT)
+
+
+class WebRequests(ShortTransactions):
     """Many short transactions: get, change, insert, commit: a web request's shape."""
 
     name = "web_requests"
     title = "short transactions (web request)"
     unit = "request"
-
-    @property
-    def ops(self):
-        return max(1, self.n // REQUESTS_PER_OBJECT)
 
     def setup_session(self, state):
         self.db.fill_items(self.n)
@@ -947,15 +951,11 @@ class ManyToManyLinks(Workload):
         check(posts == self.posts, f"{posts} posts, expected {self.posts}")
 
 
-class SmallFlushes(Workload):
+class SmallFlushes(ShortTransactions):
     """Flushes of a few new objects each, in one transaction: a flush's fixed cost."""
 
     per_flush = 1
     unit = "flush"
-
-    @property
-    def ops(self):
-        return max(1, self.n // REQUESTS_PER_OBJECT)
 
     def setup_session(self, state):
         self.db.reset()
@@ -999,16 +999,12 @@ class FlushTen(SmallFlushes):
     per_flush = 10
 
 
-class OneNewPerSession(Workload):
+class OneNewPerSession(ShortTransactions):
     """A session per new object: add, commit, close (examples/performance single_inserts)."""
 
     name = "one_new_per_session"
     title = "one new object per session"
     unit = "session"
-
-    @property
-    def ops(self):
-        return max(1, self.n // REQUESTS_PER_OBJECT)
 
     def setup_session(self, state):
         self.db.reset()
@@ -1040,16 +1036,12 @@ class OneNewPerSession(Workload):
 READ_MOSTLY_ROWS = 20
 
 
-class ReadMostlyRequests(Workload):
+class ReadMostlyRequests(ShortTransactions):
     """Three get()s, one 20-row query and a commit with nothing to flush, per session."""
 
     name = "read_mostly"
     title = "read-mostly request"
     unit = "request"
-
-    @property
-    def ops(self):
-        return max(1, self.n // REQUESTS_PER_OBJECT)
 
     def setup_session(self, state):
         self.db.ensure_items(self.n)

@@ -474,6 +474,105 @@ def test_property_added_after_flush(session_cls, engine):
     assert ("rows", [(1, "b", None), (2, None, "y")]) in entries
 
 
+def scenario_listener_added_after_flush(session_cls, engine, log):
+    """A refresh_flush listener added after the mapper's first flush (its
+    flush plan is built then) is called on the next flushes, and no longer
+    once removed: listeners are not part of the cached plan."""
+
+    def refreshed(target, flush_context, attrs):
+        log.note("refresh_flush", describe(target), sorted(attrs))
+
+    session = session_cls(engine)
+    try:
+        session.add(Item(id=1, name="a"))
+        session.flush()
+        event.listen(Item, "refresh_flush", refreshed)
+        try:
+            session.add_all([Item(id=2, name="b"), Item(id=3, name="c", qty=4)])
+            session.flush()
+        finally:
+            event.remove(Item, "refresh_flush", refreshed)
+        session.add(Item(id=4, name="d"))
+        session.flush()
+        session.commit()
+        log.note("rows", session.execute(select(Item.id, Item.qty).order_by(Item.id)).all())
+    finally:
+        session.close()
+
+
+def test_listener_added_after_flush(session_cls, engine):
+    entries = compare(scenario_listener_added_after_flush, session_cls, engine)
+    # Item 2 has its qty default prefetched, Item 3 a qty given: one call
+    assert [e[0] for e in entries].count("refresh_flush") == 1
+
+
+def scenario_subclass_mapped_after_flush(session_cls, engine, log):
+    """A subclass mapped (single-table inheritance) after its base mapper's
+    first flush takes part in the next flushes with its own columns and
+    events: the hierarchy's flush plan is rebuilt with it."""
+    reg = orm.registry()
+    table = Table(
+        "fp_late_base", reg.metadata,
+        Column("id", Integer, primary_key=True),
+        Column("kind", String(10)),
+        Column("name", String(20)),
+        Column("extra", String(20)),
+        Column("tag", String(10), default="t"),
+    )
+
+    class Animal:
+        pass
+
+    class Dog(Animal):
+        pass
+
+    reg.map_imperatively(
+        Animal, table, polymorphic_on=table.c.kind, polymorphic_identity="animal",
+        exclude_properties=["extra"],
+    )
+    reg.metadata.create_all(engine)
+    session = session_cls(engine)
+    try:
+        first = Animal()
+        first.id, first.name = 1, "a"
+        session.add(first)
+        session.flush()
+        reg.map_imperatively(Dog, inherits=Animal, polymorphic_identity="dog",
+                             properties={"extra": table.c.extra})
+        orm.configure_mappers()
+
+        def inserted(mapper, connection, target):
+            log.note("after_insert", mapper.class_.__name__, target.id)
+
+        def refreshed(target, flush_context, attrs):
+            log.note("refresh_flush", type(target).__name__, target.id, sorted(attrs))
+
+        event.listen(Dog, "after_insert", inserted)
+        event.listen(Dog, "refresh_flush", refreshed)
+        dog = Dog()
+        dog.id, dog.name, dog.extra = 2, "d", "x"
+        other = Animal()
+        other.id, other.name = 3, "o"
+        session.add_all([dog, other])
+        session.flush()
+        dog.extra = "y"
+        session.delete(first)
+        session.flush()
+        session.commit()
+        log.note("rows", session.execute(select(table).order_by(table.c.id)).all())
+    finally:
+        session.close()
+        reg.metadata.drop_all(engine)
+        reg.dispose()
+
+
+def test_subclass_mapped_after_flush(session_cls, engine):
+    entries = compare(scenario_subclass_mapped_after_flush, session_cls, engine)
+    assert ("rows", [(2, "dog", "d", "y", "t"), (3, "animal", "o", None, "t")]) in entries
+    assert ("after_insert", "Dog", 2) in entries
+    assert ("refresh_flush", "Dog", 2, ["tag"]) in entries
+
+
 def test_relationship_flush_is_fast(session_cls, engine):
     """Relationship work stays stock's; the mappers' steps are turbosession's."""
     compare(scenario_relationship, session_cls, engine)

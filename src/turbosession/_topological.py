@@ -31,6 +31,7 @@ index arrays of ints (``_ints``): C arrays compiled, lists uncompiled.
 from __future__ import annotations
 
 from sqlalchemy.exc import CircularDependencyError
+from sqlalchemy.util import topological as _stock
 
 try:
     import cython
@@ -247,8 +248,33 @@ def _pairs(tuples) -> object:
     return list(tuples)
 
 
+# Uncompiled, numbering the nodes and filling the int lists costs more
+# than stock's own passes over the few actions of a small flush; stock's
+# functions give the same results (see above), so up to this many items
+# (and four times as many edges) the uncompiled module hands them over.
+_STOCK_UP_TO = 16
+
+
+def _small(tuples, allitems) -> cython.bint:
+    if cython.compiled:
+        return False
+    kind = type(allitems)
+    if kind is not list and kind is not tuple:
+        return False
+    kind = type(tuples)
+    if kind is not set and kind is not list and kind is not tuple:
+        return False
+    return len(allitems) <= _STOCK_UP_TO and len(tuples) <= 4 * _STOCK_UP_TO
+
+
 def sort_as_subsets(tuples, allitems):
-    """Yield lists of items in dependency rounds; see the module docstring."""
+    """Lists of items in dependency rounds; see the module docstring."""
+    if _small(tuples, allitems):
+        return _stock.sort_as_subsets(tuples, allitems)
+    return _sort_as_subsets(tuples, allitems)
+
+
+def _sort_as_subsets(tuples, allitems):
     pairs = _pairs(tuples)
     rounds, stuck = _rounds(pairs, list(allitems))
     yield from rounds
@@ -257,8 +283,14 @@ def sort_as_subsets(tuples, allitems):
 
 
 def sort(tuples, allitems, deterministic_order=True):
-    """Yield items in dependency order (``deterministic_order`` is ignored,
+    """Items in dependency order (``deterministic_order`` is ignored,
     as stock ignores it: the order always follows ``allitems``)."""
+    if _small(tuples, allitems):
+        return _stock.sort(tuples, allitems, deterministic_order)
+    return _sort(tuples, allitems)
+
+
+def _sort(tuples, allitems):
     round_: list
     pairs = _pairs(tuples)
     rounds, stuck = _rounds(pairs, list(allitems))
@@ -270,6 +302,12 @@ def sort(tuples, allitems, deterministic_order=True):
 
 def find_cycles(tuples, allitems):
     """The set of nodes that lie on a cycle; ``allitems`` is unused, as in stock."""
+    if _small(tuples, allitems):
+        return _stock.find_cycles(tuples, allitems)
+    return _find_cycles(tuples, allitems)
+
+
+def _find_cycles(tuples, allitems):
     children_of: dict = {}
     children: set
     for parent_obj, child_obj in tuples:

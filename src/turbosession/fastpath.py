@@ -74,12 +74,75 @@ def record(reason):
             log.debug("flush falls back to stock: %s (%s)", reason, FALLBACK_REASONS[reason])
 
 
+class _Plan:
+    """What a flush needs to know of a mapper hierarchy that depends only on
+    its configuration: decided once, kept with the base mapper's memoized
+    values (``_plan``).  Event listeners, which can be added at any time,
+    are not part of it: they are looked at on every flush."""
+
+    __slots__ = ("reason", "mappers", "finalize", "save_tables", "delete_tables")
+
+
+def _build_plan(base_mapper):
+    plan = _Plan()
+    plan.mappers = mappers = tuple(base_mapper.self_and_descendants)
+    table_to_mapper = base_mapper._sorted_tables
+    plan.reason = (
+        None if all(isinstance(table, Table) for table in table_to_mapper) else "not_tables"
+    )
+    # stock's _finalize_insert_update_commands has work besides the after_*
+    # events: read-only properties to expire, a version to check or fetch
+    # (eager_defaults is looked at on every flush, as stock does)
+    plan.finalize = any(
+        mapper._readonly_props or mapper.version_id_col is not None for mapper in mappers
+    )
+    tables = []
+    if plan.reason is None:
+        for table, mapper in table_to_mapper.items():
+            if table not in mapper._pks_by_table:
+                continue
+            # the mappers of the hierarchy with rows in the table, and
+            # whether stock's _postfetch does more for their rows than
+            # persist.postfetch_batch whatever the listeners: a version to
+            # take from the parameters, ORM-level defaults to treat as
+            # prefetched
+            with_rows = tuple(m for m in mappers if table in m._pks_by_table)
+            static = any(
+                m.version_id_col is not None or m._insert_orm_defaults[table]
+                for m in with_rows
+            )
+            tables.append((table, mapper, with_rows, static))
+    plan.save_tables = tuple(tables)
+    plan.delete_tables = tuple(
+        (table, mapper)
+        for table, mapper, _, _ in reversed(tables)
+        if not (mapper.inherits and mapper.passive_deletes)
+    )
+    return plan
+
+
+def _plan(base_mapper):
+    """The base mapper's ``_Plan``, rebuilt when SQLAlchemy has reset the
+    hierarchy's memoized attributes (a mapper configured, constructed or
+    changed resets them up to the base mapper: ``_sorted_tables`` is then
+    a new object)."""
+    memo = base_mapper._memoized_values
+    source = base_mapper._sorted_tables
+    entry = memo.get(_PLAN_KEY)
+    if entry is not None and entry[0] is source:
+        return entry[1]
+    plan = _build_plan(base_mapper)
+    memo[_PLAN_KEY] = (source, plan)
+    return plan
+
+
+_PLAN_KEY = ("turbosession", "flush plan")
+
+
 def mapper_fallback_reason(mapper):
     """Why the states of this base mapper's hierarchy cannot be flushed by
     the fast path, or None."""
-    if not all(isinstance(table, Table) for table in mapper._sorted_tables):
-        return "not_tables"
-    return None
+    return _plan(mapper.base_mapper).reason
 
 
 def _step_fallback_reason(uow, mapper):
@@ -114,7 +177,7 @@ class ActionRunner:
             reason = _step_fallback_reason(uow, mapper)
             fast = self._fast[mapper] = reason is None
             if reason is not None and self.reason is None and any(
-                uow.mappers.get(m) for m in mapper.self_and_descendants
+                uow.mappers.get(m) for m in _plan(mapper.base_mapper).mappers
             ):
                 # states of this mapper or its subclasses are written
                 # by stock's step
@@ -178,8 +241,10 @@ def _mapper_runs(records, index):
 def _row_switch_possible(uow, base_mapper, states):
     """Whether a new object may take the identity of one this flush deletes
     (stock then updates the row): only when the hierarchy deletes too."""
+    if not any(state.key is None for state in states):
+        return False
     deletes = uow.states_for_mapper_hierarchy(base_mapper, True, False)
-    return next(deletes, None) is not None and any(state.key is None for state in states)
+    return next(deletes, None) is not None
 
 
 def _stock_organize(uow, base_mapper, states):
@@ -225,11 +290,6 @@ def _organize_for_save(uow, base_mapper, persist, states):
         to_insert += inserts
         to_update += updates
     return to_insert, to_update, False
-
-
-def _hierarchy_mappers(base_mapper, table):
-    """The mappers of the hierarchy with rows in ``table``."""
-    return [m for m in base_mapper.self_and_descendants if table in m._pks_by_table]
 
 
 def _pk_changed(records):
@@ -285,18 +345,19 @@ def _save_batch(uow, base_mapper, persist, states):
     update_runs = _mapper_runs(to_update, 2)
     stock_updates = row_switch or _pk_changed(to_update)
     column_changes = uow.session._turbo.tracking.column_changes
-    for table, mapper in base_mapper._sorted_tables.items():
-        if table not in mapper._pks_by_table:
-            continue
-        insert = _collect_inserts(table, insert_runs, persist)
-        if stock_updates:
-            update = persistence._collect_update_commands(uow, table, to_update)
-        else:
-            update = _collect_updates(uow, table, update_runs, persist, column_changes)
-        mappers = _hierarchy_mappers(base_mapper, table)
-        _emit_updates(uow, base_mapper, mapper, mappers, table, update, persist)
-        _emit_inserts(uow, base_mapper, mapper, mappers, table, insert, persist)
-    if any(_needs_finalize(m) for m in base_mapper.self_and_descendants):
+    plan = _plan(base_mapper)
+    for table, mapper, mappers, static in plan.save_tables:
+        stock_postfetch = static or _refresh_flush(mappers)
+        if to_update:
+            if stock_updates:
+                update = persistence._collect_update_commands(uow, table, to_update)
+            else:
+                update = _collect_updates(uow, table, update_runs, persist, column_changes)
+            _emit_updates(uow, base_mapper, mapper, table, update, persist, stock_postfetch)
+        if to_insert:
+            insert = _collect_inserts(table, insert_runs, persist)
+            _emit_inserts(uow, base_mapper, mapper, table, insert, persist, stock_postfetch)
+    if plan.finalize or base_mapper.eager_defaults is True:
         persistence._finalize_insert_update_commands(
             base_mapper,
             uow,
@@ -324,29 +385,14 @@ def _save_batch(uow, base_mapper, persist, states):
                 after_update(mapper, connection, state)
 
 
-def _needs_finalize(mapper):
-    """Whether stock's ``_finalize_insert_update_commands`` has work for the
-    mapper's states besides the ``after_*`` events: read-only properties to
-    expire, eager defaults or a server-side version to SELECT, a version to
-    check for NULL."""
-    return bool(
-        mapper._readonly_props
-        or mapper.base_mapper.eager_defaults is True
-        or mapper.version_id_col is not None
-    )
-
-
-def _stock_postfetch(mappers, table):
-    """Whether stock's ``_postfetch`` does more for a row of these mappers
-    than ``persist.postfetch_batch``: a version to take from the
-    parameters, ORM-level defaults to treat as prefetched, ``refresh_flush``
-    events."""
-    return any(
-        mapper.version_id_col is not None
-        or mapper._insert_orm_defaults[table]
-        or mapper.class_manager.dispatch.refresh_flush
-        for mapper in mappers
-    )
+def _refresh_flush(mappers):
+    """Whether a ``refresh_flush`` listener is on one of the mappers' classes:
+    stock's ``_postfetch`` then runs for their rows (listeners come and go
+    without a mapper being reconfigured, so this is asked on every flush)."""
+    for mapper in mappers:
+        if mapper.class_manager.dispatch.refresh_flush:
+            return True
+    return False
 
 
 def _postfetch(uow, table, batch, result, isupdate, persist):
@@ -386,7 +432,7 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
         )
 
 
-def _emit_inserts(uow, base_mapper, mapper, mappers, table, records, persist):
+def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postfetch):
     """``persistence._emit_insert_statements`` (bookkeeping).
 
     A batch that has every primary key and nothing to fetch back is one
@@ -394,7 +440,7 @@ def _emit_inserts(uow, base_mapper, mapper, mappers, table, records, persist):
     in ``persist``; any other batch, and every batch of a table whose rows
     need stock's ``_postfetch``, goes to stock's emitter unchanged.
     """
-    if _stock_postfetch(mappers, table):
+    if stock_postfetch:
         persistence._emit_insert_statements(base_mapper, uow, mapper, table, records)
         return
     for (connection, _, hasvalue, has_all_pks, has_all_defaults), batch in persist.batches(
@@ -432,7 +478,7 @@ def _update_statement(base_mapper, mapper, table):
     return base_mapper._memo(("update", table), update_stmt)
 
 
-def _emit_updates(uow, base_mapper, mapper, mappers, table, records, persist):
+def _emit_updates(uow, base_mapper, mapper, table, records, persist, stock_postfetch):
     """``persistence._emit_update_statements`` (bookkeeping).
 
     A batch of plain values locating rows by unchanged primary keys is one
@@ -440,7 +486,7 @@ def _emit_updates(uow, base_mapper, mapper, mappers, table, records, persist):
     (with eager defaults to return, too), and every batch of a table whose
     rows need stock's ``_postfetch``, goes to stock's emitter unchanged.
     """
-    if _stock_postfetch(mappers, table):
+    if stock_postfetch:
         persistence._emit_update_statements(base_mapper, uow, mapper, table, records)
         return
     for (connection, _, hasvalue, has_all_defaults, has_all_pks), batch in persist.batches(records):
@@ -497,13 +543,7 @@ def _delete(uow, base_mapper, persist, states):
     if not to_delete:
         return
     runs = _mapper_runs(to_delete, 2)
-    table_to_mapper = base_mapper._sorted_tables
-    for table in reversed(list(table_to_mapper)):
-        mapper = table_to_mapper[table]
-        if table not in mapper._pks_by_table:
-            continue
-        if mapper.inherits and mapper.passive_deletes:
-            continue
+    for table, mapper in _plan(base_mapper).delete_tables:
         persistence._emit_delete_statements(
             base_mapper, uow, mapper, table, _collect_deletes(table, runs, persist)
         )

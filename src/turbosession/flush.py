@@ -127,14 +127,19 @@ class UOWTransaction(unitofwork.UOWTransaction):
             fastpath.record(run.reason)
 
 
-_BOOKKEEPING = ("_register_persistent", "_register_altered", "_remove_newly_deleted")
+_REGISTER_PERSISTENT = orm.Session._register_persistent
+_REGISTER_ALTERED = orm.Session._register_altered
+_REMOVE_NEWLY_DELETED = orm.Session._remove_newly_deleted
 
 
 def _stock_bookkeeping(session_cls):
-    """True when the session class keeps stock's post-flush bookkeeping."""
-    return all(
-        getattr(session_cls, name) is getattr(orm.Session, name)
-        for name in _BOOKKEEPING
+    """True when the session class keeps stock's post-flush bookkeeping
+    (three attribute lookups: a method patched on the class, or on
+    ``orm.Session`` itself, is then called as stock calls it)."""
+    return (
+        session_cls._register_persistent is _REGISTER_PERSISTENT
+        and session_cls._register_altered is _REGISTER_ALTERED
+        and session_cls._remove_newly_deleted is _REMOVE_NEWLY_DELETED
     )
 
 

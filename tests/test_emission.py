@@ -244,3 +244,48 @@ def scenario_stale_rows(session_cls, engine, log):
 def test_stale_rows(session_cls, engine):
     stats = _run(scenario_stale_rows, session_cls, engine)
     assert stats["direct"] > 0
+
+
+def scenario_execution_options(session_cls, engine, log):
+    with session_cls(engine.execution_options(preserve_rowcount=True)) as session:
+        session.add_all([_item(i) for i in range(1, 4)])
+        session.commit()
+        for item in session.scalars(select(Item)):
+            item.name = "x"
+        session.commit()
+        log.note("rows", _rows(session))
+    # the same engine without them
+    with session_cls(engine) as session:
+        session.add_all([_item(i) for i in range(4, 6)])
+        session.commit()
+        log.note("rows", _rows(session))
+
+
+def test_execution_options(session_cls, engine):
+    stats = _run(scenario_execution_options, session_cls, engine)
+    assert stats["fallback"]["execution_options"] > 0
+    assert stats["direct"] > 0
+
+
+def scenario_dialect_method_overridden(session_cls, engine, log):
+    dialect = engine.dialect
+    original = dialect.do_executemany
+
+    def do_executemany(cursor, statement, parameters, context=None):
+        log.note("do_executemany", statement, type(context).__name__)
+        return original(cursor, statement, parameters, context)
+
+    dialect.do_executemany = do_executemany
+    try:
+        with session_cls(engine) as session:
+            session.add_all([_item(i) for i in range(1, 4)])
+            session.commit()
+            log.note("rows", _rows(session))
+    finally:
+        del dialect.do_executemany
+
+
+def test_dialect_method_overridden(session_cls, engine):
+    stats = _run(scenario_dialect_method_overridden, session_cls, engine)
+    assert stats["direct"] == 0
+    assert stats["fallback"]["dialect"] > 0

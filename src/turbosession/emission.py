@@ -101,19 +101,26 @@ _dialect_ok = weakref.WeakKeyDictionary()
 
 
 def _dialect_reason(dialect):
-    """Why this dialect's executions cannot be sent directly (class-level
-    overrides and settings that are fixed once the dialect is made)."""
+    """Why this dialect's executions cannot be sent directly: its class's
+    overrides and the settings fixed once the dialect is made (kept per
+    dialect), or execution methods set on the instance (asked each time)."""
     ok = _dialect_ok.get(dialect)
     if ok is None:
         ok = _dialect_ok[dialect] = bool(
             _stock(type(dialect), DefaultDialect, _DIALECT_METHODS)
-            and not any(name in vars(dialect) for name in _DIALECT_METHODS)
             and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _CONTEXT_METHODS)
             and dialect.bind_typing is not BindTyping.SETINPUTSIZES
             and not dialect.server_side_cursors
             and dialect._supports_statement_cache
         )
-    return None if ok else "dialect"
+    if not ok:
+        return "dialect"
+    attributes = vars(dialect)
+    if "do_executemany" in attributes or "do_execute" in attributes or (
+        "execution_ctx_cls" in attributes
+    ):
+        return "dialect"
+    return None
 
 
 def _connection_reason(connection):

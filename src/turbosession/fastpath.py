@@ -437,16 +437,19 @@ def _emit_inserts(uow, base_mapper, mapper, mappers, table, records, persist):
             persistence._emit_insert_statements(base_mapper, uow, mapper, table, batch)
 
 
-def _update_statement(base_mapper, mapper, table):
-    """Stock's memoized UPDATE .. WHERE <primary key> for the table."""
+def _pk_statement(base_mapper, mapper, table, kind):
+    """Stock's memoized ``kind`` ("update" or "delete") statement for the
+    table, WHERE its primary key: an UPDATE binds the key by the columns'
+    labels, a DELETE (of a table without a version counter) by their keys."""
 
-    def update_stmt():
+    def statement():
         clauses = BooleanClauseList._construct_raw(operators.and_)
         for col in mapper._pks_by_table[table]:
-            clauses._append_inplace(col == sql.bindparam(col._label, type_=col.type))
-        return table.update().where(clauses)
+            name = col._label if kind == "update" else col.key
+            clauses._append_inplace(col == sql.bindparam(name, type_=col.type))
+        return (table.update() if kind == "update" else table.delete()).where(clauses)
 
-    return base_mapper._memo(("update", table), update_stmt)
+    return base_mapper._memo((kind, table), statement)
 
 
 def _emit_updates(uow, base_mapper, mapper, mappers, table, records, persist):
@@ -469,7 +472,7 @@ def _emit_updates(uow, base_mapper, mapper, mappers, table, records, persist):
         check_rowcount = dialect.supports_sane_rowcount and (
             dialect.supports_sane_multi_rowcount or len(batch) == 1
         )
-        statement = _update_statement(base_mapper, mapper, table)
+        statement = _pk_statement(base_mapper, mapper, table, "update")
         params = [record[2] for record in batch]
         rows = emission.execute(emit, base_mapper, connection, statement, params, True)
         if rows is None:
@@ -536,19 +539,6 @@ def _delete(uow, base_mapper, persist, states):
                 after_delete(mapper, connection, state)
 
 
-def _delete_statement(base_mapper, mapper, table):
-    """Stock's memoized DELETE .. WHERE <primary key> for a table without
-    a version counter."""
-
-    def delete_stmt():
-        clauses = BooleanClauseList._construct_raw(operators.and_)
-        for col in mapper._pks_by_table[table]:
-            clauses._append_inplace(col == sql.bindparam(col.key, type_=col.type))
-        return table.delete().where(clauses)
-
-    return base_mapper._memo(("delete", table), delete_stmt)
-
-
 def _emit_deletes(uow, base_mapper, mapper, table, delete):
     """``persistence._emit_delete_statements``.
 
@@ -568,7 +558,7 @@ def _emit_deletes(uow, base_mapper, mapper, table, delete):
     if not records:
         return
     connection = records[0][1]
-    statement = _delete_statement(base_mapper, mapper, table)
+    statement = _pk_statement(base_mapper, mapper, table, "delete")
     rows = [params for params, _ in records]
     expected = len(rows)
     matched = emission.execute(

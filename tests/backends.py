@@ -19,6 +19,8 @@ import uuid
 import pytest
 from sqlalchemy import create_engine
 
+import support
+
 PG_URL = os.environ.get("TURBOSESSION_PG_URL")
 PG_URL_2 = os.environ.get("TURBOSESSION_PG_URL_2")
 REQUIRE_PG = bool(os.environ.get("TURBOSESSION_REQUIRE_PG"))
@@ -62,6 +64,8 @@ def scratch_engine(url, **engine_kw):
             "options": f"-c search_path={schema}",
             # lets the cleanup find connections a failed test left checked out
             "application_name": schema,
+            # cursors that note what they receive (tests/support.py)
+            "cursor_factory": support.recording_psycopg_cursor(),
         },
         **engine_kw,
     )
@@ -82,7 +86,10 @@ def scratch_engine(url, **engine_kw):
 
 @contextlib.contextmanager
 def sqlite_engine():
-    engine = create_engine("sqlite://")
+    # connections whose cursors note what they receive (tests/support.py)
+    engine = create_engine(
+        "sqlite://", connect_args={"factory": support.RecordingSQLiteConnection}
+    )
     try:
         yield engine
     finally:

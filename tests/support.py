@@ -3,8 +3,15 @@
 A scenario is a function ``(session_cls, engine, log) -> None`` that drives a
 session and calls ``log.note(...)`` with whatever a program could observe.
 The recorder also captures every statement and its parameters sent to the
-database.  ``assert_same_as_stock`` runs the scenario on fresh tables with
-stock ``sqlalchemy.orm.Session`` and with the session class under test and
+database, twice: as Core's ``before_cursor_execute`` event reports them, and
+as the DBAPI cursor itself receives them (``execute`` or ``executemany``, the
+statement, the parameters), through the cursor classes the test engines'
+DBAPI connections are made with (tests/backends.py).  With
+``engine_events=False`` only the cursor's record is kept and the engine has
+no listener at all, as in an application, so that turbosession's direct
+emission (``turbosession.emission``) is what the record shows.
+``assert_same_as_stock`` runs the scenario on fresh tables with stock
+``sqlalchemy.orm.Session`` and with the session class under test and
 compares the two records entry by entry.
 """
 
@@ -12,6 +19,7 @@ import importlib
 import itertools
 import os
 import re
+import sqlite3
 
 import pytest
 from sqlalchemy import event, inspect, orm
@@ -40,10 +48,68 @@ def object_state(obj):
     raise AssertionError(f"{obj!r} is in no known state")
 
 
+# where the recording cursors note what they receive: the entries of the
+# Recorder in use, else None (tests run one at a time in a process)
+_cursor_entries = None
+
+
+def _record_cursor_call(method, args):
+    if _cursor_entries is not None:
+        statement, parameters = args[0], args[1] if len(args) > 1 else None
+        if isinstance(parameters, (list, tuple, dict)) or parameters is None:
+            shown = repr(parameters)
+        else:
+            shown = f"<{type(parameters).__name__}>"
+        _cursor_entries.append(("cursor", method, statement, shown))
+
+
+class RecordingSQLiteCursor(sqlite3.Cursor):
+    """sqlite3's cursor, noting each ``execute``/``executemany`` first."""
+
+    def execute(self, *args):
+        _record_cursor_call("execute", args)
+        return super().execute(*args)
+
+    def executemany(self, *args):
+        _record_cursor_call("executemany", args)
+        return super().executemany(*args)
+
+
+class RecordingSQLiteConnection(sqlite3.Connection):
+    """sqlite3's connection whose cursors record (``factory`` of ``connect``)."""
+
+    def cursor(self, factory=RecordingSQLiteCursor):
+        return super().cursor(factory)
+
+
+def recording_psycopg_cursor():
+    """psycopg's cursor class, noting each ``execute``/``executemany`` first
+    (``cursor_factory`` of ``psycopg.connect``)."""
+    global _RecordingPsycopgCursor
+    if _RecordingPsycopgCursor is None:
+        import psycopg
+
+        class RecordingPsycopgCursor(psycopg.Cursor):
+            def execute(self, *args, **kw):
+                _record_cursor_call("execute", args)
+                return super().execute(*args, **kw)
+
+            def executemany(self, *args, **kw):
+                _record_cursor_call("executemany", args)
+                return super().executemany(*args, **kw)
+
+        _RecordingPsycopgCursor = RecordingPsycopgCursor
+    return _RecordingPsycopgCursor
+
+
+_RecordingPsycopgCursor = None
+
+
 class Recorder:
-    def __init__(self, engine):
+    def __init__(self, engine, engine_events=True):
         self.entries = []
         self.engine = engine
+        self.engine_events = engine_events
 
     def note(self, *what):
         self.entries.append(what)
@@ -57,13 +123,23 @@ class Recorder:
             self.note(label, sorted(_label(o, objects) for o in members))
 
     def __enter__(self):
-        event.listen(self.engine, "before_execute", self._execute)
-        event.listen(self.engine, "before_cursor_execute", self._sql)
+        global _cursor_entries
+        if self.engine_events:
+            event.listen(self.engine, "before_execute", self._execute)
+            event.listen(self.engine, "before_cursor_execute", self._sql)
+        _cursor_entries = self.entries
         return self
 
     def __exit__(self, *exc):
-        event.remove(self.engine, "before_execute", self._execute)
-        event.remove(self.engine, "before_cursor_execute", self._sql)
+        global _cursor_entries
+        _cursor_entries = None
+        if self.engine_events:
+            event.remove(self.engine, "before_execute", self._execute)
+            event.remove(self.engine, "before_cursor_execute", self._sql)
+
+    def cursor_calls(self):
+        """The entries the DBAPI cursors noted."""
+        return [entry for entry in self.entries if entry[0] == "cursor"]
 
     def _execute(self, conn, clauseelement, multiparams, params, execution_options):
         # the key order of the parameter dictionaries a listener gets (their
@@ -95,11 +171,11 @@ def normalize_error(exc):
     return type(exc), text
 
 
-def run(scenario, session_cls, engine, metadata):
+def run(scenario, session_cls, engine, metadata, engine_events=True):
     metadata.drop_all(engine)
     metadata.create_all(engine)
     try:
-        with Recorder(engine) as log:
+        with Recorder(engine, engine_events) as log:
             scenario(session_cls, engine, log)
         return log.entries
     finally:
@@ -107,9 +183,9 @@ def run(scenario, session_cls, engine, metadata):
         metadata.drop_all(engine)
 
 
-def assert_same_as_stock(scenario, session_cls, engine, metadata):
-    expected = run(scenario, orm.Session, engine, metadata)
-    actual = run(scenario, session_cls, engine, metadata)
+def assert_same_as_stock(scenario, session_cls, engine, metadata, engine_events=True):
+    expected = run(scenario, orm.Session, engine, metadata, engine_events)
+    actual = run(scenario, session_cls, engine, metadata, engine_events)
     assert actual == expected
     return actual
 

@@ -192,6 +192,9 @@ def sort_association_rows(entry):
     """
     if entry[0] == "sql" and entry[3] and "fo_post_tags" in entry[1]:
         return entry[:2] + (sorted(eval(entry[2]), key=repr),) + entry[3:]
+    # the same rows as the DBAPI cursor received them
+    if entry[0] == "cursor" and entry[1] == "executemany" and "fo_post_tags" in entry[2]:
+        return entry[:3] + (sorted(eval(entry[3]), key=repr),)
     return entry
 
 

@@ -42,6 +42,9 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
+from . import emission
+from ._warn import warn
+
 __all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "stats"]
 
 log = logging.getLogger("turbosession")
@@ -414,13 +417,7 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
     context = result.context
     compiled = context.compiled
     if not (compiled.prefetch or compiled.postfetch or compiled.effective_returning):
-        for record in batch:
-            state = record[0]
-            record_mapper = record[3]
-            for m, equated_pairs in record_mapper._table_to_equated[table]:
-                sync._populate(
-                    state, m, state, m, equated_pairs, uow, record_mapper.passive_updates
-                )
+        _sync_keys(uow, table, batch)
         return
     all_params = context.compiled_parameters
     returned = None if context.executemany else result.returned_defaults
@@ -430,6 +427,19 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
             all_params[0] if isupdate else all_params[index],
             value_params, isupdate, returned,
         )
+
+
+def _sync_keys(uow, table, batch):
+    """All stock's ``_postfetch`` does for the records of a batch whose
+    statement had nothing to prefetch, postfetch or return: synchronise the
+    keys between each record's mapper's tables (joined inheritance)."""
+    for record in batch:
+        state = record[0]
+        record_mapper = record[3]
+        for m, equated_pairs in record_mapper._table_to_equated[table]:
+            sync._populate(
+                state, m, state, m, equated_pairs, uow, record_mapper.passive_updates
+            )
 
 
 def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postfetch):
@@ -443,6 +453,7 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
     if stock_postfetch:
         persistence._emit_insert_statements(base_mapper, uow, mapper, table, records)
         return
+    emit = uow.session._turbo.emit
     for (connection, _, hasvalue, has_all_pks, has_all_defaults), batch in persist.batches(
         records
     ):
@@ -456,26 +467,35 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
                 or not connection.dialect.insert_returning
             )
         ):
-            result = connection.execute(
-                base_mapper._memo(("insert", table), table.insert),
-                [record[2] for record in batch],
-                execution_options={"compiled_cache": base_mapper._compiled_cache},
-            )
-            _postfetch(uow, table, batch, result, False, persist)
+            statement = base_mapper._memo(("insert", table), table.insert)
+            rows = [record[2] for record in batch]
+            if emission.execute(emit, base_mapper, connection, statement, rows, False) is None:
+                result = connection.execute(
+                    statement,
+                    rows,
+                    execution_options={"compiled_cache": base_mapper._compiled_cache},
+                )
+                _postfetch(uow, table, batch, result, False, persist)
+            else:
+                # the statement had nothing to prefetch, postfetch or return
+                _sync_keys(uow, table, batch)
         else:
             persistence._emit_insert_statements(base_mapper, uow, mapper, table, batch)
 
 
-def _update_statement(base_mapper, mapper, table):
-    """Stock's memoized UPDATE .. WHERE <primary key> for the table."""
+def _pk_statement(base_mapper, mapper, table, kind):
+    """Stock's memoized ``kind`` ("update" or "delete") statement for the
+    table, WHERE its primary key: an UPDATE binds the key by the columns'
+    labels, a DELETE (of a table without a version counter) by their keys."""
 
-    def update_stmt():
+    def statement():
         clauses = BooleanClauseList._construct_raw(operators.and_)
         for col in mapper._pks_by_table[table]:
-            clauses._append_inplace(col == sql.bindparam(col._label, type_=col.type))
-        return table.update().where(clauses)
+            name = col._label if kind == "update" else col.key
+            clauses._append_inplace(col == sql.bindparam(name, type_=col.type))
+        return (table.update() if kind == "update" else table.delete()).where(clauses)
 
-    return base_mapper._memo(("update", table), update_stmt)
+    return base_mapper._memo((kind, table), statement)
 
 
 def _emit_updates(uow, base_mapper, mapper, table, records, persist, stock_postfetch):
@@ -489,6 +509,7 @@ def _emit_updates(uow, base_mapper, mapper, table, records, persist, stock_postf
     if stock_postfetch:
         persistence._emit_update_statements(base_mapper, uow, mapper, table, records)
         return
+    emit = uow.session._turbo.emit
     for (connection, _, hasvalue, has_all_defaults, has_all_pks), batch in persist.batches(records):
         if hasvalue or not has_all_pks or not has_all_defaults:
             persistence._emit_update_statements(base_mapper, uow, mapper, table, batch)
@@ -497,13 +518,19 @@ def _emit_updates(uow, base_mapper, mapper, table, records, persist, stock_postf
         check_rowcount = dialect.supports_sane_rowcount and (
             dialect.supports_sane_multi_rowcount or len(batch) == 1
         )
-        result = connection.execute(
-            _update_statement(base_mapper, mapper, table),
-            [record[2] for record in batch],
-            execution_options={"compiled_cache": base_mapper._compiled_cache},
-        )
-        rows = result.rowcount
-        _postfetch(uow, table, batch, result, True, persist)
+        statement = _pk_statement(base_mapper, mapper, table, "update")
+        params = [record[2] for record in batch]
+        rows = emission.execute(emit, base_mapper, connection, statement, params, True)
+        if rows is None:
+            result = connection.execute(
+                statement,
+                params,
+                execution_options={"compiled_cache": base_mapper._compiled_cache},
+            )
+            rows = result.rowcount
+            _postfetch(uow, table, batch, result, True, persist)
+        else:
+            _sync_keys(uow, table, batch)
         if check_rowcount and rows != len(batch):
             raise orm_exc.StaleDataError(
                 "UPDATE statement on table '%s' expected to "
@@ -544,11 +571,53 @@ def _delete(uow, base_mapper, persist, states):
         return
     runs = _mapper_runs(to_delete, 2)
     for table, mapper in _plan(base_mapper).delete_tables:
-        persistence._emit_delete_statements(
-            base_mapper, uow, mapper, table, _collect_deletes(table, runs, persist)
-        )
+        _emit_deletes(uow, base_mapper, mapper, table, _collect_deletes(table, runs, persist))
     for mapper, _, run in runs:
         after_delete = mapper.dispatch.after_delete
         if after_delete:
             for state, _, _, connection, _ in run:
                 after_delete(mapper, connection, state)
+
+
+def _emit_deletes(uow, base_mapper, mapper, table, delete):
+    """``persistence._emit_delete_statements``.
+
+    For a table without a version counter, each connection's batch is one
+    executemany with stock's row-count check (a warning); the records are
+    all collected first, as stock's ``groupby`` collects them for one
+    connection (with a ``connection_callable``, stock's emitter runs).
+    """
+    if (
+        uow.session.connection_callable
+        or (mapper.version_id_col is not None
+            and mapper.version_id_col in mapper._cols_by_table[table])
+    ):
+        persistence._emit_delete_statements(base_mapper, uow, mapper, table, delete)
+        return
+    records = list(delete)
+    if not records:
+        return
+    connection = records[0][1]
+    statement = _pk_statement(base_mapper, mapper, table, "delete")
+    rows = [params for params, _ in records]
+    expected = len(rows)
+    matched = emission.execute(
+        uow.session._turbo.emit, base_mapper, connection, statement, rows, True
+    )
+    if matched is None:
+        matched = connection.execute(
+            statement, rows, execution_options={"compiled_cache": base_mapper._compiled_cache}
+        ).rowcount
+    if (
+        base_mapper.confirm_deleted_rows
+        and matched > -1
+        and expected != matched
+        and (connection.dialect.supports_sane_multi_rowcount or expected == 1)
+    ):
+        warn(
+            "DELETE statement on table '%s' expected to "
+            "delete %d row(s); %d were matched.  Please set "
+            "confirm_deleted_rows=False within the mapper "
+            "configuration to prevent this warning."
+            % (table.description, expected, matched)
+        )

@@ -606,6 +606,7 @@ def test_overridden_contains_state_is_asked(impl, engine):
 def test_stats_are_public():
     stats = turbosession.stats()
     assert stats.pop("loads") == turbosession.loads.stats()
+    assert stats.pop("attach") == turbosession.attaching.stats()
     assert stats == fastpath.stats()
     assert set(fastpath.FALLBACK_REASONS) >= {"not_tables", "disabled"}
 

@@ -7,7 +7,7 @@ Change one import::
 ``turbosession.compiled`` tells whether the Cython modules are in use.
 """
 
-from . import _impl, fastpath, loads
+from . import _impl, attaching, fastpath, loads
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
 
 __version__ = "0.1.0"
@@ -21,20 +21,24 @@ implementation = _impl.active.name
 
 
 def stats():
-    """Flushes: ``fast`` and ``fallback`` (by reason); loads under ``"loads"``.
+    """Flushes: ``fast`` and ``fallback`` (by reason); loads under ``"loads"``;
+    objects handed to add / add_all / delete / delete_all under ``"attach"``.
 
     ``{"fast": n, "fallback": {reason: n}, "loads": {"get": {"fast": n,
-    "fallback": {reason: n}}}}``; the reasons are described in
-    ``fastpath.FALLBACK_REASONS`` and ``loads.FALLBACK_REASONS``.
+    "fallback": {reason: n}}}, "attach": {"fast": n, "fallback": {reason: n}}}``;
+    the reasons are described in ``fastpath.FALLBACK_REASONS``,
+    ``loads.FALLBACK_REASONS`` and ``attaching.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()
+    result["attach"] = attaching.stats()
     return result
 
 
 def reset_stats():
     fastpath.reset_stats()
     loads.reset_stats()
+    attaching.reset_stats()
 
 
 __all__ = [

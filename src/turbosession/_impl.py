@@ -38,6 +38,7 @@ HOT_PATHS = (
     "attach",
     "expire",
     "loading",
+    "relationships",
 )
 
 NO_EXTENSIONS = flag("TURBOSESSION_NO_EXTENSIONS")

@@ -134,12 +134,41 @@ class _Walk:
     hash_key: object
     events: tuple
     listened: cython.int  # -1: not looked up yet
+    plans: dict  # mapper -> cascade plan; None: looked up every time
+    last_mapper: object
+    last_plan: tuple
 
-    def __init__(self, session, events: tuple):
+    def __init__(self, session, events: tuple, cache_plans: cython.bint):
         self.session = session
         self.hash_key = session.hash_key
         self.events = events
+        self.plans = {} if cache_plans else None
+        self.forget()
+
+    @cython.cfunc
+    def forget(self):
+        """After stock's code ran (its listeners may change anything)."""
         self.listened = -1
+        self.last_mapper = None
+        self.last_plan = None
+        if self.plans is not None:
+            self.plans.clear()
+
+    @cython.cfunc
+    def plan(self, mapper) -> tuple:
+        """``attaching.cascade_plan(mapper)``; within one add_all (where no
+        listener or load runs between two objects) looked up once per mapper."""
+        plans: dict = self.plans
+        if plans is None:
+            return _cascade_plan(mapper)
+        if mapper is self.last_mapper:
+            return self.last_plan
+        plan: tuple = plans.get(mapper)
+        if plan is None:
+            plan = plans[mapper] = _cascade_plan(mapper)
+        self.last_mapper = mapper
+        self.last_plan = plan
+        return plan
 
     @cython.cfunc
     def gate(self, state) -> str:
@@ -157,7 +186,7 @@ class _Walk:
             return "attach_listeners"
         if _ATTRIBUTES_NAMES["instance_dict"] is not _STOCK_INSTANCE_DICT:
             return "attach_custom_cascade"
-        plan: tuple = _cascade_plan(mapper)
+        plan: tuple = self.plan(mapper)
         if plan[0]:
             return "attach_custom_cascade"
         return None
@@ -189,7 +218,7 @@ class _Walk:
         save: cython.bint = type_ is _SAVE_UPDATE
         found: list = None if save else []
         visited: set = set()
-        plan: tuple = _cascade_plan(mapper)
+        plan: tuple = self.plan(mapper)
         # frames: [items, next index, parent state, parent dict]; a parent
         # state of None marks a frame of objects found through one property
         stack: list = [[plan[1], 0, state, state.dict]]
@@ -217,7 +246,7 @@ class _Walk:
                 self.save(child_state)
             else:
                 found.append(entry)
-            plan = _cascade_plan(entry[1])
+            plan = self.plan(entry[1])
             stack.append([plan[1], 0, child_state, entry[3]])
         return found
 
@@ -305,27 +334,28 @@ class _Walk:
 
 def add_all(session, instances):
     global _attached_fast
-    walk: _Walk = _Walk(session, _ADD_EVENTS)
+    walk: _Walk = _Walk(session, _ADD_EVENTS, True)
     for instance in instances:
         state = _state_of(instance)
         reason = walk.gate(state)
         if reason is not None:
             _fallback(reason)
             _stock_add(session, instance, _warn=False)
-            walk.listened = -1
+            walk.forget()
             continue
         _attached_fast += 1
         state._orphaned_outside_of_session = False
         walk.save(state)
         mapper = state.manager.mapper
-        plan: tuple = _cascade_plan(mapper)
+        plan: tuple = walk.plan(mapper)
         if plan[1]:
             walk.cascade(state, mapper, _SAVE_UPDATE)
 
 
 def delete_all(session, instances):
     global _attached_fast
-    walk: _Walk = _Walk(session, _DELETE_EVENTS)
+    # a delete cascade may load collections, running listeners: no cache
+    walk: _Walk = _Walk(session, _DELETE_EVENTS, False)
     for instance in instances:
         state = _state_of(instance)
         reason = walk.gate(state)
@@ -337,11 +367,11 @@ def delete_all(session, instances):
         if reason is not None:
             _fallback(reason)
             _stock_delete(session, instance)
-            walk.listened = -1
+            walk.forget()
             continue
         _attached_fast += 1
         walk.delete_head(state, instance)
-        walk.listened = -1
+        walk.forget()
 
 
 @cython.cfunc

@@ -458,12 +458,12 @@ def stock_methods_called(action):
 def test_plain_objects_take_the_fast_path(session_cls, engine):
     Base.metadata.create_all(engine)
     with session_cls(engine) as session:
-        session.add(Plain(name="first"))  # autobegin goes through stock
+        session.add(Plain(name="first"))  # begins the transaction
         objs = [Plain(name=str(i)) for i in range(3)]
         assert not stock_methods_called(lambda: session.add_all(objs)) & {
             "add", "_save_or_update_state", "_save_impl", "_before_attach"}
         session.commit()
-        session.delete(objs[0])  # autobegin goes through stock
+        session.delete(objs[0])  # begins the transaction
         called = stock_methods_called(lambda: session.delete(objs[1]))
         assert not called & {"delete", "_delete_impl", "_before_attach"}
         assert objs[1] in session.deleted

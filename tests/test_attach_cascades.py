@@ -256,7 +256,43 @@ def sc_delete_detached_and_other_session(session_cls, engine, log):
     session.close()
 
 
+def sc_autobegin(session_cls, engine, log):
+    """The first add / delete begins the transaction; a listener of that
+    event makes the attach events listened from then on."""
+    session = session_cls(engine)
+    a = Author(name="a", books=[Book(title="b1")])
+    session.add(a)  # begins, nothing listened
+    everything(session, log, a=a, b1=a.books[0])
+    session.commit()
+    a.books  # loaded (begins again)
+    session.commit()
+
+    def on_begin(sess, transaction):
+        log.note("event", "after_transaction_create", transaction.nested)
+        if not event.contains(sess, "before_attach", on_attach):
+            event.listen(sess, "before_attach", on_attach)
+
+    def on_attach(sess, instance):
+        log.note("event", "before_attach", repr(instance))
+
+    event.listen(session, "after_transaction_create", on_begin)
+    b = Author(name="b", books=[Book(title="b2"), Book(title="b3")])
+    session.add(b)
+    everything(session, log, b=b)
+    session.commit()
+    session.delete(a)
+    everything(session, log, a=a)
+    session.commit()
+    log.note("rows", session.scalars(select(Book.title).order_by(Book.id)).all())
+    session.close()
+    nope = session_cls(engine, autobegin=False)
+    guarded(log, lambda: nope.add(Author(name="c", books=[Book(title="b4")])))
+    log.note("new", len(nope.new))
+    nope.close()
+
+
 SCENARIOS = [
+    sc_autobegin,
     sc_graph_add,
     sc_tree_and_cycle,
     sc_readd_and_detached,
@@ -296,7 +332,7 @@ def test_counted_fast_and_by_reason(session_cls, engine):
     try:
         turbosession.reset_stats()
         with session_cls(engine) as session:
-            session.add(Author(name="begins"))  # autobegin: stock's add
+            session.add(Author(name="begins"))  # begins the transaction
             session.add_all([Author(name="a", books=[Book(title="b")]), Node(name="n")])
             guarded_log = []
             try:
@@ -304,15 +340,15 @@ def test_counted_fast_and_by_reason(session_cls, engine):
             except Exception as exc:
                 guarded_log.append(type(exc))
             session.commit()
-            session.delete(session.scalars(select(Author)).first())  # the query began
+            session.delete(session.scalars(select(Author)).first())
             session.delete(session.scalars(select(Node)).one())
             event.listen(session, "before_attach", lambda *a: None)
             session.add(Author(name="listened"))
         stats = turbosession.stats()["attach"]
         assert guarded_log == [orm.exc.UnmappedInstanceError]
         assert stats == {
-            "fast": 4,
-            "fallback": {"attach_autobegin": 1, "attach_unmapped": 1, "attach_listeners": 1},
+            "fast": 5,
+            "fallback": {"attach_unmapped": 1, "attach_listeners": 1},
         }
     finally:
         orm.close_all_sessions()

@@ -2,8 +2,8 @@
 
 ``add_all`` and ``delete_all`` are ``Session.add_all`` and
 ``Session.delete_all`` (``add`` and ``delete`` call them with one object).
-An object takes turbosession's path when the session already has a
-transaction, no attach event has a listener and its mapper's class walks
+An object takes turbosession's path when no attach event has a listener
+and its mapper's class walks
 cascades as stock's ``Mapper.cascade_iterator`` does; every other object goes
 through stock's ``Session.add`` / ``Session.delete``, one object at a time and
 in its place in the sequence, counted under a reason (``attaching.stats()``).
@@ -26,7 +26,9 @@ session is attached here (``_new``/``insert_order`` or the identity map and
 listener means the attach events have nothing to call); any other object
 (persistent, detached, another session's, deleted) is handed to stock's
 own ``_save_or_update_impl`` / ``_delete_impl``, which raise or attach it as
-they do in stock.  The caller checks that the session class overrides none of
+they do in stock.  A session without a transaction begins one where stock's
+``_before_attach`` does (``_autobegin_t``), and stock's method takes over
+from there if that made an attach event listened.  The caller checks that the session class overrides none of
 the methods involved and that no flush is in progress (``_warn_on_events``).
 """
 
@@ -178,8 +180,6 @@ class _Walk:
         mapper = _mapper_of(state)
         if mapper is None:
             return "attach_unmapped"
-        if self.session._transaction is None:
-            return "attach_autobegin"
         if self.listened < 0:
             self.listened = _listened(self.session.dispatch, self.events)
         if self.listened:
@@ -198,9 +198,22 @@ class _Walk:
         return state in self.session._new or self.session.identity_map.contains_state(state)
 
     @cython.cfunc
+    @cython.exceptval(-1, check=False)
+    def began(self) -> cython.bint:
+        """Stock's ``_before_attach`` begins the session's transaction first
+        thing; that may run ``after_transaction_create`` listeners, so
+        whether attach events are listened to is looked up again.  False:
+        they are, stock's method goes on from here."""
+        session = self.session
+        if session._transaction is None:
+            session._autobegin_t()
+            self.listened = _listened(session.dispatch, self.events)
+        return not self.listened
+
+    @cython.cfunc
     def save(self, state):
         """Stock's ``_save_or_update_impl`` of one state."""
-        if state.key is None and state.session_id is None:
+        if state.key is None and state.session_id is None and self.began():
             obj = state.obj()
             new: dict = self.session._new
             if state not in new:
@@ -208,7 +221,11 @@ class _Walk:
                 state.insert_order = len(new)
             _attach(state, self.hash_key, obj)
         else:
-            self.session._save_or_update_impl(state)
+            session = self.session
+            began: cython.bint = session._transaction is not None
+            session._save_or_update_impl(state)
+            if not began:  # it began the transaction: as in began()
+                self.listened = _listened(session.dispatch, self.events)
 
     @cython.cfunc
     def cascade(self, state, mapper, type_: str) -> list:
@@ -294,6 +311,9 @@ class _Walk:
         """Stock's ``_delete_impl(state, instance, head=True)`` for a
         persisted object of this session or of none."""
         session = self.session
+        if not self.began():
+            session._delete_impl(state, instance, True)
+            return
         to_attach: cython.bint = state.session_id is None
         if state in session._deleted:
             return

@@ -24,7 +24,6 @@ log = logging.getLogger("turbosession")
 
 FALLBACK_REASONS = {
     "attach_unmapped": "the object is not a mapped instance (stock raises)",
-    "attach_autobegin": "the session has no transaction yet: stock's method begins it",
     "attach_listeners": "an attach event (before_attach, after_attach, "
     "transient_to_pending, detached_to_persistent) has a listener",
     "attach_state": "delete() of an object stock refuses or must check: not "

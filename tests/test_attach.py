@@ -409,33 +409,40 @@ SET_ORDER_EVENTS = {
 }
 
 
-def with_listeners(scenario):
+def with_listeners(scenario, listen_more=None):
+    """``scenario`` on a session class that records every session event;
+    ``listen_more(log)`` adds other listeners and returns what removes them."""
     def listened(session_cls, engine, log):
         class Listened(session_cls):
             def __init__(self, *args, **kw):
                 super().__init__(*args, **kw)
                 listen_session(self, log)
 
-        undo = listen_expire(log)
+        undo = listen_more(log) if listen_more else None
         try:
             scenario(Listened, engine, log)
         finally:
-            undo()
+            if undo:
+                undo()
 
     return listened
+
+
+def compare_with_stock(scenario, listened, session_cls, engine, metadata, listen_more=None):
+    if listened:
+        scenario = with_listeners(scenario, listen_more)
+    expected = set_order_sorted(run(scenario, orm.Session, engine, metadata), SET_ORDER_EVENTS)
+    entries = set_order_sorted(run(scenario, session_cls, engine, metadata), SET_ORDER_EVENTS)
+    assert entries == expected
+    assert len(entries) > 5
+    if listened:
+        assert any(e[0] == "event" for e in entries)
 
 
 @pytest.mark.parametrize("listened", [False, True], ids=["quiet", "listened"])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__[3:])
 def test_same_as_stock(scenario, listened, session_cls, engine):
-    if listened:
-        scenario = with_listeners(scenario)
-    expected = set_order_sorted(run(scenario, orm.Session, engine, Base.metadata), SET_ORDER_EVENTS)
-    entries = set_order_sorted(run(scenario, session_cls, engine, Base.metadata), SET_ORDER_EVENTS)
-    assert entries == expected
-    assert len(entries) > 5
-    if listened:
-        assert any(e[0] == "event" for e in entries)
+    compare_with_stock(scenario, listened, session_cls, engine, Base.metadata, listen_expire)
 
 
 def stock_methods_called(action):

@@ -16,8 +16,7 @@ from sqlalchemy import Column, ForeignKey, String, Table, event, inspect, orm, s
 from sqlalchemy.orm import DeclarativeBase, Mapped, attribute_keyed_dict, mapped_column, relationship
 
 import turbosession
-from support import run, set_order_sorted
-from test_attach import SET_ORDER_EVENTS, bookkeeping, guarded, listen_session
+from test_attach import bookkeeping, compare_with_stock, guarded
 
 
 class Base(DeclarativeBase):
@@ -302,29 +301,10 @@ SCENARIOS = [
 ]
 
 
-def with_listeners(scenario):
-    def listened(session_cls, engine, log):
-        class Listened(session_cls):
-            def __init__(self, *args, **kw):
-                super().__init__(*args, **kw)
-                listen_session(self, log)
-
-        scenario(Listened, engine, log)
-
-    return listened
-
-
 @pytest.mark.parametrize("listened", [False, True], ids=["quiet", "listened"])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda f: f.__name__[3:])
 def test_same_as_stock(scenario, listened, session_cls, engine):
-    if listened:
-        scenario = with_listeners(scenario)
-    expected = set_order_sorted(run(scenario, orm.Session, engine, Base.metadata), SET_ORDER_EVENTS)
-    entries = set_order_sorted(run(scenario, session_cls, engine, Base.metadata), SET_ORDER_EVENTS)
-    assert entries == expected
-    assert len(entries) > 5
-    if listened:
-        assert any(e[0] == "event" for e in entries)
+    compare_with_stock(scenario, listened, session_cls, engine, Base.metadata)
 
 
 def test_counted_fast_and_by_reason(session_cls, engine):

@@ -706,6 +706,7 @@ def test_stats_are_public():
     stats = turbosession.stats()
     assert stats.pop("loads") == turbosession.loads.stats()
     assert stats.pop("emission") == turbosession.emission.stats()
+    assert stats.pop("attach") == turbosession.attaching.stats()
     assert stats == fastpath.stats()
     assert set(fastpath.FALLBACK_REASONS) >= {"not_tables", "disabled"}
 

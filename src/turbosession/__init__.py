@@ -7,7 +7,7 @@ Change one import::
 ``turbosession.compiled`` tells whether the Cython modules are in use.
 """
 
-from . import _impl, emission, fastpath, loads
+from . import _impl, attaching, emission, fastpath, loads
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
 
 __version__ = "0.1.0"
@@ -22,17 +22,20 @@ implementation = _impl.active.name
 
 def stats():
     """Flushes: ``fast`` and ``fallback`` (by reason); loads under ``"loads"``;
-    the fast path's statement batches under ``"emission"``.
+    the fast path's statement batches under ``"emission"``; the objects handed
+    to add / add_all / delete / delete_all under ``"attach"``.
 
     ``{"fast": n, "fallback": {reason: n}, "loads": {"get": {"fast": n,
     "fallback": {reason: n}}}, "emission": {"direct": n, "fallback":
-    {reason: n}}}``; the reasons are described in
-    ``fastpath.FALLBACK_REASONS``, ``loads.FALLBACK_REASONS`` and
-    ``emission.FALLBACK_REASONS``.
+    {reason: n}}, "attach": {"fast": n, "fallback": {reason: n}}}``; the
+    reasons are described in ``fastpath.FALLBACK_REASONS``,
+    ``loads.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS`` and
+    ``attaching.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()
     result["emission"] = emission.stats()
+    result["attach"] = attaching.stats()
     return result
 
 
@@ -40,6 +43,7 @@ def reset_stats():
     fastpath.reset_stats()
     loads.reset_stats()
     emission.reset_stats()
+    attaching.reset_stats()
 
 
 __all__ = [

@@ -1,47 +1,102 @@
-"""Attaching objects to a session.
+"""Attaching objects to a session, cascades included.
 
 ``add_all`` and ``delete_all`` are ``Session.add_all`` and
-``Session.delete_all`` for the objects whose outcome needs none of stock's
-machinery: the object's mapper has no relationship with that cascade (so
-``Mapper.cascade_iterator`` could not yield anything), the session already
-has a transaction, and either the object is already attached to this
-session or no attach event has a listener.  Such an object gets exactly the
-bookkeeping stock gives it (``_new``/``insert_order``, ``session_id``, the
-strong reference of a modified object, the identity map, ``_deleted``).
+``Session.delete_all`` (``add`` and ``delete`` call them with one object).
+An object takes turbosession's path when no attach event has a listener
+and its mapper's class walks
+cascades as stock's ``Mapper.cascade_iterator`` does; every other object goes
+through stock's ``Session.add`` / ``Session.delete``, one object at a time and
+in its place in the sequence, counted under a reason (``attaching.stats()``).
 
-Every other object goes through stock's ``Session.add`` / ``Session.delete``,
-one object at a time and in its place in the sequence, so events, cascades,
-autobegin and error messages are stock's own.  Stock's code may run listeners
-(and they may change anything), so after it the loop forgets what it had
-looked up.  The caller checks that the session class overrides none of the
-methods involved and that no flush is in progress (``_warn_on_events``).
+On turbosession's path the object and what its relationships cascade to are
+walked as stock's ``Mapper.cascade_iterator`` walks them: depth first, the
+properties of each object in ``_props`` order, the objects a relationship
+cascades to gathered when the walk reaches that relationship (and, for
+``save-update``, skipped then when the session already holds them), each
+object's own properties walked right after it is attached.  A relationship
+whose class is stock's is followed inline (its ``get_all_pending`` /
+``_value_as_iterable`` called as stock calls them); any other property
+through its own ``cascade_iterator``.  The per-mapper part of that decision
+is ``attaching.cascade_plan``.
 
-Compiled, the per-object loop is C, with the session's ``_new`` /
-``_deleted`` dicts typed and the mapper's cascade verdict kept in a cclass.
+Each object reached gets exactly what stock's ``_save_or_update_impl`` /
+``_delete_impl`` give it: a transient or detached-for-delete object with no
+session is attached here (``_new``/``insert_order`` or the identity map and
+``_deleted``, ``session_id``, the strong reference of a modified object; no
+listener means the attach events have nothing to call); any other object
+(persistent, detached, another session's, deleted) is handed to stock's
+own ``_save_or_update_impl`` / ``_delete_impl``, which raise or attach it as
+they do in stock.  A session without a transaction begins one where stock's
+``_before_attach`` does (``_autobegin_t``), and stock's method takes over
+from there if that made an attach event listened.  The caller checks that the session class overrides none of
+the methods involved and that no flush is in progress (``_warn_on_events``).
 """
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import orm
+from sqlalchemy.orm import attributes, base
+from sqlalchemy.orm.base import PassiveFlag
+
+from . import attaching
 
 try:
     import cython
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
-__all__ = ["add_all", "delete_all"]
+__all__ = ["add_all", "counts", "delete_all", "reset_counts"]
 
 _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
+_cascade_plan = cython.declare(object, attaching.cascade_plan)
 
-_ADD_EVENTS = cython.declare(tuple, ("before_attach", "after_attach", "transient_to_pending"))
+_ADD_EVENTS = cython.declare(
+    tuple, ("before_attach", "after_attach", "transient_to_pending", "detached_to_persistent")
+)
 _DELETE_EVENTS = cython.declare(
     tuple, ("before_attach", "after_attach", "detached_to_persistent")
 )
 
+_SAVE_UPDATE = cython.declare(str, "save-update")
+_DELETE = cython.declare(str, "delete")
+_NO_INITIALIZE = cython.declare(object, PassiveFlag.PASSIVE_NO_INITIALIZE)
+_LOAD = cython.declare(object, PassiveFlag.PASSIVE_OFF | PassiveFlag.NO_RAISE)
+_STOCK_INSTANCE_DICT = cython.declare(object, base.instance_dict)
+_ATTRIBUTES_NAMES = cython.declare(dict, attributes.__dict__)
+
+_log = logging.getLogger("turbosession")
+_DEBUG = logging.DEBUG
+
+_attached_fast = cython.declare(cython.Py_ssize_t, 0)
+_fallbacks = cython.declare(dict, {})
+
 
 def _is_compiled():
     return cython.compiled
+
+
+def counts():
+    """``{"fast": n, "fallback": {reason: n}}``: objects handed to add /
+    add_all / delete / delete_all so far."""
+    return {"fast": _attached_fast, "fallback": dict(_fallbacks)}
+
+
+def reset_counts():
+    global _attached_fast
+    _attached_fast = 0
+    _fallbacks.clear()
+
+
+@cython.cfunc
+def _fallback(reason: str):
+    _fallbacks[reason] = _fallbacks.get(reason, 0) + 1
+    if _log.isEnabledFor(_DEBUG):
+        _log.debug(
+            "attach runs stock's: %s (%s)", reason, attaching.FALLBACK_REASONS[reason]
+        )
 
 
 @cython.cfunc
@@ -49,18 +104,6 @@ def _is_compiled():
 def _listened(dispatch, names: tuple) -> cython.bint:
     for name in names:
         if getattr(dispatch, name):
-            return True
-    return False
-
-
-@cython.cfunc
-@cython.exceptval(-1, check=False)
-def _cascades(mapper, cascade: str) -> cython.bint:
-    """Whether ``mapper.cascade_iterator(cascade, ...)`` could yield: the
-    test stock makes on each of the mapper's properties before following it."""
-    for prop in mapper._props.values():
-        options = prop.cascade
-        if options and cascade in options:
             return True
     return False
 
@@ -84,99 +127,271 @@ def _mapper_of(state) -> object:
 
 
 @cython.cclass
-class _Gate:
-    """Which objects of one ``add_all`` / ``delete_all`` call take the fast
-    path: the decision the two loops share, with what it looked up kept
-    until stock's code runs (its listeners may change anything)."""
+class _Walk:
+    """One ``add_all`` / ``delete_all`` call: the session, what the gate
+    looked up (kept until stock's code runs, whose listeners may change
+    anything), and the cascade walk."""
 
     session: object
     hash_key: object
-    persistent: cython.bint
-    cascade: str
     events: tuple
-    last_mapper: object
-    last_cascades: cython.bint
     listened: cython.int  # -1: not looked up yet
+    plans: dict  # mapper -> cascade plan; None: looked up every time
+    last_mapper: object
+    last_plan: tuple
 
-    def __init__(self, session, persistent: cython.bint, cascade: str, events: tuple):
+    def __init__(self, session, events: tuple, cache_plans: cython.bint):
         self.session = session
         self.hash_key = session.hash_key
-        self.persistent = persistent
-        self.cascade = cascade
         self.events = events
-        self.last_cascades = False
+        self.plans = {} if cache_plans else None
         self.forget()
 
     @cython.cfunc
     def forget(self):
-        self.last_mapper = None
+        """After stock's code ran (its listeners may change anything)."""
         self.listened = -1
+        self.last_mapper = None
+        self.last_plan = None
+        if self.plans is not None:
+            self.plans.clear()
 
     @cython.cfunc
-    @cython.exceptval(-2, check=False)
-    def decide(self, state) -> cython.int:
-        """-1: stock's method; 0: fast, already attached; 1: fast, to attach."""
-        if (
-            state is None
-            or (state.key is not None) != self.persistent
-            or self.session._transaction is None
-        ):
-            return -1
+    def plan(self, mapper) -> tuple:
+        """``attaching.cascade_plan(mapper)``; within one add_all (where no
+        listener or load runs between two objects) looked up once per mapper."""
+        plans: dict = self.plans
+        if plans is None:
+            return _cascade_plan(mapper)
+        if mapper is self.last_mapper:
+            return self.last_plan
+        plan: tuple = plans.get(mapper)
+        if plan is None:
+            plan = plans[mapper] = _cascade_plan(mapper)
+        self.last_mapper = mapper
+        self.last_plan = plan
+        return plan
+
+    @cython.cfunc
+    def gate(self, state) -> str:
+        """None when the object may take the walk, else the fallback reason."""
+        if state is None:
+            return "attach_unmapped"
         mapper = _mapper_of(state)
         if mapper is None:
-            return -1
-        if mapper is not self.last_mapper:
-            self.last_cascades = _cascades(mapper, self.cascade)
-            self.last_mapper = mapper
-        if self.last_cascades:
-            return -1
+            return "attach_unmapped"
+        if self.listened < 0:
+            self.listened = _listened(self.session.dispatch, self.events)
+        if self.listened:
+            return "attach_listeners"
+        if _ATTRIBUTES_NAMES["instance_dict"] is not _STOCK_INSTANCE_DICT:
+            return "attach_custom_cascade"
+        plan: tuple = self.plan(mapper)
+        if plan[0]:
+            return "attach_custom_cascade"
+        return None
+
+    @cython.cfunc
+    @cython.exceptval(-1, check=False)
+    def held(self, state) -> cython.bint:
+        """Stock's ``Session._contains_state``: the save-update walk's halt_on."""
+        return state in self.session._new or self.session.identity_map.contains_state(state)
+
+    @cython.cfunc
+    @cython.exceptval(-1, check=False)
+    def began(self) -> cython.bint:
+        """Stock's ``_before_attach`` begins the session's transaction first
+        thing; that may run ``after_transaction_create`` listeners, so
+        whether attach events are listened to is looked up again.  False:
+        they are, stock's method goes on from here."""
+        session = self.session
+        if session._transaction is None:
+            session._autobegin_t()
+            self.listened = _listened(session.dispatch, self.events)
+        return not self.listened
+
+    @cython.cfunc
+    def save(self, state):
+        """Stock's ``_save_or_update_impl`` of one state."""
+        if state.key is None and state.session_id is None and self.began():
+            obj = state.obj()
+            new: dict = self.session._new
+            if state not in new:
+                new[state] = obj
+                state.insert_order = len(new)
+            _attach(state, self.hash_key, obj)
+        else:
+            session = self.session
+            began: cython.bint = session._transaction is not None
+            session._save_or_update_impl(state)
+            if not began:  # it began the transaction: as in began()
+                self.listened = _listened(session.dispatch, self.events)
+
+    @cython.cfunc
+    def cascade(self, state, mapper, type_: str) -> list:
+        """``list(mapper.cascade_iterator(type_, state, halt_on))`` for
+        delete (``halt_on`` None); for save-update each object yielded is
+        saved where the iterator yields it and nothing is returned."""
+        save: cython.bint = type_ is _SAVE_UPDATE
+        found: list = None if save else []
+        visited: set = set()
+        plan: tuple = self.plan(mapper)
+        # frames: [items, next index, parent state, parent dict]; a parent
+        # state of None marks a frame of objects found through one property
+        stack: list = [[plan[1], 0, state, state.dict]]
+        frame: list
+        items: tuple
+        entry: tuple
+        index: cython.Py_ssize_t
+        while stack:
+            frame = stack[-1]
+            items = frame[0]
+            index = frame[1]
+            if index >= len(items):
+                stack.pop()
+                continue
+            frame[1] = index + 1
+            parent = frame[2]
+            if parent is not None:
+                queue = self.follow(items[index], type_, save, parent, frame[3], visited)
+                if queue:
+                    stack.append([queue, 0, None, None])
+                continue
+            entry = items[index]
+            child_state = entry[2]
+            if save:
+                self.save(child_state)
+            else:
+                found.append(entry)
+            plan = self.plan(entry[1])
+            stack.append([plan[1], 0, child_state, entry[3]])
+        return found
+
+    @cython.cfunc
+    def follow(self, step: tuple, type_: str, save: cython.bint, state, dict_, visited: set):
+        """What one property cascades to, as stock's ``mapper.cascade_iterator``
+        gathers it: None, or a tuple of ``(obj, mapper, state, dict)``."""
+        prop = step[0]
+        if not step[1]:
+            cascade = prop.cascade
+            if not cascade or type_ not in cascade:
+                return None
+            halt_on = self.session._contains_state if save else None
+            return tuple(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
+        cascade = prop._cascade
+        if not cascade or type_ not in cascade:
+            return None
+        key = step[2]
+        if save:
+            pairs = state.manager[key].impl.get_all_pending(state, dict_)
+        else:
+            passive = _NO_INITIALIZE if prop.passive_deletes else _LOAD
+            pairs = prop._value_as_iterable(state, dict_, key, passive=passive)
+        target = step[3]
+        out: list = []
+        for pair in pairs:
+            child_state, child = pair
+            if child_state in visited or child is None:
+                continue
+            child_dict = child.__dict__
+            if save and self.held(child_state):
+                continue
+            child_mapper = child_state.manager.mapper
+            if child_mapper is not target and not child_mapper.isa(target):
+                raise AssertionError(
+                    "Attribute '%s' on class '%s' doesn't handle objects of type '%s'"
+                    % (key, prop.parent.class_, child.__class__)
+                )
+            visited.add(child_state)
+            out.append((child, child_mapper, child_state, child_dict))
+        return tuple(out)
+
+    @cython.cfunc
+    def delete_head(self, state, instance):
+        """Stock's ``_delete_impl(state, instance, head=True)`` for a
+        persisted object of this session or of none."""
+        session = self.session
+        if not self.began():
+            session._delete_impl(state, instance, True)
+            return
+        to_attach: cython.bint = state.session_id is None
+        if state in session._deleted:
+            return
+        session.identity_map.add(state)
+        if to_attach:
+            _attach(state, self.hash_key, instance)
+        # gathered before the object is in _deleted: a lazy load of a
+        # collection may autoflush, which must not delete it yet
+        found: list = self.cascade(state, state.manager.mapper, _DELETE)
+        session._deleted[state] = instance
+        if not found:
+            return
+        # the loads may have run listeners
+        listened: cython.bint = _listened(session.dispatch, self.events)
+        for entry in found:
+            self.delete_cascaded(entry[2], entry[0], listened)
+
+    @cython.cfunc
+    def delete_cascaded(self, state, obj, listened: cython.bint):
+        """Stock's ``_delete_impl(state, obj, head=False)``."""
+        session = self.session
+        if state.key is None:
+            return
         session_id = state.session_id
+        if listened or session._transaction is None or (
+            session_id is not None and session_id != self.hash_key
+        ):
+            session._delete_impl(state, obj, False)
+            return
+        deleted: dict = session._deleted
+        if state in deleted:
+            return
+        session.identity_map.add(state)
         if session_id is None:
-            if self.listened < 0:
-                self.listened = _listened(self.session.dispatch, self.events)
-            return -1 if self.listened else 1
-        return 0 if session_id == self.hash_key else -1
+            _attach(state, self.hash_key, obj)
+        deleted[state] = obj
 
 
 def add_all(session, instances):
-    gate: _Gate = _Gate(session, False, "save-update", _ADD_EVENTS)
-    new: dict = session._new
-    verdict: cython.int
+    global _attached_fast
+    walk: _Walk = _Walk(session, _ADD_EVENTS, True)
     for instance in instances:
         state = _state_of(instance)
-        verdict = gate.decide(state)
-        if verdict < 0:
+        reason = walk.gate(state)
+        if reason is not None:
+            _fallback(reason)
             _stock_add(session, instance, _warn=False)
-            new = session._new
-            gate.forget()
+            walk.forget()
             continue
+        _attached_fast += 1
         state._orphaned_outside_of_session = False
-        obj = state.obj()
-        if state not in new:
-            new[state] = obj
-            state.insert_order = len(new)
-        if verdict:
-            _attach(state, gate.hash_key, obj)
+        walk.save(state)
+        mapper = state.manager.mapper
+        plan: tuple = walk.plan(mapper)
+        if plan[1]:
+            walk.cascade(state, mapper, _SAVE_UPDATE)
 
 
 def delete_all(session, instances):
-    gate: _Gate = _Gate(session, True, "delete", _DELETE_EVENTS)
-    deleted: dict = session._deleted
-    verdict: cython.int
+    global _attached_fast
+    # a delete cascade may load collections, running listeners: no cache
+    walk: _Walk = _Walk(session, _DELETE_EVENTS, False)
     for instance in instances:
         state = _state_of(instance)
-        verdict = gate.decide(state)
-        if verdict < 0:
+        reason = walk.gate(state)
+        if reason is None and (
+            state.key is None
+            or (state.session_id is not None and state.session_id != walk.hash_key)
+        ):
+            reason = "attach_state"
+        if reason is not None:
+            _fallback(reason)
             _stock_delete(session, instance)
-            deleted = session._deleted
-            gate.forget()
+            walk.forget()
             continue
-        if state in deleted:
-            continue
-        session.identity_map.add(state)
-        if verdict:
-            _attach(state, gate.hash_key, instance)
-        deleted[state] = instance
+        _attached_fast += 1
+        walk.delete_head(state, instance)
+        walk.forget()
 
 
 @cython.cfunc

@@ -39,6 +39,7 @@ HOT_PATHS = (
     "expire",
     "loading",
     "emit",
+    "relationships",
 )
 
 NO_EXTENSIONS = flag("TURBOSESSION_NO_EXTENSIONS")

@@ -35,6 +35,7 @@ from sqlalchemy.orm import persistence, sync
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
+    _ProcessAll,
     _SaveUpdateAll,
     _SaveUpdateState,
 )
@@ -42,7 +43,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
-from . import emission
+from . import emission, relationships
 from ._warn import warn
 
 __all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "stats"]
@@ -199,7 +200,22 @@ class ActionRunner:
                 states = uow.states_for_mapper_hierarchy(mapper, True, False)
                 _delete(uow, mapper, self.persist, states)
             return
+        if kind is _ProcessAll and not action.isdelete and self._run_saves(action):
+            return
         action.execute(self.uow)
+
+    def _run_saves(self, action):
+        """A one-to-many or many-to-one ``process_saves`` on the
+        ``relationships`` hot path, when ``relationships.saves_runner``
+        allows it."""
+        dp = action.dependency_processor
+        runner = relationships.saves_runner(dp)
+        if runner is None:
+            return False
+        name, extra = runner
+        uow = self.uow
+        getattr(uow.session._turbo.relationships, name)(uow, dp, action._elements(uow), *extra)
+        return True
 
     def aggregate(self, action, actions):
         """``action.execute_aggregate(uow, actions)``: run ``action`` with

@@ -138,6 +138,7 @@ _ATTACH_HOOK_NAMES = frozenset(
         "_before_attach",
         "_after_attach",
         "_autobegin_t",
+        "_contains_state",
     )
 )
 
@@ -164,6 +165,7 @@ def _add_hooks(cls):
         cls._before_attach,
         cls._after_attach,
         cls._autobegin_t,
+        cls._contains_state,
     )
 
 

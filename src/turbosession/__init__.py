@@ -7,8 +7,12 @@ Change one import::
 ``turbosession.compiled`` tells whether the Cython modules are in use.
 """
 
-from . import _impl, fastpath, loads
+from . import _impl, fastpath, instances, loads
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
+
+# the one hook into SQLAlchemy (README, "Seams"): stock's row processor for
+# every session that is not turbosession's
+instances.install()
 
 __version__ = "0.1.0"
 
@@ -24,8 +28,10 @@ def stats():
     """Flushes: ``fast`` and ``fallback`` (by reason); loads under ``"loads"``.
 
     ``{"fast": n, "fallback": {reason: n}, "loads": {"get": {"fast": n,
-    "fallback": {reason: n}}}}``; the reasons are described in
-    ``fastpath.FALLBACK_REASONS`` and ``loads.FALLBACK_REASONS``.
+    "fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
+    n}, "rows": n, "rows_to_stock": n}}}``; the reasons are described in
+    ``fastpath.FALLBACK_REASONS``, ``loads.FALLBACK_REASONS`` and
+    ``instances.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()

@@ -38,6 +38,7 @@ HOT_PATHS = (
     "attach",
     "expire",
     "loading",
+    "instances",
 )
 
 NO_EXTENSIONS = flag("TURBOSESSION_NO_EXTENSIONS")

@@ -181,9 +181,9 @@ def instance_processor(
     )
 
 
-PURE_LOOP = False
-"""Whether the pure implementation uses its (uncompiled) loop; tests set it
-to run the pure twin side by side with stock."""
+PURE_LOOP = True
+"""Whether the pure implementation uses its (uncompiled) loop (callgrind:
+not slower than stock's closure); False gives pure sessions stock's."""
 
 
 def install():

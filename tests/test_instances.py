@@ -386,3 +386,76 @@ def pure_loop(impl, monkeypatch):
     load with stock's closure, see instances.FALLBACK_REASONS["load_pure"])."""
     monkeypatch.setattr(instances, "PURE_LOOP", True)
     return impl
+
+
+def test_pure_sessions_default_to_stock_closure(engine):
+    """Without PURE_LOOP, a pure session's queries get stock's closure, counted
+    as load_pure, and load exactly as stock."""
+    from turbosession import _impl
+
+    pure_session = type("Session_pure", (turbosession.Session,), {"_turbo": _impl.pure})
+    assert instances.PURE_LOOP is False
+    turbosession.reset_stats()
+    assert_same_as_stock(
+        lambda cls, eng, log: each_load(cls, eng, log, LOADS[:3]),
+        pure_session, engine, Base.metadata,
+    )
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] == 0 and loaded["rows"] == 0
+    assert set(loaded["fallback"]) == {"load_pure"}
+
+
+def _expire_first(s, attrs=None):
+    objs = list(s.identity_map.values())
+    if objs:
+        s.expire(objs[0], attrs)
+    return []
+
+
+def _change_first(s):
+    for obj in s.identity_map.values():
+        if isinstance(obj, Author):
+            obj.name = "changed"
+            break
+    return []
+
+
+# steps of a random sequence; each returns what it loaded (kept alive)
+STEPS = [
+    ("authors", lambda s: s.scalars(select(Author).order_by(Author.id)).all()),
+    ("authors > 2", lambda s: s.scalars(select(Author).where(Author.id > 2)).all()),
+    ("books", lambda s: s.scalars(select(Book).order_by(Book.id)).all()),
+    ("books load_only", lambda s: s.scalars(select(Book).options(load_only(Book.title))).all()),
+    ("authors undefer", lambda s: s.scalars(select(Author).options(undefer(Author.bio))).all()),
+    ("book and author", lambda s: s.execute(
+        select(Book, Author).outerjoin(Book.author).order_by(Book.id)).all()),
+    ("joinedload", lambda s: s.scalars(
+        select(Author).options(joinedload(Author.books))).unique().all()),
+    ("selectinload", lambda s: s.scalars(select(Author).options(selectinload(Author.books))).all()),
+    ("populate_existing", lambda s: s.scalars(
+        select(Author).execution_options(populate_existing=True)).all()),
+    ("yield_per", lambda s: list(s.scalars(select(Book).execution_options(yield_per=4)))),
+    ("get", lambda s: [s.get(Author, 2), s.get(Book, 21)]),
+    ("expire one", _expire_first),
+    ("expire name", lambda s: _expire_first(s, ["name"])),
+    ("change", _change_first),
+    ("commit", lambda s: s.commit() or []),
+    ("expunge_all", lambda s: s.expunge_all() or []),
+]
+
+
+def test_random_sequences_match_stock(session_cls, engine, pure_loop):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=25, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.sampled_from(range(len(STEPS))), min_size=1, max_size=8))
+    def check(indexes):
+        loads = [STEPS[i] for i in indexes]
+        assert_same_as_stock(
+            lambda cls, eng, log: each_load(cls, eng, log, loads, events=True),
+            session_cls, engine, Base.metadata,
+        )
+
+    check()

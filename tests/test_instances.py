@@ -459,3 +459,21 @@ def test_random_sequences_match_stock(session_cls, engine, pure_loop):
         )
 
     check()
+
+
+def test_instrumentation_decision_is_memoized_on_the_mapper(session_cls, engine):
+    """The per-mapper part of the decision lives in the mapper's memoized
+    values, which SQLAlchemy clears when mappers are reconfigured."""
+    Base.metadata.create_all(engine)
+    try:
+        mapper = inspect(Author)
+        mapper._memoized_values.pop(instances._MEMO_KEY, None)
+        with session_cls(engine) as session:
+            session.scalars(select(Author)).all()
+        if session_cls._turbo.instances._is_compiled():
+            assert mapper._memoized_values[instances._MEMO_KEY] is True
+        else:
+            # pure without PURE_LOOP decides before the per-mapper part
+            assert instances._MEMO_KEY not in mapper._memoized_values
+    finally:
+        Base.metadata.drop_all(engine)

@@ -49,12 +49,18 @@ _STATE_INIT_NAMES = (
 )
 
 
+# InstanceState.__init__ as imported, when it is the one described above
+_KNOWN_INIT = (
+    InstanceState.__init__
+    if InstanceState.__init__.__code__.co_names == _STATE_INIT_NAMES
+    and InstanceState.__new__ is object.__new__
+    else None
+)
+
+
 def _init_is_known(state_class) -> cython.bint:
-    return (
-        state_class is InstanceState
-        and InstanceState.__init__.__code__.co_names == _STATE_INIT_NAMES
-        and InstanceState.__new__ is object.__new__
-    )
+    return state_class is InstanceState and InstanceState.__init__ is _KNOWN_INIT
+
 
 _rows_fast = cython.declare(cython.Py_ssize_t, 0)
 _rows_stock = cython.declare(cython.Py_ssize_t, 0)
@@ -105,27 +111,30 @@ class RowLoader:
     post_load = cython.declare(object)
     hits_to_stock = cython.declare(cython.bint)
 
-    def __init__(self, stock, cells, manager, state_attr, hits_to_stock):
-        populators = cells["populators"]
+    def __init__(self, stock, closure, index, manager, state_attr, hits_to_stock):
+        def cell(name):
+            return closure[index[name]].cell_contents
+
+        populators = cell("populators")
         self.stock = stock
-        self.context = cells["context"]
-        self.identity_class = cells["identity_class"]
-        self.identity_token = cells["identity_token"]
-        self.primary_key_getter = cells["primary_key_getter"]
-        self.identity_map = cells["session_identity_map"]
-        self.is_not_primary_key = cells["is_not_primary_key"]
+        self.context = cell("context")
+        self.identity_class = cell("identity_class")
+        self.identity_token = cell("identity_token")
+        self.primary_key_getter = cell("primary_key_getter")
+        self.identity_map = cell("session_identity_map")
+        self.is_not_primary_key = cell("is_not_primary_key")
         self.manager = manager
         self.class_ = manager.class_
         self.new_object = self.class_.__new__
         # a memoized property that fires first_init when first read: read it
-        # only once stock's new_instance() has (see _new_state)
+        # only once stock's new_instance() has (see _new_object)
         self.state_constructor = manager.__dict__.get("_state_constructor")
         self.init_inline = _init_is_known(self.state_constructor)
         self.state_attr = state_attr
-        self.session_id = cells["session_id"]
-        self.runid = cells["runid"]
-        self.load_path = cells["load_path"]
-        self.load_options = cells["propagated_loader_options"]
+        self.session_id = cell("session_id")
+        self.runid = cell("runid")
+        self.load_path = cell("load_path")
+        self.load_options = cell("propagated_loader_options")
         quick = populators["quick"]
         self.quick_keys = tuple([key for key, _ in quick])
         self.quick_getters = tuple([getter for _, getter in quick])
@@ -135,10 +144,11 @@ class RowLoader:
         self.expired_keys = tuple([key for key, flag in populators["expire"] if flag])
         self.new_populators = tuple(populators["new"])
         self.has_eager = bool(populators["eager"])
-        self.load_evt = cells["load_evt"]
-        self.persistent_evt = cells["persistent_evt"]
-        self.loaded_as_persistent = cells.get("loaded_as_persistent")
-        self.post_load = cells["post_load"]
+        self.load_evt = cell("load_evt")
+        self.persistent_evt = cell("persistent_evt")
+        # assigned only when there are listeners
+        self.loaded_as_persistent = cell("loaded_as_persistent") if self.persistent_evt else None
+        self.post_load = cell("post_load")
         self.hits_to_stock = hits_to_stock
 
     @cython.cfunc

@@ -99,18 +99,26 @@ def _fallback(reason, stock):
     return stock
 
 
-def _cells(closure):
-    """The closure's cells by name (an unassigned cell is left out)."""
-    cells = {}
-    for name, cell in zip(closure.__code__.co_freevars, closure.__closure__):
-        try:
-            cells[name] = cell.cell_contents
-        except ValueError:
-            pass
-    return cells
+# where each cell is in the closure's __closure__ (its code's co_freevars)
+CELL_INDEX = {name: i for i, name in enumerate(_STOCK_INSTANCE_CODE.co_freevars)}
+_CLOSURE_KNOWN = _CELLS_READ <= CELL_INDEX.keys()
 
 
-def _stock_instrumentation(manager):
+def _cell(closure, name):
+    return closure[CELL_INDEX[name]].cell_contents
+
+
+def _stock_instrumentation(mapper):
+    """Whether the mapper's class is instrumented as stock instruments it;
+    kept in the mapper's memoized values (cleared when mappers are
+    reconfigured)."""
+    return mapper._memo(_MEMO_KEY, lambda: _decide_instrumentation(mapper.class_manager))
+
+
+_MEMO_KEY = ("turbosession.instances", "stock_instrumentation")
+
+
+def _decide_instrumentation(manager):
     cls = type(manager)
     return (
         cls.new_instance is instrumentation.ClassManager.new_instance
@@ -162,22 +170,25 @@ def instance_processor(
         if mapper.polymorphic_map:
             return _fallback("load_polymorphic", stock)
         return _fallback("load_closure", stock)
-    cells = _cells(stock)
-    if not _CELLS_READ <= cells.keys() or cells["mapper"] is not mapper:
+    closure = stock.__closure__
+    if not _CLOSURE_KNOWN or _cell(closure, "mapper") is not mapper:
         return _fallback("load_closure", stock)
-    if cells["populate_existing"]:
+    if _cell(closure, "populate_existing"):
         return _fallback("load_populate_existing", stock)
-    manager = mapper.class_manager
     if (
-        cells["instance_state"] is not attributes.instance_state
-        or cells["instance_dict"] is not attributes.instance_dict
-        or not _stock_instrumentation(manager)
+        _cell(closure, "instance_state") is not attributes.instance_state
+        or _cell(closure, "instance_dict") is not attributes.instance_dict
+        or not _stock_instrumentation(mapper)
     ):
         return _fallback("load_instrumentation", stock)
-    hits_to_stock = bool(cells["version_check"] and cells.get("version_id_getter"))
+    # the version_id_getter cell is assigned only with a version check
+    hits_to_stock = bool(
+        _cell(closure, "version_check") and _cell(closure, "version_id_getter")
+    )
     _fast += 1
     return bundle.instances.RowLoader(
-        stock, cells, manager, base.DEFAULT_STATE_ATTR, hits_to_stock
+        stock, closure, CELL_INDEX, mapper.class_manager, base.DEFAULT_STATE_ATTR,
+        hits_to_stock,
     )
 
 

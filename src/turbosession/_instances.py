@@ -62,6 +62,17 @@ def _init_is_known(state_class) -> cython.bint:
     return state_class is InstanceState and InstanceState.__init__ is _KNOWN_INIT
 
 
+# the cells of stock's closure RowLoader reads, in the order of ``at``; all
+# but the last are assigned in every closure, loaded_as_persistent only when
+# the session has loaded_as_persistent listeners
+CELLS = (
+    "context", "identity_class", "identity_token", "primary_key_getter",
+    "session_identity_map", "is_not_primary_key", "session_id", "runid", "load_path",
+    "propagated_loader_options", "populators", "load_evt", "persistent_evt", "post_load",
+    "loaded_as_persistent",
+)
+_ALWAYS_ASSIGNED = cython.declare(cython.Py_ssize_t, len(CELLS) - 1)
+
 _rows_fast = cython.declare(cython.Py_ssize_t, 0)
 _rows_stock = cython.declare(cython.Py_ssize_t, 0)
 
@@ -111,18 +122,20 @@ class RowLoader:
     post_load = cython.declare(object)
     hits_to_stock = cython.declare(cython.bint)
 
-    def __init__(self, stock, closure, index, manager, state_attr, hits_to_stock):
-        def cell(name):
-            return closure[index[name]].cell_contents
-
-        populators = cell("populators")
+    def __init__(self, stock, closure, at, manager, state_attr, hits_to_stock):
+        # ``at``: the position in ``closure`` of each cell named in CELLS
+        i: cython.Py_ssize_t
+        cells = [closure[i].cell_contents for i in at[:_ALWAYS_ASSIGNED]]
+        (context, identity_class, identity_token, primary_key_getter, identity_map,
+         is_not_primary_key, session_id, runid, load_path, load_options, populators,
+         load_evt, persistent_evt, post_load) = cells
         self.stock = stock
-        self.context = cell("context")
-        self.identity_class = cell("identity_class")
-        self.identity_token = cell("identity_token")
-        self.primary_key_getter = cell("primary_key_getter")
-        self.identity_map = cell("session_identity_map")
-        self.is_not_primary_key = cell("is_not_primary_key")
+        self.context = context
+        self.identity_class = identity_class
+        self.identity_token = identity_token
+        self.primary_key_getter = primary_key_getter
+        self.identity_map = identity_map
+        self.is_not_primary_key = is_not_primary_key
         self.manager = manager
         self.class_ = manager.class_
         self.new_object = self.class_.__new__
@@ -131,10 +144,10 @@ class RowLoader:
         self.state_constructor = manager.__dict__.get("_state_constructor")
         self.init_inline = _init_is_known(self.state_constructor)
         self.state_attr = state_attr
-        self.session_id = cell("session_id")
-        self.runid = cell("runid")
-        self.load_path = cell("load_path")
-        self.load_options = cell("propagated_loader_options")
+        self.session_id = session_id
+        self.runid = runid
+        self.load_path = load_path
+        self.load_options = load_options
         quick = populators["quick"]
         self.quick_keys = tuple([key for key, _ in quick])
         self.quick_getters = tuple([getter for _, getter in quick])
@@ -144,11 +157,11 @@ class RowLoader:
         self.expired_keys = tuple([key for key, flag in populators["expire"] if flag])
         self.new_populators = tuple(populators["new"])
         self.has_eager = bool(populators["eager"])
-        self.load_evt = cell("load_evt")
-        self.persistent_evt = cell("persistent_evt")
+        self.load_evt = load_evt
+        self.persistent_evt = persistent_evt
         # assigned only when there are listeners
-        self.loaded_as_persistent = cell("loaded_as_persistent") if self.persistent_evt else None
-        self.post_load = cell("post_load")
+        self.loaded_as_persistent = closure[at[_ALWAYS_ASSIGNED]].cell_contents if self.persistent_evt else None
+        self.post_load = post_load
         self.hits_to_stock = hits_to_stock
 
     @cython.cfunc

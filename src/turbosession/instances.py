@@ -101,18 +101,34 @@ def _fallback(reason, stock):
 
 # where each cell is in the closure's __closure__ (its code's co_freevars)
 CELL_INDEX = {name: i for i, name in enumerate(_STOCK_INSTANCE_CODE.co_freevars)}
-_CLOSURE_KNOWN = _CELLS_READ <= CELL_INDEX.keys()
+_CLOSURE_KNOWN = _CELLS_READ <= CELL_INDEX.keys() and "loaded_as_persistent" in CELL_INDEX
 
 
 def _cell(closure, name):
     return closure[CELL_INDEX[name]].cell_contents
 
 
+def _positions(bundle):
+    """Where the cells the bundle's RowLoader reads are in the closure."""
+    return tuple(CELL_INDEX[name] for name in bundle.instances.CELLS)
+
+
+_MAPPER = CELL_INDEX.get("mapper")
+_POPULATE_EXISTING = CELL_INDEX.get("populate_existing")
+_INSTANCE_STATE = CELL_INDEX.get("instance_state")
+_INSTANCE_DICT = CELL_INDEX.get("instance_dict")
+_VERSION_CHECK = CELL_INDEX.get("version_check")
+
+
 def _stock_instrumentation(mapper):
     """Whether the mapper's class is instrumented as stock instruments it;
     kept in the mapper's memoized values (cleared when mappers are
     reconfigured)."""
-    return mapper._memo(_MEMO_KEY, lambda: _decide_instrumentation(mapper.class_manager))
+    memo = mapper._memoized_values
+    decided = memo.get(_MEMO_KEY)
+    if decided is None:
+        decided = memo[_MEMO_KEY] = _decide_instrumentation(mapper.class_manager)
+    return decided
 
 
 _MEMO_KEY = ("turbosession.instances", "stock_instrumentation")
@@ -171,25 +187,31 @@ def instance_processor(
             return _fallback("load_polymorphic", stock)
         return _fallback("load_closure", stock)
     closure = stock.__closure__
-    if not _CLOSURE_KNOWN or _cell(closure, "mapper") is not mapper:
+    if not _CLOSURE_KNOWN or closure[_MAPPER].cell_contents is not mapper:
         return _fallback("load_closure", stock)
-    if _cell(closure, "populate_existing"):
+    if closure[_POPULATE_EXISTING].cell_contents:
         return _fallback("load_populate_existing", stock)
     if (
-        _cell(closure, "instance_state") is not attributes.instance_state
-        or _cell(closure, "instance_dict") is not attributes.instance_dict
+        closure[_INSTANCE_STATE].cell_contents is not attributes.instance_state
+        or closure[_INSTANCE_DICT].cell_contents is not attributes.instance_dict
         or not _stock_instrumentation(mapper)
     ):
         return _fallback("load_instrumentation", stock)
     # the version_id_getter cell is assigned only with a version check
     hits_to_stock = bool(
-        _cell(closure, "version_check") and _cell(closure, "version_id_getter")
+        closure[_VERSION_CHECK].cell_contents and _cell(closure, "version_id_getter")
     )
+    positions = _POSITIONS.get(bundle.name)
+    if positions is None:
+        positions = _POSITIONS[bundle.name] = _positions(bundle)
     _fast += 1
     return bundle.instances.RowLoader(
-        stock, closure, CELL_INDEX, mapper.class_manager, base.DEFAULT_STATE_ATTR,
+        stock, closure, positions, mapper.class_manager, base.DEFAULT_STATE_ATTR,
         hits_to_stock,
     )
+
+
+_POSITIONS: dict = {}
 
 
 PURE_LOOP = False

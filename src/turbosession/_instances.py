@@ -110,11 +110,9 @@ class RowLoader:
     runid = cython.declare(object)
     load_path = cython.declare(object)
     load_options = cython.declare(object)
-    quick_keys = cython.declare(tuple)
-    quick_getters = cython.declare(tuple)
-    n_quick = cython.declare(cython.Py_ssize_t)
+    quick = cython.declare(list)
     expired_keys = cython.declare(tuple)
-    new_populators = cython.declare(tuple)
+    new_populators = cython.declare(list)
     has_eager = cython.declare(cython.bint)
     load_evt = cython.declare(cython.bint)
     persistent_evt = cython.declare(cython.bint)
@@ -148,14 +146,16 @@ class RowLoader:
         self.runid = runid
         self.load_path = load_path
         self.load_options = load_options
-        quick = populators["quick"]
-        self.quick_keys = tuple([key for key, _ in quick])
-        self.quick_getters = tuple([getter for _, getter in quick])
-        self.n_quick = len(quick)
+        # stock's lists, used as they are (nothing changes them after setup):
+        # a get() miss builds one RowLoader per row, so no copies
+        self.quick = populators["quick"]
         # without populate_existing, an "expire" populator only adds to
         # expired_attributes, and only when its flag is set
-        self.expired_keys = tuple([key for key, flag in populators["expire"] if flag])
-        self.new_populators = tuple(populators["new"])
+        expire = populators["expire"]
+        self.expired_keys = (
+            tuple([key for key, flag in expire if flag]) if expire else None
+        )
+        self.new_populators = populators["new"]
         self.has_eager = bool(populators["eager"])
         self.load_evt = load_evt
         self.persistent_evt = persistent_evt
@@ -234,11 +234,8 @@ class RowLoader:
         state.load_path = self.load_path
 
         state.runid = self.runid
-        i: cython.Py_ssize_t
-        quick_keys = self.quick_keys
-        quick_getters = self.quick_getters
-        for i in range(self.n_quick):
-            dict_[quick_keys[i]] = quick_getters[i](row)
+        for key, getter in self.quick:
+            dict_[key] = getter(row)
         if self.expired_keys:
             expired = state.expired_attributes
             for key in self.expired_keys:

@@ -7,8 +7,12 @@ Change one import::
 ``turbosession.compiled`` tells whether the Cython modules are in use.
 """
 
-from . import _impl, attaching, emission, fastpath, loads
+from . import _impl, attaching, emission, fastpath, instances, loads
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
+
+# the one hook into SQLAlchemy (README, "Seams"): stock's row processor for
+# every session that is not turbosession's
+instances.install()
 
 __version__ = "0.1.0"
 
@@ -26,11 +30,12 @@ def stats():
     to add / add_all / delete / delete_all under ``"attach"``.
 
     ``{"fast": n, "fallback": {reason: n}, "loads": {"get": {"fast": n,
-    "fallback": {reason: n}}}, "emission": {"direct": n, "fallback":
-    {reason: n}}, "attach": {"fast": n, "fallback": {reason: n}}}``; the
-    reasons are described in ``fastpath.FALLBACK_REASONS``,
-    ``loads.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS`` and
-    ``attaching.FALLBACK_REASONS``.
+    "fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
+    n}, "rows": n, "rows_to_stock": n}}, "emission": {"direct": n,
+    "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
+    n}}}``; the reasons are described in ``fastpath.FALLBACK_REASONS``,
+    ``loads.FALLBACK_REASONS``, ``instances.FALLBACK_REASONS``,
+    ``emission.FALLBACK_REASONS`` and ``attaching.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()

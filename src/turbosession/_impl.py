@@ -40,6 +40,7 @@ HOT_PATHS = (
     "loading",
     "emit",
     "relationships",
+    "instances",
 )
 
 NO_EXTENSIONS = flag("TURBOSESSION_NO_EXTENSIONS")

@@ -56,7 +56,11 @@ def _bundles():
 
 
 def stats():
-    """``{"get": {"fast": n, "fallback": {reason: n}}}`` over both implementations."""
+    """``{"get": {"fast": n, "fallback": {reason: n}}, "instances": {"fast": n,
+    "fallback": {reason: n}, "rows": n, "rows_to_stock": n}}`` over both
+    implementations: ``instances`` counts query entities whose rows took
+    turbosession's loop (``fast``) or stock's closure (by reason), and the rows
+    that loop handled or handed to stock's closure."""
     fast = 0
     fallback = {"get_options": _get_options} if _get_options else {}
     for bundle in _bundles():
@@ -64,11 +68,22 @@ def stats():
         fast += counts["fast"]
         for reason, n in counts["fallback"].items():
             fallback[reason] = fallback.get(reason, 0) + n
-    return {"get": {"fast": fast, "fallback": fallback}}
+    from . import instances
+
+    loaded = instances.counts()
+    loaded["rows"] = loaded["rows_to_stock"] = 0
+    for bundle in _bundles():
+        for key, n in bundle.instances.counts().items():
+            loaded[key] += n
+    return {"get": {"fast": fast, "fallback": fallback}, "instances": loaded}
 
 
 def reset_stats():
     global _get_options
     _get_options = 0
+    from . import instances
+
+    instances.reset_counts()
     for bundle in _bundles():
         bundle.loading.reset_counts()
+        bundle.instances.reset_counts()

@@ -158,7 +158,11 @@ def share_lines(turbo):
     """The share of flushes and of each kind of load that took turbosession's
     path, and the fallbacks by reason, from the summed ``stats()``."""
     lines = []
-    for label, prefix in (("flushes", ""), ("loads: get()", "loads.get.")):
+    for label, prefix in (
+        ("flushes", ""),
+        ("loads: get()", "loads.get."),
+        ("loads: query entities (row loop)", "loads.instances."),
+    ):
         fast = turbo.get(f"{prefix}fast", 0)
         fallbacks = {
             key[len(f"{prefix}fallback."):]: n
@@ -171,6 +175,12 @@ def share_lines(turbo):
         lines.append(
             f"{label}: {fast} of {total} on turbosession's path ({share})"
             + (f"; fallbacks: {reasons}" if reasons else "")
+        )
+    rows, to_stock = turbo.get("loads.instances.rows", 0), turbo.get("loads.instances.rows_to_stock", 0)
+    if rows or to_stock:
+        lines.append(
+            f"loads: rows of those entities: {rows} by turbosession's loop, "
+            f"{to_stock} handed to stock's closure"
         )
     return lines
 

@@ -529,6 +529,68 @@ class RepeatedQueries(Workload):
             check(all(type(o) is Item for o in rows), "rows are not Item objects")
 
 
+class EagerLoadChildren(Workload):
+    """N / 10 parents, each with its 10 children loaded eagerly into a fresh
+    session: the parent rows and the eager loader's child rows."""
+
+    unit = "parent"
+    CHILDREN = 10
+
+    @property
+    def ops(self):
+        return max(self.n // self.CHILDREN, 1)
+
+    def option(self):
+        raise NotImplementedError
+
+    def setup_session(self, state):
+        self.db.reset()
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(PARENT), [
+                {"id": p + 1, "name": f"parent {p}"} for p in range(self.ops)
+            ])
+            conn.execute(insert(CHILD), [
+                {"id": p * self.CHILDREN + c + 1, "parent_id": p + 1, "name": f"child {c}"}
+                for p in range(self.ops)
+                for c in range(self.CHILDREN)
+            ])
+        state.session = state.session_cls(self.db.engine)
+        state.statement = select(Parent).options(self.option()).order_by(Parent.id)
+        return state
+
+    def run_session(self, state):
+        state.rows = state.session.scalars(state.statement).unique().all()
+
+    def verify(self, state):
+        rows = state.rows
+        check(len(rows) == self.ops, f"{len(rows)} parents loaded, expected {self.ops}")
+        check(all("children" in inspect(p).dict for p in rows), "children not loaded eagerly")
+        for p in rows:
+            ids = sorted(c.id for c in p.children)
+            first = (p.id - 1) * self.CHILDREN + 1
+            check(ids == list(range(first, first + self.CHILDREN)), f"parent {p.id}: children {ids}")
+            check(all(c.parent_id == p.id and type(c) is Child for c in p.children),
+                  f"parent {p.id}: wrong children")
+        check(len(state.session.identity_map) == self.ops * (self.CHILDREN + 1),
+              "identity map misses objects")
+
+
+class SelectinLoadChildren(EagerLoadChildren):
+    name = "selectinload"
+    title = "selectinload of a one-to-many (10 children)"
+
+    def option(self):
+        return orm.selectinload(Parent.children)
+
+
+class JoinedLoadChildren(EagerLoadChildren):
+    name = "joinedload"
+    title = "joinedload of a one-to-many (10 children)"
+
+    def option(self):
+        return orm.joinedload(Parent.children)
+
+
 class ParentsWithChildren(Workload):
     """One-to-many with cascade: N / 5 parents, each with 4 children."""
 
@@ -1103,6 +1165,8 @@ WORKLOADS = (
     GetIdentityHits,
     GetMisses,
     RepeatedQueries,
+    SelectinLoadChildren,
+    JoinedLoadChildren,
     ParentsWithChildren,
     SelfReferentialTree,
     WebRequests,

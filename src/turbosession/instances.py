@@ -1,0 +1,227 @@
+"""The hook on ``sqlalchemy.orm.loading._instance_processor``: which queries
+load their rows through turbosession's loop.
+
+SQLAlchemy has no per-session seam for row processing: the query entities
+(``_MapperEntity.row_processor``), the joined eager loader and the
+polymorphic switch call ``loading._instance_processor`` as a module global.
+``install()`` (run when turbosession is imported) puts ``instance_processor``
+there.  It always calls stock's function first, unchanged, and returns its
+closure as is unless the query runs in a turbosession session (an instance of
+``TurboSessionMixin``): every other session gets exactly what stock gives it.
+
+For a turbosession session the decision is made here, once per query entity
+and in Python: a query of the covered shape gets the implementation bundle's
+``instances.RowLoader`` built over stock's closure (which it reads its
+per-query setup from and hands the rows it does not cover to); any other gets
+stock's closure, counted under a reason of ``FALLBACK_REASONS`` and logged at
+DEBUG on the ``turbosession`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import attributes, base, instrumentation, loading
+
+from .session import TurboSessionMixin
+
+__all__ = ["FALLBACK_REASONS", "counts", "install", "instance_processor", "reset_counts"]
+
+_log = logging.getLogger("turbosession")
+
+STOCK_INSTANCE_PROCESSOR = loading._instance_processor
+
+# the code of the _instance closure stock's _instance_processor returns for a
+# non-polymorphic mapper, and the names of its cells this module reads
+_STOCK_INSTANCE_CODE = next(
+    const
+    for const in STOCK_INSTANCE_PROCESSOR.__code__.co_consts
+    if getattr(const, "co_name", None) == "_instance"
+)
+_CELLS_READ = frozenset(
+    (
+        "context",
+        "identity_class",
+        "identity_token",
+        "instance_dict",
+        "instance_state",
+        "is_not_primary_key",
+        "load_evt",
+        "load_path",
+        "mapper",
+        "persistent_evt",
+        "populate_existing",
+        "populators",
+        "post_load",
+        "primary_key_getter",
+        "propagated_loader_options",
+        "refresh_state",
+        "runid",
+        "session_id",
+        "session_identity_map",
+        "version_check",
+    )
+)
+
+FALLBACK_REASONS = {
+    "load_refresh": "a refresh or an expired-attribute load (refresh_state or "
+    "only_load_props)",
+    "load_polymorphic": "the mapper is polymorphic (stock's polymorphic switch, "
+    "or the processor of a subclass it dispatches to)",
+    "load_populate_existing": "populate_existing, or the mapper's always_refresh",
+    "load_instrumentation": "custom class instrumentation (a ClassManager or "
+    "state constructor other than stock's, another state attribute)",
+    "load_closure": "stock's row processor is not the closure this version "
+    "of turbosession reads (another SQLAlchemy, or a patched loading module)",
+    "load_pure": "the pure implementation loads rows with stock's closure "
+    "(uncompiled, the loop plus its per-query setup is not cheaper; PURE_LOOP)",
+}
+
+_fast = 0
+_fallbacks: dict = {}
+
+
+def counts():
+    """``{"fast": n, "fallback": {reason: n}}`` per query entity set up so far."""
+    return {"fast": _fast, "fallback": dict(_fallbacks)}
+
+
+def reset_counts():
+    global _fast
+    _fast = 0
+    _fallbacks.clear()
+
+
+def _fallback(reason, stock):
+    _fallbacks[reason] = _fallbacks.get(reason, 0) + 1
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("rows load with stock's closure: %s (%s)", reason, FALLBACK_REASONS[reason])
+    return stock
+
+
+# where each cell is in the closure's __closure__ (its code's co_freevars)
+CELL_INDEX = {name: i for i, name in enumerate(_STOCK_INSTANCE_CODE.co_freevars)}
+_CLOSURE_KNOWN = _CELLS_READ <= CELL_INDEX.keys() and "loaded_as_persistent" in CELL_INDEX
+
+
+def _cell(closure, name):
+    return closure[CELL_INDEX[name]].cell_contents
+
+
+def _positions(bundle):
+    """Where the cells the bundle's RowLoader reads are in the closure."""
+    return tuple(CELL_INDEX[name] for name in bundle.instances.CELLS)
+
+
+_MAPPER = CELL_INDEX.get("mapper")
+_POPULATE_EXISTING = CELL_INDEX.get("populate_existing")
+_INSTANCE_STATE = CELL_INDEX.get("instance_state")
+_INSTANCE_DICT = CELL_INDEX.get("instance_dict")
+_VERSION_CHECK = CELL_INDEX.get("version_check")
+
+
+def _stock_instrumentation(mapper):
+    """Whether the mapper's class is instrumented as stock instruments it;
+    kept in the mapper's memoized values (cleared when mappers are
+    reconfigured)."""
+    memo = mapper._memoized_values
+    decided = memo.get(_MEMO_KEY)
+    if decided is None:
+        decided = memo[_MEMO_KEY] = _decide_instrumentation(mapper.class_manager)
+    return decided
+
+
+_MEMO_KEY = ("turbosession.instances", "stock_instrumentation")
+
+
+def _decide_instrumentation(manager):
+    cls = type(manager)
+    return (
+        cls.new_instance is instrumentation.ClassManager.new_instance
+        and cls._state_setter is instrumentation.ClassManager._state_setter
+        and manager.STATE_ATTR == base.DEFAULT_STATE_ATTR
+        and cls.__dict__.get("_state_constructor", instrumentation.ClassManager.__dict__[
+            "_state_constructor"]) is instrumentation.ClassManager.__dict__["_state_constructor"]
+    )
+
+
+def instance_processor(
+    query_entity,
+    mapper,
+    context,
+    result,
+    path,
+    adapter,
+    only_load_props=None,
+    refresh_state=None,
+    polymorphic_discriminator=None,
+    _polymorphic_from=None,
+):
+    """Stock's ``_instance_processor``; for a query of a turbosession session
+    of the covered shape, its closure wrapped in turbosession's loop."""
+    stock = STOCK_INSTANCE_PROCESSOR(
+        query_entity,
+        mapper,
+        context,
+        result,
+        path,
+        adapter,
+        only_load_props,
+        refresh_state,
+        polymorphic_discriminator,
+        _polymorphic_from,
+    )
+    session = context.session
+    if not isinstance(session, TurboSessionMixin):
+        return stock
+    bundle = session._turbo
+    if not PURE_LOOP and not bundle.instances._is_compiled():
+        return _fallback("load_pure", stock)
+    global _fast
+    if refresh_state is not None or only_load_props is not None:
+        return _fallback("load_refresh", stock)
+    if _polymorphic_from is not None:
+        return _fallback("load_polymorphic", stock)
+    if getattr(stock, "__code__", None) is not _STOCK_INSTANCE_CODE:
+        if mapper.polymorphic_map:
+            return _fallback("load_polymorphic", stock)
+        return _fallback("load_closure", stock)
+    closure = stock.__closure__
+    if not _CLOSURE_KNOWN or closure[_MAPPER].cell_contents is not mapper:
+        return _fallback("load_closure", stock)
+    if closure[_POPULATE_EXISTING].cell_contents:
+        return _fallback("load_populate_existing", stock)
+    if (
+        closure[_INSTANCE_STATE].cell_contents is not attributes.instance_state
+        or closure[_INSTANCE_DICT].cell_contents is not attributes.instance_dict
+        or not _stock_instrumentation(mapper)
+    ):
+        return _fallback("load_instrumentation", stock)
+    # the version_id_getter cell is assigned only with a version check
+    hits_to_stock = bool(
+        closure[_VERSION_CHECK].cell_contents and _cell(closure, "version_id_getter")
+    )
+    positions = _POSITIONS.get(bundle.name)
+    if positions is None:
+        positions = _POSITIONS[bundle.name] = _positions(bundle)
+    _fast += 1
+    return bundle.instances.RowLoader(
+        stock, closure, positions, mapper.class_manager, base.DEFAULT_STATE_ATTR,
+        hits_to_stock,
+    )
+
+
+_POSITIONS: dict = {}
+
+
+PURE_LOOP = False
+"""Whether the pure implementation uses its (uncompiled) loop.  Off: per row
+it is about 2% cheaper than stock's closure (callgrind), but building it over
+the closure costs more per query than that saves on 100 rows, so pure
+sessions keep stock's closure; tests switch it on to run the pure twin."""
+
+
+def install():
+    """Puts ``instance_processor`` in ``sqlalchemy.orm.loading`` (once)."""
+    if loading._instance_processor is STOCK_INSTANCE_PROCESSOR:
+        loading._instance_processor = instance_processor

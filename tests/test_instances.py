@@ -1,0 +1,479 @@
+"""Rows loaded as objects: turbosession's row loop against stock's closure.
+
+Each scenario runs on stock ``sqlalchemy.orm.Session`` and on turbosession's
+Session (compiled, and pure with its loop switched on; SQLite and
+PostgreSQL).  After every load the records hold, for each object of the
+session, everything its state carries (the state's attributes in the order
+they were set, ``key``, ``identity_token``, ``committed_state``,
+``expired_attributes``, ``callables``, ``load_path``, ``load_options``,
+``runid`` as the ordinal of the load that set it, ``session_id``, the
+instance dict) and the identity map's contents; the SQL sent, the ``load`` /
+``refresh`` / ``loaded_as_persistent`` events and their arguments, and the
+lazy loads that follow are recorded too.  The records must be equal; the
+counters then say that the queries took turbosession's loop, or which
+fallback reason sent them to stock's closure.
+"""
+
+import pytest
+from sqlalchemy import ForeignKey, Integer, String, event, inspect, select
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    defer,
+    deferred,
+    joinedload,
+    lazyload,
+    load_only,
+    mapped_column,
+    relationship,
+    selectinload,
+    undefer,
+)
+
+import turbosession
+from support import assert_same_as_stock, normalize_error, scrub
+from turbosession import instances
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Author(Base):
+    __tablename__ = "ti_author"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    bio: Mapped[str] = deferred(mapped_column(String(200)))
+    books: Mapped[list["Book"]] = relationship(back_populates="author", order_by="Book.id")
+
+
+class Book(Base):
+    __tablename__ = "ti_book"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(50))
+    pages: Mapped[int] = mapped_column(Integer, nullable=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("ti_author.id"), nullable=True)
+    author: Mapped["Author"] = relationship(back_populates="books")
+
+
+class Versioned(Base):
+    __tablename__ = "ti_versioned"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    version: Mapped[int] = mapped_column(Integer)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Shape(Base):
+    __tablename__ = "ti_shape"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "shape"}
+
+
+class Circle(Shape):
+    __mapper_args__ = {"polymorphic_identity": "circle"}
+
+
+def seed(session):
+    authors = [Author(id=i, name=f"author {i}", bio=f"bio {i}") for i in range(1, 5)]
+    books = [
+        Book(id=10 * a + b, title=f"book {a}.{b}", pages=None if b == 2 else 100 * b,
+             author_id=a)
+        for a in range(1, 4)
+        for b in range(1, 4)
+    ]
+    books.append(Book(id=99, title="orphan", pages=1, author_id=None))
+    session.add_all(authors + books)
+    session.add_all([Versioned(id=1, name="v"), Shape(id=1), Circle(id=2)])
+    session.commit()
+
+
+class Runids:
+    """Each distinct runid as the ordinal of its first appearance."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def __call__(self, runid):
+        if runid is None:
+            return None
+        return self.seen.setdefault(runid, len(self.seen))
+
+
+def _value(value, session):
+    if isinstance(value, Base):
+        return ("object", type(value).__name__, inspect(value).key)
+    if isinstance(value, list):
+        return [_value(v, session) for v in value]
+    return value
+
+
+def state_record(obj, session, runids):
+    """All of an object's state a program (or SQLAlchemy later) can read."""
+    state = inspect(obj)
+    attrs = []
+    for name, value in vars(state).items():
+        if name in ("obj", "manager", "class_", "_instance_dict", "_strong_obj"):
+            attrs.append((name, type(value).__name__))
+        elif name == "runid":
+            attrs.append((name, runids(value)))
+        elif name == "session_id":
+            attrs.append((name, value == session.hash_key))
+        elif name == "load_path":
+            attrs.append((name, repr(value.path)))
+        elif name == "load_options":
+            attrs.append((name, [scrub(repr(type(o))) for o in value]))
+        elif name == "callables":
+            attrs.append((name, sorted((k, type(v).__name__) for k, v in value.items())))
+        elif name == "committed_state":
+            attrs.append((name, sorted((k, scrub(repr(v))) for k, v in value.items())))
+        elif name in ("expired_attributes", "parents"):
+            attrs.append((name, sorted(map(str, value))))
+        else:
+            attrs.append((name, scrub(repr(value))))
+    return (
+        type(obj).__name__,
+        attrs,
+        [(k, _value(v, session)) for k, v in vars(obj).items() if k != "_sa_instance_state"],
+        state._instance_dict() is session.identity_map,
+        sorted(state.unloaded),
+        state.modified,
+        state.expired,
+    )
+
+
+def session_record(session, runids):
+    """The identity map, in its order, with each object's state."""
+    return [
+        (repr(key), state_record(obj, session, runids))
+        for key, obj in list(session.identity_map.items())
+    ]
+
+
+def listen(log, session):
+    def on_load(target, context):
+        log.note("load", type(target).__name__, inspect(target).key,
+                 sorted(k for k in vars(target) if not k.startswith("_")))
+        if type(target) is Book and target.id == 31:
+            # a listener changing the object: stock commits it as loaded
+            target.pages = 7
+
+    def on_refresh(target, context, attrs):
+        log.note("refresh", type(target).__name__, inspect(target).key, attrs and sorted(attrs))
+
+    def on_persistent(sess, instance):
+        log.note("loaded_as_persistent", sess is session, type(instance).__name__,
+                 inspect(instance).key)
+
+    for cls in (Author, Book, Versioned, Shape):
+        event.listen(cls, "load", on_load, propagate=True)
+        event.listen(cls, "refresh", on_refresh, propagate=True)
+    event.listen(session, "loaded_as_persistent", on_persistent)
+
+    def unlisten():
+        for cls in (Author, Book, Versioned, Shape):
+            event.remove(cls, "load", on_load)
+            event.remove(cls, "refresh", on_refresh)
+
+    return unlisten
+
+
+def rows_of(result):
+    """What a loaded result holds, objects by identity key."""
+    out = []
+    for item in result:
+        if isinstance(item, tuple) or hasattr(item, "_fields"):
+            out.append(tuple(_value(v, None) for v in item))
+        else:
+            out.append(_value(item, None))
+    return out
+
+
+def each_load(session_cls, engine, log, loads, events=False):
+    """Seed, then run each ``(label, load)`` in one session, recording its
+    result and the whole session after it."""
+    with session_cls(engine) as session:
+        seed(session)
+    runids = Runids()
+    held = []  # the identity map is weak: keep what was loaded
+    with session_cls(engine) as session:
+        unlisten = listen(log, session) if events else None
+        try:
+            for label, load in loads:
+                try:
+                    result = load(session)
+                    if not isinstance(result, list):
+                        result = list(result)
+                    held.append(result)
+                    log.note(label, rows_of(result))
+                except Exception as exc:
+                    log.note(label, "raises", normalize_error(exc))
+                log.note(label, "session", session_record(session, runids))
+        finally:
+            if unlisten:
+                unlisten()
+
+
+LOADS = [
+    ("select", lambda s: s.scalars(select(Author).order_by(Author.id)).all()),
+    ("select again (hits)", lambda s: s.scalars(select(Author).order_by(Author.id)).all()),
+    ("books where", lambda s: s.scalars(select(Book).where(Book.id < 30)).all()),
+    ("unique", lambda s: s.scalars(select(Book).order_by(Book.id)).unique().all()),
+    ("tuples", lambda s: s.execute(select(Book, Author).join(Book.author)).all()),
+    ("entity and column", lambda s: s.execute(select(Author, Author.name)).all()),
+    ("outer join nulls", lambda s: s.execute(
+        select(Book, Author).outerjoin(Book.author).order_by(Book.id)).all()),
+    ("lazy load", lambda s: [s.get(Author, 1).books, s.get(Book, 11).author]),
+    ("deferred load", lambda s: [a.bio for a in s.scalars(select(Author)).all()]),
+    ("legacy query", lambda s: s.query(Book).filter(Book.pages > 100).all()),
+    ("legacy query tuples", lambda s: s.query(Book.id, Book).order_by(Book.id).all()),
+]
+
+
+def test_loads_match_stock(session_cls, engine, pure_loop):
+    turbosession.reset_stats()
+    assert_same_as_stock(
+        lambda cls, eng, log: each_load(cls, eng, log, LOADS), session_cls, engine, Base.metadata
+    )
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] > 0 and loaded["rows"] > 0
+    # only the deferred column's load (an only_load_props refresh) is stock's
+    assert set(loaded["fallback"]) == {"load_refresh"}
+
+
+def fresh_loads(make_statement, label):
+    """One load into a fresh session each: the rows are all new objects."""
+    return [(label, lambda s: s.scalars(make_statement()).all())]
+
+
+OPTION_LOADS = [
+    ("load_only", lambda s: s.scalars(select(Author).options(load_only(Author.name))).all()),
+    ("defer", lambda s: s.scalars(select(Book).options(defer(Book.pages))).all()),
+    ("defer raiseload", lambda s: s.scalars(
+        select(Book).options(defer(Book.pages, raiseload=True))).all()),
+    ("undefer", lambda s: s.scalars(select(Author).options(undefer(Author.bio))).all()),
+    ("lazyload option", lambda s: s.scalars(
+        select(Author).options(lazyload(Author.books))).all()),
+    ("touch unloaded", lambda s: [(b.pages, a.bio) for b in s.scalars(select(Book)).all()
+                                  for a in [s.get(Author, 1)]]),
+    ("joinedload", lambda s: s.scalars(
+        select(Author).options(joinedload(Author.books)).order_by(Author.id)).unique().all()),
+    ("selectinload", lambda s: s.scalars(
+        select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()),
+    ("joinedload many-to-one", lambda s: s.scalars(
+        select(Book).options(joinedload(Book.author)).order_by(Book.id)).all()),
+]
+
+
+@pytest.mark.parametrize("index", range(len(OPTION_LOADS)), ids=[l for l, _ in OPTION_LOADS])
+def test_options_match_stock(session_cls, engine, pure_loop, index):
+    """Each option on a fresh session (new objects), then the same query again
+    (objects in the map, loaded differently) and a plain select after it."""
+    label, load = OPTION_LOADS[index]
+    loads = [(label, load), (label + " again", load),
+             ("plain after", lambda s: s.scalars(select(Author)).all()),
+             ("books after", lambda s: s.scalars(select(Book)).all())]
+    assert_same_as_stock(
+        lambda cls, eng, log: each_load(cls, eng, log, loads), session_cls, engine, Base.metadata
+    )
+
+
+def expire_then_load(session_cls, engine, log):
+    with session_cls(engine) as session:
+        seed(session)
+    runids = Runids()
+    with session_cls(engine) as session:
+        unlisten = listen(log, session)
+        try:
+            authors = session.scalars(select(Author).order_by(Author.id)).all()
+            log.note("first", session_record(session, runids))
+            session.expire(authors[0], ["name"])
+            session.expire(authors[1])
+            authors[2].name = "changed"
+            log.note("expired", session_record(session, runids))
+            log.note("reload", rows_of(session.scalars(select(Author).order_by(Author.id))))
+            held = [authors]
+            log.note("reloaded", session_record(session, runids))
+            session.commit()
+            held.append(session.scalars(select(Author).order_by(Author.id)).all())
+            log.note("reload after commit", rows_of(held[-1]))
+            log.note("after commit", session_record(session, runids))
+            del authors
+
+            def kept(partitions):
+                held.append(list(partitions))
+                return [rows_of(p) for p in held[-1]]
+
+            for label, load in [
+                ("yield_per", lambda: kept(session.scalars(
+                    select(Book).order_by(Book.id).execution_options(yield_per=3)).partitions())),
+                ("partitions", lambda: kept(session.execute(
+                    select(Book, Author).outerjoin(Book.author).order_by(Book.id)).partitions(4))),
+                ("populate_existing", lambda: kept(session.scalars(
+                    select(Author).execution_options(populate_existing=True)).partitions())),
+                ("refresh", lambda: session.refresh(session.get(Author, 1))),
+                ("versioned", lambda: kept(session.scalars(select(Versioned)).partitions())),
+                ("versioned for update", lambda: kept(session.scalars(
+                    select(Versioned).with_for_update()).partitions())),
+                ("polymorphic", lambda: kept(session.scalars(
+                    select(Shape).order_by(Shape.id)).partitions())),
+            ]:
+                try:
+                    log.note(label, load())
+                except Exception as exc:
+                    log.note(label, "raises", normalize_error(exc))
+                log.note(label, "session", session_record(session, runids))
+        finally:
+            unlisten()
+
+
+def test_expired_and_fallbacks_match_stock(session_cls, engine, pure_loop):
+    turbosession.reset_stats()
+    assert_same_as_stock(expire_then_load, session_cls, engine, Base.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] > 0
+    # expired objects were handed row by row to stock's closure
+    assert loaded["rows_to_stock"] > 0
+    assert set(loaded["fallback"]) == {
+        "load_populate_existing", "load_refresh", "load_polymorphic"
+    }
+
+
+def test_events_match_stock(session_cls, engine, pure_loop):
+    assert_same_as_stock(
+        lambda cls, eng, log: each_load(cls, eng, log, LOADS, events=True),
+        session_cls, engine, Base.metadata,
+    )
+
+
+def test_stock_sessions_get_stock_closure(engine):
+    """The hook hands a stock session's queries stock's closure, uncounted."""
+    from sqlalchemy.orm import Session, loading
+
+    assert loading._instance_processor is instances.instance_processor
+    Base.metadata.create_all(engine)
+    try:
+        turbosession.reset_stats()
+        with Session(engine) as session:
+            seed(session)
+            session.expunge_all()
+            processors = []
+
+            def spy(*args, **kw):
+                processor = instances.instance_processor(*args, **kw)
+                processors.append(processor)
+                return processor
+
+            loading._instance_processor = spy
+            try:
+                session.execute(select(Author)).all()
+                session.execute(select(Book).options(joinedload(Book.author))).all()
+            finally:
+                loading._instance_processor = instances.instance_processor
+        assert processors and all(p.__code__ is instances._STOCK_INSTANCE_CODE
+                                  for p in processors)
+        assert turbosession.stats()["loads"]["instances"] == {
+            "fast": 0, "fallback": {}, "rows": 0, "rows_to_stock": 0
+        }
+    finally:
+        Base.metadata.drop_all(engine)
+
+
+@pytest.fixture
+def pure_loop(impl, monkeypatch):
+    """The pure twin runs its loop in these tests (by default pure sessions
+    load with stock's closure, see instances.FALLBACK_REASONS["load_pure"])."""
+    monkeypatch.setattr(instances, "PURE_LOOP", True)
+    return impl
+
+
+def test_pure_sessions_default_to_stock_closure(engine):
+    """Without PURE_LOOP, a pure session's queries get stock's closure, counted
+    as load_pure, and load exactly as stock."""
+    from turbosession import _impl
+
+    pure_session = type("Session_pure", (turbosession.Session,), {"_turbo": _impl.pure})
+    assert instances.PURE_LOOP is False
+    turbosession.reset_stats()
+    assert_same_as_stock(
+        lambda cls, eng, log: each_load(cls, eng, log, LOADS[:3]),
+        pure_session, engine, Base.metadata,
+    )
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] == 0 and loaded["rows"] == 0
+    assert set(loaded["fallback"]) == {"load_pure"}
+
+
+def _expire_first(s, attrs=None):
+    objs = list(s.identity_map.values())
+    if objs:
+        s.expire(objs[0], attrs)
+    return []
+
+
+def _change_first(s):
+    for obj in s.identity_map.values():
+        if isinstance(obj, Author):
+            obj.name = "changed"
+            break
+    return []
+
+
+# steps of a random sequence; each returns what it loaded (kept alive)
+STEPS = [
+    ("authors", lambda s: s.scalars(select(Author).order_by(Author.id)).all()),
+    ("authors > 2", lambda s: s.scalars(select(Author).where(Author.id > 2)).all()),
+    ("books", lambda s: s.scalars(select(Book).order_by(Book.id)).all()),
+    ("books load_only", lambda s: s.scalars(select(Book).options(load_only(Book.title))).all()),
+    ("authors undefer", lambda s: s.scalars(select(Author).options(undefer(Author.bio))).all()),
+    ("book and author", lambda s: s.execute(
+        select(Book, Author).outerjoin(Book.author).order_by(Book.id)).all()),
+    ("joinedload", lambda s: s.scalars(
+        select(Author).options(joinedload(Author.books))).unique().all()),
+    ("selectinload", lambda s: s.scalars(select(Author).options(selectinload(Author.books))).all()),
+    ("populate_existing", lambda s: s.scalars(
+        select(Author).execution_options(populate_existing=True)).all()),
+    ("yield_per", lambda s: list(s.scalars(select(Book).execution_options(yield_per=4)))),
+    ("get", lambda s: [s.get(Author, 2), s.get(Book, 21)]),
+    ("expire one", _expire_first),
+    ("expire name", lambda s: _expire_first(s, ["name"])),
+    ("change", _change_first),
+    ("commit", lambda s: s.commit() or []),
+    ("expunge_all", lambda s: s.expunge_all() or []),
+]
+
+
+def test_random_sequences_match_stock(session_cls, engine, pure_loop):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=25, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.sampled_from(range(len(STEPS))), min_size=1, max_size=8))
+    def check(indexes):
+        loads = [STEPS[i] for i in indexes]
+        assert_same_as_stock(
+            lambda cls, eng, log: each_load(cls, eng, log, loads, events=True),
+            session_cls, engine, Base.metadata,
+        )
+
+    check()
+
+
+def test_instrumentation_decision_is_memoized_on_the_mapper(session_cls, engine):
+    """The per-mapper part of the decision lives in the mapper's memoized
+    values, which SQLAlchemy clears when mappers are reconfigured."""
+    Base.metadata.create_all(engine)
+    try:
+        mapper = inspect(Author)
+        mapper._memoized_values.pop(instances._MEMO_KEY, None)
+        with session_cls(engine) as session:
+            session.scalars(select(Author)).all()
+        if session_cls._turbo.instances._is_compiled():
+            assert mapper._memoized_values[instances._MEMO_KEY] is True
+        else:
+            # pure without PURE_LOOP decides before the per-mapper part
+            assert instances._MEMO_KEY not in mapper._memoized_values
+    finally:
+        Base.metadata.drop_all(engine)

@@ -59,7 +59,11 @@ class Owner(Base):
 class Pet(Base):
     __tablename__ = "ts_rel_pet"
     id: Mapped[int] = mapped_column(primary_key=True)
-    owner_code: Mapped[str | None] = mapped_column(ForeignKey("ts_rel_owner.code"))
+    # ON UPDATE CASCADE: with passive_updates off SQLAlchemy updates the
+    # owner before its pets, which PostgreSQL's foreign key refuses otherwise
+    owner_code: Mapped[str | None] = mapped_column(
+        ForeignKey("ts_rel_owner.code", onupdate="CASCADE")
+    )
 
     def __repr__(self):
         return f"Pet({self.__dict__.get('id')!r})"

@@ -31,7 +31,7 @@ if cython.compiled:
 
 __all__ = ["WeakIdentityMap"]
 
-WeakRefType = weakref.ref
+WeakRefType = cython.declare(object, weakref.ref)
 
 
 def _is_compiled():

@@ -10,7 +10,11 @@ closure as is unless the query runs in a turbosession session (an instance of
 ``TurboSessionMixin``): every other session gets exactly what stock gives it.
 
 For a turbosession session the decision is made here, once per query entity
-and in Python: a query of the covered shape gets the implementation bundle's
+and in Python.  The primary-key load of a ``get()`` miss (the statement
+``_loading`` keeps on the mapper, ``loads.GET_LOAD_ATTR``) keeps stock's
+closure: it loads one row, and building the loop over the closure costs more
+than the loop saves on one row (callgrind).  Otherwise a query of the covered
+shape gets the implementation bundle's
 ``instances.RowLoader`` built over stock's closure (which it reads its
 per-query setup from and hands the rows it does not cover to); any other gets
 stock's closure, counted under a reason of ``FALLBACK_REASONS`` and logged at

@@ -29,11 +29,11 @@ from sqlalchemy.orm import (
 
 import turbosession
 from support import assert_same_as_stock, normalize_error, scrub
+from test_loading import Base, Employee, Engineer, Manager, Pair, Tag
 
 
-class Base(DeclarativeBase):
-    pass
-
+# test_loading's models (its metadata: the scenarios create and drop all of
+# it), with an author and its books beside them
 
 class Author(Base):
     __tablename__ = "tgm_author"
@@ -49,41 +49,6 @@ class Book(Base):
     title: Mapped[str] = mapped_column(String(50))
     author_id: Mapped[int] = mapped_column(ForeignKey("tgm_author.id"))
     author: Mapped[Author] = relationship(back_populates="books")
-
-
-class Tag(Base):
-    __tablename__ = "tgm_tag"
-    code: Mapped[str] = mapped_column(String(20), primary_key=True)
-    label: Mapped[str] = mapped_column(String(50))
-
-
-class Pair(Base):
-    __tablename__ = "tgm_pair"
-    a: Mapped[int] = mapped_column(primary_key=True)
-    b: Mapped[int] = mapped_column(primary_key=True)
-    value: Mapped[str] = mapped_column(String(50))
-
-
-class Employee(Base):
-    __tablename__ = "tgm_employee"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(String(20))
-    name: Mapped[str] = mapped_column(String(50))
-    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "employee"}
-
-
-class Manager(Employee):
-    __tablename__ = "tgm_manager"
-    id: Mapped[int] = mapped_column(ForeignKey("tgm_employee.id"), primary_key=True)
-    budget: Mapped[int] = mapped_column()
-    __mapper_args__ = {"polymorphic_identity": "manager"}
-
-
-class Engineer(Employee):
-    __tablename__ = "tgm_engineer"
-    id: Mapped[int] = mapped_column(ForeignKey("tgm_employee.id"), primary_key=True)
-    language: Mapped[str] = mapped_column(String(20))
-    __mapper_args__ = {"polymorphic_identity": "engineer", "polymorphic_load": "inline"}
 
 
 def seed(session):

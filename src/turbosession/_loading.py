@@ -8,14 +8,14 @@ of an application asking again for an object it already has.  It follows stock's
 ``(mapper._identity_class, tuple(ident), identity_token)``, the session's
 ``identity_map.get``, ``state.expired``) but skips the generality that does
 not apply to a plain mapped class and a scalar or tuple identity.  Every
-case it does not decide exactly as stock does (a miss, an expired or
+case it does not decide exactly as stock does (an expired or
 refreshed object, a dict or other identity, an aliased entity, a mismatched
 class or arity, a session overriding the lookup) returns ``NOT_HANDLED``
 with a reason counted in ``counts()`` and logged at DEBUG (the reasons are
 ``turbosession.loads.FALLBACK_REASONS``); ``session_get`` then runs stock's
 ``get``, which repeats the lookup (it has no side effects) and does the rest.
 
-A miss (the identity is not in the map) is loaded by ``_load`` when nothing
+A miss (the identity is not in the map) is loaded by ``_load_miss`` when nothing
 of the call or the session changes stock's primary-key load: no identity
 token, no ``None`` in the identity, no session-wide execution options, no
 ``do_orm_execute`` listener.  It executes what stock's
@@ -91,7 +91,7 @@ _get_fallbacks = cython.declare(dict, {})
 
 def counts():
     """``{"fast": n, "loaded": n, "fallback": {reason: n}}`` for ``get()``
-    calls so far: answered from the identity map, loaded by ``_load``, and
+    calls so far: answered from the identity map, loaded by ``_load_miss``, and
     run by stock's ``get``."""
     return {"fast": _gets_fast, "loaded": _gets_loaded, "fallback": dict(_get_fallbacks)}
 
@@ -231,8 +231,9 @@ def session_get(
     execution_options=EMPTY_DICT,
     bind_arguments=None,
 ):
-    """``TurboSessionMixin.get``: an identity-map hit answered here, anything
-    else by stock's ``get`` (the next one in the session's MRO).
+    """``TurboSessionMixin.get``: an identity-map hit answered and a miss
+    loaded here, anything else by stock's ``get`` (the next one in the
+    session's MRO).
 
     It is the method itself (compiled, a C function) rather than a Python
     method calling into this module: for a hit, that call was a third of
@@ -339,8 +340,8 @@ def _load_of(mapper) -> tuple:
 def _load_miss(session, mapper, pk: tuple, identity_token) -> object:
     """What stock's ``get()`` returns for an identity not in the identity
     map: the object loaded by primary key, or None.  ``NOT_HANDLED``
-    (counted) when the call or the session is one ``_load`` does not build
-    exactly as stock."""
+    (counted) when the call or the session is one this does not load
+    exactly as stock does."""
     global _gets_loaded
     if identity_token is not None:
         return _fallback("get_identity_token")

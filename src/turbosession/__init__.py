@@ -30,7 +30,7 @@ def stats():
     to add / add_all / delete / delete_all under ``"attach"``.
 
     ``{"fast": n, "fallback": {reason: n}, "loads": {"get": {"fast": n,
-    "fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
+    "loaded": n, "fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
     n}, "rows": n, "rows_to_stock": n}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
     n}}}``; the reasons are described in ``fastpath.FALLBACK_REASONS``,

@@ -1,4 +1,5 @@
-"""Loading: ``Session.get()`` answered from the identity map.
+"""Loading: ``Session.get()`` answered from the identity map, or loaded with
+a statement built once per mapper.
 
 ``session_get`` is turbosession's ``Session.get``.  ``_get_hit`` is what
 ``Session.get(entity, ident)`` returns when stock's ``_get_impl`` would find
@@ -7,24 +8,39 @@ of an application asking again for an object it already has.  It follows stock's
 ``(mapper._identity_class, tuple(ident), identity_token)``, the session's
 ``identity_map.get``, ``state.expired``) but skips the generality that does
 not apply to a plain mapped class and a scalar or tuple identity.  Every
-case it does not decide exactly as stock does (a miss, an expired or
+case it does not decide exactly as stock does (an expired or
 refreshed object, a dict or other identity, an aliased entity, a mismatched
 class or arity, a session overriding the lookup) returns ``NOT_HANDLED``
 with a reason counted in ``counts()`` and logged at DEBUG (the reasons are
 ``turbosession.loads.FALLBACK_REASONS``); ``session_get`` then runs stock's
 ``get``, which repeats the lookup (it has no side effects) and does the rest.
+
+A miss (the identity is not in the map) is loaded by ``_load_miss`` when nothing
+of the call or the session changes stock's primary-key load: no identity
+token, no ``None`` in the identity, no session-wide execution options, no
+``do_orm_execute`` listener.  It executes what stock's
+``loading._load_on_pk_identity`` would build for this call, ``select(mapper)``
+with the mapper's ``_get_clause`` criteria and stock's compile options,
+built once per mapper and kept among the mapper's memoized attributes (so
+SQLAlchemy drops it when it reconfigures the mapper), with the primary-key
+values as the same parameters and the same execution options, through the
+session's own ``execute``.  Reusing one statement object also reuses its
+memoized cache key, which stock recomputes for its new statement every call.
 """
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import inspection
+from sqlalchemy import inspection, sql
 from sqlalchemy.orm import decl_api, instrumentation, loading
+from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import session as orm_session
 from sqlalchemy.orm import util as orm_util
+from sqlalchemy.orm.context import QueryContext, _ORMCompileState
 from sqlalchemy.orm.mapper import Mapper
-from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.sql.selectable import SelectState
+from sqlalchemy.util import EMPTY_DICT, immutabledict
 
 from turbosession import loads
 from turbosession.loads import NOT_HANDLED
@@ -52,6 +68,8 @@ _DEBUG = logging.DEBUG
 _STOCK_GET_IMPL = orm_session.Session._get_impl
 _STOCK_IDENTITY_LOOKUP = orm_session.Session._identity_lookup
 _STOCK_GET_FROM_IDENTITY = loading.get_from_identity
+_STOCK_LOAD_ON_PK_IDENTITY = loading._load_on_pk_identity
+_NoResultFound = orm_exc.NoResultFound
 _STOCK_IDENTITY_KEY = Mapper.identity_key_from_primary_key
 _DEFAULT_OPT_MANAGER = instrumentation._default_opt_manager_getter
 # inspect() of a class: both return class_manager.mapper for a mapped class
@@ -67,17 +85,21 @@ _ORM_UTIL_NAMES = cython.declare(dict, orm_util.__dict__)
 _plain_metaclasses = cython.declare(dict, {})
 
 _gets_fast = cython.declare(cython.Py_ssize_t, 0)
+_gets_loaded = cython.declare(cython.Py_ssize_t, 0)
 _get_fallbacks = cython.declare(dict, {})
 
 
 def counts():
-    """``{"fast": n, "fallback": {reason: n}}`` for ``get()`` calls so far."""
-    return {"fast": _gets_fast, "fallback": dict(_get_fallbacks)}
+    """``{"fast": n, "loaded": n, "fallback": {reason: n}}`` for ``get()``
+    calls so far: answered from the identity map, loaded by ``_load_miss``, and
+    run by stock's ``get``."""
+    return {"fast": _gets_fast, "loaded": _gets_loaded, "fallback": dict(_get_fallbacks)}
 
 
 def reset_counts():
-    global _gets_fast
+    global _gets_fast, _gets_loaded
     _gets_fast = 0
+    _gets_loaded = 0
     _get_fallbacks.clear()
 
 
@@ -209,8 +231,9 @@ def session_get(
     execution_options=EMPTY_DICT,
     bind_arguments=None,
 ):
-    """``TurboSessionMixin.get``: an identity-map hit answered here, anything
-    else by stock's ``get`` (the next one in the session's MRO).
+    """``TurboSessionMixin.get``: an identity-map hit answered and a miss
+    loaded here, anything else by stock's ``get`` (the next one in the
+    session's MRO).
 
     It is the method itself (compiled, a C function) rather than a Python
     method calling into this module: for a hit, that call was a third of
@@ -266,7 +289,7 @@ def _get_hit(session, entity, ident, identity_token) -> object:
         return _fallback("get_class")
     instance = session.identity_map.get((plan.identity_class, pk, identity_token))
     if instance is None:
-        return _fallback("get_miss")
+        return _load_miss(session, plan.mapper, pk, identity_token)
     state = instance._sa_instance_state
     if state.expired:
         return _fallback("get_expired")
@@ -277,3 +300,77 @@ def _get_hit(session, entity, ident, identity_token) -> object:
         return _fallback("get_class")
     _gets_fast += 1
     return instance
+
+
+# a plain tuple, so both implementations share it
+_LOAD_ATTR = loads.GET_LOAD_ATTR
+
+
+def _build_load(mapper):
+    """``(statement, bind names, execution options)``: what stock's
+    ``_load_on_pk_identity`` builds for ``get(entity, ident)`` without
+    options, from ``select(mapper)``, for any identity without ``None``."""
+    statement = sql.select(mapper)
+    query = statement._clone()
+    if statement._compile_options is SelectState.default_select_compile_options:
+        compile_options = _ORMCompileState.default_compile_options
+    else:
+        compile_options = statement._compile_options
+    get_clause, get_params = mapper._get_clause
+    query._where_criteria = (get_clause,)
+    query._compile_options = compile_options
+    query._order_by = None
+    bind_names = tuple([get_params[column].key for column in mapper.primary_key])
+    execution_options = EMPTY_DICT.merge_with(
+        EMPTY_DICT, immutabledict(_sa_orm_load_options=QueryContext.default_load_options)
+    )
+    return (query, bind_names, execution_options)
+
+
+@cython.cfunc
+def _load_of(mapper) -> tuple:
+    load = mapper.__dict__.get(_LOAD_ATTR)
+    if load is None:
+        load = _build_load(mapper)
+        mapper._set_memoized_attribute(_LOAD_ATTR, load)
+    return load
+
+
+@cython.cfunc
+def _load_miss(session, mapper, pk: tuple, identity_token) -> object:
+    """What stock's ``get()`` returns for an identity not in the identity
+    map: the object loaded by primary key, or None.  ``NOT_HANDLED``
+    (counted) when the call or the session is one this does not load
+    exactly as stock does."""
+    global _gets_loaded
+    if identity_token is not None:
+        return _fallback("get_identity_token")
+    if None in pk:
+        return _fallback("get_ident")
+    if session.execution_options:
+        return _fallback("get_session_options")
+    if session.dispatch.do_orm_execute:
+        return _fallback("get_orm_execute")
+    if _LOADING_NAMES.get("_load_on_pk_identity") is not _STOCK_LOAD_ON_PK_IDENTITY:
+        # stock's get() loads with whatever loading._load_on_pk_identity is
+        return _fallback("get_overridden")
+    # stock's select(mapper) configures pending mappers (which may reset
+    # this mapper's memoized attributes) before the statement is built
+    mapper._check_configure()
+    load: tuple = _load_of(mapper)
+    statement, bind_names, execution_options = load
+    i: cython.Py_ssize_t
+    params = {}
+    for i in range(len(pk)):
+        params[bind_names[i]] = pk[i]
+    result = session.execute(
+        statement,
+        params=params,
+        execution_options=execution_options,
+        bind_arguments=None,
+    ).unique().scalars()
+    _gets_loaded += 1
+    try:
+        return result.one()
+    except _NoResultFound:
+        return None

@@ -10,7 +10,11 @@ closure as is unless the query runs in a turbosession session (an instance of
 ``TurboSessionMixin``): every other session gets exactly what stock gives it.
 
 For a turbosession session the decision is made here, once per query entity
-and in Python: a query of the covered shape gets the implementation bundle's
+and in Python.  The primary-key load of a ``get()`` miss (the statement
+``_loading`` keeps on the mapper, ``loads.GET_LOAD_ATTR``) keeps stock's
+closure: it loads one row, and building the loop over the closure costs more
+than the loop saves on one row (callgrind).  Otherwise a query of the covered
+shape gets the implementation bundle's
 ``instances.RowLoader`` built over stock's closure (which it reads its
 per-query setup from and hands the rows it does not cover to); any other gets
 stock's closure, counted under a reason of ``FALLBACK_REASONS`` and logged at
@@ -23,6 +27,7 @@ import logging
 
 from sqlalchemy.orm import attributes, base, instrumentation, loading
 
+from .loads import GET_LOAD_ATTR
 from .session import TurboSessionMixin
 
 __all__ = ["FALLBACK_REASONS", "counts", "install", "instance_processor", "reset_counts"]
@@ -73,6 +78,9 @@ FALLBACK_REASONS = {
     "state constructor other than stock's, another state attribute)",
     "load_closure": "stock's row processor is not the closure this version "
     "of turbosession reads (another SQLAlchemy, or a patched loading module)",
+    "load_get": "the primary-key load of a get() miss (turbosession's statement "
+    "for the mapper): one row, for which building the loop costs more than it "
+    "saves (callgrind)",
     "load_pure": "the pure implementation loads rows with stock's closure "
     "(uncompiled, the loop plus its per-query setup is not cheaper; PURE_LOOP)",
 }
@@ -174,6 +182,9 @@ def instance_processor(
     session = context.session
     if not isinstance(session, TurboSessionMixin):
         return stock
+    get_load = mapper.__dict__.get(GET_LOAD_ATTR)
+    if get_load is not None and get_load[0] is context.query:
+        return _fallback("load_get", stock)
     bundle = session._turbo
     if not PURE_LOOP and not bundle.instances._is_compiled():
         return _fallback("load_pure", stock)

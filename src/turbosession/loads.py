@@ -25,14 +25,25 @@ class _NotHandled:
 NOT_HANDLED = _NotHandled()
 """Returned by a hot path that leaves the call to stock's code."""
 
+GET_LOAD_ATTR = "_turbosession_get_load"
+"""The memoized attribute of a mapper (SQLAlchemy drops it when it
+reconfigures the mapper) that keeps ``get()``'s primary-key load: the tuple
+``(statement, bind names, execution options)`` built by ``_loading``."""
+
 FALLBACK_REASONS = {
     "get_overridden": "the session's class or instance overrides _get_impl or "
-    "_identity_lookup, or loading.get_from_identity is patched",
+    "_identity_lookup, or loading.get_from_identity (or, on a miss, "
+    "loading._load_on_pk_identity) is patched",
     "get_entity": "the entity is not a plain mapped class (a mapper, an alias, "
     "unmapped, or custom class instrumentation)",
     "get_ident": "the identity is not an int, a str or a tuple (a dict, None, "
-    "a composite, another type), or its length is not the primary key's",
-    "get_miss": "the identity is not in the identity map: stock loads the row",
+    "a composite, another type), or its length is not the primary key's, or "
+    "(on a miss) it has a None",
+    "get_identity_token": "a miss with an identity_token: stock loads the row",
+    "get_session_options": "a miss in a session with execution_options: stock "
+    "loads the row",
+    "get_orm_execute": "a miss in a session with do_orm_execute listeners: stock "
+    "loads the row",
     "get_expired": "the object is expired: stock reloads it",
     "get_class": "always_refresh, or the object found is not of the entity's class",
     "get_options": "get() was given options, populate_existing, with_for_update, "
@@ -56,26 +67,30 @@ def _bundles():
 
 
 def stats():
-    """``{"get": {"fast": n, "fallback": {reason: n}}, "instances": {"fast": n,
-    "fallback": {reason: n}, "rows": n, "rows_to_stock": n}}`` over both
-    implementations: ``instances`` counts query entities whose rows took
+    """``{"get": {"fast": n, "loaded": n, "fallback": {reason: n}},
+    "instances": {"fast": n, "fallback": {reason: n}, "rows": n,
+    "rows_to_stock": n}}`` over both implementations: ``get`` counts calls
+    answered from the identity map (``fast``), misses loaded with
+    turbosession's per-mapper statement (``loaded``) and calls run by stock's
+    ``get`` (by reason); ``instances`` counts query entities whose rows took
     turbosession's loop (``fast``) or stock's closure (by reason), and the rows
     that loop handled or handed to stock's closure."""
-    fast = 0
+    fast = loaded = 0
     fallback = {"get_options": _get_options} if _get_options else {}
     for bundle in _bundles():
         counts = bundle.loading.counts()
         fast += counts["fast"]
+        loaded += counts["loaded"]
         for reason, n in counts["fallback"].items():
             fallback[reason] = fallback.get(reason, 0) + n
     from . import instances
 
-    loaded = instances.counts()
-    loaded["rows"] = loaded["rows_to_stock"] = 0
+    rows = instances.counts()
+    rows["rows"] = rows["rows_to_stock"] = 0
     for bundle in _bundles():
         for key, n in bundle.instances.counts().items():
-            loaded[key] += n
-    return {"get": {"fast": fast, "fallback": fallback}, "instances": loaded}
+            rows[key] += n
+    return {"get": {"fast": fast, "loaded": loaded, "fallback": fallback}, "instances": rows}
 
 
 def reset_stats():

@@ -163,7 +163,10 @@ def share_lines(turbo):
         ("loads: get()", "loads.get."),
         ("loads: query entities (row loop)", "loads.instances."),
     ):
-        fast = turbo.get(f"{prefix}fast", 0)
+        # get(): "fast" (identity-map hits) plus "loaded" (misses loaded
+        # with turbosession's per-mapper statement)
+        hits, loaded = turbo.get(f"{prefix}fast", 0), turbo.get(f"{prefix}loaded", 0)
+        fast = hits + loaded
         fallbacks = {
             key[len(f"{prefix}fallback."):]: n
             for key, n in turbo.items()
@@ -172,8 +175,9 @@ def share_lines(turbo):
         total = fast + sum(fallbacks.values())
         share = f"{100 * fast / total:.0f}%" if total else "-"
         reasons = ", ".join(f"{k} {n}" for k, n in sorted(fallbacks.items(), key=lambda kv: -kv[1]))
+        detail = f" ({hits} from the identity map, {loaded} loaded)" if loaded else ""
         lines.append(
-            f"{label}: {fast} of {total} on turbosession's path ({share})"
+            f"{label}: {fast} of {total} on turbosession's path ({share}){detail}"
             + (f"; fallbacks: {reasons}" if reasons else "")
         )
     rows, to_stock = turbo.get("loads.instances.rows", 0), turbo.get("loads.instances.rows_to_stock", 0)

@@ -1,0 +1,411 @@
+"""Session.get() misses: turbosession's per-mapper primary-key load against stock's.
+
+A ``get()`` whose identity is not in the identity map, without options, is
+loaded by ``turbosession._loading`` with a statement built once per mapper
+(``loads.GET_LOAD_ATTR``); anything else runs stock's ``get``.  Each scenario
+runs on stock ``sqlalchemy.orm.Session`` and on turbosession's Session
+(compiled and pure, SQLite and PostgreSQL) and the records must be equal:
+what get() returned and which object it is, exceptions and warnings, the SQL
+and its parameters (as the engine's events and as the DBAPI cursor receive
+them), the objects' states, loaded and unloaded attributes, committed state,
+load path and options, the identity map, ``load`` / ``refresh`` /
+``loaded_as_persistent`` events, and the lazy loads that follow.  The load
+counters then say which calls took turbosession's path.
+"""
+
+import warnings
+
+import pytest
+from sqlalchemy import ForeignKey, String, event, func, inspect
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    column_property,
+    deferred,
+    loading,
+    mapped_column,
+    relationship,
+)
+
+import turbosession
+from support import assert_same_as_stock, normalize_error, scrub
+from test_loading import Base, Employee, Engineer, Manager, Pair, Tag
+
+
+# test_loading's models (its metadata: the scenarios create and drop all of
+# it), with an author and its books beside them
+
+class Author(Base):
+    __tablename__ = "tgm_author"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    bio: Mapped[str] = deferred(mapped_column(String(200)))
+    books: Mapped[list["Book"]] = relationship(back_populates="author", order_by="Book.id")
+
+
+class Book(Base):
+    __tablename__ = "tgm_book"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(50))
+    author_id: Mapped[int] = mapped_column(ForeignKey("tgm_author.id"))
+    author: Mapped[Author] = relationship(back_populates="books")
+
+
+def seed(session):
+    session.add_all(
+        [Author(id=i, name=f"author {i}", bio=f"bio {i}") for i in range(1, 6)]
+        + [Book(id=i, title=f"book {i}", author_id=1 + i % 2) for i in range(1, 5)]
+        + [Tag(code="py", label="Python"), Tag(code="sql", label="SQL")]
+        + [Pair(a=1, b=2, value="one-two"), Pair(a=2, b=1, value="two-one")]
+        + [
+            Employee(id=9, name="eve"),
+            Manager(id=10, name="mary", budget=5),
+            Engineer(id=11, name="ed", language="python"),
+            Manager(id=12, name="max", budget=7),
+        ]
+    )
+    session.commit()
+
+
+def describe(obj, known):
+    """What a program sees of a get() result: which object, its state, what is
+    loaded, what its state keeps of the load."""
+    if obj is None:
+        return None
+    insp = inspect(obj)
+    same = [name for name, candidate in known.items() if candidate is obj]
+    return (
+        type(obj).__name__,
+        insp.identity,
+        insp.identity_token,
+        same,
+        insp.persistent,
+        insp.expired,
+        sorted(insp.unloaded),
+        sorted(insp.expired_attributes),
+        dict(insp.committed_state),
+        sorted((k, v) for k, v in insp.dict.items() if not k.startswith("_") and not isinstance(v, (list, Base))),
+        scrub(repr(insp.load_path)),
+        insp.load_options,
+    )
+
+
+def attempt(log, label, known, call):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = call()
+            log.note(label, describe(obj, known))
+            known.setdefault(label, obj)
+        except Exception as exc:
+            log.note(label, "raises", normalize_error(exc))
+    log.note(label, "warnings", [(w.category, str(w.message)) for w in caught])
+
+
+def listen_loads(log, session):
+    def on_load(target, context):
+        log.note("load event", type(target).__name__, inspect(target).identity)
+
+    def on_refresh(target, context, attrs):
+        log.note("refresh event", type(target).__name__, inspect(target).identity, attrs)
+
+    def on_persistent(session_, instance):
+        log.note("loaded_as_persistent", type(instance).__name__, inspect(instance).identity)
+
+    for cls in (Author, Book, Pair, Employee):
+        event.listen(cls, "load", on_load, propagate=True)
+        event.listen(cls, "refresh", on_refresh, propagate=True)
+    event.listen(session, "loaded_as_persistent", on_persistent)
+
+    def unlisten():
+        for cls in (Author, Book, Pair, Employee):
+            event.remove(cls, "load", on_load)
+            event.remove(cls, "refresh", on_refresh)
+
+    return unlisten
+
+
+def identity_map_contents(session):
+    return sorted(
+        (cls.__name__, ident, token, type(obj).__name__)
+        for (cls, ident, token), obj in session.identity_map.items()
+    )
+
+
+def misses(session_cls, engine, log):
+    with session_cls(engine) as session:
+        seed(session)
+    with session_cls(engine) as session:
+        unlisten = listen_loads(log, session)
+        try:
+            known = {}
+            get = session.get
+            cases = [
+                ("found", lambda: get(Author, 1)),
+                ("second get: a hit", lambda: get(Author, 1)),
+                ("tuple", lambda: get(Author, (2,))),
+                ("not found", lambda: get(Author, 99)),
+                ("not found again", lambda: get(Author, 99)),
+                ("str", lambda: get(Tag, "py")),
+                ("str not found", lambda: get(Tag, "rust")),
+                ("composite", lambda: get(Pair, (1, 2))),
+                ("composite reversed", lambda: get(Pair, (2, 1))),
+                ("composite not found", lambda: get(Pair, (5, 5))),
+                ("composite list", lambda: get(Pair, [2, 1])),
+                ("dict", lambda: get(Author, {"id": 3})),
+                ("dict composite", lambda: get(Pair, {"b": 2, "a": 1})),
+                ("dict wrong name", lambda: get(Author, {"nope": 4})),
+                ("arity", lambda: get(Author, (4, 5))),
+                ("composite arity", lambda: get(Pair, 1)),
+                ("composite arity tuple", lambda: get(Pair, (3,))),
+                ("empty tuple", lambda: get(Author, ())),
+                ("none", lambda: get(Author, None)),
+                ("none in tuple", lambda: get(Author, (None,))),
+                ("none in composite", lambda: get(Pair, (1, None))),
+                ("all none in composite", lambda: get(Pair, (None, None))),
+                ("wrong type", lambda: get(Author, "4")),
+                ("polymorphic base, subclass row", lambda: get(Employee, 10)),
+                ("polymorphic base, base row", lambda: get(Employee, 9)),
+                ("polymorphic subclass", lambda: get(Engineer, 11)),
+                ("polymorphic other subclass's row", lambda: get(Engineer, 12)),
+                ("polymorphic subclass of a hit", lambda: get(Manager, 10)),
+                ("identity token", lambda: get(Author, 5, identity_token="x")),
+                ("get_one found", lambda: session.get_one(Book, 2)),
+                ("get_one not found", lambda: session.get_one(Book, 98)),
+            ]
+            for label, call in cases:
+                attempt(log, label, known, call)
+
+            # deferred column: unloaded after the get, loaded on access
+            author = known["dict"]
+            log.note("deferred before", sorted(inspect(author).unloaded))
+            log.note("deferred access", author.bio)
+            log.note("deferred after", describe(author, known))
+            # lazy relationships after the load: one-to-many, then many-to-one
+            # (the latter answered from the identity map, or loaded)
+            attempt(log, "book", known, lambda: get(Book, 1))
+            book = known["book"]
+            log.note("many-to-one", describe(book.author, known))
+            log.note("one-to-many", [describe(b, known) for b in known["found"].books])
+            attempt(log, "book 3", known, lambda: get(Book, 3))
+            log.note("many-to-one loaded", describe(known["book 3"].author, known))
+
+            # a pending object: autoflush, then the row it became
+            session.add(Author(id=60, name="pending", bio="b"))
+            attempt(log, "pending (autoflush)", known, lambda: get(Author, 60))
+            # an object modified in the session is flushed first too
+            known["found"].name = "renamed"
+            attempt(log, "after a change (autoflush)", known, lambda: get(Author, 4))
+            log.note("identity map", identity_map_contents(session))
+            log.states(session, **{k: v for k, v in known.items() if v is not None})
+            session.commit()
+            # after commit every object is expired: stock reloads it
+            attempt(log, "after commit", known, lambda: get(Author, 1))
+            session.expunge_all()
+            attempt(log, "after expunge_all", {}, lambda: get(Author, 2))
+            attempt(log, "after expunge_all hit", {}, lambda: get(Author, 2))
+        finally:
+            unlisten()
+
+
+@pytest.mark.parametrize("engine_events", [True, False], ids=["engine-events", "cursor-only"])
+def test_misses_same_as_stock(session_cls, engine, engine_events):
+    turbosession.reset_stats()
+    assert_same_as_stock(misses, session_cls, engine, Base.metadata, engine_events=engine_events)
+    stats = turbosession.stats()["loads"]
+    assert stats["get"]["loaded"] >= 20, stats
+    for reason in ("get_ident", "get_identity_token"):
+        assert stats["get"]["fallback"].get(reason), (reason, stats)
+    assert stats["instances"]["fallback"].get("load_get"), stats
+
+
+def plain_miss_then_hit(session_cls, engine, log):
+    with session_cls(engine) as session:
+        seed(session)
+    with session_cls(engine) as session:
+        obj = session.get(Author, 1)
+        log.note(describe(obj, {}))
+        log.note(session.get(Author, 1) is obj)
+
+
+def test_miss_is_loaded_then_hit(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(plain_miss_then_hit, session_cls, engine, Base.metadata)
+    assert turbosession.stats()["loads"]["get"] == {"fast": 1, "loaded": 1, "fallback": {}}
+    # the statement is kept with the mapper, one per mapper
+    statement = Author.__mapper__.__dict__[turbosession.loads.GET_LOAD_ATTR][0]
+    assert "tgm_author.id = :pk_1" in str(statement)
+
+
+def session_fallbacks(session_cls, engine, log):
+    """Misses that stock's get() loads: a session with execution options, a
+    session with a do_orm_execute listener."""
+    with session_cls(engine) as session:
+        seed(session)
+    with session_cls(engine, execution_options={"compiled_cache": None}) as session:
+        attempt(log, "session options", {}, lambda: session.get(Author, 1))
+    with session_cls(engine) as session:
+
+        def on_execute(state):
+            log.note(
+                "do_orm_execute",
+                state.is_select,
+                state.load_options._identity_token,
+                sorted(state.execution_options),
+                state.parameters,
+                str(state.statement),
+            )
+
+        event.listen(session, "do_orm_execute", on_execute)
+        known = {}
+        attempt(log, "do_orm_execute", known, lambda: session.get(Author, 2))
+        attempt(log, "do_orm_execute hit", known, lambda: session.get(Author, 2))
+
+
+def test_session_fallbacks_same_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(session_fallbacks, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["loads"]["get"]
+    assert stats == {
+        "fast": 1, "loaded": 0, "fallback": {"get_session_options": 1, "get_orm_execute": 1}
+    }, stats
+
+
+def overridden_execute(session_cls, engine, log):
+    """A session class overriding execute() sees the call stock's load makes."""
+
+    class Custom(session_cls):
+        def execute(self, statement, params=None, **kw):
+            log.note("execute", str(statement), params, sorted(kw), sorted(kw["execution_options"]))
+            return super().execute(statement, params, **kw)
+
+    with session_cls(engine) as session:
+        seed(session)
+    with Custom(engine) as session:
+        attempt(log, "custom execute", {}, lambda: session.get(Author, 3))
+
+
+def test_overridden_execute_same_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(overridden_execute, session_cls, engine, Base.metadata)
+    assert turbosession.stats()["loads"]["get"]["loaded"] == 1
+
+
+def test_patched_load_on_pk_identity_runs_stock_get(session_cls, engine, monkeypatch):
+    calls = []
+    original = loading._load_on_pk_identity
+
+    def patched(session, statement, primary_key_identity, **kw):
+        calls.append(primary_key_identity)
+        return original(session, statement, primary_key_identity, **kw)
+
+    def scenario(session_cls, engine, log):
+        with session_cls(engine) as session:
+            seed(session)
+        with session_cls(engine) as session:
+            attempt(log, "patched", {}, lambda: session.get(Author, 1))
+
+    monkeypatch.setattr(loading, "_load_on_pk_identity", patched)
+    turbosession.reset_stats()
+    assert_same_as_stock(scenario, session_cls, engine, Base.metadata)
+    assert calls == [[1], [1]]
+    assert turbosession.stats()["loads"]["get"]["fallback"] == {"get_overridden": 1}
+
+
+def reconfigured(session_cls, engine, log):
+    """A mapper reconfigured between two gets: a column property added, then a
+    new subclass mapped (configured by the next get).  The classes are made
+    for each run, so that stock's run and turbosession's start alike."""
+
+    class Local(DeclarativeBase):
+        pass
+
+    class Thing(Local):
+        __tablename__ = "tgm_thing"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kind: Mapped[str] = mapped_column(String(20))
+        name: Mapped[str] = mapped_column(String(50))
+        __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "thing"}
+
+    Local.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            session.add_all([Thing(id=i, kind="thing", name=f"thing {i}") for i in range(1, 5)])
+            session.commit()
+        with session_cls(engine) as session:
+            attempt(log, "before", {}, lambda: session.get(Thing, 1))
+            Thing.__mapper__.add_property(
+                "shout", column_property(func.upper(Thing.__table__.c.name))
+            )
+            attempt(log, "column added", {}, lambda: session.get(Thing, 2))
+            log.note("shout", session.get(Thing, 2).shout)
+
+            class Special(Thing):
+                __mapper_args__ = {"polymorphic_identity": "special"}
+
+            attempt(log, "subclass mapped", {}, lambda: session.get(Thing, 3))
+            session.add(Special(id=5, name="special"))
+            session.commit()
+            session.expunge_all()
+            attempt(log, "subclass row", {}, lambda: session.get(Thing, 5))
+            attempt(log, "subclass get", {}, lambda: session.get(Special, 5))
+            attempt(log, "subclass get miss", {}, lambda: session.get(Special, 4))
+    finally:
+        Local.metadata.drop_all(engine)
+        Local.registry.dispose()
+
+
+def test_reconfigured_mapper_same_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(reconfigured, session_cls, engine, Base.metadata)
+    assert turbosession.stats()["loads"]["get"]["loaded"] >= 5
+
+
+def test_load_is_dropped_when_the_mapper_is_reconfigured(session_cls, engine):
+    class Local(DeclarativeBase):
+        pass
+
+    class Gadget(Local):
+        __tablename__ = "tgm_gadget"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(50))
+
+    Local.metadata.create_all(engine)
+    try:
+        mapper = Gadget.__mapper__
+        with session_cls(engine) as session:
+            session.add(Gadget(id=1, name="g"))
+            session.commit()
+            session.expunge_all()
+            assert session.get(Gadget, 1).name == "g"
+            first = mapper.__dict__[turbosession.loads.GET_LOAD_ATTR]
+            session.expunge_all()
+            session.get(Gadget, 1)
+            assert mapper.__dict__[turbosession.loads.GET_LOAD_ATTR] is first
+            mapper.add_property("loud", column_property(func.upper(Gadget.__table__.c.name)))
+            assert turbosession.loads.GET_LOAD_ATTR not in mapper.__dict__
+            session.expunge_all()
+            # (what the new property loads is stock's: see reconfigured())
+            assert session.get(Gadget, 1).name == "g"
+            assert mapper.__dict__[turbosession.loads.GET_LOAD_ATTR] is not first
+    finally:
+        Local.metadata.drop_all(engine)
+        Local.registry.dispose()
+
+
+def test_get_miss_fallbacks_are_logged(session_cls, engine, caplog):
+    Base.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            seed(session)
+            session.expunge_all()
+            with caplog.at_level("DEBUG", logger="turbosession"):
+                session.get(Author, 1, identity_token="t")
+                session.get(Pair, (1, None))
+                session.get(Author, 2)
+        messages = [r.getMessage() for r in caplog.records if r.name == "turbosession"]
+        assert any("get_identity_token" in m for m in messages), messages
+        assert any("get_ident" in m for m in messages), messages
+        assert any("load_get" in m for m in messages), messages
+    finally:
+        Base.metadata.drop_all(engine)

@@ -289,3 +289,51 @@ def test_dialect_method_overridden(session_cls, engine):
     stats = _run(scenario_dialect_method_overridden, session_cls, engine)
     assert stats["direct"] == 0
     assert stats["fallback"]["dialect"] > 0
+
+
+class CountedKey(TypeDecorator):
+    """An integer key whose result processor is the application's own:
+    Core runs it on a single-row INSERT's lastrowid, even when the row
+    gave the key."""
+
+    impl = Integer
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        return value
+
+
+class CountedAuto(Base):
+    __tablename__ = "ts_emit_counted_auto"
+    id: Mapped[int] = mapped_column(CountedKey, primary_key=True)
+    name: Mapped[str]
+
+
+def scenario_single_rows_of_autoincrement_tables(session_cls, engine, log):
+    """One row per flush into a table with an autoincrement key: with the key
+    given (SQLite: Core still reads the cursor's lastrowid), without it
+    (the key is the lastrowid), and with a key type that has a result
+    processor."""
+    with session_cls(engine) as session:
+        for i in (1, 2):
+            session.add(Auto(id=i * 10, name=f"given {i}"))
+            session.flush()
+        session.add(Auto(name="generated"))
+        session.flush()
+        session.add(CountedAuto(id=5, name="counted"))
+        session.flush()
+        session.add_all([Auto(id=40, name="many a"), Auto(id=41, name="many b")])
+        session.commit()
+        log.note("auto", [(a.id, a.name) for a in session.scalars(select(Auto).order_by(Auto.id))])
+        log.note("counted", [(a.id, a.name) for a in session.scalars(select(CountedAuto))])
+
+
+def test_single_rows_of_autoincrement_tables(session_cls, engine):
+    stats = _run(scenario_single_rows_of_autoincrement_tables, session_cls, engine)
+    # the given keys (two single rows, one executemany) went directly; the
+    # generated key and the key with a result processor through Core
+    assert stats["direct"] == 3
+    if engine.dialect.postfetch_lastrowid:
+        assert stats["fallback"] == {"statement": 1}
+    else:
+        assert stats["fallback"] == {}

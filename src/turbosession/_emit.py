@@ -85,13 +85,23 @@ class _Execution:
         pass
 
 
-def send(connection, statement: str, parameters: list, rows: list, isdml_rowcount: cython.bint):
+def send(
+    connection,
+    statement: str,
+    parameters: list,
+    rows: list,
+    isdml_rowcount: cython.bint,
+    lastrowid: cython.bint,
+):
     """One ``cursor.executemany`` (or ``execute`` for one row) as Core's
     ``_execute_context`` and ``_exec_single_context`` run it for a statement
     that returns nothing: a new cursor from the pool's connection, the
     description read and the cursor closed as ``CursorResult`` closes it.
     Returns the cursor's rowcount for an UPDATE or DELETE
-    (``isdml_rowcount``), else -1.  ``rows`` are the ORM parameters Core
+    (``isdml_rowcount``), else -1.  With ``lastrowid`` (a single-row INSERT
+    Core reads the cursor's lastrowid after, ignoring it: the row gave the
+    key) the cursor's ``lastrowid`` is read before its description, as
+    Core's ``_setup_dml_or_text_result`` reads them.  ``rows`` are the ORM parameters Core
     would report if making the cursor fails.
     """
     try:
@@ -106,6 +116,8 @@ def send(connection, statement: str, parameters: list, rows: list, isdml_rowcoun
             cursor.executemany(statement, effective)
         else:
             cursor.execute(statement, effective)
+            if lastrowid:
+                cursor.lastrowid
         cursor.description
         if isdml_rowcount:
             rowcount = cursor.rowcount

@@ -17,6 +17,10 @@ dialect and batch shape, whenever nothing could observe the difference:
   (``do_execute``/``do_executemany``, ``handle_error``), SQL logging off;
 - execution options that do not change execution (``compiled_cache``,
   ``isolation_level``, ``logging_token``) and none on the statement;
+- a single-row INSERT whose table has an autoincrement column (SQLite,
+  MySQL: Core reads ``cursor.lastrowid``) only when the row gives that
+  column its value, which Core then returns as is (``cursor.lastrowid`` is
+  read all the same, where Core reads it);
 - the dialect's ``do_execute``/``do_executemany`` and the execution
   context's cursor, pre/post-execution, result and error hooks as
   SQLAlchemy ships them, no ``setinputsizes`` binding, statement caching
@@ -151,9 +155,33 @@ def _connection_reason(connection):
     return _dialect_reason(dialect)
 
 
-def _plan(compiled, param_dict, keys):
-    """(statement, keys, processors, names or None) for the rows of a
-    compiled plain statement, or the reason it is not plain."""
+# what Core runs to read cursor.lastrowid after a single-row INSERT
+_LASTROWID_METHODS = ("get_lastrowid", "_setup_ins_pk_from_lastrowid")
+
+
+def _reads_lastrowid(compiled, dialect, keys, many):
+    """Whether Core, sending one row of this INSERT, reads ``cursor.lastrowid``
+    (``postfetch_lastrowid``: the table has an autoincrement column) and
+    does nothing else with it: the row gives that column a value (the
+    ORM's ``has_all_pks``), so Core's primary key getter returns the value
+    given, and the column's type has no result processor for Core to run
+    on the lastrowid first.  Such a row is sent directly, with the cursor's
+    ``lastrowid`` read where Core reads it."""
+    if many or not compiled.postfetch_lastrowid:
+        return False
+    table = compiled.statement.table
+    column = table._autoincrement_column
+    return bool(
+        column is not None
+        and column.key in keys
+        and column.type._cached_result_processor(dialect, None) is None
+        and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _LASTROWID_METHODS)
+    )
+
+
+def _plan(compiled, param_dict, keys, lastrowid):
+    """(statement, keys, processors, names or None, lastrowid) for the rows
+    of a compiled plain statement, or the reason it is not plain."""
     if (
         param_dict
         or compiled._collect_params
@@ -163,7 +191,7 @@ def _plan(compiled, param_dict, keys):
         or compiled.insert_prefetch
         or compiled.update_prefetch
         or compiled.postfetch
-        or compiled.postfetch_lastrowid
+        or (compiled.postfetch_lastrowid and not lastrowid)
         or compiled._insertmanyvalues
         or compiled.literal_execute_params
         or compiled.post_compile_params
@@ -190,6 +218,7 @@ def _plan(compiled, param_dict, keys):
         tuple(key_of[name] for name in names),
         tuple(processors.get(name) for name in names),
         None if compiled.positional else names,
+        lastrowid,
     )
 
 
@@ -218,7 +247,10 @@ def _plan_for(base_mapper, statement, dialect, keys, many):
                 schema_translate_map=None,
                 linting=dialect.compiler_linting | compiler.WARN_LINTING,
             )
-            plan = _plan(compiled, param_dict, frozenset(keys))
+            keys = frozenset(keys)
+            plan = _plan(
+                compiled, param_dict, keys, _reads_lastrowid(compiled, dialect, keys, many)
+            )
         plans[key] = plan
     return plan
 
@@ -239,7 +271,7 @@ def execute(emit, base_mapper, connection, statement, rows, rowcount):
             parameters = emit.dbapi_parameters(
                 rows, plan[1], plan[2], plan[3], dialect.execute_sequence_format
             )
-            result = emit.send(connection, plan[0], parameters, rows, rowcount)
+            result = emit.send(connection, plan[0], parameters, rows, rowcount, plan[4])
             _counts["direct"] += 1
             return result
     _fallback(reason)

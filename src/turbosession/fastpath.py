@@ -43,7 +43,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
-from . import emission, relationships
+from . import emission, relationships, transaction
 from ._warn import warn
 
 __all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "stats"]
@@ -294,7 +294,7 @@ def _organize_for_save(uow, base_mapper, persist, states):
         return to_insert, to_update, row_switch
     # stock asks for the connection even with no states (it may begin
     # the transaction), and then does nothing more
-    connection = uow.transaction.connection(base_mapper)
+    connection = transaction.flush_connection(uow, base_mapper)
     states = persistence._sort_states(base_mapper, states)
     if not base_mapper._inheriting_mappers:
         to_insert, to_update = persist.organize_for_save(base_mapper, states, uow, connection)
@@ -560,7 +560,7 @@ def _organize_for_delete(uow, base_mapper, persist, states):
     each state's mapper, in stock's order."""
     if uow.session.connection_callable:
         return list(persistence._organize_states_for_delete(base_mapper, states, uow))
-    connection = uow.transaction.connection(base_mapper)
+    connection = transaction.flush_connection(uow, base_mapper)
     states = persistence._sort_states(base_mapper, states)
     if not base_mapper._inheriting_mappers:
         return persist.organize_for_delete(base_mapper, states, connection)

@@ -177,9 +177,9 @@ def failed_flush(session_cls, engine, log):
     with session_cls(engine) as session:
         watch.attach(session, engine)
         try:
-            session.add(User(id=1, name="ed"))
+            session.add(User(id=100, name="ed"))
             session.commit()
-            dup = User(id=1, name="again")
+            dup = User(id=100, name="again")
             other = User(name="other")
             session.add_all([dup, other])
             try:

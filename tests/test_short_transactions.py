@@ -301,7 +301,114 @@ def get_bind_overridden(session_cls, engine, log):
         log.note("users", users(session))
 
 
+def refused_during_commit(session_cls, engine, log):
+    """Code of the application running while commit() runs (a mapper
+    listener in its flush, the engine's commit event, the pool's checkin)
+    asks the session for what the state machine refuses there."""
+    engine = _engine_of_its_own(engine)
+    sessions = []
+
+    def attempt(where, call):
+        try:
+            call()
+        except Exception as err:
+            log.note(where, "refused", normalize_error(err))
+        else:
+            log.note(where, "allowed")
+
+    def before_insert(mapper, connection, target):
+        session = orm.object_session(target)
+        attempt("insert: commit", session.commit)
+        attempt("insert: rollback", session.rollback)
+        log.note("insert", _describe(session, session._transaction))
+
+    def on_commit(conn):
+        session = sessions[-1]
+        attempt("engine commit: rollback", session.rollback)
+        attempt("engine commit: close", session.close)
+        log.note("engine commit", _describe(session, session._transaction))
+
+    def on_checkin(dbapi_connection, record):
+        if sessions:
+            session = sessions[-1]
+            attempt("checkin: close", session.close)
+            log.note("checkin", _describe(session, session._transaction))
+
+    event.listen(User, "before_insert", before_insert)
+    event.listen(engine, "commit", on_commit)
+    event.listen(engine.pool, "checkin", on_checkin)
+    try:
+        with session_cls(engine) as session:
+            sessions.append(session)
+            for name in ("ed", "wendy"):
+                session.add(User(name=name))
+                try:
+                    session.commit()
+                except Exception as err:
+                    log.note("commit failed", normalize_error(err))
+                log.note("after commit", _describe(session, session._transaction))
+                session.rollback()
+            event.remove(User, "before_insert", before_insert)
+            session.add(User(name="jack"))
+            session.commit()
+            log.note("users", users(session))
+            session.commit()
+        sessions.clear()
+    finally:
+        if event.contains(User, "before_insert", before_insert):
+            event.remove(User, "before_insert", before_insert)
+        event.remove(engine, "commit", on_commit)
+        event.remove(engine.pool, "checkin", on_checkin)
+
+
+def commits(session_cls, engine, log):
+    """Commits with and without anything to flush, after begin(), without
+    expire_on_commit, in and after a begin() block, and one whose flushes
+    never end (an after_flush hook adding objects)."""
+    engine = _engine_of_its_own(engine)
+    with session_cls(engine) as session:
+        session.commit()
+        session.add(User(name="ed"))
+        session.commit()
+        ed = session.scalars(select(User)).one()
+        session.commit()
+        log.states(session, ed=ed)
+        session.begin()
+        ed.name = "edward"
+        session.commit()
+        log.note("name", ed.name)
+        try:
+            with session.begin():
+                session.add(User(name="inside"))
+                session.commit()
+        except exc.InvalidRequestError as err:
+            log.note("commit in begin()", normalize_error(err))
+        log.note("users", users(session))
+    with session_cls(engine, expire_on_commit=False) as session:
+        wendy = User(name="wendy")
+        session.add(wendy)
+        session.commit()
+        log.states(session, wendy=wendy)
+        log.note("loaded", "name" in orm.attributes.instance_dict(wendy))
+
+    def after_flush(session, flush_context):
+        session.add(User(name="more"))
+
+    with session_cls(engine) as session:
+        event.listen(session, "after_flush", after_flush)
+        session.add(User(name="first"))
+        try:
+            session.commit()
+        except orm.exc.FlushError as err:
+            log.note("endless", normalize_error(err))
+        session.rollback()
+        event.remove(session, "after_flush", after_flush)
+        log.note("users", len(users(session)))
+
+
 SCENARIOS = [
+    refused_during_commit,
+    commits,
     watched_transactions,
     only_outer_events,
     savepoints,
@@ -322,7 +429,7 @@ def test_same_as_stock(scenario, session_cls, engine):
 def _counts(scenario, session_cls, engine):
     transaction.reset_stats()
     assert_same_as_stock(scenario, session_cls, engine, Base.metadata)
-    return turbosession.stats()["transactions"]
+    return turbosession.stats()["transactions"]["subtransactions"]
 
 
 def test_direct_when_nothing_listens(session_cls, engine):
@@ -350,3 +457,16 @@ def test_failed_flush_and_rollback_inside_flush(session_cls, engine):
     assert stats["fast"] >= 1
     stats = _counts(rollback_inside_flush, session_cls, engine)
     assert stats["fast"] == 0
+
+
+def test_commits_direct_unless_listened(session_cls, engine):
+    transaction.reset_stats()
+    assert_same_as_stock(commits, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["transactions"]["commits"]
+    assert stats["fast"] >= 5
+    assert stats["fallback"] == {}
+    transaction.reset_stats()
+    assert_same_as_stock(watched_transactions, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["transactions"]["commits"]
+    assert stats["fast"] == 0
+    assert stats["fallback"] == {"listeners": 2}

@@ -159,24 +159,41 @@ def _connection_reason(connection):
 _LASTROWID_METHODS = ("get_lastrowid", "_setup_ins_pk_from_lastrowid")
 
 
+# what a single-row INSERT does with cursor.lastrowid (the plan's last item)
+NO_LASTROWID = 0
+LASTROWID_READ = 1  # read and ignored: the row gave the key
+LASTROWID_KEY = 2  # read and the row's primary key: the row gave none
+
+
 def _reads_lastrowid(compiled, dialect, keys, many):
-    """Whether Core, sending one row of this INSERT, reads ``cursor.lastrowid``
-    (``postfetch_lastrowid``: the table has an autoincrement column) and
-    does nothing else with it: the row gives that column a value (the
-    ORM's ``has_all_pks``), so Core's primary key getter returns the value
-    given, and the column's type has no result processor for Core to run
-    on the lastrowid first.  Such a row is sent directly, with the cursor's
-    ``lastrowid`` read where Core reads it."""
+    """What Core, sending one row of this INSERT, does with
+    ``cursor.lastrowid`` (``postfetch_lastrowid``: the table has an
+    autoincrement column), when it is no more than reading it:
+
+    - ``LASTROWID_READ``: the row gives that column a value (the ORM's
+      ``has_all_pks``), which Core's primary key getter returns as is;
+    - ``LASTROWID_KEY``: the row gives no value and the column is the
+      table's whole primary key, which Core's getter makes of the lastrowid.
+
+    Either way the column's type has no result processor for Core to run
+    on the lastrowid, and the execution context reads it as SQLAlchemy
+    ships it; otherwise the statement goes through Core.
+    """
     if many or not compiled.postfetch_lastrowid:
-        return False
+        return NO_LASTROWID
     table = compiled.statement.table
     column = table._autoincrement_column
-    return bool(
-        column is not None
-        and column.key in keys
-        and column.type._cached_result_processor(dialect, None) is None
-        and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _LASTROWID_METHODS)
-    )
+    if (
+        column is None
+        or column.type._cached_result_processor(dialect, None) is not None
+        or not _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _LASTROWID_METHODS)
+    ):
+        return NO_LASTROWID
+    if column.key in keys:
+        return LASTROWID_READ
+    if list(table.primary_key) == [column]:
+        return LASTROWID_KEY
+    return NO_LASTROWID
 
 
 def _plan(compiled, param_dict, keys, lastrowid):
@@ -267,6 +284,9 @@ def execute(emit, base_mapper, connection, statement, rows, rowcount):
         )
         if type(plan) is str:
             reason = plan
+        elif plan[4] == LASTROWID_KEY:
+            # the caller has no use for the generated key: Core's
+            reason = "statement"
         else:
             parameters = emit.dbapi_parameters(
                 rows, plan[1], plan[2], plan[3], dialect.execute_sequence_format
@@ -274,5 +294,29 @@ def execute(emit, base_mapper, connection, statement, rows, rowcount):
             result = emit.send(connection, plan[0], parameters, rows, rowcount, plan[4])
             _counts["direct"] += 1
             return result
+    _fallback(reason)
+    return None
+
+
+def insert_one(emit, base_mapper, connection, statement, row):
+    """Send a single-row INSERT whose row gives no value for its table's
+    autoincrement primary key directly, returning ``(lastrowid,)``: the
+    primary key Core's ``inserted_primary_key`` would give; or None, with
+    nothing done, when it must go through Core."""
+    reason = _connection_reason(connection)
+    if reason is None:
+        dialect = connection.dialect
+        plan = _plan_for(base_mapper, statement, dialect, tuple(sorted(row)), False)
+        if type(plan) is str:
+            reason = plan
+        elif plan[4] != LASTROWID_KEY:
+            reason = "statement"
+        else:
+            parameters = emit.dbapi_parameters(
+                [row], plan[1], plan[2], plan[3], dialect.execute_sequence_format
+            )
+            lastrowid = emit.send(connection, plan[0], parameters, [row], False, True)
+            _counts["direct"] += 1
+            return (lastrowid,)
     _fallback(reason)
     return None

@@ -24,6 +24,7 @@ from collections import Counter
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
+from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.engine.util import TransactionalContext
 from sqlalchemy.orm.session import (
     SessionTransactionOrigin,
@@ -47,32 +48,42 @@ __all__ = [
 log = logging.getLogger("turbosession")
 
 FALLBACK_REASONS = {
-    "listeners": "after_transaction_create or after_transaction_end listeners on the session",
+    "listeners": "after_transaction_create or after_transaction_end listeners on the "
+    "session (for a commit: before_commit, after_commit or after_transaction_end)",
     "patched": "a method of SessionTransaction or Session that the step runs is not stock's",
     "state": "the transaction is not in the state the direct step expects "
     "(stock's call then raises or does what that state asks)",
+    "not_root": "commit() of a savepoint (or of a subtransaction)",
+    "twophase": "the session is two-phase: stock's commit prepares first",
 }
 
 _counts = Counter()
+_commit_counts = Counter()
+
+
+def _section(counts):
+    return {
+        "fast": counts["fast"],
+        "fallback": {k: v for k, v in counts.items() if k != "fast"},
+    }
 
 
 def stats():
-    """The flushes' subtransactions: ``fast`` (begun and committed
-    directly) and ``fallback`` by reason."""
-    fallback = {k: v for k, v in _counts.items() if k != "fast"}
-    return {"fast": _counts["fast"], "fallback": fallback}
+    """``subtransactions``: the flushes' subtransactions, ``fast`` (begun
+    and committed directly) and ``fallback`` by reason; ``commits``: the
+    root transaction's ``Session.commit()`` likewise."""
+    return {"subtransactions": _section(_counts), "commits": _section(_commit_counts)}
 
 
 def reset_stats():
     _counts.clear()
+    _commit_counts.clear()
 
 
-def _fall_back(reason):
-    _counts[reason] += 1
+def _fall_back(reason, counts=_counts, what="flush subtransaction"):
+    counts[reason] += 1
     if log.isEnabledFor(logging.DEBUG):
-        log.debug(
-            "flush subtransaction runs as stock's: %s (%s)", reason, FALLBACK_REASONS[reason]
-        )
+        log.debug("%s runs as stock's: %s (%s)", what, reason, FALLBACK_REASONS[reason])
 
 # what stock's commit calls per state; a patched one is called as in stock
 _stock_expire = InstanceState._expire
@@ -266,3 +277,109 @@ def flush_connection(uow, mapper):
             if entry is not None and _methods(SessionTransaction) == _STOCK_METHODS:
                 return entry[0]
     return sub.connection(mapper)
+
+
+_PREPARED = SessionTransactionState.PREPARED
+_COMMITTED = SessionTransactionState.COMMITTED
+_CHANGING = _StateChangeStates.CHANGE_IN_PROGRESS
+# the undecorated methods stock's state machine names as the one running
+_COMMIT_FN = orm.SessionTransaction.commit.__wrapped__
+_PREPARE_FN = orm.SessionTransaction._prepare_impl.__wrapped__
+_CLOSE_FN = orm.SessionTransaction.close.__wrapped__
+
+
+def commit(session, trans):
+    """``trans.commit(_to_root=True)``: ``Session.commit()`` of the root
+    transaction.
+
+    Stock's commit runs three wrapped methods (``commit``,
+    ``_prepare_impl``, ``close``) and two expected-state context managers.
+    With no ``before_commit``, ``after_commit`` or ``after_transaction_end``
+    listener, the code of the application that can run meanwhile is that
+    of the flushes (mapper, attribute, engine events) and of the engine and
+    pool (commit, checkin): this runs stock's steps in stock's order and
+    leaves on the transaction, while each of those runs, the method in
+    progress and the state expected next that stock's wrappers leave there,
+    so that whatever they call is refused or allowed as in stock.  Any
+    other case is stock's commit.
+    """
+    reason = None
+    if type(trans) is not SessionTransaction or _methods(SessionTransaction) != _STOCK_METHODS:
+        reason = "patched"
+    elif trans._parent is not None:
+        reason = "not_root"
+    elif session.twophase:
+        reason = "twophase"
+    elif (
+        trans._state is not _ACTIVE
+        or trans._next_state is not _ANY
+        or trans._current_fn is not None
+        or session._transaction is not trans
+        or session._flushing
+    ):
+        reason = "state"
+    else:
+        dispatch = session.dispatch
+        if dispatch.before_commit or dispatch.after_commit or dispatch.after_transaction_end:
+            reason = "listeners"
+    if reason is not None:
+        _fall_back(reason, _commit_counts, "commit")
+        trans.commit(_to_root=True)
+        return
+    _commit_counts["fast"] += 1
+    try:
+        # _prepare_impl: flush until clean
+        trans._current_fn = _PREPARE_FN
+        trans._next_state = _CHANGING
+        for _flush_guard in range(100):
+            if session._is_clean():
+                break
+            session.flush()
+        else:
+            raise orm_exc.FlushError(
+                "Over 100 subsequent flushes have occurred within "
+                "session.commit() - is an after_flush() hook "
+                "creating new objects?"
+            )
+        trans._state = _PREPARED
+        # back in commit
+        trans._current_fn = _COMMIT_FN
+        for conn, db_trans, should_commit, autoclose in set(trans._connections.values()):
+            if should_commit:
+                db_trans.commit()
+        trans._state = _COMMITTED
+        trans._remove_snapshot()
+        # close
+        trans._current_fn = _CLOSE_FN
+        session._transaction = None
+        for connection, db_trans, should_commit, autoclose in set(
+            trans._connections.values()
+        ):
+            if should_commit and db_trans.is_active:
+                db_trans.close()
+            if autoclose:
+                connection.close()
+        trans._state = _CLOSED
+    finally:
+        trans._next_state = _ANY
+        trans._current_fn = None
+
+
+def existing_connection(session, bind, execution_options):
+    """The connection the session's transaction already holds for
+    ``bind``, as ``Session._connection_for_bind`` returns it, or None
+    (stock's call then runs: it acquires one, warns of execution options
+    given for a connection already there, or raises for the state)."""
+    trans = session._transaction
+    if (
+        trans is None
+        or execution_options
+        or trans._state is not _ACTIVE
+        or type(trans) is not SessionTransaction
+    ):
+        return None
+    entry = trans._connections.get(bind)
+    if entry is None or _methods(SessionTransaction) != _STOCK_METHODS:
+        return None
+    _trans_ctx_check(session)
+    return entry[0]

@@ -406,7 +406,35 @@ def commits(session_cls, engine, log):
         log.note("users", len(users(session)))
 
 
+def listeners_added_during_commit(session_cls, engine, log):
+    """A mapper listener inside the commit's flush adds after_commit and
+    after_transaction_end listeners to the session: they run, as in stock."""
+    engine = _engine_of_its_own(engine)
+
+    def after_commit(session):
+        log.note("after_commit", _describe(session, session._transaction))
+
+    def after_transaction_end(session, trans):
+        log.note("after_transaction_end", _describe(session, trans))
+
+    def before_insert(mapper, connection, target):
+        session = orm.object_session(target)
+        if not event.contains(session, "after_commit", after_commit):
+            event.listen(session, "after_commit", after_commit)
+            event.listen(session, "after_transaction_end", after_transaction_end)
+
+    event.listen(User, "before_insert", before_insert)
+    try:
+        with session_cls(engine) as session:
+            session.add(User(name="ed"))
+            session.commit()
+            log.note("users", users(session))
+    finally:
+        event.remove(User, "before_insert", before_insert)
+
+
 SCENARIOS = [
+    listeners_added_during_commit,
     refused_during_commit,
     commits,
     watched_transactions,

@@ -322,6 +322,7 @@ def commit(session, trans):
         dispatch = session.dispatch
         if dispatch.before_commit or dispatch.after_commit or dispatch.after_transaction_end:
             reason = "listeners"
+    dispatch = session.dispatch
     if reason is not None:
         _fall_back(reason, _commit_counts, "commit")
         trans.commit(_to_root=True)
@@ -348,6 +349,8 @@ def commit(session, trans):
             if should_commit:
                 db_trans.commit()
         trans._state = _COMMITTED
+        # no listener when the commit began; one added since runs as in stock
+        dispatch.after_commit(session)
         trans._remove_snapshot()
         # close
         trans._current_fn = _CLOSE_FN
@@ -360,6 +363,7 @@ def commit(session, trans):
             if autoclose:
                 connection.close()
         trans._state = _CLOSED
+        dispatch.after_transaction_end(session, trans)
     finally:
         trans._next_state = _ANY
         trans._current_fn = None

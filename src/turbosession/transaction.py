@@ -11,10 +11,12 @@ these and no stock session ever gets one.
 
 Every flush runs in a subtransaction of the session's transaction
 (``_begin()`` ... ``commit()``), and its save and delete steps ask that
-subtransaction for their connection.  Stock goes through the state machine
-of ``_StateChange`` for each of these calls (a generated wrapper, a
-context manager per expected state); ``begin_flush``, ``commit_flush`` and
-``flush_connection`` do the same steps directly where no listener or
+subtransaction for their connection; ``Session.commit()`` commits the root
+transaction and every execution asks it for its connection.  Stock goes
+through the state machine of ``_StateChange`` for each of these calls (a
+generated wrapper, a context manager per expected state); ``begin_flush``,
+``commit_flush``, ``flush_connection``, ``commit`` and
+``existing_connection`` do the same steps directly where no listener or
 patched method could see the difference, and are stock's calls otherwise,
 counted by reason (``stats()``, ``FALLBACK_REASONS``).
 """

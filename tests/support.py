@@ -64,7 +64,8 @@ def _record_cursor_call(method, args):
 
 
 class RecordingSQLiteCursor(sqlite3.Cursor):
-    """sqlite3's cursor, noting each ``execute``/``executemany`` first."""
+    """sqlite3's cursor, noting each ``execute``/``executemany`` first, and
+    each read of ``lastrowid``."""
 
     def execute(self, *args):
         _record_cursor_call("execute", args)
@@ -73,6 +74,14 @@ class RecordingSQLiteCursor(sqlite3.Cursor):
     def executemany(self, *args):
         _record_cursor_call("executemany", args)
         return super().executemany(*args)
+
+    @property
+    def lastrowid(self):
+        # Core reads it after each single-row INSERT into a table with an
+        # autoincrement column, whether or not the key was given
+        if _cursor_entries is not None:
+            _cursor_entries.append(("cursor", "lastrowid"))
+        return sqlite3.Cursor.lastrowid.__get__(self)
 
 
 class RecordingSQLiteConnection(sqlite3.Connection):

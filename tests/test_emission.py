@@ -289,3 +289,101 @@ def test_dialect_method_overridden(session_cls, engine):
     stats = _run(scenario_dialect_method_overridden, session_cls, engine)
     assert stats["direct"] == 0
     assert stats["fallback"]["dialect"] > 0
+
+
+class CountedKey(TypeDecorator):
+    """An integer key whose result processor is the application's own:
+    Core runs it on a single-row INSERT's lastrowid, even when the row
+    gave the key."""
+
+    impl = Integer
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        return value
+
+
+class CountedAuto(Base):
+    __tablename__ = "ts_emit_counted_auto"
+    id: Mapped[int] = mapped_column(CountedKey, primary_key=True)
+    name: Mapped[str]
+
+
+def scenario_single_rows_of_autoincrement_tables(session_cls, engine, log):
+    """One row per flush into a table with an autoincrement key: with the key
+    given (SQLite: Core still reads the cursor's lastrowid), without it
+    (the key is the lastrowid), and with a key type that has a result
+    processor."""
+    with session_cls(engine) as session:
+        for i in (1, 2):
+            session.add(Auto(id=i * 10, name=f"given {i}"))
+            session.flush()
+        generated = Auto(name="generated")
+        session.add(generated)
+        session.flush()
+        log.note("generated", generated.id, session.get(Auto, generated.id) is generated)
+        session.add(CountedAuto(id=5, name="counted"))
+        session.flush()
+        session.add_all([Auto(id=40, name="many a"), Auto(id=41, name="many b")])
+        session.commit()
+        log.note("auto", [(a.id, a.name) for a in session.scalars(select(Auto).order_by(Auto.id))])
+        log.note("counted", [(a.id, a.name) for a in session.scalars(select(CountedAuto))])
+
+
+def test_single_rows_of_autoincrement_tables(session_cls, engine):
+    stats = _run(scenario_single_rows_of_autoincrement_tables, session_cls, engine)
+    # SQLite: the given keys (two single rows, one executemany) and the
+    # generated one (the lastrowid) went directly, the key with a result
+    # processor through Core; PostgreSQL: every given key directly, the
+    # generated one through Core (RETURNING)
+    assert stats["direct"] == 4
+    assert stats["fallback"] == {"statement": 1}
+
+
+class Defaulted(Base):
+    """Generated keys with a Python-side default (prefetched by Core) and
+    a server default (postfetched): both go through Core."""
+
+    __tablename__ = "ts_emit_defaulted"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str]
+    label: Mapped[str] = mapped_column(default="python")
+    note: Mapped[str | None] = mapped_column(server_default=text("'server'"))
+
+
+def scenario_generated_keys(session_cls, engine, log):
+    """One new object per flush with a generated key, an after_insert
+    listener reading it, the identity map keyed by it, and the tables
+    whose defaults send the row through Core."""
+
+    def after_insert(mapper, connection, target):
+        log.note("after_insert", type(target).__name__, target.id)
+
+    event.listen(Auto, "after_insert", after_insert)
+    try:
+        with session_cls(engine) as session:
+            objects = []
+            for i in range(3):
+                obj = Auto(name=f"auto {i}")
+                session.add(obj)
+                session.flush()
+                objects.append(obj)
+                log.note("key", obj.id, object_state(obj), session.get(Auto, obj.id) is obj)
+            defaulted = Defaulted(name="d")
+            session.add(defaulted)
+            session.flush()
+            log.note("defaulted", defaulted.id, defaulted.label, defaulted.note)
+            session.commit()
+            log.note("rows", [(a.id, a.name) for a in session.scalars(select(Auto).order_by(Auto.id))])
+    finally:
+        event.remove(Auto, "after_insert", after_insert)
+
+
+def test_generated_keys(session_cls, engine):
+    stats = _run(scenario_generated_keys, session_cls, engine)
+    # the Defaulted row is stock's emitter's from the start (its table has
+    # ORM-level defaults to postfetch), without asking emission
+    if engine.dialect.postfetch_lastrowid:
+        assert stats == {"direct": 3, "fallback": {}}
+    else:
+        assert stats == {"direct": 0, "fallback": {"statement": 3}}

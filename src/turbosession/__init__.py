@@ -7,7 +7,7 @@ Change one import::
 ``turbosession.compiled`` tells whether the Cython modules are in use.
 """
 
-from . import _impl, attaching, emission, fastpath, instances, loads
+from . import _impl, attaching, emission, fastpath, instances, loads, transaction
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
 
 # the one hook into SQLAlchemy (README, "Seams"): stock's row processor for
@@ -33,14 +33,17 @@ def stats():
     "loaded": n, "fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
     n}, "rows": n, "rows_to_stock": n}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
-    n}}}``; the reasons are described in ``fastpath.FALLBACK_REASONS``,
+    n}}, "transactions": {"fast": n, "fallback": {reason: n}}}`` (the
+    flushes' subtransactions); the reasons are described in ``fastpath.FALLBACK_REASONS``,
     ``loads.FALLBACK_REASONS``, ``instances.FALLBACK_REASONS``,
-    ``emission.FALLBACK_REASONS`` and ``attaching.FALLBACK_REASONS``.
+    ``emission.FALLBACK_REASONS``, ``attaching.FALLBACK_REASONS`` and
+    ``transaction.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()
     result["emission"] = emission.stats()
     result["attach"] = attaching.stats()
+    result["transactions"] = transaction.stats()
     return result
 
 
@@ -49,6 +52,7 @@ def reset_stats():
     loads.reset_stats()
     emission.reset_stats()
     attaching.reset_stats()
+    transaction.reset_stats()
 
 
 __all__ = [

@@ -85,13 +85,23 @@ class _Execution:
         pass
 
 
-def send(connection, statement: str, parameters: list, rows: list, isdml_rowcount: cython.bint):
+def send(
+    connection,
+    statement: str,
+    parameters: list,
+    rows: list,
+    isdml_rowcount: cython.bint,
+    lastrowid: cython.bint,
+):
     """One ``cursor.executemany`` (or ``execute`` for one row) as Core's
     ``_execute_context`` and ``_exec_single_context`` run it for a statement
     that returns nothing: a new cursor from the pool's connection, the
     description read and the cursor closed as ``CursorResult`` closes it.
     Returns the cursor's rowcount for an UPDATE or DELETE
-    (``isdml_rowcount``), else -1.  ``rows`` are the ORM parameters Core
+    (``isdml_rowcount``); with ``lastrowid`` (a single-row INSERT after
+    which Core reads the cursor's lastrowid) the cursor's ``lastrowid``,
+    read before its description as Core's ``_setup_dml_or_text_result``
+    reads them; else -1.  ``rows`` are the ORM parameters Core
     would report if making the cursor fails.
     """
     try:
@@ -100,16 +110,18 @@ def send(connection, statement: str, parameters: list, rows: list, isdml_rowcoun
         connection._handle_dbapi_exception(e, statement, rows, None, None)
     many: cython.bint = len(parameters) > 1
     effective = parameters if many else parameters[0]
-    rowcount = -1
+    returned: object = -1
     try:
         if many:
             cursor.executemany(statement, effective)
         else:
             cursor.execute(statement, effective)
+            if lastrowid:
+                returned = cursor.lastrowid
         cursor.description
         if isdml_rowcount:
-            rowcount = cursor.rowcount
+            returned = cursor.rowcount
     except BaseException as e:
         connection._handle_dbapi_exception(e, statement, effective, cursor, _Execution(many))
     connection._safe_close_cursor(cursor)
-    return rowcount
+    return returned

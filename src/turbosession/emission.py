@@ -17,6 +17,10 @@ dialect and batch shape, whenever nothing could observe the difference:
   (``do_execute``/``do_executemany``, ``handle_error``), SQL logging off;
 - execution options that do not change execution (``compiled_cache``,
   ``isolation_level``, ``logging_token``) and none on the statement;
+- a single-row INSERT whose table has an autoincrement column (SQLite,
+  MySQL: Core reads ``cursor.lastrowid``) only when the row gives that
+  column its value, which Core then returns as is (``cursor.lastrowid`` is
+  read all the same, where Core reads it);
 - the dialect's ``do_execute``/``do_executemany`` and the execution
   context's cursor, pre/post-execution, result and error hooks as
   SQLAlchemy ships them, no ``setinputsizes`` binding, statement caching
@@ -151,9 +155,50 @@ def _connection_reason(connection):
     return _dialect_reason(dialect)
 
 
-def _plan(compiled, param_dict, keys):
-    """(statement, keys, processors, names or None) for the rows of a
-    compiled plain statement, or the reason it is not plain."""
+# what Core runs to read cursor.lastrowid after a single-row INSERT
+_LASTROWID_METHODS = ("get_lastrowid", "_setup_ins_pk_from_lastrowid")
+
+
+# what a single-row INSERT does with cursor.lastrowid (the plan's last item)
+NO_LASTROWID = 0
+LASTROWID_READ = 1  # read and ignored: the row gave the key
+LASTROWID_KEY = 2  # read and the row's primary key: the row gave none
+
+
+def _reads_lastrowid(compiled, dialect, keys, many):
+    """What Core, sending one row of this INSERT, does with
+    ``cursor.lastrowid`` (``postfetch_lastrowid``: the table has an
+    autoincrement column), when it is no more than reading it:
+
+    - ``LASTROWID_READ``: the row gives that column a value (the ORM's
+      ``has_all_pks``), which Core's primary key getter returns as is;
+    - ``LASTROWID_KEY``: the row gives no value and the column is the
+      table's whole primary key, which Core's getter makes of the lastrowid.
+
+    Either way the column's type has no result processor for Core to run
+    on the lastrowid, and the execution context reads it as SQLAlchemy
+    ships it; otherwise the statement goes through Core.
+    """
+    if many or not compiled.postfetch_lastrowid:
+        return NO_LASTROWID
+    table = compiled.statement.table
+    column = table._autoincrement_column
+    if (
+        column is None
+        or column.type._cached_result_processor(dialect, None) is not None
+        or not _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _LASTROWID_METHODS)
+    ):
+        return NO_LASTROWID
+    if column.key in keys:
+        return LASTROWID_READ
+    if list(table.primary_key) == [column]:
+        return LASTROWID_KEY
+    return NO_LASTROWID
+
+
+def _plan(compiled, param_dict, keys, lastrowid):
+    """(statement, keys, processors, names or None, lastrowid) for the rows
+    of a compiled plain statement, or the reason it is not plain."""
     if (
         param_dict
         or compiled._collect_params
@@ -163,7 +208,7 @@ def _plan(compiled, param_dict, keys):
         or compiled.insert_prefetch
         or compiled.update_prefetch
         or compiled.postfetch
-        or compiled.postfetch_lastrowid
+        or (compiled.postfetch_lastrowid and not lastrowid)
         or compiled._insertmanyvalues
         or compiled.literal_execute_params
         or compiled.post_compile_params
@@ -190,6 +235,7 @@ def _plan(compiled, param_dict, keys):
         tuple(key_of[name] for name in names),
         tuple(processors.get(name) for name in names),
         None if compiled.positional else names,
+        lastrowid,
     )
 
 
@@ -218,7 +264,10 @@ def _plan_for(base_mapper, statement, dialect, keys, many):
                 schema_translate_map=None,
                 linting=dialect.compiler_linting | compiler.WARN_LINTING,
             )
-            plan = _plan(compiled, param_dict, frozenset(keys))
+            keys = frozenset(keys)
+            plan = _plan(
+                compiled, param_dict, keys, _reads_lastrowid(compiled, dialect, keys, many)
+            )
         plans[key] = plan
     return plan
 
@@ -235,12 +284,39 @@ def execute(emit, base_mapper, connection, statement, rows, rowcount):
         )
         if type(plan) is str:
             reason = plan
+        elif plan[4] == LASTROWID_KEY:
+            # the caller has no use for the generated key: Core's
+            reason = "statement"
         else:
             parameters = emit.dbapi_parameters(
                 rows, plan[1], plan[2], plan[3], dialect.execute_sequence_format
             )
-            result = emit.send(connection, plan[0], parameters, rows, rowcount)
+            result = emit.send(connection, plan[0], parameters, rows, rowcount, plan[4])
             _counts["direct"] += 1
             return result
+    _fallback(reason)
+    return None
+
+
+def insert_one(emit, base_mapper, connection, statement, row):
+    """Send a single-row INSERT whose row gives no value for its table's
+    autoincrement primary key directly, returning ``(lastrowid,)``: the
+    primary key Core's ``inserted_primary_key`` would give; or None, with
+    nothing done, when it must go through Core."""
+    reason = _connection_reason(connection)
+    if reason is None:
+        dialect = connection.dialect
+        plan = _plan_for(base_mapper, statement, dialect, tuple(sorted(row)), False)
+        if type(plan) is str:
+            reason = plan
+        elif plan[4] != LASTROWID_KEY:
+            reason = "statement"
+        else:
+            parameters = emit.dbapi_parameters(
+                [row], plan[1], plan[2], plan[3], dialect.execute_sequence_format
+            )
+            lastrowid = emit.send(connection, plan[0], parameters, [row], False, True)
+            _counts["direct"] += 1
+            return (lastrowid,)
     _fallback(reason)
     return None

@@ -43,7 +43,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
-from . import emission, relationships
+from . import emission, relationships, transaction
 from ._warn import warn
 
 __all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "stats"]
@@ -294,7 +294,7 @@ def _organize_for_save(uow, base_mapper, persist, states):
         return to_insert, to_update, row_switch
     # stock asks for the connection even with no states (it may begin
     # the transaction), and then does nothing more
-    connection = uow.transaction.connection(base_mapper)
+    connection = transaction.flush_connection(uow, base_mapper)
     states = persistence._sort_states(base_mapper, states)
     if not base_mapper._inheriting_mappers:
         to_insert, to_update = persist.organize_for_save(base_mapper, states, uow, connection)
@@ -463,8 +463,10 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
 
     A batch that has every primary key and nothing to fetch back is one
     executemany, sent here as stock sends it, with the per-row bookkeeping
-    in ``persist``; any other batch, and every batch of a table whose rows
-    need stock's ``_postfetch``, goes to stock's emitter unchanged.
+    in ``persist``; so is a single row whose key is the cursor's lastrowid
+    (``_insert_generated_key``); any other batch, and every batch of a
+    table whose rows need stock's ``_postfetch``, goes to stock's emitter
+    unchanged.
     """
     if stock_postfetch:
         persistence._emit_insert_statements(base_mapper, uow, mapper, table, records)
@@ -495,8 +497,38 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
             else:
                 # the statement had nothing to prefetch, postfetch or return
                 _sync_keys(uow, table, batch)
-        else:
+        elif not (
+            not hasvalue
+            and len(batch) == 1
+            and (
+                has_all_defaults
+                or not base_mapper._prefer_eager_defaults(connection.dialect, table)
+            )
+            and _insert_generated_key(uow, base_mapper, mapper, table, batch[0], emit)
+        ):
             persistence._emit_insert_statements(base_mapper, uow, mapper, table, batch)
+
+
+def _insert_generated_key(uow, base_mapper, mapper, table, record, emit):
+    """One row whose autoincrement primary key the database generates,
+    sent directly where ``emission.insert_one`` allows it (SQLite, MySQL:
+    the key is the cursor's lastrowid): stock's emitter executes it alone,
+    sets the key Core reports (``inserted_primary_key``) where the state
+    has none, and postfetches, which for a statement with nothing to
+    prefetch, postfetch or return is synchronising the keys between the
+    mapper's tables.  False, with nothing done, for stock's emitter."""
+    state_dict, params, mapper_rec, connection = record[1], record[2], record[3], record[4]
+    statement = base_mapper._memo(("insert", table), table.insert)
+    returned = emission.insert_one(emit, base_mapper, connection, statement, params)
+    if returned is None:
+        return False
+    key = returned[0]
+    for column in mapper._pks_by_table[table]:
+        prop = mapper_rec._columntoproperty[column]
+        if state_dict.get(prop.key) is None:
+            state_dict[prop.key] = key
+    _sync_keys(uow, table, [record])
+    return True
 
 
 def _pk_statement(base_mapper, mapper, table, kind):
@@ -560,7 +592,7 @@ def _organize_for_delete(uow, base_mapper, persist, states):
     each state's mapper, in stock's order."""
     if uow.session.connection_callable:
         return list(persistence._organize_states_for_delete(base_mapper, states, uow))
-    connection = uow.transaction.connection(base_mapper)
+    connection = transaction.flush_connection(uow, base_mapper)
     states = persistence._sort_states(base_mapper, states)
     if not base_mapper._inheriting_mappers:
         return persist.organize_for_delete(base_mapper, states, connection)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
 
-from . import fastpath
+from . import fastpath, transaction as _transaction
 from ._warn import warn
 
 __all__ = ["UOWTransaction", "flush"]
@@ -231,7 +231,9 @@ def flush(self, objects=None):
     if not flush_context.has_work:
         return
 
-    flush_context.transaction = transaction = self._autobegin_t()._begin()
+    # stock's _begin() and commit() of the subtransaction, without the
+    # state machine's wrappers where nothing could see the difference
+    flush_context.transaction = transaction = _transaction.begin_flush(self)
     try:
         self._warn_on_events = True
         try:
@@ -248,7 +250,7 @@ def flush(self, objects=None):
 
         self.dispatch.after_flush_postexec(self, flush_context)
 
-        transaction.commit()
+        _transaction.commit_flush(self, transaction)
 
     except:
         with util.safe_reraise():

@@ -37,6 +37,21 @@ class TurboSessionMixin:
         # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
         self.identity_map = self._turbo.identity.WeakIdentityMap()
 
+    def commit(self):
+        # stock's, with the root transaction's commit in turbosession.transaction
+        trans = self._transaction
+        if trans is None:
+            trans = self._autobegin_t()
+        transaction.commit(self, trans)
+
+    def _connection_for_bind(self, engine, execution_options=None, **kw):
+        # the connection the transaction holds, without the state machine's
+        # wrapper; stock's to acquire one or in any other case
+        conn = transaction.existing_connection(self, engine, execution_options)
+        if conn is None:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        return conn
+
     def _autobegin_t(self, begin=False):
         # stock's, creating turbosession's SessionTransaction (its commit
         # expires objects on turbosession._expire_*)

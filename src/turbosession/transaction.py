@@ -8,15 +8,84 @@ whether autobegun or from ``begin()``) and ``SessionTransaction._begin``
 (subtransactions and savepoints); the mixin overrides the first and this
 class the second, so every transaction of a turbosession session is one of
 these and no stock session ever gets one.
+
+Every flush runs in a subtransaction of the session's transaction
+(``_begin()`` ... ``commit()``), and its save and delete steps ask that
+subtransaction for their connection; ``Session.commit()`` commits the root
+transaction and every execution asks it for its connection.  Stock goes
+through the state machine of ``_StateChange`` for each of these calls (a
+generated wrapper, a context manager per expected state); ``begin_flush``,
+``commit_flush``, ``flush_connection``, ``commit`` and
+``existing_connection`` do the same steps directly where no listener or
+patched method could see the difference, and are stock's calls otherwise,
+counted by reason (``stats()``, ``FALLBACK_REASONS``).
 """
+
+import logging
+from collections import Counter
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
-from sqlalchemy.orm.session import SessionTransactionOrigin, SessionTransactionState
+from sqlalchemy.orm import exc as orm_exc
+from sqlalchemy.engine.util import TransactionalContext
+from sqlalchemy.orm.session import (
+    SessionTransactionOrigin,
+    SessionTransactionState,
+    _SessionCloseState,
+)
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.state_changes import _StateChange, _StateChangeStates
 
-__all__ = ["SessionTransaction", "autobegin"]
+__all__ = [
+    "FALLBACK_REASONS",
+    "SessionTransaction",
+    "autobegin",
+    "begin_flush",
+    "commit_flush",
+    "flush_connection",
+    "reset_stats",
+    "stats",
+]
+
+log = logging.getLogger("turbosession")
+
+FALLBACK_REASONS = {
+    "listeners": "after_transaction_create or after_transaction_end listeners on the "
+    "session (for a commit: before_commit, after_commit or after_transaction_end)",
+    "patched": "a method of SessionTransaction or Session that the step runs is not stock's",
+    "state": "the transaction is not in the state the direct step expects "
+    "(stock's call then raises or does what that state asks)",
+    "not_root": "commit() of a savepoint (or of a subtransaction)",
+    "twophase": "the session is two-phase: stock's commit prepares first",
+}
+
+_counts = Counter()
+_commit_counts = Counter()
+
+
+def _section(counts):
+    return {
+        "fast": counts["fast"],
+        "fallback": {k: v for k, v in counts.items() if k != "fast"},
+    }
+
+
+def stats():
+    """``subtransactions``: the flushes' subtransactions, ``fast`` (begun
+    and committed directly) and ``fallback`` by reason; ``commits``: the
+    root transaction's ``Session.commit()`` likewise."""
+    return {"subtransactions": _section(_counts), "commits": _section(_commit_counts)}
+
+
+def reset_stats():
+    _counts.clear()
+    _commit_counts.clear()
+
+
+def _fall_back(reason, counts=_counts, what="flush subtransaction"):
+    counts[reason] += 1
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("%s runs as stock's: %s (%s)", what, reason, FALLBACK_REASONS[reason])
 
 # what stock's commit calls per state; a patched one is called as in stock
 _stock_expire = InstanceState._expire
@@ -74,3 +143,249 @@ def autobegin(session, begin):
         assert session._transaction is trans
         return trans
     return session._transaction
+
+
+_ACTIVE = SessionTransactionState.ACTIVE
+_CLOSED = SessionTransactionState.CLOSED
+_ANY = _StateChangeStates.ANY
+_SUBTRANSACTION = SessionTransactionOrigin.SUBTRANSACTION
+_SESSION_CLOSED = _SessionCloseState.CLOSED
+_trans_ctx_check = TransactionalContext._trans_ctx_check
+
+
+def _methods(cls):
+    """What stock's ``_begin``, ``commit`` and ``connection`` of a flush's
+    subtransaction run, as the class has them."""
+    return (
+        cls._begin,
+        cls.__init__,
+        cls._take_snapshot,
+        cls.commit,
+        cls._prepare_impl,
+        cls.close,
+        cls.connection,
+        cls._connection_for_bind,
+    )
+
+
+_STOCK_METHODS = _methods(SessionTransaction)
+_STOCK_GET_BIND = orm.Session.get_bind
+
+
+def begin_flush(session):
+    """``session._autobegin_t()._begin()``: the flush's subtransaction.
+
+    Stock's ``_begin`` checks that the parent is active and constructs a
+    ``SessionTransaction`` whose ``__init__`` checks the session, takes
+    the parent's snapshot, makes itself the session's transaction and
+    dispatches ``after_transaction_create``.  With no listener for that
+    event, nothing runs while it does so; this builds the same object,
+    attribute for attribute, without the state machine's wrappers.
+    """
+    parent = session._autobegin_t()
+    if type(parent) is not SessionTransaction or _methods(SessionTransaction) != _STOCK_METHODS:
+        _fall_back("patched")
+        return parent._begin()
+    if session.dispatch.after_transaction_create:
+        _fall_back("listeners")
+        return parent._begin()
+    if parent._state is not _ACTIVE or session._close_state is _SESSION_CLOSED:
+        _fall_back("state")
+        return parent._begin()
+    _trans_ctx_check(session)
+    # what _begin's wrapper leaves on the parent
+    parent._next_state = parent._next_state
+    parent._current_fn = parent._current_fn
+    sub = SessionTransaction.__new__(SessionTransaction)
+    sub.session = session
+    sub._connections = {}
+    sub._parent = parent
+    sub.nested = False
+    sub.origin = _SUBTRANSACTION
+    sub._state = _ACTIVE
+    # _take_snapshot of a subtransaction: the parent's
+    sub._new = parent._new
+    sub._deleted = parent._deleted
+    sub._dirty = parent._dirty
+    sub._key_switches = parent._key_switches
+    session._transaction = sub
+    return sub
+
+
+def commit_flush(session, sub):
+    """``sub.commit()`` at the end of a successful flush.
+
+    A subtransaction's commit, while the session is flushing and the
+    subtransaction is the session's innermost one, prepares (no event, no
+    flush: the session is flushing), commits no connection (it holds
+    none: its parent's are asked), closes (the session's transaction
+    becomes the parent) and dispatches ``after_transaction_end``.  With no
+    listener for that event, this does those steps directly; in any other
+    case (a savepoint begun inside the flush, the transaction rolled back
+    by a listener, ...) it is stock's commit.
+    """
+    if (
+        sub._state is not _ACTIVE
+        or sub._next_state is not _ANY
+        or session._transaction is not sub
+        or not session._flushing
+        or sub._connections
+        or sub.nested
+        or type(sub) is not SessionTransaction
+    ):
+        _fall_back("state")
+        sub.commit()
+        return
+    if _methods(SessionTransaction) != _STOCK_METHODS:
+        _fall_back("patched")
+        sub.commit()
+        return
+    if session.dispatch.after_transaction_end:
+        _fall_back("listeners")
+        sub.commit()
+        return
+    session._transaction = sub._parent
+    sub._state = _CLOSED
+    # what commit's wrapper leaves on the subtransaction
+    sub._next_state = _ANY
+    sub._current_fn = None
+    _counts["fast"] += 1
+
+
+def flush_connection(uow, mapper):
+    """``uow.transaction.connection(mapper)``, as the save and delete
+    steps ask it.
+
+    The subtransaction holds no connection: stock's call asks the
+    session's ``get_bind`` for the mapper's bind, then the parent for its
+    connection to it.  Where the parent already has one and ``get_bind``
+    is stock's (no code of the application runs in between), this
+    returns it directly; else (the first connection of the transaction,
+    which begins it and dispatches ``after_begin``) it is stock's call.
+    """
+    sub = uow.transaction
+    session = uow.session
+    if (
+        sub._state is _ACTIVE
+        and type(sub) is SessionTransaction
+        and not sub.nested
+        and not sub._connections
+        and type(session).get_bind is _STOCK_GET_BIND
+        and "get_bind" not in session.__dict__
+    ):
+        parent = sub._parent
+        if parent is not None and parent._state is _ACTIVE:
+            entry = parent._connections.get(session.get_bind(mapper))
+            if entry is not None and _methods(SessionTransaction) == _STOCK_METHODS:
+                return entry[0]
+    return sub.connection(mapper)
+
+
+_PREPARED = SessionTransactionState.PREPARED
+_COMMITTED = SessionTransactionState.COMMITTED
+_CHANGING = _StateChangeStates.CHANGE_IN_PROGRESS
+# the undecorated methods stock's state machine names as the one running
+_COMMIT_FN = orm.SessionTransaction.commit.__wrapped__
+_PREPARE_FN = orm.SessionTransaction._prepare_impl.__wrapped__
+_CLOSE_FN = orm.SessionTransaction.close.__wrapped__
+
+
+def commit(session, trans):
+    """``trans.commit(_to_root=True)``: ``Session.commit()`` of the root
+    transaction.
+
+    Stock's commit runs three wrapped methods (``commit``,
+    ``_prepare_impl``, ``close``) and two expected-state context managers.
+    With no ``before_commit``, ``after_commit`` or ``after_transaction_end``
+    listener, the code of the application that can run meanwhile is that
+    of the flushes (mapper, attribute, engine events) and of the engine and
+    pool (commit, checkin): this runs stock's steps in stock's order and
+    leaves on the transaction, while each of those runs, the method in
+    progress and the state expected next that stock's wrappers leave there,
+    so that whatever they call is refused or allowed as in stock.  Any
+    other case is stock's commit.
+    """
+    reason = None
+    if type(trans) is not SessionTransaction or _methods(SessionTransaction) != _STOCK_METHODS:
+        reason = "patched"
+    elif trans._parent is not None:
+        reason = "not_root"
+    elif session.twophase:
+        reason = "twophase"
+    elif (
+        trans._state is not _ACTIVE
+        or trans._next_state is not _ANY
+        or trans._current_fn is not None
+        or session._transaction is not trans
+        or session._flushing
+    ):
+        reason = "state"
+    else:
+        dispatch = session.dispatch
+        if dispatch.before_commit or dispatch.after_commit or dispatch.after_transaction_end:
+            reason = "listeners"
+    dispatch = session.dispatch
+    if reason is not None:
+        _fall_back(reason, _commit_counts, "commit")
+        trans.commit(_to_root=True)
+        return
+    _commit_counts["fast"] += 1
+    try:
+        # _prepare_impl: flush until clean
+        trans._current_fn = _PREPARE_FN
+        trans._next_state = _CHANGING
+        for _flush_guard in range(100):
+            if session._is_clean():
+                break
+            session.flush()
+        else:
+            raise orm_exc.FlushError(
+                "Over 100 subsequent flushes have occurred within "
+                "session.commit() - is an after_flush() hook "
+                "creating new objects?"
+            )
+        trans._state = _PREPARED
+        # back in commit
+        trans._current_fn = _COMMIT_FN
+        for conn, db_trans, should_commit, autoclose in set(trans._connections.values()):
+            if should_commit:
+                db_trans.commit()
+        trans._state = _COMMITTED
+        # no listener when the commit began; one added since runs as in stock
+        dispatch.after_commit(session)
+        trans._remove_snapshot()
+        # close
+        trans._current_fn = _CLOSE_FN
+        session._transaction = None
+        for connection, db_trans, should_commit, autoclose in set(
+            trans._connections.values()
+        ):
+            if should_commit and db_trans.is_active:
+                db_trans.close()
+            if autoclose:
+                connection.close()
+        trans._state = _CLOSED
+        dispatch.after_transaction_end(session, trans)
+    finally:
+        trans._next_state = _ANY
+        trans._current_fn = None
+
+
+def existing_connection(session, bind, execution_options):
+    """The connection the session's transaction already holds for
+    ``bind``, as ``Session._connection_for_bind`` returns it, or None
+    (stock's call then runs: it acquires one, warns of execution options
+    given for a connection already there, or raises for the state)."""
+    trans = session._transaction
+    if (
+        trans is None
+        or execution_options
+        or trans._state is not _ACTIVE
+        or type(trans) is not SessionTransaction
+    ):
+        return None
+    entry = trans._connections.get(bind)
+    if entry is None or _methods(SessionTransaction) != _STOCK_METHODS:
+        return None
+    _trans_ctx_check(session)
+    return entry[0]

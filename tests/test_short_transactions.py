@@ -1,0 +1,500 @@
+"""The fixed cost of a flush: its subtransaction and connection, against stock.
+
+Every flush runs in a subtransaction of the session's transaction; where no
+listener or patched method could see it, turbosession begins and commits it
+without stock's state-machine wrappers and finds the save and delete steps'
+connection directly (``turbosession.transaction``).  Each scenario runs on
+stock's Session and on turbosession's, and what an application could
+observe is compared: SQL down to the cursor, session, transaction,
+connection and pool events with their arguments, the transactions a
+listener sees, exceptions, object states.  The counters of
+``stats()["transactions"]`` say which path each flush's subtransaction took.
+"""
+
+import pytest
+from sqlalchemy import event, exc, orm, select
+
+import turbosession
+from models import Address, Base, User
+from support import assert_same_as_stock, normalize_error, object_state
+from turbosession import transaction
+
+SESSION_EVENTS = (
+    "after_transaction_create",
+    "after_transaction_end",
+    "after_begin",
+    "before_commit",
+    "after_commit",
+    "after_rollback",
+    "after_soft_rollback",
+    "before_flush",
+    "after_flush",
+    "after_flush_postexec",
+)
+ENGINE_EVENTS = ("begin", "commit", "rollback", "savepoint", "rollback_savepoint", "release_savepoint")
+POOL_EVENTS = ("checkout", "checkin", "reset")
+
+
+def _describe(session, trans):
+    """What a listener can see of a session transaction, by public API."""
+    if trans is None:
+        return None
+    root = session.get_transaction()
+    return (
+        trans.origin.name,
+        trans.nested,
+        trans.is_active,
+        trans.parent is None,
+        trans is root,
+        trans.parent is root if trans.parent is not None else None,
+        session.in_transaction(),
+        session.in_nested_transaction(),
+    )
+
+
+class Watch:
+    """Listeners on a session (or its class), its engine and pool, noting
+    each event with what can be seen of the transactions at that moment."""
+
+    def __init__(self, log, session_events=SESSION_EVENTS):
+        self.log = log
+        self.session_events = session_events
+        self.listeners = []
+
+    def session_listener(self, name):
+        def listener(session, *args):
+            seen = []
+            for arg in args:
+                if isinstance(arg, orm.SessionTransaction):
+                    seen.append(_describe(session, arg))
+                elif isinstance(arg, orm.UOWTransaction):
+                    seen.append(("uow", _describe(session, getattr(arg, "transaction", None))))
+                else:
+                    seen.append(type(arg).__name__)
+            self.log.note("session event", name, seen, _describe(session, session._transaction))
+
+        return listener
+
+    def engine_listener(self, name):
+        def listener(*args):
+            self.log.note("engine event", name, len(args))
+
+        return listener
+
+    def attach(self, session, engine):
+        for name in self.session_events:
+            fn = self.session_listener(name)
+            event.listen(session, name, fn)
+            self.listeners.append((session, name, fn))
+        for name in ENGINE_EVENTS:
+            fn = self.engine_listener(name)
+            event.listen(engine, name, fn)
+            self.listeners.append((engine, name, fn))
+        for name in POOL_EVENTS:
+            fn = self.engine_listener(name)
+            event.listen(engine.pool, name, fn)
+            self.listeners.append((engine.pool, name, fn))
+
+    def detach(self):
+        for target, name, fn in self.listeners:
+            event.remove(target, name, fn)
+        self.listeners.clear()
+
+
+def _engine_of_its_own(engine):
+    # engine and pool events stay on an engine once listened to; the other
+    # run of the scenario must not see them, so each run listens on a copy
+    # sharing nothing (a new pool for the same database)
+    return engine.execution_options()
+
+
+def users(session):
+    return [(u.id, u.name) for u in session.scalars(select(User).order_by(User.id))]
+
+
+def watched_transactions(session_cls, engine, log, session_events=SESSION_EVENTS):
+    """Flushes and commits with listeners on every transaction event."""
+    engine = _engine_of_its_own(engine)
+    watch = Watch(log, session_events)
+    session = session_cls(engine)
+    watch.attach(session, engine)
+    try:
+        session.add(User(name="ed"))
+        session.flush()
+        session.add(User(name="wendy", addresses=[Address(email="w@a")]))
+        session.commit()
+        log.note("users", users(session))
+        ed = session.scalars(select(User).filter_by(name="ed")).one()
+        ed.name = "edward"
+        session.commit()
+        session.add(User(name="jack"))
+        session.rollback()
+        log.note("users", users(session))
+        session.close()
+    finally:
+        watch.detach()
+
+
+def only_outer_events(session_cls, engine, log):
+    """Listeners on every event but the two a subtransaction dispatches:
+    the flushes take turbosession's direct path, and the listeners of the
+    flush see the same transactions."""
+    watched_transactions(
+        session_cls,
+        engine,
+        log,
+        [n for n in SESSION_EVENTS if n not in ("after_transaction_create", "after_transaction_end")],
+    )
+
+
+def savepoints(session_cls, engine, log):
+    engine = _engine_of_its_own(engine)
+    watch = Watch(log, ("after_flush", "after_begin", "after_rollback", "after_soft_rollback"))
+    with session_cls(engine) as session:
+        watch.attach(session, engine)
+        try:
+            session.add(User(name="ed"))
+            nested = session.begin_nested()
+            session.add(User(name="wendy"))
+            session.flush()
+            log.note("nested", _describe(session, session.get_nested_transaction()))
+            nested.rollback()
+            log.note("users", users(session))
+            with session.begin_nested():
+                session.add(User(name="jack"))
+            session.add(User(name="fred"))
+            with session.begin_nested():
+                session.flush()
+            session.commit()
+            log.note("users", users(session))
+        finally:
+            watch.detach()
+
+
+def failed_flush(session_cls, engine, log):
+    engine = _engine_of_its_own(engine)
+    watch = Watch(log, ("after_flush", "after_rollback", "after_soft_rollback", "after_begin"))
+    with session_cls(engine) as session:
+        watch.attach(session, engine)
+        try:
+            session.add(User(id=100, name="ed"))
+            session.commit()
+            dup = User(id=100, name="again")
+            other = User(name="other")
+            session.add_all([dup, other])
+            try:
+                session.flush()
+            except exc.IntegrityError as err:
+                log.note("flush failed", type(err).__name__)
+            log.note("states", object_state(dup), object_state(other), dup in session)
+            log.note("transaction", _describe(session, session._transaction))
+            try:
+                session.add(User(name="third"))
+                session.flush()
+            except exc.PendingRollbackError as err:
+                log.note("pending rollback", normalize_error(err))
+            session.rollback()
+            log.note("states", object_state(dup), object_state(other))
+            session.expunge_all()
+            session.add(User(name="after"))
+            session.commit()
+            log.note("users", users(session))
+        finally:
+            watch.detach()
+
+
+def listeners_added_after_first_use(session_cls, engine, log):
+    """A flush on the direct path, then listeners added to the session and
+    to the Session class, then removed again."""
+    engine = _engine_of_its_own(engine)
+    with session_cls(engine) as session:
+        session.add(User(name="ed"))
+        session.flush()
+        watch = Watch(log)
+        watch.attach(session, engine)
+        try:
+            session.add(User(name="wendy"))
+            session.flush()
+        finally:
+            watch.detach()
+        session.add(User(name="jack"))
+        session.flush()
+
+        def on_class(session, trans):
+            log.note("class listener", _describe(session, trans))
+
+        event.listen(orm.Session, "after_transaction_end", on_class)
+        try:
+            session.add(User(name="fred"))
+            session.flush()
+        finally:
+            event.remove(orm.Session, "after_transaction_end", on_class)
+        session.commit()
+        log.note("users", users(session))
+
+
+def listener_asks_for_connection(session_cls, engine, log):
+    """A mapper listener asks the session for its connection inside the
+    flush: the flush's own."""
+    engine = _engine_of_its_own(engine)
+
+    def before_insert(mapper, connection, target):
+        session = orm.object_session(target)
+        log.note("same connection", session.connection() is connection)
+        log.note("transaction", _describe(session, session._transaction))
+
+    event.listen(User, "before_insert", before_insert)
+    try:
+        with session_cls(engine) as session:
+            session.add(User(name="ed"))
+            session.commit()
+            session.add(User(name="wendy"))
+            session.flush()
+            session.commit()
+            log.note("users", users(session))
+    finally:
+        event.remove(User, "before_insert", before_insert)
+
+
+def rollback_inside_flush(session_cls, engine, log):
+    """A listener that calls session.rollback() inside the flush: stock's
+    state machine refuses it; so does turbosession's."""
+    engine = _engine_of_its_own(engine)
+
+    def before_insert(mapper, connection, target):
+        session = orm.object_session(target)
+        try:
+            session.rollback()
+        except exc.InvalidRequestError as err:
+            log.note("rollback refused", normalize_error(err))
+            raise
+
+    event.listen(User, "before_insert", before_insert)
+    try:
+        with session_cls(engine) as session:
+            session.add(User(name="ed"))
+            try:
+                session.commit()
+            except exc.InvalidRequestError as err:
+                log.note("commit failed", normalize_error(err))
+            log.note("transaction", _describe(session, session._transaction))
+            session.rollback()
+            log.note("users", users(session))
+    finally:
+        event.remove(User, "before_insert", before_insert)
+
+
+def get_bind_overridden(session_cls, engine, log):
+    """A session class with its own get_bind (as Flask-SQLAlchemy's):
+    stock's connection() is asked, and get_bind sees every call."""
+
+    class Bound(session_cls):
+        def get_bind(self, mapper=None, **kw):
+            log.note("get_bind", getattr(mapper, "class_", mapper).__name__ if mapper else None)
+            return super().get_bind(mapper, **kw)
+
+    with Bound(_engine_of_its_own(engine)) as session:
+        session.add(User(name="ed"))
+        session.flush()
+        session.add(User(name="wendy"))
+        session.commit()
+        log.note("users", users(session))
+
+
+def refused_during_commit(session_cls, engine, log):
+    """Code of the application running while commit() runs (a mapper
+    listener in its flush, the engine's commit event, the pool's checkin)
+    asks the session for what the state machine refuses there."""
+    engine = _engine_of_its_own(engine)
+    sessions = []
+
+    def attempt(where, call):
+        try:
+            call()
+        except Exception as err:
+            log.note(where, "refused", normalize_error(err))
+        else:
+            log.note(where, "allowed")
+
+    def before_insert(mapper, connection, target):
+        session = orm.object_session(target)
+        attempt("insert: commit", session.commit)
+        attempt("insert: rollback", session.rollback)
+        log.note("insert", _describe(session, session._transaction))
+
+    def on_commit(conn):
+        session = sessions[-1]
+        attempt("engine commit: rollback", session.rollback)
+        attempt("engine commit: close", session.close)
+        log.note("engine commit", _describe(session, session._transaction))
+
+    def on_checkin(dbapi_connection, record):
+        if sessions:
+            session = sessions[-1]
+            attempt("checkin: close", session.close)
+            log.note("checkin", _describe(session, session._transaction))
+
+    event.listen(User, "before_insert", before_insert)
+    event.listen(engine, "commit", on_commit)
+    event.listen(engine.pool, "checkin", on_checkin)
+    try:
+        with session_cls(engine) as session:
+            sessions.append(session)
+            for name in ("ed", "wendy"):
+                session.add(User(name=name))
+                try:
+                    session.commit()
+                except Exception as err:
+                    log.note("commit failed", normalize_error(err))
+                log.note("after commit", _describe(session, session._transaction))
+                session.rollback()
+            event.remove(User, "before_insert", before_insert)
+            session.add(User(name="jack"))
+            session.commit()
+            log.note("users", users(session))
+            session.commit()
+        sessions.clear()
+    finally:
+        if event.contains(User, "before_insert", before_insert):
+            event.remove(User, "before_insert", before_insert)
+        event.remove(engine, "commit", on_commit)
+        event.remove(engine.pool, "checkin", on_checkin)
+
+
+def commits(session_cls, engine, log):
+    """Commits with and without anything to flush, after begin(), without
+    expire_on_commit, in and after a begin() block, and one whose flushes
+    never end (an after_flush hook adding objects)."""
+    engine = _engine_of_its_own(engine)
+    with session_cls(engine) as session:
+        session.commit()
+        session.add(User(name="ed"))
+        session.commit()
+        ed = session.scalars(select(User)).one()
+        session.commit()
+        log.states(session, ed=ed)
+        session.begin()
+        ed.name = "edward"
+        session.commit()
+        log.note("name", ed.name)
+        try:
+            with session.begin():
+                session.add(User(name="inside"))
+                session.commit()
+        except exc.InvalidRequestError as err:
+            log.note("commit in begin()", normalize_error(err))
+        log.note("users", users(session))
+    with session_cls(engine, expire_on_commit=False) as session:
+        wendy = User(name="wendy")
+        session.add(wendy)
+        session.commit()
+        log.states(session, wendy=wendy)
+        log.note("loaded", "name" in orm.attributes.instance_dict(wendy))
+
+    def after_flush(session, flush_context):
+        session.add(User(name="more"))
+
+    with session_cls(engine) as session:
+        event.listen(session, "after_flush", after_flush)
+        session.add(User(name="first"))
+        try:
+            session.commit()
+        except orm.exc.FlushError as err:
+            log.note("endless", normalize_error(err))
+        session.rollback()
+        event.remove(session, "after_flush", after_flush)
+        log.note("users", len(users(session)))
+
+
+def listeners_added_during_commit(session_cls, engine, log):
+    """A mapper listener inside the commit's flush adds after_commit and
+    after_transaction_end listeners to the session: they run, as in stock."""
+    engine = _engine_of_its_own(engine)
+
+    def after_commit(session):
+        log.note("after_commit", _describe(session, session._transaction))
+
+    def after_transaction_end(session, trans):
+        log.note("after_transaction_end", _describe(session, trans))
+
+    def before_insert(mapper, connection, target):
+        session = orm.object_session(target)
+        if not event.contains(session, "after_commit", after_commit):
+            event.listen(session, "after_commit", after_commit)
+            event.listen(session, "after_transaction_end", after_transaction_end)
+
+    event.listen(User, "before_insert", before_insert)
+    try:
+        with session_cls(engine) as session:
+            session.add(User(name="ed"))
+            session.commit()
+            log.note("users", users(session))
+    finally:
+        event.remove(User, "before_insert", before_insert)
+
+
+SCENARIOS = [
+    listeners_added_during_commit,
+    refused_during_commit,
+    commits,
+    watched_transactions,
+    only_outer_events,
+    savepoints,
+    failed_flush,
+    listeners_added_after_first_use,
+    listener_asks_for_connection,
+    rollback_inside_flush,
+    get_bind_overridden,
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
+def test_same_as_stock(scenario, session_cls, engine):
+    entries = assert_same_as_stock(scenario, session_cls, engine, Base.metadata)
+    assert any(entry[0] == "sql" for entry in entries)
+
+
+def _counts(scenario, session_cls, engine):
+    transaction.reset_stats()
+    assert_same_as_stock(scenario, session_cls, engine, Base.metadata)
+    return turbosession.stats()["transactions"]["subtransactions"]
+
+
+def test_direct_when_nothing_listens(session_cls, engine):
+    stats = _counts(only_outer_events, session_cls, engine)
+    assert stats["fast"] >= 3
+    assert stats["fallback"] == {}
+
+
+def test_listeners_send_the_subtransaction_to_stock(session_cls, engine):
+    stats = _counts(watched_transactions, session_cls, engine)
+    assert stats["fast"] == 0
+    assert stats["fallback"]["listeners"] >= 6  # begun and committed, 3 flushes
+
+
+def test_listeners_added_after_first_use_are_seen(session_cls, engine):
+    stats = _counts(listeners_added_after_first_use, session_cls, engine)
+    # ed and jack direct; wendy (session listeners) and fred (a listener on
+    # the Session class) stock's
+    assert stats["fast"] == 2
+    assert stats["fallback"]["listeners"] >= 2
+
+
+def test_failed_flush_and_rollback_inside_flush(session_cls, engine):
+    stats = _counts(failed_flush, session_cls, engine)
+    assert stats["fast"] >= 1
+    stats = _counts(rollback_inside_flush, session_cls, engine)
+    assert stats["fast"] == 0
+
+
+def test_commits_direct_unless_listened(session_cls, engine):
+    transaction.reset_stats()
+    assert_same_as_stock(commits, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["transactions"]["commits"]
+    assert stats["fast"] >= 5
+    assert stats["fallback"] == {}
+    transaction.reset_stats()
+    assert_same_as_stock(watched_transactions, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["transactions"]["commits"]
+    assert stats["fast"] == 0
+    assert stats["fallback"] == {"listeners": 2}

@@ -125,6 +125,8 @@ def _rounds(pairs, items: list) -> tuple:
 
     ``pairs`` is sized (a collection): it bounds the number of edges.
     """
+    if not cython.compiled:
+        return _rounds_uncompiled(pairs, items)
     index: dict = {}
     n_items: cython.Py_ssize_t = len(items)
     k: cython.Py_ssize_t
@@ -217,6 +219,47 @@ def _rounds(pairs, items: list) -> tuple:
         _free(children)
         _free(level)
         _free(ready)
+
+
+def _rounds_uncompiled(pairs, items: list) -> tuple:
+    """``_rounds`` as Python runs it fastest: the same numbering, edges,
+    release order and rounds, with lists of children instead of the C
+    arrays' adjacency (built in four passes, which uncompiled cost a third
+    more on a graph of 10,000 nodes)."""
+    index: dict = {}
+    for item in items:
+        if item not in index:
+            index[item] = len(index)
+    size = len(index)
+    children: list = [[] for _ in range(size)]
+    waiting: list = [0] * size
+    get = index.get
+    for parent_obj, child_obj in pairs:
+        parent = get(parent_obj)
+        child = get(child_obj)
+        if parent is not None and child is not None:
+            # a repeated edge counts twice here and is released twice
+            children[parent].append(child)
+            waiting[child] += 1
+    level: list = [0] * size
+    ready: list = [node for node in range(size) if not waiting[node]]
+    deepest = -1
+    for node in ready:  # grows while iterating: Kahn's queue
+        below = level[node] + 1
+        if below > deepest:
+            deepest = below - 1
+        for child in children[node]:
+            if level[child] < below:
+                level[child] = below
+            waiting[child] -= 1
+            if not waiting[child]:
+                ready.append(child)
+    rounds: list = [[] for _ in range(deepest + 1)]
+    for item in items:
+        node = index[item]
+        if not waiting[node]:
+            rounds[level[node]].append(item)
+    return rounds, len(ready) < size
 
 
 def _circular_error(pairs, tuples, allitems):

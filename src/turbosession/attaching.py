@@ -18,6 +18,8 @@ import logging
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.relationships import RelationshipProperty
 
+from .memo import derived
+
 __all__ = ["FALLBACK_REASONS", "cascade_plan", "reset_stats", "stats"]
 
 log = logging.getLogger("turbosession")
@@ -77,14 +79,7 @@ def cascade_plan(mapper):
     """``build_plan(mapper)``, kept with the mapper's memoized values and
     rebuilt once SQLAlchemy has reset those (a property added, the mapper
     configured: ``_propkey_to_col`` is then a new object)."""
-    memo = mapper._memoized_values
-    source = mapper._propkey_to_col
-    entry = memo.get(_PLAN_KEY)
-    if entry is not None and entry[0] is source:
-        return entry[1]
-    plan = build_plan(mapper)
-    memo[_PLAN_KEY] = (source, plan)
-    return plan
+    return derived(mapper, _PLAN_KEY, mapper._propkey_to_col, build_plan)
 
 
 _PLAN_KEY = ("turbosession", "cascade_plan")

@@ -44,6 +44,7 @@ from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
 from . import emission, relationships, transaction
+from .memo import derived
 from ._warn import warn
 
 __all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "stats"]
@@ -130,14 +131,7 @@ def _plan(base_mapper):
     hierarchy's memoized attributes (a mapper configured, constructed or
     changed resets them up to the base mapper: ``_sorted_tables`` is then
     a new object)."""
-    memo = base_mapper._memoized_values
-    source = base_mapper._sorted_tables
-    entry = memo.get(_PLAN_KEY)
-    if entry is not None and entry[0] is source:
-        return entry[1]
-    plan = _build_plan(base_mapper)
-    memo[_PLAN_KEY] = (source, plan)
-    return plan
+    return derived(base_mapper, _PLAN_KEY, base_mapper._sorted_tables, _build_plan)
 
 
 _PLAN_KEY = ("turbosession", "flush plan")

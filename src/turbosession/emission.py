@@ -184,7 +184,7 @@ def _connection_reason(connection):
     return _dialect_reason(dialect)
 
 
-def _plan(compiled, param_dict, keys):
+def _plan(compiled, param_dict, keys, dialect):
     """(statement, keys, processors, names or None) for the rows of a
     compiled plain statement, or the reason it is not plain."""
     if (
@@ -193,11 +193,25 @@ def _plan(compiled, param_dict, keys):
         or compiled.implicit_returning
         or compiled.returning
         or compiled.postfetch
-        or compiled.postfetch_lastrowid
         or compiled._insertmanyvalues
+        or (compiled.postfetch_lastrowid and not _lastrowid_unused(compiled, dialect))
     ):
         return "statement"
     return _parameters_plan(compiled, keys)
+
+
+def _lastrowid_unused(compiled, dialect):
+    """Whether all Core does with the ``lastrowid`` of a single-row INSERT
+    (one whose rows all have their keys: the ORM takes no key from Core's
+    result) is to read the cursor's attribute and put it through the
+    compiler's getter: the execution context, compiler and the key's
+    result processor (none) as SQLAlchemy ships them."""
+    key = compiled.statement.table._autoincrement_column
+    return bool(
+        _insert_machinery_ok(dialect)
+        and _stock(type(compiled), compiler.SQLCompiler, _INSERT_COMPILER_METHODS)
+        and (key is None or key.type._cached_result_processor(dialect, None) is None)
+    )
 
 
 def _binds_reason(compiled, param_dict):
@@ -266,7 +280,7 @@ def _plan_for(base_mapper, statement, dialect, keys, many):
                 schema_translate_map=None,
                 linting=dialect.compiler_linting | compiler.WARN_LINTING,
             )
-            plan = _plan(compiled, param_dict, frozenset(keys))
+            plan = _plan(compiled, param_dict, frozenset(keys), dialect)
         plans[key] = plan
     return plan
 
@@ -394,12 +408,7 @@ def _insert_plan_for(base_mapper, table, dialect, keys, returning):
     plan_key = ("autoincrement", table, dialect, keys, returning)
     plan = plans.get(plan_key)
     if plan is None:
-        ok = _insert_ok.get(dialect)
-        if ok is None:
-            ok = _insert_ok[dialect] = _stock(
-                type(dialect), DefaultDialect, _INSERT_DIALECT_METHODS
-            ) and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _INSERT_CONTEXT_METHODS)
-        if not ok:
+        if not _insert_machinery_ok(dialect):
             plan = "dialect"
         else:
             if returning:
@@ -437,6 +446,17 @@ def _insert_plan_for(base_mapper, table, dialect, keys, returning):
 
 
 _insert_ok = weakref.WeakKeyDictionary()
+
+
+def _insert_machinery_ok(dialect):
+    """Whether the dialect's insertmanyvalues and its execution context's
+    ``lastrowid`` and RETURNING handling are SQLAlchemy's own."""
+    ok = _insert_ok.get(dialect)
+    if ok is None:
+        ok = _insert_ok[dialect] = _stock(
+            type(dialect), DefaultDialect, _INSERT_DIALECT_METHODS
+        ) and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _INSERT_CONTEXT_METHODS)
+    return ok
 
 
 def _missing_key(mapper):

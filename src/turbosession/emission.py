@@ -258,31 +258,45 @@ def _parameters_plan(compiled, keys):
 _PLANS_LIMIT = 256
 
 
-def _plan_for(base_mapper, statement, dialect, keys, many):
-    """The plan of ``statement`` for rows with ``keys``, compiled as Core
-    compiles it (``_compile_w_cache`` with the mapper's compiled cache), kept
-    with the mapper's memoized values per dialect and shape."""
+def _cached(base_mapper, key, make):
+    """The plan under ``key`` kept with the mapper's memoized values (reset
+    with them when a mapper is configured), ``make()`` when there is none."""
     memo = base_mapper._memoized_values
     plans = memo.get("turbosession_emission")
     if plans is None or len(plans) > _PLANS_LIMIT:
         plans = memo["turbosession_emission"] = {}
-    key = (statement, dialect, keys, many)
     plan = plans.get(key)
     if plan is None:
-        if statement._execution_options:
-            plan = "execution_options"
-        else:
-            compiled, _, param_dict, _ = statement._compile_w_cache(
-                dialect=dialect,
-                compiled_cache=base_mapper._compiled_cache,
-                column_keys=list(keys),
-                for_executemany=many,
-                schema_translate_map=None,
-                linting=dialect.compiler_linting | compiler.WARN_LINTING,
-            )
-            plan = _plan(compiled, param_dict, frozenset(keys), dialect)
-        plans[key] = plan
+        plan = plans[key] = make()
     return plan
+
+
+def _compile(base_mapper, statement, dialect, keys, many):
+    """``statement`` compiled as Core compiles it for rows with ``keys``
+    (``_compile_w_cache`` with the mapper's compiled cache): the compiled
+    form and its extracted parameters."""
+    compiled, _, param_dict, _ = statement._compile_w_cache(
+        dialect=dialect,
+        compiled_cache=base_mapper._compiled_cache,
+        column_keys=list(keys),
+        for_executemany=many,
+        schema_translate_map=None,
+        linting=dialect.compiler_linting | compiler.WARN_LINTING,
+    )
+    return compiled, param_dict
+
+
+def _plan_for(base_mapper, statement, dialect, keys, many):
+    """The plan of ``statement`` for rows with ``keys``, per dialect and
+    shape."""
+
+    def make():
+        if statement._execution_options:
+            return "execution_options"
+        compiled, param_dict = _compile(base_mapper, statement, dialect, keys, many)
+        return _plan(compiled, param_dict, frozenset(keys), dialect)
+
+    return _cached(base_mapper, (statement, dialect, keys, many), make)
 
 
 def _dbapi_parameters(emit, connection, plan, rows):
@@ -400,49 +414,31 @@ def _returning_key(table):
 
 def _insert_plan_for(base_mapper, table, dialect, keys, returning):
     """The ``_InsertPlan`` (or the reason there is none) for rows with
-    ``keys``, kept with the mapper's memoized values as ``_plan_for``."""
-    memo = base_mapper._memoized_values
-    plans = memo.get("turbosession_emission")
-    if plans is None or len(plans) > _PLANS_LIMIT:
-        plans = memo["turbosession_emission"] = {}
-    plan_key = ("autoincrement", table, dialect, keys, returning)
-    plan = plans.get(plan_key)
-    if plan is None:
+    ``keys``, per dialect and shape."""
+
+    def make():
         if not _insert_machinery_ok(dialect):
-            plan = "dialect"
+            return "dialect"
+        if returning:
+            statement = base_mapper._memo(
+                ("turbosession returning key", table), lambda: _returning_key(table)
+            )
         else:
-            if returning:
-                statement = base_mapper._memo(
-                    ("turbosession returning key", table), lambda: _returning_key(table)
-                )
-            else:
-                statement = base_mapper._memo(("insert", table), table.insert)
-            if statement._execution_options:
-                plan = "execution_options"
-            else:
-                compiled, _, param_dict, _ = statement._compile_w_cache(
-                    dialect=dialect,
-                    compiled_cache=base_mapper._compiled_cache,
-                    column_keys=list(keys),
-                    for_executemany=returning,
-                    schema_translate_map=None,
-                    linting=dialect.compiler_linting | compiler.WARN_LINTING,
-                )
-                plan = _insert_reason(compiled, param_dict, table, dialect, returning)
-                if plan is None:
-                    parameters = _parameters_plan(compiled, frozenset(keys))
-                    if type(parameters) is str:
-                        plan = parameters
-                    else:
-                        plan = _InsertPlan(
-                            parameters,
-                            returning,
-                            table,
-                            table._autoincrement_column,
-                            tuple(compiled.postfetch),
-                        )
-        plans[plan_key] = plan
-    return plan
+            statement = base_mapper._memo(("insert", table), table.insert)
+        if statement._execution_options:
+            return "execution_options"
+        compiled, param_dict = _compile(base_mapper, statement, dialect, keys, returning)
+        reason = _insert_reason(compiled, param_dict, table, dialect, returning)
+        if reason is not None:
+            return reason
+        parameters = _parameters_plan(compiled, frozenset(keys))
+        if type(parameters) is str:
+            return parameters
+        return _InsertPlan(
+            parameters, returning, table, table._autoincrement_column, tuple(compiled.postfetch)
+        )
+
+    return _cached(base_mapper, ("autoincrement", table, dialect, keys, returning), make)
 
 
 _insert_ok = weakref.WeakKeyDictionary()

@@ -9,6 +9,16 @@ the dialect's sequence type, or a dict by bind name) and hands them to the
 cursor as Core's ``_exec_single_context`` does: ``executemany`` for more
 than one row, else ``execute``, DBAPI errors through the Connection's own
 ``_handle_dbapi_exception``.
+
+INSERTs whose primary key the database generates are sent as Core sends
+them on a backend that inserts them a row at a time (SQLite): one
+``INSERT .. RETURNING`` per row on one cursor (``insert_returning``, Core's
+"insertmanyvalues" downgraded to a row at a time) or a statement per row
+whose key is the cursor's ``lastrowid`` (``insert_lastrowid``); each new key
+goes into its object's dictionary as the ORM's ``_emit_insert_statements``
+puts it there, with the expiry of server-generated columns and the key
+synchronisation of ``persistence._postfetch`` (``finish_returning``,
+``insert_each_lastrowid``).
 """
 
 from __future__ import annotations
@@ -22,7 +32,16 @@ if cython.compiled:
     from cython.cimports.cpython.ref import Py_INCREF
     from cython.cimports.cpython.tuple import PyTuple_New, PyTuple_SET_ITEM
 
-__all__ = ["dbapi_parameters", "send"]
+from sqlalchemy.orm.sync import _populate
+
+__all__ = [
+    "dbapi_parameters",
+    "finish_returning",
+    "insert_each_lastrowid",
+    "insert_lastrowid",
+    "insert_returning",
+    "send",
+]
 
 
 def _is_compiled():
@@ -125,3 +144,120 @@ def send(
         connection._handle_dbapi_exception(e, statement, effective, cursor, _Execution(many))
     connection._safe_close_cursor(cursor)
     return returned
+
+
+def insert_returning(connection, statement, long_statement, parameters: list, rows: list) -> list:
+    """Core's insertmanyvalues a row at a time ("ordered; batch not
+    supported"): on one cursor, ``execute`` and ``fetchall`` for each row's
+    parameters, errors reported as Core reports a sub-execution's (the
+    statement as ``long_statement``, SQLAlchemy's ``_long_statement`` of it,
+    and that row's parameters); then the cursor's description read and the
+    cursor closed.  Returns the rows the statements returned, in order.
+    ``rows`` are the ORM parameters Core would report if making the cursor
+    fails."""
+    try:
+        cursor = connection._dbapi_connection.cursor()
+    except BaseException as e:
+        connection._handle_dbapi_exception(e, statement, rows, None, None)
+    returned: list = []
+    row_at_a_time = _Execution(False)
+    for params in parameters:
+        try:
+            cursor.execute(statement, params)
+        except BaseException as e:
+            connection._handle_dbapi_exception(e, long_statement, params, cursor, row_at_a_time)
+        try:
+            returned.extend(cursor.fetchall())
+        except BaseException as e:
+            connection._handle_dbapi_exception(e, long_statement, params, None, row_at_a_time)
+    try:
+        cursor.description
+    except BaseException as e:
+        connection._handle_dbapi_exception(e, statement, parameters, cursor, _Execution(True))
+    connection._safe_close_cursor(cursor)
+    return returned
+
+
+def insert_lastrowid(connection, statement: str, parameters, row: dict):
+    """One ``execute`` of a single-row INSERT on a cursor of its own, as
+    Core's ``_exec_single_context`` runs it; returns ``cursor.lastrowid``,
+    read as ``DefaultExecutionContext.get_lastrowid`` reads it (before the
+    description).  ``row`` is the ORM parameters Core would report if making
+    the cursor fails."""
+    try:
+        cursor = connection._dbapi_connection.cursor()
+    except BaseException as e:
+        connection._handle_dbapi_exception(e, statement, [row], None, None)
+    try:
+        cursor.execute(statement, parameters)
+        lastrowid = cursor.lastrowid
+        cursor.description
+    except BaseException as e:
+        connection._handle_dbapi_exception(e, statement, parameters, cursor, _Execution(False))
+    connection._safe_close_cursor(cursor)
+    return lastrowid
+
+
+def finish_returning(uow, batch: list, returned: list, finishing: dict, describe, missing):
+    """The bookkeeping of ``_emit_insert_statements`` after a batch's
+    INSERT .. RETURNING of the key: each record's key from its returned row
+    (``finish_insert``), in order; a record without a row raises
+    ``missing(mapper)`` (stock's FlushError) once the records before it
+    have theirs."""
+    n: cython.Py_ssize_t = len(returned)
+    i: cython.Py_ssize_t
+    record: tuple
+    for i in range(len(batch)):
+        record = batch[i]
+        if i >= n:
+            raise missing(record[3])
+        _finish_insert(uow, record, returned[i][0], finishing, describe)
+
+
+def insert_each_lastrowid(
+    connection, plan: tuple, sequence, batch: list, uow, finishing: dict, describe
+):
+    """Stock's single-row INSERTs for a batch: for each record in turn, its
+    DBAPI parameters (``plan``: statement, keys, processors, names, as for
+    ``dbapi_parameters``; an error of a bind processor reported as Core
+    reports it when making the execution context), its statement
+    (``insert_lastrowid``), then its key from the cursor's ``lastrowid``
+    and its bookkeeping, so that a failure leaves the records before it as
+    stock leaves them."""
+    statement: str = plan[0]
+    i: cython.Py_ssize_t
+    record: tuple
+    for i in range(len(batch)):
+        record = batch[i]
+        row = record[2]
+        try:
+            parameters = dbapi_parameters([row], plan[1], plan[2], plan[3], sequence)[0]
+        except BaseException as e:
+            connection._handle_dbapi_exception(e, statement, [row], None, None)
+        new_key = insert_lastrowid(connection, statement, parameters, row)
+        _finish_insert(uow, record, new_key, finishing, describe)
+
+
+@cython.cfunc
+def _finish_insert(uow, record: tuple, new_key, finishing: dict, describe):
+    """Stock's bookkeeping for one inserted record whose primary key the
+    database generated: ``new_key`` into the object's dictionary unless it
+    has a value there (``_emit_insert_statements``), then ``_postfetch``'s
+    expiry of server-generated columns and the key synchronisation between
+    the mapper's tables.  ``finishing`` maps a record's mapper to (attribute
+    of the key, attributes to expire, equated pairs, passive_updates),
+    ``describe(mapper)`` computes a missing entry."""
+    mapper = record[3]
+    entry: tuple = finishing.get(mapper)
+    if entry is None:
+        entry = finishing[mapper] = describe(mapper)
+    state = record[0]
+    state_dict: dict = record[1]
+    attribute = entry[0]
+    if state_dict.get(attribute) is None:
+        state_dict[attribute] = new_key
+    expire = entry[1]
+    if expire:
+        state._expire_attributes(state.dict, expire)
+    for m, equated_pairs in entry[2]:
+        _populate(state, m, state, m, equated_pairs, uow, entry[3])

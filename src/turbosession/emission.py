@@ -29,7 +29,22 @@ dialect and batch shape, whenever nothing could observe the difference:
 Any other batch goes through Core as before; each batch is counted as
 ``direct`` or by the reason it was not, in ``turbosession.stats()["emission"]``.
 DBAPI errors are handed to the Connection's ``_handle_dbapi_exception``, which
-wraps them exactly as for Core's own execution.
+wraps them exactly as for Core's own execution, and so are errors of the bind
+processors, which Core meets while making the execution context.
+
+``insert_autoincrement`` does the same for a batch of INSERTs whose single
+primary key column the database generates, where Core runs a statement per
+row: the ORM's ``INSERT .. RETURNING`` of the key for several rows on a
+backend whose "insertmanyvalues" goes a row at a time when the rows' order
+matters (SQLite: "ordered; batch not supported"), or one INSERT per row read
+back by ``cursor.lastrowid``.  The statement must have nothing to fetch back
+but the key (the server defaults it does not return are expired, as stock
+expires them), no Python-side defaults to prefetch, and Core's own
+insertmanyvalues, ``lastrowid`` and RETURNING machinery (dialect, execution
+context and compiler as SQLAlchemy ships them, no result processor on the
+key).  A batch that sends its rows in one statement (PostgreSQL's
+insertmanyvalues) or returns server defaults with the key (eager defaults)
+goes through Core.
 """
 
 import inspect
@@ -40,9 +55,11 @@ from collections import Counter
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.default import DefaultDialect, DefaultExecutionContext
 from sqlalchemy.engine.interfaces import BindTyping
+from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.sql import compiler
+from sqlalchemy.sql.util import _long_statement
 
-__all__ = ["FALLBACK_REASONS", "execute", "reset_stats", "stats"]
+__all__ = ["FALLBACK_REASONS", "execute", "insert_autoincrement", "reset_stats", "stats"]
 
 log = logging.getLogger("turbosession")
 
@@ -56,6 +73,7 @@ FALLBACK_REASONS = {
     "dialect": "the dialect or its execution context changes Core's execution",
     "statement": "the compiled statement has RETURNING, defaults to fetch, "
     "insertmanyvalues, expanding, escaped or unsupplied parameters",
+    "eager_defaults": "an INSERT returns server defaults with the generated key",
 }
 
 # execution options that change nothing the DBAPI receives or the result
@@ -72,6 +90,21 @@ _CONTEXT_METHODS = (
     "_setup_result_proxy",
     "_setup_dml_or_text_result",
     "_init_compiled",
+)
+
+# what Core's single-row INSERTs and row-at-a-time insertmanyvalues
+# call besides the above to send them and to find the new key
+_INSERT_DIALECT_METHODS = ("_deliver_insertmanyvalues_batches",)
+_INSERT_CONTEXT_METHODS = (
+    "get_lastrowid",
+    "fetchall_for_returning",
+    "_setup_ins_pk_from_lastrowid",
+    "_setup_ins_pk_from_implicit_returning",
+)
+_INSERT_COMPILER_METHODS = (
+    "_deliver_insertmanyvalues_batches",
+    "_inserted_primary_key_from_lastrowid_getter",
+    "_inserted_primary_key_from_returning_getter",
 )
 
 _counts = Counter()
@@ -155,69 +188,69 @@ def _connection_reason(connection):
     return _dialect_reason(dialect)
 
 
-# what Core runs to read cursor.lastrowid after a single-row INSERT
-_LASTROWID_METHODS = ("get_lastrowid", "_setup_ins_pk_from_lastrowid")
-
-
-# what a single-row INSERT does with cursor.lastrowid (the plan's last item)
-NO_LASTROWID = 0
-LASTROWID_READ = 1  # read and ignored: the row gave the key
-LASTROWID_KEY = 2  # read and the row's primary key: the row gave none
-
-
-def _reads_lastrowid(compiled, dialect, keys, many):
-    """What Core, sending one row of this INSERT, does with
-    ``cursor.lastrowid`` (``postfetch_lastrowid``: the table has an
-    autoincrement column), when it is no more than reading it:
-
-    - ``LASTROWID_READ``: the row gives that column a value (the ORM's
-      ``has_all_pks``), which Core's primary key getter returns as is;
-    - ``LASTROWID_KEY``: the row gives no value and the column is the
-      table's whole primary key, which Core's getter makes of the lastrowid.
-
-    Either way the column's type has no result processor for Core to run
-    on the lastrowid, and the execution context reads it as SQLAlchemy
-    ships it; otherwise the statement goes through Core.
-    """
-    if many or not compiled.postfetch_lastrowid:
-        return NO_LASTROWID
-    table = compiled.statement.table
-    column = table._autoincrement_column
-    if (
-        column is None
-        or column.type._cached_result_processor(dialect, None) is not None
-        or not _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _LASTROWID_METHODS)
-    ):
-        return NO_LASTROWID
-    if column.key in keys:
-        return LASTROWID_READ
-    if list(table.primary_key) == [column]:
-        return LASTROWID_KEY
-    return NO_LASTROWID
-
-
-def _plan(compiled, param_dict, keys, lastrowid):
+def _plan(compiled, param_dict, keys, dialect, many):
     """(statement, keys, processors, names or None, lastrowid) for the rows
-    of a compiled plain statement, or the reason it is not plain."""
+    of a compiled plain statement, or the reason it is not plain.
+    ``lastrowid``: a single-row INSERT after which Core reads the cursor's
+    ``lastrowid`` (the table has an autoincrement column), which the row
+    gives, so that Core's primary key getter returns the row's value."""
     if (
-        param_dict
-        or compiled._collect_params
+        _binds_reason(compiled, param_dict)
         or compiled.effective_returning
         or compiled.implicit_returning
         or compiled.returning
+        or compiled.postfetch
+        or compiled._insertmanyvalues
+        or (
+            compiled.postfetch_lastrowid
+            and (many or not _lastrowid_unused(compiled, dialect, keys))
+        )
+    ):
+        return "statement"
+    plan = _parameters_plan(compiled, keys)
+    if type(plan) is str:
+        return plan
+    return plan + (bool(compiled.postfetch_lastrowid),)
+
+
+def _lastrowid_unused(compiled, dialect, keys):
+    """Whether all Core does with the ``lastrowid`` of a single-row INSERT
+    whose row gives its autoincrement column a value (the ORM takes no key
+    from Core's result) is to read the cursor's attribute and put it
+    through the compiler's getter, which returns the row's value: the
+    execution context, compiler and the key's result processor (none) as
+    SQLAlchemy ships them."""
+    key = compiled.statement.table._autoincrement_column
+    return bool(
+        key is not None
+        and key.key in keys
+        and _insert_machinery_ok(dialect)
+        and _stock(type(compiled), compiler.SQLCompiler, _INSERT_COMPILER_METHODS)
+        and key.type._cached_result_processor(dialect, None) is None
+    )
+
+
+def _binds_reason(compiled, param_dict):
+    """Whether the statement's parameters are other than each row's values
+    through the bind processors: values of its own, prefetched defaults,
+    expanding, post-compile, escaped or OUT parameters."""
+    return bool(
+        param_dict
+        or compiled._collect_params
         or compiled.insert_prefetch
         or compiled.update_prefetch
-        or compiled.postfetch
-        or (compiled.postfetch_lastrowid and not lastrowid)
-        or compiled._insertmanyvalues
         or compiled.literal_execute_params
         or compiled.post_compile_params
         or compiled._render_postcompile
         or compiled.schema_translate_map
         or compiled.escaped_bind_names
         or compiled.has_out_parameters
-    ):
-        return "statement"
+    )
+
+
+def _parameters_plan(compiled, keys):
+    """(statement, keys, processors, names or None): how each row's values
+    become the DBAPI parameters (``_emit.dbapi_parameters``)."""
     key_of = {}
     for bindparam, name in compiled.bind_names.items():
         if bindparam.key not in keys or name in key_of:
@@ -235,41 +268,62 @@ def _plan(compiled, param_dict, keys, lastrowid):
         tuple(key_of[name] for name in names),
         tuple(processors.get(name) for name in names),
         None if compiled.positional else names,
-        lastrowid,
     )
 
 
 _PLANS_LIMIT = 256
 
 
-def _plan_for(base_mapper, statement, dialect, keys, many):
-    """The plan of ``statement`` for rows with ``keys``, compiled as Core
-    compiles it (``_compile_w_cache`` with the mapper's compiled cache), kept
-    with the mapper's memoized values per dialect and shape."""
+def _cached(base_mapper, key, make):
+    """The plan under ``key`` kept with the mapper's memoized values (reset
+    with them when a mapper is configured), ``make()`` when there is none."""
     memo = base_mapper._memoized_values
     plans = memo.get("turbosession_emission")
     if plans is None or len(plans) > _PLANS_LIMIT:
         plans = memo["turbosession_emission"] = {}
-    key = (statement, dialect, keys, many)
     plan = plans.get(key)
     if plan is None:
-        if statement._execution_options:
-            plan = "execution_options"
-        else:
-            compiled, _, param_dict, _ = statement._compile_w_cache(
-                dialect=dialect,
-                compiled_cache=base_mapper._compiled_cache,
-                column_keys=list(keys),
-                for_executemany=many,
-                schema_translate_map=None,
-                linting=dialect.compiler_linting | compiler.WARN_LINTING,
-            )
-            keys = frozenset(keys)
-            plan = _plan(
-                compiled, param_dict, keys, _reads_lastrowid(compiled, dialect, keys, many)
-            )
-        plans[key] = plan
+        plan = plans[key] = make()
     return plan
+
+
+def _compile(base_mapper, statement, dialect, keys, many):
+    """``statement`` compiled as Core compiles it for rows with ``keys``
+    (``_compile_w_cache`` with the mapper's compiled cache): the compiled
+    form and its extracted parameters."""
+    compiled, _, param_dict, _ = statement._compile_w_cache(
+        dialect=dialect,
+        compiled_cache=base_mapper._compiled_cache,
+        column_keys=list(keys),
+        for_executemany=many,
+        schema_translate_map=None,
+        linting=dialect.compiler_linting | compiler.WARN_LINTING,
+    )
+    return compiled, param_dict
+
+
+def _plan_for(base_mapper, statement, dialect, keys, many):
+    """The plan of ``statement`` for rows with ``keys``, per dialect and
+    shape."""
+
+    def make():
+        if statement._execution_options:
+            return "execution_options"
+        compiled, param_dict = _compile(base_mapper, statement, dialect, keys, many)
+        return _plan(compiled, param_dict, frozenset(keys), dialect, many)
+
+    return _cached(base_mapper, (statement, dialect, keys, many), make)
+
+
+def _dbapi_parameters(emit, connection, plan, rows):
+    """``emit.dbapi_parameters`` of the rows; an error of a bind processor
+    is reported as Core reports it when making the execution context."""
+    try:
+        return emit.dbapi_parameters(
+            rows, plan[1], plan[2], plan[3], connection.dialect.execute_sequence_format
+        )
+    except BaseException as e:
+        connection._handle_dbapi_exception(e, plan[0], rows, None, None)
 
 
 def execute(emit, base_mapper, connection, statement, rows, rowcount):
@@ -284,39 +338,188 @@ def execute(emit, base_mapper, connection, statement, rows, rowcount):
         )
         if type(plan) is str:
             reason = plan
-        elif plan[4] == LASTROWID_KEY:
-            # the caller has no use for the generated key: Core's
-            reason = "statement"
         else:
-            parameters = emit.dbapi_parameters(
-                rows, plan[1], plan[2], plan[3], dialect.execute_sequence_format
-            )
-            result = emit.send(connection, plan[0], parameters, rows, rowcount, plan[4])
             _counts["direct"] += 1
-            return result
+            parameters = _dbapi_parameters(emit, connection, plan, rows)
+            return emit.send(connection, plan[0], parameters, rows, rowcount, plan[4])
     _fallback(reason)
     return None
 
 
-def insert_one(emit, base_mapper, connection, statement, row):
-    """Send a single-row INSERT whose row gives no value for its table's
-    autoincrement primary key directly, returning ``(lastrowid,)``: the
-    primary key Core's ``inserted_primary_key`` would give; or None, with
-    nothing done, when it must go through Core."""
+class _InsertPlan:
+    """How to send a batch of INSERTs whose key the database generates, and
+    how to finish its records, for one table, dialect and batch shape.
+
+    ``parameters`` is the ``_parameters_plan`` of the statement; with
+    ``returning`` its rows go as one INSERT .. RETURNING of the key each,
+    else as a single-row INSERT each, the key read from ``lastrowid``.
+    ``finishing`` keeps ``describe(mapper)`` per mapper of the records."""
+
+    __slots__ = ("parameters", "long_statement", "returning", "table", "key", "postfetch",
+                 "finishing")
+
+    def __init__(self, parameters, returning, table, key, postfetch):
+        self.parameters = parameters
+        self.long_statement = _long_statement(parameters[0])
+        self.returning = returning
+        self.table = table
+        self.key = key
+        self.postfetch = postfetch
+        self.finishing = {}
+
+    def describe(self, mapper):
+        """What ``persistence._postfetch`` and ``_emit_insert_statements`` do
+        for a record of ``mapper``: (attribute of the key, attributes of the
+        server-generated columns to expire, equated pairs to synchronise,
+        passive_updates)."""
+        columns = mapper._columntoproperty
+        return (
+            columns[self.key].key,
+            [columns[c].key for c in self.postfetch if c in columns],
+            mapper._table_to_equated[self.table],
+            mapper.passive_updates,
+        )
+
+
+def _insert_reason(compiled, param_dict, table, dialect, returning):
+    """Why Core's execution of this compiled INSERT of a generated key is
+    other than ``_emit``'s row at a time, or None."""
+    key = table._autoincrement_column
+    if (
+        _binds_reason(compiled, param_dict)
+        or key is None
+        or list(table.primary_key) != [key]
+        or key.key in compiled.binds
+        or not _stock(type(compiled), compiler.SQLCompiler, _INSERT_COMPILER_METHODS)
+        or key.type._cached_result_processor(dialect, None) is not None
+    ):
+        return "statement"
+    imv = compiled._insertmanyvalues
+    if returning:
+        # Core's insertmanyvalues going a row at a time, each row's
+        # statement the compiled one, returning nothing but the key
+        if (
+            imv is None
+            or list(compiled.effective_returning) != [key]
+            or compiled.postfetch_lastrowid
+            or not imv.sort_by_parameter_order
+            or imv.is_default_expr
+            or imv.includes_upsert_behaviors
+            or imv.has_upsert_bound_parameters
+            or imv.num_sentinel_columns
+            or not compiled._result_columns
+            or not (imv.sentinel_columns is None or not dialect.supports_multivalues_insert)
+        ):
+            return "statement"
+    elif (
+        imv is not None
+        or compiled.effective_returning
+        or compiled.implicit_returning
+        or compiled.returning
+        or not compiled.postfetch_lastrowid
+    ):
+        return "statement"
+    return None
+
+
+def _returning_key(table):
+    """The ORM's statement for several rows of generated keys:
+    ``_emit_insert_statements``' ``return_defaults`` of the key."""
+    return table.insert().return_defaults(*table.primary_key, sort_by_parameter_order=True)
+
+
+def _insert_plan_for(base_mapper, table, dialect, keys, returning):
+    """The ``_InsertPlan`` (or the reason there is none) for rows with
+    ``keys``, per dialect and shape."""
+
+    def make():
+        if not _insert_machinery_ok(dialect):
+            return "dialect"
+        if returning:
+            statement = base_mapper._memo(
+                ("turbosession returning key", table), lambda: _returning_key(table)
+            )
+        else:
+            statement = base_mapper._memo(("insert", table), table.insert)
+        if statement._execution_options:
+            return "execution_options"
+        compiled, param_dict = _compile(base_mapper, statement, dialect, keys, returning)
+        reason = _insert_reason(compiled, param_dict, table, dialect, returning)
+        if reason is not None:
+            return reason
+        parameters = _parameters_plan(compiled, frozenset(keys))
+        if type(parameters) is str:
+            return parameters
+        return _InsertPlan(
+            parameters, returning, table, table._autoincrement_column, tuple(compiled.postfetch)
+        )
+
+    return _cached(base_mapper, ("autoincrement", table, dialect, keys, returning), make)
+
+
+_insert_ok = weakref.WeakKeyDictionary()
+
+
+def _insert_machinery_ok(dialect):
+    """Whether the dialect's insertmanyvalues and its execution context's
+    ``lastrowid`` and RETURNING handling are SQLAlchemy's own."""
+    ok = _insert_ok.get(dialect)
+    if ok is None:
+        ok = _insert_ok[dialect] = _stock(
+            type(dialect), DefaultDialect, _INSERT_DIALECT_METHODS
+        ) and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _INSERT_CONTEXT_METHODS)
+    return ok
+
+
+def _missing_key(mapper):
+    return orm_exc.FlushError(
+        "Multi-row INSERT statement for %s did not "
+        "produce "
+        "the correct number of INSERTed rows for "
+        "RETURNING.  Ensure there are no triggers or "
+        "special driver issues preventing INSERT from "
+        "functioning properly." % mapper
+    )
+
+
+def insert_autoincrement(emit, base_mapper, uow, connection, table, batch, has_all_defaults):
+    """Send a batch of INSERT records (``_collect_insert_commands``' tuples,
+    no SQL expressions among their values, the key absent) directly, with
+    the bookkeeping of stock's ``_emit_insert_statements`` and
+    ``_postfetch``; returns False, with nothing done, when the batch must
+    go through Core."""
     reason = _connection_reason(connection)
     if reason is None:
         dialect = connection.dialect
-        plan = _plan_for(base_mapper, statement, dialect, tuple(sorted(row)), False)
-        if type(plan) is str:
-            reason = plan
-        elif plan[4] != LASTROWID_KEY:
-            reason = "statement"
+        if not has_all_defaults and base_mapper._prefer_eager_defaults(dialect, table):
+            reason = "eager_defaults"
         else:
-            parameters = emit.dbapi_parameters(
-                [row], plan[1], plan[2], plan[3], dialect.execute_sequence_format
+            # _emit_insert_statements' choice of an executemany RETURNING
+            returning = bool(
+                table.implicit_returning
+                and len(batch) > 1
+                and dialect.insert_executemany_returning_sort_by_parameter_order
             )
-            lastrowid = emit.send(connection, plan[0], parameters, [row], False, True)
-            _counts["direct"] += 1
-            return (lastrowid,)
+            rows = [record[2] for record in batch]
+            plan = _insert_plan_for(base_mapper, table, dialect, tuple(sorted(rows[0])), returning)
+            if type(plan) is str:
+                reason = plan
+            elif returning:
+                _counts["direct"] += 1
+                parameters = _dbapi_parameters(emit, connection, plan.parameters, rows)
+                returned = emit.insert_returning(
+                    connection, plan.parameters[0], plan.long_statement, parameters, rows
+                )
+                emit.finish_returning(
+                    uow, batch, returned, plan.finishing, plan.describe, _missing_key
+                )
+                return True
+            else:
+                _counts["direct"] += 1
+                emit.insert_each_lastrowid(
+                    connection, plan.parameters, dialect.execute_sequence_format,
+                    batch, uow, plan.finishing, plan.describe,
+                )
+                return True
     _fallback(reason)
-    return None
+    return False

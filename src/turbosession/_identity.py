@@ -108,9 +108,7 @@ class WeakIdentityMapCore:
         state = self._dict.get(key)
         if state is None:
             raise KeyError(key)
-        # uncompiled, _object_of is a Python call: the three lookups call
-        # state.obj() themselves (a third of a pure get() hit's own cost)
-        obj = _object_of(state) if cython.compiled else state.obj()
+        obj = _object_of(state)
         if obj is None:
             raise KeyError(key)
         return obj
@@ -119,7 +117,7 @@ class WeakIdentityMapCore:
         state = self._dict.get(key)
         if state is None:
             return False
-        return (_object_of(state) if cython.compiled else state.obj()) is not None
+        return _object_of(state) is not None
 
     def __iter__(self):
         return iter(self._dict)
@@ -134,7 +132,7 @@ class WeakIdentityMapCore:
         state = self._dict.get(key)
         if state is None:
             return default
-        obj = _object_of(state) if cython.compiled else state.obj()
+        obj = _object_of(state)
         return default if obj is None else obj
 
     def fast_get_state(self, key):
@@ -238,6 +236,51 @@ class WeakIdentityMapCore:
 
     def has_key(self, key):
         return key in self
+
+
+if not cython.compiled:
+    # Uncompiled, _object_of is a Python call (a third of a get() hit's own
+    # cost, two thirds of values()), and testing cython.compiled inside a
+    # method is two lookups per call: the methods that dereference states
+    # are chosen here, once, in a plain-Python form that calls state.obj()
+    # itself (and lets the dict raise KeyError(key), as stock's does).
+
+    def _getitem(self, key):
+        obj = self._dict[key].obj()
+        if obj is None:
+            raise KeyError(key)
+        return obj
+
+    def _contains(self, key):
+        state = self._dict.get(key)
+        return state is not None and state.obj() is not None
+
+    def _get(self, key, default=None):
+        state = self._dict.get(key)
+        obj = None if state is None else state.obj()
+        return default if obj is None else obj
+
+    def _values(self):
+        objects = []
+        for state in list(self._dict.values()):
+            obj = state.obj()
+            if obj is not None:
+                objects.append(obj)
+        return objects
+
+    def _items(self):
+        pairs = []
+        for state in list(self._dict.values()):
+            obj = state.obj()
+            if obj is not None:
+                pairs.append((state.key, obj))
+        return pairs
+
+    WeakIdentityMapCore.__getitem__ = _getitem
+    WeakIdentityMapCore.__contains__ = _contains
+    WeakIdentityMapCore.get = _get
+    WeakIdentityMapCore.values = _values
+    WeakIdentityMapCore.items = _items
 
 
 class WeakIdentityMap(WeakIdentityMapCore, IdentityMap):

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import weakref
 
+from sqlalchemy.orm import attributes
 from sqlalchemy.orm import base as orm_base
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence
 from sqlalchemy.orm.base import (
     NEVER_SET,
+    NO_VALUE,
     PASSIVE_NO_RESULT,
     PassiveFlag,
     _none_set,
@@ -70,6 +72,9 @@ _PASSIVE_OFF = cython.declare(object, PassiveFlag.PASSIVE_OFF)
 _PASSIVE_NO_FETCH = cython.declare(object, PassiveFlag.PASSIVE_NO_FETCH)
 _PASSIVE_NO_INITIALIZE = cython.declare(object, PassiveFlag.PASSIVE_NO_INITIALIZE)
 _NEVER_SET = cython.declare(object, NEVER_SET)
+_NO_VALUE = cython.declare(object, NO_VALUE)
+_STOCK_IMPL_GET = cython.declare(object, attributes._AttributeImpl.get)
+_STOCK_FIRE_LOADERS = cython.declare(object, attributes._AttributeImpl._fire_loader_callables)
 _PASSIVE_NO_RESULT = cython.declare(object, PASSIVE_NO_RESULT)
 _ClauseElement = cython.declare(object, ClauseElement)
 _NO_VALUES = cython.declare(object, EMPTY_DICT)
@@ -150,6 +155,28 @@ def _build_update_columns(mapper, table):
 
 
 @cython.cfunc
+def _absent_value(state, dict_, key) -> object:
+    """``state.manager[key].impl.get(state, dict_, PASSIVE_RETURN_NO_VALUE)``
+    of a key absent from ``dict_`` (a new object's generated key): stock's
+    ``get`` returns NO_VALUE, having called nothing, when its loader
+    callables find nothing to call (no expired attribute, no per-state or
+    attribute callable); otherwise, or where ``get`` or the loaders are not
+    stock's, the attribute's own ``get`` is called."""
+    impl = state.manager[key].impl
+    cls = type(impl)
+    if (
+        cls.get is _STOCK_IMPL_GET
+        and cls._fire_loader_callables is _STOCK_FIRE_LOADERS
+        and impl.key == key
+        and not impl.callable_
+        and key not in state.expired_attributes
+        and key not in state.callables
+    ):
+        return _NO_VALUE
+    return impl.get(state, dict_, _RETURN_NO_VALUE)
+
+
+@cython.cfunc
 def _identity_key(key_props: tuple, state, dict_) -> tuple:
     """``mapper._identity_key_from_state(state)``, reading the dict first;
     ``key_props`` is the mapper's ``_key_props``."""
@@ -161,7 +188,6 @@ def _identity_key(key_props: tuple, state, dict_) -> tuple:
         n: cython.Py_ssize_t = len(keys)
         found: cython.pointer(PyObject)
         values = PyTuple_New(n)
-        manager = None
         for i in range(n):
             key = keys[i]
             if type(dict_) is dict:
@@ -169,15 +195,11 @@ def _identity_key(key_props: tuple, state, dict_) -> tuple:
                 if found is not cython.NULL:
                     value = cython.cast(object, found)
                 else:
-                    if manager is None:
-                        manager = state.manager
-                    value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
+                    value = _absent_value(state, dict_, key)
             elif key in dict_:
                 value = dict_[key]
             else:
-                if manager is None:
-                    manager = state.manager
-                value = manager[key].impl.get(state, dict_, _RETURN_NO_VALUE)
+                value = _absent_value(state, dict_, key)
             Py_INCREF(value)
             PyTuple_SET_ITEM(values, i, value)
     else:
@@ -186,7 +208,7 @@ def _identity_key(key_props: tuple, state, dict_) -> tuple:
             if key in dict_:
                 found_values.append(dict_[key])
             else:
-                found_values.append(state.manager[key].impl.get(state, dict_, _RETURN_NO_VALUE))
+                found_values.append(_absent_value(state, dict_, key))
         values = tuple(found_values)
     return (key_props[0], values, state.identity_token)
 

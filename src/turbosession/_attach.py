@@ -228,14 +228,14 @@ class _Walk:
                 self.listened = _listened(session.dispatch, self.events)
 
     @cython.cfunc
-    def cascade(self, state, mapper, type_: str) -> list:
+    def cascade(self, state, plan: tuple, type_: str) -> list:
         """``list(mapper.cascade_iterator(type_, state, halt_on))`` for
         delete (``halt_on`` None); for save-update each object yielded is
-        saved where the iterator yields it and nothing is returned."""
+        saved where the iterator yields it and nothing is returned.  ``plan``
+        is the cascade plan of the state's mapper."""
         save: cython.bint = type_ is _SAVE_UPDATE
         found: list = None if save else []
         visited: set = set()
-        plan: tuple = self.plan(mapper)
         # frames: [items, next index, parent state, parent dict]; a parent
         # state of None marks a frame of objects found through one property
         stack: list = [[plan[1], 0, state, state.dict]]
@@ -321,8 +321,12 @@ class _Walk:
         if to_attach:
             _attach(state, self.hash_key, instance)
         # gathered before the object is in _deleted: a lazy load of a
-        # collection may autoflush, which must not delete it yet
-        found: list = self.cascade(state, state.manager.mapper, _DELETE)
+        # collection may autoflush, which must not delete it yet; a mapper
+        # with no property that may cascade has nothing to gather
+        plan: tuple = self.plan(state.manager.mapper)
+        found: list = None
+        if plan[1]:
+            found = self.cascade(state, plan, _DELETE)
         session._deleted[state] = instance
         if not found:
             return
@@ -369,7 +373,7 @@ def add_all(session, instances):
         mapper = state.manager.mapper
         plan: tuple = walk.plan(mapper)
         if plan[1]:
-            walk.cascade(state, mapper, _SAVE_UPDATE)
+            walk.cascade(state, plan, _SAVE_UPDATE)
 
 
 def delete_all(session, instances):

@@ -257,7 +257,9 @@ if not cython.compiled:
 
     def _get(self, key, default=None):
         state = self._dict.get(key)
-        obj = None if state is None else state.obj()
+        if state is None:
+            return default
+        obj = state.obj()
         return default if obj is None else obj
 
     def _values(self):

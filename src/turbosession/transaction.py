@@ -43,6 +43,7 @@ __all__ = [
     "begin_flush",
     "commit_flush",
     "flush_connection",
+    "held_connection",
     "reset_stats",
     "stats",
 ]
@@ -263,6 +264,16 @@ def flush_connection(uow, mapper):
     returns it directly; else (the first connection of the transaction,
     which begins it and dispatches ``after_begin``) it is stock's call.
     """
+    connection = held_connection(uow, mapper)
+    if connection is None:
+        return uow.transaction.connection(mapper)
+    return connection
+
+
+def held_connection(uow, mapper):
+    """The connection ``flush_connection`` returns without stock's call
+    (nothing of the application runs and nothing changes while it is
+    looked up), or None when it has to be stock's call."""
     sub = uow.transaction
     session = uow.session
     if (
@@ -278,7 +289,7 @@ def flush_connection(uow, mapper):
             entry = parent._connections.get(session.get_bind(mapper))
             if entry is not None and _methods(SessionTransaction) == _STOCK_METHODS:
                 return entry[0]
-    return sub.connection(mapper)
+    return None
 
 
 _PREPARED = SessionTransactionState.PREPARED

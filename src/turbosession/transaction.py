@@ -120,7 +120,12 @@ class SessionTransaction(orm.SessionTransaction):
         assert self._is_transaction_boundary
         expire = session._turbo.expire
         expire.expire_all(session, session.identity_map.all_states())
-        expire.detach_all(session, list(self._deleted))
+        deleted = list(self._deleted)
+        if deleted:
+            # stock's _detach_states of no states only reads the session's
+            # dispatch (a new session's first read of each event builds its
+            # listener collection: most of a short commit's expiry)
+            expire.detach_all(session, deleted)
         # WeakKeyDictionary.clear() pops one item per Python call; emptying
         # the dict behind it ends the same (its weakref callbacks and
         # pending removals skip keys that are already gone)

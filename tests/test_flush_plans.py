@@ -10,6 +10,7 @@ cursor, the mapper events in order, and what a flush listener sees of the
 flush context (its actions, dependencies, cycles and states).
 """
 
+import contextlib
 import warnings
 
 import pytest
@@ -136,12 +137,25 @@ def _rows(session):
     ]
 
 
-def mixes_of_one_hierarchy(session_cls, engine, log, watch=True):
+@contextlib.contextmanager
+def _session(session_cls, engine, log, watch):
+    """A session (watched unless ``watch`` is false) whose flushes the
+    scenario runs; committed, and the rows noted, at the end."""
     session = session_cls(engine)
     w = Watch(log)
     if watch:
         w.attach(session)
     try:
+        yield session
+        session.commit()
+        log.note("rows", _rows(session))
+    finally:
+        w.detach()
+        session.close()
+
+
+def mixes_of_one_hierarchy(session_cls, engine, log, watch=True):
+    with _session(session_cls, engine, log, watch) as session:
         session.add(Note(id=1, text="a"))
         session.flush()
         session.add_all([Note(id=2, text="b"), Note(id=3, text="c")])
@@ -164,19 +178,10 @@ def mixes_of_one_hierarchy(session_cls, engine, log, watch=True):
         session.delete(n3)
         session.add(Note(id=3, text="again"))
         session.flush()
-        session.commit()
-        log.note("rows", _rows(session))
-    finally:
-        w.detach()
-        session.close()
 
 
 def several_hierarchies(session_cls, engine, log, watch=True):
-    session = session_cls(engine)
-    w = Watch(log)
-    if watch:
-        w.attach(session)
-    try:
+    with _session(session_cls, engine, log, watch) as session:
         session.add_all([Note(id=1, text="a"), Tag(id=1, label="x")])
         session.flush()
         session.add_all([Tag(id=2, label="y"), Person(id=1, kind="person", name="p")])
@@ -192,21 +197,12 @@ def several_hierarchies(session_cls, engine, log, watch=True):
         session.delete(session.get(Boss, 2))
         session.delete(session.get(Note, 2))
         session.flush()
-        session.commit()
-        log.note("rows", _rows(session))
-    finally:
-        w.detach()
-        session.close()
 
 
 def relationships_with_and_without_work(session_cls, engine, log, watch=True):
     """The same hierarchies flushed with the relationship having work
     (sorted as stock sorts) and without (steps known for the shape)."""
-    session = session_cls(engine)
-    w = Watch(log)
-    if watch:
-        w.attach(session)
-    try:
+    with _session(session_cls, engine, log, watch) as session:
         folder = Folder(id=1, name="f", items=[Item(id=1, name="i1")])
         session.add(folder)
         session.flush()
@@ -223,11 +219,6 @@ def relationships_with_and_without_work(session_cls, engine, log, watch=True):
         session.flush()
         session.delete(folder)
         session.flush()
-        session.commit()
-        log.note("rows", _rows(session))
-    finally:
-        w.detach()
-        session.close()
 
 
 SCENARIOS = [mixes_of_one_hierarchy, several_hierarchies, relationships_with_and_without_work]

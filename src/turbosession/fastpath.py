@@ -47,7 +47,7 @@ from . import emission, relationships, transaction
 from .memo import derived
 from ._warn import warn
 
-__all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "stats"]
+__all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "run_steps", "stats"]
 
 log = logging.getLogger("turbosession")
 
@@ -191,8 +191,9 @@ class ActionRunner:
                 states = uow.states_for_mapper_hierarchy(mapper, False, False)
                 _save(uow, mapper, self.persist, states)
             else:
-                states = uow.states_for_mapper_hierarchy(mapper, True, False)
-                _delete(uow, mapper, self.persist, states)
+                states = list(uow.states_for_mapper_hierarchy(mapper, True, False))
+                if states or not _asks_nothing(uow, mapper):
+                    _delete(uow, mapper, self.persist, states)
             return
         if kind is _ProcessAll and not action.isdelete and self._run_saves(action):
             return
@@ -231,6 +232,47 @@ class ActionRunner:
                 _delete(uow, mapper, self.persist, [s for s in states if uow.states[s][0]])
             return
         action.execute_aggregate(self.uow, actions)
+
+
+def run_steps(uow, steps):
+    """Run the sorted steps of a flush whose shape ``plans.sorted_steps``
+    knows: keys ``(_SaveUpdateAll or _DeleteAll, base mapper)`` of
+    ``uow.postsort_actions``, each run as ``ActionRunner`` runs its
+    action, without its per-action dispatch; the flush is counted as
+    ``ActionRunner``'s are, even if it fails."""
+    session = uow.session
+    persist = session._turbo.persist
+    states_for = session._turbo.unitofwork.states_for_mapper_hierarchy
+    reason = None
+    try:
+        for key in steps:
+            kind, mapper = key
+            plan = _plan(mapper)
+            step_reason = plan.reason if session._fast_flush else "disabled"
+            if step_reason is not None:
+                if reason is None and any(uow.mappers.get(m) for m in plan.mappers):
+                    reason = step_reason
+                uow.postsort_actions[key].execute(uow)
+            elif kind is _SaveUpdateAll:
+                _save(uow, mapper, persist, states_for(uow, mapper, False, False))
+            else:
+                states = states_for(uow, mapper, True, False)
+                if states or not _asks_nothing(uow, mapper):
+                    _delete(uow, mapper, persist, states)
+    finally:
+        record(reason)
+
+
+def _asks_nothing(uow, base_mapper):
+    """Whether stock's delete step with no states does nothing the
+    application could see: it asks for the connection (the session's
+    ``connection_callable`` is not called without states), which the
+    transaction already holds and ``transaction.held_connection`` can
+    look up without a call of the application's, then finds no rows to
+    delete and no events to dispatch."""
+    return bool(uow.session.connection_callable) or (
+        transaction.held_connection(uow, base_mapper) is not None
+    )
 
 
 def _mapper_runs(records, index):

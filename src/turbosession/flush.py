@@ -22,7 +22,7 @@ from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
 
-from . import fastpath, transaction as _transaction
+from . import fastpath, plans, transaction as _transaction
 from ._warn import warn
 
 __all__ = ["UOWTransaction", "flush"]
@@ -79,7 +79,7 @@ class UOWTransaction(unitofwork.UOWTransaction):
                 session, other, session._turbo.tracking.commit_all_states
             )
 
-    def _generate_actions(self):
+    def _run_presort_actions(self):
         # run the presort actions until none adds new states to the flush
         while True:
             ret = False
@@ -89,6 +89,13 @@ class UOWTransaction(unitofwork.UOWTransaction):
             if not ret:
                 break
 
+    def _generate_actions(self):
+        self._run_presort_actions()
+        return self._postsort_actions()
+
+    def _postsort_actions(self):
+        """The second half of stock's ``_generate_actions``: the postsort
+        actions to sort, once the presort actions have run."""
         # mappers that depend on each other (self-referential relationships)
         # cannot be ordered as a whole: split their actions per state
         self.cycles = cycles = self._topological.find_cycles(
@@ -102,12 +109,20 @@ class UOWTransaction(unitofwork.UOWTransaction):
         }.difference(cycles)
 
     def execute(self):
-        postsort_actions = sorted(
-            self._generate_actions(), key=_sort_key
-        )
+        self._run_presort_actions()
         # each mapper's save and delete steps on turbosession's unit of work
         # where the mapper allows it (fastpath), the rest as stock's; the
         # flush is counted, fast or by its fallback reason, even if it fails
+        steps = plans.sorted_steps(self)
+        if steps is not None:
+            # a shape whose sorted actions are known: stock's find_cycles
+            # finds none and its sort gives these steps
+            self.cycles = set()
+            fastpath.run_steps(self, steps)
+            return
+        postsort_actions = sorted(
+            self._postsort_actions(), key=_sort_key
+        )
         topological = self._topological
         run = fastpath.ActionRunner(self)
         try:

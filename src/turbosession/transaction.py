@@ -43,6 +43,7 @@ __all__ = [
     "begin_flush",
     "commit_flush",
     "flush_connection",
+    "held_connection",
     "reset_stats",
     "stats",
 ]
@@ -119,7 +120,12 @@ class SessionTransaction(orm.SessionTransaction):
         assert self._is_transaction_boundary
         expire = session._turbo.expire
         expire.expire_all(session, session.identity_map.all_states())
-        expire.detach_all(session, list(self._deleted))
+        deleted = list(self._deleted)
+        if deleted:
+            # stock's _detach_states of no states only reads the session's
+            # dispatch (a new session's first read of each event builds its
+            # listener collection: most of a short commit's expiry)
+            expire.detach_all(session, deleted)
         # WeakKeyDictionary.clear() pops one item per Python call; emptying
         # the dict behind it ends the same (its weakref callbacks and
         # pending removals skip keys that are already gone)
@@ -263,6 +269,16 @@ def flush_connection(uow, mapper):
     returns it directly; else (the first connection of the transaction,
     which begins it and dispatches ``after_begin``) it is stock's call.
     """
+    connection = held_connection(uow, mapper)
+    if connection is None:
+        return uow.transaction.connection(mapper)
+    return connection
+
+
+def held_connection(uow, mapper):
+    """The connection ``flush_connection`` returns without stock's call
+    (nothing of the application runs and nothing changes while it is
+    looked up), or None when it has to be stock's call."""
     sub = uow.transaction
     session = uow.session
     if (
@@ -278,7 +294,7 @@ def flush_connection(uow, mapper):
             entry = parent._connections.get(session.get_bind(mapper))
             if entry is not None and _methods(SessionTransaction) == _STOCK_METHODS:
                 return entry[0]
-    return sub.connection(mapper)
+    return None
 
 
 _PREPARED = SessionTransactionState.PREPARED

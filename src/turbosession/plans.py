@@ -1,0 +1,123 @@
+"""The sorted steps of a flush whose shape repeats.
+
+After the presort actions have run, stock's unit of work looks for cycles
+in its dependency graph, sorts the postsort actions by sort key and then
+topologically, on every flush.  In a flush whose only postsort actions
+are the save and delete steps of each mapper hierarchy with states
+(``_SaveUpdateAll`` / ``_DeleteAll``, as ``_per_mapper_flush_actions``
+makes them: no relationship with work in this flush, no post update) and
+whose only dependencies are those steps' save-before-delete edges, the
+graph has no cycle and the sorted order depends only on which hierarchies
+take part.  ``sorted_steps`` gives that order, computed the first time by
+stock's algorithm (the sort key, then turbosession's topological sort)
+and kept with the base mapper's memoized values, so it is dropped when
+SQLAlchemy resets them (mappers configured or changed).
+
+Only the search for cycles and the sort are skipped: the unit of work's
+records, dependencies and states are built as stock builds them (``cycles``
+is the empty set stock's search returns), so a listener given the flush
+context sees stock's.  Any other flush (a relationship with work, a post
+update, a cycle split per state, an edge a listener added, two hierarchies
+with the same sort key, whose order stock leaves to set iteration) is
+sorted as stock sorts it; ``stats()`` counts both, by reason.
+"""
+
+from collections import Counter
+from operator import attrgetter
+
+from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
+
+from .memo import derived
+
+__all__ = ["REASONS", "reset_stats", "sorted_steps", "stats"]
+
+REASONS = {
+    "actions": "postsort actions besides the hierarchies' save and delete steps "
+    "(a relationship with work in this flush, a post update)",
+    "dependencies": "dependencies besides the save-before-delete edges "
+    "(added by a listener given the flush context)",
+    "sort_key": "two mapper hierarchies with the same sort key (stock's order then "
+    "follows set iteration)",
+}
+
+_counts = Counter()
+
+_KEY = ("turbosession", "flush steps")
+_sort_key = attrgetter("sort_key")
+_mapper_sort_key = attrgetter("_sort_key")
+
+
+def stats():
+    """``cached``: flushes run on sorted steps known for their shape;
+    ``sorted``: flushes whose graph was searched and sorted, by reason."""
+    return {
+        "cached": _counts["cached"],
+        "sorted": {k: v for k, v in _counts.items() if k != "cached"},
+    }
+
+
+def reset_stats():
+    _counts.clear()
+
+
+def _new_cache(mapper):
+    return {}
+
+
+def sorted_steps(uow):
+    """The keys of ``uow.postsort_actions`` in the order stock's sort
+    runs them, or None when the flush is not of a shape with known steps
+    (its graph is then searched and sorted as stock does)."""
+    actions = uow.postsort_actions
+    dependencies = uow.dependencies
+    if len(actions) != 2 * len(dependencies):
+        _counts["dependencies" if _only_mapper_steps(actions) else "actions"] += 1
+        return None
+    mappers = []
+    for before, after in dependencies:
+        mapper = before.mapper
+        if (
+            type(before) is not _SaveUpdateAll
+            or type(after) is not _DeleteAll
+            or after.mapper is not mapper
+            or actions.get((_SaveUpdateAll, mapper)) is not before
+            or actions.get((_DeleteAll, mapper)) is not after
+        ):
+            # the edges do not pair each hierarchy's two steps: either
+            # other actions, or edges stock's steps did not add
+            _counts["dependencies" if _only_mapper_steps(actions) else "actions"] += 1
+            return None
+        if before.disabled or after.disabled:
+            _counts["actions"] += 1
+            return None
+        mappers.append(mapper)
+    if not mappers:
+        _counts["actions"] += 1
+        return None
+    if len(mappers) == 1:
+        holder = shape = mappers[0]
+    else:
+        keys = {m._sort_key for m in mappers}
+        if len(keys) != len(mappers):
+            _counts["sort_key"] += 1
+            return None
+        holder = min(mappers, key=_mapper_sort_key)
+        shape = frozenset(mappers)
+    cache = derived(holder, _KEY, holder._sorted_tables, _new_cache)
+    steps = cache.get(shape)
+    if steps is None:
+        steps = cache[shape] = _sort(uow, actions, dependencies)
+    _counts["cached"] += 1
+    return steps
+
+
+def _only_mapper_steps(actions):
+    return all(type(a) is _SaveUpdateAll or type(a) is _DeleteAll for a in actions.values())
+
+
+def _sort(uow, actions, dependencies):
+    """Stock's order for these actions: by sort key, then topologically."""
+    topological = uow._topological
+    ordered = sorted(actions.values(), key=_sort_key)
+    assert not topological.find_cycles(dependencies, ordered)
+    return tuple((type(action), action.mapper) for action in topological.sort(dependencies, ordered))

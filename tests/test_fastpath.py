@@ -708,6 +708,7 @@ def test_stats_are_public():
     assert stats.pop("emission") == turbosession.emission.stats()
     assert stats.pop("attach") == turbosession.attaching.stats()
     assert stats.pop("transactions") == turbosession.transaction.stats()
+    assert stats.pop("relationships") == turbosession.relationships.stats()
     assert stats == fastpath.stats()
     assert set(fastpath.FALLBACK_REASONS) >= {"not_tables", "disabled"}
 

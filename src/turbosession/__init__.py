@@ -7,7 +7,7 @@ Change one import::
 ``turbosession.compiled`` tells whether the Cython modules are in use.
 """
 
-from . import _impl, attaching, emission, fastpath, instances, loads, transaction
+from . import _impl, attaching, emission, fastpath, instances, loads, relationships, transaction
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
 
 # the one hook into SQLAlchemy (README, "Seams"): stock's row processor for
@@ -33,17 +33,20 @@ def stats():
     "loaded": n, "fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
     n}, "rows": n, "rows_to_stock": n}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
-    n}}, "transactions": {"fast": n, "fallback": {reason: n}}}`` (the
-    flushes' subtransactions); the reasons are described in ``fastpath.FALLBACK_REASONS``,
-    ``loads.FALLBACK_REASONS``, ``instances.FALLBACK_REASONS``,
-    ``emission.FALLBACK_REASONS``, ``attaching.FALLBACK_REASONS`` and
-    ``transaction.FALLBACK_REASONS``.
+    n}}, "transactions": {"fast": n, "fallback": {reason: n}}, "relationships":
+    {"fast": n, "fallback": {reason: n}}}`` (the flushes' subtransactions;
+    the relationship processors' steps); the reasons are described in
+    ``fastpath.FALLBACK_REASONS``, ``loads.FALLBACK_REASONS``,
+    ``instances.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS``,
+    ``attaching.FALLBACK_REASONS``, ``transaction.FALLBACK_REASONS`` and
+    ``relationships.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()
     result["emission"] = emission.stats()
     result["attach"] = attaching.stats()
     result["transactions"] = transaction.stats()
+    result["relationships"] = relationships.stats()
     return result
 
 
@@ -53,6 +56,7 @@ def reset_stats():
     emission.reset_stats()
     attaching.reset_stats()
     transaction.reset_stats()
+    relationships.reset_stats()
 
 
 __all__ = [

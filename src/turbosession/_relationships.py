@@ -17,6 +17,7 @@ clears), removed children, children to update after a primary-key change.
 
 from __future__ import annotations
 
+from sqlalchemy.orm import attributes, sync
 from sqlalchemy.orm.base import PassiveFlag
 
 try:
@@ -24,10 +25,29 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
-__all__ = ["many_to_one_saves", "one_to_many_saves"]
+__all__ = [
+    "many_to_many_deletes",
+    "many_to_many_saves",
+    "many_to_one_saves",
+    "one_to_many_deletes",
+    "one_to_many_saves",
+]
 
 _NO_INITIALIZE = cython.declare(object, PassiveFlag.PASSIVE_NO_INITIALIZE)
 _OFF = cython.declare(object, PassiveFlag.PASSIVE_OFF)
+_NO_INITIALIZE_PENDING = cython.declare(
+    object, PassiveFlag.PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
+)
+_OFF_PENDING = cython.declare(
+    object, PassiveFlag.PASSIVE_OFF | PassiveFlag.INCLUDE_PENDING_MUTATIONS
+)
+_HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
+_STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
+_sync_update = cython.declare(object, sync._update)
+_sync_clear = cython.declare(object, sync._clear)
+# attribute implementation class -> whether its ``get`` is stock's (a value
+# present in the state's dict is then returned as it is)
+_stock_get = cython.declare(dict, {})
 
 
 def _is_compiled():
@@ -123,3 +143,176 @@ def _source_modified(uow, state, source_keys: tuple) -> cython.bint:
         if history.deleted:
             return True
     return False
+
+
+@cython.cfunc
+@cython.inline
+def _nonblank(history) -> cython.bint:
+    """``bool(history)`` (``History.__bool__``: not ``HISTORY_BLANK``)."""
+    return history != _HISTORY_BLANK
+
+
+@cython.cfunc
+def _get_off(state, dict_, key):
+    """``state.manager[key].impl.get(state, dict_, PASSIVE_OFF)``, whose
+    first step, for stock's implementations, is to return the value the
+    dict has."""
+    impl = state.manager[key].impl
+    cls = type(impl)
+    stock = _stock_get.get(cls)
+    if stock is None:
+        stock = _stock_get[cls] = cls.get is _STOCK_GET
+    if stock and key in dict_:
+        return dict_[key]
+    return impl.get(state, dict_, _OFF)
+
+
+@cython.cfunc
+def _association_row(uow, dp, state, child, parent_keys: tuple, child_keys: tuple, target, operation):
+    """``ManyToManyDP._synchronize`` into a new association row: the row,
+    or None where stock's returns False (what stock raises or warns there
+    comes from the processor's own method)."""
+    if child is None:
+        dp._verify_canload(child)  # raises for a collection
+        return None
+    if child.manager.mapper is not target:
+        dp._verify_canload(child)
+    if not uow.session._contains_state(child):
+        # stock warns unless the child is deleted, and makes no row
+        dp._synchronize(state, child, {}, False, uow, operation)
+        return None
+    row: dict = {}
+    pair: tuple
+    dict_ = state.dict
+    for pair in parent_keys:
+        row[pair[1]] = _get_off(state, dict_, pair[0])
+    dict_ = child.dict
+    for pair in child_keys:
+        row[pair[1]] = _get_off(child, dict_, pair[0])
+    return row
+
+
+def many_to_many_saves(
+    uow, dp, states, parent_keys: tuple, child_keys: tuple, target, processed, check_pks: cython.bint
+):
+    """``ManyToManyDP.process_saves`` up to its ``_run_crud``: the
+    association rows to insert, update and delete, as stock collects them.
+    ``parent_keys`` pairs the parent's attribute keys with the association
+    table's column keys (``synchronize_pairs``), ``child_keys`` the child's
+    (``secondary_synchronize_pairs``); ``processed`` is the reverse
+    relationship's set of pairs already done (or None); ``check_pks`` is
+    ``not passive_updates``."""
+    key = dp.key
+    insert: list = []
+    update: list = []
+    delete: list = []
+    tmp: set = set()
+    track: cython.bint = processed is not None
+    source_keys: tuple = tuple([pair[0] for pair in parent_keys])
+    for state in states:
+        need_cascade_pks: cython.bint = check_pks and _source_modified(uow, state, source_keys)
+        history = uow.get_attribute_history(
+            state, key, _OFF_PENDING if need_cascade_pks else _NO_INITIALIZE_PENDING
+        )
+        if not _nonblank(history):
+            continue
+        for child in history.added:
+            if track and (state, child) in processed:
+                continue
+            row = _association_row(uow, dp, state, child, parent_keys, child_keys, target, "add")
+            if row is not None:
+                insert.append(row)
+        for child in history.deleted:
+            if track and (state, child) in processed:
+                continue
+            row = _association_row(
+                uow, dp, state, child, parent_keys, child_keys, target, "delete"
+            )
+            if row is not None:
+                delete.append(row)
+        if track:
+            for child in history.added:
+                tmp.add((child, state))
+            for child in history.deleted:
+                tmp.add((child, state))
+        if need_cascade_pks:
+            for child in history.unchanged:
+                row = {}
+                _sync_update(state, dp.parent, row, "old_", dp.prop.synchronize_pairs)
+                _sync_update(child, dp.mapper, row, "old_", dp.prop.secondary_synchronize_pairs)
+                update.append(row)
+    if track:
+        processed.update(tmp)
+    return insert, update, delete
+
+
+def many_to_many_deletes(uow, dp, states, parent_keys: tuple, child_keys: tuple, target, processed):
+    """``ManyToManyDP.process_deletes`` up to its ``_run_crud``: the
+    association rows of the deleted parents' collections (unchanged and
+    removed members), as stock collects them."""
+    key = dp.key
+    passive = dp._passive_delete_flag
+    delete: list = []
+    tmp: set = set()
+    track: cython.bint = processed is not None
+    for state in states:
+        history = uow.get_attribute_history(state, key, passive)
+        if not _nonblank(history):
+            continue
+        members = history.non_added()
+        for child in members:
+            if child is None or (track and (state, child) in processed):
+                continue
+            row = _association_row(
+                uow, dp, state, child, parent_keys, child_keys, target, "delete"
+            )
+            if row is not None:
+                delete.append(row)
+        if track:
+            for child in members:
+                tmp.add((child, state))
+    if track:
+        processed.update(tmp)
+    return [], [], delete
+
+
+@cython.cfunc
+def _clear_child(uow, dp, child, clear_keys, target):
+    """``OneToManyDP._synchronize(state, child, None, True, uow, False)``
+    without ``post_update``: the child's foreign-key attributes set to None
+    (``sync._clear``; stock's function itself when a key is part of the
+    child's primary key, which it refuses to blank out)."""
+    if child.manager.mapper is not target:
+        dp._verify_canload(child)
+    if _is_deleted(uow.states, child):
+        return
+    if clear_keys is None:
+        _sync_clear(child, dp.mapper, dp.prop.synchronize_pairs)
+        return
+    for key in clear_keys:
+        child.manager[key].impl.set(child, child.dict, None, None)
+
+
+def one_to_many_deletes(uow, dp, states, clear_keys, target):
+    """``OneToManyDP.process_deletes`` without ``post_update``: the removed
+    children that have no parent left and, without a delete cascade, the
+    deleted parents' remaining children get their foreign keys cleared.
+    ``clear_keys`` are the child's attribute keys of the synchronised
+    columns (None when one is a primary key column)."""
+    if dp.passive_deletes == "all":
+        return
+    key = dp.key
+    passive = dp._passive_delete_flag
+    children_added = uow.memo(("children_added", dp), set)
+    null_unchanged: cython.bint = not dp.cascade.delete
+    for state in states:
+        history = uow.get_attribute_history(state, key, passive)
+        if not _nonblank(history):
+            continue
+        for child in history.deleted:
+            if child is not None and dp.hasparent(child) is False:
+                _clear_child(uow, dp, child, clear_keys, target)
+        if null_unchanged:
+            for child in set(history.unchanged).difference(children_added):
+                if child is not None:
+                    _clear_child(uow, dp, child, clear_keys, target)

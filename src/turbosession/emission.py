@@ -242,10 +242,16 @@ def _plan(compiled, param_dict, keys, lastrowid):
 _PLANS_LIMIT = 256
 
 
-def _plan_for(base_mapper, statement, dialect, keys, many):
+# compile with the mapper's compiled cache (the default of the functions below)
+MAPPER_CACHE = object()
+
+
+def _plan_for(base_mapper, statement, dialect, keys, many, compiled_cache=MAPPER_CACHE):
     """The plan of ``statement`` for rows with ``keys``, compiled as Core
-    compiles it (``_compile_w_cache`` with the mapper's compiled cache), kept
-    with the mapper's memoized values per dialect and shape."""
+    compiles it (``_compile_w_cache`` with the mapper's compiled cache, or
+    the one given: the Connection's for a statement stock executes without
+    the mapper's), kept with the mapper's memoized values per dialect and
+    shape."""
     memo = base_mapper._memoized_values
     plans = memo.get("turbosession_emission")
     if plans is None or len(plans) > _PLANS_LIMIT:
@@ -258,7 +264,11 @@ def _plan_for(base_mapper, statement, dialect, keys, many):
         else:
             compiled, _, param_dict, _ = statement._compile_w_cache(
                 dialect=dialect,
-                compiled_cache=base_mapper._compiled_cache,
+                compiled_cache=(
+                    base_mapper._compiled_cache
+                    if compiled_cache is MAPPER_CACHE
+                    else compiled_cache
+                ),
                 column_keys=list(keys),
                 for_executemany=many,
                 schema_translate_map=None,
@@ -272,15 +282,20 @@ def _plan_for(base_mapper, statement, dialect, keys, many):
     return plan
 
 
-def execute(emit, base_mapper, connection, statement, rows, rowcount):
+def execute(
+    emit, base_mapper, connection, statement, rows, rowcount, compiled_cache=MAPPER_CACHE
+):
     """Send ``statement`` with ``rows`` (dicts of the same keys) directly,
     returning the rowcount (with ``rowcount``, else -1); or None, with
-    nothing done, when the batch must go through Core."""
+    nothing done, when the batch must go through Core.  ``compiled_cache``
+    is the cache Core would compile the statement with, when it is not the
+    mapper's."""
     reason = _connection_reason(connection)
     if reason is None:
         dialect = connection.dialect
         plan = _plan_for(
-            base_mapper, statement, dialect, tuple(sorted(rows[0])), len(rows) > 1
+            base_mapper, statement, dialect, tuple(sorted(rows[0])), len(rows) > 1,
+            compiled_cache,
         )
         if type(plan) is str:
             reason = plan

@@ -153,43 +153,88 @@ def _nonblank(history) -> cython.bint:
 
 
 @cython.cfunc
-def _get_off(state, dict_, key):
-    """``state.manager[key].impl.get(state, dict_, PASSIVE_OFF)``, whose
-    first step, for stock's implementations, is to return the value the
-    dict has."""
-    impl = state.manager[key].impl
-    cls = type(impl)
-    stock = _stock_get.get(cls)
-    if stock is None:
-        stock = _stock_get[cls] = cls.get is _STOCK_GET
-    if stock and key in dict_:
-        return dict_[key]
-    return impl.get(state, dict_, _OFF)
+def _getters(manager, keys: tuple) -> tuple:
+    """For each ``(attribute key, column key)`` pair, ``(attribute key,
+    column key, impl, whether impl's get is stock's)`` of ``manager``."""
+    getters: list = []
+    pair: tuple
+    for pair in keys:
+        impl = manager[pair[0]].impl
+        cls = type(impl)
+        stock = _stock_get.get(cls)
+        if stock is None:
+            stock = _stock_get[cls] = cls.get is _STOCK_GET
+        getters.append((pair[0], pair[1], impl, stock))
+    return tuple(getters)
 
 
 @cython.cfunc
-def _association_row(uow, dp, state, child, parent_keys: tuple, child_keys: tuple, target, operation):
-    """``ManyToManyDP._synchronize`` into a new association row: the row,
-    or None where stock's returns False (what stock raises or warns there
-    comes from the processor's own method)."""
-    if child is None:
-        dp._verify_canload(child)  # raises for a collection
-        return None
-    if child.manager.mapper is not target:
-        dp._verify_canload(child)
-    if not uow.session._contains_state(child):
-        # stock warns unless the child is deleted, and makes no row
-        dp._synchronize(state, child, {}, False, uow, operation)
-        return None
-    row: dict = {}
-    pair: tuple
-    dict_ = state.dict
-    for pair in parent_keys:
-        row[pair[1]] = _get_off(state, dict_, pair[0])
-    dict_ = child.dict
-    for pair in child_keys:
-        row[pair[1]] = _get_off(child, dict_, pair[0])
-    return row
+def _fill(row: dict, state, dict_, getters: tuple):
+    """``sync._populate_dict``: each value as ``impl.get(state, dict_,
+    PASSIVE_OFF)`` returns it, whose first step, for stock's
+    implementations, is to return the value the dict has."""
+    getter: tuple
+    for getter in getters:
+        key = getter[0]
+        if getter[3] and key in dict_:
+            row[getter[1]] = dict_[key]
+        else:
+            row[getter[1]] = getter[2].get(state, dict_, _OFF)
+
+
+@cython.cclass
+class _Rows:
+    """What the association rows of one step are made with: the
+    relationship's keys, the child mapper that needs no type check, and the
+    attribute getters of the last parent and child class seen."""
+
+    uow: object
+    dp: object
+    contains: object
+    parent_keys: tuple
+    child_keys: tuple
+    target: object
+    parent_manager: object
+    parent_getters: tuple
+    child_manager: object
+    child_getters: tuple
+
+    def __init__(self, uow, dp, parent_keys, child_keys, target):
+        self.uow = uow
+        self.dp = dp
+        self.contains = uow.session._contains_state
+        self.parent_keys = parent_keys
+        self.child_keys = child_keys
+        self.target = target
+        self.parent_manager = None
+        self.child_manager = None
+
+    @cython.cfunc
+    def row(self, state, parent_dict, child, operation):
+        """``ManyToManyDP._synchronize`` into a new association row: the
+        row, or None where stock's returns False (what stock raises or
+        warns there comes from the processor's own method)."""
+        dp = self.dp
+        if child is None:
+            dp._verify_canload(child)  # raises for a collection
+            return None
+        manager = child.manager
+        if manager.mapper is not self.target:
+            dp._verify_canload(child)
+        if not self.contains(child):
+            # stock warns unless the child is deleted, and makes no row
+            dp._synchronize(state, child, {}, False, self.uow, operation)
+            return None
+        if state.manager is not self.parent_manager:
+            self.parent_manager = state.manager
+            self.parent_getters = _getters(state.manager, self.parent_keys)
+        if manager is not self.child_manager:
+            self.child_manager = manager
+            self.child_getters = _getters(manager, self.child_keys)
+        row: dict = {}
+        _fill(row, state, parent_dict, self.parent_getters)
+        _fill(row, child, child.dict, self.child_getters)
+        return row
 
 
 def many_to_many_saves(
@@ -209,6 +254,7 @@ def many_to_many_saves(
     tmp: set = set()
     track: cython.bint = processed is not None
     source_keys: tuple = tuple([pair[0] for pair in parent_keys])
+    rows: _Rows = _Rows(uow, dp, parent_keys, child_keys, target)
     for state in states:
         need_cascade_pks: cython.bint = check_pks and _source_modified(uow, state, source_keys)
         history = uow.get_attribute_history(
@@ -216,18 +262,17 @@ def many_to_many_saves(
         )
         if not _nonblank(history):
             continue
+        parent_dict = state.dict
         for child in history.added:
             if track and (state, child) in processed:
                 continue
-            row = _association_row(uow, dp, state, child, parent_keys, child_keys, target, "add")
+            row = rows.row(state, parent_dict, child, "add")
             if row is not None:
                 insert.append(row)
         for child in history.deleted:
             if track and (state, child) in processed:
                 continue
-            row = _association_row(
-                uow, dp, state, child, parent_keys, child_keys, target, "delete"
-            )
+            row = rows.row(state, parent_dict, child, "delete")
             if row is not None:
                 delete.append(row)
         if track:
@@ -255,17 +300,17 @@ def many_to_many_deletes(uow, dp, states, parent_keys: tuple, child_keys: tuple,
     delete: list = []
     tmp: set = set()
     track: cython.bint = processed is not None
+    rows: _Rows = _Rows(uow, dp, parent_keys, child_keys, target)
     for state in states:
         history = uow.get_attribute_history(state, key, passive)
         if not _nonblank(history):
             continue
         members = history.non_added()
+        parent_dict = state.dict
         for child in members:
             if child is None or (track and (state, child) in processed):
                 continue
-            row = _association_row(
-                uow, dp, state, child, parent_keys, child_keys, target, "delete"
-            )
+            row = rows.row(state, parent_dict, child, "delete")
             if row is not None:
                 delete.append(row)
         if track:

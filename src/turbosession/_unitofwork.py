@@ -26,7 +26,7 @@ sets and lists.
 
 from __future__ import annotations
 
-from sqlalchemy.orm import attributes
+from sqlalchemy.orm import attributes, collections
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
@@ -51,6 +51,7 @@ _tuple_new = cython.declare(object, tuple.__new__)
 _History = cython.declare(object, attributes.History)
 _CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
 _instance_state = cython.declare(object, attributes.instance_state)
+_InstrumentedList = cython.declare(object, collections.InstrumentedList)
 _INCLUDE_PENDING_MUTATIONS = cython.declare(object, attributes.INCLUDE_PENDING_MUTATIONS)
 _NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
 _NO_VALUE = cython.declare(object, attributes.NO_VALUE)
@@ -112,7 +113,9 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
     if includes_pending and key in state._pending_mutations:
         return None
     original = state.committed_state.get(key, _NO_HISTORY)
-    items: list = list(current._sa_adapter)
+    # the adapter iterates a list collection of SQLAlchemy's class as the
+    # list itself
+    items: list = list(current) if type(current) is _InstrumentedList else list(current._sa_adapter)
     if original is _NO_HISTORY:
         return (
             _tuple_new(_History, ((), items, ())),
@@ -125,6 +128,12 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
         )
     if type(original) is not list:
         return None
+    if not original:
+        # nothing to compare with: every member is added
+        return (
+            _tuple_new(_History, (items, [], [])),
+            _tuple_new(_History, (_as_states(items), [], [])),
+        )
     current_states: list = [(_state_or_none(c), c) for c in items]
     original_states: list = [(_state_or_none(c), c) for c in original]
     current_set: dict = dict(current_states)

@@ -27,6 +27,9 @@ except ModuleNotFoundError:
 
 __all__ = [
     "many_to_many_deletes",
+    "many_to_many_presort_deletes",
+    "one_to_many_presort_deletes",
+    "presort_states",
     "many_to_many_saves",
     "many_to_one_saves",
     "one_to_many_deletes",
@@ -361,3 +364,60 @@ def one_to_many_deletes(uow, dp, states, clear_keys, target):
             for child in set(history.unchanged).difference(children_added):
                 if child is not None:
                     _clear_child(uow, dp, child, clear_keys, target)
+
+
+def presort_states(uow, mappers, processed: set) -> tuple:
+    """The states ``_Preprocess.execute`` hands to ``presort_deletes`` and
+    ``presort_saves``: those of ``mappers`` not yet ``processed``, not
+    list-only, as two sets filled in stock's order."""
+    delete_states: set = set()
+    save_states: set = set()
+    states: dict = uow.states
+    by_mapper = uow.mappers  # a defaultdict: a mapper without states gets its set, as in stock
+    entry: tuple
+    for mapper in mappers:
+        for state in by_mapper[mapper].difference(processed):
+            entry = states[state]
+            if not entry[1]:
+                if entry[0]:
+                    delete_states.add(state)
+                else:
+                    save_states.add(state)
+    return delete_states, save_states
+
+
+def one_to_many_presort_deletes(uow, dp, states):
+    """``OneToManyDP.presort_deletes``: the children removed from a deleted
+    parent's collection that have no parent left are registered (deleted
+    with delete-orphan), and without a delete cascade the remaining ones
+    too, so that their foreign keys are cleared."""
+    should_null_fks: cython.bint = not dp.cascade.delete and not dp.passive_deletes == "all"
+    delete_orphan: cython.bint = bool(dp.cascade.delete_orphan)
+    key = dp.key
+    passive = dp._passive_delete_flag
+    prop = dp.prop
+    for state in states:
+        history = uow.get_attribute_history(state, key, passive)
+        if not _nonblank(history):
+            continue
+        for child in history.deleted:
+            if child is not None and dp.hasparent(child) is False:
+                if delete_orphan:
+                    uow.register_object(child, isdelete=True)
+                else:
+                    uow.register_object(child)
+        if should_null_fks:
+            for child in history.unchanged:
+                if child is not None:
+                    uow.register_object(child, operation="delete", prop=prop)
+
+
+def many_to_many_presort_deletes(uow, dp, states):
+    """``ManyToManyDP.presort_deletes``: the deleted parents' collections
+    loaded into the unit of work's history (unless ``passive_deletes``)."""
+    if dp.passive_deletes:
+        return
+    key = dp.key
+    passive = dp._passive_delete_flag
+    for state in states:
+        uow.get_attribute_history(state, key, passive)

@@ -27,10 +27,11 @@ from collections import Counter
 
 from sqlalchemy import sql
 from sqlalchemy.orm import dependency, exc as orm_exc, sync
+from sqlalchemy.orm.unitofwork import _Preprocess
 
 from . import emission
 
-__all__ = ["FALLBACK_REASONS", "plan_for", "reset_stats", "run", "stats"]
+__all__ = ["FALLBACK_REASONS", "plan_for", "preprocess", "reset_stats", "run", "stats"]
 
 log = logging.getLogger("turbosession")
 
@@ -69,6 +70,7 @@ _METHODS = frozenset(
     (
         "process_saves",
         "process_deletes",
+        "presort_deletes",
         "_synchronize",
         "_verify_canload",
         "hasparent",
@@ -78,6 +80,7 @@ _METHODS = frozenset(
     )
 )
 _PLAN_KEY = "turbosession", "sync_plan"
+_PREPROCESS = _Preprocess.execute
 
 
 def _keys(mapper, pairs, side):
@@ -199,6 +202,43 @@ def run(uow, dp, isdelete, states, plan, loops):
         loops.one_to_many_deletes(uow, dp, states, clear_keys, target)
     else:
         loops.one_to_many_saves(uow, dp, states, keys, tuple(k[0] for k in keys), target)
+
+
+def preprocess(uow, action, loops):
+    """``action.execute(uow)`` for a presort action (``_Preprocess``), as
+    stock's runs it, with the states gathered on ``loops`` and the
+    one-to-many's and many-to-many's ``presort_deletes`` there too where
+    their steps run there (``_reason``); anything else is stock's."""
+    if type(action) is not _Preprocess or _Preprocess.execute is not _PREPROCESS:
+        return action.execute(uow)
+    dp = action.dependency_processor
+    kind = type(dp)
+    presort_deletes = None
+    if kind is not dependency._ManyToOneDP and _reason(uow, dp) is None:
+        if kind is dependency._ManyToManyDP:
+            presort_deletes = loops.many_to_many_presort_deletes
+        elif sync_plan(dp) is not None:
+            presort_deletes = loops.one_to_many_presort_deletes
+    processed = action.processed
+    delete_states, save_states = loops.presort_states(uow, action._mappers(uow), processed)
+    if delete_states:
+        if presort_deletes is None:
+            dp.presort_deletes(uow, delete_states)
+        else:
+            presort_deletes(uow, dp, delete_states)
+        processed.update(delete_states)
+    if save_states:
+        dp.presort_saves(uow, save_states)
+        processed.update(save_states)
+    if delete_states or save_states:
+        if not action.setup_flush_actions and (
+            dp.prop_has_changes(uow, delete_states, True)
+            or dp.prop_has_changes(uow, save_states, False)
+        ):
+            dp.per_property_flush_actions(uow)
+            action.setup_flush_actions = True
+        return True
+    return False
 
 
 def _secondary_statement(dp, kind, columns):

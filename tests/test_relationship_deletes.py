@@ -17,7 +17,6 @@ rows in order.
 
 import ast
 import sys
-import warnings
 
 import pytest
 from sqlalchemy import (
@@ -36,7 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, dependency, mapped_column, relationship, sync
 
 import turbosession
-from support import normalize_error, object_state, run, set_order_sorted
+from support import object_state, run, set_order_sorted
+from test_relationship_saves import guarded
 
 
 class Base(DeclarativeBase):
@@ -301,16 +301,6 @@ def listen_fk_sets(log):
             event.remove(attr, "set", on_set)
 
     return undo
-
-
-def guarded(log, action):
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            action()
-        log.note("warnings", [str(w.message) for w in caught])
-    except Exception as exc:
-        log.note("raised", *normalize_error(exc))
 
 
 def table_rows(session, table, *order):

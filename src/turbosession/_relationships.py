@@ -17,7 +17,9 @@ clears), removed children, children to update after a primary-key change.
 
 from __future__ import annotations
 
-from sqlalchemy.orm import attributes, sync
+from sqlalchemy.orm import Session, attributes, sync
+from sqlalchemy.orm import base as _base
+from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.base import PassiveFlag
 
 try:
@@ -46,6 +48,9 @@ _OFF_PENDING = cython.declare(
 )
 _HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
 _STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
+_STOCK_CONTAINS = cython.declare(object, Session._contains_state)
+_InstanceState = cython.declare(object, InstanceState)
+_INSTANCE_DICT = cython.declare(object, _base.instance_dict)
 _sync_update = cython.declare(object, sync._update)
 _sync_clear = cython.declare(object, sync._clear)
 # attribute implementation class -> whether its ``get`` is stock's (a value
@@ -185,6 +190,18 @@ def _fill(row: dict, state, dict_, getters: tuple):
             row[getter[1]] = getter[2].get(state, dict_, _OFF)
 
 
+@cython.cfunc
+def _state_dict(state):
+    """``state.dict``: the object's ``__dict__`` (``instance_dict``), or a
+    new empty dict once the object is gone."""
+    if type(state) is not _InstanceState or _base.instance_dict is not _INSTANCE_DICT:
+        return state.dict
+    obj = state.obj()
+    if obj is None:
+        return {}
+    return _INSTANCE_DICT(obj)
+
+
 @cython.cclass
 class _Rows:
     """What the association rows of one step are made with: the
@@ -194,6 +211,8 @@ class _Rows:
     uow: object
     dp: object
     contains: object
+    new: dict
+    identity_map: object
     parent_keys: tuple
     child_keys: tuple
     target: object
@@ -205,7 +224,13 @@ class _Rows:
     def __init__(self, uow, dp, parent_keys, child_keys, target):
         self.uow = uow
         self.dp = dp
-        self.contains = uow.session._contains_state
+        session = uow.session
+        if type(session)._contains_state is _STOCK_CONTAINS:
+            self.new = session._new
+            self.identity_map = session.identity_map
+            self.contains = None
+        else:
+            self.contains = session._contains_state
         self.parent_keys = parent_keys
         self.child_keys = child_keys
         self.target = target
@@ -224,7 +249,12 @@ class _Rows:
         manager = child.manager
         if manager.mapper is not self.target:
             dp._verify_canload(child)
-        if not self.contains(child):
+        if self.contains is None:
+            # Session._contains_state
+            contained = child in self.new or self.identity_map.contains_state(child)
+        else:
+            contained = self.contains(child)
+        if not contained:
             # stock warns unless the child is deleted, and makes no row
             dp._synchronize(state, child, {}, False, self.uow, operation)
             return None
@@ -236,7 +266,7 @@ class _Rows:
             self.child_getters = _getters(manager, self.child_keys)
         row: dict = {}
         _fill(row, state, parent_dict, self.parent_getters)
-        _fill(row, child, child.dict, self.child_getters)
+        _fill(row, child, _state_dict(child), self.child_getters)
         return row
 
 

@@ -281,28 +281,17 @@ def _run_crud(uow, dp, secondary_insert, secondary_update, secondary_delete):
     inserted, each kind one statement (executemany for several rows), with
     stock's ``StaleDataError`` when the rows matched are not the rows sent."""
     connection = uow.transaction.connection(dp.mapper)
-    secondary = dp.secondary
-    if secondary_delete:
-        row = secondary_delete[0]
-        columns = tuple(c for c in secondary.c if c.key in row)
-        statement = _secondary_statement(dp, "delete", columns)
-        matched, sane = _execute(uow, dp, connection, statement, secondary_delete, True)
-        if sane and matched != len(secondary_delete):
+    for kind, rows in (("delete", secondary_delete), ("update", secondary_update)):
+        if not rows:
+            continue
+        columns = tuple(c for c in dp.secondary.c if c.key in rows[0])
+        statement = _secondary_statement(dp, kind, columns)
+        matched, sane = _execute(uow, dp, connection, statement, rows, True)
+        if sane and matched != len(rows):
             raise orm_exc.StaleDataError(
-                "DELETE statement on table '%s' expected to delete "
+                "%s statement on table '%s' expected to %s "
                 "%d row(s); Only %d were matched."
-                % (secondary.description, len(secondary_delete), matched)
-            )
-    if secondary_update:
-        row = secondary_update[0]
-        columns = tuple(c for c in secondary.c if c.key in row)
-        statement = _secondary_statement(dp, "update", columns)
-        matched, sane = _execute(uow, dp, connection, statement, secondary_update, True)
-        if sane and matched != len(secondary_update):
-            raise orm_exc.StaleDataError(
-                "UPDATE statement on table '%s' expected to update "
-                "%d row(s); Only %d were matched."
-                % (secondary.description, len(secondary_update), matched)
+                % (kind.upper(), dp.secondary.description, kind, len(rows), matched)
             )
     if secondary_insert:
         statement = _secondary_statement(dp, "insert", ())

@@ -199,6 +199,29 @@ class Member(Base):
         return f"Member({self.__dict__.get('id')!r})"
 
 
+club_member = Table(
+    "ts_rd_club_member",
+    Base.metadata,
+    Column("club_id", ForeignKey("ts_rd_club.id", ondelete="CASCADE"), primary_key=True),
+    Column("member_id", ForeignKey("ts_rd_member.id"), primary_key=True),
+)
+
+
+class Club(Base):
+    """A many-to-many with ``passive_deletes=True``: an unloaded collection
+    is left to the database (ON DELETE CASCADE; SQLite's foreign keys are
+    off here, so the rows stay, as they do for stock)."""
+
+    __tablename__ = "ts_rd_club"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    members: Mapped[list[Member]] = relationship(
+        secondary=club_member, passive_deletes=True, order_by=lambda: Member.id
+    )
+
+    def __repr__(self):
+        return f"Club({self.__dict__.get('id')!r})"
+
+
 # one-to-many: no delete cascade (children's keys nulled), delete cascade
 # with delete-orphan, passive_deletes True and "all"
 
@@ -435,6 +458,39 @@ def sc_m2m_natural_key_change(session_cls, engine, log):
     session.close()
 
 
+def sc_m2m_passive_deletes(session_cls, engine, log):
+    session = session_cls(engine)
+    members = [Member(id=i) for i in (1, 2)]
+    session.add_all([Club(id=1, members=list(members)), Club(id=2, members=list(members))])
+    session.commit()
+    loaded = session.get(Club, 1)
+    log.note("members", [m.id for m in loaded.members])
+    session.delete(loaded)  # loaded: its rows deleted by the ORM
+    guarded(log, session.flush)
+    session.delete(session.get(Club, 2))  # not loaded: left to the database
+    guarded(log, session.commit)
+    log.note("links", table_rows(session, club_member, club_member.c.club_id,
+                                 club_member.c.member_id))
+    session.close()
+
+
+def sc_m2m_stale_update(session_cls, engine, log):
+    """An association row gone when a natural key change updates them:
+    stock's StaleDataError for the UPDATE."""
+    session = session_cls(engine)
+    group = Group(code="a", members=[Member(id=1), Member(id=2)])
+    session.add(group)
+    session.commit()
+    log.note("members", [m.id for m in group.members])
+    session.execute(delete(group_member).where(group_member.c.member_id == 1))
+    group.code = "b"
+    guarded(log, session.flush)
+    log.note("after failure", object_state(group), session.is_active)
+    session.rollback()
+    log.note("after rollback", object_state(group), group.code)
+    session.close()
+
+
 def sc_m2m_stale_delete(session_cls, engine, log):
     """An association row deleted behind the ORM's back: stock's
     StaleDataError, and what the failed flush leaves."""
@@ -563,6 +619,8 @@ SCENARIOS = {
     sc_m2m_self_referential: True,
     sc_m2m_composite_keys: False,
     sc_m2m_natural_key_change: False,
+    sc_m2m_passive_deletes: True,
+    sc_m2m_stale_update: False,
     sc_m2m_stale_delete: False,
     sc_m2m_bad_members: False,
     sc_o2m_delete_nulls_children: False,

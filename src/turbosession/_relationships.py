@@ -270,6 +270,18 @@ class _Rows:
         return row
 
 
+    @cython.cfunc
+    def collect(self, out: list, state, parent_dict, children, operation, processed):
+        """The rows of ``children`` of ``state`` not done from the reverse
+        side (``processed``, or None), appended to ``out``."""
+        for child in children:
+            if processed is not None and (state, child) in processed:
+                continue
+            row = self.row(state, parent_dict, child, operation)
+            if row is not None:
+                out.append(row)
+
+
 def many_to_many_saves(
     uow, dp, states, parent_keys: tuple, child_keys: tuple, target, processed, check_pks: cython.bint
 ):
@@ -296,18 +308,8 @@ def many_to_many_saves(
         if not _nonblank(history):
             continue
         parent_dict = state.dict
-        for child in history.added:
-            if track and (state, child) in processed:
-                continue
-            row = rows.row(state, parent_dict, child, "add")
-            if row is not None:
-                insert.append(row)
-        for child in history.deleted:
-            if track and (state, child) in processed:
-                continue
-            row = rows.row(state, parent_dict, child, "delete")
-            if row is not None:
-                delete.append(row)
+        rows.collect(insert, state, parent_dict, history.added, "add", processed)
+        rows.collect(delete, state, parent_dict, history.deleted, "delete", processed)
         if track:
             for child in history.added:
                 tmp.add((child, state))

@@ -7,7 +7,17 @@ Change one import::
 ``turbosession.compiled`` tells whether the Cython modules are in use.
 """
 
-from . import _impl, attaching, emission, fastpath, instances, loads, plans, transaction
+from . import (
+    _impl,
+    attaching,
+    emission,
+    fastpath,
+    instances,
+    loads,
+    plans,
+    relationships,
+    transaction,
+)
 from .session import Session, TurboSessionMixin, scoped_session, sessionmaker
 
 # the one hook into SQLAlchemy (README, "Seams"): stock's row processor for
@@ -34,12 +44,14 @@ def stats():
     n}, "rows": n, "rows_to_stock": n}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
     n}}, "transactions": {"subtransactions": {...}, "commits": {...}},
-    "sorted_steps": {"cached": n, "sorted": {reason: n}}}`` (the flushes
-    whose sorted steps were known for their shape, ``turbosession.plans``);
-    the reasons are described in ``fastpath.FALLBACK_REASONS``,
-    ``loads.FALLBACK_REASONS``, ``instances.FALLBACK_REASONS``,
-    ``emission.FALLBACK_REASONS``, ``attaching.FALLBACK_REASONS``,
-    ``transaction.FALLBACK_REASONS`` and ``plans.REASONS``.
+    "sorted_steps": {"cached": n, "sorted": {reason: n}}, "relationships":
+    {"fast": n, "fallback": {reason: n}}}`` (the flushes whose sorted steps
+    were known for their shape, ``turbosession.plans``; the relationship
+    processors' steps); the reasons are described in
+    ``fastpath.FALLBACK_REASONS``, ``loads.FALLBACK_REASONS``,
+    ``instances.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS``,
+    ``attaching.FALLBACK_REASONS``, ``transaction.FALLBACK_REASONS``,
+    ``plans.REASONS`` and ``relationships.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()
@@ -47,6 +59,7 @@ def stats():
     result["attach"] = attaching.stats()
     result["transactions"] = transaction.stats()
     result["sorted_steps"] = plans.stats()
+    result["relationships"] = relationships.stats()
     return result
 
 
@@ -57,6 +70,7 @@ def reset_stats():
     attaching.reset_stats()
     transaction.reset_stats()
     plans.reset_stats()
+    relationships.reset_stats()
 
 
 __all__ = [

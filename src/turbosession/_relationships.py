@@ -17,6 +17,9 @@ clears), removed children, children to update after a primary-key change.
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session, attributes, sync
+from sqlalchemy.orm import base as _base
+from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.base import PassiveFlag
 
 try:
@@ -24,10 +27,35 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
-__all__ = ["many_to_one_saves", "one_to_many_saves"]
+__all__ = [
+    "many_to_many_deletes",
+    "many_to_many_presort_deletes",
+    "one_to_many_presort_deletes",
+    "presort_states",
+    "many_to_many_saves",
+    "many_to_one_saves",
+    "one_to_many_deletes",
+    "one_to_many_saves",
+]
 
 _NO_INITIALIZE = cython.declare(object, PassiveFlag.PASSIVE_NO_INITIALIZE)
 _OFF = cython.declare(object, PassiveFlag.PASSIVE_OFF)
+_NO_INITIALIZE_PENDING = cython.declare(
+    object, PassiveFlag.PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
+)
+_OFF_PENDING = cython.declare(
+    object, PassiveFlag.PASSIVE_OFF | PassiveFlag.INCLUDE_PENDING_MUTATIONS
+)
+_HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
+_STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
+_STOCK_CONTAINS = cython.declare(object, Session._contains_state)
+_InstanceState = cython.declare(object, InstanceState)
+_INSTANCE_DICT = cython.declare(object, _base.instance_dict)
+_sync_update = cython.declare(object, sync._update)
+_sync_clear = cython.declare(object, sync._clear)
+# attribute implementation class -> whether its ``get`` is stock's (a value
+# present in the state's dict is then returned as it is)
+_stock_get = cython.declare(dict, {})
 
 
 def _is_compiled():
@@ -123,3 +151,305 @@ def _source_modified(uow, state, source_keys: tuple) -> cython.bint:
         if history.deleted:
             return True
     return False
+
+
+@cython.cfunc
+@cython.inline
+def _nonblank(history) -> cython.bint:
+    """``bool(history)`` (``History.__bool__``: not ``HISTORY_BLANK``)."""
+    return history != _HISTORY_BLANK
+
+
+@cython.cfunc
+def _getters(manager, keys: tuple) -> tuple:
+    """For each ``(attribute key, column key)`` pair, ``(attribute key,
+    column key, impl, whether impl's get is stock's)`` of ``manager``."""
+    getters: list = []
+    pair: tuple
+    for pair in keys:
+        impl = manager[pair[0]].impl
+        cls = type(impl)
+        stock = _stock_get.get(cls)
+        if stock is None:
+            stock = _stock_get[cls] = cls.get is _STOCK_GET
+        getters.append((pair[0], pair[1], impl, stock))
+    return tuple(getters)
+
+
+@cython.cfunc
+def _fill(row: dict, state, dict_, getters: tuple):
+    """``sync._populate_dict``: each value as ``impl.get(state, dict_,
+    PASSIVE_OFF)`` returns it, whose first step, for stock's
+    implementations, is to return the value the dict has."""
+    getter: tuple
+    for getter in getters:
+        key = getter[0]
+        if getter[3] and key in dict_:
+            row[getter[1]] = dict_[key]
+        else:
+            row[getter[1]] = getter[2].get(state, dict_, _OFF)
+
+
+@cython.cfunc
+def _state_dict(state):
+    """``state.dict``: the object's ``__dict__`` (``instance_dict``), or a
+    new empty dict once the object is gone."""
+    if type(state) is not _InstanceState or _base.instance_dict is not _INSTANCE_DICT:
+        return state.dict
+    obj = state.obj()
+    if obj is None:
+        return {}
+    return _INSTANCE_DICT(obj)
+
+
+@cython.cclass
+class _Rows:
+    """What the association rows of one step are made with: the
+    relationship's keys, the child mapper that needs no type check, and the
+    attribute getters of the last parent and child class seen."""
+
+    uow: object
+    dp: object
+    contains: object
+    new: dict
+    identity_map: object
+    parent_keys: tuple
+    child_keys: tuple
+    target: object
+    parent_manager: object
+    parent_getters: tuple
+    child_manager: object
+    child_getters: tuple
+
+    def __init__(self, uow, dp, parent_keys, child_keys, target):
+        self.uow = uow
+        self.dp = dp
+        session = uow.session
+        if type(session)._contains_state is _STOCK_CONTAINS:
+            self.new = session._new
+            self.identity_map = session.identity_map
+            self.contains = None
+        else:
+            self.contains = session._contains_state
+        self.parent_keys = parent_keys
+        self.child_keys = child_keys
+        self.target = target
+        self.parent_manager = None
+        self.child_manager = None
+
+    @cython.cfunc
+    def row(self, state, parent_dict, child, operation):
+        """``ManyToManyDP._synchronize`` into a new association row: the
+        row, or None where stock's returns False (what stock raises or
+        warns there comes from the processor's own method)."""
+        dp = self.dp
+        if child is None:
+            dp._verify_canload(child)  # raises for a collection
+            return None
+        manager = child.manager
+        if manager.mapper is not self.target:
+            dp._verify_canload(child)
+        if self.contains is None:
+            # Session._contains_state
+            contained = child in self.new or self.identity_map.contains_state(child)
+        else:
+            contained = self.contains(child)
+        if not contained:
+            # stock warns unless the child is deleted, and makes no row
+            dp._synchronize(state, child, {}, False, self.uow, operation)
+            return None
+        if state.manager is not self.parent_manager:
+            self.parent_manager = state.manager
+            self.parent_getters = _getters(state.manager, self.parent_keys)
+        if manager is not self.child_manager:
+            self.child_manager = manager
+            self.child_getters = _getters(manager, self.child_keys)
+        row: dict = {}
+        _fill(row, state, parent_dict, self.parent_getters)
+        _fill(row, child, _state_dict(child), self.child_getters)
+        return row
+
+
+    @cython.cfunc
+    def collect(self, out: list, state, parent_dict, children, operation, processed):
+        """The rows of ``children`` of ``state`` not done from the reverse
+        side (``processed``, or None), appended to ``out``."""
+        for child in children:
+            if processed is not None and (state, child) in processed:
+                continue
+            row = self.row(state, parent_dict, child, operation)
+            if row is not None:
+                out.append(row)
+
+
+def many_to_many_saves(
+    uow, dp, states, parent_keys: tuple, child_keys: tuple, target, processed, check_pks: cython.bint
+):
+    """``ManyToManyDP.process_saves`` up to its ``_run_crud``: the
+    association rows to insert, update and delete, as stock collects them.
+    ``parent_keys`` pairs the parent's attribute keys with the association
+    table's column keys (``synchronize_pairs``), ``child_keys`` the child's
+    (``secondary_synchronize_pairs``); ``processed`` is the reverse
+    relationship's set of pairs already done (or None); ``check_pks`` is
+    ``not passive_updates``."""
+    key = dp.key
+    insert: list = []
+    update: list = []
+    delete: list = []
+    tmp: set = set()
+    track: cython.bint = processed is not None
+    source_keys: tuple = tuple([pair[0] for pair in parent_keys])
+    rows: _Rows = _Rows(uow, dp, parent_keys, child_keys, target)
+    for state in states:
+        need_cascade_pks: cython.bint = check_pks and _source_modified(uow, state, source_keys)
+        history = uow.get_attribute_history(
+            state, key, _OFF_PENDING if need_cascade_pks else _NO_INITIALIZE_PENDING
+        )
+        if not _nonblank(history):
+            continue
+        parent_dict = state.dict
+        rows.collect(insert, state, parent_dict, history.added, "add", processed)
+        rows.collect(delete, state, parent_dict, history.deleted, "delete", processed)
+        if track:
+            for child in history.added:
+                tmp.add((child, state))
+            for child in history.deleted:
+                tmp.add((child, state))
+        if need_cascade_pks:
+            for child in history.unchanged:
+                row = {}
+                _sync_update(state, dp.parent, row, "old_", dp.prop.synchronize_pairs)
+                _sync_update(child, dp.mapper, row, "old_", dp.prop.secondary_synchronize_pairs)
+                update.append(row)
+    if track:
+        processed.update(tmp)
+    return insert, update, delete
+
+
+def many_to_many_deletes(uow, dp, states, parent_keys: tuple, child_keys: tuple, target, processed):
+    """``ManyToManyDP.process_deletes`` up to its ``_run_crud``: the
+    association rows of the deleted parents' collections (unchanged and
+    removed members), as stock collects them."""
+    key = dp.key
+    passive = dp._passive_delete_flag
+    delete: list = []
+    tmp: set = set()
+    track: cython.bint = processed is not None
+    rows: _Rows = _Rows(uow, dp, parent_keys, child_keys, target)
+    for state in states:
+        history = uow.get_attribute_history(state, key, passive)
+        if not _nonblank(history):
+            continue
+        members = history.non_added()
+        parent_dict = state.dict
+        for child in members:
+            if child is None or (track and (state, child) in processed):
+                continue
+            row = rows.row(state, parent_dict, child, "delete")
+            if row is not None:
+                delete.append(row)
+        if track:
+            for child in members:
+                tmp.add((child, state))
+    if track:
+        processed.update(tmp)
+    return [], [], delete
+
+
+@cython.cfunc
+def _clear_child(uow, dp, child, clear_keys, target):
+    """``OneToManyDP._synchronize(state, child, None, True, uow, False)``
+    without ``post_update``: the child's foreign-key attributes set to None
+    (``sync._clear``; stock's function itself when a key is part of the
+    child's primary key, which it refuses to blank out)."""
+    if child.manager.mapper is not target:
+        dp._verify_canload(child)
+    if _is_deleted(uow.states, child):
+        return
+    if clear_keys is None:
+        _sync_clear(child, dp.mapper, dp.prop.synchronize_pairs)
+        return
+    for key in clear_keys:
+        child.manager[key].impl.set(child, child.dict, None, None)
+
+
+def one_to_many_deletes(uow, dp, states, clear_keys, target):
+    """``OneToManyDP.process_deletes`` without ``post_update``: the removed
+    children that have no parent left and, without a delete cascade, the
+    deleted parents' remaining children get their foreign keys cleared.
+    ``clear_keys`` are the child's attribute keys of the synchronised
+    columns (None when one is a primary key column)."""
+    if dp.passive_deletes == "all":
+        return
+    key = dp.key
+    passive = dp._passive_delete_flag
+    children_added = uow.memo(("children_added", dp), set)
+    null_unchanged: cython.bint = not dp.cascade.delete
+    for state in states:
+        history = uow.get_attribute_history(state, key, passive)
+        if not _nonblank(history):
+            continue
+        for child in history.deleted:
+            if child is not None and dp.hasparent(child) is False:
+                _clear_child(uow, dp, child, clear_keys, target)
+        if null_unchanged:
+            for child in set(history.unchanged).difference(children_added):
+                if child is not None:
+                    _clear_child(uow, dp, child, clear_keys, target)
+
+
+def presort_states(uow, mappers, processed: set) -> tuple:
+    """The states ``_Preprocess.execute`` hands to ``presort_deletes`` and
+    ``presort_saves``: those of ``mappers`` not yet ``processed``, not
+    list-only, as two sets filled in stock's order."""
+    delete_states: set = set()
+    save_states: set = set()
+    states: dict = uow.states
+    by_mapper = uow.mappers  # a defaultdict: a mapper without states gets its set, as in stock
+    entry: tuple
+    for mapper in mappers:
+        for state in by_mapper[mapper].difference(processed):
+            entry = states[state]
+            if not entry[1]:
+                if entry[0]:
+                    delete_states.add(state)
+                else:
+                    save_states.add(state)
+    return delete_states, save_states
+
+
+def one_to_many_presort_deletes(uow, dp, states):
+    """``OneToManyDP.presort_deletes``: the children removed from a deleted
+    parent's collection that have no parent left are registered (deleted
+    with delete-orphan), and without a delete cascade the remaining ones
+    too, so that their foreign keys are cleared."""
+    should_null_fks: cython.bint = not dp.cascade.delete and not dp.passive_deletes == "all"
+    delete_orphan: cython.bint = bool(dp.cascade.delete_orphan)
+    key = dp.key
+    passive = dp._passive_delete_flag
+    prop = dp.prop
+    for state in states:
+        history = uow.get_attribute_history(state, key, passive)
+        if not _nonblank(history):
+            continue
+        for child in history.deleted:
+            if child is not None and dp.hasparent(child) is False:
+                if delete_orphan:
+                    uow.register_object(child, isdelete=True)
+                else:
+                    uow.register_object(child)
+        if should_null_fks:
+            for child in history.unchanged:
+                if child is not None:
+                    uow.register_object(child, operation="delete", prop=prop)
+
+
+def many_to_many_presort_deletes(uow, dp, states):
+    """``ManyToManyDP.presort_deletes``: the deleted parents' collections
+    loaded into the unit of work's history (unless ``passive_deletes``)."""
+    if dp.passive_deletes:
+        return
+    key = dp.key
+    passive = dp._passive_delete_flag
+    for state in states:
+        uow.get_attribute_history(state, key, passive)

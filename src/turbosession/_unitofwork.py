@@ -26,7 +26,7 @@ sets and lists.
 
 from __future__ import annotations
 
-from sqlalchemy.orm import attributes
+from sqlalchemy.orm import attributes, collections
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
@@ -47,9 +47,20 @@ _RELOAD = cython.declare(
 )
 _LOAD_EXTRA = cython.declare(object, attributes.LOAD_AGAINST_COMMITTED | attributes.NO_RAISE)
 _object_new = cython.declare(object, object.__new__)
+_tuple_new = cython.declare(object, tuple.__new__)
+_History = cython.declare(object, attributes.History)
+_CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
+_instance_state = cython.declare(object, attributes.instance_state)
+_InstrumentedList = cython.declare(object, collections.InstrumentedList)
+_INCLUDE_PENDING_MUTATIONS = cython.declare(object, attributes.INCLUDE_PENDING_MUTATIONS)
+_NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
+_NO_VALUE = cython.declare(object, attributes.NO_VALUE)
+_MISSING = cython.declare(object, object())
 
 # passive flag -> (passive | LOAD_AGAINST_COMMITTED | NO_RAISE, bool(passive & SQL_OK))
 _flags = cython.declare(dict, {})
+# flags -> bool(flags & INCLUDE_PENDING_MUTATIONS)
+_includes_pending = cython.declare(dict, {})
 
 
 def _is_compiled():
@@ -68,10 +79,79 @@ def _flag_info(passive) -> tuple:
 @cython.cfunc
 def _history(state, key, flags) -> tuple:
     impl = state.manager[key].impl
-    history = impl.get_history(state, state.dict, flags)
+    dict_ = state.dict
+    if type(impl) is _CollectionAttributeImpl:
+        current = dict_.get(key, _MISSING)
+        if current is not _MISSING and current is not _NO_VALUE:
+            found = _loaded_collection_history(state, key, current, flags)
+            if found is not None:
+                return found
+    history = impl.get_history(state, dict_, flags)
     if history and impl.uses_objects:
         return history, history.as_state()
     return history, history
+
+
+@cython.cfunc
+def _as_states(objects) -> list:
+    """``History.as_state``'s conversion of one of its lists."""
+    states: list = []
+    for obj in objects:
+        states.append(None if obj is None else _instance_state(obj))
+    return states
+
+
+@cython.cfunc
+def _loaded_collection_history(state, key, current, flags) -> tuple:
+    """``_CollectionAttributeImpl.get_history`` and ``History.as_state`` of
+    a collection present in the state's dict (``History.from_collection``),
+    or None for stock's: pending mutations recorded for a loaded
+    collection (stock's assertion), an original that is not a list."""
+    includes_pending = _includes_pending.get(flags)
+    if includes_pending is None:
+        includes_pending = _includes_pending[flags] = bool(flags & _INCLUDE_PENDING_MUTATIONS)
+    if includes_pending and key in state._pending_mutations:
+        return None
+    original = state.committed_state.get(key, _NO_HISTORY)
+    # the adapter iterates a list collection of SQLAlchemy's class as the
+    # list itself
+    items: list = list(current) if type(current) is _InstrumentedList else list(current._sa_adapter)
+    if original is _NO_HISTORY:
+        return (
+            _tuple_new(_History, ((), items, ())),
+            _tuple_new(_History, ([], _as_states(items), [])),
+        )
+    if original is _NO_VALUE:
+        return (
+            _tuple_new(_History, (items, (), ())),
+            _tuple_new(_History, (_as_states(items), [], [])),
+        )
+    if type(original) is not list:
+        return None
+    if not original:
+        # nothing to compare with: every member is added
+        return (
+            _tuple_new(_History, (items, [], [])),
+            _tuple_new(_History, (_as_states(items), [], [])),
+        )
+    current_states: list = [(_state_or_none(c), c) for c in items]
+    original_states: list = [(_state_or_none(c), c) for c in original]
+    current_set: dict = dict(current_states)
+    original_set: dict = dict(original_states)
+    pair: tuple
+    added: list = [pair[1] for pair in current_states if pair[0] not in original_set]
+    unchanged: list = [pair[1] for pair in current_states if pair[0] in original_set]
+    deleted: list = [pair[1] for pair in original_states if pair[0] not in current_set]
+    history = _tuple_new(_History, (added, unchanged, deleted))
+    return history, _tuple_new(
+        _History, (_as_states(added), _as_states(unchanged), _as_states(deleted))
+    )
+
+
+@cython.cfunc
+@cython.inline
+def _state_or_none(obj):
+    return None if obj is None else _instance_state(obj)
 
 
 def attribute_history(uow, state, key, passive):

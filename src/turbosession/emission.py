@@ -287,13 +287,20 @@ def _cached(base_mapper, key, make):
     return plan
 
 
-def _compile(base_mapper, statement, dialect, keys, many):
+# compile with the mapper's compiled cache (the default of the functions below)
+MAPPER_CACHE = object()
+
+
+def _compile(base_mapper, statement, dialect, keys, many, compiled_cache=MAPPER_CACHE):
     """``statement`` compiled as Core compiles it for rows with ``keys``
-    (``_compile_w_cache`` with the mapper's compiled cache): the compiled
-    form and its extracted parameters."""
+    (``_compile_w_cache`` with the mapper's compiled cache, or the one
+    given: the Connection's for a statement stock executes without the
+    mapper's): the compiled form and its extracted parameters."""
     compiled, _, param_dict, _ = statement._compile_w_cache(
         dialect=dialect,
-        compiled_cache=base_mapper._compiled_cache,
+        compiled_cache=(
+            base_mapper._compiled_cache if compiled_cache is MAPPER_CACHE else compiled_cache
+        ),
         column_keys=list(keys),
         for_executemany=many,
         schema_translate_map=None,
@@ -302,14 +309,16 @@ def _compile(base_mapper, statement, dialect, keys, many):
     return compiled, param_dict
 
 
-def _plan_for(base_mapper, statement, dialect, keys, many):
+def _plan_for(base_mapper, statement, dialect, keys, many, compiled_cache=MAPPER_CACHE):
     """The plan of ``statement`` for rows with ``keys``, per dialect and
-    shape."""
+    shape, compiled with ``compiled_cache`` (``_compile``)."""
 
     def make():
         if statement._execution_options:
             return "execution_options"
-        compiled, param_dict = _compile(base_mapper, statement, dialect, keys, many)
+        compiled, param_dict = _compile(
+            base_mapper, statement, dialect, keys, many, compiled_cache
+        )
         return _plan(compiled, param_dict, frozenset(keys), dialect, many)
 
     return _cached(base_mapper, (statement, dialect, keys, many), make)
@@ -326,15 +335,20 @@ def _dbapi_parameters(emit, connection, plan, rows):
         connection._handle_dbapi_exception(e, plan[0], rows, None, None)
 
 
-def execute(emit, base_mapper, connection, statement, rows, rowcount):
+def execute(
+    emit, base_mapper, connection, statement, rows, rowcount, compiled_cache=MAPPER_CACHE
+):
     """Send ``statement`` with ``rows`` (dicts of the same keys) directly,
     returning the rowcount (with ``rowcount``, else -1); or None, with
-    nothing done, when the batch must go through Core."""
+    nothing done, when the batch must go through Core.  ``compiled_cache``
+    is the cache Core would compile the statement with, when it is not the
+    mapper's."""
     reason = _connection_reason(connection)
     if reason is None:
         dialect = connection.dialect
         plan = _plan_for(
-            base_mapper, statement, dialect, tuple(sorted(rows[0])), len(rows) > 1
+            base_mapper, statement, dialect, tuple(sorted(rows[0])), len(rows) > 1,
+            compiled_cache,
         )
         if type(plan) is str:
             reason = plan

@@ -36,6 +36,7 @@ from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
     _ProcessAll,
+    _ProcessState,
     _SaveUpdateAll,
     _SaveUpdateState,
 )
@@ -156,8 +157,11 @@ class ActionRunner:
     Whole-mapper steps (``_SaveUpdateAll`` / ``_DeleteAll``) and, in a flush
     split per state for a cycle, the per-state steps (``_SaveUpdateState`` /
     ``_DeleteState``, aggregated per mapper as stock aggregates them) run
-    on turbosession's unit of work where the mapper allows it; every other
-    action (relationship processing, post updates) is stock's.  ``reason``
+    on turbosession's unit of work where the mapper allows it; relationship
+    processing (``_ProcessAll``, and the per-state ``_ProcessState``
+    aggregated per processor as stock aggregates them) on the
+    ``relationships`` loops where ``relationships.plan_for`` allows it;
+    every other action (post updates) is stock's.  ``reason``
     is None while every step with states took turbosession's path, else
     the first reason one did not.
     """
@@ -195,29 +199,24 @@ class ActionRunner:
                 if states or not _asks_nothing(uow, mapper):
                     _delete(uow, mapper, self.persist, states)
             return
-        if kind is _ProcessAll and not action.isdelete and self._run_saves(action):
-            return
+        if kind is _ProcessAll:
+            uow = self.uow
+            dp = action.dependency_processor
+            plan = relationships.plan_for(uow, dp, action.isdelete)
+            if plan is not None:
+                relationships.run(
+                    uow, dp, action.isdelete, action._elements(uow), plan,
+                    uow.session._turbo.relationships,
+                )
+                return
         action.execute(self.uow)
-
-    def _run_saves(self, action):
-        """A one-to-many or many-to-one ``process_saves`` on the
-        ``relationships`` hot path, when ``relationships.saves_runner``
-        allows it."""
-        dp = action.dependency_processor
-        runner = relationships.saves_runner(dp)
-        if runner is None:
-            return False
-        name, extra = runner
-        uow = self.uow
-        getattr(uow.session._turbo.relationships, name)(uow, dp, action._elements(uow), *extra)
-        return True
 
     def aggregate(self, action, actions):
         """``action.execute_aggregate(uow, actions)``: run ``action`` with
         the actions of the same kind and mapper among ``actions`` (removed
         from it), as stock's per-state steps do."""
         kind = type(action)
-        if kind is _SaveUpdateAll or kind is _DeleteAll:
+        if kind is _SaveUpdateAll or kind is _DeleteAll or kind is _ProcessAll:
             self(action)
             return
         if (kind is _SaveUpdateState or kind is _DeleteState) and self._is_fast(action.mapper):
@@ -231,6 +230,25 @@ class ActionRunner:
             else:
                 _delete(uow, mapper, self.persist, [s for s in states if uow.states[s][0]])
             return
+        if kind is _ProcessState:
+            uow = self.uow
+            dp = action.dependency_processor
+            isdelete = action.isdelete
+            plan = relationships.plan_for(uow, dp, isdelete)
+            if plan is not None:
+                # stock's _ProcessState.execute_aggregate, on the loops
+                same = [
+                    a for a in actions
+                    if a.__class__ is kind
+                    and a.dependency_processor is dp
+                    and a.isdelete is isdelete
+                ]
+                actions.difference_update(same)
+                states = [action.state] + [a.state for a in same]
+                relationships.run(
+                    uow, dp, isdelete, states, plan, uow.session._turbo.relationships
+                )
+                return
         action.execute_aggregate(self.uow, actions)
 
 

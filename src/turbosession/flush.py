@@ -22,7 +22,7 @@ from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
 
-from . import fastpath, plans, transaction as _transaction
+from . import fastpath, plans, relationships, transaction as _transaction
 from ._warn import warn
 
 __all__ = ["UOWTransaction", "flush"]
@@ -81,10 +81,11 @@ class UOWTransaction(unitofwork.UOWTransaction):
 
     def _run_presort_actions(self):
         # run the presort actions until none adds new states to the flush
+        loops = self.session._turbo.relationships
         while True:
             ret = False
             for action in list(self.presort_actions.values()):
-                if action.execute(self):
+                if relationships.preprocess(self, action, loops):
                     ret = True
             if not ret:
                 break

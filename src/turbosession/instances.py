@@ -126,6 +126,8 @@ _POPULATE_EXISTING = CELL_INDEX.get("populate_existing")
 _INSTANCE_STATE = CELL_INDEX.get("instance_state")
 _INSTANCE_DICT = CELL_INDEX.get("instance_dict")
 _VERSION_CHECK = CELL_INDEX.get("version_check")
+_PRIMARY_KEY_GETTER = CELL_INDEX.get("primary_key_getter")
+_IS_NOT_PRIMARY_KEY = CELL_INDEX.get("is_not_primary_key")
 
 
 def _stock_instrumentation(mapper):
@@ -186,7 +188,7 @@ def instance_processor(
     if get_load is not None and get_load[0] is context.query:
         return _fallback("load_get", stock)
     bundle = session._turbo
-    if not PURE_LOOP and not bundle.instances._is_compiled():
+    if not PURE_LOOP and bundle is not _COMPILED:
         return _fallback("load_pure", stock)
     global _fast
     if refresh_state is not None or only_load_props is not None:
@@ -205,24 +207,57 @@ def instance_processor(
     if (
         closure[_INSTANCE_STATE].cell_contents is not attributes.instance_state
         or closure[_INSTANCE_DICT].cell_contents is not attributes.instance_dict
-        or not _stock_instrumentation(mapper)
     ):
+        return _fallback("load_instrumentation", stock)
+    setup = _row_setup(bundle, mapper, context.compile_state, path, closure)
+    if setup is None:
         return _fallback("load_instrumentation", stock)
     # the version_id_getter cell is assigned only with a version check
     hits_to_stock = bool(
         closure[_VERSION_CHECK].cell_contents and _cell(closure, "version_id_getter")
     )
-    positions = _POSITIONS.get(bundle.name)
-    if positions is None:
-        positions = _POSITIONS[bundle.name] = _positions(bundle)
     _fast += 1
     return bundle.instances.RowLoader(
-        stock, closure, positions, mapper.class_manager, base.DEFAULT_STATE_ATTR,
-        hits_to_stock,
+        stock, closure, _POSITIONS[bundle.name], setup, hits_to_stock
     )
 
 
-_POSITIONS: dict = {}
+def _row_setup(bundle, mapper, compile_state, path, closure):
+    """The bundle's ``RowSetup`` for this mapper and path of the compiled
+    statement, or None when the mapper's class is not instrumented as stock
+    instruments it.
+
+    Kept in the compile state's attributes, where stock keeps the row getters
+    it is built from (``("getters", mapper)`` per path), so it lives exactly
+    as long as they do: with the compiled statement in SQLAlchemy's compiled
+    cache.  It is also rebuilt when the mapper was reconfigured since (its
+    memoized ``_prop_set`` is a new object) or the closure's primary-key
+    getter is not the one of those getters.
+    """
+    key = ((_SETUP_KEY, bundle.name, mapper), path.natural_path)
+    attributes = compile_state.attributes
+    setup = attributes.get(key)
+    source = mapper._prop_set
+    if (
+        setup is not None
+        and setup.source is source
+        and setup.primary_key_getter is closure[_PRIMARY_KEY_GETTER].cell_contents
+    ):
+        return setup
+    if not _stock_instrumentation(mapper):
+        return None
+    getters = attributes[(("getters", mapper), path.natural_path)]
+    setup = bundle.instances.RowSetup(
+        getters, mapper, closure[_IS_NOT_PRIMARY_KEY].cell_contents,
+        base.DEFAULT_STATE_ATTR, source,
+    )
+    attributes[key] = setup
+    return setup
+
+
+_SETUP_KEY = "turbosession.instances.row_setup"
+_POSITIONS = {}
+_COMPILED = None
 
 
 PURE_LOOP = False
@@ -234,5 +269,12 @@ sessions keep stock's closure; tests switch it on to run the pure twin."""
 
 def install():
     """Puts ``instance_processor`` in ``sqlalchemy.orm.loading`` (once)."""
+    global _COMPILED
+    from . import _impl
+
+    _COMPILED = _impl.compiled
+    for bundle in (_impl.compiled, _impl.pure):
+        if bundle is not None and _CLOSURE_KNOWN:
+            _POSITIONS[bundle.name] = _positions(bundle)
     if loading._instance_processor is STOCK_INSTANCE_PROCESSOR:
         loading._instance_processor = instance_processor

@@ -15,10 +15,11 @@ fallback reason sent them to stock's closure.
 """
 
 import pytest
-from sqlalchemy import ForeignKey, Integer, String, event, inspect, select
+from sqlalchemy import ForeignKey, Integer, String, bindparam, event, func, inspect, select
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
+    column_property,
     defer,
     deferred,
     joinedload,
@@ -477,3 +478,183 @@ def test_instrumentation_decision_is_memoized_on_the_mapper(session_cls, engine)
             assert instances._MEMO_KEY not in mapper._memoized_values
     finally:
         Base.metadata.drop_all(engine)
+
+
+def repeated_executions(session_cls, engine, log):
+    """One statement object executed again and again, so one compiled statement
+    and one cached row setup, with what changes between executions: the bound
+    parameters, the session, load and loaded_as_persistent listeners added
+    and removed, populate_existing, yield_per, an identity token, an option
+    (another compiled statement) and the plain statement after it."""
+    with session_cls(engine) as session:
+        seed(session)
+    statement = select(Book).where(Book.id > bindparam("low")).order_by(Book.id)
+    runids = Runids()
+    held = []
+
+    def run(label, session, low=0, **kw):
+        try:
+            result = session.scalars(statement, {"low": low}, **kw)
+            if kw.get("execution_options", {}).get("yield_per"):
+                result = [obj for part in result.partitions() for obj in part]
+            else:
+                result = result.all()
+            held.append(result)
+            log.note(label, rows_of(result))
+        except Exception as exc:
+            log.note(label, "raises", normalize_error(exc))
+        log.note(label, "session", session_record(session, runids))
+
+    def on_load(target, context):
+        log.note("load", type(target).__name__, inspect(target).key)
+
+    def on_persistent(sess, instance):
+        log.note("loaded_as_persistent", type(instance).__name__, inspect(instance).key)
+
+    with session_cls(engine) as session:
+        run("first", session, low=20)
+        run("other parameters", session, low=10)
+        run("same rows again", session, low=10)
+        session.expunge_all()
+        event.listen(Book, "load", on_load)
+        try:
+            run("load listener", session, low=12)
+        finally:
+            event.remove(Book, "load", on_load)
+        session.expunge_all()
+        run("listener removed", session, low=12)
+        session.expunge_all()
+        event.listen(session, "loaded_as_persistent", on_persistent)
+        run("loaded_as_persistent listener", session, low=30)
+        run("populate_existing", session, low=30,
+            execution_options={"populate_existing": True})
+        session.expunge_all()
+        run("yield_per", session, low=0, execution_options={"yield_per": 2})
+        run("identity token", session, low=20, execution_options={"identity_token": "t"})
+        held.append(session.scalars(statement.options(defer(Book.pages)), {"low": 0}).all())
+        log.note("option", "session", session_record(session, runids))
+    with session_cls(engine) as session:
+        run("second session", session, low=0)
+        session.expunge_all()
+        run("second session again", session, low=0)
+
+
+def test_repeated_executions_match_stock(session_cls, engine, pure_loop):
+    turbosession.reset_stats()
+    assert_same_as_stock(repeated_executions, session_cls, engine, Base.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] >= 10 and loaded["rows"] > 0, loaded
+    assert loaded["fallback"] == {"load_populate_existing": 1}, loaded
+
+
+def test_row_setup_is_kept_per_compiled_statement(session_cls, engine, pure_loop, monkeypatch):
+    """Executions of one compiled statement share one RowSetup, whatever the
+    execution brings (parameters, session, listeners, yield_per); another
+    compiled statement (an option, another engine's cache) has its own, and a
+    reconfigured mapper gets a new one."""
+    setups = []
+    original = instances._row_setup
+
+    def recording(*args):
+        setup = original(*args)
+        setups.append(setup)
+        return setup
+
+    monkeypatch.setattr(instances, "_row_setup", recording)
+    Base.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            seed(session)
+        statement = select(Author).where(Author.id > bindparam("low"))
+        with session_cls(engine) as session:
+            session.scalars(statement, {"low": 0}).all()
+            session.expunge_all()
+            session.scalars(statement, {"low": 2}, execution_options={"yield_per": 1}).all()
+        with session_cls(engine) as session:
+            event.listen(session, "loaded_as_persistent", lambda *a: None)
+            session.scalars(statement, {"low": 1}).all()
+            session.expunge_all()
+            session.scalars(statement.options(undefer(Author.bio)), {"low": 1}).all()
+        assert len(setups) == 4
+        assert setups[0] is setups[1] is setups[2]
+        assert setups[3] is not setups[0]
+        assert type(setups[0]) is session_cls._turbo.instances.RowSetup
+        # a relationship (Author.books) sets up its populator against each
+        # execution: the populators are read from each execution's closure
+        assert setups[0].per_query
+        with session_cls(engine) as session:
+            # columns only: the cached populators
+            session.scalars(select(Versioned)).all()
+            session.expunge_all()
+            session.scalars(select(Versioned)).all()
+        assert not setups[-1].per_query and setups[-1] is setups[-2]
+    finally:
+        Base.metadata.drop_all(engine)
+
+
+def reconfigured_between_executions(session_cls, engine, log):
+    """A mapper reconfigured between two executions of one statement object:
+    a column property added (the statement's compiled form and its cached
+    setup must follow)."""
+
+    class Local(DeclarativeBase):
+        pass
+
+    class Widget(Local):
+        __tablename__ = "ti_widget"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(50))
+
+    Local.metadata.create_all(engine)
+    runids = Runids()
+
+    def record(session):
+        # the classes are made for each run: their properties' order in the
+        # mapper's property set (and so in the instance dict) is by address,
+        # as are the mappers' reprs; everything else as state_record
+        out = []
+        for key, obj in list(session.identity_map.items()):
+            kind, attrs, values, *rest = state_record(obj, session, runids)
+            attrs = [(n, scrub(v) if n == "load_path" else v)
+                     for n, v in attrs if n != "key"]
+            out.append((key[1], kind, attrs, sorted(values), rest))
+        return out
+
+    try:
+        with session_cls(engine) as session:
+            session.add_all([Widget(id=i, name=f"widget {i}") for i in range(1, 4)])
+            session.commit()
+        statement = select(Widget).order_by(Widget.id)
+        with session_cls(engine) as session:
+            first = session.scalars(statement).all()
+            log.note("before", [(w.id, w.name) for w in first])
+            log.note("before", "session", record(session))
+            session.expunge_all()
+            Widget.__mapper__.add_property(
+                "shout", column_property(func.upper(Widget.__table__.c.name))
+            )
+            second = session.scalars(statement).all()
+            log.note("after", "session", record(session))
+            log.note("after", [(w.id, w.name, w.shout) for w in second])
+            log.note("after access", "session", record(session))
+    finally:
+        Local.metadata.drop_all(engine)
+        Local.registry.dispose()
+
+
+def test_reconfigured_between_executions_matches_stock(session_cls, engine, pure_loop,
+                                                       monkeypatch):
+    setups = []
+    original = instances._row_setup
+
+    def recording(*args):
+        setup = original(*args)
+        setups.append(setup)
+        return setup
+
+    monkeypatch.setattr(instances, "_row_setup", recording)
+    turbosession.reset_stats()
+    assert_same_as_stock(reconfigured_between_executions, session_cls, engine, Base.metadata)
+    assert turbosession.stats()["loads"]["instances"]["fast"] == 2
+    assert len(setups) == 2 and setups[0] is not setups[1]
+    assert setups[0].source is not setups[1].source

@@ -95,20 +95,24 @@ _plain_metaclasses = cython.declare(dict, {})
 
 _gets_fast = cython.declare(cython.Py_ssize_t, 0)
 _gets_loaded = cython.declare(cython.Py_ssize_t, 0)
+_gets_direct = cython.declare(cython.Py_ssize_t, 0)
 _get_fallbacks = cython.declare(dict, {})
 
 
 def counts():
-    """``{"fast": n, "loaded": n, "fallback": {reason: n}}`` for ``get()``
-    calls so far: answered from the identity map, loaded by ``_load_miss``, and
-    run by stock's ``get``."""
-    return {"fast": _gets_fast, "loaded": _gets_loaded, "fallback": dict(_get_fallbacks)}
+    """``{"fast": n, "loaded": n, "direct": n, "fallback": {reason: n}}`` for
+    ``get()`` calls so far: answered from the identity map, loaded by
+    ``_load_miss`` (of which ``direct`` without ``session.execute``, see
+    ``_execute``), and run by stock's ``get``."""
+    return {"fast": _gets_fast, "loaded": _gets_loaded, "direct": _gets_direct,
+            "fallback": dict(_get_fallbacks)}
 
 
 def reset_counts():
-    global _gets_fast, _gets_loaded
+    global _gets_fast, _gets_loaded, _gets_direct
     _gets_fast = 0
     _gets_loaded = 0
+    _gets_direct = 0
     _get_fallbacks.clear()
 
 
@@ -399,7 +403,7 @@ def _load_miss(session, mapper, pk: tuple, identity_token) -> object:
     map: the object loaded by primary key, or None.  ``NOT_HANDLED``
     (counted) when the call or the session is one this does not load
     exactly as stock does."""
-    global _gets_loaded
+    global _gets_loaded, _gets_direct
     if identity_token is not None:
         return _fallback("get_identity_token")
     if None in pk:
@@ -422,6 +426,7 @@ def _load_miss(session, mapper, pk: tuple, identity_token) -> object:
         params[bind_names[i]] = pk[i]
     if execution is not None and _executes_as_stock(session, execution[0]):
         result = _execute(session, statement, params, execution)
+        _gets_direct += 1
     else:
         result = session.execute(
             statement,

@@ -190,15 +190,36 @@ def instance_processor(
     bundle = session._turbo
     if not PURE_LOOP and bundle is not _COMPILED:
         return _fallback("load_pure", stock)
-    global _fast
     if refresh_state is not None or only_load_props is not None:
         return _fallback("load_refresh", stock)
-    if _polymorphic_from is not None:
+    code = getattr(stock, "__code__", None)
+    if code is _STOCK_INSTANCE_CODE:
+        # a plain mapper's closure, or (with _polymorphic_from) the one of a
+        # subclass that stock's polymorphic switch dispatches its rows to
+        return _row_loader(bundle, mapper, context, path, stock)
+    if code is _STOCK_SWITCH_CODE and _SWITCH_KNOWN:
+        # stock's polymorphic switch: rows of this mapper's own identity go
+        # to the _instance closure it wraps (``instance_fn``), the others to
+        # the processor of their mapper, which it sets up through this hook
+        # on their first row.  The wrapped closure's rows take the loop:
+        # the switch's cell holding it then holds the loader over it.
+        switch_cells = stock.__closure__
+        instance_fn = switch_cells[_SWITCH_INSTANCE_FN].cell_contents
+        if getattr(instance_fn, "__code__", None) is not _STOCK_INSTANCE_CODE:
+            return _fallback("load_closure", stock)
+        loader = _row_loader(bundle, mapper, context, path, instance_fn)
+        if loader is not instance_fn:
+            switch_cells[_SWITCH_INSTANCE_FN].cell_contents = loader
+        return stock
+    if mapper.polymorphic_map:
         return _fallback("load_polymorphic", stock)
-    if getattr(stock, "__code__", None) is not _STOCK_INSTANCE_CODE:
-        if mapper.polymorphic_map:
-            return _fallback("load_polymorphic", stock)
-        return _fallback("load_closure", stock)
+    return _fallback("load_closure", stock)
+
+
+def _row_loader(bundle, mapper, context, path, stock):
+    """The bundle's RowLoader over stock's ``_instance`` closure, or that
+    closure (counted under its reason) when the loop does not cover it."""
+    global _fast
     closure = stock.__closure__
     if not _CLOSURE_KNOWN or closure[_MAPPER].cell_contents is not mapper:
         return _fallback("load_closure", stock)
@@ -258,6 +279,21 @@ def _row_setup(bundle, mapper, compile_state, path, closure):
 _SETUP_KEY = "turbosession.instances.row_setup"
 _POSITIONS = {}
 _COMPILED = None
+
+# the polymorphic_instance closure of stock's _decorate_polymorphic_switch
+# and the position of its instance_fn cell (the wrapped _instance closure)
+_STOCK_SWITCH_CODE = next(
+    (
+        const
+        for const in loading._decorate_polymorphic_switch.__code__.co_consts
+        if getattr(const, "co_name", None) == "polymorphic_instance"
+    ),
+    None,
+)
+_SWITCH_KNOWN = _STOCK_SWITCH_CODE is not None and "instance_fn" in _STOCK_SWITCH_CODE.co_freevars
+_SWITCH_INSTANCE_FN = (
+    _STOCK_SWITCH_CODE.co_freevars.index("instance_fn") if _SWITCH_KNOWN else None
+)
 
 
 PURE_LOOP = False

@@ -18,7 +18,14 @@ shape gets the implementation bundle's
 ``instances.RowLoader`` built over stock's closure (which it reads its
 per-query setup from and hands the rows it does not cover to); any other gets
 stock's closure, counted under a reason of ``FALLBACK_REASONS`` and logged at
-DEBUG on the ``turbosession`` logger.
+DEBUG on the ``turbosession`` logger.  What of the loop's setup is the same
+for every execution of a compiled statement is a ``RowSetup`` kept beside
+stock's cached row getters in the compile state (``_row_setup``).  For a
+polymorphic mapper stock returns its polymorphic switch: the switch stays
+stock's, the ``_instance`` closure it wraps for the mapper's own rows is
+swapped for a RowLoader over it in the switch's cell, and the processors of
+the subclasses it dispatches to come through this hook (``_polymorphic_from``)
+and get theirs.
 """
 
 from __future__ import annotations
@@ -71,8 +78,8 @@ _CELLS_READ = frozenset(
 FALLBACK_REASONS = {
     "load_refresh": "a refresh or an expired-attribute load (refresh_state or "
     "only_load_props)",
-    "load_polymorphic": "the mapper is polymorphic (stock's polymorphic switch, "
-    "or the processor of a subclass it dispatches to)",
+    "load_polymorphic": "the mapper is polymorphic and stock's row processor is "
+    "not the polymorphic switch this version reads",
     "load_populate_existing": "populate_existing, or the mapper's always_refresh",
     "load_instrumentation": "custom class instrumentation (a ClassManager or "
     "state constructor other than stock's, another state attribute)",

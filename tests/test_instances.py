@@ -226,6 +226,20 @@ def rows_of(result):
     return out
 
 
+def load_and_record(log, session, label, load, held, runids):
+    """Run ``load(session)``, recording its result (or exception) and the
+    whole session after it; what it loaded is kept in ``held``."""
+    try:
+        result = load(session)
+        if not isinstance(result, list):
+            result = list(result)
+        held.append(result)
+        log.note(label, rows_of(result))
+    except Exception as exc:
+        log.note(label, "raises", normalize_error(exc))
+    log.note(label, "session", session_record(session, runids))
+
+
 def each_load(session_cls, engine, log, loads, events=False):
     """Seed, then run each ``(label, load)`` in one session, recording its
     result and the whole session after it."""
@@ -237,15 +251,7 @@ def each_load(session_cls, engine, log, loads, events=False):
         unlisten = listen(log, session) if events else None
         try:
             for label, load in loads:
-                try:
-                    result = load(session)
-                    if not isinstance(result, list):
-                        result = list(result)
-                    held.append(result)
-                    log.note(label, rows_of(result))
-                except Exception as exc:
-                    log.note(label, "raises", normalize_error(exc))
-                log.note(label, "session", session_record(session, runids))
+                load_and_record(log, session, label, load, held, runids)
         finally:
             if unlisten:
                 unlisten()
@@ -527,17 +533,13 @@ def repeated_executions(session_cls, engine, log):
     held = []
 
     def run(label, session, low=0, **kw):
-        try:
-            result = session.scalars(statement, {"low": low}, **kw)
+        def load(s):
+            result = s.scalars(statement, {"low": low}, **kw)
             if kw.get("execution_options", {}).get("yield_per"):
-                result = [obj for part in result.partitions() for obj in part]
-            else:
-                result = result.all()
-            held.append(result)
-            log.note(label, rows_of(result))
-        except Exception as exc:
-            log.note(label, "raises", normalize_error(exc))
-        log.note(label, "session", session_record(session, runids))
+                return [obj for part in result.partitions() for obj in part]
+            return result.all()
+
+        load_and_record(log, session, label, load, held, runids)
 
     def on_load(target, context):
         log.note("load", type(target).__name__, inspect(target).key)
@@ -581,20 +583,26 @@ def test_repeated_executions_match_stock(session_cls, engine, pure_loop):
     assert loaded["fallback"] == {"load_populate_existing": 1}, loaded
 
 
-def test_row_setup_is_kept_per_compiled_statement(session_cls, engine, pure_loop, monkeypatch):
-    """Executions of one compiled statement share one RowSetup, whatever the
-    execution brings (parameters, session, listeners, yield_per); another
-    compiled statement (an option, another engine's cache) has its own, and a
-    reconfigured mapper gets a new one."""
-    setups = []
+@pytest.fixture
+def setups(monkeypatch):
+    """The RowSetups the hook's ``_row_setup`` returns, in order."""
+    returned = []
     original = instances._row_setup
 
     def recording(*args):
         setup = original(*args)
-        setups.append(setup)
+        returned.append(setup)
         return setup
 
     monkeypatch.setattr(instances, "_row_setup", recording)
+    return returned
+
+
+def test_row_setup_is_kept_per_compiled_statement(session_cls, engine, pure_loop, setups):
+    """Executions of one compiled statement share one RowSetup, whatever the
+    execution brings (parameters, session, listeners, yield_per); another
+    compiled statement (an option, another engine's cache) has its own, and a
+    reconfigured mapper gets a new one."""
     Base.metadata.create_all(engine)
     try:
         with session_cls(engine) as session:
@@ -676,17 +684,7 @@ def reconfigured_between_executions(session_cls, engine, log):
         Local.registry.dispose()
 
 
-def test_reconfigured_between_executions_matches_stock(session_cls, engine, pure_loop,
-                                                       monkeypatch):
-    setups = []
-    original = instances._row_setup
-
-    def recording(*args):
-        setup = original(*args)
-        setups.append(setup)
-        return setup
-
-    monkeypatch.setattr(instances, "_row_setup", recording)
+def test_reconfigured_between_executions_matches_stock(session_cls, engine, pure_loop, setups):
     turbosession.reset_stats()
     assert_same_as_stock(reconfigured_between_executions, session_cls, engine, Base.metadata)
     assert turbosession.stats()["loads"]["instances"]["fast"] == 2
@@ -746,35 +744,21 @@ def polymorphic_loads(session_cls, engine, log):
                 for label, load in loads:
                     if fresh:
                         session.expunge_all()
-                    try:
-                        result = load(session)
-                        held.append(result)
-                        log.note(label, rows_of(result))
-                    except Exception as exc:
-                        log.note(label, "raises", normalize_error(exc))
-                    log.note(label, "session", session_record(session, runids))
+                    load_and_record(log, session, label, load, held, runids)
             finally:
                 event.remove(Shape, "load", on_load)
                 event.remove(Vehicle, "load", on_load)
     with engine.begin() as conn:
         conn.exec_driver_sql("INSERT INTO ti_vehicle (id, kind, name) VALUES (7, NULL, 'x')")
     with session_cls(engine) as session:
-        for label, load in [
-            ("null discriminator", lambda s: s.scalars(select(Vehicle).order_by(Vehicle.id)).all()),
-        ]:
-            try:
-                log.note(label, rows_of(load(session)))
-            except Exception as exc:
-                log.note(label, "raises", normalize_error(exc))
-            log.note(label, "session", session_record(session, runids))
+        load_and_record(log, session, "null discriminator",
+                        lambda s: s.scalars(select(Vehicle).order_by(Vehicle.id)).all(),
+                        held, runids)
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE ti_vehicle SET kind = 'boat' WHERE id = 7")
     with session_cls(engine) as session:
-        try:
-            log.note("unknown", rows_of(session.scalars(select(Vehicle)).all()))
-        except Exception as exc:
-            log.note("unknown", "raises", normalize_error(exc))
-        log.note("unknown", "session", session_record(session, runids))
+        load_and_record(log, session, "unknown discriminator",
+                        lambda s: s.scalars(select(Vehicle)).all(), held, runids)
 
 
 def test_polymorphic_loads_match_stock(session_cls, engine, pure_loop):

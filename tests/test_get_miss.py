@@ -231,7 +231,9 @@ def plain_miss_then_hit(session_cls, engine, log):
 def test_miss_is_loaded_then_hit(session_cls, engine):
     turbosession.reset_stats()
     assert_same_as_stock(plain_miss_then_hit, session_cls, engine, Base.metadata)
-    assert turbosession.stats()["loads"]["get"] == {"fast": 1, "loaded": 1, "fallback": {}}
+    assert turbosession.stats()["loads"]["get"] == {
+        "fast": 1, "loaded": 1, "direct": 1, "fallback": {}
+    }
     # the statement is kept with the mapper, one per mapper
     statement = Author.__mapper__.__dict__[turbosession.loads.GET_LOAD_ATTR][0]
     assert "tgm_author.id = :pk_1" in str(statement)
@@ -267,7 +269,8 @@ def test_session_fallbacks_same_as_stock(session_cls, engine):
     assert_same_as_stock(session_fallbacks, session_cls, engine, Base.metadata)
     stats = turbosession.stats()["loads"]["get"]
     assert stats == {
-        "fast": 1, "loaded": 0, "fallback": {"get_session_options": 1, "get_orm_execute": 1}
+        "fast": 1, "loaded": 0, "direct": 0,
+        "fallback": {"get_session_options": 1, "get_orm_execute": 1},
     }, stats
 
 
@@ -288,7 +291,86 @@ def overridden_execute(session_cls, engine, log):
 def test_overridden_execute_same_as_stock(session_cls, engine):
     turbosession.reset_stats()
     assert_same_as_stock(overridden_execute, session_cls, engine, Base.metadata)
+    # the overriding execute() is called: not the direct execution
     assert turbosession.stats()["loads"]["get"]["loaded"] == 1
+    assert turbosession.stats()["loads"]["get"]["direct"] == 0
+
+
+def execution_seams(session_cls, engine, log):
+    """What the direct execution of a miss calls of the session, against what
+    stock's Session.execute calls: get_bind (its arguments), the connection,
+    autoflush on and off (and no_autoflush), an instance-level execute."""
+
+    class Binding(session_cls):
+        def get_bind(self, mapper=None, *, clause=None, **kw):
+            log.note("get_bind", mapper and mapper.class_.__name__, str(clause), sorted(kw))
+            return super().get_bind(mapper, clause=clause, **kw)
+
+        def _autoflush(self):
+            log.note("autoflush", sorted(type(o).__name__ for o in self.new))
+            return super()._autoflush()
+
+    with session_cls(engine) as session:
+        seed(session)
+    with Binding(engine) as session:
+        known = {}
+        attempt(log, "bind", known, lambda: session.get(Author, 1))
+        session.add(Author(id=70, name="pending", bio="b"))
+        attempt(log, "autoflush", known, lambda: session.get(Author, 70))
+        session.add(Author(id=71, name="pending 2", bio="b"))
+        with session.no_autoflush:
+            attempt(log, "no_autoflush", known, lambda: session.get(Author, 71))
+        attempt(log, "after no_autoflush", known, lambda: session.get(Author, 71))
+        log.note("identity map", identity_map_contents(session))
+        session.rollback()
+    with Binding(engine, autoflush=False) as session:
+        session.add(Author(id=72, name="pending 3", bio="b"))
+        attempt(log, "autoflush off", {}, lambda: session.get(Author, 72))
+        attempt(log, "autoflush off, in table", {}, lambda: session.get(Author, 2))
+    with session_cls(engine) as session:
+        stock_execute = session.execute
+
+        def execute(statement, *args, **kw):
+            log.note("instance execute", str(statement), sorted(kw))
+            return stock_execute(statement, *args, **kw)
+
+        session.execute = execute
+        attempt(log, "instance execute", {}, lambda: session.get(Author, 3))
+
+
+def test_execution_seams_same_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(execution_seams, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["loads"]["get"]
+    # all loaded here; the one through the instance's execute not directly
+    assert stats["loaded"] == 7 and stats["direct"] == 6, stats
+
+
+def test_patched_orm_pre_session_exec_runs_session_execute(session_cls, engine, monkeypatch):
+    """A patched compile-state method is called as stock's Session.execute
+    calls it: the miss then goes through session.execute."""
+    from sqlalchemy.orm.context import _ORMSelectCompileState
+
+    calls = []
+    original = _ORMSelectCompileState.orm_pre_session_exec.__func__
+
+    def patched(cls, session, statement, *args):
+        calls.append(str(statement))
+        return original(cls, session, statement, *args)
+
+    def scenario(session_cls, engine, log):
+        with session_cls(engine) as session:
+            seed(session)
+        with session_cls(engine) as session:
+            attempt(log, "patched", {}, lambda: session.get(Author, 1))
+
+    monkeypatch.setattr(_ORMSelectCompileState, "orm_pre_session_exec", classmethod(patched))
+    turbosession.reset_stats()
+    assert_same_as_stock(scenario, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["loads"]["get"]
+    assert stats["loaded"] == 1 and stats["direct"] == 0, stats
+    # stock's get and turbosession's each ran it once for the miss
+    assert len([c for c in calls if "tgm_author.id = :pk_1" in c]) == 2, calls
 
 
 def test_patched_load_on_pk_identity_runs_stock_get(session_cls, engine, monkeypatch):

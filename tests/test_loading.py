@@ -244,7 +244,9 @@ def test_hit_takes_turbosession_path(session_cls, engine):
     assert_same_as_stock(plain_hit, session_cls, engine, Base.metadata)
     # the first get() misses (seed's objects were collected) and loads the
     # row with turbosession's statement, the second hits
-    assert turbosession.stats()["loads"]["get"] == {"fast": 1, "loaded": 1, "fallback": {}}
+    assert turbosession.stats()["loads"]["get"] == {
+        "fast": 1, "loaded": 1, "direct": 1, "fallback": {}
+    }
 
 
 def test_pinned_bundle_gets_its_own_get(impl, session_cls):

@@ -62,14 +62,13 @@ def _init_is_known(state_class) -> cython.bint:
     return state_class is InstanceState and InstanceState.__init__ is _KNOWN_INIT
 
 
-# the cells of stock's closure RowLoader reads, in the order of ``at``; all
-# but the last are assigned in every closure, loaded_as_persistent only when
-# the session has loaded_as_persistent listeners
+# the cells of stock's closure RowLoader reads per query, in the order of
+# ``at``; all but the last are assigned in every closure, loaded_as_persistent
+# only when the session has loaded_as_persistent listeners
 CELLS = (
-    "context", "identity_class", "identity_token", "primary_key_getter",
-    "session_identity_map", "is_not_primary_key", "session_id", "runid", "load_path",
-    "propagated_loader_options", "populators", "load_evt", "persistent_evt", "post_load",
-    "loaded_as_persistent",
+    "context", "identity_token", "primary_key_getter", "session_identity_map",
+    "session_id", "runid", "load_path", "propagated_loader_options", "populators",
+    "load_evt", "persistent_evt", "post_load", "loaded_as_persistent",
 )
 _ALWAYS_ASSIGNED = cython.declare(cython.Py_ssize_t, len(CELLS) - 1)
 
@@ -87,6 +86,80 @@ def reset_counts():
     global _rows_fast, _rows_stock
     _rows_fast = 0
     _rows_stock = 0
+
+
+@cython.cclass
+class RowSetup:
+    """What ``RowLoader`` reads of one query entity's setup that is the same
+    for every execution of a compiled statement: built once from stock's
+    cached row getters (``getters``, which stock keeps in the compile state's
+    attributes per mapper and path) and kept beside them (see
+    ``turbosession.instances``).
+
+    The populator lists are stock's cached ones, which are what every
+    execution's populators hold when the entity has no per-execution
+    properties (stock's ``todo``: relationships and other strategies that
+    set up their row processor against each query context); with such
+    properties (``per_query``) ``RowLoader`` reads each execution's own.
+    """
+
+    getters = cython.declare(object, visibility="readonly")
+    primary_key_getter = cython.declare(object, visibility="readonly")
+    identity_class = cython.declare(object)
+    is_not_primary_key = cython.declare(object)
+    manager = cython.declare(object)
+    class_ = cython.declare(object)
+    new_object = cython.declare(object)
+    state_attr = cython.declare(str)
+    per_query = cython.declare(cython.bint, visibility="readonly")
+    quick = cython.declare(list)
+    expired_keys = cython.declare(tuple)
+    new_populators = cython.declare(list)
+    has_eager = cython.declare(cython.bint)
+    source = cython.declare(object, visibility="readonly")
+
+    def __init__(self, getters, mapper, is_not_primary_key, state_attr, source):
+        self.getters = getters
+        self.primary_key_getter = getters["primary_key_getter"]
+        self.identity_class = mapper._identity_class
+        self.is_not_primary_key = is_not_primary_key
+        manager = mapper.class_manager
+        self.manager = manager
+        self.class_ = manager.class_
+        self.new_object = self.class_.__new__
+        self.state_attr = state_attr
+        # the mapper's memoized attribute this setup was built beside: a
+        # reconfigured mapper has a new one, and the setup is rebuilt
+        self.source = source
+        self.per_query = bool(getters["todo"])
+        if not self.per_query:
+            _read_populators(self, getters["cached_populators"])
+
+
+@cython.cfunc
+def _read_populators(target, populators: dict) -> cython.void:
+    """The populator lists as ``RowLoader`` reads them, from stock's dict
+    (cached or of one execution) into ``target`` (a RowSetup or RowLoader)."""
+    # stock's lists, used as they are (nothing changes them after setup)
+    quick = populators["quick"]
+    # without populate_existing, an "expire" populator only adds to
+    # expired_attributes, and only when its flag is set
+    expire = populators["expire"]
+    expired_keys = tuple([key for key, flag in expire if flag]) if expire else None
+    new_populators = populators["new"]
+    has_eager = bool(populators["eager"])
+    if isinstance(target, RowSetup):
+        setup: RowSetup = target
+        setup.quick = quick
+        setup.expired_keys = expired_keys
+        setup.new_populators = new_populators
+        setup.has_eager = has_eager
+    else:
+        loader: RowLoader = target
+        loader.quick = quick
+        loader.expired_keys = expired_keys
+        loader.new_populators = new_populators
+        loader.has_eager = has_eager
 
 
 @cython.cclass
@@ -120,48 +193,43 @@ class RowLoader:
     post_load = cython.declare(object)
     hits_to_stock = cython.declare(cython.bint)
 
-    def __init__(self, stock, closure, at, manager, state_attr, hits_to_stock):
-        # ``at``: the position in ``closure`` of each cell named in CELLS
-        i: cython.Py_ssize_t
-        cells = [closure[i].cell_contents for i in at[:_ALWAYS_ASSIGNED]]
-        (context, identity_class, identity_token, primary_key_getter, identity_map,
-         is_not_primary_key, session_id, runid, load_path, load_options, populators,
-         load_evt, persistent_evt, post_load) = cells
+    def __init__(self, stock, closure: tuple, at: tuple, setup: RowSetup, hits_to_stock):
+        # ``at``: the position in ``closure`` of each cell named in CELLS;
+        # what does not change between executions comes from ``setup``
         self.stock = stock
-        self.context = context
-        self.identity_class = identity_class
-        self.identity_token = identity_token
-        self.primary_key_getter = primary_key_getter
-        self.identity_map = identity_map
-        self.is_not_primary_key = is_not_primary_key
+        self.context = closure[at[0]].cell_contents
+        self.identity_token = closure[at[1]].cell_contents
+        self.primary_key_getter = closure[at[2]].cell_contents
+        self.identity_map = closure[at[3]].cell_contents
+        self.session_id = closure[at[4]].cell_contents
+        self.runid = closure[at[5]].cell_contents
+        self.load_path = closure[at[6]].cell_contents
+        self.load_options = closure[at[7]].cell_contents
+        if setup.per_query:
+            _read_populators(self, closure[at[8]].cell_contents)
+        else:
+            self.quick = setup.quick
+            self.expired_keys = setup.expired_keys
+            self.new_populators = setup.new_populators
+            self.has_eager = setup.has_eager
+        self.load_evt = closure[at[9]].cell_contents
+        self.persistent_evt = closure[at[10]].cell_contents
+        self.post_load = closure[at[11]].cell_contents
+        # assigned only when there are listeners
+        self.loaded_as_persistent = (
+            closure[at[_ALWAYS_ASSIGNED]].cell_contents if self.persistent_evt else None
+        )
+        self.identity_class = setup.identity_class
+        self.is_not_primary_key = setup.is_not_primary_key
+        manager = setup.manager
         self.manager = manager
-        self.class_ = manager.class_
-        self.new_object = self.class_.__new__
+        self.class_ = setup.class_
+        self.new_object = setup.new_object
         # a memoized property that fires first_init when first read: read it
         # only once stock's new_instance() has (see _new_object)
         self.state_constructor = manager.__dict__.get("_state_constructor")
         self.init_inline = _init_is_known(self.state_constructor)
-        self.state_attr = state_attr
-        self.session_id = session_id
-        self.runid = runid
-        self.load_path = load_path
-        self.load_options = load_options
-        # stock's lists, used as they are (nothing changes them after setup):
-        # a get() miss builds one RowLoader per row, so no copies
-        self.quick = populators["quick"]
-        # without populate_existing, an "expire" populator only adds to
-        # expired_attributes, and only when its flag is set
-        expire = populators["expire"]
-        self.expired_keys = (
-            tuple([key for key, flag in expire if flag]) if expire else None
-        )
-        self.new_populators = populators["new"]
-        self.has_eager = bool(populators["eager"])
-        self.load_evt = load_evt
-        self.persistent_evt = persistent_evt
-        # assigned only when there are listeners
-        self.loaded_as_persistent = closure[at[_ALWAYS_ASSIGNED]].cell_contents if self.persistent_evt else None
-        self.post_load = post_load
+        self.state_attr = setup.state_attr
         self.hits_to_stock = hits_to_stock
 
     @cython.cfunc

@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import inspection, sql
+from sqlalchemy import inspection, sql, util
 from sqlalchemy.orm import decl_api, instrumentation, loading
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import session as orm_session
 from sqlalchemy.orm import util as orm_util
 from sqlalchemy.orm.context import QueryContext, _ORMCompileState
 from sqlalchemy.orm.mapper import Mapper
+from sqlalchemy.sql import coercions, roles
+from sqlalchemy.sql.base import CompileState
 from sqlalchemy.sql.selectable import SelectState
 from sqlalchemy.util import EMPTY_DICT, immutabledict
 
@@ -70,6 +72,13 @@ _STOCK_IDENTITY_LOOKUP = orm_session.Session._identity_lookup
 _STOCK_GET_FROM_IDENTITY = loading.get_from_identity
 _STOCK_LOAD_ON_PK_IDENTITY = loading._load_on_pk_identity
 _NoResultFound = orm_exc.NoResultFound
+_STOCK_EXECUTE = orm_session.Session.execute
+_STOCK_EXECUTE_INTERNAL = orm_session.Session._execute_internal
+_STOCK_PRE_SESSION_EXEC = _ORMCompileState.orm_pre_session_exec.__func__
+_STOCK_EXECUTE_STATEMENT = _ORMCompileState.orm_execute_statement.__func__
+_STOCK_EXPECT = coercions.expect
+# the names the session module reads coercions.expect from
+_SESSION_COERCIONS_NAMES = cython.declare(dict, orm_session.coercions.__dict__)
 _STOCK_IDENTITY_KEY = Mapper.identity_key_from_primary_key
 _DEFAULT_OPT_MANAGER = instrumentation._default_opt_manager_getter
 # inspect() of a class: both return class_manager.mapper for a mapped class
@@ -86,20 +95,24 @@ _plain_metaclasses = cython.declare(dict, {})
 
 _gets_fast = cython.declare(cython.Py_ssize_t, 0)
 _gets_loaded = cython.declare(cython.Py_ssize_t, 0)
+_gets_direct = cython.declare(cython.Py_ssize_t, 0)
 _get_fallbacks = cython.declare(dict, {})
 
 
 def counts():
-    """``{"fast": n, "loaded": n, "fallback": {reason: n}}`` for ``get()``
-    calls so far: answered from the identity map, loaded by ``_load_miss``, and
-    run by stock's ``get``."""
-    return {"fast": _gets_fast, "loaded": _gets_loaded, "fallback": dict(_get_fallbacks)}
+    """``{"fast": n, "loaded": n, "direct": n, "fallback": {reason: n}}`` for
+    ``get()`` calls so far: answered from the identity map, loaded by
+    ``_load_miss`` (of which ``direct`` without ``session.execute``, see
+    ``_execute``), and run by stock's ``get``."""
+    return {"fast": _gets_fast, "loaded": _gets_loaded, "direct": _gets_direct,
+            "fallback": dict(_get_fallbacks)}
 
 
 def reset_counts():
-    global _gets_fast, _gets_loaded
+    global _gets_fast, _gets_loaded, _gets_direct
     _gets_fast = 0
     _gets_loaded = 0
+    _gets_direct = 0
     _get_fallbacks.clear()
 
 
@@ -307,9 +320,12 @@ _LOAD_ATTR = loads.GET_LOAD_ATTR
 
 
 def _build_load(mapper):
-    """``(statement, bind names, execution options)``: what stock's
+    """``(statement, bind names, execution options, execution)``: what stock's
     ``_load_on_pk_identity`` builds for ``get(entity, ident)`` without
-    options, from ``select(mapper)``, for any identity without ``None``."""
+    options, from ``select(mapper)``, for any identity without ``None``;
+    ``execution`` is what stock's ``Session.execute`` decides of that
+    statement and those options before it runs it (``_execution_of``), or
+    None when ``_load_miss`` is to call ``session.execute`` itself."""
     statement = sql.select(mapper)
     query = statement._clone()
     if statement._compile_options is SelectState.default_select_compile_options:
@@ -324,7 +340,52 @@ def _build_load(mapper):
     execution_options = EMPTY_DICT.merge_with(
         EMPTY_DICT, immutabledict(_sa_orm_load_options=QueryContext.default_load_options)
     )
-    return (query, bind_names, execution_options)
+    return (query, bind_names, execution_options, _execution_of(query, execution_options))
+
+
+def _execution_of(statement, execution_options):
+    """``(compile state class, execution options, autoflush, bind arguments)``
+    as stock's ``Session._execute_internal`` computes them for this statement
+    and these execution options in a session without execution options or
+    ``do_orm_execute`` listeners: the statement's ORM compile state class,
+    the options its ``orm_pre_session_exec`` returns, whether that autoflushes,
+    and the bind arguments it fills in.  All depend on the statement and the
+    options only (both built once per mapper), so they are decided once; None
+    when the statement is not one this applies to."""
+    if coercions.expect(roles.StatementRole, statement) is not statement:
+        return None
+    if statement._propagate_attrs.get("compile_state_plugin", None) != "orm":
+        return None
+    compile_state_cls = CompileState._get_plugin_class_for_plugin(statement, "orm")
+    if compile_state_cls is None or not _stock_orm_execution(compile_state_cls):
+        return None
+    if util.coerce_to_immutabledict(execution_options) is not execution_options:
+        return None
+    bind_arguments = {}
+    # the pass stock makes ahead of do_orm_execute listeners: the same
+    # options, without the autoflush (decided here from the load options)
+    statement_out, options, params = compile_state_cls.orm_pre_session_exec(
+        None, statement, None, execution_options, bind_arguments, True
+    )
+    if statement_out is not statement or params is not None:
+        return None
+    # the load options orm_pre_session_exec reads its autoflush from
+    load_options, _ = QueryContext.default_load_options.from_execution_options(
+        "_sa_orm_load_options",
+        {"populate_existing", "autoflush", "yield_per", "identity_token",
+         "sa_top_level_orm_context"},
+        execution_options,
+        statement._execution_options,
+    )
+    autoflush = bool(load_options._autoflush)
+    return (compile_state_cls, options, autoflush, tuple(bind_arguments.items()))
+
+
+def _stock_orm_execution(compile_state_cls) -> bool:
+    return (
+        compile_state_cls.orm_pre_session_exec.__func__ is _STOCK_PRE_SESSION_EXEC
+        and compile_state_cls.orm_execute_statement.__func__ is _STOCK_EXECUTE_STATEMENT
+    )
 
 
 @cython.cfunc
@@ -342,7 +403,7 @@ def _load_miss(session, mapper, pk: tuple, identity_token) -> object:
     map: the object loaded by primary key, or None.  ``NOT_HANDLED``
     (counted) when the call or the session is one this does not load
     exactly as stock does."""
-    global _gets_loaded
+    global _gets_loaded, _gets_direct
     if identity_token is not None:
         return _fallback("get_identity_token")
     if None in pk:
@@ -358,19 +419,64 @@ def _load_miss(session, mapper, pk: tuple, identity_token) -> object:
     # this mapper's memoized attributes) before the statement is built
     mapper._check_configure()
     load: tuple = _load_of(mapper)
-    statement, bind_names, execution_options = load
+    statement, bind_names, execution_options, execution = load
     i: cython.Py_ssize_t
     params = {}
     for i in range(len(pk)):
         params[bind_names[i]] = pk[i]
-    result = session.execute(
-        statement,
-        params=params,
-        execution_options=execution_options,
-        bind_arguments=None,
-    ).unique().scalars()
+    if execution is not None and _executes_as_stock(session, execution[0]):
+        result = _execute(session, statement, params, execution)
+        _gets_direct += 1
+    else:
+        result = session.execute(
+            statement,
+            params=params,
+            execution_options=execution_options,
+            bind_arguments=None,
+        )
+    result = result.unique().scalars()
     _gets_loaded += 1
     try:
         return result.one()
     except _NoResultFound:
         return None
+
+
+@cython.cfunc
+def _executes_as_stock(session, compile_state_cls) -> cython.bint:
+    """Whether ``session.execute`` of the get statement is stock's: the
+    session's class and the instance leave ``execute`` and
+    ``_execute_internal`` stock's, the compile state class its
+    ``orm_pre_session_exec`` and ``orm_execute_statement``, and the session
+    module calls stock's ``coercions.expect`` (this is checked per call:
+    the session's execution options and ``do_orm_execute`` listeners were
+    checked by the caller)."""
+    cls = type(session)
+    if cls.execute is not _STOCK_EXECUTE or cls._execute_internal is not _STOCK_EXECUTE_INTERNAL:
+        return False
+    attrs = session.__dict__
+    if "execute" in attrs or "_execute_internal" in attrs:
+        return False
+    if _SESSION_COERCIONS_NAMES.get("expect") is not _STOCK_EXPECT:
+        return False
+    return _stock_orm_execution(compile_state_cls)
+
+
+@cython.cfunc
+def _execute(session, statement, params: dict, execution: tuple) -> object:
+    """``session.execute(statement, params, execution_options=...)`` as stock's
+    ``Session._execute_internal`` runs it for the get statement in a session
+    without execution options or ``do_orm_execute`` listeners, with what it
+    decides of the statement and the options taken from ``execution``
+    (``_execution_of``): the autoflush ``orm_pre_session_exec`` makes, the
+    session's ``get_bind`` with the same bind arguments, its connection for
+    that bind, and the compile state's ``orm_execute_statement``."""
+    compile_state_cls, options, autoflush, bind_items = execution
+    if autoflush:
+        session._autoflush()
+    bind_arguments = dict(bind_items)
+    bind = session.get_bind(**bind_arguments)
+    conn = session._connection_for_bind(bind)
+    return compile_state_cls.orm_execute_statement(
+        session, statement, params, options, bind_arguments, conn
+    )

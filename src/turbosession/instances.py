@@ -18,7 +18,14 @@ shape gets the implementation bundle's
 ``instances.RowLoader`` built over stock's closure (which it reads its
 per-query setup from and hands the rows it does not cover to); any other gets
 stock's closure, counted under a reason of ``FALLBACK_REASONS`` and logged at
-DEBUG on the ``turbosession`` logger.
+DEBUG on the ``turbosession`` logger.  What of the loop's setup is the same
+for every execution of a compiled statement is a ``RowSetup`` kept beside
+stock's cached row getters in the compile state (``_row_setup``).  For a
+polymorphic mapper stock returns its polymorphic switch: the switch stays
+stock's, the ``_instance`` closure it wraps for the mapper's own rows is
+swapped for a RowLoader over it in the switch's cell, and the processors of
+the subclasses it dispatches to come through this hook (``_polymorphic_from``)
+and get theirs.
 """
 
 from __future__ import annotations
@@ -71,8 +78,8 @@ _CELLS_READ = frozenset(
 FALLBACK_REASONS = {
     "load_refresh": "a refresh or an expired-attribute load (refresh_state or "
     "only_load_props)",
-    "load_polymorphic": "the mapper is polymorphic (stock's polymorphic switch, "
-    "or the processor of a subclass it dispatches to)",
+    "load_polymorphic": "the mapper is polymorphic and stock's row processor is "
+    "not the polymorphic switch this version reads",
     "load_populate_existing": "populate_existing, or the mapper's always_refresh",
     "load_instrumentation": "custom class instrumentation (a ClassManager or "
     "state constructor other than stock's, another state attribute)",
@@ -126,6 +133,8 @@ _POPULATE_EXISTING = CELL_INDEX.get("populate_existing")
 _INSTANCE_STATE = CELL_INDEX.get("instance_state")
 _INSTANCE_DICT = CELL_INDEX.get("instance_dict")
 _VERSION_CHECK = CELL_INDEX.get("version_check")
+_PRIMARY_KEY_GETTER = CELL_INDEX.get("primary_key_getter")
+_IS_NOT_PRIMARY_KEY = CELL_INDEX.get("is_not_primary_key")
 
 
 def _stock_instrumentation(mapper):
@@ -186,17 +195,38 @@ def instance_processor(
     if get_load is not None and get_load[0] is context.query:
         return _fallback("load_get", stock)
     bundle = session._turbo
-    if not PURE_LOOP and not bundle.instances._is_compiled():
+    if not PURE_LOOP and bundle is not _COMPILED:
         return _fallback("load_pure", stock)
-    global _fast
     if refresh_state is not None or only_load_props is not None:
         return _fallback("load_refresh", stock)
-    if _polymorphic_from is not None:
+    code = getattr(stock, "__code__", None)
+    if code is _STOCK_INSTANCE_CODE:
+        # a plain mapper's closure, or (with _polymorphic_from) the one of a
+        # subclass that stock's polymorphic switch dispatches its rows to
+        return _row_loader(bundle, mapper, context, path, stock)
+    if code is _STOCK_SWITCH_CODE and _SWITCH_KNOWN:
+        # stock's polymorphic switch: rows of this mapper's own identity go
+        # to the _instance closure it wraps (``instance_fn``), the others to
+        # the processor of their mapper, which it sets up through this hook
+        # on their first row.  The wrapped closure's rows take the loop:
+        # the switch's cell holding it then holds the loader over it.
+        switch_cells = stock.__closure__
+        instance_fn = switch_cells[_SWITCH_INSTANCE_FN].cell_contents
+        if getattr(instance_fn, "__code__", None) is not _STOCK_INSTANCE_CODE:
+            return _fallback("load_closure", stock)
+        loader = _row_loader(bundle, mapper, context, path, instance_fn)
+        if loader is not instance_fn:
+            switch_cells[_SWITCH_INSTANCE_FN].cell_contents = loader
+        return stock
+    if mapper.polymorphic_map:
         return _fallback("load_polymorphic", stock)
-    if getattr(stock, "__code__", None) is not _STOCK_INSTANCE_CODE:
-        if mapper.polymorphic_map:
-            return _fallback("load_polymorphic", stock)
-        return _fallback("load_closure", stock)
+    return _fallback("load_closure", stock)
+
+
+def _row_loader(bundle, mapper, context, path, stock):
+    """The bundle's RowLoader over stock's ``_instance`` closure, or that
+    closure (counted under its reason) when the loop does not cover it."""
+    global _fast
     closure = stock.__closure__
     if not _CLOSURE_KNOWN or closure[_MAPPER].cell_contents is not mapper:
         return _fallback("load_closure", stock)
@@ -205,24 +235,72 @@ def instance_processor(
     if (
         closure[_INSTANCE_STATE].cell_contents is not attributes.instance_state
         or closure[_INSTANCE_DICT].cell_contents is not attributes.instance_dict
-        or not _stock_instrumentation(mapper)
     ):
+        return _fallback("load_instrumentation", stock)
+    setup = _row_setup(bundle, mapper, context.compile_state, path, closure)
+    if setup is None:
         return _fallback("load_instrumentation", stock)
     # the version_id_getter cell is assigned only with a version check
     hits_to_stock = bool(
         closure[_VERSION_CHECK].cell_contents and _cell(closure, "version_id_getter")
     )
-    positions = _POSITIONS.get(bundle.name)
-    if positions is None:
-        positions = _POSITIONS[bundle.name] = _positions(bundle)
     _fast += 1
     return bundle.instances.RowLoader(
-        stock, closure, positions, mapper.class_manager, base.DEFAULT_STATE_ATTR,
-        hits_to_stock,
+        stock, closure, _POSITIONS[bundle.name], setup, hits_to_stock
     )
 
 
-_POSITIONS: dict = {}
+def _row_setup(bundle, mapper, compile_state, path, closure):
+    """The bundle's ``RowSetup`` for this mapper and path of the compiled
+    statement, or None when the mapper's class is not instrumented as stock
+    instruments it.
+
+    Kept in the compile state's attributes, where stock keeps the row getters
+    it is built from (``("getters", mapper)`` per path), so it lives exactly
+    as long as they do: with the compiled statement in SQLAlchemy's compiled
+    cache.  It is also rebuilt when the mapper was reconfigured since (its
+    memoized ``_prop_set`` is a new object) or the closure's primary-key
+    getter is not the one of those getters.
+    """
+    key = ((_SETUP_KEY, bundle.name, mapper), path.natural_path)
+    attributes = compile_state.attributes
+    setup = attributes.get(key)
+    source = mapper._prop_set
+    if (
+        setup is not None
+        and setup.source is source
+        and setup.primary_key_getter is closure[_PRIMARY_KEY_GETTER].cell_contents
+    ):
+        return setup
+    if not _stock_instrumentation(mapper):
+        return None
+    getters = attributes[(("getters", mapper), path.natural_path)]
+    setup = bundle.instances.RowSetup(
+        getters, mapper, closure[_IS_NOT_PRIMARY_KEY].cell_contents,
+        base.DEFAULT_STATE_ATTR, source,
+    )
+    attributes[key] = setup
+    return setup
+
+
+_SETUP_KEY = "turbosession.instances.row_setup"
+_POSITIONS = {}
+_COMPILED = None
+
+# the polymorphic_instance closure of stock's _decorate_polymorphic_switch
+# and the position of its instance_fn cell (the wrapped _instance closure)
+_STOCK_SWITCH_CODE = next(
+    (
+        const
+        for const in loading._decorate_polymorphic_switch.__code__.co_consts
+        if getattr(const, "co_name", None) == "polymorphic_instance"
+    ),
+    None,
+)
+_SWITCH_KNOWN = _STOCK_SWITCH_CODE is not None and "instance_fn" in _STOCK_SWITCH_CODE.co_freevars
+_SWITCH_INSTANCE_FN = (
+    _STOCK_SWITCH_CODE.co_freevars.index("instance_fn") if _SWITCH_KNOWN else None
+)
 
 
 PURE_LOOP = False
@@ -234,5 +312,12 @@ sessions keep stock's closure; tests switch it on to run the pure twin."""
 
 def install():
     """Puts ``instance_processor`` in ``sqlalchemy.orm.loading`` (once)."""
+    global _COMPILED
+    from . import _impl
+
+    _COMPILED = _impl.compiled
+    for bundle in (_impl.compiled, _impl.pure):
+        if bundle is not None and _CLOSURE_KNOWN:
+            _POSITIONS[bundle.name] = _positions(bundle)
     if loading._instance_processor is STOCK_INSTANCE_PROCESSOR:
         loading._instance_processor = instance_processor

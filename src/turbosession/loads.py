@@ -67,20 +67,23 @@ def _bundles():
 
 
 def stats():
-    """``{"get": {"fast": n, "loaded": n, "fallback": {reason: n}},
+    """``{"get": {"fast": n, "loaded": n, "direct": n, "fallback": {reason: n}},
     "instances": {"fast": n, "fallback": {reason: n}, "rows": n,
     "rows_to_stock": n}}`` over both implementations: ``get`` counts calls
     answered from the identity map (``fast``), misses loaded with
-    turbosession's per-mapper statement (``loaded``) and calls run by stock's
+    turbosession's per-mapper statement (``loaded``; ``direct``: of those, the
+    ones run without ``Session.execute``'s per-call setup, which was decided
+    once per mapper) and calls run by stock's
     ``get`` (by reason); ``instances`` counts query entities whose rows took
     turbosession's loop (``fast``) or stock's closure (by reason), and the rows
     that loop handled or handed to stock's closure."""
-    fast = loaded = 0
+    fast = loaded = direct = 0
     fallback = {"get_options": _get_options} if _get_options else {}
     for bundle in _bundles():
         counts = bundle.loading.counts()
         fast += counts["fast"]
         loaded += counts["loaded"]
+        direct += counts["direct"]
         for reason, n in counts["fallback"].items():
             fallback[reason] = fallback.get(reason, 0) + n
     from . import instances
@@ -90,7 +93,10 @@ def stats():
     for bundle in _bundles():
         for key, n in bundle.instances.counts().items():
             rows[key] += n
-    return {"get": {"fast": fast, "loaded": loaded, "fallback": fallback}, "instances": rows}
+    return {
+        "get": {"fast": fast, "loaded": loaded, "direct": direct, "fallback": fallback},
+        "instances": rows,
+    }
 
 
 def reset_stats():

@@ -175,7 +175,11 @@ def share_lines(turbo):
         total = fast + sum(fallbacks.values())
         share = f"{100 * fast / total:.0f}%" if total else "-"
         reasons = ", ".join(f"{k} {n}" for k, n in sorted(fallbacks.items(), key=lambda kv: -kv[1]))
-        detail = f" ({hits} from the identity map, {loaded} loaded)" if loaded else ""
+        direct = turbo.get(f"{prefix}direct", 0)
+        detail = (
+            f" ({hits} from the identity map, {loaded} loaded, {direct} of them without "
+            "Session.execute's per-call setup)" if loaded else ""
+        )
         lines.append(
             f"{label}: {fast} of {total} on turbosession's path ({share}){detail}"
             + (f"; fallbacks: {reasons}" if reasons else "")

@@ -14,7 +14,7 @@ INSERTs whose primary key the database generates are sent as Core sends
 them on a backend that inserts them a row at a time (SQLite): one
 ``INSERT .. RETURNING`` per row on one cursor (``insert_returning``, Core's
 "insertmanyvalues" downgraded to a row at a time) or a statement per row
-whose key is the cursor's ``lastrowid`` (``insert_lastrowid``); each new key
+whose key is the cursor's ``lastrowid`` (``send``); each new key
 goes into its object's dictionary as the ORM's ``_emit_insert_statements``
 puts it there, with the expiry of server-generated columns and the key
 synchronisation of ``persistence._postfetch`` (``finish_returning``,
@@ -38,7 +38,6 @@ __all__ = [
     "dbapi_parameters",
     "finish_returning",
     "insert_each_lastrowid",
-    "insert_lastrowid",
     "insert_returning",
     "send",
 ]
@@ -178,26 +177,6 @@ def insert_returning(connection, statement, long_statement, parameters: list, ro
     return returned
 
 
-def insert_lastrowid(connection, statement: str, parameters, row: dict):
-    """One ``execute`` of a single-row INSERT on a cursor of its own, as
-    Core's ``_exec_single_context`` runs it; returns ``cursor.lastrowid``,
-    read as ``DefaultExecutionContext.get_lastrowid`` reads it (before the
-    description).  ``row`` is the ORM parameters Core would report if making
-    the cursor fails."""
-    try:
-        cursor = connection._dbapi_connection.cursor()
-    except BaseException as e:
-        connection._handle_dbapi_exception(e, statement, [row], None, None)
-    try:
-        cursor.execute(statement, parameters)
-        lastrowid = cursor.lastrowid
-        cursor.description
-    except BaseException as e:
-        connection._handle_dbapi_exception(e, statement, parameters, cursor, _Execution(False))
-    connection._safe_close_cursor(cursor)
-    return lastrowid
-
-
 def finish_returning(uow, batch: list, returned: list, finishing: dict, describe, missing):
     """The bookkeeping of ``_emit_insert_statements`` after a batch's
     INSERT .. RETURNING of the key: each record's key from its returned row
@@ -221,7 +200,7 @@ def insert_each_lastrowid(
     DBAPI parameters (``plan``: statement, keys, processors, names, as for
     ``dbapi_parameters``; an error of a bind processor reported as Core
     reports it when making the execution context), its statement
-    (``insert_lastrowid``), then its key from the cursor's ``lastrowid``
+    (``send``, reading ``lastrowid``), then its key from it
     and its bookkeeping, so that a failure leaves the records before it as
     stock leaves them."""
     statement: str = plan[0]
@@ -229,12 +208,12 @@ def insert_each_lastrowid(
     record: tuple
     for i in range(len(batch)):
         record = batch[i]
-        row = record[2]
+        rows = [record[2]]
         try:
-            parameters = dbapi_parameters([row], plan[1], plan[2], plan[3], sequence)[0]
+            parameters = dbapi_parameters(rows, plan[1], plan[2], plan[3], sequence)
         except BaseException as e:
-            connection._handle_dbapi_exception(e, statement, [row], None, None)
-        new_key = insert_lastrowid(connection, statement, parameters, row)
+            connection._handle_dbapi_exception(e, statement, rows, None, None)
+        new_key = send(connection, statement, parameters, rows, False, True)
         _finish_insert(uow, record, new_key, finishing, describe)
 
 

@@ -71,8 +71,7 @@ def sorted_steps(uow):
     actions = uow.postsort_actions
     dependencies = uow.dependencies
     if len(actions) != 2 * len(dependencies):
-        _counts["dependencies" if _only_mapper_steps(actions) else "actions"] += 1
-        return None
+        return _unknown(actions)
     mappers = []
     for before, after in dependencies:
         mapper = before.mapper
@@ -85,8 +84,7 @@ def sorted_steps(uow):
         ):
             # the edges do not pair each hierarchy's two steps: either
             # other actions, or edges stock's steps did not add
-            _counts["dependencies" if _only_mapper_steps(actions) else "actions"] += 1
-            return None
+            return _unknown(actions)
         if before.disabled or after.disabled:
             _counts["actions"] += 1
             return None
@@ -111,8 +109,12 @@ def sorted_steps(uow):
     return steps
 
 
-def _only_mapper_steps(actions):
-    return all(type(a) is _SaveUpdateAll or type(a) is _DeleteAll for a in actions.values())
+def _unknown(actions):
+    """None, counted: ``dependencies`` when every action is a hierarchy's
+    save or delete step (so an edge is not theirs), else ``actions``."""
+    only_steps = all(type(a) is _SaveUpdateAll or type(a) is _DeleteAll for a in actions.values())
+    _counts["dependencies" if only_steps else "actions"] += 1
+    return None
 
 
 def _sort(uow, actions, dependencies):

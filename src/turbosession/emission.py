@@ -471,18 +471,13 @@ def _insert_plan_for(base_mapper, table, dialect, keys, returning):
     return _cached(base_mapper, ("autoincrement", table, dialect, keys, returning), make)
 
 
-_insert_ok = weakref.WeakKeyDictionary()
-
-
 def _insert_machinery_ok(dialect):
     """Whether the dialect's insertmanyvalues and its execution context's
-    ``lastrowid`` and RETURNING handling are SQLAlchemy's own."""
-    ok = _insert_ok.get(dialect)
-    if ok is None:
-        ok = _insert_ok[dialect] = _stock(
-            type(dialect), DefaultDialect, _INSERT_DIALECT_METHODS
-        ) and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _INSERT_CONTEXT_METHODS)
-    return ok
+    ``lastrowid`` and RETURNING handling are SQLAlchemy's own (asked only
+    while a plan is built; the plan is what is kept)."""
+    return _stock(type(dialect), DefaultDialect, _INSERT_DIALECT_METHODS) and _stock(
+        dialect.execution_ctx_cls, DefaultExecutionContext, _INSERT_CONTEXT_METHODS
+    )
 
 
 def _missing_key(mapper):

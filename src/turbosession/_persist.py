@@ -78,6 +78,11 @@ _STOCK_FIRE_LOADERS = cython.declare(object, attributes._AttributeImpl._fire_loa
 _PASSIVE_NO_RESULT = cython.declare(object, PASSIVE_NO_RESULT)
 _ClauseElement = cython.declare(object, ClauseElement)
 _NO_VALUES = cython.declare(object, EMPTY_DICT)
+# a flush context's ``states`` entries, (isdelete, listonly), shared: one
+# tuple per registered state would be one more tracked object per state
+# alive for the whole flush
+_SAVE_ENTRY = cython.declare(tuple, (False, False))
+_DELETE_ENTRY = cython.declare(tuple, (True, False))
 _postfetch = cython.declare(object, persistence._postfetch)
 _ref = cython.declare(object, weakref.ref)
 _stock_contains_state = cython.declare(object, Session._contains_state)
@@ -796,9 +801,9 @@ class _Registrar:
             if mapper not in self.mappers:
                 self.uow._per_mapper_flush_actions(mapper)
             self.mappers[mapper].add(state)
-            self.states[state] = (isdelete, False)
+            self.states[state] = _DELETE_ENTRY if isdelete else _SAVE_ENTRY
         elif isdelete:
-            self.states[state] = (True, False)
+            self.states[state] = _DELETE_ENTRY
         return True
 
 

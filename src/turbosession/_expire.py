@@ -67,17 +67,27 @@ def expire_all(session, states):
     plans: dict = {}
     plan: _ManagerPlan
     own: dict
+    # the last manager's plan, asked again without hashing the manager
+    # (ClassManager.__hash__ is Python)
+    last_manager = None
+    last_plan = None
     for state in states:
         plan_or_none = None
         if type(state) is _InstanceState:
             manager = state.manager
-            plan_or_none = plans.get(manager, plans)
-            if plan_or_none is plans:
-                plan_or_none = plans[manager] = _plan_for(manager)
+            if manager is last_manager:
+                plan_or_none = last_plan
+            else:
+                plan_or_none = plans.get(manager, plans)
+                if plan_or_none is plans:
+                    plan_or_none = plans[manager] = _plan_for(manager)
+                last_manager = manager
+                last_plan = plan_or_none
         if plan_or_none is None:
             state._expire(state.dict, session.identity_map._modified)
             modified = session.identity_map._modified
             plans.clear()
+            last_manager = None
             continue
         plan = plan_or_none
 

@@ -37,6 +37,7 @@ from sqlalchemy.orm.base import (
     state_str,
 )
 from sqlalchemy.orm.session import Session
+from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
 
@@ -84,6 +85,8 @@ _NO_VALUES = cython.declare(object, EMPTY_DICT)
 _SAVE_ENTRY = cython.declare(tuple, (False, False))
 _DELETE_ENTRY = cython.declare(tuple, (True, False))
 _postfetch = cython.declare(object, persistence._postfetch)
+_InstanceState = cython.declare(object, InstanceState)
+_INSTANCE_DICT = cython.declare(object, orm_base.instance_dict)
 _ref = cython.declare(object, weakref.ref)
 _stock_contains_state = cython.declare(object, Session._contains_state)
 _WeakKeyDictionary = cython.declare(object, weakref.WeakKeyDictionary)
@@ -182,6 +185,29 @@ def _absent_value(state, dict_, key) -> object:
 
 
 @cython.cfunc
+def _state_dict(state) -> object:
+    """``state.dict`` without the property's Python frame: the object's
+    ``__dict__``, or a new empty dict once the object is gone."""
+    if type(state) is not _InstanceState or orm_base.instance_dict is not _INSTANCE_DICT:
+        return state.dict
+    obj = state.obj()
+    if obj is None:
+        return {}
+    return _INSTANCE_DICT(obj)
+
+
+@cython.cfunc
+@cython.inline
+def _generated(values: tuple) -> cython.bint:
+    """Whether an identity key's values have one the database has yet to
+    give (NO_VALUE): no identity map holds such a key."""
+    for value in values:
+        if value is _NO_VALUE:
+            return True
+    return False
+
+
+@cython.cfunc
 def _identity_key(key_props: tuple, state, dict_) -> tuple:
     """``mapper._identity_key_from_state(state)``, reading the dict first;
     ``key_props`` is the mapper's ``_key_props``."""
@@ -251,7 +277,7 @@ def organize_for_save(mapper, states, uow, connection):
     to_update: list = []
     has_identity: cython.bint
     for state in states:
-        dict_ = state.dict
+        dict_ = _state_dict(state)
         key = state.key
         has_identity = bool(key)
         instance_key = key or _identity_key(key_props, state, dict_)
@@ -262,7 +288,13 @@ def organize_for_save(mapper, states, uow, connection):
             before_update(mapper, connection, state)
         if validate is not None:
             validate(mapper, state, dict_)
-        if not has_identity and instance_key in identity_map:
+        # (a key the database is to generate is in no identity map: the
+        # lookup would only hash NO_VALUE, an enum, in Python)
+        if (
+            not has_identity
+            and not _generated(instance_key[1])
+            and instance_key in identity_map
+        ):
             existing = instance_state(identity_map[instance_key])
             if not uow.was_already_deleted(existing):
                 # fastpath sends flushes where the mapper's hierarchy also
@@ -543,7 +575,7 @@ def organize_for_delete(mapper, states, connection):
     for state in states:
         if listeners:
             before_delete(mapper, connection, state)
-        dict_ = state.dict
+        dict_ = _state_dict(state)
         to_delete.append(
             (state, dict_, mapper, connection,
              _committed_version(mapper, state, dict_, version_col))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import orm
+from sqlalchemy.event import attr as event_attr
 from sqlalchemy.orm import attributes, base
 from sqlalchemy.orm.base import PassiveFlag
 
@@ -47,11 +48,17 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
-__all__ = ["add_all", "counts", "delete_all", "reset_counts"]
+if cython.compiled:
+    from cython.cimports.cpython.object import PyTypeObject
+
+__all__ = ["add_all", "counts", "delete_all", "hooks_like", "reset_counts"]
 
 _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
 _cascade_plan = cython.declare(object, attaching.cascade_plan)
+_PLAN_KEY = cython.declare(tuple, attaching._PLAN_KEY)
+_EmptyListener = cython.declare(object, event_attr._EmptyListener)
+_ListenerCollection = cython.declare(object, event_attr._ListenerCollection)
 
 _ADD_EVENTS = cython.declare(
     tuple, ("before_attach", "after_attach", "transient_to_pending", "detached_to_persistent")
@@ -103,9 +110,24 @@ def _fallback(reason: str):
 @cython.exceptval(-1, check=False)
 def _listened(dispatch, names: tuple) -> cython.bint:
     for name in names:
-        if getattr(dispatch, name):
+        if _has_listeners(getattr(dispatch, name)):
             return True
     return False
+
+
+@cython.cfunc
+@cython.inline
+@cython.exceptval(-1, check=False)
+def _has_listeners(listeners) -> cython.bint:
+    """``bool(listeners)`` of a dispatch attribute, reading the collections
+    the ``__bool__`` of SQLAlchemy's two common listener classes reads
+    (the Python frame of that ``__bool__`` is most of an add()'s check)."""
+    cls = type(listeners)
+    if cls is _EmptyListener:
+        return bool(listeners.parent_listeners)
+    if cls is _ListenerCollection:
+        return bool(listeners.listeners) or bool(listeners.parent_listeners)
+    return bool(listeners)
 
 
 @cython.cfunc
@@ -159,18 +181,31 @@ class _Walk:
     @cython.cfunc
     def plan(self, mapper) -> tuple:
         """``attaching.cascade_plan(mapper)``; within one add_all (where no
-        listener or load runs between two objects) looked up once per mapper."""
+        listener or load runs between two objects) looked up once per mapper;
+        the last one kept (``gated_plan``) for a delete_all too."""
         plans: dict = self.plans
+        plan: tuple
         if plans is None:
-            return _cascade_plan(mapper)
-        if mapper is self.last_mapper:
-            return self.last_plan
-        plan: tuple = plans.get(mapper)
-        if plan is None:
-            plan = plans[mapper] = _cascade_plan(mapper)
+            plan = _memoized_plan(mapper)
+        else:
+            if mapper is self.last_mapper:
+                return self.last_plan
+            plan = plans.get(mapper)
+            if plan is None:
+                plan = plans[mapper] = _memoized_plan(mapper)
         self.last_mapper = mapper
         self.last_plan = plan
         return plan
+
+    @cython.cfunc
+    def gated_plan(self, mapper) -> tuple:
+        """``plan(mapper)`` for the object ``gate`` just let through, taken
+        from there while nothing could have run in between (``began`` forgets
+        it when it begins the transaction, whose listeners may change
+        anything)."""
+        if mapper is self.last_mapper:
+            return self.last_plan
+        return self.plan(mapper)
 
     @cython.cfunc
     def gate(self, state) -> str:
@@ -208,6 +243,7 @@ class _Walk:
         if session._transaction is None:
             session._autobegin_t()
             self.listened = _listened(session.dispatch, self.events)
+            self.last_mapper = None  # its listeners may change anything
         return not self.listened
 
     @cython.cfunc
@@ -323,7 +359,7 @@ class _Walk:
         # gathered before the object is in _deleted: a lazy load of a
         # collection may autoflush, which must not delete it yet; a mapper
         # with no property that may cascade has nothing to gather
-        plan: tuple = self.plan(state.manager.mapper)
+        plan: tuple = self.gated_plan(state.manager.mapper)
         found: list = None
         if plan[1]:
             found = self.cascade(state, plan, _DELETE)
@@ -354,6 +390,75 @@ class _Walk:
         if session_id is None:
             _attach(state, self.hash_key, obj)
         deleted[state] = obj
+
+
+@cython.cfunc
+def _memoized_plan(mapper) -> tuple:
+    """``attaching.cascade_plan(mapper)``, read from the mapper's memoized
+    values here while they hold it."""
+    entry = mapper._memoized_values.get(_PLAN_KEY)
+    if entry is not None and entry[0] is mapper._propkey_to_col:
+        return entry[1]
+    return _cascade_plan(mapper)
+
+
+def hooks_like(session, mixin, expected: tuple, names: frozenset) -> cython.bint:
+    """Whether the session resolves each hook of ``expected`` as stock's
+    Session does: ``(name, after_mixin, function)``, the name looked up on
+    the session's class (after ``mixin`` in its MRO with ``after_mixin``)
+    must give ``function`` itself; and the session's own ``__dict__``
+    holds none of ``names`` (a hook patched onto one session)."""
+    if not _class_hooks_like(type(session), mixin, expected):
+        return False
+    own: dict = session.__dict__
+    for name in names:
+        if name in own:
+            return False
+    return True
+
+
+# id(expected) -> (class, its version tag when its hooks were last found
+# as expected): the last class checked per set of hooks
+_verified = cython.declare(dict, {})
+
+
+@cython.cfunc
+def _version_tag(cls) -> cython.uint:
+    """CPython's version tag of a class (0: none), the key of its own
+    attribute cache: setting or deleting an attribute of the class or of
+    any class in its MRO, or its bases, gives it a new one."""
+    if cython.compiled:
+        return cython.cast(cython.pointer(PyTypeObject), cls).tp_version_tag
+    return 0
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
+    """The class half of ``hooks_like``: the hooks looked up, unless the
+    class has the version tag it had when they were last found as expected
+    (compiled only; the tag is C's)."""
+    tag: cython.uint = _version_tag(cls)
+    if tag:
+        last: tuple = _verified.get(id(expected))
+        if last is not None and last[0] is cls and cython.cast(cython.uint, last[1]) == tag:
+            return True
+    above = None
+    hook: tuple
+    for hook in expected:
+        if hook[1]:
+            if above is None:
+                above = super(mixin, cls)
+            found = getattr(above, hook[0])
+        else:
+            found = getattr(cls, hook[0])
+        if found is not hook[2]:
+            return False
+    # (the lookups assigned a tag if the class had none)
+    tag = _version_tag(cls)
+    if tag:
+        _verified[id(expected)] = (cls, tag)
+    return True
 
 
 def add_all(session, instances):

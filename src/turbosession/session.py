@@ -160,39 +160,45 @@ _ATTACH_HOOK_NAMES = frozenset(
 
 
 def _adds_like_stock(session):
-    return _add_hooks(type(session)) == _STOCK_ADD_HOOKS and (
-        session.__dict__.keys().isdisjoint(_ATTACH_HOOK_NAMES)
+    return session._turbo.attach.hooks_like(
+        session, TurboSessionMixin, _STOCK_ADD_HOOKS, _ATTACH_HOOK_NAMES
     )
 
 
 def _deletes_like_stock(session):
-    return _delete_hooks(type(session)) == _STOCK_DELETE_HOOKS and (
-        session.__dict__.keys().isdisjoint(_ATTACH_HOOK_NAMES)
+    return session._turbo.attach.hooks_like(
+        session, TurboSessionMixin, _STOCK_DELETE_HOOKS, _ATTACH_HOOK_NAMES
     )
 
 
-def _add_hooks(cls):
-    return (
-        super(TurboSessionMixin, cls).add,
-        cls._save_or_update_state,
-        cls._save_or_update_impl,
-        cls._save_impl,
-        cls._update_impl,
-        cls._before_attach,
-        cls._after_attach,
-        cls._autobegin_t,
-        cls._contains_state,
-    )
+# (name, looked up after the mixin): what stock's add() and delete() call
+_ADD_HOOKS = (
+    ("add", True),
+    ("_save_or_update_state", False),
+    ("_save_or_update_impl", False),
+    ("_save_impl", False),
+    ("_update_impl", False),
+    ("_before_attach", False),
+    ("_after_attach", False),
+    ("_autobegin_t", False),
+    ("_contains_state", False),
+)
+_DELETE_HOOKS = (
+    ("delete", True),
+    ("delete_all", True),
+    ("_delete_impl", False),
+    ("_before_attach", False),
+    ("_after_attach", False),
+    ("_autobegin_t", False),
+)
 
 
-def _delete_hooks(cls):
-    return (
-        super(TurboSessionMixin, cls).delete,
-        super(TurboSessionMixin, cls).delete_all,
-        cls._delete_impl,
-        cls._before_attach,
-        cls._after_attach,
-        cls._autobegin_t,
+def _hooks_of(cls, hooks):
+    """``(name, after_mixin, function)`` for each hook as ``cls`` resolves it."""
+    above = super(TurboSessionMixin, cls)
+    return tuple(
+        (name, after_mixin, getattr(above if after_mixin else cls, name))
+        for name, after_mixin in hooks
     )
 
 
@@ -201,8 +207,8 @@ class Session(TurboSessionMixin, orm.Session):
 
 
 # the hooks as stock's Session has them, seen from a class using the mixin
-_STOCK_ADD_HOOKS = _add_hooks(Session)
-_STOCK_DELETE_HOOKS = _delete_hooks(Session)
+_STOCK_ADD_HOOKS = _hooks_of(Session, _ADD_HOOKS)
+_STOCK_DELETE_HOOKS = _hooks_of(Session, _DELETE_HOOKS)
 
 
 class sessionmaker(orm.sessionmaker):

@@ -542,3 +542,49 @@ def test_a_patched_hook_is_called(hook, session_cls, engine):
         assert calls, (hook, patch_target)
         session.close()
     Base.metadata.drop_all(engine)
+
+
+@pytest.mark.parametrize("target", ["session_class", "stock_session"])
+@pytest.mark.parametrize("hook", ["_save_impl", "_delete_impl"])
+def test_a_hook_patched_after_fast_calls_is_called(hook, target, session_cls, engine):
+    """A class whose hooks were found stock's is not asked again while it is
+    unchanged (compiled: CPython's version tag of the class); a patch on it
+    or on a class of its MRO after fast add() / delete() calls is seen, and
+    once it is undone the calls are fast again."""
+    from turbosession import attaching
+
+    Base.metadata.create_all(engine)
+    seeded(session_cls, engine, "x", "y", "z")
+    owner = session_cls if target == "session_class" else orm.Session
+    original = getattr(orm.Session, hook)
+    calls = []
+
+    def spy(self, *args, **kw):
+        calls.append(hook)
+        return original(self, *args, **kw)
+
+    with session_cls(engine) as session:
+        x, y, z = (session.get(Plain, i) for i in (1, 2, 3))
+
+        def attach(obj, name):
+            if hook == "_save_impl":
+                session.add(Plain(name=name))
+            else:
+                session.delete(obj)
+
+        before = attaching.stats()["fast"]
+        attach(x, "a")
+        assert attaching.stats()["fast"] == before + 1
+        with mock.patch.object(owner, hook, spy):
+            attach(y, "b")
+        assert calls == [hook]
+        assert attaching.stats()["fast"] == before + 1
+        attach(z, "c")
+        assert attaching.stats()["fast"] == before + 2
+        assert calls == [hook]
+        session.flush()
+        names = sorted(p.name for p in session.scalars(select(Plain)))
+        assert names == (
+            ["a", "b", "c", "x", "y", "z"] if hook == "_save_impl" else []
+        )
+    Base.metadata.drop_all(engine)

@@ -246,6 +246,23 @@ def test_expired_and_deferred(world):
     check(world)
 
 
+def test_plain_values_compared_as_their_type_compares_them(world):
+    """Plain values (int, str, float, bool, None, bytes) are compared with
+    ``==`` as TypeEngine.compare_values compares them: equal across types
+    is no change, NaN never equals."""
+    session, (p1, p2, p3), _, _ = world
+    p1.qty = True  # == 1
+    p2.qty = 2.0  # == 2
+    p3.qty = float("nan")
+    p1.name = "".join(["p", "1"])  # an equal, distinct str
+    check(world)
+    assert not session.is_modified(p1) and not session.is_modified(p2)
+    assert session.is_modified(p3)
+    p2.name = None
+    check(world)
+    assert session.is_modified(p2)
+
+
 def test_deleted_attribute(world):
     session, (p1, *_), _, _ = world
     del p1.name

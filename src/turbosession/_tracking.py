@@ -30,6 +30,7 @@ from sqlalchemy.orm.attributes import _ScalarAttributeImpl
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.sql.type_api import TypeEngine
 from sqlalchemy.util import EMPTY_DICT
 
 try:
@@ -52,10 +53,38 @@ _ScalarImpl = cython.declare(object, _ScalarAttributeImpl)
 _ClassManager = cython.declare(object, ClassManager)
 _ClauseElement = cython.declare(object, ClauseElement)
 _NO_VALUES = cython.declare(object, EMPTY_DICT)
+_COMPARE_VALUES = cython.declare(object, TypeEngine.compare_values)
+_MethodType = cython.declare(object, type(TypeEngine().compare_values))
 
 
 def _is_compiled():
     return cython.compiled
+
+
+@cython.cfunc
+@cython.inline
+@cython.exceptval(-1, check=False)
+def _plain(value) -> cython.bint:
+    """A value whose ``==`` with another plain value is C's (exact types)."""
+    t: type = type(value)
+    return value is None or t is int or t is str or t is float or t is bool or t is bytes
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _equal(impl, value, committed) -> cython.bint:
+    """``impl.is_equal(value, committed) is True``.  A column attribute's
+    ``is_equal`` is its type's ``compare_values``; TypeEngine's is
+    ``x == y``, done here for two plain values without its Python frame."""
+    is_equal = impl.is_equal
+    if (
+        type(is_equal) is _MethodType
+        and is_equal.__func__ is _COMPARE_VALUES
+        and _plain(value)
+        and _plain(committed)
+    ):
+        return value == committed
+    return is_equal(value, committed) is True
 
 
 def is_clean(identity_map, new, deleted):
@@ -96,10 +125,7 @@ def has_net_changes(state, include_collections):
                 if dict_ is None:
                     dict_ = state.dict
                 current = dict_[key] if key in dict_ else _NO_VALUE
-                if (
-                    current is _NO_VALUE
-                    or impl.is_equal(current, committed[key]) is not True
-                ):
+                if current is _NO_VALUE or not _equal(impl, current, committed[key]):
                     return True
             continue
         if (
@@ -161,7 +187,7 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
                 if isinstance(value, _ClauseElement):
                     value_params[col] = value
                     continue
-            if state.manager[propkey].impl.is_equal(value, committed[propkey]) is not True:
+            if not _equal(state.manager[propkey].impl, value, committed[propkey]):
                 params[col.key] = value
     # the flush keeps each state's result until its batch is sent: one
     # shared empty mapping when there are no SQL expressions

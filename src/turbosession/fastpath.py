@@ -314,7 +314,10 @@ def _mapper_runs(records, index):
 def _row_switch_possible(uow, base_mapper, states):
     """Whether a new object may take the identity of one this flush deletes
     (stock then updates the row): only when the hierarchy deletes too."""
-    if not any(state.key is None for state in states):
+    for state in states:
+        if state.key is None:
+            break
+    else:
         return False
     deletes = uow.states_for_mapper_hierarchy(base_mapper, True, False)
     return next(deletes, None) is not None
@@ -384,18 +387,27 @@ def _pk_changed(records):
     return False
 
 
+# The collectors chain each run's own generator (made when the one before
+# it is done, as stock's single generator would get to its states): records
+# pass through C, with no Python frame resumed per record.
+
+
 def _collect_inserts(table, runs, persist):
     """``persistence._collect_insert_commands`` over the runs of records."""
-    for mapper, connection, run in runs:
-        if table in mapper._pks_by_table:
-            yield from persist.collect_insert_commands(table, mapper, connection, run)
+    return chain.from_iterable(
+        persist.collect_insert_commands(table, mapper, connection, run)
+        for mapper, connection, run in runs
+        if table in mapper._pks_by_table
+    )
 
 
 def _collect_updates(uow, table, runs, persist, column_changes):
     """``persistence._collect_update_commands`` over the runs of records."""
-    for mapper, _, run in runs:
-        if table in mapper._pks_by_table:
-            yield from persist.collect_update_commands(uow, table, mapper, run, column_changes)
+    return chain.from_iterable(
+        persist.collect_update_commands(uow, table, mapper, run, column_changes)
+        for mapper, _, run in runs
+        if table in mapper._pks_by_table
+    )
 
 
 def _save(uow, base_mapper, persist, states):
@@ -635,9 +647,11 @@ def _organize_for_delete(uow, base_mapper, persist, states):
 
 def _collect_deletes(table, runs, persist):
     """``persistence._collect_delete_commands`` over the runs of records."""
-    for mapper, _, run in runs:
-        if table in mapper._pks_by_table:
-            yield from persist.collect_delete_commands(table, mapper, run)
+    return chain.from_iterable(
+        persist.collect_delete_commands(table, mapper, run)
+        for mapper, _, run in runs
+        if table in mapper._pks_by_table
+    )
 
 
 def _delete(uow, base_mapper, persist, states):

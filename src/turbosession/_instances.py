@@ -21,7 +21,6 @@ closure before anything is changed, so it is processed by stock's code.
 from __future__ import annotations
 
 import operator
-import weakref
 
 from sqlalchemy.orm import loading
 from sqlalchemy.orm.state import InstanceState
@@ -40,10 +39,8 @@ def _is_compiled():
 
 if cython.compiled:
     from cython.cimports.cpython.object import PyObject, PyTypeObject
-    from cython.cimports.cpython.ref import Py_DECREF
-    from cython.cimports.cpython.weakref import PyWeakref_GetRef, PyWeakref_NewRef
+    from cython.cimports.cpython.weakref import PyWeakref_NewRef
 
-_WeakRefType = cython.declare(object, weakref.ref)
 _itemgetter = cython.declare(object, operator.itemgetter)
 _object_new = cython.declare(object, object.__new__)
 _EMPTY_TUPLE = cython.declare(tuple, ())
@@ -262,22 +259,6 @@ def _read_populators(target, populators: dict) -> cython.void:
         loader.has_eager = has_eager
 
 
-@cython.cfunc
-@cython.inline
-def _object_of(state) -> object:
-    """``state.obj()``, as the identity map's ``get`` reads it: the object,
-    or None once it has been collected (compiled, without a Python call)."""
-    ref = state.obj
-    if not cython.compiled or type(ref) is not _WeakRefType:
-        return ref()
-    obj: cython.pointer(PyObject)
-    if PyWeakref_GetRef(ref, cython.address(obj)) != 1:
-        return None
-    result = cython.cast(object, obj)
-    Py_DECREF(result)
-    return result
-
-
 @cython.cclass
 class RowLoader:
     """One query entity's row processor: ``loader(row)`` is ``stock(row)``."""
@@ -473,12 +454,7 @@ class RowLoader:
         global _rows_fast
         pk = self._primary_key(row)
         identitykey = (self.identity_class, pk, self.identity_token)
-        map_dict = self.map_dict
-        if map_dict is not None:
-            present = map_dict.get(identitykey)
-            instance = None if present is None else _object_of(present)
-        else:
-            instance = self.identity_map.get(identitykey)
+        instance = self.identity_map.get(identitykey)
         if instance is not None:
             if self.hits_to_stock:
                 return self._to_stock(row)
@@ -515,6 +491,7 @@ class RowLoader:
         state.key = identitykey
         state.identity_token = self.identity_token
         state.session_id = self.session_id
+        map_dict = self.map_dict
         if map_dict is not None and not identity_map._killed:
             # the identity map's _add_unpresent, on its dict
             map_dict[identitykey] = state

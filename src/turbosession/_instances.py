@@ -67,9 +67,11 @@ _KNOWN_INIT = (
 
 def _plain_attribute(cls, name) -> bool:
     """Whether ``setattr(obj, name, value)`` on an instance of ``cls`` stores
-    into the instance's ``__dict__``: ``object``'s ``__setattr__`` and no data
-    descriptor of that name on the class."""
-    if cls.__setattr__ is not object.__setattr__ or type(cls).__setattr__ is not type.__setattr__:
+    into the instance's ``__dict__``: ``object``'s ``__setattr__`` (looked up
+    on the class, as for its instances; a metaclass's ``__setattr__``, such as
+    declarative's, sets class attributes only) and no data descriptor of that
+    name on the class."""
+    if cls.__setattr__ is not object.__setattr__:
         return False
     for klass in cls.__mro__:
         if name in klass.__dict__:

@@ -456,7 +456,14 @@ class RowLoader:
         global _rows_fast
         pk = self._primary_key(row)
         identitykey = (self.identity_class, pk, self.identity_token)
-        instance = self.identity_map.get(identitykey)
+        map_dict = self.map_dict
+        if map_dict is not None:
+            # the identity map's get() on its dict: the object of the state
+            # under that key, None once it has been collected
+            present = map_dict.get(identitykey)
+            instance = None if present is None else present.obj()
+        else:
+            instance = self.identity_map.get(identitykey)
         if instance is not None:
             if self.hits_to_stock:
                 return self._to_stock(row)
@@ -493,7 +500,6 @@ class RowLoader:
         state.key = identitykey
         state.identity_token = self.identity_token
         state.session_id = self.session_id
-        map_dict = self.map_dict
         if map_dict is not None and not identity_map._killed:
             # the identity map's _add_unpresent, on its dict
             map_dict[identitykey] = state
@@ -505,12 +511,14 @@ class RowLoader:
         state.runid = self.runid
 
         i: cython.Py_ssize_t
+        index: cython.Py_ssize_t
         quick_indexes = self.quick_indexes
         if quick_indexes is not None and type(row) is tuple:
             values: tuple = row
             quick_keys = self.quick_keys
             for i in range(len(quick_indexes)):
-                dict_[quick_keys[i]] = values[quick_indexes[i]]
+                index = quick_indexes[i]
+                dict_[quick_keys[i]] = values[index]
         else:
             for key, getter in self.quick:
                 dict_[key] = getter(row)

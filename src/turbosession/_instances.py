@@ -42,7 +42,6 @@ if cython.compiled:
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
 
 _itemgetter = cython.declare(object, operator.itemgetter)
-_object_new = cython.declare(object, object.__new__)
 _EMPTY_TUPLE = cython.declare(tuple, ())
 
 _warn_for_runid_changed = loading._warn_for_runid_changed

@@ -15,7 +15,7 @@ fallback reason sent them to stock's closure.
 """
 
 import pytest
-from sqlalchemy import ForeignKey, Integer, String, bindparam, event, func, inspect, select
+from sqlalchemy import ForeignKey, Integer, String, bindparam, event, func, inspect, select, text
 from sqlalchemy.orm import (
     DeclarativeBase,
     selectin_polymorphic,
@@ -109,6 +109,36 @@ class Truck(Vehicle):
     id: Mapped[int] = mapped_column(ForeignKey("ti_vehicle.id"), primary_key=True)
     payload: Mapped[int] = mapped_column(Integer)
     __mapper_args__ = {"polymorphic_identity": "truck", "polymorphic_load": "selectin"}
+
+
+class Pair(Base):
+    """A composite primary key whose columns are not next to each other in
+    the row (stock's key getter is ``itemgetter(0, 2)``), and no partial keys
+    (``is_not_primary_key`` is ``_none_set.intersection``)."""
+
+    __tablename__ = "ti_pair"
+    a: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(20))
+    b: Mapped[int] = mapped_column(primary_key=True)
+    __mapper_args__ = {"allow_partial_pks": False}
+
+
+class Custom(Base):
+    """A class with a ``__new__`` and a ``__setattr__`` of its own: the loop
+    calls them as stock's ``new_instance`` does."""
+
+    __tablename__ = "ti_custom"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    calls = []
+
+    def __new__(cls, *args, **kw):
+        Custom.calls.append(("__new__", cls.__name__))
+        return super().__new__(cls)
+
+    def __setattr__(self, key, value):
+        Custom.calls.append(("__setattr__", key, type(value).__name__))
+        super().__setattr__(key, value)
 
 
 def seed(session):
@@ -419,6 +449,70 @@ def test_stock_sessions_get_stock_closure(engine):
         }
     finally:
         Base.metadata.drop_all(engine)
+
+
+def close_on_first_load(session):
+    """A ``load`` listener that closes the session when the first row's
+    object is loaded: the next new object meets the killed identity map."""
+
+    closed = []
+
+    def on_load(target, context):
+        if not closed:
+            closed.append(target)
+            session.close()
+
+    event.listen(Author, "load", on_load)
+    try:
+        return session.scalars(select(Author).order_by(Author.id)).all()
+    finally:
+        event.remove(Author, "load", on_load)
+
+
+ROW_SHAPE_LOADS = [
+    ("non-contiguous composite key", lambda s: s.scalars(
+        select(Pair).order_by(Pair.a, Pair.b)).all()),
+    ("partial NULL key, no partial keys", lambda s: s.scalars(
+        select(Pair).from_statement(text(
+            "SELECT 7 AS a, 'x' AS label, NULL AS b UNION ALL "
+            "SELECT 8 AS a, 'y' AS label, 1 AS b"))).all()),
+    ("own __new__ and __setattr__", lambda s: s.scalars(
+        select(Custom).order_by(Custom.id)).all()),
+    ("Row objects (yield_per)", lambda s: s.scalars(
+        select(Book).order_by(Book.id).execution_options(yield_per=3)).all()),
+    ("tuple rows by text", lambda s: s.scalars(
+        select(Book).from_statement(text(
+            "SELECT pages, title, id, author_id FROM ti_book ORDER BY id"))).all()),
+    ("closed while loading", close_on_first_load),
+]
+
+
+def row_shapes(session_cls, engine, log):
+    Custom.calls.clear()
+    with session_cls(engine) as session:
+        seed(session)
+        session.add_all([Pair(a=1, label="p", b=2), Pair(a=1, label="q", b=1),
+                         Pair(a=2, label="r", b=1)])
+        session.add_all([Custom(id=1, name="one"), Custom(id=2, name="two")])
+        session.commit()
+    runids = Runids()
+    held = []
+    with session_cls(engine) as session:
+        for label, load in ROW_SHAPE_LOADS:
+            Custom.calls.clear()
+            load_and_record(log, session, label, load, held, runids)
+            log.note(label, "Custom calls", list(Custom.calls))
+
+
+def test_row_shapes_match_stock(session_cls, engine, pure_loop):
+    """Rows read by position (composite keys, ``from_statement`` columns in
+    another order), Row objects, NULL keys without partial keys, a class's
+    own ``__new__`` / ``__setattr__``, and the identity map killed mid-load."""
+    turbosession.reset_stats()
+    assert_same_as_stock(row_shapes, session_cls, engine, Base.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] >= len(ROW_SHAPE_LOADS) and loaded["rows"] > 0, loaded
+    assert loaded["fallback"] == {}, loaded
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ closure before anything is changed, so it is processed by stock's code.
 
 from __future__ import annotations
 
+import operator
+
 from sqlalchemy.orm import loading
 from sqlalchemy.orm.state import InstanceState
 
@@ -36,13 +38,17 @@ def _is_compiled():
 
 
 if cython.compiled:
+    from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
+
+_itemgetter = cython.declare(object, operator.itemgetter)
+_EMPTY_TUPLE = cython.declare(tuple, ())
 
 _warn_for_runid_changed = loading._warn_for_runid_changed
 
 # what InstanceState.__init__ reads in SQLAlchemy 2.1: it sets class_,
 # manager, obj (a weakref with the state's _cleanup), committed_state and
-# expired_attributes, which RowLoader._new_object does itself when compiled
+# expired_attributes, which RowLoader._new_state does itself when compiled
 _STATE_INIT_NAMES = (
     "__class__", "class_", "manager", "weakref", "ref", "_cleanup", "obj",
     "committed_state", "set", "expired_attributes",
@@ -58,8 +64,86 @@ _KNOWN_INIT = (
 )
 
 
+def _plain_attribute(cls, name) -> bool:
+    """Whether ``setattr(obj, name, value)`` on an instance of ``cls`` stores
+    into the instance's ``__dict__``: ``object``'s ``__setattr__`` (looked up
+    on the class, as for its instances; a metaclass's ``__setattr__``, such as
+    declarative's, sets class attributes only) and no data descriptor of that
+    name on the class."""
+    if cls.__setattr__ is not object.__setattr__:
+        return False
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            kind = type(klass.__dict__[name])
+            return not (hasattr(kind, "__set__") or hasattr(kind, "__delete__"))
+    return True
+
+
 def _init_is_known(state_class) -> cython.bint:
     return state_class is InstanceState and InstanceState.__init__ is _KNOWN_INIT
+
+
+def _pk_positions(getter):
+    """``(start, stop, None)`` when stock's primary-key getter is the one
+    ``tuplegetter`` makes for contiguous columns (``itemgetter(slice(start,
+    stop))``), ``(0, 0, indexes)`` for ``itemgetter(i, j, ...)``; None for any
+    other getter.  Read once per compiled statement."""
+    if type(getter) is not _itemgetter:
+        return None
+    args = getter.__reduce__()[1]
+    if len(args) == 1 and type(args[0]) is slice:
+        where = args[0]
+        if (
+            type(where.start) is int and type(where.stop) is int and where.step is None
+            and 0 <= where.start < where.stop
+        ):
+            return (where.start, where.stop, None)
+        return None
+    if len(args) > 1 and all(type(index) is int and index >= 0 for index in args):
+        return (0, 0, tuple(args))
+    return None
+
+
+def _quick_positions(quick):
+    """``(keys, indexes)`` of the "quick" populators when each getter is
+    ``itemgetter(index)`` (what stock's ``result._getter`` makes), so that a
+    plain tuple row is read by position; None otherwise."""
+    keys = []
+    indexes = []
+    for key, getter in quick:
+        if type(getter) is not _itemgetter:
+            return None
+        args = getter.__reduce__()[1]
+        if len(args) != 1 or type(args[0]) is not int or args[0] < 0:
+            return None
+        keys.append(key)
+        indexes.append(args[0])
+    return (tuple(keys), tuple(indexes))
+
+
+# how RowLoader tests a primary key for NULLs: stock's is_not_primary_key is
+# _none_set.issuperset (allow_partial_pks, every value NULL) or
+# _none_set.intersection (any value NULL); anything else is called
+_NONE_SET = cython.declare(frozenset, loading._none_set)
+_NONE_CALL = cython.declare(cython.int, 0)
+_NONE_ALL = cython.declare(cython.int, 1)
+_NONE_ANY = cython.declare(cython.int, 2)
+
+
+def _none_mode(is_not_primary_key) -> cython.int:
+    if getattr(is_not_primary_key, "__self__", None) is not loading._none_set:
+        return _NONE_CALL
+    name = getattr(is_not_primary_key, "__name__", None)
+    if name == "issuperset":
+        return _NONE_ALL
+    if name == "intersection":
+        return _NONE_ANY
+    return _NONE_CALL
+
+
+def _plain_new(class_) -> bool:
+    """Whether ``class_.__new__(class_)`` is ``object.__new__``'s."""
+    return class_.__new__ is object.__new__
 
 
 # the cells of stock's closure RowLoader reads per query, in the order of
@@ -117,17 +201,31 @@ class RowSetup:
     new_populators = cython.declare(list)
     has_eager = cython.declare(cython.bint)
     source = cython.declare(object, visibility="readonly")
+    pk_positions = cython.declare(object)
+    cached_quick = cython.declare(list)
+    quick_positions = cython.declare(object)
+    none_mode = cython.declare(cython.int)
+    plain_new = cython.declare(cython.bint)
+    state_in_dict = cython.declare(cython.bint)
 
     def __init__(self, getters, mapper, is_not_primary_key, state_attr, source):
         self.getters = getters
         self.primary_key_getter = getters["primary_key_getter"]
+        # what a plain tuple row is read with (positions instead of getters)
+        self.pk_positions = _pk_positions(self.primary_key_getter)
+        self.cached_quick = getters["cached_populators"]["quick"]
+        self.quick_positions = _quick_positions(self.cached_quick)
+        self.none_mode = _none_mode(is_not_primary_key)
         self.identity_class = mapper._identity_class
         self.is_not_primary_key = is_not_primary_key
         manager = mapper.class_manager
         self.manager = manager
         self.class_ = manager.class_
         self.new_object = self.class_.__new__
+        self.plain_new = _plain_new(self.class_)
         self.state_attr = state_attr
+        # the state goes into the new instance's __dict__ as setattr puts it
+        self.state_in_dict = _plain_attribute(self.class_, state_attr)
         # the mapper's memoized attribute this setup was built beside: a
         # reconfigured mapper has a new one, and the setup is rebuilt
         self.source = source
@@ -172,18 +270,29 @@ class RowLoader:
     identity_token = cython.declare(object)
     primary_key_getter = cython.declare(object)
     identity_map = cython.declare(object)
+    map_dict = cython.declare(dict)
+    map_ref = cython.declare(object)
     is_not_primary_key = cython.declare(object)
+    none_mode = cython.declare(cython.int)
     manager = cython.declare(object)
     class_ = cython.declare(object)
     new_object = cython.declare(object)
+    plain_new = cython.declare(cython.bint)
     state_constructor = cython.declare(object)
     init_inline = cython.declare(cython.bint)
     state_attr = cython.declare(str)
+    state_in_dict = cython.declare(cython.bint)
     session_id = cython.declare(object)
     runid = cython.declare(object)
     load_path = cython.declare(object)
     load_options = cython.declare(object)
+    pk_slice = cython.declare(cython.bint)
+    pk_start = cython.declare(cython.Py_ssize_t)
+    pk_stop = cython.declare(cython.Py_ssize_t)
+    pk_indexes = cython.declare(tuple)
     quick = cython.declare(list)
+    quick_keys = cython.declare(tuple)
+    quick_indexes = cython.declare(tuple)
     expired_keys = cython.declare(tuple)
     new_populators = cython.declare(list)
     has_eager = cython.declare(cython.bint)
@@ -193,25 +302,38 @@ class RowLoader:
     post_load = cython.declare(object)
     hits_to_stock = cython.declare(cython.bint)
 
-    def __init__(self, stock, closure: tuple, at: tuple, setup: RowSetup, hits_to_stock):
+    def __init__(
+        self, stock, closure: tuple, at: tuple, setup: RowSetup, hits_to_stock, map_is_own
+    ):
         # ``at``: the position in ``closure`` of each cell named in CELLS;
-        # what does not change between executions comes from ``setup``
+        # what does not change between executions comes from ``setup``;
+        # ``map_is_own``: the identity map is turbosession's own class, whose
+        # dict and weak reference are read here (they never change)
         self.stock = stock
         self.context = closure[at[0]].cell_contents
         self.identity_token = closure[at[1]].cell_contents
         self.primary_key_getter = closure[at[2]].cell_contents
-        self.identity_map = closure[at[3]].cell_contents
+        identity_map = closure[at[3]].cell_contents
+        self.identity_map = identity_map
+        if map_is_own:
+            self.map_dict = identity_map._dict
+            self.map_ref = identity_map._wr
         self.session_id = closure[at[4]].cell_contents
         self.runid = closure[at[5]].cell_contents
         self.load_path = closure[at[6]].cell_contents
         self.load_options = closure[at[7]].cell_contents
+        quick_positions = setup.quick_positions
         if setup.per_query:
             _read_populators(self, closure[at[8]].cell_contents)
+            if not _same_list(self.quick, setup.cached_quick):
+                quick_positions = _quick_positions(self.quick)
         else:
             self.quick = setup.quick
             self.expired_keys = setup.expired_keys
             self.new_populators = setup.new_populators
             self.has_eager = setup.has_eager
+        if quick_positions is not None:
+            self.quick_keys, self.quick_indexes = quick_positions
         self.load_evt = closure[at[9]].cell_contents
         self.persistent_evt = closure[at[10]].cell_contents
         self.post_load = closure[at[11]].cell_contents
@@ -221,15 +343,22 @@ class RowLoader:
         )
         self.identity_class = setup.identity_class
         self.is_not_primary_key = setup.is_not_primary_key
+        self.none_mode = setup.none_mode
+        pk_positions = setup.pk_positions
+        if pk_positions is not None and self.primary_key_getter is setup.primary_key_getter:
+            self.pk_start, self.pk_stop, self.pk_indexes = pk_positions
+            self.pk_slice = self.pk_indexes is None
         manager = setup.manager
         self.manager = manager
         self.class_ = setup.class_
         self.new_object = setup.new_object
+        self.plain_new = setup.plain_new
         # a memoized property that fires first_init when first read: read it
         # only once stock's new_instance() has (see _new_object)
         self.state_constructor = manager.__dict__.get("_state_constructor")
         self.init_inline = _init_is_known(self.state_constructor)
         self.state_attr = setup.state_attr
+        self.state_in_dict = setup.state_in_dict
         self.hits_to_stock = hits_to_stock
 
     @cython.cfunc
@@ -239,37 +368,101 @@ class RowLoader:
         return self.stock(row)
 
     @cython.cfunc
-    def _new_object(self) -> object:
-        """A new instance with its InstanceState, as ``manager.new_instance()``.
+    def _primary_key(self, row) -> object:
+        """``primary_key_getter(row)``; a plain tuple row is read by position."""
+        if type(row) is not tuple:
+            return self.primary_key_getter(row)
+        values: tuple = row
+        if self.pk_slice:
+            if self.pk_stop > len(values):
+                return self.primary_key_getter(row)
+            return values[self.pk_start:self.pk_stop]
+        indexes = self.pk_indexes
+        if indexes is None:
+            return self.primary_key_getter(row)
+        return tuple([values[index] for index in indexes])
 
-        Compiled, when the state class is stock's ``InstanceState`` with the
-        ``__init__`` this version knows (``_STATE_INIT_NAMES``), the state's
-        five slots are set here in that order rather than through a Python
-        call of ``__init__``: that call was about 15% of the instructions per row.
-        """
+    @cython.cfunc
+    def _no_identity(self, pk) -> cython.bint:
+        """``is_not_primary_key(pk)``: stock's ``_none_set.issuperset`` or
+        ``.intersection`` as a loop over the values (no temporary set)."""
+        none_mode: cython.int = self.none_mode
+        if none_mode == _NONE_CALL:
+            return bool(self.is_not_primary_key(pk))
+        none_set = _NONE_SET
+        if none_mode == _NONE_ALL:
+            for value in pk:
+                if value not in none_set:
+                    return False
+            return True
+        for value in pk:
+            if value in none_set:
+                return True
+        return False
+
+    @cython.cfunc
+    def _new_object(self) -> object:
+        """A new instance with its InstanceState, as ``manager.new_instance()``
+        does it, the state set by ``setattr``."""
         if self.state_constructor is None:
+            # the class's first instance: stock's, which sets up the state
+            # constructor (first_init)
             instance = self.manager.new_instance()
             self.state_constructor = self.manager.__dict__.get("_state_constructor")
             self.init_inline = _init_is_known(self.state_constructor)
             return instance
-        instance = self.new_object(self.class_)
+        instance = self._allocate()
+        setattr(instance, self.state_attr, self._new_state(instance))
+        return instance
+
+    @cython.cfunc
+    def _allocate(self) -> object:
+        """``class_.__new__(class_)``.  Compiled, a class whose ``__new__`` is
+        ``object.__new__`` is allocated through its ``tp_new`` slot (what
+        ``object.__new__(cls)`` calls after its argument checks) rather than
+        a Python call."""
+        if cython.compiled and self.plain_new:
+            return cython.cast(cython.pointer(PyTypeObject), self.class_).tp_new(
+                self.class_, cython.cast(cython.pointer(PyObject), _EMPTY_TUPLE), cython.NULL
+            )
+        return self.new_object(self.class_)
+
+    @cython.cfunc
+    def _new_state(self, instance) -> object:
+        """``state_constructor(instance, manager)``.
+
+        Compiled, when the state class is stock's ``InstanceState`` with the
+        ``__init__`` this version knows (``_STATE_INIT_NAMES``), the state's
+        five slots are set here in that order rather than through a Python
+        call of ``__init__``: that call was about 15% of the instructions per
+        row.
+        """
         if cython.compiled and self.init_inline:
-            state = object.__new__(self.state_constructor)
+            # InstanceState.__new__ is object.__new__ (see _KNOWN_INIT)
+            state = cython.cast(cython.pointer(PyTypeObject), self.state_constructor).tp_new(
+                self.state_constructor, cython.cast(cython.pointer(PyObject), _EMPTY_TUPLE),
+                cython.NULL,
+            )
             state.class_ = self.class_
             state.manager = self.manager
             state.obj = PyWeakref_NewRef(instance, state._cleanup)
             state.committed_state = {}
             state.expired_attributes = set()
-        else:
-            state = self.state_constructor(instance, self.manager)
-        setattr(instance, self.state_attr, state)
-        return instance
+            return state
+        return self.state_constructor(instance, self.manager)
 
     def __call__(self, row):
         global _rows_fast
-        pk = self.primary_key_getter(row)
+        pk = self._primary_key(row)
         identitykey = (self.identity_class, pk, self.identity_token)
-        instance = self.identity_map.get(identitykey)
+        map_dict = self.map_dict
+        if map_dict is not None:
+            # the identity map's get() on its dict: the object of the state
+            # under that key, None once it has been collected
+            present = map_dict.get(identitykey)
+            instance = None if present is None else present.obj()
+        else:
+            instance = self.identity_map.get(identitykey)
         if instance is not None:
             if self.hits_to_stock:
                 return self._to_stock(row)
@@ -286,24 +479,48 @@ class RowLoader:
             _rows_fast += 1
             return instance
 
-        if self.is_not_primary_key(pk):
+        if self._no_identity(pk):
             # NULLs in the primary key: no object for this row
             return None
 
-        instance = self._new_object()
-        dict_ = instance.__dict__
-        state = getattr(instance, self.state_attr)
+        if self.state_in_dict and self.state_constructor is not None:
+            # the state stored in the instance's __dict__ as setattr stores it
+            instance = self._allocate()
+            dict_ = instance.__dict__
+            state = self._new_state(instance)
+            dict_[self.state_attr] = state
+        else:
+            instance = self._new_object()
+            dict_ = instance.__dict__
+            state = getattr(instance, self.state_attr)
+        identity_map = self.identity_map
+        # set as attributes, not through the state's __dict__: InstanceState
+        # keeps them in its inline values until something asks for __dict__
         state.key = identitykey
         state.identity_token = self.identity_token
         state.session_id = self.session_id
-        identity_map = self.identity_map
-        identity_map._add_unpresent(state, identitykey)
+        if map_dict is not None and not identity_map._killed:
+            # the identity map's _add_unpresent, on its dict
+            map_dict[identitykey] = state
+            state._instance_dict = self.map_ref
+        else:
+            identity_map._add_unpresent(state, identitykey)
         state.load_options = self.load_options
         state.load_path = self.load_path
-
         state.runid = self.runid
-        for key, getter in self.quick:
-            dict_[key] = getter(row)
+
+        i: cython.Py_ssize_t
+        index: cython.Py_ssize_t
+        quick_indexes = self.quick_indexes
+        if quick_indexes is not None and type(row) is tuple:
+            values: tuple = row
+            quick_keys = self.quick_keys
+            for i in range(len(quick_indexes)):
+                index = quick_indexes[i]
+                dict_[quick_keys[i]] = values[index]
+        else:
+            for key, getter in self.quick:
+                dict_[key] = getter(row)
         if self.expired_keys:
             expired = state.expired_attributes
             for key in self.expired_keys:
@@ -327,3 +544,16 @@ class RowLoader:
             self.post_load.add_state(state, True)
         _rows_fast += 1
         return instance
+
+
+@cython.cfunc
+def _same_list(quick: list, cached: list) -> cython.bint:
+    """Whether one execution's "quick" populators are the cached ones (the
+    same items: stock copies the cached list for each execution)."""
+    i: cython.Py_ssize_t
+    if len(quick) != len(cached):
+        return False
+    for i in range(len(quick)):
+        if quick[i] is not cached[i]:
+            return False
+    return True

@@ -135,6 +135,7 @@ _INSTANCE_DICT = CELL_INDEX.get("instance_dict")
 _VERSION_CHECK = CELL_INDEX.get("version_check")
 _PRIMARY_KEY_GETTER = CELL_INDEX.get("primary_key_getter")
 _IS_NOT_PRIMARY_KEY = CELL_INDEX.get("is_not_primary_key")
+_IDENTITY_MAP = CELL_INDEX.get("session_identity_map")
 
 
 def _stock_instrumentation(mapper):
@@ -244,9 +245,11 @@ def _row_loader(bundle, mapper, context, path, stock):
     hits_to_stock = bool(
         closure[_VERSION_CHECK].cell_contents and _cell(closure, "version_id_getter")
     )
+    # the identity map of turbosession's own class: the loop reads its dict
+    map_is_own = type(closure[_IDENTITY_MAP].cell_contents) is bundle.identity.WeakIdentityMap
     _fast += 1
     return bundle.instances.RowLoader(
-        stock, closure, _POSITIONS[bundle.name], setup, hits_to_stock
+        stock, closure, _POSITIONS[bundle.name], setup, hits_to_stock, map_is_own
     )
 
 

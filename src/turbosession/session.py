@@ -45,9 +45,10 @@ class TurboSessionMixin:
         transaction.commit(self, trans)
 
     def _connection_for_bind(self, engine, execution_options=None, **kw):
-        # the connection the transaction holds, without the state machine's
-        # wrapper; stock's to acquire one or in any other case
-        conn = transaction.existing_connection(self, engine, execution_options)
+        # the connection the transaction holds, or the root transaction's
+        # first one, without the state machine's wrappers; stock's in any
+        # other case
+        conn = transaction.connection_for_bind(self, engine, execution_options)
         if conn is None:
             return super()._connection_for_bind(engine, execution_options, **kw)
         return conn

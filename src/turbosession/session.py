@@ -33,6 +33,8 @@ class TurboSessionMixin:
     _flush = flush.flush
 
     def __init__(self, *args, **kw):
+        if "dispatch" not in self.__dict__:
+            _fill_dispatch(self.dispatch)
         super().__init__(*args, **kw)
         # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
         self.identity_map = self._turbo.identity.WeakIdentityMap()
@@ -131,6 +133,25 @@ class TurboSessionMixin:
         return self._turbo.tracking.has_net_changes(
             object_state(instance), include_collections
         )
+
+
+def _fill_dispatch(dispatch):
+    """Give a new session's own event dispatcher, at once, the per-event
+    members it would otherwise make one at a time on first use.
+
+    A session's dispatcher (``session.dispatch``, made for the session on
+    first access) has a slot per event; the first time an event is asked
+    for, the empty slot raises and ``__getattr__`` fills it with the
+    class's shared ``_EmptyListener`` for that event.  A short
+    transaction asks for about twenty events, each an exception and a
+    Python call; this fills the slots with the same objects before the
+    session is initialised (so before anything could listen on it).  A
+    listener added later, to the session or to its class, finds what it
+    would have found: it replaces the slot's ``_EmptyListener`` with the
+    session's own collection, and one added to the class is seen through
+    the shared ``_EmptyListener`` as before."""
+    for name, listener in dispatch._empty_listeners.items():
+        setattr(dispatch, name, listener)
 
 
 # each bundle's Session.get, which a subclass pinning a bundle swaps

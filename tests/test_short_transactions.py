@@ -636,7 +636,56 @@ def listeners_on_the_session_any_time(session_cls, engine, log):
         log.note("users", users(session))
 
 
+def snapshots_restored(session_cls, engine, log):
+    """What a transaction's snapshot (new, deleted, dirty objects, primary
+    key switches) restores on rollback, in the root transaction and in
+    savepoints, flushed and not, and what a commit leaves."""
+    engine = _engine_of_its_own(engine)
+
+    def note(label, **objects):
+        log.states(session, **objects)
+        log.note(label, [inspect_key(o) for o in objects.values()])
+
+    def inspect_key(obj):
+        key = orm.attributes.instance_state(obj).key
+        return key[1] if key else None
+
+    with session_cls(engine) as session:
+        ed, fred = User(id=1, name="ed"), User(id=2, name="fred")
+        session.add_all([ed, fred])
+        session.commit()
+        session.rollback()
+        wendy = User(id=3, name="wendy")
+        session.add(wendy)
+        ed.name = "edward"
+        session.delete(fred)
+        session.flush()
+        note("flushed", ed=ed, fred=fred, wendy=wendy)
+        session.rollback()
+        note("rolled back", ed=ed, fred=fred, wendy=wendy)
+        log.note("name", ed.name)
+        nested = session.begin_nested()
+        jack = User(id=4, name="jack")
+        session.add(jack)
+        ed.id = 10
+        session.flush()
+        note("in savepoint", ed=ed, jack=jack)
+        nested.rollback()
+        note("savepoint rolled back", ed=ed, jack=jack)
+        with session.begin_nested():
+            ed.id = 11
+            session.delete(fred)
+        note("savepoint committed", ed=ed, fred=fred)
+        session.rollback()
+        note("root rolled back", ed=ed, fred=fred)
+        session.delete(ed)
+        session.commit()
+        note("committed", ed=ed, fred=fred)
+        log.note("users", users(session))
+
+
 SCENARIOS = [
+    snapshots_restored,
     listeners_on_the_session_any_time,
     first_connection_seen_by_listeners,
     first_connection_options,

@@ -27,6 +27,7 @@ and marked as stock's wrappers mark it while engine, pool and
 
 import logging
 from collections import Counter
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
@@ -98,9 +99,63 @@ _stock_expire = InstanceState._expire
 _stock_detach_states = InstanceState.__dict__["_detach_states"]
 
 
+class _Snapshot:
+    """One of a transaction's four snapshot collections (``_new``,
+    ``_deleted``, ``_dirty``, ``_key_switches``), made on first use.
+
+    Stock's ``_take_snapshot`` gives a root transaction or a savepoint
+    four new ``WeakKeyDictionary`` objects (most of what beginning a
+    transaction costs) and a subtransaction its parent's four; a short
+    transaction uses one or two of them, a read-only one none.  This
+    gives the same object on first use (a new one for a transaction
+    boundary, the parent's for a subtransaction: the parent never
+    replaces its own) and keeps it in the instance, so that every later
+    use, stock's included, is a plain attribute."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, trans, owner=None):
+        if trans is None:
+            return self
+        if trans._is_transaction_boundary:
+            value = WeakKeyDictionary()
+        else:
+            value = getattr(trans._parent, self.name)
+        trans.__dict__[self.name] = value
+        return value
+
+
+_SNAPSHOT_NAMES = ("_new", "_deleted", "_dirty", "_key_switches")
+_BEGIN = SessionTransactionOrigin.BEGIN
+_AUTOBEGIN = SessionTransactionOrigin.AUTOBEGIN
+
+
 class SessionTransaction(orm.SessionTransaction):
     """``sqlalchemy.orm.SessionTransaction`` whose commit expires objects
-    through ``session._turbo.expire``."""
+    through ``session._turbo.expire`` and whose snapshot collections are
+    made on first use (``_Snapshot``)."""
+
+    _new = _Snapshot()
+    _deleted = _Snapshot()
+    _dirty = _Snapshot()
+    _key_switches = _Snapshot()
+
+    def _take_snapshot(self):
+        # stock's: a savepoint flushes first; the collections a transaction
+        # boundary gets new, and a subtransaction shares with its parent,
+        # are _Snapshot's, made when first used
+        if not self._is_transaction_boundary:
+            return
+        if self.origin is not _BEGIN and self.origin is not _AUTOBEGIN and (
+            not self.session._flushing
+        ):
+            self.session.flush()
+        members = self.__dict__
+        for name in _SNAPSHOT_NAMES:
+            members.pop(name, None)
 
     @_StateChange.declare_states(
         (SessionTransactionState.ACTIVE,), _StateChangeStates.NO_CHANGE
@@ -125,18 +180,20 @@ class SessionTransaction(orm.SessionTransaction):
         assert self._is_transaction_boundary
         expire = session._turbo.expire
         expire.expire_all(session, session.identity_map.all_states())
-        # an empty WeakKeyDictionary is told by its dict: iterating it
-        # enters and leaves its iteration guard, for nothing
-        deleted = list(self._deleted) if self._deleted.data else ()
-        if deleted:
+        # _deleted not made yet (_Snapshot) is empty; an empty
+        # WeakKeyDictionary is told by its dict (iterating it enters and
+        # leaves its iteration guard, for nothing)
+        deleted = self.__dict__.get("_deleted")
+        if deleted is None:
+            return
+        if deleted.data:
             # stock's _detach_states of no states only reads the session's
-            # dispatch (a new session's first read of each event builds its
-            # listener collection: most of a short commit's expiry)
-            expire.detach_all(session, deleted)
+            # dispatch
+            expire.detach_all(session, list(deleted))
         # WeakKeyDictionary.clear() pops one item per Python call; emptying
         # the dict behind it ends the same (its weakref callbacks and
         # pending removals skip keys that are already gone)
-        self._deleted.data.clear()
+        deleted.data.clear()
 
 
 def autobegin(session, begin):
@@ -216,11 +273,8 @@ def begin_flush(session):
     sub.nested = False
     sub.origin = _SUBTRANSACTION
     sub._state = _ACTIVE
-    # _take_snapshot of a subtransaction: the parent's
-    sub._new = parent._new
-    sub._deleted = parent._deleted
-    sub._dirty = parent._dirty
-    sub._key_switches = parent._key_switches
+    # _take_snapshot of a subtransaction: the parent's collections, on
+    # first use (_Snapshot)
     session._transaction = sub
     return sub
 

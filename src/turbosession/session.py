@@ -33,11 +33,13 @@ class TurboSessionMixin:
     _flush = flush.flush
 
     def __init__(self, *args, **kw):
-        if "dispatch" not in self.__dict__:
-            _fill_dispatch(self.dispatch)
         super().__init__(*args, **kw)
         # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
         self.identity_map = self._turbo.identity.WeakIdentityMap()
+        # after stock's __init__: reading the instance's __dict__ before
+        # it would make each of its attribute stores slower
+        if "dispatch" not in self.__dict__:
+            _fill_dispatch(self.dispatch)
 
     def commit(self):
         # stock's, with the root transaction's commit in turbosession.transaction
@@ -101,7 +103,11 @@ class TurboSessionMixin:
         self.identity_map = self._turbo.identity.WeakIdentityMap()
         self._new = {}
         self._deleted = {}
-        InstanceState._detach_states(all_states, self)
+        if InstanceState.__dict__["_detach_states"] is _STOCK_DETACH_STATES:
+            # stock's, its per-state loop compiled (turbosession._expire)
+            self._turbo.expire.detach_all(self, all_states)
+        else:
+            InstanceState._detach_states(all_states, self)
 
     # Loading (turbosession._loading): get() answers an identity-map hit with
     # no options itself, and is stock's get() otherwise.  The method is the
@@ -144,14 +150,17 @@ def _fill_dispatch(dispatch):
     for, the empty slot raises and ``__getattr__`` fills it with the
     class's shared ``_EmptyListener`` for that event.  A short
     transaction asks for about twenty events, each an exception and a
-    Python call; this fills the slots with the same objects before the
-    session is initialised (so before anything could listen on it).  A
-    listener added later, to the session or to its class, finds what it
-    would have found: it replaces the slot's ``_EmptyListener`` with the
-    session's own collection, and one added to the class is seen through
-    the shared ``_EmptyListener`` as before."""
+    Python call; this fills the slots with the same objects, for a
+    session whose dispatcher its ``__init__`` did not make (so nothing
+    listens on it yet).  A listener added later, to the session or to its
+    class, finds what it would have found: it replaces the slot's
+    ``_EmptyListener`` with the session's own collection, and one added
+    to the class is seen through the shared ``_EmptyListener`` as before."""
     for name, listener in dispatch._empty_listeners.items():
         setattr(dispatch, name, listener)
+
+
+_STOCK_DETACH_STATES = InstanceState.__dict__["_detach_states"]
 
 
 # each bundle's Session.get, which a subclass pinning a bundle swaps

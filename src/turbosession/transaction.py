@@ -273,8 +273,13 @@ def begin_flush(session):
     sub.nested = False
     sub.origin = _SUBTRANSACTION
     sub._state = _ACTIVE
-    # _take_snapshot of a subtransaction: the parent's collections, on
-    # first use (_Snapshot)
+    # _take_snapshot of a subtransaction: the parent's collections, those
+    # it has made already now, the others on first use (_Snapshot)
+    made = parent.__dict__
+    members = sub.__dict__
+    for name in _SNAPSHOT_NAMES:
+        if name in made:
+            members[name] = made[name]
     session._transaction = sub
     return sub
 

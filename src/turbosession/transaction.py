@@ -343,7 +343,7 @@ def flush_connection(uow, mapper):
         if entry is not None:
             return entry[0]
         if parent._parent is None and _provisions_directly(uow.session, bind):
-            return _provision_for_subtransaction(uow.session, uow.transaction, parent, bind)
+            return _provision(uow.session, parent, bind, None, uow.transaction)
     return uow.transaction.connection(mapper)
 
 
@@ -528,74 +528,55 @@ _PROVISIONING = SessionTransactionState.PROVISIONING_CONNECTION
 _CONNECTION_FOR_BIND_FN = orm.SessionTransaction._connection_for_bind.__wrapped__
 
 
-def _provision(session, root, bind, execution_options):
+def _provision(session, root, bind, execution_options, sub=None):
     """``root._connection_for_bind(bind, execution_options)`` of an active
     root transaction of a session that is not two-phase, for an engine
-    (not a connection) it holds no connection to.
+    (not a connection) it holds no connection to; with ``sub``, as the
+    flush's subtransaction ``sub`` asks it (``sub.connection(mapper)``).
 
     Stock's steps in stock's order: connect (engine and pool events),
     the session's and the call's execution options, begin (or take the
     transaction a listener of the connection began), register the
-    connection, ``after_begin``.  While they run, the transaction is in
-    the state and has the marks (method in progress, state expected
-    next) that stock's wrapper leaves on it, so that what a listener
-    asks of the session is refused or allowed as in stock."""
-    next_state = root._next_state
-    existing_fn = root._current_fn
-    root._current_fn = _CONNECTION_FOR_BIND_FN
-    root._next_state = _CHANGING
+    connection, ``after_begin``.  While they run, the transaction (and
+    ``sub``) is in the state and has the marks (method in progress, state
+    expected next) that stock's wrappers leave on it, so that what a
+    listener asks of the session is refused or allowed as in stock."""
+    provisioning = (root,) if sub is None else (sub, root)
+    marks = [(trans, trans._next_state, trans._current_fn) for trans in provisioning]
+    for trans in provisioning:
+        trans._current_fn = _CONNECTION_FOR_BIND_FN
+        trans._next_state = _CHANGING
+        trans._state = _PROVISIONING
     try:
-        root._state = _PROVISIONING
+        conn = bind.connect()
         try:
-            conn = bind.connect()
-            try:
-                options = session.execution_options
-                if options or execution_options:
-                    merged = {}
-                    if options:
-                        merged.update(options)
-                    if execution_options:
-                        merged.update(execution_options)
-                    conn = conn.execution_options(**merged)
-                if conn.in_transaction():
-                    db_trans = conn.get_transaction()
-                    assert db_trans is not None
-                else:
-                    db_trans = conn.begin()
-            except:
-                # as stock: not associated with the session, closed now
-                conn.close()
-                raise
-            root._connections[conn] = root._connections[conn.engine] = (
-                conn,
-                db_trans,
-                True,
-                True,
-            )
-            session.dispatch.after_begin(session, root, conn)
-            return conn
-        finally:
-            root._state = _ACTIVE
+            options = session.execution_options
+            if options or execution_options:
+                merged = {}
+                if options:
+                    merged.update(options)
+                if execution_options:
+                    merged.update(execution_options)
+                conn = conn.execution_options(**merged)
+            if conn.in_transaction():
+                db_trans = conn.get_transaction()
+                assert db_trans is not None
+            else:
+                db_trans = conn.begin()
+        except:
+            # as stock: not associated with the session, closed now
+            conn.close()
+            raise
+        root._connections[conn] = root._connections[conn.engine] = (
+            conn,
+            db_trans,
+            True,
+            True,
+        )
+        session.dispatch.after_begin(session, root, conn)
+        return conn
     finally:
-        root._next_state = next_state
-        root._current_fn = existing_fn
-
-
-def _provision_for_subtransaction(session, sub, root, bind):
-    """``sub.connection(mapper)`` of a flush's subtransaction whose root
-    parent holds no connection to the mapper's ``bind``: the
-    subtransaction is provisioning (with its wrapper's marks) while the
-    root acquires it (``_provision``)."""
-    next_state = sub._next_state
-    existing_fn = sub._current_fn
-    sub._current_fn = _CONNECTION_FOR_BIND_FN
-    sub._next_state = _CHANGING
-    try:
-        sub._state = _PROVISIONING
-        try:
-            return _provision(session, root, bind, None)
-        finally:
-            sub._state = _ACTIVE
-    finally:
-        sub._next_state = next_state
-        sub._current_fn = existing_fn
+        for trans, next_state, current_fn in marks:
+            trans._state = _ACTIVE
+            trans._next_state = next_state
+            trans._current_fn = current_fn

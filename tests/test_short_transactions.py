@@ -433,7 +433,263 @@ def listeners_added_during_commit(session_cls, engine, log):
         event.remove(User, "before_insert", before_insert)
 
 
+def _seen_while_connecting(log, where, session):
+    """What a listener running while the transaction's first connection is
+    acquired sees of the session, and what it is refused."""
+    trans = session._transaction
+    log.note(
+        where,
+        _describe(session, trans),
+        _describe(session, trans.parent) if trans is not None and trans.parent else None,
+    )
+    for name in ("connection", "commit"):
+        try:
+            getattr(session, name)()
+        except Exception as err:
+            log.note(where, name, "refused", normalize_error(err))
+        else:
+            log.note(where, name, "allowed")
+
+
+def first_connection_seen_by_listeners(session_cls, engine, log):
+    """Engine, pool and session listeners that run while the transaction's
+    first connection is acquired, by a flush, a get() that misses, an
+    execute() and connection(), in a commit and outside one."""
+    engine = _engine_of_its_own(engine)
+    sessions = []
+
+    def on_connect(conn):
+        if sessions:
+            _seen_while_connecting(log, "engine_connect", sessions[-1])
+
+    def on_checkout(dbapi_connection, record, proxy):
+        if sessions:
+            _seen_while_connecting(log, "checkout", sessions[-1])
+
+    def on_begin(conn):
+        if sessions:
+            _seen_while_connecting(log, "begin", sessions[-1])
+
+    def after_begin(session, trans, conn):
+        _seen_while_connecting(log, "after_begin", session)
+        log.note("after_begin transaction", trans is session.get_transaction())
+
+    event.listen(engine, "engine_connect", on_connect)
+    event.listen(engine.pool, "checkout", on_checkout)
+    event.listen(engine, "begin", on_begin)
+    try:
+        for first_use in ("commit", "flush", "get", "execute", "connection"):
+            with session_cls(engine) as session:
+                event.listen(session, "after_begin", after_begin)
+                sessions.append(session)
+                log.note("first use", first_use)
+                if first_use == "commit":
+                    session.add(User(name="ed"))
+                    session.commit()
+                elif first_use == "flush":
+                    session.add(User(name="wendy"))
+                    session.flush()
+                    session.commit()
+                elif first_use == "get":
+                    log.note("got", session.get(User, 1).name)
+                elif first_use == "execute":
+                    log.note("users", users(session))
+                else:
+                    log.note("connection", session.connection() is session.connection())
+                session.commit()
+                sessions.pop()
+    finally:
+        sessions.clear()
+        event.remove(engine, "engine_connect", on_connect)
+        event.remove(engine.pool, "checkout", on_checkout)
+        event.remove(engine, "begin", on_begin)
+
+
+def first_connection_options(session_cls, engine, log):
+    """The first connection with the session's and the call's execution
+    options, and a connection a listener of the engine began already."""
+    engine = _engine_of_its_own(engine)
+
+    def options(conn):
+        return sorted(
+            (k, v) for k, v in conn.get_execution_options().items() if k.startswith("ts_")
+        )
+
+    with session_cls(engine, execution_options={"ts_session": 1}) as session:
+        conn = session.connection(execution_options={"ts_call": 2})
+        log.note("options", options(conn))
+        session.add(User(name="ed"))
+        session.commit()
+        session.add(User(name="wendy"))
+        session.commit()
+        log.note("options", options(session.connection()))
+        with pytest.warns(Warning) as warned:
+            session.connection(execution_options={"ts_late": 3})
+        log.note("warned", [str(w.message) for w in warned])
+        log.note("users", users(session))
+
+    def begin_on_connect(conn):
+        conn.begin()
+
+    event.listen(engine, "engine_connect", begin_on_connect)
+    try:
+        with session_cls(engine) as session:
+            session.add(User(name="jack"))
+            session.commit()
+            log.note("users", users(session))
+            session.commit()
+    finally:
+        event.remove(engine, "engine_connect", begin_on_connect)
+
+
+def first_connection_fails(session_cls, engine, log):
+    """The engine's begin fails once (a listener raises): the connection
+    goes back to the pool, the objects stay pending, the session is usable."""
+    engine = _engine_of_its_own(engine)
+    failing = [True]
+
+    def on_begin(conn):
+        if failing:
+            failing.clear()
+            raise RuntimeError("no begin")
+
+    def on_checkin(dbapi_connection, record):
+        log.note("checkin")
+
+    event.listen(engine, "begin", on_begin)
+    event.listen(engine.pool, "checkin", on_checkin)
+    try:
+        with session_cls(engine) as session:
+            ed = User(name="ed")
+            session.add(ed)
+            try:
+                session.commit()
+            except RuntimeError as err:
+                log.note("commit failed", normalize_error(err))
+            log.note("state", object_state(ed), _describe(session, session._transaction))
+            session.rollback()
+            log.note("state", object_state(ed))
+            session.add(ed)
+            session.commit()
+            log.note("users", users(session))
+            failing.append(True)
+            try:
+                session.get(User, 99)
+            except RuntimeError as err:
+                log.note("get failed", normalize_error(err))
+            log.note("transaction", _describe(session, session._transaction))
+            log.note("users", users(session))
+    finally:
+        event.remove(engine, "begin", on_begin)
+        event.remove(engine.pool, "checkin", on_checkin)
+
+
+def listeners_on_the_session_any_time(session_cls, engine, log):
+    """Session listeners added to a sessionmaker, to a session before and
+    after its events have run, to the Session class while a session
+    exists, and by a base class's __init__ (the mixin in front of it)."""
+    engine = _engine_of_its_own(engine)
+
+    def noting(name):
+        def listener(session, *args):
+            log.note("event", name, [type(arg).__name__ for arg in args])
+
+        return listener
+
+    maker = orm.sessionmaker(engine, class_=session_cls)
+    on_maker = noting("maker after_commit")
+    event.listen(maker, "after_commit", on_maker)
+    with maker() as session:
+        session.add(User(name="ed"))
+        session.commit()
+        on_session = noting("session after_begin")
+        event.listen(session, "after_begin", on_session)
+        log.note("contains", event.contains(session, "after_begin", on_session))
+        session.add(User(name="wendy"))
+        session.commit()
+        event.remove(session, "after_begin", on_session)
+        log.note("contains", event.contains(session, "after_begin", on_session))
+        on_class = noting("class after_attach")
+        event.listen(orm.Session, "after_attach", on_class)
+        try:
+            session.add(User(name="jack"))
+            session.commit()
+        finally:
+            event.remove(orm.Session, "after_attach", on_class)
+        session.add(User(name="fred"))
+        session.commit()
+    event.remove(maker, "after_commit", on_maker)
+
+    class Listening(orm.Session):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            event.listen(self, "after_transaction_end", noting("own after_transaction_end"))
+
+    if session_cls is orm.Session:
+        cls = Listening
+    else:
+        cls = type("TurboListening", (turbosession.TurboSessionMixin, Listening),
+                   {"_turbo": session_cls._turbo})
+    with cls(engine) as session:
+        session.add(User(name="mary"))
+        session.commit()
+        log.note("users", users(session))
+
+
+def snapshots_restored(session_cls, engine, log):
+    """What a transaction's snapshot (new, deleted, dirty objects, primary
+    key switches) restores on rollback, in the root transaction and in
+    savepoints, flushed and not, and what a commit leaves."""
+    engine = _engine_of_its_own(engine)
+
+    def note(label, **objects):
+        log.states(session, **objects)
+        log.note(label, [inspect_key(o) for o in objects.values()])
+
+    def inspect_key(obj):
+        key = orm.attributes.instance_state(obj).key
+        return key[1] if key else None
+
+    with session_cls(engine) as session:
+        ed, fred = User(id=1, name="ed"), User(id=2, name="fred")
+        session.add_all([ed, fred])
+        session.commit()
+        session.rollback()
+        wendy = User(id=3, name="wendy")
+        session.add(wendy)
+        ed.name = "edward"
+        session.delete(fred)
+        session.flush()
+        note("flushed", ed=ed, fred=fred, wendy=wendy)
+        session.rollback()
+        note("rolled back", ed=ed, fred=fred, wendy=wendy)
+        log.note("name", ed.name)
+        nested = session.begin_nested()
+        jack = User(id=4, name="jack")
+        session.add(jack)
+        ed.id = 10
+        session.flush()
+        note("in savepoint", ed=ed, jack=jack)
+        nested.rollback()
+        note("savepoint rolled back", ed=ed, jack=jack)
+        with session.begin_nested():
+            ed.id = 11
+            session.delete(fred)
+        note("savepoint committed", ed=ed, fred=fred)
+        session.rollback()
+        note("root rolled back", ed=ed, fred=fred)
+        session.delete(ed)
+        session.commit()
+        note("committed", ed=ed, fred=fred)
+        log.note("users", users(session))
+
+
 SCENARIOS = [
+    snapshots_restored,
+    listeners_on_the_session_any_time,
+    first_connection_seen_by_listeners,
+    first_connection_options,
+    first_connection_fails,
     listeners_added_during_commit,
     refused_during_commit,
     commits,
@@ -498,3 +754,19 @@ def test_commits_direct_unless_listened(session_cls, engine):
     stats = turbosession.stats()["transactions"]["commits"]
     assert stats["fast"] == 0
     assert stats["fallback"] == {"listeners": 2}
+
+
+def test_first_connection_acquired_directly(session_cls, engine, monkeypatch):
+    """Each first use of the scenario (a commit's flush, a flush, get(),
+    execute(), connection()) acquires the root transaction's connection
+    on turbosession's path, the same as stock's."""
+    provisions = []
+    provision = transaction._provision
+
+    def counting(*args):
+        provisions.append(args[2])
+        return provision(*args)
+
+    monkeypatch.setattr(transaction, "_provision", counting)
+    assert_same_as_stock(first_connection_seen_by_listeners, session_cls, engine, Base.metadata)
+    assert len(provisions) == 5

@@ -11,7 +11,8 @@ through its own ``_expire``, in its place in the order; its listeners may
 change anything, so the loop forgets what it had looked up afterwards.
 
 ``detach_all`` is the ``InstanceState._detach_states`` call that follows,
-for the objects deleted in the transaction.
+for the objects deleted in the transaction, and the one of
+``expunge_all()`` (so of ``close()``) for every object of the session.
 
 Compiled, the per-state loop is C, with the per-manager lookups in a typed
 plan.
@@ -142,7 +143,7 @@ _DETACH_EVENTS = (
 
 def detach_all(session, states):
     """``InstanceState._detach_states(states, session)``, as commit calls it
-    for the deleted states: without a listener of the state-change events
+    for the deleted states and ``expunge_all()`` for all: without a listener of the state-change events
     it fires, all it does is take each state out of the session."""
     dispatch = session.dispatch
     for name in _DETACH_EVENTS:

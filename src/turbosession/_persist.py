@@ -746,8 +746,12 @@ def register_persistent(session, states: set, commit_all_states):
                 was_new.append(state)
             else:
                 was_dirty.append(state)
-        _mark_in(transaction._new, was_new)
-        _mark_in(transaction._dirty, was_dirty)
+        # a transaction's _new and _dirty may be made on first use
+        # (turbosession.transaction._Snapshot): only asked for when marked
+        if was_new:
+            _mark_in(transaction._new, was_new)
+        if was_dirty:
+            _mark_in(transaction._dirty, was_dirty)
 
     if pending_to_persistent is not None:
         for state in states.intersection(new):

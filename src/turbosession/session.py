@@ -36,6 +36,10 @@ class TurboSessionMixin:
         super().__init__(*args, **kw)
         # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
         self.identity_map = self._turbo.identity.WeakIdentityMap()
+        # after stock's __init__: reading the instance's __dict__ before
+        # it would make each of its attribute stores slower
+        if "dispatch" not in self.__dict__:
+            _fill_dispatch(self.dispatch)
 
     def commit(self):
         # stock's, with the root transaction's commit in turbosession.transaction
@@ -45,9 +49,10 @@ class TurboSessionMixin:
         transaction.commit(self, trans)
 
     def _connection_for_bind(self, engine, execution_options=None, **kw):
-        # the connection the transaction holds, without the state machine's
-        # wrapper; stock's to acquire one or in any other case
-        conn = transaction.existing_connection(self, engine, execution_options)
+        # the connection the transaction holds, or the root transaction's
+        # first one, without the state machine's wrappers; stock's in any
+        # other case
+        conn = transaction.connection_for_bind(self, engine, execution_options)
         if conn is None:
             return super()._connection_for_bind(engine, execution_options, **kw)
         return conn
@@ -98,7 +103,11 @@ class TurboSessionMixin:
         self.identity_map = self._turbo.identity.WeakIdentityMap()
         self._new = {}
         self._deleted = {}
-        InstanceState._detach_states(all_states, self)
+        if InstanceState.__dict__["_detach_states"] is _STOCK_DETACH_STATES:
+            # stock's, its per-state loop compiled (turbosession._expire)
+            self._turbo.expire.detach_all(self, all_states)
+        else:
+            InstanceState._detach_states(all_states, self)
 
     # Loading (turbosession._loading): get() answers an identity-map hit with
     # no options itself, and is stock's get() otherwise.  The method is the
@@ -130,6 +139,28 @@ class TurboSessionMixin:
         return self._turbo.tracking.has_net_changes(
             object_state(instance), include_collections
         )
+
+
+def _fill_dispatch(dispatch):
+    """Give a new session's own event dispatcher, at once, the per-event
+    members it would otherwise make one at a time on first use.
+
+    A session's dispatcher (``session.dispatch``, made for the session on
+    first access) has a slot per event; the first time an event is asked
+    for, the empty slot raises and ``__getattr__`` fills it with the
+    class's shared ``_EmptyListener`` for that event.  A short
+    transaction asks for about twenty events, each an exception and a
+    Python call; this fills the slots with the same objects, for a
+    session whose dispatcher its ``__init__`` did not make (so nothing
+    listens on it yet).  A listener added later, to the session or to its
+    class, finds what it would have found: it replaces the slot's
+    ``_EmptyListener`` with the session's own collection, and one added
+    to the class is seen through the shared ``_EmptyListener`` as before."""
+    for name, listener in dispatch._empty_listeners.items():
+        setattr(dispatch, name, listener)
+
+
+_STOCK_DETACH_STATES = InstanceState.__dict__["_detach_states"]
 
 
 # each bundle's Session.get, which a subclass pinning a bundle swaps

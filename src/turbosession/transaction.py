@@ -16,17 +16,23 @@ transaction and every execution asks it for its connection.  Stock goes
 through the state machine of ``_StateChange`` for each of these calls (a
 generated wrapper, a context manager per expected state); ``begin_flush``,
 ``commit_flush``, ``flush_connection``, ``commit`` and
-``existing_connection`` do the same steps directly where no listener or
-patched method could see the difference, and are stock's calls otherwise,
-counted by reason (``stats()``, ``FALLBACK_REASONS``).
+``connection_for_bind`` do the same steps directly where no listener or
+patched method could see the difference, and are stock's calls otherwise
+(the first two and ``commit`` counted by reason: ``stats()``,
+``FALLBACK_REASONS``).  The transaction's first connection is acquired
+by ``_provision`` in stock's steps, with the transaction provisioning
+and marked as stock's wrappers mark it while engine, pool and
+``after_begin`` listeners run.
 """
 
 import logging
 from collections import Counter
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm
 from sqlalchemy.orm import exc as orm_exc
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine.util import TransactionalContext
 from sqlalchemy.orm.session import (
     SessionTransactionOrigin,
@@ -93,9 +99,63 @@ _stock_expire = InstanceState._expire
 _stock_detach_states = InstanceState.__dict__["_detach_states"]
 
 
+class _Snapshot:
+    """One of a transaction's four snapshot collections (``_new``,
+    ``_deleted``, ``_dirty``, ``_key_switches``), made on first use.
+
+    Stock's ``_take_snapshot`` gives a root transaction or a savepoint
+    four new ``WeakKeyDictionary`` objects (most of what beginning a
+    transaction costs) and a subtransaction its parent's four; a short
+    transaction uses one or two of them, a read-only one none.  This
+    gives the same object on first use (a new one for a transaction
+    boundary, the parent's for a subtransaction: the parent never
+    replaces its own) and keeps it in the instance, so that every later
+    use, stock's included, is a plain attribute."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, trans, owner=None):
+        if trans is None:
+            return self
+        if trans._is_transaction_boundary:
+            value = WeakKeyDictionary()
+        else:
+            value = getattr(trans._parent, self.name)
+        trans.__dict__[self.name] = value
+        return value
+
+
+_SNAPSHOT_NAMES = ("_new", "_deleted", "_dirty", "_key_switches")
+_BEGIN = SessionTransactionOrigin.BEGIN
+_AUTOBEGIN = SessionTransactionOrigin.AUTOBEGIN
+
+
 class SessionTransaction(orm.SessionTransaction):
     """``sqlalchemy.orm.SessionTransaction`` whose commit expires objects
-    through ``session._turbo.expire``."""
+    through ``session._turbo.expire`` and whose snapshot collections are
+    made on first use (``_Snapshot``)."""
+
+    _new = _Snapshot()
+    _deleted = _Snapshot()
+    _dirty = _Snapshot()
+    _key_switches = _Snapshot()
+
+    def _take_snapshot(self):
+        # stock's: a savepoint flushes first; the collections a transaction
+        # boundary gets new, and a subtransaction shares with its parent,
+        # are _Snapshot's, made when first used
+        if not self._is_transaction_boundary:
+            return
+        if self.origin is not _BEGIN and self.origin is not _AUTOBEGIN and (
+            not self.session._flushing
+        ):
+            self.session.flush()
+        members = self.__dict__
+        for name in _SNAPSHOT_NAMES:
+            members.pop(name, None)
 
     @_StateChange.declare_states(
         (SessionTransactionState.ACTIVE,), _StateChangeStates.NO_CHANGE
@@ -120,16 +180,20 @@ class SessionTransaction(orm.SessionTransaction):
         assert self._is_transaction_boundary
         expire = session._turbo.expire
         expire.expire_all(session, session.identity_map.all_states())
-        deleted = list(self._deleted)
-        if deleted:
+        # _deleted not made yet (_Snapshot) is empty; an empty
+        # WeakKeyDictionary is told by its dict (iterating it enters and
+        # leaves its iteration guard, for nothing)
+        deleted = self.__dict__.get("_deleted")
+        if deleted is None:
+            return
+        if deleted.data:
             # stock's _detach_states of no states only reads the session's
-            # dispatch (a new session's first read of each event builds its
-            # listener collection: most of a short commit's expiry)
-            expire.detach_all(session, deleted)
+            # dispatch
+            expire.detach_all(session, list(deleted))
         # WeakKeyDictionary.clear() pops one item per Python call; emptying
         # the dict behind it ends the same (its weakref callbacks and
         # pending removals skip keys that are already gone)
-        self._deleted.data.clear()
+        deleted.data.clear()
 
 
 def autobegin(session, begin):
@@ -209,11 +273,13 @@ def begin_flush(session):
     sub.nested = False
     sub.origin = _SUBTRANSACTION
     sub._state = _ACTIVE
-    # _take_snapshot of a subtransaction: the parent's
-    sub._new = parent._new
-    sub._deleted = parent._deleted
-    sub._dirty = parent._dirty
-    sub._key_switches = parent._key_switches
+    # _take_snapshot of a subtransaction: the parent's collections, those
+    # it has made already now, the others on first use (_Snapshot)
+    made = parent.__dict__
+    members = sub.__dict__
+    for name in _SNAPSHOT_NAMES:
+        if name in made:
+            members[name] = made[name]
     session._transaction = sub
     return sub
 
@@ -264,21 +330,40 @@ def flush_connection(uow, mapper):
 
     The subtransaction holds no connection: stock's call asks the
     session's ``get_bind`` for the mapper's bind, then the parent for its
-    connection to it.  Where the parent already has one and ``get_bind``
-    is stock's (no code of the application runs in between), this
-    returns it directly; else (the first connection of the transaction,
-    which begins it and dispatches ``after_begin``) it is stock's call.
+    connection to it.  Where ``get_bind`` is stock's (no code of the
+    application runs in between), this returns the parent's connection
+    directly, or, when the parent is the root transaction and has none
+    yet (the transaction's first connection), acquires it as stock's
+    ``_connection_for_bind`` does (``_provision``); else it is stock's call.
     """
-    connection = held_connection(uow, mapper)
-    if connection is None:
-        return uow.transaction.connection(mapper)
-    return connection
+    parent = _flush_parent(uow)
+    if parent is not None:
+        bind = uow.session.get_bind(mapper)
+        entry = parent._connections.get(bind)
+        if entry is not None:
+            return entry[0]
+        if parent._parent is None and _provisions_directly(uow.session, bind):
+            return _provision(uow.session, parent, bind, None, uow.transaction)
+    return uow.transaction.connection(mapper)
 
 
 def held_connection(uow, mapper):
     """The connection ``flush_connection`` returns without stock's call
     (nothing of the application runs and nothing changes while it is
     looked up), or None when it has to be stock's call."""
+    parent = _flush_parent(uow)
+    if parent is not None:
+        entry = parent._connections.get(uow.session.get_bind(mapper))
+        if entry is not None:
+            return entry[0]
+    return None
+
+
+def _flush_parent(uow):
+    """The transaction a flush's subtransaction asks for its connection,
+    when that can be done without stock's calls (the subtransaction holds
+    none, ``get_bind`` and the transaction's methods are stock's), else
+    None."""
     sub = uow.transaction
     session = uow.session
     if (
@@ -290,10 +375,12 @@ def held_connection(uow, mapper):
         and "get_bind" not in session.__dict__
     ):
         parent = sub._parent
-        if parent is not None and parent._state is _ACTIVE:
-            entry = parent._connections.get(session.get_bind(mapper))
-            if entry is not None and _methods(SessionTransaction) == _STOCK_METHODS:
-                return entry[0]
+        if (
+            parent is not None
+            and parent._state is _ACTIVE
+            and _methods(SessionTransaction) == _STOCK_METHODS
+        ):
+            return parent
     return None
 
 
@@ -387,21 +474,109 @@ def commit(session, trans):
         trans._current_fn = None
 
 
-def existing_connection(session, bind, execution_options):
-    """The connection the session's transaction already holds for
-    ``bind``, as ``Session._connection_for_bind`` returns it, or None
-    (stock's call then runs: it acquires one, warns of execution options
-    given for a connection already there, or raises for the state)."""
+def connection_for_bind(session, bind, execution_options):
+    """``Session._connection_for_bind(bind, execution_options)`` without
+    stock's state-machine wrappers, or None (stock's call then runs).
+
+    The connection the session's transaction already holds for ``bind``
+    is returned as is; the root transaction's first connection to an
+    engine (autobegun first if the session has no transaction) is
+    acquired by ``_provision``.  Stock's call runs in any other case:
+    a connection given as the bind, a two-phase session, a
+    subtransaction or savepoint asked for a connection it does not hold,
+    execution options given for a connection already there (stock
+    warns), a transaction in another state (stock raises)."""
+    if _methods(SessionTransaction) != _STOCK_METHODS:
+        return None
     trans = session._transaction
+    if trans is None:
+        if session.twophase or isinstance(bind, Connection):
+            return None
+        _trans_ctx_check(session)
+        trans = session._autobegin_t()
+    elif trans._state is not _ACTIVE or type(trans) is not SessionTransaction:
+        return None
+    else:
+        entry = trans._connections.get(bind)
+        if entry is not None:
+            if execution_options:
+                return None
+            _trans_ctx_check(session)
+            return entry[0]
+        if trans._parent is not None or not _provisions_directly(session, bind):
+            return None
+        _trans_ctx_check(session)
     if (
-        trans is None
-        or execution_options
+        type(trans) is not SessionTransaction
+        or trans._parent is not None
         or trans._state is not _ACTIVE
-        or type(trans) is not SessionTransaction
+        or bind in trans._connections
     ):
-        return None
-    entry = trans._connections.get(bind)
-    if entry is None or _methods(SessionTransaction) != _STOCK_METHODS:
-        return None
-    _trans_ctx_check(session)
-    return entry[0]
+        # stock's call finds the transaction the autobegin made (or a
+        # subclass's _autobegin_t returned) as it is
+        return trans._connection_for_bind(bind, execution_options)
+    return _provision(session, trans, bind, execution_options)
+
+
+def _provisions_directly(session, bind):
+    """Whether ``_provision`` acquires the connection to ``bind`` as
+    stock's ``_connection_for_bind`` of the root transaction would."""
+    return not session.twophase and not isinstance(bind, Connection)
+
+
+_PROVISIONING = SessionTransactionState.PROVISIONING_CONNECTION
+_CONNECTION_FOR_BIND_FN = orm.SessionTransaction._connection_for_bind.__wrapped__
+
+
+def _provision(session, root, bind, execution_options, sub=None):
+    """``root._connection_for_bind(bind, execution_options)`` of an active
+    root transaction of a session that is not two-phase, for an engine
+    (not a connection) it holds no connection to; with ``sub``, as the
+    flush's subtransaction ``sub`` asks it (``sub.connection(mapper)``).
+
+    Stock's steps in stock's order: connect (engine and pool events),
+    the session's and the call's execution options, begin (or take the
+    transaction a listener of the connection began), register the
+    connection, ``after_begin``.  While they run, the transaction (and
+    ``sub``) is in the state and has the marks (method in progress, state
+    expected next) that stock's wrappers leave on it, so that what a
+    listener asks of the session is refused or allowed as in stock."""
+    provisioning = (root,) if sub is None else (sub, root)
+    marks = [(trans, trans._next_state, trans._current_fn) for trans in provisioning]
+    for trans in provisioning:
+        trans._current_fn = _CONNECTION_FOR_BIND_FN
+        trans._next_state = _CHANGING
+        trans._state = _PROVISIONING
+    try:
+        conn = bind.connect()
+        try:
+            options = session.execution_options
+            if options or execution_options:
+                merged = {}
+                if options:
+                    merged.update(options)
+                if execution_options:
+                    merged.update(execution_options)
+                conn = conn.execution_options(**merged)
+            if conn.in_transaction():
+                db_trans = conn.get_transaction()
+                assert db_trans is not None
+            else:
+                db_trans = conn.begin()
+        except:
+            # as stock: not associated with the session, closed now
+            conn.close()
+            raise
+        root._connections[conn] = root._connections[conn.engine] = (
+            conn,
+            db_trans,
+            True,
+            True,
+        )
+        session.dispatch.after_begin(session, root, conn)
+        return conn
+    finally:
+        for trans, next_state, current_fn in marks:
+            trans._state = _ACTIVE
+            trans._next_state = next_state
+            trans._current_fn = current_fn

@@ -37,7 +37,9 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import orm
-from sqlalchemy.orm import attributes, base
+from sqlalchemy.event import attr as _event_attr
+from sqlalchemy.orm import attributes, base, collections
+from sqlalchemy.orm.relationships import RelationshipProperty
 from sqlalchemy.orm.base import PassiveFlag
 
 from . import attaching
@@ -52,6 +54,14 @@ __all__ = ["add_all", "counts", "delete_all", "reset_counts"]
 _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
 _cascade_plan = cython.declare(object, attaching.cascade_plan)
+_PLAN_KEY = cython.declare(tuple, attaching._PLAN_KEY)
+_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
+_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
+_VALUE_AS_ITERABLE = cython.declare(object, RelationshipProperty._value_as_iterable)
+_CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
+_ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
+_InstrumentedList = cython.declare(object, collections.InstrumentedList)
+_instance_state = cython.declare(object, attributes.instance_state)
 
 _ADD_EVENTS = cython.declare(
     tuple, ("before_attach", "after_attach", "transient_to_pending", "detached_to_persistent")
@@ -103,9 +113,44 @@ def _fallback(reason: str):
 @cython.exceptval(-1, check=False)
 def _listened(dispatch, names: tuple) -> cython.bint:
     for name in names:
-        if getattr(dispatch, name):
+        listeners = getattr(dispatch, name)
+        if type(listeners) is _EmptyListener and _EmptyListener.__bool__ is _EMPTY_BOOL:
+            # a session without listeners of its own: its class's listeners
+            if listeners.parent_listeners:
+                return True
+        elif listeners:
             return True
     return False
+
+
+@cython.cfunc
+def _plan_of(mapper) -> tuple:
+    """``attaching.cascade_plan(mapper)``: the kept plan while the
+    mapper's memoized values it derives from are the same."""
+    entry = mapper._memoized_values.get(_PLAN_KEY)
+    if entry is not None and entry[0] is mapper._propkey_to_col:
+        return entry[1]
+    return _cascade_plan(mapper)
+
+
+@cython.cfunc
+def _loaded_members(prop, state, dict_, key):
+    """``prop._value_as_iterable(state, dict_, key, passive)`` for a
+    relationship whose collection is loaded as SQLAlchemy's list (stock's
+    ``get`` returns it as it is, and its adapter iterates the list itself),
+    or None for stock's method."""
+    if type(prop)._value_as_iterable is not _VALUE_AS_ITERABLE:
+        return None
+    impl = state.manager[key].impl
+    if type(impl) is not _CollectionAttributeImpl or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET:
+        return None
+    members = dict_.get(key)
+    if type(members) is not _InstrumentedList:
+        return None
+    pairs: list = []
+    for member in members:
+        pairs.append((_instance_state(member), member))
+    return pairs
 
 
 @cython.cfunc
@@ -162,12 +207,12 @@ class _Walk:
         listener or load runs between two objects) looked up once per mapper."""
         plans: dict = self.plans
         if plans is None:
-            return _cascade_plan(mapper)
+            return _plan_of(mapper)
         if mapper is self.last_mapper:
             return self.last_plan
         plan: tuple = plans.get(mapper)
         if plan is None:
-            plan = plans[mapper] = _cascade_plan(mapper)
+            plan = plans[mapper] = _plan_of(mapper)
         self.last_mapper = mapper
         self.last_plan = plan
         return plan
@@ -285,8 +330,10 @@ class _Walk:
         if save:
             pairs = state.manager[key].impl.get_all_pending(state, dict_)
         else:
-            passive = _NO_INITIALIZE if prop.passive_deletes else _LOAD
-            pairs = prop._value_as_iterable(state, dict_, key, passive=passive)
+            pairs = _loaded_members(prop, state, dict_, key)
+            if pairs is None:
+                passive = _NO_INITIALIZE if prop.passive_deletes else _LOAD
+                pairs = prop._value_as_iterable(state, dict_, key, passive=passive)
         target = step[3]
         out: list = []
         for pair in pairs:

@@ -56,11 +56,21 @@ _INCLUDE_PENDING_MUTATIONS = cython.declare(object, attributes.INCLUDE_PENDING_M
 _NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
 _NO_VALUE = cython.declare(object, attributes.NO_VALUE)
 _MISSING = cython.declare(object, object())
+_HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
+_CALLABLES_OK = cython.declare(object, attributes.CALLABLES_OK)
+_COLLECTION_HISTORY = cython.declare(object, attributes._CollectionAttributeImpl.get_history)
+_ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
+_ScalarAttributeImpl = cython.declare(object, attributes._ScalarAttributeImpl)
+_ScalarObjectAttributeImpl = cython.declare(object, attributes._ScalarObjectAttributeImpl)
+_SCALAR_HISTORY = cython.declare(object, attributes._ScalarAttributeImpl.get_history)
+_OBJECT_HISTORY = cython.declare(object, attributes._ScalarObjectAttributeImpl.get_history)
 
 # passive flag -> (passive | LOAD_AGAINST_COMMITTED | NO_RAISE, bool(passive & SQL_OK))
 _flags = cython.declare(dict, {})
 # flags -> bool(flags & INCLUDE_PENDING_MUTATIONS)
 _includes_pending = cython.declare(dict, {})
+# flags -> (bool(flags & INCLUDE_PENDING_MUTATIONS), bool(flags & CALLABLES_OK))
+_bits = cython.declare(dict, {})
 
 
 def _is_compiled():
@@ -77,19 +87,97 @@ def _flag_info(passive) -> tuple:
 
 
 @cython.cfunc
+def _present_scalar_history(impl, state, key, dict_):
+    """The ``History`` stock's ``get_history`` of a column or many-to-one
+    attribute whose value is in the state's dict returns when that value is
+    the committed one or there is no committed one (``from_scalar_attribute``
+    / ``from_object_attribute``: the value unchanged), or None for stock's
+    (a changed value, a many-to-one with deferred history, an implementation
+    whose ``get_history`` is not stock's)."""
+    scalar: cython.bint
+    kind = type(impl)
+    if kind is _ScalarAttributeImpl:
+        if _ScalarAttributeImpl.get_history is not _SCALAR_HISTORY:
+            return None
+        scalar = True
+    elif kind is _ScalarObjectAttributeImpl:
+        if (
+            _ScalarObjectAttributeImpl.get_history is not _OBJECT_HISTORY
+            or impl._deferred_history
+        ):
+            return None
+        scalar = False
+    else:
+        return None
+    current = dict_.get(key, _MISSING)
+    if current is _MISSING or current is _NO_VALUE:
+        return None
+    original = state.committed_state.get(key, _NO_HISTORY)
+    if original is not _NO_HISTORY:
+        if scalar:
+            if impl.is_equal(current, original) is not True:
+                return None
+        elif current is not original:
+            return None
+    return _tuple_new(_History, ((), [current], ()))
+
+
+@cython.cfunc
 def _history(state, key, flags) -> tuple:
     impl = state.manager[key].impl
     dict_ = state.dict
+    found = _present_scalar_history(impl, state, key, dict_)
+    if found is not None:
+        if impl.uses_objects:
+            return found, _tuple_new(_History, ([], [_state_or_none(found[1][0])], []))
+        return found, found
     if type(impl) is _CollectionAttributeImpl:
         current = dict_.get(key, _MISSING)
         if current is not _MISSING and current is not _NO_VALUE:
             found = _loaded_collection_history(state, key, current, flags)
             if found is not None:
                 return found
+        elif current is _MISSING and _unloaded_collection_blank(impl, state, key, flags):
+            return _HISTORY_BLANK, _HISTORY_BLANK
     history = impl.get_history(state, dict_, flags)
     if history and impl.uses_objects:
         return history, history.as_state()
     return history, history
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _unloaded_collection_blank(impl, state, key, flags) -> cython.bint:
+    """Whether stock's ``get_history`` of a collection absent from the
+    state's dict returns ``HISTORY_BLANK`` without loading it: ``get``
+    answers ``PASSIVE_NO_RESULT`` (no committed value kept, loader
+    callables not allowed by ``flags``) and no pending mutations are asked
+    for or recorded.  Stock's methods only."""
+    if (
+        _CollectionAttributeImpl.get_history is not _COLLECTION_HISTORY
+        or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET
+    ):
+        return False
+    if _flag_bits(flags)[1]:
+        return False  # loader callables allowed: stock may load
+    committed = state.committed_state.get(key, _NO_VALUE)
+    if committed is not _NO_VALUE:
+        return False
+    if _flag_bits(flags)[0] and key in state._pending_mutations:
+        return False
+    return True
+
+
+@cython.cfunc
+@cython.inline
+def _flag_bits(flags) -> tuple:
+    """``(bool(flags & INCLUDE_PENDING_MUTATIONS), bool(flags & CALLABLES_OK))``."""
+    bits: tuple = _bits.get(flags)
+    if bits is None:
+        bits = _bits[flags] = (
+            bool(flags & _INCLUDE_PENDING_MUTATIONS), bool(flags & _CALLABLES_OK)
+        )
+    return bits
 
 
 @cython.cfunc

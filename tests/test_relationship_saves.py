@@ -133,7 +133,12 @@ class Wearer(Base):
     __tablename__ = "ts_rel_wearer"
     id: Mapped[int] = mapped_column(primary_key=True)
     badge_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_badge.id"))
-    badge: Mapped[Badge | None] = relationship(cascade="all, delete-orphan", single_parent=True)
+    badge: Mapped[Badge | None] = relationship(
+        cascade="all, delete-orphan", single_parent=True, foreign_keys=[badge_id]
+    )
+    spare_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_badge.id"))
+    # a delete cascade without delete-orphan
+    spare: Mapped[Badge | None] = relationship(cascade="all", foreign_keys=[spare_id])
 
     def __repr__(self):
         return f"Wearer({self.__dict__.get('id')!r})"
@@ -296,7 +301,41 @@ def sc_reparented_and_rekeyed(session_cls, engine, log):
         undo()
 
 
+def sc_many_to_one_delete_cascade(session_cls, engine, log):
+    """The many-to-one's presort of deletes: a deleted object's referenced
+    objects deleted with it (with delete-orphan the one it referred to
+    before too), loaded or not, one referenced twice, one already deleted."""
+    session = session_cls(engine)
+    shared = Badge(id=9, label="shared")
+    wearers = [
+        Wearer(id=1, badge=Badge(id=1, label="b1"), spare=Badge(id=2, label="s1")),
+        Wearer(id=2, badge=Badge(id=3, label="b2"), spare=shared),
+        Wearer(id=3, spare=shared),
+        Wearer(id=4, badge=Badge(id=4, label="b4")),
+    ]
+    session.add_all(wearers)
+    guarded(log, session.commit)
+    first, second, third, fourth = wearers
+    first.badge  # loaded; the others' are not
+    with session.no_autoflush:
+        first.badge = None  # b1 deleted as what it referred to before
+        session.delete(first)  # s1 too
+        session.delete(second)
+        session.delete(third)  # the shared spare once
+        session.delete(fourth.badge)
+        session.delete(fourth)
+    guarded(log, session.flush)
+    log.note("sets", sorted(map(repr, session.deleted)), sorted(map(repr, session.new)))
+    guarded(log, session.commit)
+    session.rollback()
+    log.note("rows", session.execute(select(Badge.id).order_by(Badge.id)).all(),
+             session.execute(select(Wearer.id).order_by(Wearer.id)).all())
+    log.note("states", [object_state(o) for o in wearers])
+    session.close()
+
+
 SCENARIOS = [
+    sc_many_to_one_delete_cascade,
     sc_delete_orphan_presort,
     sc_reparented_and_rekeyed,
     sc_parents_and_children,

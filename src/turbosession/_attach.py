@@ -62,6 +62,12 @@ _CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttribut
 _ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
 _InstrumentedList = cython.declare(object, collections.InstrumentedList)
 _instance_state = cython.declare(object, attributes.instance_state)
+_ScalarObjectAttributeImpl = cython.declare(object, attributes._ScalarObjectAttributeImpl)
+_COLLECTION_PENDING = cython.declare(object, attributes._CollectionAttributeImpl.get_all_pending)
+_OBJECT_PENDING = cython.declare(object, attributes._ScalarObjectAttributeImpl.get_all_pending)
+_MISSING = cython.declare(object, object())
+_NO_VALUE = cython.declare(object, attributes.NO_VALUE)
+_PASSIVE_NO_RESULT = cython.declare(object, attributes.PASSIVE_NO_RESULT)
 
 _ADD_EVENTS = cython.declare(
     tuple, ("before_attach", "after_attach", "transient_to_pending", "detached_to_persistent")
@@ -131,6 +137,50 @@ def _plan_of(mapper) -> tuple:
     if entry is not None and entry[0] is mapper._propkey_to_col:
         return entry[1]
     return _cascade_plan(mapper)
+
+
+@cython.cfunc
+def _pending_pairs(impl, state, dict_, key):
+    """``impl.get_all_pending(state, dict_)`` (its default flag, which
+    loads nothing) of a relationship attribute of stock's classes: a
+    SQLAlchemy list collection with no committed members kept, or a
+    many-to-one; None for stock's method."""
+    kind = type(impl)
+    if kind is _CollectionAttributeImpl:
+        if _CollectionAttributeImpl.get_all_pending is not _COLLECTION_PENDING:
+            return None
+        current = dict_.get(key, _MISSING)
+        if current is _MISSING:
+            return []
+        if type(current) is not _InstrumentedList:
+            return None
+        if state.committed_state.get(key, _NO_VALUE) is not _NO_VALUE:
+            return None  # members added and removed since the load
+        pairs: list = []
+        for member in current:
+            pairs.append((_instance_state(member), member))
+        return pairs
+    if kind is _ScalarObjectAttributeImpl:
+        if _ScalarObjectAttributeImpl.get_all_pending is not _OBJECT_PENDING:
+            return None
+        current = dict_.get(key, _MISSING)
+        if current is _MISSING:
+            return []  # the default flag does not call loaders
+        if current is None or current is _PASSIVE_NO_RESULT or current is _NO_VALUE:
+            found: list = [(None, None)]
+        else:
+            found = [(_instance_state(current), current)]
+        original = state.committed_state.get(key, _MISSING)
+        if (
+            original is not _MISSING
+            and original is not None
+            and original is not _PASSIVE_NO_RESULT
+            and original is not _NO_VALUE
+            and original is not current
+        ):
+            found.append((_instance_state(original), original))
+        return found
+    return None
 
 
 @cython.cfunc
@@ -328,7 +378,10 @@ class _Walk:
             return None
         key = step[2]
         if save:
-            pairs = state.manager[key].impl.get_all_pending(state, dict_)
+            impl = state.manager[key].impl
+            pairs = _pending_pairs(impl, state, dict_, key)
+            if pairs is None:
+                pairs = impl.get_all_pending(state, dict_)
         else:
             pairs = _loaded_members(prop, state, dict_, key)
             if pairs is None:

@@ -28,6 +28,7 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 __all__ = [
+    "many_to_one_presort_deletes",
     "prop_has_changes",
     "many_to_one_presort_saves",
     "one_to_many_presort_saves",
@@ -88,8 +89,8 @@ def _is_deleted(uow_states: dict, state) -> cython.bint:
 @cython.cfunc
 def _populate(source, dest, keys: tuple):
     """``sync._populate`` with the attribute keys looked up (no cascaded-pk flag)."""
-    source_dict = source.dict
-    dest_dict = dest.dict
+    source_dict = _state_dict(source)
+    dest_dict = _state_dict(dest)
     pair: tuple
     for pair in keys:
         value = source.manager[pair[0]].impl.get(source, source_dict, _OFF)
@@ -322,7 +323,7 @@ def many_to_many_saves(
         )
         if not _nonblank(history):
             continue
-        parent_dict = state.dict
+        parent_dict = _state_dict(state)
         rows.collect(insert, state, parent_dict, history.added, "add", processed)
         rows.collect(delete, state, parent_dict, history.deleted, "delete", processed)
         if track:
@@ -356,7 +357,7 @@ def many_to_many_deletes(uow, dp, states, parent_keys: tuple, child_keys: tuple,
         if not _nonblank(history):
             continue
         members = history.non_added()
-        parent_dict = state.dict
+        parent_dict = _state_dict(state)
         for child in members:
             if child is None or (track and (state, child) in processed):
                 continue
@@ -481,20 +482,21 @@ def _contained(session, state) -> cython.bint:
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _registered(uow, state, cancel_delete: cython.bint) -> cython.bint:
-    """``uow.register_object(state, cancel_delete=cancel_delete, ...)`` for
-    a state of the session already in the flush: what stock's method does
-    then (a cancelled delete becomes a save), and False, for stock's method
-    to be called, in every other case (a state not in the session, where
-    stock warns, or not yet in the flush, where stock sets up its mapper's
+def _registered(uow, state, isdelete: cython.bint, cancel_delete: cython.bint) -> cython.bint:
+    """``uow.register_object(state, isdelete=isdelete,
+    cancel_delete=cancel_delete, ...)`` for a state of the session already
+    in the flush: what stock's method does then (the state made a delete,
+    or a cancelled delete a save), and False, for stock's method to be
+    called, in every other case (a state not in the session, where stock
+    warns, or not yet in the flush, where stock sets up its mapper's
     actions; a unit of work whose method is not stock's)."""
     if type(uow).register_object is not _STOCK_REGISTER:
         return False
     states: dict = uow.states
     if state not in states or not _contained(uow.session, state):
         return False
-    if cancel_delete:
-        states[state] = (False, False)
+    if isdelete or cancel_delete:
+        states[state] = (isdelete, False)
     return True
 
 
@@ -521,7 +523,7 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
             continue
         added = history.added
         for child in added:
-            if child is not None and not _registered(uow, child, True):
+            if child is not None and not _registered(uow, child, False, True):
                 uow.register_object(child, cancel_delete=True, operation="add", prop=prop)
         children_added.update(added)
         for child in history.deleted:
@@ -546,7 +548,7 @@ def many_to_one_presort_saves(uow, dp, states):
     nothing (stock's method is called for any other)."""
     prop = dp.prop
     for state in states:
-        if not _registered(uow, state, False):
+        if not _registered(uow, state, False, False):
             uow.register_object(state, operation="add", prop=prop)
 
 
@@ -561,3 +563,28 @@ def prop_has_changes(uow, dp, states, passive):
         if _nonblank(history) and (history.added or history.deleted or history.unchanged):
             return True
     return states and not dp.prop._is_self_referential and dp.mapper in uow.mappers
+
+
+def many_to_one_presort_deletes(uow, dp, states):
+    """``ManyToOneDP.presort_deletes`` with a delete or delete-orphan
+    cascade: the deleted states' referenced objects (with delete-orphan
+    also those they referred to before) registered as deletes, each with
+    its own delete cascade (``Mapper.cascade_iterator``, stock's)."""
+    key = dp.key
+    passive = dp._passive_delete_flag
+    delete_orphan: cython.bint = bool(dp.cascade.delete_orphan)
+    prop = dp.prop
+    mapper = dp.mapper
+    for state in states:
+        history = _history(uow, state, key, passive)
+        if not _nonblank(history):
+            continue
+        todelete = history.sum() if delete_orphan else history.non_deleted()
+        for child in todelete:
+            if child is None:
+                continue
+            if not _registered(uow, child, True, False):
+                uow.register_object(child, isdelete=True, operation="delete", prop=prop)
+            for cascaded in mapper.cascade_iterator("delete", child):
+                if not _registered(uow, cascaded[2], True, False):
+                    uow.register_object(cascaded[2], isdelete=True)

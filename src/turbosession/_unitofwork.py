@@ -27,6 +27,7 @@ sets and lists.
 from __future__ import annotations
 
 from sqlalchemy.orm import attributes, collections
+from sqlalchemy.orm import base as _base, state as _state_module
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
@@ -57,6 +58,9 @@ _NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
 _NO_VALUE = cython.declare(object, attributes.NO_VALUE)
 _MISSING = cython.declare(object, object())
 _HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
+_PASSIVE_NO_RESULT = cython.declare(object, attributes.PASSIVE_NO_RESULT)
+_InstanceState = cython.declare(object, _state_module.InstanceState)
+_INSTANCE_DICT = cython.declare(object, _base.instance_dict)
 _CALLABLES_OK = cython.declare(object, attributes.CALLABLES_OK)
 _COLLECTION_HISTORY = cython.declare(object, attributes._CollectionAttributeImpl.get_history)
 _ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
@@ -89,11 +93,10 @@ def _flag_info(passive) -> tuple:
 @cython.cfunc
 def _present_scalar_history(impl, state, key, dict_):
     """The ``History`` stock's ``get_history`` of a column or many-to-one
-    attribute whose value is in the state's dict returns when that value is
-    the committed one or there is no committed one (``from_scalar_attribute``
-    / ``from_object_attribute``: the value unchanged), or None for stock's
-    (a changed value, a many-to-one with deferred history, an implementation
-    whose ``get_history`` is not stock's)."""
+    attribute whose value is in the state's dict returns
+    (``from_scalar_attribute`` / ``from_object_attribute``), or None for
+    stock's (no value, a many-to-one with deferred history, an
+    implementation whose ``get_history`` is not stock's)."""
     scalar: cython.bint
     kind = type(impl)
     if kind is _ScalarAttributeImpl:
@@ -110,26 +113,36 @@ def _present_scalar_history(impl, state, key, dict_):
     else:
         return None
     current = dict_.get(key, _MISSING)
-    if current is _MISSING or current is _NO_VALUE:
+    if current is _MISSING or current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
         return None
     original = state.committed_state.get(key, _NO_HISTORY)
-    if original is not _NO_HISTORY:
-        if scalar:
-            if impl.is_equal(current, original) is not True:
-                return None
-        elif current is not original:
-            return None
-    return _tuple_new(_History, ((), [current], ()))
+    if original is _NO_HISTORY:
+        return _tuple_new(_History, ((), [current], ()))
+    if scalar:
+        # stock compares with whatever the original is, symbols included
+        if impl.is_equal(current, original) is True:
+            return _tuple_new(_History, ((), [current], ()))
+        unknown: cython.bint = original is _NO_VALUE or original is _PASSIVE_NO_RESULT
+    else:
+        if current is original:
+            return _tuple_new(_History, ((), [current], ()))
+        # the previous related object is not reported when unknown or None
+        unknown = original is _NO_VALUE or original is _PASSIVE_NO_RESULT or original is None
+    if unknown:
+        return _tuple_new(_History, ([current], (), ()))
+    return _tuple_new(_History, ([current], (), [original]))
 
 
 @cython.cfunc
 def _history(state, key, flags) -> tuple:
     impl = state.manager[key].impl
-    dict_ = state.dict
+    dict_ = _state_dict(state)
     found = _present_scalar_history(impl, state, key, dict_)
     if found is not None:
         if impl.uses_objects:
-            return found, _tuple_new(_History, ([], [_state_or_none(found[1][0])], []))
+            return found, _tuple_new(
+                _History, (_as_states(found[0]), _as_states(found[1]), _as_states(found[2]))
+            )
         return found, found
     if type(impl) is _CollectionAttributeImpl:
         current = dict_.get(key, _MISSING)
@@ -234,6 +247,18 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
     return history, _tuple_new(
         _History, (_as_states(added), _as_states(unchanged), _as_states(deleted))
     )
+
+
+@cython.cfunc
+def _state_dict(state):
+    """``state.dict``: the object's ``__dict__`` (``instance_dict``), or a
+    new empty dict once the object is gone."""
+    if type(state) is not _InstanceState or _base.instance_dict is not _INSTANCE_DICT:
+        return state.dict
+    obj = state.obj()
+    if obj is None:
+        return {}
+    return _INSTANCE_DICT(obj)
 
 
 @cython.cfunc

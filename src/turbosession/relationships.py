@@ -210,9 +210,11 @@ def run(uow, dp, isdelete, states, plan, loops):
 
 def preprocess(uow, action, loops):
     """``action.execute(uow)`` for a presort action (``_Preprocess``), as
-    stock's runs it, with the states gathered on ``loops`` and the
-    one-to-many's and many-to-many's ``presort_deletes`` there too where
-    their steps run there (``_reason``); anything else is stock's."""
+    stock's runs it, with the states gathered on ``loops`` and, where the
+    processor's steps run there (``_reason``), its ``presort_deletes``
+    (one-to-many, many-to-many, many-to-one with a delete cascade),
+    ``presort_saves`` (one-to-many, many-to-one without delete-orphan) and
+    ``prop_has_changes`` there too; anything else is stock's."""
     if type(action) is not _Preprocess or _Preprocess.execute is not _PREPROCESS:
         return action.execute(uow)
     dp = action.dependency_processor
@@ -223,6 +225,8 @@ def preprocess(uow, action, loops):
         if kind is dependency._ManyToManyDP:
             presort_deletes = loops.many_to_many_presort_deletes
         elif kind is dependency._ManyToOneDP:
+            if dp.cascade.delete or dp.cascade.delete_orphan:
+                presort_deletes = loops.many_to_one_presort_deletes
             if not dp.cascade.delete_orphan:
                 presort_saves = loops.many_to_one_presort_saves
         else:

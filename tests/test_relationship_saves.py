@@ -144,6 +144,45 @@ class Wearer(Base):
         return f"Wearer({self.__dict__.get('id')!r})"
 
 
+class Shelf(Base):
+    __tablename__ = "ts_rel_shelf"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    jars: Mapped[list["Jar"]] = relationship(cascade="all, delete-orphan", order_by="Jar.id")
+    pots: Mapped[list["Pot"]] = relationship(cascade="all, delete-orphan", order_by="Pot.id")
+
+
+class Cook(Base):
+    __tablename__ = "ts_rel_cook"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    jars: Mapped[list["Jar"]] = relationship(cascade="all, delete-orphan", order_by="Jar.id")
+    pots: Mapped[list["Pot"]] = relationship(cascade="all, delete-orphan", order_by="Pot.id")
+
+
+class Jar(Base):
+    """Two delete-orphan parents: an orphan without either."""
+
+    __tablename__ = "ts_rel_jar"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_shelf.id"))
+    cook_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_cook.id"))
+
+    def __repr__(self):
+        return f"Jar({self.__dict__.get('id')!r})"
+
+
+class Pot(Base):
+    """Two delete-orphan parents, legacy rule: an orphan without both."""
+
+    __tablename__ = "ts_rel_pot"
+    __mapper_args__ = {"legacy_is_orphan": True}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_shelf.id"))
+    cook_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_cook.id"))
+
+    def __repr__(self):
+        return f"Pot({self.__dict__.get('id')!r})"
+
+
 def listen_fk_sets(log):
     def on_set(target, value, oldvalue, initiator):
         log.note("event", "set", repr(target), value)
@@ -334,7 +373,36 @@ def sc_many_to_one_delete_cascade(session_cls, engine, log):
     session.close()
 
 
+def sc_orphans_of_two_parents(session_cls, engine, log):
+    """The flush's orphan check (``Mapper._is_orphan``): new and persisted
+    objects with one, both or neither of two delete-orphan parents, with
+    the default rule and the legacy one."""
+    session = session_cls(engine)
+    shelf, cook = Shelf(id=1), Cook(id=1)
+    shelf.jars = [Jar(id=1), Jar(id=2)]
+    cook.jars = [shelf.jars[1], Jar(id=3)]
+    shelf.pots = [Pot(id=1), Pot(id=2)]
+    cook.pots = [shelf.pots[1], Pot(id=3)]
+    session.add_all([shelf, cook])
+    guarded(log, session.commit)  # jars with one parent are orphans
+    session.rollback()
+    log.note("states", [object_state(o) for o in shelf.jars + cook.jars + shelf.pots + cook.pots])
+    shelf.jars = []
+    cook.jars = [Jar(id=4)]
+    guarded(log, session.commit)
+    session.rollback()
+    log.note("rows", session.execute(select(Jar.id, Jar.shelf_id, Jar.cook_id)).all(),
+             session.execute(select(Pot.id, Pot.shelf_id, Pot.cook_id)).all())
+    both = cook.pots[0]
+    cook.pots.remove(both)  # still on the shelf: not a legacy orphan
+    shelf.pots.remove(shelf.pots[0])  # on no parent: deleted
+    guarded(log, session.commit)
+    log.note("rows", session.execute(select(Pot.id, Pot.shelf_id, Pot.cook_id)).all())
+    session.close()
+
+
 SCENARIOS = [
+    sc_orphans_of_two_parents,
     sc_many_to_one_delete_cascade,
     sc_delete_orphan_presort,
     sc_reparented_and_rekeyed,

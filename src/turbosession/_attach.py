@@ -154,11 +154,18 @@ def _pending_pairs(impl, state, dict_, key):
             return []
         if type(current) is not _InstrumentedList:
             return None
-        if state.committed_state.get(key, _NO_VALUE) is not _NO_VALUE:
-            return None  # members added and removed since the load
+        original = state.committed_state.get(key, _NO_VALUE)
         pairs: list = []
+        if original is _NO_VALUE:
+            for member in current:
+                pairs.append((_instance_state(member), member))
+            return pairs
+        if type(original) is not list or original:
+            return None  # members kept from before: stock compares them
+        # nothing kept (a new object's collection): every member, in order,
+        # None as (None, None)
         for member in current:
-            pairs.append((_instance_state(member), member))
+            pairs.append((None if member is None else _instance_state(member), member))
         return pairs
     if kind is _ScalarObjectAttributeImpl:
         if _ScalarObjectAttributeImpl.get_all_pending is not _OBJECT_PENDING:

@@ -49,7 +49,7 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
-__all__ = ["add_all", "counts", "delete_all", "reset_counts"]
+__all__ = ["add_all", "counts", "delete_all", "pending_pairs", "reset_counts"]
 
 _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
@@ -188,6 +188,11 @@ def _pending_pairs(impl, state, dict_, key):
             found.append((_instance_state(original), original))
         return found
     return None
+
+
+def pending_pairs(impl, state, dict_, key):
+    """``_pending_pairs`` for the unit of work's per-state actions."""
+    return _pending_pairs(impl, state, dict_, key)
 
 
 @cython.cfunc

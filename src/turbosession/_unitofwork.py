@@ -28,9 +28,12 @@ from __future__ import annotations
 
 from sqlalchemy.orm import attributes, collections
 from sqlalchemy.orm import base as _base, state as _state_module
+from sqlalchemy.orm.dependency import _DependencyProcessor, _ManyToOneDP, _OneToManyDP
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
+    _ProcessAll,
+    _ProcessState,
     _SaveUpdateAll,
     _SaveUpdateState,
 )
@@ -57,6 +60,10 @@ _INCLUDE_PENDING_MUTATIONS = cython.declare(object, attributes.INCLUDE_PENDING_M
 _NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
 _NO_VALUE = cython.declare(object, attributes.NO_VALUE)
 _MISSING = cython.declare(object, object())
+_PASSIVE_NO_INITIALIZE = cython.declare(object, attributes.PASSIVE_NO_INITIALIZE)
+_PER_STATE_FLUSH_ACTIONS = cython.declare(object, _DependencyProcessor.per_state_flush_actions)
+_ONE_TO_MANY_STATE_DEPENDENCIES = cython.declare(object, _OneToManyDP.per_state_dependencies)
+_MANY_TO_ONE_STATE_DEPENDENCIES = cython.declare(object, _ManyToOneDP.per_state_dependencies)
 _HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
 _PASSIVE_NO_RESULT = cython.declare(object, attributes.PASSIVE_NO_RESULT)
 _InstanceState = cython.declare(object, _state_module.InstanceState)
@@ -324,7 +331,7 @@ def _state_records(uow, cls: type, states: list, mapper, sort_key: tuple) -> lis
 
 
 @cython.cfunc
-def _per_state_actions(uow, rec) -> set:
+def _per_state_actions(uow, rec, pending) -> set:
     """``rec.per_state_flush_actions(uow)`` for stock's per-mapper save/delete."""
     mapper = rec.mapper
     isdelete: cython.bint = type(rec) is _DeleteAll
@@ -353,8 +360,179 @@ def _per_state_actions(uow, rec) -> set:
             dependencies.add((action, other))
     for dep in uow.deps[mapper]:
         states_for_prop = uow.filter_states_for_dep(dep, states)
-        dep.per_state_flush_actions(uow, states_for_prop, isdelete)
+        direction: cython.int = _per_state_direction(dep)
+        if direction and pending is not None:
+            _dependency_per_state(uow, dep, states_for_prop, isdelete, direction == 1, pending)
+        else:
+            dep.per_state_flush_actions(uow, states_for_prop, isdelete)
     return set(actions)
+
+
+@cython.cfunc
+def _per_state_direction(dp) -> cython.int:
+    """1 for a one-to-many processor, 2 for a many-to-one, whose
+    ``per_state_flush_actions`` and ``per_state_dependencies`` are stock's
+    and which has no ``post_update``; else 0 (stock's method is called)."""
+    direction: cython.int
+    kind = type(dp)
+    if kind is _OneToManyDP:
+        if kind.per_state_dependencies is not _ONE_TO_MANY_STATE_DEPENDENCIES:
+            return 0
+        direction = 1
+    elif kind is _ManyToOneDP:
+        if kind.per_state_dependencies is not _MANY_TO_ONE_STATE_DEPENDENCIES:
+            return 0
+        direction = 2
+    else:
+        return 0
+    if (
+        kind.per_state_flush_actions is not _PER_STATE_FLUSH_ACTIONS
+        or dp.post_update
+        or "per_state_flush_actions" in dp.__dict__
+        or "per_state_dependencies" in dp.__dict__
+    ):
+        return 0
+    return direction
+
+
+@cython.cfunc
+def _process_state(uow, dp, isdelete, state):
+    """``_ProcessState(uow, dp, isdelete, state)``: the registered record
+    (or a new one, registered) with its fields set, as the constructor does."""
+    registry: dict = uow.postsort_actions
+    key: tuple = (_ProcessState, dp, isdelete, state)
+    record = registry.get(key)
+    if record is None:
+        record = _object_new(_ProcessState)
+        record.disabled = False
+        registry[key] = record
+    record.dependency_processor = dp
+    record.sort_key = ("ProcessState", dp.sort_key)
+    record.isdelete = isdelete
+    record.state = state
+    return record
+
+
+@cython.cfunc
+def _state_record(uow, cls, state):
+    """``_SaveUpdateState(uow, state)`` / ``_DeleteState(uow, state)``."""
+    registry: dict = uow.postsort_actions
+    key: tuple = (cls, state)
+    record = registry.get(key)
+    if record is None:
+        record = _object_new(cls)
+        record.disabled = False
+        registry[key] = record
+    mapper = state.mapper.base_mapper
+    record.state = state
+    record.mapper = mapper
+    record.sort_key = (
+        "DeleteState" if cls is _DeleteState else "ProcessState", mapper._sort_key
+    )
+    return record
+
+
+@cython.cfunc
+def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: cython.bint, pending):
+    """``dp.per_state_flush_actions(uow, states, isdelete)`` of a one-to-many
+    or many-to-one processor without ``post_update``
+    (``_per_state_direction``): the same records made in the same order and
+    the same dependency edges added in the same sequence.  Each state's
+    pending members come from ``pending`` (stock's ``get_all_pending``
+    where it answers None)."""
+    child_base_mapper = dp.mapper.primary_base_mapper
+    child_saves = _SaveUpdateAll(uow, child_base_mapper)
+    child_deletes = _DeleteAll(uow, child_base_mapper)
+    after_save = before_delete = None
+    if isdelete:
+        before_delete = _ProcessAll(uow, dp, True, True)
+        before_delete.disabled = True
+    else:
+        after_save = _ProcessAll(uow, dp, False, True)
+        after_save.disabled = True
+    cycles = uow.cycles
+    child_actions: list = None
+    child_in_cycles: cython.bint
+    parent_in_cycles: cython.bint
+    if child_saves not in cycles:
+        assert child_deletes not in cycles
+        child_actions = [(child_saves, False), (child_deletes, True)]
+        child_in_cycles = False
+    else:
+        child_in_cycles = True
+    if not isdelete:
+        parent_saves = _SaveUpdateAll(uow, dp.parent.base_mapper)
+        parent_deletes = None
+        parent_in_cycles = parent_saves in cycles
+    else:
+        parent_deletes = _DeleteAll(uow, dp.parent.base_mapper)
+        parent_saves = None
+        parent_in_cycles = parent_deletes in cycles
+    if not parent_in_cycles:
+        # stock's method reads a variable it never set (it never gets here)
+        return dp.per_state_flush_actions(uow, states, isdelete)
+    key = dp.key
+    passive = dp._passive_delete_flag if isdelete else _PASSIVE_NO_INITIALIZE
+    uow_states: dict = uow.states
+    dependencies: set = uow.dependencies
+    entry: tuple
+    pair: tuple
+    for state in states:
+        impl = state.manager[key].impl
+        dict_ = _state_dict(state)
+        sum_ = None
+        if not isdelete or type(impl) is _CollectionAttributeImpl:
+            # the collection's ignores the flag
+            sum_ = pending(impl, state, dict_, key)
+        if sum_ is None:
+            sum_ = impl.get_all_pending(state, dict_, passive)
+        if not sum_:
+            continue
+        if isdelete:
+            before_delete = _process_state(uow, dp, True, state)
+            parent_deletes = _state_record(uow, _DeleteState, state)
+        else:
+            after_save = _process_state(uow, dp, False, state)
+            parent_saves = _state_record(uow, _SaveUpdateState, state)
+        if child_in_cycles:
+            child_actions = []
+            for pair in sum_:
+                child_state = pair[0]
+                if child_state not in uow_states:
+                    child_actions.append((None, None))
+                else:
+                    entry = uow_states[child_state]
+                    if entry[0]:
+                        child_actions.append((_state_record(uow, _DeleteState, child_state), True))
+                    else:
+                        child_actions.append(
+                            (_state_record(uow, _SaveUpdateState, child_state), False)
+                        )
+        for pair in child_actions:
+            child_action = pair[0]
+            childisdelete = pair[1]
+            if one_to_many:
+                if not isdelete:
+                    dependencies.update(
+                        [
+                            (parent_saves, after_save),
+                            (after_save, child_action),
+                            (parent_saves, child_action),
+                        ]
+                    )
+                else:
+                    dependencies.update(
+                        [(before_delete, child_action), (child_action, parent_deletes)]
+                    )
+            elif not isdelete:
+                if not childisdelete:
+                    dependencies.update(
+                        [(child_action, after_save), (after_save, parent_saves)]
+                    )
+                else:
+                    dependencies.update([(after_save, parent_saves)])
+            elif childisdelete:
+                dependencies.update([(parent_deletes, child_action)])
 
 
 @cython.cfunc
@@ -385,12 +563,15 @@ def _rewrite_dependencies(dependencies: set, cycles: set, convert: dict):
                 dependencies.add((before, dep))
 
 
-def split_per_state(uow, cycles: set):
-    """Replace the actions in ``cycles`` by per-state actions, as stock does."""
+def split_per_state(uow, cycles: set, pending=None):
+    """Replace the actions in ``cycles`` by per-state actions, as stock does.
+    ``pending`` is the attach module's ``pending_pairs`` (``get_all_pending``
+    of a relationship attribute, or None for stock's method); without it
+    every dependency processor makes its per-state actions itself."""
     convert: dict = {}
     for rec in cycles:
         if type(rec) is _SaveUpdateAll or type(rec) is _DeleteAll:
-            convert[rec] = _per_state_actions(uow, rec)
+            convert[rec] = _per_state_actions(uow, rec, pending)
         else:
             convert[rec] = set(rec.per_state_flush_actions(uow))
     _rewrite_dependencies(uow.dependencies, cycles, convert)

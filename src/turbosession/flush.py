@@ -110,7 +110,9 @@ class UOWTransaction(unitofwork.UOWTransaction):
             self.dependencies, list(self.postsort_actions.values())
         )
         if cycles:
-            self._unitofwork.split_per_state(self, cycles)
+            self._unitofwork.split_per_state(
+                self, cycles, self.session._turbo.attach.pending_pairs
+            )
 
         return {
             a for a in self.postsort_actions.values() if not a.disabled

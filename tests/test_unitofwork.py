@@ -200,11 +200,12 @@ def history_run(get_history):
             nodes[6].parent = nodes[7]
             nodes[7].parent_id = None  # a column of a relationship set directly
             nodes[8].name = "other"
+            session.expire(nodes[9], ["name", "parent"])  # absent: blank, or loaded
             event.listen(eng, "before_cursor_execute", lambda *a: statements.append(a[2]))
             uow = unitofwork.UOWTransaction(session)
             results = [
                 history_tuple(get_history(uow, attributes.instance_state(node), key, passive))
-                for node in nodes[:9] + [new]
+                for node in nodes + [new]
                 for key in ("children", "parent", "name", "id", "parent_id")
                 for passive in PASSIVES
             ]

@@ -98,12 +98,14 @@ def _flag_info(passive) -> tuple:
 
 
 @cython.cfunc
-def _present_scalar_history(impl, state, key, dict_):
+def _present_scalar_history(impl, state, key, dict_, flags):
     """The ``History`` stock's ``get_history`` of a column or many-to-one
-    attribute whose value is in the state's dict returns
-    (``from_scalar_attribute`` / ``from_object_attribute``), or None for
-    stock's (no value, a many-to-one with deferred history, an
-    implementation whose ``get_history`` is not stock's)."""
+    attribute returns when its value is in the state's dict
+    (``from_scalar_attribute`` / ``from_object_attribute``) or when it is
+    absent, nothing is kept and ``flags`` allow no loader (``get`` answers
+    ``PASSIVE_NO_RESULT``: ``HISTORY_BLANK``), or None for stock's (a
+    loader may run, a many-to-one with deferred history, an implementation
+    whose ``get_history`` or ``get`` is not stock's)."""
     scalar: cython.bint
     kind = type(impl)
     if kind is _ScalarAttributeImpl:
@@ -120,7 +122,21 @@ def _present_scalar_history(impl, state, key, dict_):
     else:
         return None
     current = dict_.get(key, _MISSING)
-    if current is _MISSING or current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
+    if current is _MISSING:
+        # stock's get() answers PASSIVE_NO_RESULT when nothing is kept and
+        # loader callables are not allowed: HISTORY_BLANK
+        if (
+            kind.get is _ATTRIBUTE_GET
+            and not _flag_bits(flags)[1]
+            and (
+                key not in state.committed_state
+                if scalar
+                else state.committed_state.get(key, _NO_VALUE) is _NO_VALUE
+            )
+        ):
+            return _HISTORY_BLANK
+        return None
+    if current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
         return None
     original = state.committed_state.get(key, _NO_HISTORY)
     if original is _NO_HISTORY:
@@ -144,8 +160,10 @@ def _present_scalar_history(impl, state, key, dict_):
 def _history(state, key, flags) -> tuple:
     impl = state.manager[key].impl
     dict_ = _state_dict(state)
-    found = _present_scalar_history(impl, state, key, dict_)
+    found = _present_scalar_history(impl, state, key, dict_, flags)
     if found is not None:
+        if found is _HISTORY_BLANK:
+            return found, found
         if impl.uses_objects:
             return found, _tuple_new(
                 _History, (_as_states(found[0]), _as_states(found[1]), _as_states(found[2]))

@@ -7,7 +7,11 @@ on the foreign-key columns, warnings, exceptions, object states and the
 foreign-key values: new parents with children, children moved between
 parents, children removed (keys nulled), a natural primary key changed
 (``passive_updates`` off: children updated), a child not in the session
-(stock warns) and None in a collection (stock raises).
+(stock warns) and None in a collection (stock raises).  The presort of
+saves (``presort_saves`` of both, on the same loops): orphans deleted with
+their cascade, a cancelled delete, members not in the session, primary-key
+changes with the collection loaded or not, a many-to-one with
+delete-orphan (stock's presort).
 """
 
 import warnings
@@ -67,6 +71,116 @@ class Pet(Base):
 
     def __repr__(self):
         return f"Pet({self.__dict__.get('id')!r})"
+
+
+class Album(Base):
+    """A delete-orphan one-to-many, and one that cascades nothing."""
+
+    __tablename__ = "ts_rel_album"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(50))
+    tracks: Mapped[list["Track"]] = relationship(
+        back_populates="album", cascade="all, delete-orphan", order_by="Track.id"
+    )
+    notes: Mapped[list["Note"]] = relationship(cascade="none", order_by="Note.id")
+
+    def __repr__(self):
+        return f"Album({self.__dict__.get('title')!r})"
+
+
+class Track(Base):
+    __tablename__ = "ts_rel_track"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    album_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_album.id"))
+    album: Mapped[Album | None] = relationship(back_populates="tracks")
+    lyrics: Mapped[list["Lyric"]] = relationship(cascade="all, delete-orphan")
+
+    def __repr__(self):
+        return f"Track({self.__dict__.get('name')!r})"
+
+
+class Lyric(Base):
+    __tablename__ = "ts_rel_lyric"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_track.id"))
+
+    def __repr__(self):
+        return f"Lyric({self.__dict__.get('id')!r})"
+
+
+class Note(Base):
+    __tablename__ = "ts_rel_note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    album_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_album.id"))
+
+    def __repr__(self):
+        return f"Note({self.__dict__.get('id')!r})"
+
+
+class Badge(Base):
+    """A many-to-one with delete-orphan (single_parent): its presort is stock's."""
+
+    __tablename__ = "ts_rel_badge"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(50))
+
+    def __repr__(self):
+        return f"Badge({self.__dict__.get('label')!r})"
+
+
+class Wearer(Base):
+    __tablename__ = "ts_rel_wearer"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    badge_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_badge.id"))
+    badge: Mapped[Badge | None] = relationship(
+        cascade="all, delete-orphan", single_parent=True, foreign_keys=[badge_id]
+    )
+    spare_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_badge.id"))
+    # a delete cascade without delete-orphan
+    spare: Mapped[Badge | None] = relationship(cascade="all", foreign_keys=[spare_id])
+
+    def __repr__(self):
+        return f"Wearer({self.__dict__.get('id')!r})"
+
+
+class Shelf(Base):
+    __tablename__ = "ts_rel_shelf"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    jars: Mapped[list["Jar"]] = relationship(cascade="all, delete-orphan", order_by="Jar.id")
+    pots: Mapped[list["Pot"]] = relationship(cascade="all, delete-orphan", order_by="Pot.id")
+
+
+class Cook(Base):
+    __tablename__ = "ts_rel_cook"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    jars: Mapped[list["Jar"]] = relationship(cascade="all, delete-orphan", order_by="Jar.id")
+    pots: Mapped[list["Pot"]] = relationship(cascade="all, delete-orphan", order_by="Pot.id")
+
+
+class Jar(Base):
+    """Two delete-orphan parents: an orphan without either."""
+
+    __tablename__ = "ts_rel_jar"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_shelf.id"))
+    cook_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_cook.id"))
+
+    def __repr__(self):
+        return f"Jar({self.__dict__.get('id')!r})"
+
+
+class Pot(Base):
+    """Two delete-orphan parents, legacy rule: an orphan without both."""
+
+    __tablename__ = "ts_rel_pot"
+    __mapper_args__ = {"legacy_is_orphan": True}
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_shelf.id"))
+    cook_id: Mapped[int | None] = mapped_column(ForeignKey("ts_rel_cook.id"))
+
+    def __repr__(self):
+        return f"Pot({self.__dict__.get('id')!r})"
 
 
 def listen_fk_sets(log):
@@ -161,7 +275,137 @@ def sc_bad_collection_members(session_cls, engine, log):
     session.close()
 
 
+def sc_delete_orphan_presort(session_cls, engine, log):
+    """The one-to-many's presort of saves: an orphaned child deleted with its
+    own delete cascade, a deleted child put back into a collection (its
+    delete cancelled), a child moved, a member of a collection that cascades
+    nothing and is not in the session (stock warns), unchanged columns set
+    to the values they have, a many-to-one with delete-orphan replaced."""
+    undo = listen_fk_sets(log)
+    try:
+        session = session_cls(engine)
+        albums = [
+            Album(id=i, title=f"a{i}",
+                  tracks=[Track(id=10 * i + j, name=f"t{i}.{j}", lyrics=[Lyric(id=100 * i + j)])
+                          for j in range(3)])
+            for i in range(1, 3)
+        ]
+        wearers = [Wearer(id=i, badge=Badge(id=i, label=f"b{i}")) for i in range(1, 3)]
+        session.add_all(albums + wearers)
+        guarded(log, session.commit)
+        for album in albums:
+            album.tracks  # loaded before anything is pending: no autoflush below
+        with session.no_autoflush:
+            orphan = albums[0].tracks.pop(0)
+            kept = albums[0].tracks[0]
+            session.delete(kept)
+            albums[1].tracks.append(kept)  # delete cancelled by the one-to-many's presort
+            moved = albums[1].tracks[0]
+            albums[0].tracks.append(moved)
+            albums[1].title = "a2"  # the value it has: no UPDATE
+            albums[0].notes.append(Note(id=1))  # not in the session: stock warns
+            wearers[0].badge = Badge(id=3, label="b3")  # the old badge is an orphan
+            wearers[1].badge = wearers[1].badge  # the same object
+        guarded(log, session.flush)
+        log.note("sets", sorted(map(repr, session.new)), sorted(map(repr, session.dirty)),
+                 sorted(map(repr, session.deleted)))
+        guarded(log, session.commit)
+        log.note("rows", session.execute(select(Track.id, Track.album_id).order_by(Track.id)).all(),
+                 session.execute(select(Lyric.id, Lyric.track_id).order_by(Lyric.id)).all(),
+                 session.execute(select(Badge.id).order_by(Badge.id)).all())
+        log.note("states", [object_state(o) for o in albums + wearers + [orphan, kept, moved]])
+        session.close()
+    finally:
+        undo()
+
+
+def sc_reparented_and_rekeyed(session_cls, engine, log):
+    """Primary-key changes seen by the presort of saves: a parent whose key
+    changes with its collection loaded and not loaded (``passive_updates``
+    off: the children are loaded and updated), children added meanwhile."""
+    undo = listen_fk_sets(log)
+    try:
+        session = session_cls(engine)
+        session.add_all([Owner(code="x", pets=[Pet(id=1)]), Owner(code="y", pets=[Pet(id=2)])])
+        guarded(log, session.commit)
+        x, y = session.scalars(select(Owner).order_by(Owner.code)).all()
+        x.pets  # loaded
+        x.code = "x2"
+        y.code = "y2"  # collection not loaded: the presort loads it
+        y.pets.append(Pet(id=3))
+        guarded(log, session.commit)
+        log.note("pets", session.execute(select(Pet.id, Pet.owner_code).order_by(Pet.id)).all())
+        session.close()
+    finally:
+        undo()
+
+
+def sc_many_to_one_delete_cascade(session_cls, engine, log):
+    """The many-to-one's presort of deletes: a deleted object's referenced
+    objects deleted with it (with delete-orphan the one it referred to
+    before too), loaded or not, one referenced twice, one already deleted."""
+    session = session_cls(engine)
+    shared = Badge(id=9, label="shared")
+    wearers = [
+        Wearer(id=1, badge=Badge(id=1, label="b1"), spare=Badge(id=2, label="s1")),
+        Wearer(id=2, badge=Badge(id=3, label="b2"), spare=shared),
+        Wearer(id=3, spare=shared),
+        Wearer(id=4, badge=Badge(id=4, label="b4")),
+    ]
+    session.add_all(wearers)
+    guarded(log, session.commit)
+    first, second, third, fourth = wearers
+    first.badge  # loaded; the others' are not
+    with session.no_autoflush:
+        first.badge = None  # b1 deleted as what it referred to before
+        session.delete(first)  # s1 too
+        session.delete(second)
+        session.delete(third)  # the shared spare once
+        session.delete(fourth.badge)
+        session.delete(fourth)
+    guarded(log, session.flush)
+    log.note("sets", sorted(map(repr, session.deleted)), sorted(map(repr, session.new)))
+    guarded(log, session.commit)
+    session.rollback()
+    log.note("rows", session.execute(select(Badge.id).order_by(Badge.id)).all(),
+             session.execute(select(Wearer.id).order_by(Wearer.id)).all())
+    log.note("states", [object_state(o) for o in wearers])
+    session.close()
+
+
+def sc_orphans_of_two_parents(session_cls, engine, log):
+    """The flush's orphan check (``Mapper._is_orphan``): new and persisted
+    objects with one, both or neither of two delete-orphan parents, with
+    the default rule and the legacy one."""
+    session = session_cls(engine)
+    shelf, cook = Shelf(id=1), Cook(id=1)
+    shelf.jars = [Jar(id=1), Jar(id=2)]
+    cook.jars = [shelf.jars[1], Jar(id=3)]
+    shelf.pots = [Pot(id=1), Pot(id=2)]
+    cook.pots = [shelf.pots[1], Pot(id=3)]
+    session.add_all([shelf, cook])
+    guarded(log, session.commit)  # jars with one parent are orphans
+    session.rollback()
+    log.note("states", [object_state(o) for o in shelf.jars + cook.jars + shelf.pots + cook.pots])
+    shelf.jars = []
+    cook.jars = [Jar(id=4)]
+    guarded(log, session.commit)
+    session.rollback()
+    log.note("rows", session.execute(select(Jar.id, Jar.shelf_id, Jar.cook_id)).all(),
+             session.execute(select(Pot.id, Pot.shelf_id, Pot.cook_id)).all())
+    both = cook.pots[0]
+    cook.pots.remove(both)  # still on the shelf: not a legacy orphan
+    shelf.pots.remove(shelf.pots[0])  # on no parent: deleted
+    guarded(log, session.commit)
+    log.note("rows", session.execute(select(Pot.id, Pot.shelf_id, Pot.cook_id)).all())
+    session.close()
+
+
 SCENARIOS = [
+    sc_orphans_of_two_parents,
+    sc_many_to_one_delete_cascade,
+    sc_delete_orphan_presort,
+    sc_reparented_and_rekeyed,
     sc_parents_and_children,
     sc_natural_key_change,
     sc_child_not_in_session,
@@ -188,9 +432,14 @@ def test_saves_run_on_turbosessions_loops(session_cls, engine):
                              Child(name="d", parent=Parent(name="q"))])
             called = stock_methods_called(session.flush)
             assert not called & {"process_saves", "_synchronize", "_populate"}
+            # the presort of saves too, its histories and registrations
+            assert not called & {"presort_saves", "prop_has_changes", "_pks_changed",
+                                 "register_object"}
             assert sorted(session.scalars(select(Child.parent_id)).all()) == [1, 2]
         with orm.Session(engine) as stock:
             stock.add(Parent(name="p", children=[Child(name="c")]))
-            assert "process_saves" in stock_methods_called(stock.flush)
+            called = stock_methods_called(stock.flush)
+            assert {"process_saves", "presort_saves", "prop_has_changes", "_pks_changed",
+                    "register_object"} <= called
     finally:
         Base.metadata.drop_all(engine)

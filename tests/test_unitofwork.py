@@ -161,8 +161,11 @@ def test_flush_without_cycles(session_cls, db):
 
 
 def history_tuple(history):
-    return tuple(
-        None if part is None else [name_of(x) if hasattr(x, "obj") else x for x in part]
+    # the parts' types too: History((), [], ()) is true, HISTORY_BLANK false
+    return type(history).__name__, bool(history), tuple(
+        None if part is None else (
+            type(part).__name__, [name_of(x) if hasattr(x, "obj") else x for x in part]
+        )
         for part in history
     )
 
@@ -183,19 +186,27 @@ def history_run(get_history):
     Base.metadata.create_all(eng)
     statements = []
     try:
-        with Session(eng) as session:
+        # no autoflush: the loading lookups must not flush the changes
+        with Session(eng, autoflush=False) as session:
             nodes = tree("h", 10, 3)
             session.add(nodes[0])
             session.commit()
-            nodes[1].children.append(Node(name="new"))
+            new = Node(name="new")
+            nodes[1].children.append(new)
             nodes[2].name = "renamed"
             session.expire(nodes[3], ["children"])
+            nodes[4].name = nodes[4].name  # the value it has
+            nodes[5].parent = None
+            nodes[6].parent = nodes[7]
+            nodes[7].parent_id = None  # a column of a relationship set directly
+            nodes[8].name = "other"
+            session.expire(nodes[9], ["name", "parent"])  # absent: blank, or loaded
             event.listen(eng, "before_cursor_execute", lambda *a: statements.append(a[2]))
             uow = unitofwork.UOWTransaction(session)
             results = [
                 history_tuple(get_history(uow, attributes.instance_state(node), key, passive))
-                for node in nodes[:5]
-                for key in ("children", "parent", "name")
+                for node in nodes + [new]
+                for key in ("children", "parent", "name", "id", "parent_id")
                 for passive in PASSIVES
             ]
             cache = sorted(

@@ -37,8 +37,9 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import orm
-from sqlalchemy.event import attr as event_attr
-from sqlalchemy.orm import attributes, base
+from sqlalchemy.event import attr as _event_attr
+from sqlalchemy.orm import attributes, base, collections
+from sqlalchemy.orm.relationships import RelationshipProperty
 from sqlalchemy.orm.base import PassiveFlag
 
 from . import attaching
@@ -51,14 +52,27 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.object import PyTypeObject
 
-__all__ = ["add_all", "counts", "delete_all", "hooks_like", "reset_counts"]
+__all__ = ["add_all", "counts", "delete_all", "hooks_like", "pending_pairs", "reset_counts"]
 
 _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
 _cascade_plan = cython.declare(object, attaching.cascade_plan)
 _PLAN_KEY = cython.declare(tuple, attaching._PLAN_KEY)
-_EmptyListener = cython.declare(object, event_attr._EmptyListener)
-_ListenerCollection = cython.declare(object, event_attr._ListenerCollection)
+_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
+_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
+_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
+_COMPOUND_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
+_VALUE_AS_ITERABLE = cython.declare(object, RelationshipProperty._value_as_iterable)
+_CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
+_ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
+_InstrumentedList = cython.declare(object, collections.InstrumentedList)
+_instance_state = cython.declare(object, attributes.instance_state)
+_ScalarObjectAttributeImpl = cython.declare(object, attributes._ScalarObjectAttributeImpl)
+_COLLECTION_PENDING = cython.declare(object, attributes._CollectionAttributeImpl.get_all_pending)
+_OBJECT_PENDING = cython.declare(object, attributes._ScalarObjectAttributeImpl.get_all_pending)
+_MISSING = cython.declare(object, object())
+_NO_VALUE = cython.declare(object, attributes.NO_VALUE)
+_PASSIVE_NO_RESULT = cython.declare(object, attributes.PASSIVE_NO_RESULT)
 
 _ADD_EVENTS = cython.declare(
     tuple, ("before_attach", "after_attach", "transient_to_pending", "detached_to_persistent")
@@ -116,6 +130,92 @@ def _listened(dispatch, names: tuple) -> cython.bint:
 
 
 @cython.cfunc
+def _plan_of(mapper) -> tuple:
+    """``attaching.cascade_plan(mapper)``: the kept plan while the
+    mapper's memoized values it derives from are the same."""
+    entry = mapper._memoized_values.get(_PLAN_KEY)
+    if entry is not None and entry[0] is mapper._propkey_to_col:
+        return entry[1]
+    return _cascade_plan(mapper)
+
+
+@cython.cfunc
+def _pending_pairs(impl, state, dict_, key):
+    """``impl.get_all_pending(state, dict_)`` (its default flag, which
+    loads nothing) of a relationship attribute of stock's classes: a
+    SQLAlchemy list collection with no committed members kept, or a
+    many-to-one; None for stock's method."""
+    kind = type(impl)
+    if kind is _CollectionAttributeImpl:
+        if _CollectionAttributeImpl.get_all_pending is not _COLLECTION_PENDING:
+            return None
+        current = dict_.get(key, _MISSING)
+        if current is _MISSING:
+            return []
+        if type(current) is not _InstrumentedList:
+            return None
+        original = state.committed_state.get(key, _NO_VALUE)
+        pairs: list = []
+        if original is _NO_VALUE:
+            for member in current:
+                pairs.append((_instance_state(member), member))
+            return pairs
+        if type(original) is not list or original:
+            return None  # members kept from before: stock compares them
+        # nothing kept (a new object's collection): every member, in order,
+        # None as (None, None)
+        for member in current:
+            pairs.append((None if member is None else _instance_state(member), member))
+        return pairs
+    if kind is _ScalarObjectAttributeImpl:
+        if _ScalarObjectAttributeImpl.get_all_pending is not _OBJECT_PENDING:
+            return None
+        current = dict_.get(key, _MISSING)
+        if current is _MISSING:
+            return []  # the default flag does not call loaders
+        if current is None or current is _PASSIVE_NO_RESULT or current is _NO_VALUE:
+            found: list = [(None, None)]
+        else:
+            found = [(_instance_state(current), current)]
+        original = state.committed_state.get(key, _MISSING)
+        if (
+            original is not _MISSING
+            and original is not None
+            and original is not _PASSIVE_NO_RESULT
+            and original is not _NO_VALUE
+            and original is not current
+        ):
+            found.append((_instance_state(original), original))
+        return found
+    return None
+
+
+def pending_pairs(impl, state, dict_, key):
+    """``_pending_pairs`` for the unit of work's per-state actions."""
+    return _pending_pairs(impl, state, dict_, key)
+
+
+@cython.cfunc
+def _loaded_members(prop, state, dict_, key):
+    """``prop._value_as_iterable(state, dict_, key, passive)`` for a
+    relationship whose collection is loaded as SQLAlchemy's list (stock's
+    ``get`` returns it as it is, and its adapter iterates the list itself),
+    or None for stock's method."""
+    if type(prop)._value_as_iterable is not _VALUE_AS_ITERABLE:
+        return None
+    impl = state.manager[key].impl
+    if type(impl) is not _CollectionAttributeImpl or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET:
+        return None
+    members = dict_.get(key)
+    if type(members) is not _InstrumentedList:
+        return None
+    pairs: list = []
+    for member in members:
+        pairs.append((_instance_state(member), member))
+    return pairs
+
+
+@cython.cfunc
 @cython.inline
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
@@ -123,9 +223,9 @@ def _has_listeners(listeners) -> cython.bint:
     the ``__bool__`` of SQLAlchemy's two common listener classes reads
     (the Python frame of that ``__bool__`` is most of an add()'s check)."""
     cls = type(listeners)
-    if cls is _EmptyListener:
+    if cls is _EmptyListener and _EmptyListener.__bool__ is _EMPTY_BOOL:
         return bool(listeners.parent_listeners)
-    if cls is _ListenerCollection:
+    if cls is _ListenerCollection and _ListenerCollection.__bool__ is _COMPOUND_BOOL:
         return bool(listeners.listeners) or bool(listeners.parent_listeners)
     return bool(listeners)
 
@@ -186,13 +286,13 @@ class _Walk:
         plans: dict = self.plans
         plan: tuple
         if plans is None:
-            plan = _memoized_plan(mapper)
+            plan = _plan_of(mapper)
         else:
             if mapper is self.last_mapper:
                 return self.last_plan
             plan = plans.get(mapper)
             if plan is None:
-                plan = plans[mapper] = _memoized_plan(mapper)
+                plan = plans[mapper] = _plan_of(mapper)
         self.last_mapper = mapper
         self.last_plan = plan
         return plan
@@ -319,10 +419,15 @@ class _Walk:
             return None
         key = step[2]
         if save:
-            pairs = state.manager[key].impl.get_all_pending(state, dict_)
+            impl = state.manager[key].impl
+            pairs = _pending_pairs(impl, state, dict_, key)
+            if pairs is None:
+                pairs = impl.get_all_pending(state, dict_)
         else:
-            passive = _NO_INITIALIZE if prop.passive_deletes else _LOAD
-            pairs = prop._value_as_iterable(state, dict_, key, passive=passive)
+            pairs = _loaded_members(prop, state, dict_, key)
+            if pairs is None:
+                passive = _NO_INITIALIZE if prop.passive_deletes else _LOAD
+                pairs = prop._value_as_iterable(state, dict_, key, passive=passive)
         target = step[3]
         out: list = []
         for pair in pairs:
@@ -390,16 +495,6 @@ class _Walk:
         if session_id is None:
             _attach(state, self.hash_key, obj)
         deleted[state] = obj
-
-
-@cython.cfunc
-def _memoized_plan(mapper) -> tuple:
-    """``attaching.cascade_plan(mapper)``, read from the mapper's memoized
-    values here while they hold it."""
-    entry = mapper._memoized_values.get(_PLAN_KEY)
-    if entry is not None and entry[0] is mapper._propkey_to_col:
-        return entry[1]
-    return _cascade_plan(mapper)
 
 
 def hooks_like(session, mixin, expected: tuple, names: frozenset) -> cython.bint:

@@ -36,6 +36,8 @@ from sqlalchemy.orm.base import (
     instance_state,
     state_str,
 )
+from sqlalchemy.orm.instrumentation import ClassManager
+from sqlalchemy.orm.mapper import Mapper
 from sqlalchemy.orm.session import Session
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
@@ -84,6 +86,9 @@ _NO_VALUES = cython.declare(object, EMPTY_DICT)
 # alive for the whole flush
 _SAVE_ENTRY = cython.declare(tuple, (False, False))
 _DELETE_ENTRY = cython.declare(tuple, (True, False))
+_STOCK_IS_ORPHAN = cython.declare(object, Mapper._is_orphan)
+_STOCK_HAS_PARENT = cython.declare(object, ClassManager.has_parent)
+_STOCK_HASPARENT = cython.declare(object, attributes._AttributeImpl.hasparent)
 _postfetch = cython.declare(object, persistence._postfetch)
 _InstanceState = cython.declare(object, InstanceState)
 _INSTANCE_DICT = cython.declare(object, orm_base.instance_dict)
@@ -788,10 +793,53 @@ def remove_newly_deleted(session, states):
         persistent_to_deleted(session, state)
 
 
-def _orphan_possible(mapper):
-    """Whether ``mapper._is_orphan`` can be true: some mapper up its
-    hierarchy is the target of a delete-orphan relationship."""
-    return any(m._delete_orphans for m in mapper.iterate_to_root())
+def _orphan_plan(mapper):
+    """How ``mapper._is_orphan`` is answered for its states: False when it
+    cannot be true (no mapper up its hierarchy is the target of a
+    delete-orphan relationship); else ``(legacy_is_orphan, parent tokens)``,
+    the ``id`` of each delete-orphan attribute's parent token in stock's
+    order, whose ``hasparent`` flags are read here; True where stock's
+    method is called (it, ``ClassManager.has_parent`` or an attribute's
+    ``hasparent`` is not stock's, an attribute does not track parents, a
+    class is not mapped: stock raises)."""
+    if not any(m._delete_orphans for m in mapper.iterate_to_root()):
+        return False
+    if type(mapper)._is_orphan is not _STOCK_IS_ORPHAN:
+        return True
+    tokens = []
+    for m in mapper.iterate_to_root():
+        for key, cls in m._delete_orphans:
+            manager = attributes.opt_manager_of_class(cls)
+            if manager is None or type(manager).has_parent is not _STOCK_HAS_PARENT:
+                return True
+            impl = manager.get_impl(key)
+            if type(impl).hasparent is not _STOCK_HASPARENT or not impl.trackparent:
+                return True
+            tokens.append(id(impl.parent_token))
+    return bool(mapper.legacy_is_orphan), tuple(tokens)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _is_orphan(mapper, state, plan) -> cython.bint:
+    """``mapper._is_orphan(state)`` following ``_orphan_plan(mapper)``:
+    each delete-orphan parent's ``hasparent`` flag on the state (missing:
+    True for a persisted state, False for a new one)."""
+    if plan is False:
+        return False
+    if plan is True or type(state) is not _InstanceState:
+        return bool(mapper._is_orphan(state))
+    legacy: cython.bint = plan[0]
+    optimistic: cython.bint = state.key is not None
+    parents: dict = state.parents
+    has_parent: cython.bint
+    for token in plan[1]:
+        has_parent = parents.get(token, optimistic) is not False
+        if legacy and has_parent:
+            return False
+        if not legacy and not has_parent:
+            return True
+    return legacy
 
 
 @cython.cclass
@@ -848,18 +896,18 @@ def register_saves(session, uow, states, processed: set):
 
     Pending orphans outside of the session are expunged, persistent orphans
     registered as deletes, the rest as saves (and added to ``processed``);
-    ``_is_orphan`` is only asked where it can be true.
+    ``_is_orphan`` is answered here (``_orphan_plan``).
     """
     registrar: _Registrar = _Registrar(session, uow)
-    orphan_possible: dict = {}
+    orphan_plans: dict = {}
     is_orphan: cython.bint
     is_persistent_orphan: cython.bint
     for state in states:
         mapper = state.manager.mapper
-        possible = orphan_possible.get(mapper)
-        if possible is None:
-            possible = orphan_possible[mapper] = _orphan_possible(mapper)
-        is_orphan = possible and mapper._is_orphan(state)
+        plan = orphan_plans.get(mapper)
+        if plan is None:
+            plan = orphan_plans[mapper] = _orphan_plan(mapper)
+        is_orphan = _is_orphan(mapper, state, plan)
         is_persistent_orphan = is_orphan and bool(state.has_identity)
         if is_orphan and not is_persistent_orphan and state._orphaned_outside_of_session:
             session._expunge_states([state])

@@ -17,7 +17,7 @@ clears), removed children, children to update after a primary-key change.
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session, attributes, sync
+from sqlalchemy.orm import Session, attributes, sync, unitofwork
 from sqlalchemy.orm import base as _base
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.base import PassiveFlag
@@ -28,6 +28,10 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 __all__ = [
+    "many_to_one_presort_deletes",
+    "prop_has_changes",
+    "many_to_one_presort_saves",
+    "one_to_many_presort_saves",
     "many_to_many_deletes",
     "many_to_many_presort_deletes",
     "one_to_many_presort_deletes",
@@ -51,6 +55,7 @@ _STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
 _STOCK_CONTAINS = cython.declare(object, Session._contains_state)
 _InstanceState = cython.declare(object, InstanceState)
 _INSTANCE_DICT = cython.declare(object, _base.instance_dict)
+_STOCK_REGISTER = cython.declare(object, unitofwork.UOWTransaction.register_object)
 _sync_update = cython.declare(object, sync._update)
 _sync_clear = cython.declare(object, sync._clear)
 # attribute implementation class -> whether its ``get`` is stock's (a value
@@ -60,6 +65,17 @@ _stock_get = cython.declare(dict, {})
 
 def _is_compiled():
     return cython.compiled
+
+
+@cython.cfunc
+def _history(uow, state, key, passive):
+    """``uow.get_attribute_history(state, key, passive)``: turbosession's
+    lookup called directly while the unit of work's method is its own
+    (``flush.UOWTransaction._history_lookup``)."""
+    lookup = getattr(uow, "_history_lookup", None)
+    if lookup is None:
+        return uow.get_attribute_history(state, key, passive)
+    return lookup(uow, state, key, passive)
 
 
 @cython.cfunc
@@ -73,8 +89,8 @@ def _is_deleted(uow_states: dict, state) -> cython.bint:
 @cython.cfunc
 def _populate(source, dest, keys: tuple):
     """``sync._populate`` with the attribute keys looked up (no cascaded-pk flag)."""
-    source_dict = source.dict
-    dest_dict = dest.dict
+    source_dict = _state_dict(source)
+    dest_dict = _state_dict(dest)
     pair: tuple
     for pair in keys:
         value = source.manager[pair[0]].impl.get(source, source_dict, _OFF)
@@ -90,7 +106,7 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
     session = uow.session
     uow_states: dict = uow.states
     for state in states:
-        history = uow.get_attribute_history(state, key, _NO_INITIALIZE)
+        history = _history(uow, state, key, _NO_INITIALIZE)
         if not history:
             continue
         added = history.added
@@ -121,7 +137,7 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     )
     uselist: cython.bint = bool(dp.prop.uselist)
     for state in states:
-        history = uow.get_attribute_history(state, key, _NO_INITIALIZE)
+        history = _history(uow, state, key, _NO_INITIALIZE)
         if not history:
             continue
         for child in history.added:
@@ -147,7 +163,7 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
 def _source_modified(uow, state, source_keys: tuple) -> cython.bint:
     """``sync._source_modified``."""
     for source_key in source_keys:
-        history = uow.get_attribute_history(state, source_key, _NO_INITIALIZE)
+        history = _history(uow, state, source_key, _NO_INITIALIZE)
         if history.deleted:
             return True
     return False
@@ -302,12 +318,12 @@ def many_to_many_saves(
     rows: _Rows = _Rows(uow, dp, parent_keys, child_keys, target)
     for state in states:
         need_cascade_pks: cython.bint = check_pks and _source_modified(uow, state, source_keys)
-        history = uow.get_attribute_history(
-            state, key, _OFF_PENDING if need_cascade_pks else _NO_INITIALIZE_PENDING
+        history = _history(
+            uow, state, key, _OFF_PENDING if need_cascade_pks else _NO_INITIALIZE_PENDING
         )
         if not _nonblank(history):
             continue
-        parent_dict = state.dict
+        parent_dict = _state_dict(state)
         rows.collect(insert, state, parent_dict, history.added, "add", processed)
         rows.collect(delete, state, parent_dict, history.deleted, "delete", processed)
         if track:
@@ -337,11 +353,11 @@ def many_to_many_deletes(uow, dp, states, parent_keys: tuple, child_keys: tuple,
     track: cython.bint = processed is not None
     rows: _Rows = _Rows(uow, dp, parent_keys, child_keys, target)
     for state in states:
-        history = uow.get_attribute_history(state, key, passive)
+        history = _history(uow, state, key, passive)
         if not _nonblank(history):
             continue
         members = history.non_added()
-        parent_dict = state.dict
+        parent_dict = _state_dict(state)
         for child in members:
             if child is None or (track and (state, child) in processed):
                 continue
@@ -386,7 +402,7 @@ def one_to_many_deletes(uow, dp, states, clear_keys, target):
     children_added = uow.memo(("children_added", dp), set)
     null_unchanged: cython.bint = not dp.cascade.delete
     for state in states:
-        history = uow.get_attribute_history(state, key, passive)
+        history = _history(uow, state, key, passive)
         if not _nonblank(history):
             continue
         for child in history.deleted:
@@ -429,7 +445,7 @@ def one_to_many_presort_deletes(uow, dp, states):
     passive = dp._passive_delete_flag
     prop = dp.prop
     for state in states:
-        history = uow.get_attribute_history(state, key, passive)
+        history = _history(uow, state, key, passive)
         if not _nonblank(history):
             continue
         for child in history.deleted:
@@ -452,4 +468,123 @@ def many_to_many_presort_deletes(uow, dp, states):
     key = dp.key
     passive = dp._passive_delete_flag
     for state in states:
-        uow.get_attribute_history(state, key, passive)
+        _history(uow, state, key, passive)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _contained(session, state) -> cython.bint:
+    """``session._contains_state(state)``."""
+    if type(session)._contains_state is _STOCK_CONTAINS:
+        return state in session._new or session.identity_map.contains_state(state)
+    return bool(session._contains_state(state))
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _registered(uow, state, isdelete: cython.bint, cancel_delete: cython.bint) -> cython.bint:
+    """``uow.register_object(state, isdelete=isdelete,
+    cancel_delete=cancel_delete, ...)`` for a state of the session already
+    in the flush: what stock's method does then (the state made a delete,
+    or a cancelled delete a save), and False, for stock's method to be
+    called, in every other case (a state not in the session, where stock
+    warns, or not yet in the flush, where stock sets up its mapper's
+    actions; a unit of work whose method is not stock's)."""
+    if type(uow).register_object is not _STOCK_REGISTER:
+        return False
+    states: dict = uow.states
+    if state not in states or not _contained(uow.session, state):
+        return False
+    if isdelete or cancel_delete:
+        states[state] = (isdelete, False)
+    return True
+
+
+def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
+    """``OneToManyDP.presort_saves``: the added children registered (a
+    delete of theirs cancelled), the removed ones registered to have their
+    foreign key cleared or, with delete-orphan and no parent left, deleted
+    with their delete cascade, and after a primary-key change of the
+    parent the unchanged children too.  ``source_keys`` are the parent's
+    attribute keys ``_pks_changed`` looks at."""
+    children_added = uow.memo(("children_added", dp), set)
+    delete_orphan: cython.bint = bool(dp.cascade.delete_orphan)
+    should_null_fks: cython.bint = not delete_orphan and not dp.passive_deletes == "all"
+    passive_updates = dp.passive_updates
+    key = dp.key
+    prop = dp.prop
+    for state in states:
+        pks_changed: cython.bint = _source_modified(uow, state, source_keys)
+        history = _history(
+            uow, state, key,
+            _NO_INITIALIZE_PENDING if not pks_changed or passive_updates else _OFF_PENDING,
+        )
+        if not _nonblank(history):
+            continue
+        added = history.added
+        for child in added:
+            if child is not None and not _registered(uow, child, False, True):
+                uow.register_object(child, cancel_delete=True, operation="add", prop=prop)
+        children_added.update(added)
+        for child in history.deleted:
+            if not delete_orphan:
+                if should_null_fks:
+                    uow.register_object(child, isdelete=False, operation="delete", prop=prop)
+            elif dp.hasparent(child) is False:
+                uow.register_object(child, isdelete=True, operation="delete", prop=prop)
+                for cascaded in dp.mapper.cascade_iterator("delete", child):
+                    uow.register_object(cascaded[2], isdelete=True)
+        if pks_changed:
+            for child in history.unchanged:
+                if child is not None:
+                    uow.register_object(
+                        child, False, passive_updates, operation="pk change", prop=prop
+                    )
+
+
+def many_to_one_presort_saves(uow, dp, states):
+    """``ManyToOneDP.presort_saves`` without delete-orphan: each state
+    registered again, which for a state already in the flush changes
+    nothing (stock's method is called for any other)."""
+    prop = dp.prop
+    for state in states:
+        if not _registered(uow, state, False, False):
+            uow.register_object(state, operation="add", prop=prop)
+
+
+def prop_has_changes(uow, dp, states, passive):
+    """``DependencyProcessor.prop_has_changes`` with its flag (``passive``)
+    chosen: whether a state's history has added, deleted or unchanged
+    members, else whether there are states of a relationship that is not
+    self-referential whose target mapper is in the flush."""
+    key = dp.key
+    for state in states:
+        history = _history(uow, state, key, passive)
+        if _nonblank(history) and (history.added or history.deleted or history.unchanged):
+            return True
+    return states and not dp.prop._is_self_referential and dp.mapper in uow.mappers
+
+
+def many_to_one_presort_deletes(uow, dp, states):
+    """``ManyToOneDP.presort_deletes`` with a delete or delete-orphan
+    cascade: the deleted states' referenced objects (with delete-orphan
+    also those they referred to before) registered as deletes, each with
+    its own delete cascade (``Mapper.cascade_iterator``, stock's)."""
+    key = dp.key
+    passive = dp._passive_delete_flag
+    delete_orphan: cython.bint = bool(dp.cascade.delete_orphan)
+    prop = dp.prop
+    mapper = dp.mapper
+    for state in states:
+        history = _history(uow, state, key, passive)
+        if not _nonblank(history):
+            continue
+        todelete = history.sum() if delete_orphan else history.non_deleted()
+        for child in todelete:
+            if child is None:
+                continue
+            if not _registered(uow, child, True, False):
+                uow.register_object(child, isdelete=True, operation="delete", prop=prop)
+            for cascaded in mapper.cascade_iterator("delete", child):
+                if not _registered(uow, cascaded[2], True, False):
+                    uow.register_object(cascaded[2], isdelete=True)

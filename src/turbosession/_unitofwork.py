@@ -27,9 +27,13 @@ sets and lists.
 from __future__ import annotations
 
 from sqlalchemy.orm import attributes, collections
+from sqlalchemy.orm import base as _base, state as _state_module
+from sqlalchemy.orm.dependency import _DependencyProcessor, _ManyToOneDP, _OneToManyDP
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
+    _ProcessAll,
+    _ProcessState,
     _SaveUpdateAll,
     _SaveUpdateState,
 )
@@ -56,11 +60,28 @@ _INCLUDE_PENDING_MUTATIONS = cython.declare(object, attributes.INCLUDE_PENDING_M
 _NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
 _NO_VALUE = cython.declare(object, attributes.NO_VALUE)
 _MISSING = cython.declare(object, object())
+_PASSIVE_NO_INITIALIZE = cython.declare(object, attributes.PASSIVE_NO_INITIALIZE)
+_PER_STATE_FLUSH_ACTIONS = cython.declare(object, _DependencyProcessor.per_state_flush_actions)
+_ONE_TO_MANY_STATE_DEPENDENCIES = cython.declare(object, _OneToManyDP.per_state_dependencies)
+_MANY_TO_ONE_STATE_DEPENDENCIES = cython.declare(object, _ManyToOneDP.per_state_dependencies)
+_HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
+_PASSIVE_NO_RESULT = cython.declare(object, attributes.PASSIVE_NO_RESULT)
+_InstanceState = cython.declare(object, _state_module.InstanceState)
+_INSTANCE_DICT = cython.declare(object, _base.instance_dict)
+_CALLABLES_OK = cython.declare(object, attributes.CALLABLES_OK)
+_COLLECTION_HISTORY = cython.declare(object, attributes._CollectionAttributeImpl.get_history)
+_ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
+_ScalarAttributeImpl = cython.declare(object, attributes._ScalarAttributeImpl)
+_ScalarObjectAttributeImpl = cython.declare(object, attributes._ScalarObjectAttributeImpl)
+_SCALAR_HISTORY = cython.declare(object, attributes._ScalarAttributeImpl.get_history)
+_OBJECT_HISTORY = cython.declare(object, attributes._ScalarObjectAttributeImpl.get_history)
 
 # passive flag -> (passive | LOAD_AGAINST_COMMITTED | NO_RAISE, bool(passive & SQL_OK))
 _flags = cython.declare(dict, {})
 # flags -> bool(flags & INCLUDE_PENDING_MUTATIONS)
 _includes_pending = cython.declare(dict, {})
+# flags -> (bool(flags & INCLUDE_PENDING_MUTATIONS), bool(flags & CALLABLES_OK))
+_bits = cython.declare(dict, {})
 
 
 def _is_compiled():
@@ -77,19 +98,124 @@ def _flag_info(passive) -> tuple:
 
 
 @cython.cfunc
+def _present_scalar_history(impl, state, key, dict_, flags):
+    """The ``History`` stock's ``get_history`` of a column or many-to-one
+    attribute returns when its value is in the state's dict
+    (``from_scalar_attribute`` / ``from_object_attribute``) or when it is
+    absent, nothing is kept and ``flags`` allow no loader (``get`` answers
+    ``PASSIVE_NO_RESULT``: ``HISTORY_BLANK``), or None for stock's (a
+    loader may run, a many-to-one with deferred history, an implementation
+    whose ``get_history`` or ``get`` is not stock's)."""
+    scalar: cython.bint
+    kind = type(impl)
+    if kind is _ScalarAttributeImpl:
+        if _ScalarAttributeImpl.get_history is not _SCALAR_HISTORY:
+            return None
+        scalar = True
+    elif kind is _ScalarObjectAttributeImpl:
+        if (
+            _ScalarObjectAttributeImpl.get_history is not _OBJECT_HISTORY
+            or impl._deferred_history
+        ):
+            return None
+        scalar = False
+    else:
+        return None
+    current = dict_.get(key, _MISSING)
+    if current is _MISSING:
+        # stock's get() answers PASSIVE_NO_RESULT when nothing is kept and
+        # loader callables are not allowed: HISTORY_BLANK
+        if (
+            kind.get is _ATTRIBUTE_GET
+            and not _flag_bits(flags)[1]
+            and (
+                key not in state.committed_state
+                if scalar
+                else state.committed_state.get(key, _NO_VALUE) is _NO_VALUE
+            )
+        ):
+            return _HISTORY_BLANK
+        return None
+    if current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
+        return None
+    original = state.committed_state.get(key, _NO_HISTORY)
+    if original is _NO_HISTORY:
+        return _tuple_new(_History, ((), [current], ()))
+    if scalar:
+        # stock compares with whatever the original is, symbols included
+        if impl.is_equal(current, original) is True:
+            return _tuple_new(_History, ((), [current], ()))
+        unknown: cython.bint = original is _NO_VALUE or original is _PASSIVE_NO_RESULT
+    else:
+        if current is original:
+            return _tuple_new(_History, ((), [current], ()))
+        # the previous related object is not reported when unknown or None
+        unknown = original is _NO_VALUE or original is _PASSIVE_NO_RESULT or original is None
+    if unknown:
+        return _tuple_new(_History, ([current], (), ()))
+    return _tuple_new(_History, ([current], (), [original]))
+
+
+@cython.cfunc
 def _history(state, key, flags) -> tuple:
     impl = state.manager[key].impl
-    dict_ = state.dict
+    dict_ = _state_dict(state)
+    found = _present_scalar_history(impl, state, key, dict_, flags)
+    if found is not None:
+        if found is _HISTORY_BLANK:
+            return found, found
+        if impl.uses_objects:
+            return found, _tuple_new(
+                _History, (_as_states(found[0]), _as_states(found[1]), _as_states(found[2]))
+            )
+        return found, found
     if type(impl) is _CollectionAttributeImpl:
         current = dict_.get(key, _MISSING)
         if current is not _MISSING and current is not _NO_VALUE:
             found = _loaded_collection_history(state, key, current, flags)
             if found is not None:
                 return found
+        elif current is _MISSING and _unloaded_collection_blank(impl, state, key, flags):
+            return _HISTORY_BLANK, _HISTORY_BLANK
     history = impl.get_history(state, dict_, flags)
     if history and impl.uses_objects:
         return history, history.as_state()
     return history, history
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _unloaded_collection_blank(impl, state, key, flags) -> cython.bint:
+    """Whether stock's ``get_history`` of a collection absent from the
+    state's dict returns ``HISTORY_BLANK`` without loading it: ``get``
+    answers ``PASSIVE_NO_RESULT`` (no committed value kept, loader
+    callables not allowed by ``flags``) and no pending mutations are asked
+    for or recorded.  Stock's methods only."""
+    if (
+        _CollectionAttributeImpl.get_history is not _COLLECTION_HISTORY
+        or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET
+    ):
+        return False
+    if _flag_bits(flags)[1]:
+        return False  # loader callables allowed: stock may load
+    committed = state.committed_state.get(key, _NO_VALUE)
+    if committed is not _NO_VALUE:
+        return False
+    if _flag_bits(flags)[0] and key in state._pending_mutations:
+        return False
+    return True
+
+
+@cython.cfunc
+@cython.inline
+def _flag_bits(flags) -> tuple:
+    """``(bool(flags & INCLUDE_PENDING_MUTATIONS), bool(flags & CALLABLES_OK))``."""
+    bits: tuple = _bits.get(flags)
+    if bits is None:
+        bits = _bits[flags] = (
+            bool(flags & _INCLUDE_PENDING_MUTATIONS), bool(flags & _CALLABLES_OK)
+        )
+    return bits
 
 
 @cython.cfunc
@@ -146,6 +272,18 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
     return history, _tuple_new(
         _History, (_as_states(added), _as_states(unchanged), _as_states(deleted))
     )
+
+
+@cython.cfunc
+def _state_dict(state):
+    """``state.dict``: the object's ``__dict__`` (``instance_dict``), or a
+    new empty dict once the object is gone."""
+    if type(state) is not _InstanceState or _base.instance_dict is not _INSTANCE_DICT:
+        return state.dict
+    obj = state.obj()
+    if obj is None:
+        return {}
+    return _INSTANCE_DICT(obj)
 
 
 @cython.cfunc
@@ -211,7 +349,7 @@ def _state_records(uow, cls: type, states: list, mapper, sort_key: tuple) -> lis
 
 
 @cython.cfunc
-def _per_state_actions(uow, rec) -> set:
+def _per_state_actions(uow, rec, pending) -> set:
     """``rec.per_state_flush_actions(uow)`` for stock's per-mapper save/delete."""
     mapper = rec.mapper
     isdelete: cython.bint = type(rec) is _DeleteAll
@@ -240,8 +378,179 @@ def _per_state_actions(uow, rec) -> set:
             dependencies.add((action, other))
     for dep in uow.deps[mapper]:
         states_for_prop = uow.filter_states_for_dep(dep, states)
-        dep.per_state_flush_actions(uow, states_for_prop, isdelete)
+        direction: cython.int = _per_state_direction(dep)
+        if direction and pending is not None:
+            _dependency_per_state(uow, dep, states_for_prop, isdelete, direction == 1, pending)
+        else:
+            dep.per_state_flush_actions(uow, states_for_prop, isdelete)
     return set(actions)
+
+
+@cython.cfunc
+def _per_state_direction(dp) -> cython.int:
+    """1 for a one-to-many processor, 2 for a many-to-one, whose
+    ``per_state_flush_actions`` and ``per_state_dependencies`` are stock's
+    and which has no ``post_update``; else 0 (stock's method is called)."""
+    direction: cython.int
+    kind = type(dp)
+    if kind is _OneToManyDP:
+        if kind.per_state_dependencies is not _ONE_TO_MANY_STATE_DEPENDENCIES:
+            return 0
+        direction = 1
+    elif kind is _ManyToOneDP:
+        if kind.per_state_dependencies is not _MANY_TO_ONE_STATE_DEPENDENCIES:
+            return 0
+        direction = 2
+    else:
+        return 0
+    if (
+        kind.per_state_flush_actions is not _PER_STATE_FLUSH_ACTIONS
+        or dp.post_update
+        or "per_state_flush_actions" in dp.__dict__
+        or "per_state_dependencies" in dp.__dict__
+    ):
+        return 0
+    return direction
+
+
+@cython.cfunc
+def _process_state(uow, dp, isdelete, state):
+    """``_ProcessState(uow, dp, isdelete, state)``: the registered record
+    (or a new one, registered) with its fields set, as the constructor does."""
+    registry: dict = uow.postsort_actions
+    key: tuple = (_ProcessState, dp, isdelete, state)
+    record = registry.get(key)
+    if record is None:
+        record = _object_new(_ProcessState)
+        record.disabled = False
+        registry[key] = record
+    record.dependency_processor = dp
+    record.sort_key = ("ProcessState", dp.sort_key)
+    record.isdelete = isdelete
+    record.state = state
+    return record
+
+
+@cython.cfunc
+def _state_record(uow, cls, state):
+    """``_SaveUpdateState(uow, state)`` / ``_DeleteState(uow, state)``."""
+    registry: dict = uow.postsort_actions
+    key: tuple = (cls, state)
+    record = registry.get(key)
+    if record is None:
+        record = _object_new(cls)
+        record.disabled = False
+        registry[key] = record
+    mapper = state.mapper.base_mapper
+    record.state = state
+    record.mapper = mapper
+    record.sort_key = (
+        "DeleteState" if cls is _DeleteState else "ProcessState", mapper._sort_key
+    )
+    return record
+
+
+@cython.cfunc
+def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: cython.bint, pending):
+    """``dp.per_state_flush_actions(uow, states, isdelete)`` of a one-to-many
+    or many-to-one processor without ``post_update``
+    (``_per_state_direction``): the same records made in the same order and
+    the same dependency edges added in the same sequence.  Each state's
+    pending members come from ``pending`` (stock's ``get_all_pending``
+    where it answers None)."""
+    child_base_mapper = dp.mapper.primary_base_mapper
+    child_saves = _SaveUpdateAll(uow, child_base_mapper)
+    child_deletes = _DeleteAll(uow, child_base_mapper)
+    after_save = before_delete = None
+    if isdelete:
+        before_delete = _ProcessAll(uow, dp, True, True)
+        before_delete.disabled = True
+    else:
+        after_save = _ProcessAll(uow, dp, False, True)
+        after_save.disabled = True
+    cycles = uow.cycles
+    child_actions: list = None
+    child_in_cycles: cython.bint
+    parent_in_cycles: cython.bint
+    if child_saves not in cycles:
+        assert child_deletes not in cycles
+        child_actions = [(child_saves, False), (child_deletes, True)]
+        child_in_cycles = False
+    else:
+        child_in_cycles = True
+    if not isdelete:
+        parent_saves = _SaveUpdateAll(uow, dp.parent.base_mapper)
+        parent_deletes = None
+        parent_in_cycles = parent_saves in cycles
+    else:
+        parent_deletes = _DeleteAll(uow, dp.parent.base_mapper)
+        parent_saves = None
+        parent_in_cycles = parent_deletes in cycles
+    if not parent_in_cycles:
+        # stock's method reads a variable it never set (it never gets here)
+        return dp.per_state_flush_actions(uow, states, isdelete)
+    key = dp.key
+    passive = dp._passive_delete_flag if isdelete else _PASSIVE_NO_INITIALIZE
+    uow_states: dict = uow.states
+    dependencies: set = uow.dependencies
+    entry: tuple
+    pair: tuple
+    for state in states:
+        impl = state.manager[key].impl
+        dict_ = _state_dict(state)
+        sum_ = None
+        if not isdelete or type(impl) is _CollectionAttributeImpl:
+            # the collection's ignores the flag
+            sum_ = pending(impl, state, dict_, key)
+        if sum_ is None:
+            sum_ = impl.get_all_pending(state, dict_, passive)
+        if not sum_:
+            continue
+        if isdelete:
+            before_delete = _process_state(uow, dp, True, state)
+            parent_deletes = _state_record(uow, _DeleteState, state)
+        else:
+            after_save = _process_state(uow, dp, False, state)
+            parent_saves = _state_record(uow, _SaveUpdateState, state)
+        if child_in_cycles:
+            child_actions = []
+            for pair in sum_:
+                child_state = pair[0]
+                if child_state not in uow_states:
+                    child_actions.append((None, None))
+                else:
+                    entry = uow_states[child_state]
+                    if entry[0]:
+                        child_actions.append((_state_record(uow, _DeleteState, child_state), True))
+                    else:
+                        child_actions.append(
+                            (_state_record(uow, _SaveUpdateState, child_state), False)
+                        )
+        for pair in child_actions:
+            child_action = pair[0]
+            childisdelete = pair[1]
+            if one_to_many:
+                if not isdelete:
+                    dependencies.update(
+                        [
+                            (parent_saves, after_save),
+                            (after_save, child_action),
+                            (parent_saves, child_action),
+                        ]
+                    )
+                else:
+                    dependencies.update(
+                        [(before_delete, child_action), (child_action, parent_deletes)]
+                    )
+            elif not isdelete:
+                if not childisdelete:
+                    dependencies.update(
+                        [(child_action, after_save), (after_save, parent_saves)]
+                    )
+                else:
+                    dependencies.update([(after_save, parent_saves)])
+            elif childisdelete:
+                dependencies.update([(parent_deletes, child_action)])
 
 
 @cython.cfunc
@@ -272,12 +581,15 @@ def _rewrite_dependencies(dependencies: set, cycles: set, convert: dict):
                 dependencies.add((before, dep))
 
 
-def split_per_state(uow, cycles: set):
-    """Replace the actions in ``cycles`` by per-state actions, as stock does."""
+def split_per_state(uow, cycles: set, pending=None):
+    """Replace the actions in ``cycles`` by per-state actions, as stock does.
+    ``pending`` is the attach module's ``pending_pairs`` (``get_all_pending``
+    of a relationship attribute, or None for stock's method); without it
+    every dependency processor makes its per-state actions itself."""
     convert: dict = {}
     for rec in cycles:
         if type(rec) is _SaveUpdateAll or type(rec) is _DeleteAll:
-            convert[rec] = _per_state_actions(uow, rec)
+            convert[rec] = _per_state_actions(uow, rec, pending)
         else:
             convert[rec] = set(rec.per_state_flush_actions(uow))
     _rewrite_dependencies(uow.dependencies, cycles, convert)

@@ -44,6 +44,13 @@ class UOWTransaction(unitofwork.UOWTransaction):
         super().__init__(session)
         self._topological = session._turbo.topological
         self._unitofwork = session._turbo.unitofwork
+        # the relationship loops look histories up through this function
+        # directly while get_attribute_history is this class's
+        self._history_lookup = (
+            self._unitofwork.attribute_history
+            if type(self).get_attribute_history is UOWTransaction.get_attribute_history
+            else None
+        )
 
     # the per-state loops of stock's bookkeeping, on turbosession's hot paths
 
@@ -103,7 +110,9 @@ class UOWTransaction(unitofwork.UOWTransaction):
             self.dependencies, list(self.postsort_actions.values())
         )
         if cycles:
-            self._unitofwork.split_per_state(self, cycles)
+            self._unitofwork.split_per_state(
+                self, cycles, self.session._turbo.attach.pending_pairs
+            )
 
         return {
             a for a in self.postsort_actions.values() if not a.disabled

@@ -22,11 +22,13 @@ the attribute keys of the relationship's synchronised columns on each side,
 kept with the parent mapper's memoized values.
 """
 
+import functools
 import logging
 from collections import Counter
 
 from sqlalchemy import sql
-from sqlalchemy.orm import dependency, exc as orm_exc, sync
+from sqlalchemy.orm import attributes, dependency, exc as orm_exc, sync
+from sqlalchemy.orm.interfaces import MANYTOONE
 from sqlalchemy.orm.unitofwork import _Preprocess
 
 from . import emission
@@ -71,6 +73,8 @@ _METHODS = frozenset(
         "process_saves",
         "process_deletes",
         "presort_deletes",
+        "presort_saves",
+        "prop_has_changes",
         "_synchronize",
         "_verify_canload",
         "hasparent",
@@ -206,19 +210,33 @@ def run(uow, dp, isdelete, states, plan, loops):
 
 def preprocess(uow, action, loops):
     """``action.execute(uow)`` for a presort action (``_Preprocess``), as
-    stock's runs it, with the states gathered on ``loops`` and the
-    one-to-many's and many-to-many's ``presort_deletes`` there too where
-    their steps run there (``_reason``); anything else is stock's."""
+    stock's runs it, with the states gathered on ``loops`` and, where the
+    processor's steps run there (``_reason``), its ``presort_deletes``
+    (one-to-many, many-to-many, many-to-one with a delete cascade),
+    ``presort_saves`` (one-to-many, many-to-one without delete-orphan) and
+    ``prop_has_changes`` there too; anything else is stock's."""
     if type(action) is not _Preprocess or _Preprocess.execute is not _PREPROCESS:
         return action.execute(uow)
     dp = action.dependency_processor
     kind = type(dp)
-    presort_deletes = None
-    if kind is not dependency._ManyToOneDP and _reason(uow, dp) is None:
+    presort_deletes = presort_saves = None
+    fast = _reason(uow, dp) is None
+    if fast:
         if kind is dependency._ManyToManyDP:
             presort_deletes = loops.many_to_many_presort_deletes
-        elif sync_plan(dp) is not None:
-            presort_deletes = loops.one_to_many_presort_deletes
+        elif kind is dependency._ManyToOneDP:
+            if dp.cascade.delete or dp.cascade.delete_orphan:
+                presort_deletes = loops.many_to_one_presort_deletes
+            if not dp.cascade.delete_orphan:
+                presort_saves = loops.many_to_one_presort_saves
+        else:
+            plan = sync_plan(dp)
+            if plan is not None:
+                presort_deletes = loops.one_to_many_presort_deletes
+                source_keys = tuple(k[0] for k in plan[0])
+                presort_saves = functools.partial(
+                    loops.one_to_many_presort_saves, source_keys=source_keys
+                )
     processed = action.processed
     delete_states, save_states = loops.presort_states(uow, action._mappers(uow), processed)
     if delete_states:
@@ -228,17 +246,39 @@ def preprocess(uow, action, loops):
             presort_deletes(uow, dp, delete_states)
         processed.update(delete_states)
     if save_states:
-        dp.presort_saves(uow, save_states)
+        if presort_saves is None:
+            dp.presort_saves(uow, save_states)
+        else:
+            presort_saves(uow, dp, save_states)
         processed.update(save_states)
     if delete_states or save_states:
         if not action.setup_flush_actions and (
-            dp.prop_has_changes(uow, delete_states, True)
-            or dp.prop_has_changes(uow, save_states, False)
+            _prop_has_changes(uow, dp, delete_states, True, fast, loops)
+            or _prop_has_changes(uow, dp, save_states, False, fast, loops)
         ):
             dp.per_property_flush_actions(uow)
             action.setup_flush_actions = True
         return True
     return False
+
+
+_PENDING_NO_INITIALIZE = attributes.PASSIVE_NO_INITIALIZE | attributes.INCLUDE_PENDING_MUTATIONS
+_PENDING_OFF = attributes.PASSIVE_OFF | attributes.INCLUDE_PENDING_MUTATIONS
+
+
+def _prop_has_changes(uow, dp, states, isdelete, fast, loops):
+    """``dp.prop_has_changes(uow, states, isdelete)``: for a processor whose
+    steps run on ``loops`` (``fast``), its histories looked at there with
+    the flag stock's method picks."""
+    if not fast:
+        return dp.prop_has_changes(uow, states, isdelete)
+    if not isdelete or dp.passive_deletes:
+        passive = _PENDING_NO_INITIALIZE
+    elif dp.direction is MANYTOONE:
+        passive = attributes.PASSIVE_NO_FETCH_RELATED
+    else:
+        passive = _PENDING_OFF
+    return loops.prop_has_changes(uow, dp, states, passive)
 
 
 def _secondary_statement(dp, kind, columns):

@@ -549,9 +549,11 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
             found = getattr(cls, hook[0])
         if found is not hook[2]:
             return False
-    # (the lookups assigned a tag if the class had none)
-    tag = _version_tag(cls)
-    if tag:
+    # kept only with the tag read before the lookups, and only if they left
+    # it as it was: a class changed meanwhile (another thread's patch) has
+    # another tag (a class without one gets it from these lookups, and is
+    # kept at the next call)
+    if tag and _version_tag(cls) == tag:
         _verified[id(expected)] = (cls, tag)
     return True
 

@@ -26,6 +26,8 @@ and sets.
 
 from __future__ import annotations
 
+from types import MethodType
+
 from sqlalchemy.orm.attributes import _ScalarAttributeImpl
 from sqlalchemy.orm.base import NO_VALUE, PassiveFlag
 from sqlalchemy.orm.instrumentation import ClassManager
@@ -54,7 +56,7 @@ _ClassManager = cython.declare(object, ClassManager)
 _ClauseElement = cython.declare(object, ClauseElement)
 _NO_VALUES = cython.declare(object, EMPTY_DICT)
 _COMPARE_VALUES = cython.declare(object, TypeEngine.compare_values)
-_MethodType = cython.declare(object, type(TypeEngine().compare_values))
+_MethodType = cython.declare(object, MethodType)
 
 
 def _is_compiled():

@@ -21,7 +21,10 @@ lookup, and identity keys are built without a per-call list.
 
 from __future__ import annotations
 
+import operator
 import weakref
+
+from sqlalchemy import exc as sa_exc
 
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import base as orm_base
@@ -61,6 +64,8 @@ __all__ = [
     "collect_delete_commands",
     "collect_insert_commands",
     "collect_update_commands",
+    "has_new",
+    "mapper_runs",
     "organize_for_delete",
     "organize_for_save",
     "postfetch_batch",
@@ -68,6 +73,7 @@ __all__ = [
     "register_persistent",
     "register_saves",
     "remove_newly_deleted",
+    "sort_states",
 ]
 
 _RETURN_NO_VALUE = cython.declare(object, PassiveFlag.PASSIVE_RETURN_NO_VALUE)
@@ -968,3 +974,66 @@ def batches(records):
 @cython.cfunc
 def _batch_key(record: tuple) -> tuple:
     return (record[4], set(record[2]), bool(record[5]), record[6], record[7])
+
+
+@cython.cfunc
+def _persistent_key(state) -> object:
+    return state.key[1]
+
+
+def _identity_value(state):
+    """The sort key of a persistent state whose primary key columns' types
+    have no ``sort_key_function``: its identity key's values."""
+    return _persistent_key(state)
+
+
+_INSERT_ORDER = cython.declare(object, operator.attrgetter("insert_order"))
+
+
+def sort_states(states, sortkey):
+    """``persistence._sort_states``: the new states in the order they were
+    added, then the persistent ones by primary key (``sortkey`` the
+    mapper's ``_persistent_sortkey_fn``, or None where that only reads the
+    identity key's values).  The sets are built as stock builds them, so
+    states with equal keys come in stock's order."""
+    pending: set = set(states)
+    persistent: set = {s for s in pending if s.key is not None}
+    pending.difference_update(persistent)
+    try:
+        persistent_sorted: list = sorted(
+            persistent, key=_identity_value if sortkey is None else sortkey
+        )
+    except TypeError as err:
+        raise sa_exc.InvalidRequestError(
+            "Could not sort objects by primary key; primary key "
+            "values must be sortable in Python (was: %s)" % err
+        ) from err
+    return sorted(pending, key=_INSERT_ORDER) + persistent_sorted
+
+
+def has_new(states) -> cython.bint:
+    """Whether a state among ``states`` has no identity key yet."""
+    for state in states:
+        if state.key is None:
+            return True
+    return False
+
+
+def mapper_runs(records, index: cython.Py_ssize_t) -> list:
+    """Consecutive records of one mapper and one connection (``index`` is
+    where a record keeps its mapper; its connection follows it), as
+    ``(mapper, connection, records)`` (mappers and connections compare by
+    identity)."""
+    runs: list = []
+    run: list = None
+    mapper = None
+    connection = None
+    record: tuple
+    for record in records:
+        if run is None or record[index] is not mapper or record[index + 1] is not connection:
+            mapper = record[index]
+            connection = record[index + 1]
+            run = []
+            runs.append((mapper, connection, run))
+        run.append(record)
+    return runs

@@ -174,7 +174,15 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
     committed: dict = state.committed_state
     t: type
     if committed:
-        for propkey in keys.intersection(committed):
+        if len(committed) == 1:
+            # one attribute changed (the common update): the intersection's
+            # one key, without a set made per state
+            propkeys = tuple(committed)
+            if propkeys[0] not in keys:
+                propkeys = ()
+        else:
+            propkeys = keys.intersection(committed)
+        for propkey in propkeys:
             value = state_dict[propkey]
             col = propkey_to_col[propkey]
             # a plain value (recognised by its exact type) is neither a SQL

@@ -293,31 +293,34 @@ def _asks_nothing(uow, base_mapper):
     )
 
 
-def _mapper_runs(records, index):
-    """Consecutive records of one mapper and one connection (``index`` is
-    where a record keeps its mapper; its connection follows it), as
-    ``(mapper, connection, records)``: the per-object loops take one
-    mapper's precomputations, and stock's loops see the states in this
-    order whatever their mappers."""
-    runs = []
-    current = None
-    for record in records:
-        key = (record[index], record[index + 1])
-        if key != current:
-            current = key
-            run = []
-            runs.append((record[index], record[index + 1], run))
-        run.append(record)
-    return runs
+_STOCK_SORT_STATES = persistence._sort_states
+
+
+def _plain_sortkey(mapper):
+    """Whether the mapper's ``_persistent_sortkey_fn`` sorts states by
+    their identity key's values as they are (no primary key column's type
+    has a ``sort_key_function``)."""
+    return not {col.type.sort_key_function for col in mapper.primary_key}.difference([None])
+
+
+_PLAIN_SORTKEY_KEY = ("turbosession", "plain sort key")
+
+
+def _sort_states(base_mapper, persist, states):
+    """``persistence._sort_states(base_mapper, states)``, its loops in
+    ``persist`` (stock's function where it has been replaced)."""
+    if persistence._sort_states is not _STOCK_SORT_STATES:
+        return persistence._sort_states(base_mapper, states)
+    sortkey = base_mapper._persistent_sortkey_fn
+    if derived(base_mapper, _PLAIN_SORTKEY_KEY, sortkey, _plain_sortkey):
+        sortkey = None
+    return persist.sort_states(states, sortkey)
 
 
 def _row_switch_possible(uow, base_mapper, states):
     """Whether a new object may take the identity of one this flush deletes
     (stock then updates the row): only when the hierarchy deletes too."""
-    for state in states:
-        if state.key is None:
-            break
-    else:
+    if not uow.session._turbo.persist.has_new(states):
         return False
     deletes = uow.states_for_mapper_hierarchy(base_mapper, True, False)
     return next(deletes, None) is not None
@@ -352,13 +355,13 @@ def _organize_for_save(uow, base_mapper, persist, states):
     # stock asks for the connection even with no states (it may begin
     # the transaction), and then does nothing more
     connection = transaction.flush_connection(uow, base_mapper)
-    states = persistence._sort_states(base_mapper, states)
+    states = _sort_states(base_mapper, persist, states)
     if not base_mapper._inheriting_mappers:
         to_insert, to_update = persist.organize_for_save(base_mapper, states, uow, connection)
         return to_insert, to_update, False
     to_insert = []
     to_update = []
-    runs = _mapper_runs([(state, state.manager.mapper, connection) for state in states], 1)
+    runs = persist.mapper_runs([(state, state.manager.mapper, connection) for state in states], 1)
     for mapper, _, run in runs:
         inserts, updates = persist.organize_for_save(
             mapper, [record[0] for record in run], uow, connection
@@ -416,7 +419,7 @@ def _save(uow, base_mapper, persist, states):
     table after the other in stock's order; with ``batch=False``, each
     state on its own, as stock does."""
     if not base_mapper.batch:
-        for state in persistence._sort_states(base_mapper, states):
+        for state in _sort_states(base_mapper, persist, states):
             _save_batch(uow, base_mapper, persist, [state])
         return
     _save_batch(uow, base_mapper, persist, list(states))
@@ -426,8 +429,8 @@ def _save_batch(uow, base_mapper, persist, states):
     to_insert, to_update, row_switch = _organize_for_save(uow, base_mapper, persist, states)
     if not to_insert and not to_update:
         return
-    insert_runs = _mapper_runs(to_insert, 2)
-    update_runs = _mapper_runs(to_update, 2)
+    insert_runs = persist.mapper_runs(to_insert, 2)
+    update_runs = persist.mapper_runs(to_update, 2)
     stock_updates = row_switch or _pk_changed(to_update)
     column_changes = uow.session._turbo.tracking.column_changes
     plan = _plan(base_mapper)
@@ -634,11 +637,11 @@ def _organize_for_delete(uow, base_mapper, persist, states):
     if uow.session.connection_callable:
         return list(persistence._organize_states_for_delete(base_mapper, states, uow))
     connection = transaction.flush_connection(uow, base_mapper)
-    states = persistence._sort_states(base_mapper, states)
+    states = _sort_states(base_mapper, persist, states)
     if not base_mapper._inheriting_mappers:
         return persist.organize_for_delete(base_mapper, states, connection)
     to_delete = []
-    for mapper, _, run in _mapper_runs(
+    for mapper, _, run in persist.mapper_runs(
         [(state, state.manager.mapper, connection) for state in states], 1
     ):
         to_delete += persist.organize_for_delete(mapper, [record[0] for record in run], connection)
@@ -660,7 +663,7 @@ def _delete(uow, base_mapper, persist, states):
     to_delete = _organize_for_delete(uow, base_mapper, persist, states)
     if not to_delete:
         return
-    runs = _mapper_runs(to_delete, 2)
+    runs = persist.mapper_runs(to_delete, 2)
     for table, mapper in _plan(base_mapper).delete_tables:
         _emit_deletes(uow, base_mapper, mapper, table, _collect_deletes(table, runs, persist))
     for mapper, _, run in runs:

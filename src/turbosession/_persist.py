@@ -350,6 +350,8 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
     if generate_version is False:
         version_col = None
     as_none = mapper._insert_cols_as_none[table]
+    # nothing to add as None when the parameters have every such key
+    as_none_keys: tuple = tuple(as_none)
     server_default_keys: tuple = None
     if mapper.base_mapper._prefer_eager_defaults(connection.dialect, table):
         server_default_keys = tuple(mapper._server_default_col_keys[table])
@@ -380,7 +382,7 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
                     params[col.key] = orm_default[2]
                 else:
                     value_params[col] = expression
-        if as_none:
+        if as_none and not (not value_params and _has_all(params, as_none_keys)):
             for colkey in as_none.difference(params).difference(
                 [c.key for c in value_params]
             ):

@@ -497,7 +497,7 @@ class _Walk:
         deleted[state] = obj
 
 
-def hooks_like(session, mixin, expected: tuple, names: frozenset) -> cython.bint:
+def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
     """Whether the session resolves each hook of ``expected`` as stock's
     Session does: ``(name, after_mixin, function)``, the name looked up on
     the session's class (after ``mixin`` in its MRO with ``after_mixin``)
@@ -506,8 +506,9 @@ def hooks_like(session, mixin, expected: tuple, names: frozenset) -> cython.bint
     if not _class_hooks_like(type(session), mixin, expected):
         return False
     own: dict = session.__dict__
-    for name in names:
-        if name in own:
+    i: cython.Py_ssize_t
+    for i in range(len(names)):
+        if names[i] in own:
             return False
     return True
 

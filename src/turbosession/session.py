@@ -171,7 +171,7 @@ _SESSION_GETS = tuple(
 # What stock's add() and delete() reach through ``self``.  The fast path is
 # taken only while a session resolves all of them to stock's; a mock.patch of
 # Session or of one session counts too, so this is checked on every call.
-_ATTACH_HOOK_NAMES = frozenset(
+_ATTACH_HOOK_NAMES = tuple(
     (
         "add",
         "add_all",

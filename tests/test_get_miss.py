@@ -118,7 +118,7 @@ def attempt(log, label, known, call):
     log.note(label, "warnings", [(w.category, str(w.message)) for w in caught])
 
 
-def listen_loads(log, session):
+def listen_loads(log, session, class_events=True):
     def on_load(target, context):
         log.note("load event", type(target).__name__, inspect(target).identity)
 
@@ -128,13 +128,14 @@ def listen_loads(log, session):
     def on_persistent(session_, instance):
         log.note("loaded_as_persistent", type(instance).__name__, inspect(instance).identity)
 
-    for cls in (Author, Book, Pair, Employee):
+    classes = (Author, Book, Pair, Employee) if class_events else ()
+    for cls in classes:
         event.listen(cls, "load", on_load, propagate=True)
         event.listen(cls, "refresh", on_refresh, propagate=True)
     event.listen(session, "loaded_as_persistent", on_persistent)
 
     def unlisten():
-        for cls in (Author, Book, Pair, Employee):
+        for cls in classes:
             event.remove(cls, "load", on_load)
             event.remove(cls, "refresh", on_refresh)
 
@@ -148,11 +149,11 @@ def identity_map_contents(session):
     )
 
 
-def misses(session_cls, engine, log):
+def misses(session_cls, engine, log, class_events=True):
     with session_cls(engine) as session:
         seed(session)
     with session_cls(engine) as session:
-        unlisten = listen_loads(log, session)
+        unlisten = listen_loads(log, session, class_events)
         try:
             known = {}
             get = session.get
@@ -233,6 +234,27 @@ def test_misses_same_as_stock(session_cls, engine, engine_events):
     for reason in ("get_ident", "get_identity_token"):
         assert stats["get"]["fallback"].get(reason), (reason, stats)
     assert stats["instances"]["fallback"].get("load_get"), stats
+
+
+def misses_without_class_events(session_cls, engine, log):
+    misses(session_cls, engine, log, class_events=False)
+
+
+@pytest.mark.parametrize("engine_events", [True, False], ids=["engine-events", "cursor-only"])
+def test_misses_without_class_events_same_as_stock(session_cls, engine, engine_events):
+    """The same misses without load and refresh listeners: without engine
+    listeners, those of plain mappers go straight to the cursor."""
+    turbosession.reset_stats()
+    assert_same_as_stock(
+        misses_without_class_events, session_cls, engine, Base.metadata,
+        engine_events=engine_events,
+    )
+    stats = turbosession.stats()["loads"]["get"]
+    if engine_events:
+        assert stats["cursor"] == 0, stats
+    else:
+        assert stats["cursor"] >= 10, stats
+        assert stats["cursor_fallback"].get("cursor_polymorphic"), stats
 
 
 def plain_miss_then_hit(session_cls, engine, log):

@@ -16,7 +16,23 @@ counters then say which calls took turbosession's path.
 import warnings
 
 import pytest
-from sqlalchemy import ForeignKey, String, event, func, inspect
+import datetime
+import decimal
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Numeric,
+    String,
+    Table,
+    TypeDecorator,
+    event,
+    func,
+    insert,
+    inspect,
+    text,
+)
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -102,7 +118,7 @@ def attempt(log, label, known, call):
     log.note(label, "warnings", [(w.category, str(w.message)) for w in caught])
 
 
-def listen_loads(log, session):
+def listen_loads(log, session, class_events=True):
     def on_load(target, context):
         log.note("load event", type(target).__name__, inspect(target).identity)
 
@@ -112,13 +128,14 @@ def listen_loads(log, session):
     def on_persistent(session_, instance):
         log.note("loaded_as_persistent", type(instance).__name__, inspect(instance).identity)
 
-    for cls in (Author, Book, Pair, Employee):
+    classes = (Author, Book, Pair, Employee) if class_events else ()
+    for cls in classes:
         event.listen(cls, "load", on_load, propagate=True)
         event.listen(cls, "refresh", on_refresh, propagate=True)
     event.listen(session, "loaded_as_persistent", on_persistent)
 
     def unlisten():
-        for cls in (Author, Book, Pair, Employee):
+        for cls in classes:
             event.remove(cls, "load", on_load)
             event.remove(cls, "refresh", on_refresh)
 
@@ -132,11 +149,11 @@ def identity_map_contents(session):
     )
 
 
-def misses(session_cls, engine, log):
+def misses(session_cls, engine, log, class_events=True):
     with session_cls(engine) as session:
         seed(session)
     with session_cls(engine) as session:
-        unlisten = listen_loads(log, session)
+        unlisten = listen_loads(log, session, class_events)
         try:
             known = {}
             get = session.get
@@ -219,6 +236,27 @@ def test_misses_same_as_stock(session_cls, engine, engine_events):
     assert stats["instances"]["fallback"].get("load_get"), stats
 
 
+def misses_without_class_events(session_cls, engine, log):
+    misses(session_cls, engine, log, class_events=False)
+
+
+@pytest.mark.parametrize("engine_events", [True, False], ids=["engine-events", "cursor-only"])
+def test_misses_without_class_events_same_as_stock(session_cls, engine, engine_events):
+    """The same misses without load and refresh listeners: without engine
+    listeners, those of plain mappers go straight to the cursor."""
+    turbosession.reset_stats()
+    assert_same_as_stock(
+        misses_without_class_events, session_cls, engine, Base.metadata,
+        engine_events=engine_events,
+    )
+    stats = turbosession.stats()["loads"]["get"]
+    if engine_events:
+        assert stats["cursor"] == 0, stats
+    else:
+        assert stats["cursor"] >= 10, stats
+        assert stats["cursor_fallback"].get("cursor_polymorphic"), stats
+
+
 def plain_miss_then_hit(session_cls, engine, log):
     with session_cls(engine) as session:
         seed(session)
@@ -232,7 +270,10 @@ def test_miss_is_loaded_then_hit(session_cls, engine):
     turbosession.reset_stats()
     assert_same_as_stock(plain_miss_then_hit, session_cls, engine, Base.metadata)
     assert turbosession.stats()["loads"]["get"] == {
-        "fast": 1, "loaded": 1, "direct": 1, "fallback": {}
+        "fast": 1, "loaded": 1, "direct": 1, "cursor": 0, "fallback": {},
+        # the first miss of a mapper on a dialect is stock's execution, which
+        # sets up what the next ones read (see test_cursor_loads_same_as_stock)
+        "cursor_fallback": {"cursor_first": 1},
     }
     # the statement is kept with the mapper, one per mapper
     statement = Author.__mapper__.__dict__[turbosession.loads.GET_LOAD_ATTR][0]
@@ -269,8 +310,9 @@ def test_session_fallbacks_same_as_stock(session_cls, engine):
     assert_same_as_stock(session_fallbacks, session_cls, engine, Base.metadata)
     stats = turbosession.stats()["loads"]["get"]
     assert stats == {
-        "fast": 1, "loaded": 0, "direct": 0,
+        "fast": 1, "loaded": 0, "direct": 0, "cursor": 0,
         "fallback": {"get_session_options": 1, "get_orm_execute": 1},
+        "cursor_fallback": {},
     }, stats
 
 
@@ -491,3 +533,216 @@ def test_get_miss_fallbacks_are_logged(session_cls, engine, caplog):
         assert any("load_get" in m for m in messages), messages
     finally:
         Base.metadata.drop_all(engine)
+
+
+# misses sent straight to the DBAPI cursor (_loading._CursorLoad): models
+# without load or refresh listeners, types with bind and result processors,
+# a server default (expired after a flush), a deferred column and lazy
+# relationships
+
+
+class Prefixed(TypeDecorator):
+    """A key whose bind and result processing the database cannot see."""
+
+    impl = String(30)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else f"k:{value}"
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value[2:]
+
+
+class Shelf(Base):
+    __tablename__ = "tgm_shelf"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(String(50))
+    price: Mapped[decimal.Decimal] = mapped_column(Numeric(10, 2))
+    stamped: Mapped[datetime.datetime] = mapped_column(DateTime)
+    made: Mapped[str] = mapped_column(String(20), server_default=text("'server'"))
+    notes: Mapped[str] = deferred(mapped_column(String(50)))
+    parts: Mapped[list["Part"]] = relationship(back_populates="shelf", order_by="Part.code")
+
+
+class Part(Base):
+    __tablename__ = "tgm_part"
+    code: Mapped[str] = mapped_column(Prefixed, primary_key=True)
+    shelf_id: Mapped[int] = mapped_column(ForeignKey("tgm_shelf.id"))
+    shelf: Mapped[Shelf] = relationship(back_populates="parts")
+
+
+STAMP = datetime.datetime(2024, 5, 6, 7, 8, 9)
+
+
+def cursor_loads(session_cls, engine, log):
+    with session_cls(engine) as session:
+        session.add_all(
+            [
+                Shelf(id=i, label=f"shelf {i}", price=decimal.Decimal(f"{i}.25"),
+                      stamped=STAMP, notes=f"notes {i}")
+                for i in range(1, 6)
+            ]
+            + [Part(code=f"p{i}", shelf_id=1 + i % 2) for i in range(1, 5)]
+        )
+        session.commit()
+    with session_cls(engine) as session:
+        def on_persistent(session_, instance):
+            log.note("loaded_as_persistent", type(instance).__name__, inspect(instance).identity)
+
+        known = {}
+        get = session.get
+        for i in (1, 2, 3, 99):
+            attempt(log, f"shelf {i}", known, lambda i=i: get(Shelf, i))
+        for code in ("p1", "p2", "p3", "nope"):
+            attempt(log, f"part {code}", known, lambda code=code: get(Part, code))
+        attempt(log, "str for int", known, lambda: get(Shelf, "4"))
+        shelf = known["shelf 1"]
+        log.note("deferred", sorted(inspect(shelf).unloaded), shelf.notes)
+        log.note("one-to-many", [describe(p, known) for p in shelf.parts])
+        log.note("many-to-one", describe(known["part p1"].shelf, known))
+        # a pending object flushed by the autoflush, its server default
+        # expired: the row loads into the object the flush put in the map
+        session.add(Shelf(id=7, label="pending", price=decimal.Decimal("7"), stamped=STAMP))
+        attempt(log, "autoflushed", known, lambda: get(Shelf, 7))
+        event.listen(session, "loaded_as_persistent", on_persistent)
+        attempt(log, "loaded_as_persistent", known, lambda: get(Shelf, 5))
+        event.remove(session, "loaded_as_persistent", on_persistent)
+        log.note("identity map", identity_map_contents(session))
+        log.states(session, **{k: v for k, v in known.items() if v is not None})
+        session.commit()
+        session.expunge_all()
+        attempt(log, "after expunge_all", {}, lambda: get(Shelf, 2))
+
+
+@pytest.mark.parametrize("engine_events", [True, False], ids=["engine-events", "cursor-only"])
+def test_cursor_loads_same_as_stock(session_cls, engine, engine_events):
+    turbosession.reset_stats()
+    assert_same_as_stock(cursor_loads, session_cls, engine, Base.metadata, engine_events=engine_events)
+    stats = turbosession.stats()["loads"]["get"]
+    assert stats["loaded"] == stats["direct"] == 12, stats
+    if engine_events:
+        # the engine's listeners see Core's execution of every miss
+        assert stats["cursor"] == 0, stats
+        assert stats["cursor_fallback"] == {"cursor_first": 2, "engine_events": 10}, stats
+    else:
+        assert stats["cursor"] == 10, stats
+        assert stats["cursor_fallback"] == {"cursor_first": 2}, stats
+
+
+def cursor_fallbacks(session_cls, engine, log):
+    """Misses that keep Core's execution once the cursor load is set up:
+    load and refresh listeners, SQL echo, a patched loading function."""
+    with session_cls(engine) as session:
+        session.add_all(
+            [Shelf(id=i, label=f"shelf {i}", price=decimal.Decimal(1), stamped=STAMP)
+             for i in range(1, 8)]
+        )
+        session.commit()
+    with session_cls(engine) as session:
+        attempt(log, "first", {}, lambda: session.get(Shelf, 1))
+
+        def on_load(target, context):
+            log.note("load", inspect(target).identity, type(context).__name__)
+
+        event.listen(Shelf, "load", on_load)
+        try:
+            attempt(log, "load listener", {}, lambda: session.get(Shelf, 2))
+        finally:
+            event.remove(Shelf, "load", on_load)
+        # a connection logs SQL when the engine did as it was made
+        session.commit()
+        engine.echo = True
+        try:
+            attempt(log, "echo", {}, lambda: session.get(Shelf, 3))
+            session.commit()
+        finally:
+            engine.echo = False
+        attempt(log, "cursor", {}, lambda: session.get(Shelf, 4))
+
+
+def test_cursor_fallbacks_same_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(cursor_fallbacks, session_cls, engine, Base.metadata, engine_events=False)
+    stats = turbosession.stats()["loads"]["get"]
+    assert stats["cursor"] == 1, stats
+    assert stats["cursor_fallback"] == {
+        "cursor_first": 1, "cursor_events": 1, "echo": 1
+    }, stats
+
+
+def test_patched_loading_function_keeps_core_execution(session_cls, engine, monkeypatch):
+    calls = []
+    original = loading._populate_full
+
+    def patched(*args):
+        calls.append(args[2].key)
+        return original(*args)
+
+    def scenario(session_cls, engine, log):
+        with session_cls(engine) as session:
+            session.add_all(
+                [Shelf(id=i, label="s", price=decimal.Decimal(1), stamped=STAMP) for i in (1, 2)]
+            )
+            session.commit()
+        with session_cls(engine) as session:
+            attempt(log, "first", {}, lambda: session.get(Shelf, 1))
+            monkeypatch.setattr(loading, "_populate_full", patched)
+            attempt(log, "patched", {}, lambda: session.get(Shelf, 2))
+            monkeypatch.undo()
+
+    turbosession.reset_stats()
+    assert_same_as_stock(scenario, session_cls, engine, Base.metadata, engine_events=False)
+    # stock's load and turbosession's each ran the patched function once
+    assert len(calls) == 2, calls
+    stats = turbosession.stats()["loads"]["get"]
+    assert stats["cursor_fallback"] == {"cursor_first": 1, "cursor_loading": 1}, stats
+
+
+class WordBase(DeclarativeBase):
+    """Models of SQLite only."""
+
+
+class Word(WordBase):
+    """A key without a constraint, compared without case (SQLite's NOCASE):
+    one get() can match two rows of one identity, or rows of two."""
+
+    __table__ = Table(
+        "tgm_word",
+        WordBase.metadata,
+        Column("text", String(20, collation="NOCASE")),
+        Column("meaning", String(50)),
+    )
+    __mapper_args__ = {"primary_key": [__table__.c.text]}
+
+
+def cursor_rows_and_errors(session_cls, engine, log):
+    with session_cls(engine) as session:
+        session.execute(
+            insert(Word.__table__),
+            [{"text": t, "meaning": m} for t, m in
+             [("ab", "lower"), ("AB", "upper"), ("cd", "one"), ("ef", "first"), ("ef", "second")]],
+        )
+        session.commit()
+    with session_cls(engine) as session:
+        known = {}
+        attempt(log, "first", known, lambda: session.get(Word, "cd"))
+        attempt(log, "two rows, one identity", known, lambda: session.get(Word, "ef"))
+        attempt(log, "two identities", known, lambda: session.get(Word, "ab"))
+        log.note("identity map", identity_map_contents(session))
+        log.states(session, **{k: v for k, v in known.items() if v is not None})
+        session.connection().exec_driver_sql("DROP TABLE tgm_word")
+        # the DBAPI's error, wrapped as Core wraps it
+        attempt(log, "no table", {}, lambda: session.get(Word, "xy"))
+        log.note("session active", session.is_active)
+        session.rollback()
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_cursor_rows_and_errors_same_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(
+        cursor_rows_and_errors, session_cls, engine, WordBase.metadata, engine_events=False
+    )
+    stats = turbosession.stats()["loads"]["get"]
+    assert stats["cursor"] == 3, stats

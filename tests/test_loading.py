@@ -245,7 +245,8 @@ def test_hit_takes_turbosession_path(session_cls, engine):
     # the first get() misses (seed's objects were collected) and loads the
     # row with turbosession's statement, the second hits
     assert turbosession.stats()["loads"]["get"] == {
-        "fast": 1, "loaded": 1, "direct": 1, "fallback": {}
+        "fast": 1, "loaded": 1, "direct": 1, "cursor": 0, "fallback": {},
+        "cursor_fallback": {"cursor_first": 1},
     }
 
 

@@ -40,7 +40,8 @@ def stats():
     to add / add_all / delete / delete_all under ``"attach"``.
 
     ``{"fast": n, "fallback": {reason: n}, "loads": {"get": {"fast": n,
-    "loaded": n, "fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
+    "loaded": n, "direct": n, "cursor": n, "fallback": {reason: n},
+    "cursor_fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
     n}, "rows": n, "rows_to_stock": n}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
     n}}, "transactions": {"subtransactions": {...}, "commits": {...}},
@@ -49,6 +50,7 @@ def stats():
     were known for their shape, ``turbosession.plans``; the relationship
     processors' steps); the reasons are described in
     ``fastpath.FALLBACK_REASONS``, ``loads.FALLBACK_REASONS``,
+    ``loads.CURSOR_FALLBACK_REASONS``,
     ``instances.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS``,
     ``attaching.FALLBACK_REASONS``, ``transaction.FALLBACK_REASONS``,
     ``plans.REASONS`` and ``relationships.FALLBACK_REASONS``.

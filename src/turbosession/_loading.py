@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspection, sql, util
 from sqlalchemy.orm import decl_api, instrumentation, loading
 from sqlalchemy.orm import exc as orm_exc
@@ -44,7 +45,7 @@ from sqlalchemy.sql.base import CompileState
 from sqlalchemy.sql.selectable import SelectState
 from sqlalchemy.util import EMPTY_DICT, immutabledict
 
-from turbosession import loads
+from turbosession import emission, loads
 from turbosession.loads import NOT_HANDLED
 
 try:
@@ -76,6 +77,7 @@ _STOCK_EXECUTE = orm_session.Session.execute
 _STOCK_EXECUTE_INTERNAL = orm_session.Session._execute_internal
 _STOCK_PRE_SESSION_EXEC = _ORMCompileState.orm_pre_session_exec.__func__
 _STOCK_EXECUTE_STATEMENT = _ORMCompileState.orm_execute_statement.__func__
+_STOCK_SETUP_CURSOR_RESULT = _ORMCompileState.orm_setup_cursor_result.__func__
 _STOCK_EXPECT = coercions.expect
 # the names the session module reads coercions.expect from
 _SESSION_COERCIONS_NAMES = cython.declare(dict, orm_session.coercions.__dict__)
@@ -96,24 +98,41 @@ _plain_metaclasses = cython.declare(dict, {})
 _gets_fast = cython.declare(cython.Py_ssize_t, 0)
 _gets_loaded = cython.declare(cython.Py_ssize_t, 0)
 _gets_direct = cython.declare(cython.Py_ssize_t, 0)
+_gets_cursor = cython.declare(cython.Py_ssize_t, 0)
 _get_fallbacks = cython.declare(dict, {})
+_cursor_fallbacks = cython.declare(dict, {})
 
 
 def counts():
-    """``{"fast": n, "loaded": n, "direct": n, "fallback": {reason: n}}`` for
-    ``get()`` calls so far: answered from the identity map, loaded by
-    ``_load_miss`` (of which ``direct`` without ``session.execute``, see
-    ``_execute``), and run by stock's ``get``."""
+    """``{"fast": n, "loaded": n, "direct": n, "cursor": n, "fallback":
+    {reason: n}, "cursor_fallback": {reason: n}}`` for ``get()`` calls so
+    far: answered from the identity map, loaded by ``_load_miss`` (of which
+    ``direct`` without ``session.execute``, see ``_execute``, and of those
+    ``cursor`` straight through the DBAPI cursor, see ``_CursorLoad``, the
+    others by reason), and run by stock's ``get``."""
     return {"fast": _gets_fast, "loaded": _gets_loaded, "direct": _gets_direct,
-            "fallback": dict(_get_fallbacks)}
+            "cursor": _gets_cursor, "fallback": dict(_get_fallbacks),
+            "cursor_fallback": dict(_cursor_fallbacks)}
 
 
 def reset_counts():
-    global _gets_fast, _gets_loaded, _gets_direct
+    global _gets_fast, _gets_loaded, _gets_direct, _gets_cursor
     _gets_fast = 0
     _gets_loaded = 0
     _gets_direct = 0
+    _gets_cursor = 0
     _get_fallbacks.clear()
+    _cursor_fallbacks.clear()
+
+
+@cython.cfunc
+def _cursor_fallback(reason: str) -> cython.void:
+    _cursor_fallbacks[reason] = _cursor_fallbacks.get(reason, 0) + 1
+    if _log.isEnabledFor(_DEBUG):
+        _log.debug(
+            "get() miss runs Core's execution: %s (%s)",
+            reason, loads.CURSOR_FALLBACK_REASONS[reason],
+        )
 
 
 @cython.cfunc
@@ -340,7 +359,9 @@ def _build_load(mapper):
     execution_options = EMPTY_DICT.merge_with(
         EMPTY_DICT, immutabledict(_sa_orm_load_options=QueryContext.default_load_options)
     )
-    return (query, bind_names, execution_options, _execution_of(query, execution_options))
+    return (
+        query, bind_names, execution_options, _execution_of(query, execution_options), {}
+    )
 
 
 def _execution_of(statement, execution_options):
@@ -385,6 +406,7 @@ def _stock_orm_execution(compile_state_cls) -> bool:
     return (
         compile_state_cls.orm_pre_session_exec.__func__ is _STOCK_PRE_SESSION_EXEC
         and compile_state_cls.orm_execute_statement.__func__ is _STOCK_EXECUTE_STATEMENT
+        and compile_state_cls.orm_setup_cursor_result.__func__ is _STOCK_SETUP_CURSOR_RESULT
     )
 
 
@@ -419,25 +441,31 @@ def _load_miss(session, mapper, pk: tuple, identity_token) -> object:
     # this mapper's memoized attributes) before the statement is built
     mapper._check_configure()
     load: tuple = _load_of(mapper)
-    statement, bind_names, execution_options, execution = load
+    statement, bind_names, execution_options, execution, cursor_loads = load
     i: cython.Py_ssize_t
     params = {}
     for i in range(len(pk)):
         params[bind_names[i]] = pk[i]
     if execution is not None and _executes_as_stock(session, execution[0]):
-        result = _execute(session, statement, params, execution)
         _gets_direct += 1
-    else:
-        result = session.execute(
-            statement,
-            params=params,
-            execution_options=execution_options,
-            bind_arguments=None,
-        )
-    result = result.unique().scalars()
+        _gets_loaded += 1
+        return _execute(session, mapper, statement, bind_names, params, execution, cursor_loads)
+    result = session.execute(
+        statement,
+        params=params,
+        execution_options=execution_options,
+        bind_arguments=None,
+    )
     _gets_loaded += 1
+    return _one_or_none(result)
+
+
+@cython.cfunc
+def _one_or_none(result) -> object:
+    """``_load_on_pk_identity``'s end: ``result.unique().scalars().one()``,
+    None for no row."""
     try:
-        return result.one()
+        return result.unique().scalars().one()
     except _NoResultFound:
         return None
 
@@ -463,20 +491,264 @@ def _executes_as_stock(session, compile_state_cls) -> cython.bint:
 
 
 @cython.cfunc
-def _execute(session, statement, params: dict, execution: tuple) -> object:
-    """``session.execute(statement, params, execution_options=...)`` as stock's
-    ``Session._execute_internal`` runs it for the get statement in a session
-    without execution options or ``do_orm_execute`` listeners, with what it
-    decides of the statement and the options taken from ``execution``
-    (``_execution_of``): the autoflush ``orm_pre_session_exec`` makes, the
-    session's ``get_bind`` with the same bind arguments, its connection for
-    that bind, and the compile state's ``orm_execute_statement``."""
+def _execute(
+    session, mapper, statement, bind_names: tuple, params: dict, execution: tuple,
+    cursor_loads: dict,
+) -> object:
+    """What ``session.execute(statement, params, execution_options=...)
+    .unique().scalars().one()`` (None for no row) returns, as stock's
+    ``Session._execute_internal`` runs it for the get statement in a
+    session without execution options or ``do_orm_execute`` listeners, with
+    what it decides of the statement and the options taken from
+    ``execution`` (``_execution_of``): the autoflush ``orm_pre_session_exec``
+    makes, the session's ``get_bind`` with the same bind arguments, its
+    connection for that bind; then the statement straight through the DBAPI
+    cursor (``_CursorLoad``) when nothing can tell, else the compile state's
+    ``orm_execute_statement``."""
+    global _gets_cursor
     compile_state_cls, options, autoflush, bind_items = execution
     if autoflush:
         session._autoflush()
     bind_arguments = dict(bind_items)
     bind = session.get_bind(**bind_arguments)
     conn = session._connection_for_bind(bind)
-    return compile_state_cls.orm_execute_statement(
+    dialect = conn.dialect
+    plan = cursor_loads.get(dialect)
+    if type(plan) is _CursorLoad:
+        cursor_load: _CursorLoad = plan
+        reason = cursor_load.reason(mapper, conn)
+        if reason is None:
+            _gets_cursor += 1
+            return cursor_load.load(session, conn, params)
+    elif plan is None:
+        reason = "cursor_first"
+    else:
+        reason = plan
+    _cursor_fallback(reason)
+    result = compile_state_cls.orm_execute_statement(
         session, statement, params, options, bind_arguments, conn
     )
+    if plan is None:
+        if len(cursor_loads) >= _CURSOR_LOADS_KEPT:
+            # dialects of engines gone: not kept alive by the mapper for long
+            cursor_loads.clear()
+        made = loads.cursor_load(mapper, result, bind_names, dialect)
+        cursor_loads[dialect] = made if type(made) is str else _CursorLoad(made)
+    return _one_or_none(result)
+
+
+_CURSOR_LOADS_KEPT = 8
+
+
+_new_runid = loading._new_runid
+_warn_for_runid_changed = loading._warn_for_runid_changed
+_MultipleResultsFound = sa_exc.MultipleResultsFound
+
+
+@cython.cclass
+class _CursorLoad:
+    """A get statement sent straight to the DBAPI cursor and its rows made
+    into objects, as stock's execution does it for the statement, when
+    nothing can tell the difference (``reason``).
+
+    Core's ``Connection.execute`` of the compiled statement, on a connection
+    ``emission`` finds plain (no events, no echo, execution options that
+    change nothing, an active transaction, the dialect's execution as
+    shipped), sends the compiled string with the parameters through the bind
+    processors (``emission``'s plan, ``_emit.dbapi_parameters``) to a new
+    cursor, reads its description, and, once the ORM fetches, all rows, then
+    closes the cursor; the ORM's ``instances`` turns each row (through the
+    result processors of the compiled statement's cached metadata) into an
+    object with the row getters and populators stock's
+    ``_instance_processor`` cached in the compiled statement's compile state
+    (read here from that statement: ``loads.cursor_load``), and
+    ``unique().scalars().one()`` returns the one object.  ``load`` does the
+    same with the same calls, for the shapes ``loads.cursor_load`` admits:
+    one plain mapper, populators of columns, deferred columns and class-level
+    lazy loaders only (no eager or per-query loaders, no post-load), no
+    load or refresh listeners.
+    """
+
+    statement = cython.declare(str)
+    parameters = cython.declare(tuple)
+    sequence = cython.declare(object)
+    processors = cython.declare(tuple)
+    primary_key_getter = cython.declare(object)
+    is_not_primary_key = cython.declare(object)
+    identity_class = cython.declare(object)
+    manager = cython.declare(object)
+    quick = cython.declare(list)
+    expire = cython.declare(list)
+    expired_keys = cython.declare(tuple)
+    new = cython.declare(list)
+    load_path = cython.declare(object)
+    instance_state = cython.declare(object)
+    instance_dict = cython.declare(object)
+    loading_functions = cython.declare(tuple)
+
+    def __init__(self, made: dict):
+        self.parameters = made["parameters"]
+        self.statement = self.parameters[0]
+        self.sequence = made["sequence"]
+        self.processors = made["processors"]
+        self.primary_key_getter = made["primary_key_getter"]
+        self.is_not_primary_key = made["is_not_primary_key"]
+        self.identity_class = made["identity_class"]
+        self.manager = made["manager"]
+        self.quick = made["quick"]
+        self.expire = made["expire"]
+        self.expired_keys = tuple([key for key, flag in self.expire if flag])
+        self.new = made["new"]
+        self.load_path = made["load_path"]
+        self.instance_state = made["instance_state"]
+        self.instance_dict = made["instance_dict"]
+        self.loading_functions = made["loading_functions"]
+
+    @cython.ccall
+    def reason(self, mapper, conn) -> object:
+        """Why this miss must go through Core's execution, or None."""
+        reason = emission._connection_reason(conn)
+        if reason is not None:
+            return reason
+        dispatch = self.manager.dispatch
+        if dispatch.load or dispatch.refresh:
+            return "cursor_events"
+        names = loads.LOADING_FUNCTIONS
+        i: cython.Py_ssize_t
+        for i in range(len(names)):
+            if _LOADING_NAMES.get(names[i]) is not self.loading_functions[i]:
+                return "cursor_loading"
+        return None
+
+    @cython.ccall
+    def load(self, session, conn, params: dict) -> object:
+        """The object of the one row, None for no row (stock's
+        ``NoResultFound``, caught by ``_load_on_pk_identity``);
+        ``MultipleResultsFound`` for rows of more than one object."""
+        rows = [params]
+        parameters = emission._dbapi_parameters(session._turbo.emit, conn, self.parameters, rows)[0]
+        statement = self.statement
+        try:
+            cursor = conn._dbapi_connection.cursor()
+        except BaseException as e:
+            conn._handle_dbapi_exception(e, statement, rows, None, None)
+        try:
+            cursor.execute(statement, parameters)
+            cursor.description
+        except BaseException as e:
+            conn._handle_dbapi_exception(
+                e, statement, parameters, cursor, session._turbo.emit._Execution(False)
+            )
+        # the ORM's instances() takes a run id before it fetches
+        runid = _new_runid()
+        try:
+            fetched = cursor.fetchall()
+        except BaseException as e:
+            conn._handle_dbapi_exception(
+                e, None, None, cursor, session._turbo.emit._Execution(False)
+            )
+        conn._safe_close_cursor(cursor)
+        n: cython.Py_ssize_t = len(fetched)
+        if n == 0:
+            return None
+        partials: dict = {}
+        if n == 1:
+            return self._instance(session, self._row(fetched[0]), runid, partials)
+        objects = [self._instance(session, self._row(raw), runid, partials) for raw in fetched]
+        seen = {id(obj) for obj in objects}
+        if len(seen) > 1:
+            raise _MultipleResultsFound("Multiple rows were found when exactly one was required")
+        return objects[0]
+
+    @cython.cfunc
+    def _row(self, raw) -> object:
+        """The row as ``CursorResult._raw_all_tuples`` hands it to the ORM:
+        through the result processors, as a tuple."""
+        processors = self.processors
+        if processors is None:
+            if type(raw) is tuple:
+                return raw
+            return tuple(raw)
+        values = list(raw)
+        i: cython.Py_ssize_t
+        for i in range(len(processors)):
+            processor = processors[i]
+            if processor is not None:
+                values[i] = processor(values[i])
+        return tuple(values)
+
+    @cython.cfunc
+    def _instance(self, session, row: tuple, runid, partials: dict) -> object:
+        """Stock's ``_instance`` closure for this row of a get statement
+        (no refresh, no populate_existing, no version check, no identity
+        token, no post-load, no eager populators)."""
+        identity_map = session.identity_map
+        identitykey = (self.identity_class, self.primary_key_getter(row), None)
+        instance = identity_map.get(identitykey)
+        if instance is not None:
+            state = self.instance_state(instance)
+            dict_ = self.instance_dict(instance)
+            if state.runid == runid:
+                # a later row of an object of this load: no "existing" populators
+                return instance
+            self._populate_partial(state, dict_, row, partials)
+            return instance
+        if self.is_not_primary_key(identitykey[1]):
+            return None
+        instance = self.manager.new_instance()
+        dict_ = self.instance_dict(instance)
+        state = self.instance_state(instance)
+        state.key = identitykey
+        state.identity_token = None
+        state.session_id = session.hash_key
+        identity_map._add_unpresent(state, identitykey)
+        state.load_options = _EMPTY_OPTIONS
+        state.load_path = self.load_path
+        state.runid = runid
+        for key, getter in self.quick:
+            dict_[key] = getter(row)
+        if self.expired_keys:
+            expired = state.expired_attributes
+            for key in self.expired_keys:
+                expired.add(key)
+        for key, populator in self.new:
+            populator(state, dict_, row)
+        if session.dispatch.loaded_as_persistent:
+            existing_runid = state.runid
+            session.dispatch.loaded_as_persistent(session, state)
+            if state.runid != existing_runid:
+                _warn_for_runid_changed(state)
+        if state.modified:
+            state._commit_all(dict_, identity_map)
+        return instance
+
+    @cython.cfunc
+    def _populate_partial(self, state, dict_: dict, row: tuple, partials: dict) -> cython.void:
+        """Stock's ``_populate_partial`` for an object already in the
+        identity map (one autoflush put there), and the commit of what it
+        loaded."""
+        unloaded = state.unloaded
+        if state not in partials:
+            if not unloaded:
+                return
+            partials[state] = unloaded
+            for key, getter in self.quick:
+                if key in unloaded:
+                    dict_[key] = getter(row)
+            for key, set_callable in self.expire:
+                if key in unloaded:
+                    dict_.pop(key, None)
+                    if set_callable:
+                        state.expired_attributes.add(key)
+            for key, populator in self.new:
+                if key in unloaded:
+                    populator(state, dict_, row)
+            state._commit(dict_, unloaded)
+        elif unloaded:
+            for key, getter in self.quick:
+                if key in unloaded:
+                    dict_[key] = getter(row)
+
+
+# what a QueryContext's propagated_loader_options are for a statement without options
+_EMPTY_OPTIONS = cython.declare(tuple, ())

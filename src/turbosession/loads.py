@@ -10,7 +10,14 @@ DEBUG on the ``turbosession`` logger, as the flush fallbacks are.
 
 import logging
 
-__all__ = ["FALLBACK_REASONS", "NOT_HANDLED", "reset_stats", "stats"]
+from sqlalchemy.engine import cursor as engine_cursor
+from sqlalchemy.orm import attributes, loading, strategies
+from sqlalchemy.orm.context import _MapperEntity, _ORMSelectCompileState
+from sqlalchemy.orm.interfaces import MapperProperty, StrategizedProperty
+
+from . import emission
+
+__all__ = ["CURSOR_FALLBACK_REASONS", "FALLBACK_REASONS", "NOT_HANDLED", "reset_stats", "stats"]
 
 log = logging.getLogger("turbosession")
 
@@ -28,7 +35,9 @@ NOT_HANDLED = _NotHandled()
 GET_LOAD_ATTR = "_turbosession_get_load"
 """The memoized attribute of a mapper (SQLAlchemy drops it when it
 reconfigures the mapper) that keeps ``get()``'s primary-key load: the tuple
-``(statement, bind names, execution options)`` built by ``_loading``."""
+``(statement, bind names, execution options, execution, cursor loads)`` built
+by ``_loading`` (``cursor loads``: per dialect, the ``cursor_load`` plan or
+the reason there is none)."""
 
 FALLBACK_REASONS = {
     "get_overridden": "the session's class or instance overrides _get_impl or "
@@ -50,6 +59,124 @@ FALLBACK_REASONS = {
     "execution_options or bind_arguments",
 }
 
+CURSOR_FALLBACK_REASONS = dict(
+    emission.FALLBACK_REASONS,
+    cursor_first="the first miss of the mapper on this dialect: stock's execution "
+    "runs it and sets up what the cursor load reads (compiled statement, row getters)",
+    cursor_events="the mapper's class has load or refresh listeners (they are "
+    "given the query context)",
+    cursor_loading="sqlalchemy.orm.loading's instances, _instance_processor, "
+    "_populate_full or _populate_partial is not the one the plan was made with",
+    cursor_loaders="a property's row processor is not a column's or an inert "
+    "lazy loader's (eager, noload, dynamic, write-only, query_expression ...)",
+    cursor_polymorphic="the mapper is polymorphic or inherits",
+    cursor_result="the compiled statement's result metadata is not cached or "
+    "filtered, or the dialect's execution context fetches rows its own way",
+    cursor_statement="the compiled statement is not a plain single-entity "
+    "SELECT whose only parameters are the primary key's",
+)
+"""Why a miss ``_loading`` loads without ``session.execute`` still goes through
+Core and the ORM's result (``orm_execute_statement``) instead of straight to
+the DBAPI cursor; ``emission``'s reasons are the connection's."""
+
+# the functions of sqlalchemy.orm.loading stock's load of a miss runs
+LOADING_FUNCTIONS = ("instances", "_instance_processor", "_populate_full", "_populate_partial")
+
+
+def _inert_row_processor(prop):
+    """Whether the property's row processor, for a query without options
+    and without populate_existing, adds nothing to the populators: a
+    descriptor property's (``MapperProperty``'s, which does nothing) or a
+    class-level lazy loader's (``_LazyLoader`` sets up a per-instance
+    callable only when it is not the class's, and resets only under
+    populate_existing)."""
+    method = type(prop).create_row_processor
+    if method is MapperProperty.create_row_processor:
+        return True
+    strategy = getattr(prop, "strategy", None)
+    return (
+        method is StrategizedProperty.create_row_processor
+        and type(strategy) is strategies._LazyLoader
+        and strategy.is_class_level
+    )
+
+
+def cursor_load(mapper, result, bind_names, dialect):
+    """What ``_loading``'s cursor load of a miss reads, from stock's result
+    of the same statement on the same dialect (``result``, before anything
+    is fetched from it): the compiled statement's string and parameters
+    (``emission``'s plan), its cached result metadata's processors, and the
+    row getters and populators stock's ``_instance_processor`` cached in its
+    compile state; or the reason (``CURSOR_FALLBACK_REASONS``) the miss is
+    to keep stock's execution.  Made once per mapper and dialect, kept with
+    the mapper's memoized get load."""
+    context = getattr(getattr(result, "raw", None), "context", None)
+    compiled = getattr(context, "compiled", None)
+    compile_state = getattr(compiled, "compile_state", None)
+    if type(compile_state) is not _ORMSelectCompileState or len(compile_state._entities) != 1:
+        return "cursor_statement"
+    entity = compile_state._entities[0]
+    if (
+        type(entity) is not _MapperEntity
+        or entity.mapper is not mapper
+        or entity.entity_zero is not mapper
+        or compile_state.current_path.path
+        or compile_state.compound_eager_adapter is not None
+        or compile_state.multi_row_eager_loaders
+        or compile_state.eager_adding_joins
+    ):
+        return "cursor_statement"
+    if mapper.polymorphic_map or mapper.inherits is not None or entity._with_polymorphic_mappers:
+        return "cursor_polymorphic"
+    path = entity.path
+    getters = compile_state.attributes.get((("getters", mapper), path.natural_path))
+    if getters is None or getters["primary_key_getter"] is None:
+        return "cursor_statement"
+    populators = getters["cached_populators"]
+    if populators["eager"] or populators["existing"] or populators["deferred"] or not all(
+        _inert_row_processor(prop) for prop in getters["todo"]
+    ):
+        return "cursor_loaders"
+    metadata = compiled._cached_metadata
+    execution_context = dialect.execution_ctx_cls
+    if (
+        metadata is None
+        or metadata._tuplefilter is not None
+        or execution_context.cursor_fetch_strategy is not engine_cursor._DEFAULT_FETCH
+    ):
+        return "cursor_result"
+    if emission._binds_reason(compiled, {}):
+        return "cursor_statement"
+    parameters = emission._parameters_plan(compiled, frozenset(bind_names))
+    if type(parameters) is str:
+        return "cursor_statement"
+    processors = metadata._effective_processors
+    if processors is not None:
+        processors = tuple(processors)
+        if not any(processor is not None for processor in processors):
+            processors = None
+    return dict(
+        parameters=parameters,
+        sequence=dialect.execute_sequence_format,
+        processors=processors,
+        primary_key_getter=getters["primary_key_getter"],
+        is_not_primary_key=(
+            loading._none_set.issuperset
+            if mapper.allow_partial_pks
+            else loading._none_set.intersection
+        ),
+        identity_class=mapper._identity_class,
+        manager=mapper.class_manager,
+        quick=populators["quick"],
+        expire=populators["expire"],
+        new=populators["new"],
+        load_path=path,
+        instance_state=attributes.instance_state,
+        instance_dict=attributes.instance_dict,
+        loading_functions=tuple(loading.__dict__[name] for name in LOADING_FUNCTIONS),
+    )
+
+
 _get_options = 0
 
 
@@ -67,25 +194,32 @@ def _bundles():
 
 
 def stats():
-    """``{"get": {"fast": n, "loaded": n, "direct": n, "fallback": {reason: n}},
+    """``{"get": {"fast": n, "loaded": n, "direct": n, "cursor": n,
+    "fallback": {reason: n}, "cursor_fallback": {reason: n}},
     "instances": {"fast": n, "fallback": {reason: n}, "rows": n,
     "rows_to_stock": n}}`` over both implementations: ``get`` counts calls
     answered from the identity map (``fast``), misses loaded with
     turbosession's per-mapper statement (``loaded``; ``direct``: of those, the
     ones run without ``Session.execute``'s per-call setup, which was decided
-    once per mapper) and calls run by stock's
+    once per mapper; ``cursor``: of those, the ones sent straight to the DBAPI
+    cursor, the others under ``cursor_fallback`` by reason,
+    ``CURSOR_FALLBACK_REASONS``) and calls run by stock's
     ``get`` (by reason); ``instances`` counts query entities whose rows took
     turbosession's loop (``fast``) or stock's closure (by reason), and the rows
     that loop handled or handed to stock's closure."""
-    fast = loaded = direct = 0
+    get = {"fast": 0, "loaded": 0, "direct": 0, "cursor": 0}
     fallback = {"get_options": _get_options} if _get_options else {}
+    cursor_fallback = {}
     for bundle in _bundles():
         counts = bundle.loading.counts()
-        fast += counts["fast"]
-        loaded += counts["loaded"]
-        direct += counts["direct"]
+        for key in get:
+            get[key] += counts[key]
         for reason, n in counts["fallback"].items():
             fallback[reason] = fallback.get(reason, 0) + n
+        for reason, n in counts["cursor_fallback"].items():
+            cursor_fallback[reason] = cursor_fallback.get(reason, 0) + n
+    get["fallback"] = fallback
+    get["cursor_fallback"] = cursor_fallback
     from . import instances
 
     rows = instances.counts()
@@ -93,10 +227,7 @@ def stats():
     for bundle in _bundles():
         for key, n in bundle.instances.counts().items():
             rows[key] += n
-    return {
-        "get": {"fast": fast, "loaded": loaded, "direct": direct, "fallback": fallback},
-        "instances": rows,
-    }
+    return {"get": get, "instances": rows}
 
 
 def reset_stats():

@@ -176,9 +176,17 @@ def share_lines(turbo):
         share = f"{100 * fast / total:.0f}%" if total else "-"
         reasons = ", ".join(f"{k} {n}" for k, n in sorted(fallbacks.items(), key=lambda kv: -kv[1]))
         direct = turbo.get(f"{prefix}direct", 0)
+        cursor = turbo.get(f"{prefix}cursor", 0)
+        cursor_fallbacks = ", ".join(
+            f"{key[len(f'{prefix}cursor_fallback.'):]} {n}"
+            for key, n in sorted(turbo.items(), key=lambda kv: -kv[1])
+            if key.startswith(f"{prefix}cursor_fallback.")
+        )
         detail = (
             f" ({hits} from the identity map, {loaded} loaded, {direct} of them without "
-            "Session.execute's per-call setup)" if loaded else ""
+            f"Session.execute's per-call setup, {cursor} of those straight to the DBAPI "
+            f"cursor" + (f"; the others by {cursor_fallbacks}" if cursor_fallbacks else "") + ")"
+            if loaded else ""
         )
         lines.append(
             f"{label}: {fast} of {total} on turbosession's path ({share}){detail}"

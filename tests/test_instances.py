@@ -870,6 +870,18 @@ def _joined(*opts):
         select(Author).options(*opts).order_by(Author.id)).unique().all()
 
 
+def _selectin_over_pending(s):
+    """A book moved to an author whose books are not loaded (the backref's
+    append kept as pending), then the authors loaded again with their books:
+    the loaded collection gets the pending book after the modified event."""
+    with s.no_autoflush:
+        author = s.get(Author, 4)
+        s.expire(author, ["books"])
+        s.get(Book, 99).author = author
+        return s.scalars(
+            select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()
+
+
 EAGER_LOADS = [
     # the later rows of each author append through JoinedCollection
     ("joined collection", _joined(joinedload(Author.books))),
@@ -893,6 +905,12 @@ EAGER_LOADS = [
         .order_by(Book.id)).unique().all()),
     ("selectin collection", lambda s: s.scalars(
         select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()),
+    ("selectin nested", lambda s: s.scalars(
+        select(Author).options(selectinload(Author.books).selectinload(Book.author))
+        .order_by(Author.id)).all()),
+    ("selectin again", lambda s: s.scalars(
+        select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()),
+    ("selectin over pending", _selectin_over_pending),
     ("lazy after", lambda s: [b.author for a in s.scalars(select(Author)).all()
                               for b in a.books]),
 ]

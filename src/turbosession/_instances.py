@@ -23,6 +23,8 @@ from __future__ import annotations
 import operator
 import types
 
+from sqlalchemy import util
+from sqlalchemy.orm import attributes as orm_attributes
 from sqlalchemy.orm import collections as orm_collections
 from sqlalchemy.orm import loading, strategies
 from sqlalchemy.orm.state import InstanceState
@@ -33,7 +35,7 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
-__all__ = ["JoinedCollection", "RowLoader", "counts", "reset_counts"]
+__all__ = ["JoinedCollection", "RowLoader", "counts", "load_via_parent", "reset_counts"]
 
 
 def _is_compiled():
@@ -750,3 +752,108 @@ def _existing_steps(populators: list) -> list:
         else:
             steps.append(item)
     return steps
+
+
+_CollectionAttributeImpl = cython.declare(object, orm_attributes._CollectionAttributeImpl)
+_STOCK_SET_COMMITTED = cython.declare(
+    object, orm_attributes._CollectionAttributeImpl.set_committed_value
+)
+
+
+@cython.cfunc
+def _set_committed_collection(impl, state, dict_, value) -> object:
+    """``impl.set_committed_value(state, dict_, value)`` for stock's
+    collection attribute: the new collection filled with ``value`` by
+    ``list.extend`` when appending to it without events is ``list.append``
+    (see ``_plain_list_of``), the rest as stock's method does it."""
+    if (
+        type(impl) is not _CollectionAttributeImpl
+        or _CollectionAttributeImpl.set_committed_value is not _STOCK_SET_COMMITTED
+    ):
+        return impl.set_committed_value(state, dict_, value)
+    key = impl.key
+    adapter, user_data = impl._initialize_collection(state)
+    if value:
+        data = _plain_list_of(adapter)
+        if data is not None and data is user_data:
+            if cython.compiled:
+                target = cython.cast(list, data)
+                target.extend(value)
+            else:
+                list.extend(data, value)
+        else:
+            adapter.append_multiple_without_event(value)
+    state.dict[key] = user_data
+    state._commit(dict_, [key])
+    if key in state._pending_mutations:
+        # pending items exist: a modified event, then the items added and
+        # removed while the collection was not loaded
+        state._modified_event(dict_, impl, user_data, True)
+        pending = state._pending_mutations.pop(key)
+        for item in pending.added_items:
+            adapter.append_without_event(item)
+        for item in pending.deleted_items:
+            adapter.remove_without_event(item)
+    return user_data
+
+
+def load_via_parent(loader, our_states, query_info, q, context, execution_options, chunksize):
+    """Stock's ``_SelectInLoader._load_via_parent`` for a turbosession
+    session (``turbosession.instances`` hands it over): per chunk of parents
+    the same statement, parameters and execution; the related rows grouped
+    by the parent's key and each parent's collection set as committed
+    (``_set_committed_collection``), in stock's order."""
+    uselist = loader.uselist
+    n_pk: cython.Py_ssize_t = query_info.n_pk
+    zero_idx = query_info.zero_idx
+    attr_key = loader.key
+    empty_result = _EMPTY_TUPLE if uselist else None
+    data: dict
+    members: list
+
+    while our_states:
+        chunk = our_states[0:chunksize]
+        our_states = our_states[chunksize:]
+
+        primary_keys = [item[0][0] if zero_idx else item[0] for item in chunk]
+
+        result = context.session.execute(
+            q,
+            params={"primary_keys": primary_keys},
+            execution_options=execution_options,
+        )
+        if result.context is not None and result.context.requires_uniquing:
+            rows = result.unique()
+        else:
+            rows = result._raw_all_tuples()
+        data = {}
+        for row in rows:
+            parent_key = row[:n_pk]
+            found = data.get(parent_key)
+            if found is None:
+                data[parent_key] = [row[n_pk]]
+            else:
+                members = found
+                members.append(row[n_pk])
+
+        for parent_key, state, state_dict, overwrite in chunk:
+            if not overwrite and attr_key in state_dict:
+                continue
+
+            collection = data.get(parent_key, empty_result)
+
+            if not uselist and collection:
+                if len(collection) > 1:
+                    util.warn(
+                        "Multiple rows returned with "
+                        "uselist=False for eagerly-loaded "
+                        "attribute '%s' " % loader
+                    )
+                state.get_impl(attr_key).set_committed_value(state, state_dict, collection[0])
+            elif uselist:
+                _set_committed_collection(
+                    state.get_impl(attr_key), state, state_dict, collection
+                )
+            else:
+                # uselist=False and nothing loaded: the empty tuple sets None
+                state.get_impl(attr_key).set_committed_value(state, state_dict, collection)

@@ -48,6 +48,7 @@ if cython.compiled:
 
 _itemgetter = cython.declare(object, operator.itemgetter)
 _EMPTY_TUPLE = cython.declare(tuple, ())
+_NO_STEPS = cython.declare(list, [])
 
 _warn_for_runid_changed = loading._warn_for_runid_changed
 
@@ -344,7 +345,9 @@ class RowLoader:
             self.new_populators = setup.new_populators
             self.existing_populators = setup.existing_populators
             self.has_eager = setup.has_eager
-        self.existing_steps = _existing_steps(self.existing_populators)
+        self.existing_steps = (
+            _existing_steps(self.existing_populators) if self.existing_populators else _NO_STEPS
+        )
         if quick_positions is not None:
             self.quick_keys, self.quick_indexes = quick_positions
         self.load_evt = closure[at[9]].cell_contents

@@ -863,3 +863,151 @@ def test_polymorphic_loads_match_stock(session_cls, engine, pure_loop):
     # selectin load of its columns is a refresh of the loaded objects
     assert loaded["fast"] >= 30 and loaded["rows"] > 0, loaded
     assert "load_polymorphic" not in loaded["fallback"], loaded
+
+
+def _joined(*opts):
+    return lambda s: s.scalars(
+        select(Author).options(*opts).order_by(Author.id)).unique().all()
+
+
+def _selectin_over_pending(s):
+    """A book moved to an author whose books are not loaded (the backref's
+    append kept as pending), then the authors loaded again with their books:
+    the loaded collection gets the pending book after the modified event."""
+    with s.no_autoflush:
+        author = s.get(Author, 4)
+        s.expire(author, ["books"])
+        s.get(Book, 99).author = author
+        return s.scalars(
+            select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()
+
+
+EAGER_LOADS = [
+    # the later rows of each author append through JoinedCollection
+    ("joined collection", _joined(joinedload(Author.books))),
+    # a join repeating each author once per book, each book once per author:
+    # the appender de-duplicates by identity
+    ("joined over a join", lambda s: s.scalars(
+        select(Author).join(Author.books).options(joinedload(Author.books))
+        .order_by(Author.id)).unique().all()),
+    # the author again in the nested column set of its own rows (another
+    # load path), and the books' many-to-one
+    ("joined nested back", _joined(joinedload(Author.books).joinedload(Book.author))),
+    ("joined then selectin", _joined(joinedload(Author.books).selectinload(Book.author))),
+    # the objects now in the map with their collections: eager populators on
+    # objects of an earlier load (stock's closure)
+    ("joined again", _joined(joinedload(Author.books))),
+    ("joined populate_existing", lambda s: s.scalars(
+        select(Author).options(joinedload(Author.books)).order_by(Author.id)
+        .execution_options(populate_existing=True)).unique().all()),
+    ("tuples with joined", lambda s: s.execute(
+        select(Book, Author).join(Book.author).options(joinedload(Author.books))
+        .order_by(Book.id)).unique().all()),
+    ("selectin collection", lambda s: s.scalars(
+        select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()),
+    ("selectin nested", lambda s: s.scalars(
+        select(Author).options(selectinload(Author.books).selectinload(Book.author))
+        .order_by(Author.id)).all()),
+    ("selectin again", lambda s: s.scalars(
+        select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()),
+    ("selectin over pending", _selectin_over_pending),
+    ("lazy after", lambda s: [b.author for a in s.scalars(select(Author)).all()
+                              for b in a.books]),
+]
+
+
+def eager_loads(session_cls, engine, log):
+    """Each eager load in a fresh session, then all of them in one session
+    (objects met again, loaded before, at another path), events recorded."""
+    for index, (label, load) in enumerate(EAGER_LOADS):
+        log.note("fresh", label)
+        if index:
+            with session_cls(engine) as session:
+                for table in reversed(Base.metadata.sorted_tables):
+                    session.execute(table.delete())
+                session.commit()
+        each_load(session_cls, engine, log, [(label, load)], events=True)
+    with session_cls(engine) as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
+        session.commit()
+    each_load(session_cls, engine, log, EAGER_LOADS, events=True)
+
+
+def test_eager_loads_match_stock(session_cls, engine, pure_loop):
+    """joinedload and selectinload of a collection: the collections (their
+    members, order and identity), states, events and SQL as stock's; the
+    later rows of a joined load take the loop, not stock's closure."""
+    turbosession.reset_stats()
+    assert_same_as_stock(eager_loads, session_cls, engine, Base.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] > 0 and loaded["rows"] > 0, loaded
+
+
+def test_joined_collection_rows_take_the_loop(session_cls, engine, pure_loop):
+    """A fresh joinedload of a collection: every row (the parents' later
+    rows too) is handled by the loop, none by stock's closure."""
+    Base.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            seed(session)
+        with session_cls(engine) as session:
+            turbosession.reset_stats()
+            authors = session.scalars(
+                select(Author).options(joinedload(Author.books)).order_by(Author.id)
+            ).unique().all()
+            assert [[b.id for b in a.books] for a in authors] == [
+                [11, 12, 13], [21, 22, 23], [31, 32, 33], []]
+            assert all(type(a.books).__name__ == "InstrumentedList" for a in authors)
+            loaded = turbosession.stats()["loads"]["instances"]
+    finally:
+        Base.metadata.drop_all(engine)
+    # 10 rows of authors (three with three books each, one without) and the
+    # 9 books in them
+    assert loaded["rows_to_stock"] == 0 and loaded["rows"] == 19, loaded
+
+
+def test_selectin_hook_hands_over_only_turbosession_sessions(session_cls, engine, monkeypatch):
+    """The selectin loader's ``_load_via_parent`` hook: a stock session runs
+    stock's method, a turbosession session the bundle's ``load_via_parent``
+    (pure only with its loop on, as for the row loop); the collections are
+    the same."""
+    from sqlalchemy.orm import Session, strategies
+
+    assert strategies._SelectInLoader._load_via_parent is instances.load_via_parent
+    calls = []
+    stock = instances.STOCK_LOAD_VIA_PARENT
+    ours = session_cls._turbo.instances.load_via_parent
+
+    def spy_stock(*args):
+        calls.append("stock")
+        return stock(*args)
+
+    def spy_ours(*args):
+        calls.append("turbosession")
+        return ours(*args)
+
+    monkeypatch.setattr(instances, "STOCK_LOAD_VIA_PARENT", spy_stock)
+    monkeypatch.setattr(session_cls._turbo.instances, "load_via_parent", spy_ours)
+    compiled = session_cls._turbo.instances._is_compiled()
+    Base.metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            seed(session)
+        loaded = {}
+        for label, cls, pure_loop in (("stock", Session, False), ("turbosession", session_cls, False),
+                                      ("turbosession, loop on", session_cls, True)):
+            monkeypatch.setattr(instances, "PURE_LOOP", pure_loop)
+            calls.clear()
+            with cls(engine) as session:
+                authors = session.scalars(
+                    select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()
+                loaded[label] = ([[b.id for b in a.books] for a in authors], list(calls))
+    finally:
+        Base.metadata.drop_all(engine)
+    books = [[11, 12, 13], [21, 22, 23], [31, 32, 33], []]
+    assert loaded == {
+        "stock": (books, ["stock"]),
+        "turbosession": (books, ["turbosession" if compiled else "stock"]),
+        "turbosession, loop on": (books, ["turbosession"]),
+    }

@@ -21,16 +21,21 @@ closure before anything is changed, so it is processed by stock's code.
 from __future__ import annotations
 
 import operator
+import types
 
-from sqlalchemy.orm import loading
+from sqlalchemy import util
+from sqlalchemy.orm import attributes as orm_attributes
+from sqlalchemy.orm import collections as orm_collections
+from sqlalchemy.orm import loading, strategies
 from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.util import UniqueAppender
 
 try:
     import cython
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
-__all__ = ["RowLoader", "counts", "reset_counts"]
+__all__ = ["JoinedCollection", "RowLoader", "counts", "load_via_parent", "reset_counts"]
 
 
 def _is_compiled():
@@ -43,6 +48,7 @@ if cython.compiled:
 
 _itemgetter = cython.declare(object, operator.itemgetter)
 _EMPTY_TUPLE = cython.declare(tuple, ())
+_NO_STEPS = cython.declare(list, [])
 
 _warn_for_runid_changed = loading._warn_for_runid_changed
 
@@ -199,6 +205,7 @@ class RowSetup:
     quick = cython.declare(list)
     expired_keys = cython.declare(tuple)
     new_populators = cython.declare(list)
+    existing_populators = cython.declare(list)
     has_eager = cython.declare(cython.bint)
     source = cython.declare(object, visibility="readonly")
     pk_positions = cython.declare(object)
@@ -245,18 +252,21 @@ def _read_populators(target, populators: dict) -> cython.void:
     expire = populators["expire"]
     expired_keys = tuple([key for key, flag in expire if flag]) if expire else None
     new_populators = populators["new"]
+    existing_populators = populators["existing"]
     has_eager = bool(populators["eager"])
     if isinstance(target, RowSetup):
         setup: RowSetup = target
         setup.quick = quick
         setup.expired_keys = expired_keys
         setup.new_populators = new_populators
+        setup.existing_populators = existing_populators
         setup.has_eager = has_eager
     else:
         loader: RowLoader = target
         loader.quick = quick
         loader.expired_keys = expired_keys
         loader.new_populators = new_populators
+        loader.existing_populators = existing_populators
         loader.has_eager = has_eager
 
 
@@ -295,7 +305,9 @@ class RowLoader:
     quick_indexes = cython.declare(tuple)
     expired_keys = cython.declare(tuple)
     new_populators = cython.declare(list)
+    existing_populators = cython.declare(list)
     has_eager = cython.declare(cython.bint)
+    existing_steps = cython.declare(list)
     load_evt = cython.declare(cython.bint)
     persistent_evt = cython.declare(cython.bint)
     loaded_as_persistent = cython.declare(object)
@@ -331,7 +343,11 @@ class RowLoader:
             self.quick = setup.quick
             self.expired_keys = setup.expired_keys
             self.new_populators = setup.new_populators
+            self.existing_populators = setup.existing_populators
             self.has_eager = setup.has_eager
+        self.existing_steps = (
+            _existing_steps(self.existing_populators) if self.existing_populators else _NO_STEPS
+        )
         if quick_positions is not None:
             self.quick_keys, self.quick_indexes = quick_positions
         self.load_evt = closure[at[9]].cell_contents
@@ -451,6 +467,31 @@ class RowLoader:
             return state
         return self.state_constructor(instance, self.manager)
 
+    @cython.cfunc
+    def _later_row(self, row, instance, state) -> object:
+        """A later row of an object this load created or first met: what
+        stock's ``_populate_full`` does for it (``isnew`` false) when the
+        object is at this load path, its "existing" populators in order
+        (the joined eager loaders' collection appends through
+        ``JoinedCollection``), then the post-load."""
+        global _rows_fast
+        if state.load_path is not self.load_path:
+            # stock compares the paths and may move the state's
+            return self._to_stock(row)
+        dict_ = instance.__dict__
+        step: JoinedCollection
+        for item in self.existing_steps:
+            if type(item) is JoinedCollection:
+                step = item
+                step.populate(state, dict_, row)
+            else:
+                key, populator = item
+                populator(state, dict_, row)
+        if self.post_load is not None:
+            self.post_load.add_state(state, True)
+        _rows_fast += 1
+        return instance
+
     def __call__(self, row):
         global _rows_fast
         pk = self._primary_key(row)
@@ -467,8 +508,11 @@ class RowLoader:
             if self.hits_to_stock:
                 return self._to_stock(row)
             state = getattr(instance, self.state_attr)
-            if state.runid == self.runid or self.has_eager:
-                # a later row of an object of this load, or eager loaders
+            if state.runid == self.runid:
+                # a later row of an object of this load
+                return self._later_row(row, instance, state)
+            if self.has_eager:
+                # eager loaders into an object loaded before
                 return self._to_stock(row)
             context = self.context
             if state.unloaded or state in context.partials:
@@ -557,3 +601,262 @@ def _same_list(quick: list, cached: list) -> cython.bint:
         if quick[i] is not cached[i]:
             return False
     return True
+
+
+# stock's populator for the later rows of a joined eager load of a
+# collection (_JoinedLoader._create_collection_loader), with the cells read
+# from it
+_JOINED_EXISTING_CODE = next(
+    (
+        const
+        for const in strategies._JoinedLoader._create_collection_loader.__code__.co_consts
+        if getattr(const, "co_name", None) == "load_collection_from_joined_existing_row"
+    ),
+    None,
+)
+_JOINED_KNOWN = cython.declare(
+    cython.bint,
+    _JOINED_EXISTING_CODE is not None
+    and sorted(_JOINED_EXISTING_CODE.co_freevars) == ["_instance", "context", "key"],
+)
+_JOINED_CELLS = (
+    {name: i for i, name in enumerate(_JOINED_EXISTING_CODE.co_freevars)}
+    if _JOINED_KNOWN else {}
+)
+
+
+def _list_appender_known() -> cython.bint:
+    """Whether ``InstrumentedList._sa_appender`` is the instrumented
+    ``list.append`` of stock's ``_list_decorators``: called with
+    ``_sa_initiator=False`` (how CollectionAdapter's ``append_without_event``
+    and ``append_multiple_without_event`` call it) it fires nothing and is
+    ``list.append``."""
+    appender = orm_collections.InstrumentedList.__dict__.get("_sa_appender")
+    code = getattr(appender, "__code__", None)
+    decorator = next(
+        (
+            const
+            for const in orm_collections._list_decorators.__code__.co_consts
+            if getattr(const, "co_name", None) == "append"
+        ),
+        None,
+    )
+    if code is None or decorator is None or code not in decorator.co_consts:
+        return False
+    return code.co_freevars == ("fn",) and appender.__closure__[0].cell_contents is list.append
+
+
+_LIST_APPENDER = cython.declare(
+    object, orm_collections.InstrumentedList.__dict__.get("_sa_appender")
+)
+_LIST_APPENDER_KNOWN = cython.declare(cython.bint, _list_appender_known())
+_InstrumentedList = cython.declare(object, orm_collections.InstrumentedList)
+_CollectionAdapter = cython.declare(object, orm_collections.CollectionAdapter)
+_APPEND_WITHOUT_EVENT = cython.declare(
+    object, orm_collections.CollectionAdapter.append_without_event
+)
+_MethodType = cython.declare(object, types.MethodType)
+_UniqueAppender = cython.declare(object, UniqueAppender)
+_MISSING = cython.declare(object, object())
+
+
+@cython.cfunc
+def _plain_list_of(adapter) -> object:
+    """The ``InstrumentedList`` a CollectionAdapter adapts when appending to
+    it without events is ``list.append`` (the adapter not "empty", stock's
+    instrumented appender); None otherwise."""
+    if not _LIST_APPENDER_KNOWN or type(adapter) is not _CollectionAdapter:
+        return None
+    if adapter.empty:
+        return None
+    data = adapter._data()
+    if type(data) is not _InstrumentedList:
+        return None
+    if _InstrumentedList._sa_appender is not _LIST_APPENDER:
+        return None
+    return data
+
+
+@cython.cfunc
+def _unique_append(result_list, item) -> cython.void:
+    """``result_list.append(item)`` for stock's ``UniqueAppender`` over a
+    collection adapter's ``append_without_event``: ``item`` appended unless
+    an item of the same ``id`` was, straight onto the list when that is
+    what the adapter's appender does."""
+    if type(result_list) is not _UniqueAppender:
+        result_list.append(item)
+        return
+    unique: dict = result_list._unique
+    identity = id(item)
+    if identity in unique:
+        return
+    appender = result_list._data_appender
+    if type(appender) is _MethodType and appender.__func__ is _APPEND_WITHOUT_EVENT:
+        data = _plain_list_of(appender.__self__)
+        if data is not None:
+            # an InstrumentedList is a list: list's own append, without the
+            # instrumented one's Python frames
+            if cython.compiled:
+                target = cython.cast(list, data)
+                target.append(item)
+            else:
+                list.append(data, item)
+            unique[identity] = True
+            return
+    appender(item)
+    unique[identity] = True
+
+
+@cython.cclass
+class JoinedCollection:
+    """Stock's ``load_collection_from_joined_existing_row`` for one joined
+    eager load of a collection: the later rows of a parent append the row's
+    child (its ``_instance``, turbosession's RowLoader when it took the loop)
+    to the parent's ``UniqueAppender`` kept in the query context.  A parent
+    without one (a self-referential eager load meeting an object in two
+    column sets) goes to stock's populator, which sets it up."""
+
+    stock = cython.declare(object)
+    key = cython.declare(object)
+    context = cython.declare(object)
+    instance_fn = cython.declare(object)
+
+    def __init__(self, stock):
+        cells = stock.__closure__
+        self.stock = stock
+        self.key = cells[_JOINED_CELLS["key"]].cell_contents
+        self.context = cells[_JOINED_CELLS["context"]].cell_contents
+        self.instance_fn = cells[_JOINED_CELLS["_instance"]].cell_contents
+
+    @cython.cfunc
+    def populate(self, state, dict_, row) -> object:
+        attributes = self.context.attributes
+        if type(attributes) is not dict:
+            return self.stock(state, dict_, row)
+        found: dict = attributes
+        result_list = found.get((state, self.key), _MISSING)
+        if result_list is _MISSING:
+            return self.stock(state, dict_, row)
+        instance = self.instance_fn(row)
+        if instance is not None:
+            _unique_append(result_list, instance)
+        return None
+
+
+def _existing_steps(populators: list) -> list:
+    """The "existing" populators as ``RowLoader._later_row`` runs them:
+    stock's joined-collection populator as a ``JoinedCollection``, any other
+    as its ``(key, populator)`` pair."""
+    steps = []
+    for item in populators:
+        populator = item[1]
+        if _JOINED_KNOWN and getattr(populator, "__code__", None) is _JOINED_EXISTING_CODE:
+            steps.append(JoinedCollection(populator))
+        else:
+            steps.append(item)
+    return steps
+
+
+_CollectionAttributeImpl = cython.declare(object, orm_attributes._CollectionAttributeImpl)
+_STOCK_SET_COMMITTED = cython.declare(
+    object, orm_attributes._CollectionAttributeImpl.set_committed_value
+)
+
+
+@cython.cfunc
+def _set_committed_collection(impl, state, dict_, value) -> object:
+    """``impl.set_committed_value(state, dict_, value)`` for stock's
+    collection attribute: the new collection filled with ``value`` by
+    ``list.extend`` when appending to it without events is ``list.append``
+    (see ``_plain_list_of``), the rest as stock's method does it."""
+    if (
+        type(impl) is not _CollectionAttributeImpl
+        or _CollectionAttributeImpl.set_committed_value is not _STOCK_SET_COMMITTED
+    ):
+        return impl.set_committed_value(state, dict_, value)
+    key = impl.key
+    adapter, user_data = impl._initialize_collection(state)
+    if value:
+        data = _plain_list_of(adapter)
+        if data is not None and data is user_data:
+            if cython.compiled:
+                target = cython.cast(list, data)
+                target.extend(value)
+            else:
+                list.extend(data, value)
+        else:
+            adapter.append_multiple_without_event(value)
+    state.dict[key] = user_data
+    state._commit(dict_, [key])
+    if key in state._pending_mutations:
+        # pending items exist: a modified event, then the items added and
+        # removed while the collection was not loaded
+        state._modified_event(dict_, impl, user_data, True)
+        pending = state._pending_mutations.pop(key)
+        for item in pending.added_items:
+            adapter.append_without_event(item)
+        for item in pending.deleted_items:
+            adapter.remove_without_event(item)
+    return user_data
+
+
+def load_via_parent(loader, our_states, query_info, q, context, execution_options, chunksize):
+    """Stock's ``_SelectInLoader._load_via_parent`` for a turbosession
+    session (``turbosession.instances`` hands it over): per chunk of parents
+    the same statement, parameters and execution; the related rows grouped
+    by the parent's key and each parent's collection set as committed
+    (``_set_committed_collection``), in stock's order."""
+    uselist = loader.uselist
+    n_pk: cython.Py_ssize_t = query_info.n_pk
+    zero_idx = query_info.zero_idx
+    attr_key = loader.key
+    empty_result = _EMPTY_TUPLE if uselist else None
+    data: dict
+    members: list
+
+    while our_states:
+        chunk = our_states[0:chunksize]
+        our_states = our_states[chunksize:]
+
+        primary_keys = [item[0][0] if zero_idx else item[0] for item in chunk]
+
+        result = context.session.execute(
+            q,
+            params={"primary_keys": primary_keys},
+            execution_options=execution_options,
+        )
+        if result.context is not None and result.context.requires_uniquing:
+            rows = result.unique()
+        else:
+            rows = result._raw_all_tuples()
+        data = {}
+        for row in rows:
+            parent_key = row[:n_pk]
+            found = data.get(parent_key)
+            if found is None:
+                data[parent_key] = [row[n_pk]]
+            else:
+                members = found
+                members.append(row[n_pk])
+
+        for parent_key, state, state_dict, overwrite in chunk:
+            if not overwrite and attr_key in state_dict:
+                continue
+
+            collection = data.get(parent_key, empty_result)
+
+            if not uselist and collection:
+                if len(collection) > 1:
+                    util.warn(
+                        "Multiple rows returned with "
+                        "uselist=False for eagerly-loaded "
+                        "attribute '%s' " % loader
+                    )
+                state.get_impl(attr_key).set_committed_value(state, state_dict, collection[0])
+            elif uselist:
+                _set_committed_collection(
+                    state.get_impl(attr_key), state, state_dict, collection
+                )
+            else:
+                # uselist=False and nothing loaded: the empty tuple sets None
+                state.get_impl(attr_key).set_committed_value(state, state_dict, collection)

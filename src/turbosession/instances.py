@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.orm import attributes, base, instrumentation, loading
+from sqlalchemy.orm import attributes, base, instrumentation, loading, strategies
 
 from .loads import GET_LOAD_ATTR
 from .session import TurboSessionMixin
@@ -42,6 +42,7 @@ __all__ = ["FALLBACK_REASONS", "counts", "install", "instance_processor", "reset
 _log = logging.getLogger("turbosession")
 
 STOCK_INSTANCE_PROCESSOR = loading._instance_processor
+STOCK_LOAD_VIA_PARENT = strategies._SelectInLoader._load_via_parent
 
 # the code of the _instance closure stock's _instance_processor returns for a
 # non-polymorphic mapper, and the names of its cells this module reads
@@ -313,8 +314,27 @@ the closure costs more per query than that saves on 100 rows, so pure
 sessions keep stock's closure; tests switch it on to run the pure twin."""
 
 
+def load_via_parent(self, our_states, query_info, q, context, execution_options, chunksize):
+    """Stock's ``_SelectInLoader._load_via_parent`` (the selectin loader's
+    query per chunk of parents and the population of their attributes); for
+    a turbosession session whose rows take the loop, the bundle's
+    ``load_via_parent``, which runs the same queries and sets the same
+    committed values with the per-row work compiled."""
+    session = context.session
+    if isinstance(session, TurboSessionMixin):
+        bundle = session._turbo
+        if PURE_LOOP or bundle is _COMPILED:
+            return bundle.instances.load_via_parent(
+                self, our_states, query_info, q, context, execution_options, chunksize
+            )
+    return STOCK_LOAD_VIA_PARENT(
+        self, our_states, query_info, q, context, execution_options, chunksize
+    )
+
+
 def install():
-    """Puts ``instance_processor`` in ``sqlalchemy.orm.loading`` (once)."""
+    """Puts ``instance_processor`` in ``sqlalchemy.orm.loading`` and
+    ``load_via_parent`` on the selectin loader's class (once)."""
     global _COMPILED
     from . import _impl
 
@@ -324,3 +344,5 @@ def install():
             _POSITIONS[bundle.name] = _positions(bundle)
     if loading._instance_processor is STOCK_INSTANCE_PROCESSOR:
         loading._instance_processor = instance_processor
+    if strategies._SelectInLoader._load_via_parent is STOCK_LOAD_VIA_PARENT:
+        strategies._SelectInLoader._load_via_parent = load_via_parent

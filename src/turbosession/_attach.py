@@ -52,16 +52,7 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.object import PyTypeObject
 
-__all__ = [
-    "add_all",
-    "class_resolves",
-    "counts",
-    "delete_all",
-    "hooks_like",
-    "listened",
-    "pending_pairs",
-    "reset_counts",
-]
+__all__ = ["add_all", "counts", "delete_all", "hooks_like", "pending_pairs", "reset_counts"]
 
 _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
@@ -519,20 +510,6 @@ def hooks_like(session, mixin, expected: tuple, names: frozenset) -> cython.bint
         if name in own:
             return False
     return True
-
-
-def class_resolves(cls, expected: tuple) -> cython.bint:
-    """Whether ``getattr(cls, name)`` is ``function`` for each ``(name,
-    False, function)`` of ``expected``: ``hooks_like``'s class half for a
-    class other than a session's (``turbosession.transaction`` asks it of
-    its ``SessionTransaction``), kept while the class keeps its version tag."""
-    return _class_hooks_like(cls, None, expected)
-
-
-def listened(dispatch, names: tuple) -> cython.bint:
-    """Whether any of the named events of ``dispatch`` has a listener
-    (``bool()`` of each, without the Python frame of its ``__bool__``)."""
-    return _listened(dispatch, names)
 
 
 # id(expected) -> (class, its version tag when its hooks were last found

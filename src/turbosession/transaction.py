@@ -223,43 +223,22 @@ _SESSION_CLOSED = _SessionCloseState.CLOSED
 _trans_ctx_check = TransactionalContext._trans_ctx_check
 
 
-# what stock's _begin, commit and connection of a flush's subtransaction
-# run, as (name, False, function) with the functions SessionTransaction has
-_STOCK_METHODS = tuple(
-    (name, False, getattr(SessionTransaction, name))
-    for name in (
-        "_begin",
-        "__init__",
-        "_take_snapshot",
-        "commit",
-        "_prepare_impl",
-        "close",
-        "connection",
-        "_connection_for_bind",
+def _methods(cls):
+    """What stock's ``_begin``, ``commit`` and ``connection`` of a flush's
+    subtransaction run, as the class has them."""
+    return (
+        cls._begin,
+        cls.__init__,
+        cls._take_snapshot,
+        cls.commit,
+        cls._prepare_impl,
+        cls.close,
+        cls.connection,
+        cls._connection_for_bind,
     )
-)
 
 
-def _stock_methods(session):
-    """Whether ``SessionTransaction`` (and the classes it inherits from)
-    still resolves each of ``_STOCK_METHODS`` to stock's function: looked
-    up on every call, except that the compiled ``attach`` keeps the answer
-    while the class keeps CPython's version tag (any attribute set on it or
-    on a base class gives it a new one)."""
-    return session._turbo.attach.class_resolves(SessionTransaction, _STOCK_METHODS)
-
-
-def _listened(session, names):
-    """Whether any of the named session events has a listener (on the
-    session or its class)."""
-    return session._turbo.attach.listened(session.dispatch, names)
-
-
-_CREATE_EVENTS = ("after_transaction_create",)
-_END_EVENTS = ("after_transaction_end",)
-_COMMIT_EVENTS = ("before_commit", "after_commit", "after_transaction_end")
-_AFTER_COMMIT_EVENTS = ("after_commit",)
-_AFTER_BEGIN_EVENTS = ("after_begin",)
+_STOCK_METHODS = _methods(SessionTransaction)
 _STOCK_GET_BIND = orm.Session.get_bind
 
 
@@ -274,10 +253,10 @@ def begin_flush(session):
     attribute for attribute, without the state machine's wrappers.
     """
     parent = session._autobegin_t()
-    if type(parent) is not SessionTransaction or not _stock_methods(session):
+    if type(parent) is not SessionTransaction or _methods(SessionTransaction) != _STOCK_METHODS:
         _fall_back("patched")
         return parent._begin()
-    if _listened(session, _CREATE_EVENTS):
+    if session.dispatch.after_transaction_create:
         _fall_back("listeners")
         return parent._begin()
     if parent._state is not _ACTIVE or session._close_state is _SESSION_CLOSED:
@@ -329,11 +308,11 @@ def commit_flush(session, sub):
         _fall_back("state")
         sub.commit()
         return
-    if not _stock_methods(session):
+    if _methods(SessionTransaction) != _STOCK_METHODS:
         _fall_back("patched")
         sub.commit()
         return
-    if _listened(session, _END_EVENTS):
+    if session.dispatch.after_transaction_end:
         _fall_back("listeners")
         sub.commit()
         return
@@ -399,7 +378,7 @@ def _flush_parent(uow):
         if (
             parent is not None
             and parent._state is _ACTIVE
-            and _stock_methods(session)
+            and _methods(SessionTransaction) == _STOCK_METHODS
         ):
             return parent
     return None
@@ -430,7 +409,7 @@ def commit(session, trans):
     other case is stock's commit.
     """
     reason = None
-    if type(trans) is not SessionTransaction or not _stock_methods(session):
+    if type(trans) is not SessionTransaction or _methods(SessionTransaction) != _STOCK_METHODS:
         reason = "patched"
     elif trans._parent is not None:
         reason = "not_root"
@@ -444,8 +423,11 @@ def commit(session, trans):
         or session._flushing
     ):
         reason = "state"
-    elif _listened(session, _COMMIT_EVENTS):
-        reason = "listeners"
+    else:
+        dispatch = session.dispatch
+        if dispatch.before_commit or dispatch.after_commit or dispatch.after_transaction_end:
+            reason = "listeners"
+    dispatch = session.dispatch
     if reason is not None:
         _fall_back(reason, _commit_counts, "commit")
         trans.commit(_to_root=True)
@@ -472,10 +454,8 @@ def commit(session, trans):
             if should_commit:
                 db_trans.commit()
         trans._state = _COMMITTED
-        # no listener when the commit began; one added since runs as in
-        # stock (with none, the call would do nothing)
-        if _listened(session, _AFTER_COMMIT_EVENTS):
-            session.dispatch.after_commit(session)
+        # no listener when the commit began; one added since runs as in stock
+        dispatch.after_commit(session)
         trans._remove_snapshot()
         # close
         trans._current_fn = _CLOSE_FN
@@ -488,8 +468,7 @@ def commit(session, trans):
             if autoclose:
                 connection.close()
         trans._state = _CLOSED
-        if _listened(session, _END_EVENTS):
-            session.dispatch.after_transaction_end(session, trans)
+        dispatch.after_transaction_end(session, trans)
     finally:
         trans._next_state = _ANY
         trans._current_fn = None
@@ -507,7 +486,7 @@ def connection_for_bind(session, bind, execution_options):
     subtransaction or savepoint asked for a connection it does not hold,
     execution options given for a connection already there (stock
     warns), a transaction in another state (stock raises)."""
-    if not _stock_methods(session):
+    if _methods(SessionTransaction) != _STOCK_METHODS:
         return None
     trans = session._transaction
     if trans is None:
@@ -594,8 +573,7 @@ def _provision(session, root, bind, execution_options, sub=None):
             True,
             True,
         )
-        if _listened(session, _AFTER_BEGIN_EVENTS):
-            session.dispatch.after_begin(session, root, conn)
+        session.dispatch.after_begin(session, root, conn)
         return conn
     finally:
         for trans, next_state, current_fn in marks:

@@ -122,8 +122,12 @@ class Watch:
                     (_target(state.obj()), flags) for state, flags in flush_context.states.items()
                 ),
                 sorted(
-                    (type(action).__name__, action.disabled)
+                    (type(action).__name__, action.disabled, repr(action.sort_key))
                     for action in flush_context.postsort_actions.values()
+                ),
+                sorted(
+                    (key[0].__name__, repr(key[1:]), repr(action))
+                    for key, action in flush_context.postsort_actions.items()
                 ),
             )
 
@@ -373,3 +377,48 @@ def test_listener_edge_is_sorted_as_stock(session_cls, engine):
     assert_same_as_stock(scenario, session_cls, engine, Base.metadata)
     # the autoflush of the expired objects' get() and the flush
     assert plans.stats()["sorted"] == {"dependencies": 2}
+
+
+@pytest.mark.parametrize("method", ["__init__", "__new__"])
+def test_patched_step_class_is_called(session_cls, engine, method, monkeypatch):
+    """The flush makes a hierarchy's save and delete steps itself only while
+    their classes' ``__new__`` and ``__init__`` are stock's; a patched one
+    is called for each step, as stock calls it, with the same records."""
+    from sqlalchemy.orm import unitofwork
+
+    Base.metadata.create_all(engine)
+    made = []
+    cls = unitofwork._SaveUpdateAll
+    if method == "__init__":
+        stock_init = cls.__init__
+
+        def patched(self, uow, mapper):
+            made.append(mapper.class_.__name__)
+            stock_init(self, uow, mapper)
+
+    else:
+        stock_new = unitofwork._PostSortRec.__new__
+
+        def patched(klass, uow, *args):
+            made.append(args[0].class_.__name__)
+            return stock_new(klass, uow, *args)
+
+    monkeypatch.setattr(cls, method, patched)
+    seen = []
+
+    def after_flush(session, flush_context):
+        seen.extend(
+            (type(action).__name__, action.sort_key, action.disabled)
+            for action in flush_context.postsort_actions.values()
+        )
+
+    with session_cls(engine) as session:
+        event.listen(session, "after_flush", after_flush)
+        session.add(Note(id=1, text="a"))
+        session.commit()
+    assert made == ["Note"]
+    key = Note.__mapper__._sort_key
+    assert seen == [
+        ("_SaveUpdateAll", ("SaveUpdateAll", key), False),
+        ("_DeleteAll", ("DeleteAll", key), False),
+    ]

@@ -770,3 +770,42 @@ def test_first_connection_acquired_directly(session_cls, engine, monkeypatch):
     monkeypatch.setattr(transaction, "_provision", counting)
     assert_same_as_stock(first_connection_seen_by_listeners, session_cls, engine, Base.metadata)
     assert len(provisions) == 5
+
+
+@pytest.mark.parametrize(
+    "owner", [transaction.SessionTransaction, orm.SessionTransaction], ids=["ours", "stock"]
+)
+def test_patched_method_seen_after_fast_steps(session_cls, engine, owner, monkeypatch):
+    """A method of the transaction class patched after fast steps (whose
+    check the compiled build keeps while the class is unchanged) is called,
+    as stock calls it; once the patch is undone the steps are fast again."""
+    Base.metadata.create_all(engine)
+
+    def one_commit(name):
+        transaction.reset_stats()
+        with session_cls(engine) as session:
+            session.add(User(name=name))
+            session.commit()
+        return turbosession.stats()["transactions"]
+
+    fast = one_commit("before")
+    assert fast["subtransactions"] == {"fast": 1, "fallback": {}}
+    assert fast["commits"] == {"fast": 1, "fallback": {}}
+    called = []
+    stock_commit = orm.SessionTransaction.commit
+
+    def commit(self, _to_root=False):
+        called.append(self.origin.name)
+        return stock_commit(self, _to_root=_to_root)
+
+    monkeypatch.setattr(owner, "commit", commit)
+    patched = one_commit("patched")
+    # the root commit flushes, committing the flush's subtransaction inside
+    assert called == ["AUTOBEGIN", "SUBTRANSACTION"]
+    assert patched["subtransactions"] == {"fast": 0, "fallback": {"patched": 2}}
+    assert patched["commits"] == {"fast": 0, "fallback": {"patched": 1}}
+    monkeypatch.undo()
+    assert one_commit("after") == fast
+    with session_cls(engine) as session:
+        names = session.scalars(select(User.name).order_by(User.id)).all()
+    assert names == ["before", "patched", "after"]

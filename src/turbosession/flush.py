@@ -21,6 +21,7 @@ from sqlalchemy import orm, util
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
+from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
 
 from . import fastpath, plans, relationships, transaction as _transaction
 from ._warn import warn
@@ -86,6 +87,30 @@ class UOWTransaction(unitofwork.UOWTransaction):
                 session, other, session._turbo.tracking.commit_all_states
             )
 
+    def _per_mapper_flush_actions(self, mapper):
+        """Stock's: the hierarchy's save and delete steps, the first
+        dependency between them, the relationships' preprocessors.  The two
+        steps are made as stock's ``_PostSortRec.__new__`` and their
+        ``__init__`` make them (the record already there for the key, or a
+        new one registered with ``disabled`` False; then its mapper and sort
+        key), without the two Python frames each class call costs, while
+        those methods are stock's."""
+        if not _stock_records():
+            return super()._per_mapper_flush_actions(mapper)
+        base = mapper.base_mapper
+        actions = self.postsort_actions
+        saves = _record(actions, _SaveUpdateAll, base, "SaveUpdateAll")
+        deletes = _record(actions, _DeleteAll, base, "DeleteAll")
+        self.dependencies.add((saves, deletes))
+
+        for dep in mapper._dependency_processors:
+            dep.per_property_preprocessors(self)
+
+        for prop in mapper.relationships:
+            if prop.viewonly:
+                continue
+            prop._dependency_processor.per_property_preprocessors(self)
+
     def _run_presort_actions(self):
         # run the presort actions until none adds new states to the flush
         loops = self.session._turbo.relationships
@@ -150,6 +175,37 @@ class UOWTransaction(unitofwork.UOWTransaction):
                     run(rec)
         finally:
             fastpath.record(run.reason)
+
+
+_new_object = object.__new__
+_POSTSORT_NEW = unitofwork._PostSortRec.__new__
+_SAVE_INIT = _SaveUpdateAll.__init__
+_DELETE_INIT = _DeleteAll.__init__
+
+
+def _stock_records():
+    """Whether the two step classes are made by stock's ``__new__`` and
+    ``__init__`` (a patched one is called as stock calls it)."""
+    return (
+        _SaveUpdateAll.__new__ is _POSTSORT_NEW
+        and _DeleteAll.__new__ is _POSTSORT_NEW
+        and _SaveUpdateAll.__init__ is _SAVE_INIT
+        and _DeleteAll.__init__ is _DELETE_INIT
+    )
+
+
+def _record(actions, cls, base_mapper, label):
+    """``cls(uow, base_mapper)`` for ``_SaveUpdateAll`` / ``_DeleteAll``:
+    ``_PostSortRec.__new__`` (the one registered under ``(cls,
+    base_mapper)``, or a new one), then the class's ``__init__``."""
+    key = (cls, base_mapper)
+    record = actions.get(key)
+    if record is None:
+        record = actions[key] = _new_object(cls)
+        record.disabled = False
+    record.mapper = base_mapper
+    record.sort_key = (label, base_mapper._sort_key)
+    return record
 
 
 _REGISTER_PERSISTENT = orm.Session._register_persistent

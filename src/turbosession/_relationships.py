@@ -104,6 +104,13 @@ def _populate(source, dest, keys: tuple):
     pair: tuple
     for pair in keys:
         impl = source.manager[pair[0]].impl
+        if not cython.compiled:
+            # uncompiled, the attributes' own methods, as before (the
+            # direct copy is for the compiled loop)
+            dest.manager[pair[1]].impl.set(
+                dest, dest_dict, impl.get(source, source_dict, _OFF), None
+            )
+            continue
         key = pair[0]
         if key in source_dict and _has_stock_get(impl):
             # the first step of stock's ``get``
@@ -145,9 +152,11 @@ def _set(state, dict_, impl, value):
     and no active history, what stock's ``set`` does, directly: the old
     value from the dict, ``state._modified_event`` (its attribute part
     inline when the state is already flagged modified and held, the
-    common case in a flush), the value stored."""
+    common case in a flush), the value stored.  Compiled only:
+    uncompiled, the attribute's own ``set``."""
     if (
-        type(impl) is not _ScalarAttributeImpl
+        not cython.compiled
+        or type(impl) is not _ScalarAttributeImpl
         or _ScalarAttributeImpl.set is not _STOCK_SET
         or value is _DONT_SET
     ):

@@ -171,6 +171,8 @@ def history_tuple(history):
 
 
 PASSIVES = (
+    # the first lookup of a (state, key) is cached for the passive ones after it
+    attributes.PASSIVE_NO_INITIALIZE | attributes.INCLUDE_PENDING_MUTATIONS,
     attributes.PASSIVE_NO_INITIALIZE,
     attributes.PASSIVE_NO_FETCH_RELATED,
     attributes.PASSIVE_OFF | attributes.INCLUDE_PENDING_MUTATIONS,
@@ -203,17 +205,29 @@ def history_run(get_history):
             session.expire(nodes[9], ["name", "parent"])  # absent: blank, or loaded
             event.listen(eng, "before_cursor_execute", lambda *a: statements.append(a[2]))
             uow = unitofwork.UOWTransaction(session)
-            results = [
-                history_tuple(get_history(uow, attributes.instance_state(node), key, passive))
-                for node in nodes + [new]
-                for key in ("children", "parent", "name", "id", "parent_id")
-                for passive in PASSIVES
-            ]
+            results = []
+            for node in nodes + [new]:
+                state = attributes.instance_state(node)
+                for key in ("children", "parent", "name", "id", "parent_id"):
+                    for passive in PASSIVES:
+                        history = history_tuple(get_history(uow, state, key, passive))
+                        # a lookup of pending mutations memoizes stock's dict of them
+                        results.append((history, "_pending_mutations" in state.__dict__))
             cache = sorted(
                 (name_of(k[1]), k[2], history_tuple(v[1]), int(v[2]))
                 for k, v in uow.attributes.items()
             )
-            return results, statements, cache
+            # the states whose pending mutations were looked at keep the
+            # memoized (empty) dict stock's property stores
+            memoized = [
+                attributes.instance_state(node).__dict__.get("_pending_mutations")
+                for node in nodes + [new]
+            ]
+            memoized = [
+                None if m is None else sorted((k, type(v).__name__) for k, v in m.items())
+                for m in memoized
+            ]
+            return results, statements, cache, memoized
     finally:
         eng.dispose()
 
@@ -224,6 +238,8 @@ def test_attribute_history_matches_stock(impl):
     assert actual == expected
     # the passive lookups were re-done (and loaded) when asked for SQL
     assert any("SELECT" in sql for sql in expected[1])
+    # the lookups of pending mutations memoized stock's dict of them
+    assert all(entry[1] for entry in expected[0])
 
 
 def test_compiled_flag(impl):

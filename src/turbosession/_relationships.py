@@ -17,6 +17,7 @@ clears), removed children, children to update after a primary-key change.
 
 from __future__ import annotations
 
+from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm import Session, attributes, sync, unitofwork
 from sqlalchemy.orm import base as _base
 from sqlalchemy.orm.state import InstanceState
@@ -52,6 +53,15 @@ _OFF_PENDING = cython.declare(
 )
 _HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
 _STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
+_ScalarAttributeImpl = cython.declare(object, attributes._ScalarAttributeImpl)
+_STOCK_SET = cython.declare(object, attributes._ScalarAttributeImpl.set)
+_STOCK_MODIFIED = cython.declare(object, InstanceState._modified_event)
+_NO_VALUE = cython.declare(object, _base.NO_VALUE)
+_DONT_SET = cython.declare(object, _base.DONT_SET)
+_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
+_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
+_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
+_COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
 _STOCK_CONTAINS = cython.declare(object, Session._contains_state)
 _InstanceState = cython.declare(object, InstanceState)
 _INSTANCE_DICT = cython.declare(object, _base.instance_dict)
@@ -93,8 +103,91 @@ def _populate(source, dest, keys: tuple):
     dest_dict = _state_dict(dest)
     pair: tuple
     for pair in keys:
-        value = source.manager[pair[0]].impl.get(source, source_dict, _OFF)
-        dest.manager[pair[1]].impl.set(dest, dest_dict, value, None)
+        impl = source.manager[pair[0]].impl
+        if not cython.compiled:
+            # uncompiled, the attributes' own methods, as before (the
+            # direct copy is for the compiled loop)
+            dest.manager[pair[1]].impl.set(
+                dest, dest_dict, impl.get(source, source_dict, _OFF), None
+            )
+            continue
+        key = pair[0]
+        if key in source_dict and _has_stock_get(impl):
+            # the first step of stock's ``get``
+            value = source_dict[key]
+        else:
+            value = impl.get(source, source_dict, _OFF)
+        _set(dest, dest_dict, dest.manager[pair[1]].impl, value)
+
+
+@cython.cfunc
+@cython.inline
+def _has_stock_get(impl) -> cython.bint:
+    """Whether ``impl``'s ``get`` is stock's ``_AttributeImpl.get``."""
+    cls = type(impl)
+    stock = _stock_get.get(cls)
+    if stock is None:
+        stock = _stock_get[cls] = cls.get is _STOCK_GET
+    return stock
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _has_listeners(listeners) -> cython.bint:
+    """``bool(listeners)`` for an attribute's instance-level event
+    listeners, without calling the listener class's ``__bool__`` where it
+    is stock's (which reads the same lists).  The same as ``_attach``'s:
+    the compiled modules share no ``.pxd``, and a call across modules
+    would cost what this saves."""
+    kind = type(listeners)
+    if kind is _EmptyListener and kind.__bool__ is _EMPTY_BOOL:
+        return bool(listeners.parent_listeners)
+    if kind is _ListenerCollection and kind.__bool__ is _COLLECTION_BOOL:
+        return bool(listeners.listeners) or bool(listeners.parent_listeners)
+    return bool(listeners)
+
+
+@cython.cfunc
+def _set(state, dict_, impl, value):
+    """``impl.set(state, dict_, value, None)``.  For a plain column
+    attribute (``_ScalarAttributeImpl`` itself) with no ``set`` listener
+    and no active history, what stock's ``set`` does, directly: the old
+    value from the dict, ``state._modified_event`` (its attribute part
+    inline when the state is already flagged modified and held, the
+    common case in a flush), the value stored.  Compiled only:
+    uncompiled, the attribute's own ``set``."""
+    if (
+        not cython.compiled
+        or type(impl) is not _ScalarAttributeImpl
+        or _ScalarAttributeImpl.set is not _STOCK_SET
+        or value is _DONT_SET
+    ):
+        impl.set(state, dict_, value, None)
+        return
+    dispatch = impl.dispatch
+    if dispatch._active_history or _has_listeners(dispatch.set):
+        impl.set(state, dict_, value, None)
+        return
+    key = impl.key
+    if type(dict_) is dict:
+        old = cython.cast(dict, dict_).get(key, _NO_VALUE)
+    else:
+        old = dict_.get(key, _NO_VALUE)
+    if (
+        type(state) is not _InstanceState
+        or _InstanceState._modified_event is not _STOCK_MODIFIED
+        or not state.modified
+        or (state.session_id and state._strong_obj is None)
+    ):
+        state._modified_event(dict_, impl, old)
+    elif impl.send_modified_events:
+        committed: dict = state.committed_state
+        if key not in committed:
+            committed[key] = old
+        known = state._last_known_values
+        if known is not None and key in known:
+            known[key] = _NO_VALUE
+    dict_[key] = value
 
 
 def many_to_one_saves(uow, dp, states, keys: tuple, target):
@@ -184,11 +277,7 @@ def _getters(manager, keys: tuple) -> tuple:
     pair: tuple
     for pair in keys:
         impl = manager[pair[0]].impl
-        cls = type(impl)
-        stock = _stock_get.get(cls)
-        if stock is None:
-            stock = _stock_get[cls] = cls.get is _STOCK_GET
-        getters.append((pair[0], pair[1], impl, stock))
+        getters.append((pair[0], pair[1], impl, _has_stock_get(impl)))
     return tuple(getters)
 
 
@@ -385,8 +474,9 @@ def _clear_child(uow, dp, child, clear_keys, target):
     if clear_keys is None:
         _sync_clear(child, dp.mapper, dp.prop.synchronize_pairs)
         return
+    child_dict = _state_dict(child)
     for key in clear_keys:
-        child.manager[key].impl.set(child, child.dict, None, None)
+        _set(child, child_dict, child.manager[key].impl, None)
 
 
 def one_to_many_deletes(uow, dp, states, clear_keys, target):

@@ -67,6 +67,9 @@ _MANY_TO_ONE_STATE_DEPENDENCIES = cython.declare(object, _ManyToOneDP.per_state_
 _HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
 _PASSIVE_NO_RESULT = cython.declare(object, attributes.PASSIVE_NO_RESULT)
 _InstanceState = cython.declare(object, _state_module.InstanceState)
+_PENDING_MUTATIONS = cython.declare(
+    object, _state_module.InstanceState.__dict__["_pending_mutations"]
+)
 _INSTANCE_DICT = cython.declare(object, _base.instance_dict)
 _CALLABLES_OK = cython.declare(object, attributes.CALLABLES_OK)
 _COLLECTION_HISTORY = cython.declare(object, attributes._CollectionAttributeImpl.get_history)
@@ -201,7 +204,9 @@ def _unloaded_collection_blank(impl, state, key, flags) -> cython.bint:
     committed = state.committed_state.get(key, _NO_VALUE)
     if committed is not _NO_VALUE:
         return False
-    if _flag_bits(flags)[0] and key in state._pending_mutations:
+    if _flag_bits(flags)[0] and key in (
+        _pending_mutations(state) if cython.compiled else state._pending_mutations
+    ):
         return False
     return True
 
@@ -228,6 +233,25 @@ def _as_states(objects) -> list:
 
 
 @cython.cfunc
+def _pending_mutations(state):
+    """``state._pending_mutations``: stock's memoized property, whose first
+    read stores a new empty dict in the state's ``__dict__``, done here
+    without calling the descriptor for a state of stock's class whose
+    property is stock's.  Compiled only (uncompiled, the attribute is read:
+    a function call costs more than the descriptor saves)."""
+    if (
+        type(state) is not _InstanceState
+        or _InstanceState.__dict__.get("_pending_mutations") is not _PENDING_MUTATIONS
+    ):
+        return state._pending_mutations
+    instance_dict: dict = state.__dict__
+    found = instance_dict.get("_pending_mutations")
+    if found is None:
+        found = instance_dict["_pending_mutations"] = {}
+    return found
+
+
+@cython.cfunc
 def _loaded_collection_history(state, key, current, flags) -> tuple:
     """``_CollectionAttributeImpl.get_history`` and ``History.as_state`` of
     a collection present in the state's dict (``History.from_collection``),
@@ -236,7 +260,9 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
     includes_pending = _includes_pending.get(flags)
     if includes_pending is None:
         includes_pending = _includes_pending[flags] = bool(flags & _INCLUDE_PENDING_MUTATIONS)
-    if includes_pending and key in state._pending_mutations:
+    if includes_pending and key in (
+        _pending_mutations(state) if cython.compiled else state._pending_mutations
+    ):
         return None
     original = state.committed_state.get(key, _NO_HISTORY)
     # the adapter iterates a list collection of SQLAlchemy's class as the

@@ -382,7 +382,7 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
                     params[col.key] = orm_default[2]
                 else:
                     value_params[col] = expression
-        if as_none and not (not value_params and _has_all(params, as_none_keys)):
+        if as_none and (value_params or not _has_all(params, as_none_keys)):
             for colkey in as_none.difference(params).difference(
                 [c.key for c in value_params]
             ):
@@ -978,15 +978,10 @@ def _batch_key(record: tuple) -> tuple:
     return (record[4], set(record[2]), bool(record[5]), record[6], record[7])
 
 
-@cython.cfunc
-def _persistent_key(state) -> object:
-    return state.key[1]
-
-
 def _identity_value(state):
     """The sort key of a persistent state whose primary key columns' types
     have no ``sort_key_function``: its identity key's values."""
-    return _persistent_key(state)
+    return state.key[1]
 
 
 _INSERT_ORDER = cython.declare(object, operator.attrgetter("insert_order"))

@@ -317,29 +317,29 @@ def _sort_states(base_mapper, persist, states):
     return persist.sort_states(states, sortkey)
 
 
-def _row_switch_possible(uow, base_mapper, states):
+def _row_switch_possible(uow, base_mapper, persist, states):
     """Whether a new object may take the identity of one this flush deletes
     (stock then updates the row): only when the hierarchy deletes too."""
-    if not uow.session._turbo.persist.has_new(states):
+    if not persist.has_new(states):
         return False
     deletes = uow.states_for_mapper_hierarchy(base_mapper, True, False)
     return next(deletes, None) is not None
 
 
-def _stock_organize(uow, base_mapper, states):
+def _stock_organize(uow, base_mapper, persist, states):
     """Whether the states are organized by stock's
     ``_organize_states_for_save`` (each its connection from the session's
     ``connection_callable``, row switches) rather than by ``persist``'s
     loop."""
     return bool(uow.session.connection_callable) or _row_switch_possible(
-        uow, base_mapper, states
+        uow, base_mapper, persist, states
     )
 
 
 def _organize_for_save(uow, base_mapper, persist, states):
     """``persistence._organize_states_for_save``: the records to insert and
     to update, and whether a row switch is among the updates."""
-    if _stock_organize(uow, base_mapper, states):
+    if _stock_organize(uow, base_mapper, persist, states):
         to_insert = []
         to_update = []
         row_switch = False

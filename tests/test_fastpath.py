@@ -234,6 +234,37 @@ def scenario_inserts(session_cls, engine, log):
         session.close()
 
 
+def scenario_key_orders(session_cls, engine, log):
+    """Objects whose attributes were set in different orders, interleaved in
+    one flush: each INSERT's parameters are gathered in the order stock
+    gathers them (the recorder notes the key order a listener sees)."""
+    session = session_cls(engine)
+    handles = listen_all(session, log)
+    try:
+        objects = []
+        for i in range(12):
+            shape = i % 4
+            if shape == 0:
+                obj = Item(id=2000 + i, name=f"a{i}", qty=i)
+            elif shape == 1:
+                obj = Item(qty=i, name=f"b{i}", id=2000 + i)
+            elif shape == 2:
+                obj = Item(name=f"c{i}", id=2000 + i)
+            else:
+                obj = Item(id=2000 + i, note="n", name=f"d{i}", qty=i)
+                # set again after another attribute: the dict's order changes
+                del obj.id
+                obj.id = 2000 + i
+            objects.append(obj)
+        session.add_all(objects)
+        session.flush()
+        log.note("objects", [describe(o) for o in objects])
+        session.commit()
+    finally:
+        unlisten(handles)
+        session.close()
+
+
 def scenario_updates(session_cls, engine, log):
     session = session_cls(engine)
     session.add_all([Item(id=i, name=f"n{i}", qty=i) for i in range(1, 8)])
@@ -473,7 +504,7 @@ FAST = [scenario_inserts, scenario_updates, scenario_deletes, scenario_defaults,
         scenario_integrity_error, scenario_listener_raises, scenario_connection_lost,
         scenario_stale_and_null, scenario_null_identity_keys,
         scenario_listener_changes, scenario_flush_objects_and_nested,
-        scenario_sort_orders]
+        scenario_sort_orders, scenario_key_orders]
 
 
 @pytest.mark.parametrize("scenario", FAST, ids=[s.__name__ for s in FAST])

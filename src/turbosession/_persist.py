@@ -54,10 +54,14 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 if cython.compiled:
-    from cython.cimports.cpython.dict import PyDict_GetItem
+    from cython.cimports.cpython.dict import PyDict_GetItem, PyDict_Next
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.cpython.ref import Py_INCREF
-    from cython.cimports.cpython.tuple import PyTuple_New, PyTuple_SET_ITEM
+    from cython.cimports.cpython.tuple import (
+        PyTuple_GET_ITEM,
+        PyTuple_New,
+        PyTuple_SET_ITEM,
+    )
 
 __all__ = [
     "batches",
@@ -360,10 +364,12 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
     column: tuple
     has_all_pks: cython.bint
     has_all_defaults: cython.bint
+    # the last object's dict keys and the order they gave (see below)
+    last_seen: list = [None, None]
     for state, state_dict, state_mapper, state_connection in states_to_insert:
         params = {}
         value_params = {}
-        for propkey in propkeys.intersection(state_dict):
+        for propkey in _intersection_order(propkeys, state_dict, last_seen):
             value = state_dict[propkey]
             column = columns[propkey]
             if value is None and not column[2]:
@@ -405,6 +411,46 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
             has_all_pks,
             has_all_defaults,
         )
+
+
+@cython.cfunc
+def _intersection_order(propkeys: frozenset, state_dict, last_seen: list) -> tuple:
+    """The keys of ``propkeys.intersection(state_dict)`` in the iteration
+    order of that set, the order stock gathers parameters in.
+
+    The set is built by adding the dict's keys in the dict's order, so its
+    order is decided by that sequence of keys alone.  Objects made alike
+    have the same keys in the same order: compiled, when a dict holds the
+    very key objects of the previous one (``last_seen``: its keys and the
+    order they gave), in the same order, that order is reused without
+    building the set again.
+    """
+    if cython.compiled:
+        last_keys: tuple = last_seen[0]
+        if (
+            last_keys is not None
+            and type(state_dict) is dict
+            and len(last_keys) == len(state_dict)
+        ):
+            pos: cython.Py_ssize_t = 0
+            i: cython.Py_ssize_t = 0
+            key: cython.pointer(PyObject)
+            value: cython.pointer(PyObject)
+            same: cython.bint = True
+            while PyDict_Next(state_dict, cython.address(pos), cython.address(key),
+                              cython.address(value)):
+                if key is not PyTuple_GET_ITEM(last_keys, i):
+                    same = False
+                    break
+                i += 1
+            if same:
+                return last_seen[1]
+        order: tuple = tuple(propkeys.intersection(state_dict))
+        if type(state_dict) is dict:
+            last_seen[0] = tuple(state_dict)
+            last_seen[1] = order
+        return order
+    return tuple(propkeys.intersection(state_dict))
 
 
 @cython.cfunc

@@ -56,7 +56,8 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem, PyDict_Next
     from cython.cimports.cpython.object import PyObject
-    from cython.cimports.cpython.ref import Py_INCREF
+    from cython.cimports.cpython.ref import Py_DECREF, Py_INCREF
+    from cython.cimports.cpython.weakref import PyWeakref_GetRef
     from cython.cimports.cpython.tuple import (
         PyTuple_GET_ITEM,
         PyTuple_New,
@@ -200,15 +201,33 @@ def _absent_value(state, dict_, key) -> object:
 
 
 @cython.cfunc
+@cython.inline
+def _live_obj(state) -> object:
+    """``state.obj()``; compiled, a plain ``weakref.ref`` (stock's) is read
+    in C, without a call."""
+    ref = state.obj
+    if cython.compiled:
+        if type(ref) is _ref:
+            found: cython.pointer(PyObject)
+            if PyWeakref_GetRef(ref, cython.address(found)) != 1:
+                return None
+            obj = cython.cast(object, found)
+            Py_DECREF(obj)  # GetRef's own reference: obj holds one
+            return obj
+    return ref()
+
+
+@cython.cfunc
 def _state_dict(state) -> object:
     """``state.dict`` without the property's Python frame: the object's
-    ``__dict__``, or a new empty dict once the object is gone."""
+    ``__dict__`` (``instance_dict``, stock's ``attrgetter("__dict__")``,
+    read as the attribute), or a new empty dict once the object is gone."""
     if type(state) is not _InstanceState or orm_base.instance_dict is not _INSTANCE_DICT:
         return state.dict
-    obj = state.obj()
+    obj = _live_obj(state)
     if obj is None:
         return {}
-    return _INSTANCE_DICT(obj)
+    return obj.__dict__
 
 
 @cython.cfunc
@@ -757,14 +776,15 @@ def register_persistent(session, states: set, commit_all_states):
     # generator, and 10,000 live pairs would bring a full GC pass forward
     committing: list = []
     committing_dicts: list = []
+    plain_dict: cython.bint = instance_dict is _INSTANCE_DICT
     for state in states:
         # hold the object against a last-minute dereference
-        obj = state.obj()
+        obj = _live_obj(state)
         if obj is None:
             committing.append(state)
             committing_dicts.append({})
             continue
-        dict_ = instance_dict(obj)
+        dict_ = obj.__dict__ if plain_dict else instance_dict(obj)
         committing.append(state)
         committing_dicts.append(dict_)
         mapper = state.manager.mapper

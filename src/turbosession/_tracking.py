@@ -40,6 +40,10 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
+if cython.compiled:
+    from cython.cimports.cpython.dict import PyDict_Next
+    from cython.cimports.cpython.object import PyObject
+
 __all__ = [
     "collect_column_changes",
     "column_changes",
@@ -163,6 +167,19 @@ def collect_column_changes(states, propkey_to_col):
     ]
 
 
+@cython.cfunc
+@cython.inline
+def _only_key(mapping: dict) -> object:
+    """The one key of a one-key dict (compiled: read in place, no tuple)."""
+    if cython.compiled:
+        pos: cython.Py_ssize_t = 0
+        key: cython.pointer(PyObject)
+        value: cython.pointer(PyObject)
+        PyDict_Next(mapping, cython.address(pos), cython.address(key), cython.address(value))
+        return cython.cast(object, key)
+    return next(iter(mapping))
+
+
 def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
     """The net column changes of one state: ``(params, value_params)``.
 
@@ -177,7 +194,7 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
         if len(committed) == 1:
             # one attribute changed (the common update): the intersection's
             # one key, without a set made per state
-            propkeys = tuple(committed)
+            propkeys = (_only_key(committed),)
             if propkeys[0] not in keys:
                 propkeys = ()
         else:

@@ -48,6 +48,11 @@ def test_quick_report(tmp_path):
         assert r["error"] == "", r
         assert r["verified_runs"] == 1 and len(r["times_s"]) == 1, r
         assert r["us_per_op"] > 0
+        # the collector's passes inside the timed run, on the run's clock
+        assert len(r["gc_s"]) == len(r["full_collections"]) == 1, r
+        assert 0 <= r["gc_s"][0] <= r["times_s"][0], r
+        assert r["full_collections"][0] >= 0 and 0 <= r["gc_share"] <= 1, r
+        assert r["outside_gc_s"] == r["times_s"][0] - r["gc_s"][0], r
         if r["implementation"] == impls.STOCK:
             assert r["ratio_to_stock"] == 1.0
         else:
@@ -66,6 +71,10 @@ def test_quick_report(tmp_path):
         assert f"| {w.title} (per {w.unit}) |" in table
     for name in available:
         assert impls.LABELS[name] in table
+    assert "### garbage collector, sqlite" in table
+    gc_part = table.split("### garbage collector, sqlite")[1]
+    for w in WORKLOADS:
+        assert f"| {w.title} |" in gc_part
 
     png = (tmp_path / "turbosession-bench-quick.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE)
@@ -100,3 +109,29 @@ def test_missing_bench_extra_names_it(tmp_path):
     assert "needs tqdm and matplotlib" in done.stderr
     assert "pip install 'turbosession[bench]'" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gc_table_figures():
+    """The collector's share and full passes of the median run, and the ratio
+    of the time outside the collector, from the recorded runs."""
+    from turbosession.benchmarks import report
+    from turbosession.benchmarks.timing import Measurement
+
+    def result(implementation, times, gc_times, full):
+        m = Measurement("w", "a workload", "object", "sqlite", implementation, ops=10)
+        m.times, m.gc_times, m.full_collections = times, gc_times, full
+        return m.as_dict()
+
+    results = report.add_ratios([
+        # median run: the 2.0 s one, 1.0 s of it in the collector, one full pass
+        result(impls.STOCK, [3.0, 2.0, 1.0], [0.5, 1.0, 0.0], [1, 1, 0]),
+        # median run: the 1.0 s one, 0.75 s in the collector, one full pass
+        result(impls.COMPILED, [1.0, 0.5, 4.0], [0.75, 0.0, 1.0], [1, 0, 2]),
+    ])
+    lines = report.gc_table(results, "sqlite").splitlines()
+    assert lines[0] == (
+        "| workload | stock Session: in GC (full passes) | turbosession compiled: in GC "
+        "(full passes) | turbosession compiled: ratio outside GC |"
+    )
+    # outside the collector: stock 1.0 s, compiled 0.25 s
+    assert lines[2] == "| a workload | 50% (1) | 75% (1) | 4.00x |"

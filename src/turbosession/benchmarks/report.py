@@ -102,6 +102,43 @@ def table(results, database):
     return "\n".join(lines)
 
 
+_GC_COLUMNS = (impls.STOCK, impls.COMPILED, impls.PURE)
+
+
+def _gc_cell(result):
+    if result is None or result["error"] or result.get("gc_share") is None:
+        return "-"
+    return f"{result['gc_share']:.0%} ({result['full_collections_in_median_run']})"
+
+
+def gc_table(results, database):
+    """The collector's share of each median run, its full passes, and the
+    ratio to stock of the time outside the collector."""
+    rows = [r for r in results if r["database"] == database and r.get("gc_share") is not None]
+    columns = [c for c in _GC_COLUMNS if any(r["implementation"] == c for r in rows)]
+    if not rows or impls.STOCK not in columns:
+        return ""
+    keyed = _by_key(rows)
+    header = ["workload"] + [f"{impls.LABELS[c]}: in GC (full passes)" for c in columns]
+    others = [c for c in columns if c != impls.STOCK]
+    header += [f"{impls.LABELS[c]}: ratio outside GC" for c in others]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    for name, title in dict.fromkeys((r["workload"], r["title"]) for r in rows):
+        stock = keyed.get((database, name, impls.STOCK))
+        cells = [_gc_cell(keyed.get((database, name, c))) for c in columns]
+        for c in others:
+            other = keyed.get((database, name, c))
+            value = None
+            if stock and other and not stock["error"] and not other["error"]:
+                value = ratio(stock["outside_gc_s"], other["outside_gc_s"])
+            cells.append("-" if value is None else f"{value:.2f}x")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def memory_table(memory):
     lines = [
         "| session | peak traced (MiB) | retained (bytes/object) | identity map (bytes/object) |",
@@ -132,6 +169,18 @@ def markdown(report):
     parts = []
     for database in report["environment"]["versions"]["databases"]:
         parts.append(f"### {database}\n\n" + table(report["results"], database))
+    for database in report["environment"]["versions"]["databases"]:
+        gc_part = gc_table(report["results"], database)
+        if gc_part:
+            parts.append(
+                f"### garbage collector, {database}\n\n"
+                "The collector's share of each median run above (it stays on while "
+                "the runs are timed), with the full passes in that run in brackets; "
+                "a full pass walks every object of the process, so what it costs is "
+                "the heap's size, the same for every session that leaves the same "
+                "objects alive. Then the ratio to stock of the time outside the "
+                "collector.\n\n" + gc_part
+            )
     if report.get("memory"):
         parts.append(
             f"### memory, {report['memory']['objects']:,} loaded objects "

@@ -19,7 +19,9 @@ from sqlalchemy.orm import Session as StockSession
 from sqlalchemy.orm import selectinload
 
 import turbosession
-from support import assert_same_as_stock
+from sqlalchemy.util import immutabledict
+
+from support import assert_same_as_stock, optional_package
 from test_get_miss import Author, Book, attempt, identity_map_contents, seed
 from test_loading import Base
 
@@ -258,4 +260,72 @@ def test_cursor_calls_same_as_stock(session_cls, engine, engine_events):
         scenario, session_cls, engine, Base.metadata, engine_events=engine_events
     )
     assert [entry for entry in entries if entry[0] == "cursor"]
+    assert turbosession.stats()["loads"]["execute"]["direct"] == 3
+
+
+def constant_options(session_cls, engine, log):
+    """The same immutable execution options object each time (what
+    AsyncSession.execute passes), and several of them."""
+    with session_cls(engine) as session:
+        seed(session)
+    statement = select(Author).order_by(Author.id)
+    existing = immutabledict({"populate_existing": True})
+    no_autoflush = immutabledict({"autoflush": False})
+    options = [immutabledict({"prebuffer_rows": True}), existing, no_autoflush] + [
+        immutabledict({"logging_token": f"t{i}"}) for i in range(3)
+    ]
+    with session_cls(engine) as session:
+        for round_ in range(3):
+            session.get(Author, 1).name = f"changed {round_}"
+            session.add(Author(id=40 + round_, name="pending", bio="b"))
+            for i, opts in enumerate(options):
+                attempt(log, f"options {i} round {round_}", {},
+                        lambda: session.scalars(statement, execution_options=opts).all())
+                log.note("names", [a.name for a in session.scalars(
+                    statement, execution_options=no_autoflush)])
+        log.note("identity map", identity_map_contents(session))
+        session.rollback()
+
+
+def test_constant_execution_options_same_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(constant_options, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["loads"]["execute"]
+    # four options objects kept per statement: the others run stock's
+    assert stats["direct"] >= 30 and stats["fallback"].get("execute_options"), stats
+
+
+def test_async_session_same_as_stock(impl, tmp_path):
+    optional_package("aiosqlite", "test-integrations")
+    optional_package("greenlet", "asyncio")
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncSession as StockAsyncSession
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from turbosession.ext.asyncio import AsyncSession
+
+    pinned = type("Pinned", (turbosession.Session,), {"_turbo": impl})
+
+    async def scenario(make_session, name):
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/{name}.db")
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        seen = []
+        statement = select(Author).where(Author.id > bindparam("low")).order_by(Author.id)
+        async with make_session(engine) as session:
+            session.add_all([Author(id=i, name=f"author {i}", bio="b") for i in range(1, 6)])
+            await session.commit()
+            for low in range(4):
+                seen.append([(a.id, a.name) for a in await session.scalars(statement, {"low": low})])
+                seen.append([tuple(r) for r in await session.execute(
+                    select(Author.id).where(Author.id > bindparam("low")), {"low": low})])
+        await engine.dispose()
+        return seen
+
+    expected = asyncio.run(scenario(StockAsyncSession, "stock"))
+    turbosession.reset_stats()
+    actual = asyncio.run(scenario(
+        lambda engine: AsyncSession(engine, sync_session_class=pinned), "turbo"))
+    assert actual == expected
     assert turbosession.stats()["loads"]["execute"]["direct"] == 3

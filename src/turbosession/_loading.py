@@ -492,9 +492,14 @@ def _one_or_none(result) -> object:
 _EXECUTION_ATTR = "_turbosession_execution"
 """The memoized attribute of a ``Select`` (dropped from its generative
 copies, as its memoized cache key is) that keeps what stock's
-``_execute_internal`` decides of it without execution options:
-``(compile state class, execution options, autoflush, mapper)``, or False
-when the statement is not an ORM select this applies to."""
+``_execute_internal`` decides of it: pairs ``(execution options,
+execution)``, one per immutable execution options object it was executed
+with (``EMPTY_DICT`` for none; AsyncSession's ``execute`` always passes one
+constant), each ``execution`` ``(compile state class, execution options,
+autoflush, mapper)``, or False when the statement is not an ORM select this
+applies to."""
+
+_EXECUTIONS_KEPT = 4
 
 # the mixin, and each bundle's _execute_internal (set by turbosession.session)
 _MIXIN = cython.declare(object, None)
@@ -538,9 +543,10 @@ def _execute_fallback(reason: str) -> object:
     return None
 
 
-def _statement_execution(statement):
-    """What ``_EXECUTION_ATTR`` keeps for ``statement`` (see there)."""
-    execution = _execution_of(statement, EMPTY_DICT)
+def _statement_execution(statement, execution_options):
+    """What ``_EXECUTION_ATTR`` keeps for ``statement`` executed with these
+    options (see there)."""
+    execution = _execution_of(statement, execution_options)
     if execution is None:
         return False
     compile_state_cls, options, autoflush, bind_items = execution
@@ -555,24 +561,40 @@ def _statement_execution(statement):
 def _direct_execution(
     session, statement, execution_options, bind_arguments, parent_state, add_event
 ) -> object:
-    """The statement's ``_EXECUTION_ATTR`` when stock's ``_execute_internal``
-    would decide exactly that for this call, else None (counted)."""
+    """What stock's ``_execute_internal`` would decide of this call, kept
+    with the statement (``_EXECUTION_ATTR``), or None (counted)."""
     if type(statement) is not Select:
         return _execute_fallback("execute_statement")
-    if parent_state is not None or add_event is not None or execution_options or bind_arguments:
+    if parent_state is not None or add_event is not None or bind_arguments:
+        return _execute_fallback("execute_options")
+    if not execution_options:
+        # what stock's coerce_to_immutabledict makes of it
+        execution_options = EMPTY_DICT
+    elif type(execution_options) is not immutabledict:
         return _execute_fallback("execute_options")
     if session.execution_options:
         return _execute_fallback("execute_session_options")
     if session.dispatch.do_orm_execute:
         return _execute_fallback("execute_orm_execute")
     attrs = statement.__dict__
-    execution = attrs.get(_EXECUTION_ATTR)
+    kept = attrs.get(_EXECUTION_ATTR)
+    execution = None
+    if kept is not None:
+        for pair in kept:
+            if pair[0] is execution_options:
+                execution = pair[1]
+                break
     if execution is None:
         if "_generate_cache_key" not in attrs:
             # never compiled: deciding would cost what stock's setup costs
             return _execute_fallback("execute_first")
-        execution = _statement_execution(statement)
-        statement._set_memoized_attribute(_EXECUTION_ATTR, execution)
+        if kept is not None and len(kept) >= _EXECUTIONS_KEPT:
+            return _execute_fallback("execute_options")
+        execution = _statement_execution(statement, execution_options)
+        pairs = ((execution_options, execution),)
+        statement._set_memoized_attribute(
+            _EXECUTION_ATTR, pairs if kept is None else kept + pairs
+        )
     if execution is False:
         return _execute_fallback("execute_statement")
     if (

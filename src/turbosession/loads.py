@@ -82,8 +82,10 @@ the DBAPI cursor; ``emission``'s reasons are the connection's."""
 EXECUTE_FALLBACK_REASONS = {
     "execute_statement": "the statement is not an ORM select() (a Core or DML "
     "statement, a compound select, text, a legacy Query's own object ...)",
-    "execute_options": "execution options or bind arguments were given, or the "
-    "call comes from a do_orm_execute listener (ORMExecuteState.invoke_statement)",
+    "execute_options": "bind arguments, execution options other than an "
+    "immutabledict (or one of more than four the statement was executed with) "
+    "were given, or the call comes from a do_orm_execute listener "
+    "(ORMExecuteState.invoke_statement)",
     "execute_session_options": "the session has execution_options",
     "execute_orm_execute": "the session has do_orm_execute listeners",
     "execute_first": "the statement object was never compiled: stock's setup "

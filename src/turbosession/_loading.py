@@ -619,8 +619,9 @@ def session_execute_internal(
 ):
     """``TurboSessionMixin._execute_internal``, what ``Session.execute``,
     ``scalars`` and ``scalar`` (and legacy ``Query``) call: for an ORM
-    ``select()`` executed before, without execution options, bind
-    arguments or ``do_orm_execute`` listeners, the steps of stock's
+    ``select()`` executed before, with no execution options or the same
+    immutable ones, without bind arguments, session execution options or
+    ``do_orm_execute`` listeners, the steps of stock's
     ``_execute_internal`` with what it decides of the statement read from
     the statement's ``_EXECUTION_ATTR``: the autoflush of
     ``orm_pre_session_exec``, the session's ``get_bind`` with the same

@@ -22,7 +22,9 @@ import turbosession
 from sqlalchemy.util import immutabledict
 
 from support import assert_same_as_stock, optional_package
-from test_get_miss import Author, Book, attempt, identity_map_contents, seed
+from test_get_miss import (
+    Author, Book, attempt, identity_map_contents, recording_session, seed
+)
 from test_loading import Base
 
 
@@ -33,14 +35,7 @@ def rows_of(result):
 def repeated(session_cls, engine, log):
     """Statements executed several times, in the shapes applications use."""
 
-    class Binding(session_cls):
-        def get_bind(self, mapper=None, *, clause=None, **kw):
-            log.note("get_bind", mapper and mapper.class_.__name__, str(clause), sorted(kw))
-            return super().get_bind(mapper, clause=clause, **kw)
-
-        def _autoflush(self):
-            log.note("autoflush", sorted(type(o).__name__ for o in self.new))
-            return super()._autoflush()
+    Binding = recording_session(session_cls, log)
 
     with session_cls(engine) as session:
         seed(session)
@@ -81,7 +76,8 @@ def repeated(session_cls, engine, log):
             ])
             log.note(f"core {round_}", rows_of(session.execute(core, {"low": 3})))
             log.note(f"text {round_}", rows_of(session.execute(text_, {"low": 3})))
-            log.note(f"first {round_}", session.execute(by_name, {"name": "author 3"}).first()[0].id)
+            first = session.execute(by_name, {"name": "author 3"}).first()
+            log.note(f"first {round_}", first[0].id)
             session.get(Author, 1).name = f"changed {round_}"
             attempt(log, f"populate_existing {round_}", known,
                     lambda: session.scalars(existing).all())
@@ -317,7 +313,8 @@ def test_async_session_same_as_stock(impl, tmp_path):
             session.add_all([Author(id=i, name=f"author {i}", bio="b") for i in range(1, 6)])
             await session.commit()
             for low in range(4):
-                seen.append([(a.id, a.name) for a in await session.scalars(statement, {"low": low})])
+                found = await session.scalars(statement, {"low": low})
+                seen.append([(a.id, a.name) for a in found])
                 seen.append([tuple(r) for r in await session.execute(
                     select(Author.id).where(Author.id > bindparam("low")), {"low": low})])
         await engine.dispose()

@@ -17,7 +17,14 @@ from sqlalchemy.orm.interfaces import MapperProperty, StrategizedProperty
 
 from . import emission
 
-__all__ = ["CURSOR_FALLBACK_REASONS", "EXECUTE_FALLBACK_REASONS", "FALLBACK_REASONS", "NOT_HANDLED", "reset_stats", "stats"]
+__all__ = [
+    "CURSOR_FALLBACK_REASONS",
+    "EXECUTE_FALLBACK_REASONS",
+    "FALLBACK_REASONS",
+    "NOT_HANDLED",
+    "reset_stats",
+    "stats",
+]
 
 log = logging.getLogger("turbosession")
 

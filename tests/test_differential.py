@@ -23,6 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_s
 from sqlalchemy import ForeignKey, String, create_engine, event, inspect, orm, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+import turbosession
+
 from support import object_state, scrub
 
 
@@ -328,7 +330,7 @@ def make_machine(session_cls):
         @rule()
         def load_all(self):
             def action(world):
-                loaded = world.session.scalars(select(Item).order_by(Item.id)).all()
+                loaded = world.session.scalars(LOAD_ALL).all()
                 for obj in loaded:
                     if world.index_of(obj) is None:
                         world.objects.append(obj)
@@ -338,6 +340,11 @@ def make_machine(session_cls):
     return SessionPrograms
 
 
+# one statement object for every load: executed again, it takes turbosession's
+# direct execution (README, "Repeated selects"), whose autoflush and loads the
+# programs then compare with stock's
+LOAD_ALL = select(Item).order_by(Item.id)
+
 # programs per implementation: 500 in CI; a release run sets more, e.g.
 # TURBOSESSION_DIFFERENTIAL_EXAMPLES=20000 (README, "Reliability checks")
 EXAMPLES = int(os.environ.get("TURBOSESSION_DIFFERENTIAL_EXAMPLES", "500"))
@@ -346,6 +353,7 @@ STEPS = int(os.environ.get("TURBOSESSION_DIFFERENTIAL_STEPS", "25"))
 
 def test_random_session_programs(session_cls):
     machine = make_machine(session_cls)
+    turbosession.reset_stats()
     run_state_machine_as_test(
         machine,
         settings=settings(
@@ -355,3 +363,5 @@ def test_random_session_programs(session_cls):
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+    # the programs' loads took the direct execution too
+    assert turbosession.stats()["loads"]["execute"]["direct"] > 0

@@ -338,10 +338,9 @@ def test_overridden_execute_same_as_stock(session_cls, engine):
     assert turbosession.stats()["loads"]["get"]["direct"] == 0
 
 
-def execution_seams(session_cls, engine, log):
-    """What the direct execution of a miss calls of the session, against what
-    stock's Session.execute calls: get_bind (its arguments), the connection,
-    autoflush on and off (and no_autoflush), an instance-level execute."""
+def recording_session(session_cls, log):
+    """A subclass of ``session_cls`` noting its ``get_bind`` arguments and
+    its autoflushes in ``log``."""
 
     class Binding(session_cls):
         def get_bind(self, mapper=None, *, clause=None, **kw):
@@ -351,6 +350,16 @@ def execution_seams(session_cls, engine, log):
         def _autoflush(self):
             log.note("autoflush", sorted(type(o).__name__ for o in self.new))
             return super()._autoflush()
+
+    return Binding
+
+
+def execution_seams(session_cls, engine, log):
+    """What the direct execution of a miss calls of the session, against what
+    stock's Session.execute calls: get_bind (its arguments), the connection,
+    autoflush on and off (and no_autoflush), an instance-level execute."""
+
+    Binding = recording_session(session_cls, log)
 
     with session_cls(engine) as session:
         seed(session)

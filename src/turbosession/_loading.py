@@ -42,7 +42,7 @@ from sqlalchemy.orm.context import QueryContext, _ORMCompileState
 from sqlalchemy.orm.mapper import Mapper
 from sqlalchemy.sql import coercions, roles
 from sqlalchemy.sql.base import CompileState
-from sqlalchemy.sql.selectable import SelectState
+from sqlalchemy.sql.selectable import Select, SelectState
 from sqlalchemy.util import EMPTY_DICT, immutabledict
 
 from turbosession import emission, loads
@@ -58,7 +58,7 @@ if cython.compiled:
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.type import PyType_Check
 
-__all__ = ["counts", "reset_counts", "session_get"]
+__all__ = ["counts", "execute_counts", "reset_counts", "session_execute_internal", "session_get"]
 
 
 def _is_compiled():
@@ -101,6 +101,8 @@ _gets_direct = cython.declare(cython.Py_ssize_t, 0)
 _gets_cursor = cython.declare(cython.Py_ssize_t, 0)
 _get_fallbacks = cython.declare(dict, {})
 _cursor_fallbacks = cython.declare(dict, {})
+_executes_direct = cython.declare(cython.Py_ssize_t, 0)
+_execute_fallbacks = cython.declare(dict, {})
 
 
 def counts():
@@ -123,6 +125,21 @@ def reset_counts():
     _gets_cursor = 0
     _get_fallbacks.clear()
     _cursor_fallbacks.clear()
+    reset_execute_counts()
+
+
+def execute_counts():
+    """``{"direct": n, "fallback": {reason: n}}`` for ``Session.execute`` /
+    ``scalars`` / ``scalar`` calls so far: run without the per-call setup of
+    stock's ``_execute_internal`` (``session_execute_internal``), or by stock's
+    ``_execute_internal`` (reasons in ``loads.EXECUTE_FALLBACK_REASONS``)."""
+    return {"direct": _executes_direct, "fallback": dict(_execute_fallbacks)}
+
+
+def reset_execute_counts():
+    global _executes_direct
+    _executes_direct = 0
+    _execute_fallbacks.clear()
 
 
 @cython.cfunc
@@ -470,6 +487,179 @@ def _one_or_none(result) -> object:
         return None
 
 
+# Session.execute / scalars / scalar (``TurboSessionMixin._execute_internal``)
+
+_EXECUTION_ATTR = "_turbosession_execution"
+"""The memoized attribute of a ``Select`` (dropped from its generative
+copies, as its memoized cache key is) that keeps what stock's
+``_execute_internal`` decides of it: pairs ``(execution options,
+execution)``, one per immutable execution options object it was executed
+with (``EMPTY_DICT`` for none; AsyncSession's ``execute`` always passes one
+constant), each ``execution`` ``(compile state class, execution options,
+autoflush, mapper)``, or False when the statement is not an ORM select this
+applies to."""
+
+_EXECUTIONS_KEPT = 4
+
+# the mixin, and each bundle's _execute_internal (set by turbosession.session)
+_MIXIN = cython.declare(object, None)
+_SESSION_EXECUTE_INTERNALS = cython.declare(tuple, ())
+
+
+def set_session_classes(mixin, execute_internals: tuple):
+    global _MIXIN, _SESSION_EXECUTE_INTERNALS
+    _MIXIN = mixin
+    _SESSION_EXECUTE_INTERNALS = execute_internals
+
+
+@cython.cfunc
+def _execute_internal_is_stock(cls) -> cython.bint:
+    """Whether the class's ``_execute_internal`` runs stock's: stock's
+    itself, or turbosession's with stock's the next one after the mixin."""
+    method = cls._execute_internal
+    if method is _STOCK_EXECUTE_INTERNAL:
+        return True
+    if method not in _SESSION_EXECUTE_INTERNALS:
+        return False
+    return _stock_above_mixin(cls)
+
+
+@cython.cfunc
+def _stock_above_mixin(cls) -> cython.bint:
+    """Whether the ``_execute_internal`` after turbosession's mixin in the
+    class's MRO is stock's (a subclass's own, below the mixin, has run when
+    turbosession's is called through its ``super()``)."""
+    return super(_MIXIN, cls)._execute_internal is _STOCK_EXECUTE_INTERNAL
+
+
+@cython.cfunc
+def _execute_fallback(reason: str) -> object:
+    _execute_fallbacks[reason] = _execute_fallbacks.get(reason, 0) + 1
+    if _log.isEnabledFor(_DEBUG):
+        _log.debug(
+            "execute() runs stock's _execute_internal: %s (%s)",
+            reason, loads.EXECUTE_FALLBACK_REASONS[reason],
+        )
+    return None
+
+
+def _statement_execution(statement, execution_options):
+    """What ``_EXECUTION_ATTR`` keeps for ``statement`` executed with these
+    options (see there)."""
+    execution = _execution_of(statement, execution_options)
+    if execution is None:
+        return False
+    compile_state_cls, options, autoflush, bind_items = execution
+    names = tuple([name for name, _ in bind_items])
+    if bind_items[0][1] is not statement or names not in (("clause",), ("clause", "mapper")):
+        return False
+    mapper = bind_items[1][1] if len(names) == 2 else None
+    return (compile_state_cls, options, autoflush, mapper)
+
+
+@cython.cfunc
+def _direct_execution(
+    session, statement, execution_options, bind_arguments, parent_state, add_event
+) -> object:
+    """What stock's ``_execute_internal`` would decide of this call, kept
+    with the statement (``_EXECUTION_ATTR``), or None (counted)."""
+    if type(statement) is not Select:
+        return _execute_fallback("execute_statement")
+    if parent_state is not None or add_event is not None or bind_arguments:
+        return _execute_fallback("execute_options")
+    if not execution_options:
+        # what stock's coerce_to_immutabledict makes of it
+        execution_options = EMPTY_DICT
+    elif type(execution_options) is not immutabledict:
+        return _execute_fallback("execute_options")
+    if session.execution_options:
+        return _execute_fallback("execute_session_options")
+    if session.dispatch.do_orm_execute:
+        return _execute_fallback("execute_orm_execute")
+    attrs = statement.__dict__
+    kept = attrs.get(_EXECUTION_ATTR)
+    execution = None
+    if kept is not None:
+        for pair in kept:
+            if pair[0] is execution_options:
+                execution = pair[1]
+                break
+    if execution is None:
+        if "_generate_cache_key" not in attrs:
+            # never compiled: deciding would cost what stock's setup costs
+            return _execute_fallback("execute_first")
+        if kept is not None and len(kept) >= _EXECUTIONS_KEPT:
+            return _execute_fallback("execute_options")
+        execution = _statement_execution(statement, execution_options)
+        pairs = ((execution_options, execution),)
+        statement._set_memoized_attribute(
+            _EXECUTION_ATTR, pairs if kept is None else kept + pairs
+        )
+    if execution is False:
+        return _execute_fallback("execute_statement")
+    if (
+        not _stock_above_mixin(type(session))
+        or _SESSION_COERCIONS_NAMES.get("expect") is not _STOCK_EXPECT
+        or not _stock_orm_execution(execution[0])
+    ):
+        return _execute_fallback("execute_overridden")
+    return execution
+
+
+def session_execute_internal(
+    self,
+    statement,
+    params=None,
+    *,
+    execution_options=EMPTY_DICT,
+    bind_arguments=None,
+    _parent_execute_state=None,
+    _add_event=None,
+    _scalar_result=False,
+):
+    """``TurboSessionMixin._execute_internal``, what ``Session.execute``,
+    ``scalars`` and ``scalar`` (and legacy ``Query``) call: for an ORM
+    ``select()`` executed before, with no execution options or the same
+    immutable ones, without bind arguments, session execution options or
+    ``do_orm_execute`` listeners, the steps of stock's
+    ``_execute_internal`` with what it decides of the statement read from
+    the statement's ``_EXECUTION_ATTR``: the autoflush of
+    ``orm_pre_session_exec``, the session's ``get_bind`` with the same
+    arguments, its connection, the compile state's
+    ``orm_execute_statement``; anything else by stock's (the next one in
+    the session's MRO)."""
+    global _executes_direct
+    execution = _direct_execution(
+        self, statement, execution_options, bind_arguments, _parent_execute_state, _add_event
+    )
+    if execution is None:
+        return super(_MIXIN, self)._execute_internal(
+            statement,
+            params,
+            execution_options=execution_options,
+            bind_arguments=bind_arguments,
+            _parent_execute_state=_parent_execute_state,
+            _add_event=_add_event,
+            _scalar_result=_scalar_result,
+        )
+    compile_state_cls, options, autoflush, mapper = execution
+    if autoflush:
+        self._autoflush()
+    if mapper is None:
+        bind_arguments = {"clause": statement}
+    else:
+        bind_arguments = {"clause": statement, "mapper": mapper}
+    bind = self.get_bind(**bind_arguments)
+    conn = self._connection_for_bind(bind)
+    _executes_direct += 1
+    result = compile_state_cls.orm_execute_statement(
+        self, statement, params or {}, options, bind_arguments, conn
+    )
+    if _scalar_result:
+        return result.scalar()
+    return result
+
+
 @cython.cfunc
 def _executes_as_stock(session, compile_state_cls) -> cython.bint:
     """Whether ``session.execute`` of the get statement is stock's: the
@@ -480,7 +670,7 @@ def _executes_as_stock(session, compile_state_cls) -> cython.bint:
     the session's execution options and ``do_orm_execute`` listeners were
     checked by the caller)."""
     cls = type(session)
-    if cls.execute is not _STOCK_EXECUTE or cls._execute_internal is not _STOCK_EXECUTE_INTERNAL:
+    if cls.execute is not _STOCK_EXECUTE or not _execute_internal_is_stock(cls):
         return False
     attrs = session.__dict__
     if "execute" in attrs or "_execute_internal" in attrs:

@@ -17,7 +17,14 @@ from sqlalchemy.orm.interfaces import MapperProperty, StrategizedProperty
 
 from . import emission
 
-__all__ = ["CURSOR_FALLBACK_REASONS", "FALLBACK_REASONS", "NOT_HANDLED", "reset_stats", "stats"]
+__all__ = [
+    "CURSOR_FALLBACK_REASONS",
+    "EXECUTE_FALLBACK_REASONS",
+    "FALLBACK_REASONS",
+    "NOT_HANDLED",
+    "reset_stats",
+    "stats",
+]
 
 log = logging.getLogger("turbosession")
 
@@ -78,6 +85,26 @@ CURSOR_FALLBACK_REASONS = dict(
 """Why a miss ``_loading`` loads without ``session.execute`` still goes through
 Core and the ORM's result (``orm_execute_statement``) instead of straight to
 the DBAPI cursor; ``emission``'s reasons are the connection's."""
+
+EXECUTE_FALLBACK_REASONS = {
+    "execute_statement": "the statement is not an ORM select() (a Core or DML "
+    "statement, a compound select, text, a legacy Query's own object ...)",
+    "execute_options": "bind arguments, execution options other than an "
+    "immutabledict (or one of more than four the statement was executed with) "
+    "were given, or the call comes from a do_orm_execute listener "
+    "(ORMExecuteState.invoke_statement)",
+    "execute_session_options": "the session has execution_options",
+    "execute_orm_execute": "the session has do_orm_execute listeners",
+    "execute_first": "the statement object was never compiled: stock's setup "
+    "runs (and computes its cache key); a statement executed again takes the "
+    "direct path",
+    "execute_overridden": "_execute_internal above turbosession's mixin, "
+    "coercions.expect in sqlalchemy.orm.session, or the compile state's "
+    "orm_pre_session_exec / orm_execute_statement / orm_setup_cursor_result "
+    "is not stock's",
+}
+"""Why a ``Session.execute`` / ``scalars`` / ``scalar`` call runs stock's
+``_execute_internal`` instead of turbosession's direct execution."""
 
 # the functions of sqlalchemy.orm.loading stock's load of a miss runs
 LOADING_FUNCTIONS = ("instances", "_instance_processor", "_populate_full", "_populate_partial")
@@ -197,7 +224,8 @@ def stats():
     """``{"get": {"fast": n, "loaded": n, "direct": n, "cursor": n,
     "fallback": {reason: n}, "cursor_fallback": {reason: n}},
     "instances": {"fast": n, "fallback": {reason: n}, "rows": n,
-    "rows_to_stock": n}}`` over both implementations: ``get`` counts calls
+    "rows_to_stock": n}, "execute": {"direct": n, "fallback": {reason:
+    n}}}`` over both implementations: ``get`` counts calls
     answered from the identity map (``fast``), misses loaded with
     turbosession's per-mapper statement (``loaded``; ``direct``: of those, the
     ones run without ``Session.execute``'s per-call setup, which was decided
@@ -206,7 +234,10 @@ def stats():
     ``CURSOR_FALLBACK_REASONS``) and calls run by stock's
     ``get`` (by reason); ``instances`` counts query entities whose rows took
     turbosession's loop (``fast``) or stock's closure (by reason), and the rows
-    that loop handled or handed to stock's closure."""
+    that loop handled or handed to stock's closure; ``execute`` counts
+    ``Session.execute`` / ``scalars`` / ``scalar`` calls run without stock's
+    ``_execute_internal`` setup (``direct``) or by it (by reason,
+    ``EXECUTE_FALLBACK_REASONS``)."""
     get = {"fast": 0, "loaded": 0, "direct": 0, "cursor": 0}
     fallback = {"get_options": _get_options} if _get_options else {}
     cursor_fallback = {}
@@ -220,6 +251,14 @@ def stats():
             cursor_fallback[reason] = cursor_fallback.get(reason, 0) + n
     get["fallback"] = fallback
     get["cursor_fallback"] = cursor_fallback
+    execute = {"direct": 0}
+    execute_fallback = {}
+    for bundle in _bundles():
+        counts = bundle.loading.execute_counts()
+        execute["direct"] += counts["direct"]
+        for reason, n in counts["fallback"].items():
+            execute_fallback[reason] = execute_fallback.get(reason, 0) + n
+    execute["fallback"] = execute_fallback
     from . import instances
 
     rows = instances.counts()
@@ -227,7 +266,7 @@ def stats():
     for bundle in _bundles():
         for key, n in bundle.instances.counts().items():
             rows[key] += n
-    return {"get": get, "instances": rows}
+    return {"get": get, "execute": execute, "instances": rows}
 
 
 def reset_stats():

@@ -115,10 +115,17 @@ class TurboSessionMixin:
     # that bundle's (__init_subclass__).
     get = _impl.active.loading.session_get
 
+    # Session.execute / scalars / scalar (turbosession._loading): an ORM
+    # select() executed again without options skips stock's per-call setup;
+    # anything else is stock's _execute_internal.
+    _execute_internal = _impl.active.loading.session_execute_internal
+
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if "_turbo" in cls.__dict__ and any(cls.get is get for get in _SESSION_GETS):
             cls.get = cls._turbo.loading.session_get
+        if "_turbo" in cls.__dict__ and cls._execute_internal in _SESSION_EXECUTE_INTERNALS:
+            cls._execute_internal = cls._turbo.loading.session_execute_internal
 
     # Dirty tracking (turbosession._tracking_*).  ``_dirty_states`` stays
     # stock's: it already returns the identity map's modified set as is.
@@ -167,6 +174,17 @@ _STOCK_DETACH_STATES = InstanceState.__dict__["_detach_states"]
 _SESSION_GETS = tuple(
     bundle.loading.session_get for bundle in (_impl.compiled, _impl.pure) if bundle is not None
 )
+
+# each bundle's Session._execute_internal, which a subclass pinning a bundle swaps
+_SESSION_EXECUTE_INTERNALS = tuple(
+    bundle.loading.session_execute_internal
+    for bundle in (_impl.compiled, _impl.pure)
+    if bundle is not None
+)
+for _bundle in (_impl.compiled, _impl.pure):
+    if _bundle is not None:
+        _bundle.loading.set_session_classes(TurboSessionMixin, _SESSION_EXECUTE_INTERNALS)
+del _bundle
 
 # What stock's add() and delete() reach through ``self``.  The fast path is
 # taken only while a session resolves all of them to stock's; a mock.patch of

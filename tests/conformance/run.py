@@ -192,6 +192,22 @@ def share_lines(turbo):
             f"{label}: {fast} of {total} on turbosession's path ({share}){detail}"
             + (f"; fallbacks: {reasons}" if reasons else "")
         )
+    direct = turbo.get("loads.execute.direct", 0)
+    execute_fallbacks = {
+        key[len("loads.execute.fallback."):]: n
+        for key, n in turbo.items()
+        if key.startswith("loads.execute.fallback.")
+    }
+    total = direct + sum(execute_fallbacks.values())
+    if total:
+        reasons = ", ".join(
+            f"{k} {n}" for k, n in sorted(execute_fallbacks.items(), key=lambda kv: -kv[1])
+        )
+        lines.append(
+            f"loads: Session.execute(): {direct} of {total} without stock's "
+            f"_execute_internal setup ({100 * direct / total:.0f}%)"
+            + (f"; the others by {reasons}" if reasons else "")
+        )
     rows, to_stock = turbo.get("loads.instances.rows", 0), turbo.get("loads.instances.rows_to_stock", 0)
     if rows or to_stock:
         lines.append(

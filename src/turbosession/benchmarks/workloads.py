@@ -529,6 +529,41 @@ class RepeatedQueries(Workload):
             check(all(type(o) is Item for o in rows), "rows are not Item objects")
 
 
+class SmallQueries(Workload):
+    """N queries of one row each, selected by a column (``select(Item).where(
+    Item.id == :id)``, the statement built once): the per-query cost of an
+    ORM select with little per-row work behind it."""
+
+    name = "small_queries"
+    title = "1-row queries of one shape"
+    unit = "query"
+
+    def setup_session(self, state):
+        self.db.ensure_items(self.n)
+        state.session = state.session_cls(self.db.engine)
+        state.statement = select(Item).where(Item.id == bindparam("id"))
+        state.ids = [i + 1 for i in range(self.n)]
+        return state
+
+    def run_session(self, state):
+        scalars, statement = state.session.scalars, state.statement
+        state.results = [scalars(statement, {"id": id_}).all() for id_ in state.ids]
+
+    def verify(self, state):
+        check(len(state.results) == self.n, "wrong number of queries")
+        for id_, rows in zip(state.ids, state.results):
+            check([o.id for o in rows] == [id_], f"query for {id_} loaded {rows!r}")
+            check(type(rows[0]) is Item, "rows are not Item objects")
+
+
+class TwentyRowQueries(RepeatedQueries):
+    """``RepeatedQueries`` with 20 rows a query: per-query setup weighs more."""
+
+    name = "twenty_row_queries"
+    title = "20-row queries of one shape"
+    ROWS = 20
+
+
 class EagerLoadChildren(Workload):
     """N / 10 parents, each with its 10 children loaded eagerly into a fresh
     session: the parent rows and the eager loader's child rows."""
@@ -1165,6 +1200,8 @@ WORKLOADS = (
     GetIdentityHits,
     GetMisses,
     RepeatedQueries,
+    SmallQueries,
+    TwentyRowQueries,
     SelectinLoadChildren,
     JoinedLoadChildren,
     ParentsWithChildren,

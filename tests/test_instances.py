@@ -418,6 +418,55 @@ def test_events_match_stock(session_cls, engine, pure_loop):
     )
 
 
+def built_states(session_cls, engine, log):
+    """What a new object's state holds beyond ``vars(state)`` (its slots,
+    which the compiled loop stores itself, and its weak reference's
+    callback), and that the callback removes a collected object from the
+    identity map; with and without a ``load`` listener that modifies the
+    object (stock then commits it as loaded)."""
+    import gc
+
+    with session_cls(engine) as session:
+        seed(session)
+
+    def modify(target, context):
+        target.pages = (target.pages or 0) + 1
+
+    for listened in (False, True):
+        if listened:
+            event.listen(Book, "load", modify)
+        try:
+            with session_cls(engine) as session:
+                books = session.scalars(select(Book).order_by(Book.id)).all()
+                for book in books:
+                    state = inspect(book)
+                    log.note(
+                        "state", listened, state.key,
+                        state.class_ is Book, state.manager is Book._sa_class_manager,
+                        type(state.committed_state).__name__, sorted(state.committed_state),
+                        type(state.expired_attributes).__name__,
+                        sorted(state.expired_attributes),
+                        state.obj() is book,
+                        state.obj.__callback__ == state._cleanup,
+                        state.modified, book in session.dirty, book.pages,
+                    )
+                keys = [inspect(book).key for book in books]
+                del books, book, state
+                gc.collect()
+                log.note("collected", listened, len(session.identity_map),
+                         [key in session.identity_map for key in keys])
+        finally:
+            if listened:
+                event.remove(Book, "load", modify)
+
+
+def test_built_states_match_stock(session_cls, engine, pure_loop):
+    turbosession.reset_stats()
+    assert_same_as_stock(built_states, session_cls, engine, Base.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] > 0 and loaded["rows"] > 0 and not loaded["fallback"]
+
+
 def test_stock_sessions_get_stock_closure(engine):
     """The hook hands a stock session's queries stock's closure, uncounted."""
     from sqlalchemy.orm import Session, loading

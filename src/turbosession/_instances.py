@@ -45,6 +45,15 @@ def _is_compiled():
 if cython.compiled:
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
+    from cython.cimports.turbosession._cpython import (
+        READONLY,
+        T_OBJECT_EX,
+        PyMemberDescrObject,
+        PyMethod_New,
+        _PyDict_GetItem_KnownHash,
+        _PyDict_SetItem_KnownHash,
+        store_slot,
+    )
 
 _itemgetter = cython.declare(object, operator.itemgetter)
 _EMPTY_TUPLE = cython.declare(tuple, ())
@@ -85,8 +94,46 @@ def _plain_attribute(cls, name) -> bool:
     return True
 
 
+# the function behind a state's ``_cleanup`` (the weak reference's callback
+# that InstanceState.__init__ binds to the new state)
+_STATE_CLEANUP = cython.declare(object, InstanceState.__dict__.get("_cleanup"))
+
+
+def _slot_offset(name) -> cython.Py_ssize_t:
+    """Where InstanceState's slot ``name`` is in a state (compiled), when it
+    is a writable object slot of InstanceState's own ``__slots__``; -1
+    otherwise (and always uncompiled)."""
+    descr = InstanceState.__dict__.get(name)
+    if type(descr) is not types.MemberDescriptorType or descr.__objclass__ is not InstanceState:
+        return -1
+    if not cython.compiled:
+        return -1
+    member = cython.cast(cython.pointer(PyMemberDescrObject), descr).d_member
+    if member.type != T_OBJECT_EX or member.flags & READONLY:
+        return -1
+    return member.offset
+
+
+# the five slots InstanceState.__init__ sets, stored at their offsets
+_CLASS_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("class_"))
+_MANAGER_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("manager"))
+_OBJ_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("obj"))
+_COMMITTED_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("committed_state"))
+_EXPIRED_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("expired_attributes"))
+_SLOTS_KNOWN = cython.declare(
+    cython.bint,
+    min(_CLASS_SLOT, _MANAGER_SLOT, _OBJ_SLOT, _COMMITTED_SLOT, _EXPIRED_SLOT) > 0,
+)
+
+
 def _init_is_known(state_class) -> cython.bint:
-    return state_class is InstanceState and InstanceState.__init__ is _KNOWN_INIT
+    return (
+        state_class is InstanceState
+        and InstanceState.__init__ is _KNOWN_INIT
+        and _STATE_CLEANUP is not None
+        and InstanceState._cleanup is _STATE_CLEANUP
+        and _SLOTS_KNOWN
+    )
 
 
 def _pk_positions(getter):
@@ -449,9 +496,11 @@ class RowLoader:
 
         Compiled, when the state class is stock's ``InstanceState`` with the
         ``__init__`` this version knows (``_STATE_INIT_NAMES``), the state's
-        five slots are set here in that order rather than through a Python
-        call of ``__init__``: that call was about 15% of the instructions per
-        row.
+        five slots are stored here in that order, at their offsets (as their
+        member descriptors store them), rather than through a Python call of
+        ``__init__``: that call was about 15% of the instructions per row;
+        the weak reference's callback, the bound ``_cleanup``, is made
+        directly rather than looked up on the state.
         """
         if cython.compiled and self.init_inline:
             # InstanceState.__new__ is object.__new__ (see _KNOWN_INIT)
@@ -459,11 +508,16 @@ class RowLoader:
                 self.state_constructor, cython.cast(cython.pointer(PyObject), _EMPTY_TUPLE),
                 cython.NULL,
             )
-            state.class_ = self.class_
-            state.manager = self.manager
-            state.obj = PyWeakref_NewRef(instance, state._cleanup)
-            state.committed_state = {}
-            state.expired_attributes = set()
+            store_slot(state, _CLASS_SLOT, self.class_)
+            store_slot(state, _MANAGER_SLOT, self.manager)
+            # ``state._cleanup`` is this bound method (the state is new: no
+            # attribute of its own shadows the class's function)
+            store_slot(
+                state, _OBJ_SLOT,
+                PyWeakref_NewRef(instance, PyMethod_New(_STATE_CLEANUP, state)),
+            )
+            store_slot(state, _COMMITTED_SLOT, {})
+            store_slot(state, _EXPIRED_SLOT, set())
             return state
         return self.state_constructor(instance, self.manager)
 
@@ -494,13 +548,21 @@ class RowLoader:
 
     def __call__(self, row):
         global _rows_fast
+        key_hash: cython.Py_hash_t = 0
         pk = self._primary_key(row)
         identitykey = (self.identity_class, pk, self.identity_token)
         map_dict = self.map_dict
         if map_dict is not None:
             # the identity map's get() on its dict: the object of the state
-            # under that key, None once it has been collected
-            present = map_dict.get(identitykey)
+            # under that key, None once it has been collected; compiled, the
+            # key (a tuple, which does not keep its hash) is hashed once for
+            # this lookup and the insertion below
+            if cython.compiled:
+                key_hash = hash(identitykey)
+                found = _PyDict_GetItem_KnownHash(map_dict, identitykey, key_hash)
+                present = None if found is cython.NULL else cython.cast(object, found)
+            else:
+                present = map_dict.get(identitykey)
             instance = None if present is None else present.obj()
         else:
             instance = self.identity_map.get(identitykey)
@@ -545,7 +607,10 @@ class RowLoader:
         state.session_id = self.session_id
         if map_dict is not None and not identity_map._killed:
             # the identity map's _add_unpresent, on its dict
-            map_dict[identitykey] = state
+            if cython.compiled:
+                _PyDict_SetItem_KnownHash(map_dict, identitykey, state, key_hash)
+            else:
+                map_dict[identitykey] = state
             state._instance_dict = self.map_ref
         else:
             identity_map._add_unpresent(state, identitykey)
@@ -569,7 +634,8 @@ class RowLoader:
             expired = state.expired_attributes
             for key in self.expired_keys:
                 expired.add(key)
-        for key, populator in self.new_populators:
+        new_populators = self.new_populators
+        for key, populator in new_populators:
             populator(state, dict_, row)
 
         if self.load_evt or self.persistent_evt:
@@ -582,7 +648,11 @@ class RowLoader:
                 self.loaded_as_persistent(self.context.session, state)
                 if state.runid != existing_runid:
                     _warn_for_runid_changed(state)
-        if state.modified:
+            if state.modified:
+                state._commit_all(dict_, identity_map)
+        elif new_populators and state.modified:
+            # only a "new" populator or a listener can have modified the
+            # state built above
             state._commit_all(dict_, identity_map)
         if self.post_load is not None:
             self.post_load.add_state(state, True)

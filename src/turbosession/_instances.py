@@ -211,18 +211,51 @@ _ALWAYS_ASSIGNED = cython.declare(cython.Py_ssize_t, len(CELLS) - 1)
 
 _rows_fast = cython.declare(cython.Py_ssize_t, 0)
 _rows_stock = cython.declare(cython.Py_ssize_t, 0)
+_collections_fast = cython.declare(cython.Py_ssize_t, 0)
+_collections_stock = cython.declare(dict, {})
+
+COLLECTION_FALLBACK_REASONS = {
+    "joined_unprepared": "a later row of a joined eager load for a parent whose "
+    "collection stock's new-row populator did not prepare in this query (a "
+    "self-referential load meeting an object in two column sets): stock's populator",
+    "collection_class": "a collection other than an InstrumentedList appended to "
+    "by stock's instrumented list.append (a set, a dict, a custom class): "
+    "appended through its adapter's appender",
+    "collection_impl": "a selectin-loaded attribute whose implementation (or its "
+    "set_committed_value) is not stock's collection attribute's: stock's "
+    "set_committed_value",
+    "scalar": "a uselist=False relationship loaded by selectin: stock's "
+    "set_committed_value",
+}
 
 
 def counts():
-    """``{"rows": n, "rows_to_stock": n}``: rows this loop handled, and rows
-    it handed to stock's closure, so far."""
-    return {"rows": _rows_fast, "rows_to_stock": _rows_stock}
+    """``{"rows": n, "rows_to_stock": n, "collections": n,
+    "collections_to_stock": {reason: n}}``: rows this loop handled, and rows it
+    handed to stock's closure; the eager loaders' collection steps (a joined
+    load's later row appending its child, a selectin load's collection set
+    for a parent) done here straight on the list, and those done through
+    stock's code or the collection's own appender, by reason
+    (``COLLECTION_FALLBACK_REASONS``), so far."""
+    return {
+        "rows": _rows_fast,
+        "rows_to_stock": _rows_stock,
+        "collections": _collections_fast,
+        "collections_to_stock": dict(_collections_stock),
+    }
 
 
 def reset_counts():
-    global _rows_fast, _rows_stock
+    global _rows_fast, _rows_stock, _collections_fast
     _rows_fast = 0
     _rows_stock = 0
+    _collections_fast = 0
+    _collections_stock.clear()
+
+
+@cython.cfunc
+def _collection_to_stock(reason: str) -> cython.void:
+    _collections_stock[reason] = _collections_stock.get(reason, 0) + 1
 
 
 @cython.cclass
@@ -753,7 +786,9 @@ def _unique_append(result_list, item) -> cython.void:
     collection adapter's ``append_without_event``: ``item`` appended unless
     an item of the same ``id`` was, straight onto the list when that is
     what the adapter's appender does."""
+    global _collections_fast
     if type(result_list) is not _UniqueAppender:
+        _collection_to_stock("collection_class")
         result_list.append(item)
         return
     unique: dict = result_list._unique
@@ -772,7 +807,9 @@ def _unique_append(result_list, item) -> cython.void:
             else:
                 list.append(data, item)
             unique[identity] = True
+            _collections_fast += 1
             return
+    _collection_to_stock("collection_class")
     appender(item)
     unique[identity] = True
 
@@ -802,10 +839,12 @@ class JoinedCollection:
     def populate(self, state, dict_, row) -> object:
         attributes = self.context.attributes
         if type(attributes) is not dict:
+            _collection_to_stock("joined_unprepared")
             return self.stock(state, dict_, row)
         found: dict = attributes
         result_list = found.get((state, self.key), _MISSING)
         if result_list is _MISSING:
+            _collection_to_stock("joined_unprepared")
             return self.stock(state, dict_, row)
         instance = self.instance_fn(row)
         if instance is not None:
@@ -839,22 +878,27 @@ def _set_committed_collection(impl, state, dict_, value) -> object:
     collection attribute: the new collection filled with ``value`` by
     ``list.extend`` when appending to it without events is ``list.append``
     (see ``_plain_list_of``), the rest as stock's method does it."""
+    global _collections_fast
     if (
         type(impl) is not _CollectionAttributeImpl
         or _CollectionAttributeImpl.set_committed_value is not _STOCK_SET_COMMITTED
     ):
+        _collection_to_stock("collection_impl")
         return impl.set_committed_value(state, dict_, value)
     key = impl.key
     adapter, user_data = impl._initialize_collection(state)
-    if value:
-        data = _plain_list_of(adapter)
-        if data is not None and data is user_data:
+    data = _plain_list_of(adapter)
+    if data is not None and data is user_data:
+        if value:
             if cython.compiled:
                 target = cython.cast(list, data)
                 target.extend(value)
             else:
                 list.extend(data, value)
-        else:
+        _collections_fast += 1
+    else:
+        _collection_to_stock("collection_class")
+        if value:
             adapter.append_multiple_without_event(value)
     state.dict[key] = user_data
     state._commit(dict_, [key])
@@ -922,6 +966,7 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
                         "uselist=False for eagerly-loaded "
                         "attribute '%s' " % loader
                     )
+                _collection_to_stock("scalar")
                 state.get_impl(attr_key).set_committed_value(state, state_dict, collection[0])
             elif uselist:
                 _set_committed_collection(
@@ -929,4 +974,5 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
                 )
             else:
                 # uselist=False and nothing loaded: the empty tuple sets None
+                _collection_to_stock("scalar")
                 state.get_impl(attr_key).set_committed_value(state, state_dict, collection)

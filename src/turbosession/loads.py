@@ -197,7 +197,8 @@ def stats():
     """``{"get": {"fast": n, "loaded": n, "direct": n, "cursor": n,
     "fallback": {reason: n}, "cursor_fallback": {reason: n}},
     "instances": {"fast": n, "fallback": {reason: n}, "rows": n,
-    "rows_to_stock": n}}`` over both implementations: ``get`` counts calls
+    "rows_to_stock": n, "collections": n, "collections_to_stock": {reason:
+    n}}}`` over both implementations: ``get`` counts calls
     answered from the identity map (``fast``), misses loaded with
     turbosession's per-mapper statement (``loaded``; ``direct``: of those, the
     ones run without ``Session.execute``'s per-call setup, which was decided
@@ -205,8 +206,10 @@ def stats():
     cursor, the others under ``cursor_fallback`` by reason,
     ``CURSOR_FALLBACK_REASONS``) and calls run by stock's
     ``get`` (by reason); ``instances`` counts query entities whose rows took
-    turbosession's loop (``fast``) or stock's closure (by reason), and the rows
-    that loop handled or handed to stock's closure."""
+    turbosession's loop (``fast``) or stock's closure (by reason), the rows
+    that loop handled or handed to stock's closure, and the eager loaders'
+    collection steps done on the loop or not (by reason,
+    ``_instances.COLLECTION_FALLBACK_REASONS``)."""
     get = {"fast": 0, "loaded": 0, "direct": 0, "cursor": 0}
     fallback = {"get_options": _get_options} if _get_options else {}
     cursor_fallback = {}
@@ -223,10 +226,15 @@ def stats():
     from . import instances
 
     rows = instances.counts()
-    rows["rows"] = rows["rows_to_stock"] = 0
+    rows["rows"] = rows["rows_to_stock"] = rows["collections"] = 0
+    rows["collections_to_stock"] = {}
     for bundle in _bundles():
         for key, n in bundle.instances.counts().items():
-            rows[key] += n
+            if isinstance(n, dict):
+                for reason, m in n.items():
+                    rows[key][reason] = rows[key].get(reason, 0) + m
+            else:
+                rows[key] += n
     return {"get": get, "instances": rows}
 
 

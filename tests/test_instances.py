@@ -418,6 +418,55 @@ def test_events_match_stock(session_cls, engine, pure_loop):
     )
 
 
+def built_states(session_cls, engine, log):
+    """What a new object's state holds beyond ``vars(state)`` (its slots,
+    which the compiled loop stores itself, and its weak reference's
+    callback), and that the callback removes a collected object from the
+    identity map; with and without a ``load`` listener that modifies the
+    object (stock then commits it as loaded)."""
+    import gc
+
+    with session_cls(engine) as session:
+        seed(session)
+
+    def modify(target, context):
+        target.pages = (target.pages or 0) + 1
+
+    for listened in (False, True):
+        if listened:
+            event.listen(Book, "load", modify)
+        try:
+            with session_cls(engine) as session:
+                books = session.scalars(select(Book).order_by(Book.id)).all()
+                for book in books:
+                    state = inspect(book)
+                    log.note(
+                        "state", listened, state.key,
+                        state.class_ is Book, state.manager is Book._sa_class_manager,
+                        type(state.committed_state).__name__, sorted(state.committed_state),
+                        type(state.expired_attributes).__name__,
+                        sorted(state.expired_attributes),
+                        state.obj() is book,
+                        state.obj.__callback__ == state._cleanup,
+                        state.modified, book in session.dirty, book.pages,
+                    )
+                keys = [inspect(book).key for book in books]
+                del books, book, state
+                gc.collect()
+                log.note("collected", listened, len(session.identity_map),
+                         [key in session.identity_map for key in keys])
+        finally:
+            if listened:
+                event.remove(Book, "load", modify)
+
+
+def test_built_states_match_stock(session_cls, engine, pure_loop):
+    turbosession.reset_stats()
+    assert_same_as_stock(built_states, session_cls, engine, Base.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["fast"] > 0 and loaded["rows"] > 0 and not loaded["fallback"]
+
+
 def test_stock_sessions_get_stock_closure(engine):
     """The hook hands a stock session's queries stock's closure, uncounted."""
     from sqlalchemy.orm import Session, loading
@@ -445,7 +494,8 @@ def test_stock_sessions_get_stock_closure(engine):
         assert processors and all(p.__code__ is instances._STOCK_INSTANCE_CODE
                                   for p in processors)
         assert turbosession.stats()["loads"]["instances"] == {
-            "fast": 0, "fallback": {}, "rows": 0, "rows_to_stock": 0
+            "fast": 0, "fallback": {}, "rows": 0, "rows_to_stock": 0,
+            "collections": 0, "collections_to_stock": {},
         }
     finally:
         Base.metadata.drop_all(engine)
@@ -1011,3 +1061,75 @@ def test_selectin_hook_hands_over_only_turbosession_sessions(session_cls, engine
         "turbosession": (books, ["turbosession" if compiled else "stock"]),
         "turbosession, loop on": (books, ["turbosession"]),
     }
+
+
+class CountsBase(DeclarativeBase):
+    pass
+
+
+class Shelf(CountsBase):
+    """Collections the eager loaders do not fill straight on a list: a set,
+    and a ``uselist=False`` one-to-one."""
+
+    __tablename__ = "ti_shelf"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    volumes: Mapped[set["Volume"]] = relationship(collection_class=set)
+    first: Mapped["Volume"] = relationship(
+        uselist=False, viewonly=True,
+        primaryjoin="and_(Shelf.id == foreign(Volume.shelf_id), Volume.id == Shelf.id * 10)",
+    )
+
+
+class Volume(CountsBase):
+    __tablename__ = "ti_volume"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int] = mapped_column(ForeignKey("ti_shelf.id"), nullable=True)
+
+
+def shelf_loads(session_cls, engine, log):
+    with session_cls(engine) as session:
+        session.add_all([Shelf(id=1), Shelf(id=2), Shelf(id=3)])
+        session.add_all([Volume(id=10, shelf_id=1), Volume(id=11, shelf_id=1),
+                         Volume(id=20, shelf_id=2)])
+        session.commit()
+    for label, option in (
+        ("selectin set", selectinload(Shelf.volumes)),
+        ("selectin uselist=False", selectinload(Shelf.first)),
+        ("joined set", joinedload(Shelf.volumes)),
+    ):
+        with session_cls(engine) as session:
+            shelves = session.scalars(
+                select(Shelf).options(option).order_by(Shelf.id)).unique().all()
+            for shelf in shelves:
+                state = inspect(shelf)
+                log.note(label, shelf.id, sorted(state.dict), sorted(state.committed_state),
+                         type(state.dict.get("volumes")).__name__,
+                         sorted(v.id for v in state.dict.get("volumes", ())),
+                         getattr(state.dict.get("first"), "id", None))
+
+
+def test_collection_steps_match_stock_and_are_counted(session_cls, engine, pure_loop):
+    """The eager loaders' collection steps: a list filled on the loop is
+    counted under ``collections``, a set or a ``uselist=False`` one under
+    ``collections_to_stock`` by reason; the objects as stock's."""
+    turbosession.reset_stats()
+    assert_same_as_stock(shelf_loads, session_cls, engine, CountsBase.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    # selectin: three shelves' sets; uselist=False: three shelves; joined:
+    # the one later row (shelf 1's second volume) appended to its set
+    assert loaded["collections"] == 0, loaded
+    assert loaded["collections_to_stock"] == {"collection_class": 4, "scalar": 3}, loaded
+    Base.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            seed(session)
+        turbosession.reset_stats()
+        with session_cls(engine) as session:
+            session.scalars(select(Author).options(selectinload(Author.books))).all()
+            session.expunge_all()
+            session.scalars(select(Author).options(joinedload(Author.books))).unique().all()
+        loaded = turbosession.stats()["loads"]["instances"]
+    finally:
+        Base.metadata.drop_all(engine)
+    # four authors' lists set by selectin; six later rows of the joined load
+    assert loaded["collections"] == 4 + 6 and loaded["collections_to_stock"] == {}, loaded

@@ -45,6 +45,15 @@ def _is_compiled():
 if cython.compiled:
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
+    from cython.cimports.turbosession._cpython import (
+        READONLY,
+        T_OBJECT_EX,
+        PyMemberDescrObject,
+        PyMethod_New,
+        _PyDict_GetItem_KnownHash,
+        _PyDict_SetItem_KnownHash,
+        store_slot,
+    )
 
 _itemgetter = cython.declare(object, operator.itemgetter)
 _EMPTY_TUPLE = cython.declare(tuple, ())
@@ -85,8 +94,46 @@ def _plain_attribute(cls, name) -> bool:
     return True
 
 
+# the function behind a state's ``_cleanup`` (the weak reference's callback
+# that InstanceState.__init__ binds to the new state)
+_STATE_CLEANUP = cython.declare(object, InstanceState.__dict__.get("_cleanup"))
+
+
+def _slot_offset(name) -> cython.Py_ssize_t:
+    """Where InstanceState's slot ``name`` is in a state (compiled), when it
+    is a writable object slot of InstanceState's own ``__slots__``; -1
+    otherwise (and always uncompiled)."""
+    descr = InstanceState.__dict__.get(name)
+    if type(descr) is not types.MemberDescriptorType or descr.__objclass__ is not InstanceState:
+        return -1
+    if not cython.compiled:
+        return -1
+    member = cython.cast(cython.pointer(PyMemberDescrObject), descr).d_member
+    if member.type != T_OBJECT_EX or member.flags & READONLY:
+        return -1
+    return member.offset
+
+
+# the five slots InstanceState.__init__ sets, stored at their offsets
+_CLASS_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("class_"))
+_MANAGER_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("manager"))
+_OBJ_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("obj"))
+_COMMITTED_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("committed_state"))
+_EXPIRED_SLOT = cython.declare(cython.Py_ssize_t, _slot_offset("expired_attributes"))
+_SLOTS_KNOWN = cython.declare(
+    cython.bint,
+    min(_CLASS_SLOT, _MANAGER_SLOT, _OBJ_SLOT, _COMMITTED_SLOT, _EXPIRED_SLOT) > 0,
+)
+
+
 def _init_is_known(state_class) -> cython.bint:
-    return state_class is InstanceState and InstanceState.__init__ is _KNOWN_INIT
+    return (
+        state_class is InstanceState
+        and InstanceState.__init__ is _KNOWN_INIT
+        and _STATE_CLEANUP is not None
+        and InstanceState._cleanup is _STATE_CLEANUP
+        and _SLOTS_KNOWN
+    )
 
 
 def _pk_positions(getter):
@@ -164,18 +211,51 @@ _ALWAYS_ASSIGNED = cython.declare(cython.Py_ssize_t, len(CELLS) - 1)
 
 _rows_fast = cython.declare(cython.Py_ssize_t, 0)
 _rows_stock = cython.declare(cython.Py_ssize_t, 0)
+_collections_fast = cython.declare(cython.Py_ssize_t, 0)
+_collections_stock = cython.declare(dict, {})
+
+COLLECTION_FALLBACK_REASONS = {
+    "joined_unprepared": "a later row of a joined eager load for a parent whose "
+    "collection stock's new-row populator did not prepare in this query (a "
+    "self-referential load meeting an object in two column sets): stock's populator",
+    "collection_class": "a collection other than an InstrumentedList appended to "
+    "by stock's instrumented list.append (a set, a dict, a custom class): "
+    "appended through its adapter's appender",
+    "collection_impl": "a selectin-loaded attribute whose implementation (or its "
+    "set_committed_value) is not stock's collection attribute's: stock's "
+    "set_committed_value",
+    "scalar": "a uselist=False relationship loaded by selectin: stock's "
+    "set_committed_value",
+}
 
 
 def counts():
-    """``{"rows": n, "rows_to_stock": n}``: rows this loop handled, and rows
-    it handed to stock's closure, so far."""
-    return {"rows": _rows_fast, "rows_to_stock": _rows_stock}
+    """``{"rows": n, "rows_to_stock": n, "collections": n,
+    "collections_to_stock": {reason: n}}``: rows this loop handled, and rows it
+    handed to stock's closure; the eager loaders' collection steps (a joined
+    load's later row appending its child, a selectin load's collection set
+    for a parent) done here straight on the list, and those done through
+    stock's code or the collection's own appender, by reason
+    (``COLLECTION_FALLBACK_REASONS``), so far."""
+    return {
+        "rows": _rows_fast,
+        "rows_to_stock": _rows_stock,
+        "collections": _collections_fast,
+        "collections_to_stock": dict(_collections_stock),
+    }
 
 
 def reset_counts():
-    global _rows_fast, _rows_stock
+    global _rows_fast, _rows_stock, _collections_fast
     _rows_fast = 0
     _rows_stock = 0
+    _collections_fast = 0
+    _collections_stock.clear()
+
+
+@cython.cfunc
+def _collection_to_stock(reason: str) -> cython.void:
+    _collections_stock[reason] = _collections_stock.get(reason, 0) + 1
 
 
 @cython.cclass
@@ -449,9 +529,11 @@ class RowLoader:
 
         Compiled, when the state class is stock's ``InstanceState`` with the
         ``__init__`` this version knows (``_STATE_INIT_NAMES``), the state's
-        five slots are set here in that order rather than through a Python
-        call of ``__init__``: that call was about 15% of the instructions per
-        row.
+        five slots are stored here in that order, at their offsets (as their
+        member descriptors store them), rather than through a Python call of
+        ``__init__``: that call was about 15% of the instructions per row;
+        the weak reference's callback, the bound ``_cleanup``, is made
+        directly rather than looked up on the state.
         """
         if cython.compiled and self.init_inline:
             # InstanceState.__new__ is object.__new__ (see _KNOWN_INIT)
@@ -459,11 +541,16 @@ class RowLoader:
                 self.state_constructor, cython.cast(cython.pointer(PyObject), _EMPTY_TUPLE),
                 cython.NULL,
             )
-            state.class_ = self.class_
-            state.manager = self.manager
-            state.obj = PyWeakref_NewRef(instance, state._cleanup)
-            state.committed_state = {}
-            state.expired_attributes = set()
+            store_slot(state, _CLASS_SLOT, self.class_)
+            store_slot(state, _MANAGER_SLOT, self.manager)
+            # ``state._cleanup`` is this bound method (the state is new: no
+            # attribute of its own shadows the class's function)
+            store_slot(
+                state, _OBJ_SLOT,
+                PyWeakref_NewRef(instance, PyMethod_New(_STATE_CLEANUP, state)),
+            )
+            store_slot(state, _COMMITTED_SLOT, {})
+            store_slot(state, _EXPIRED_SLOT, set())
             return state
         return self.state_constructor(instance, self.manager)
 
@@ -494,13 +581,21 @@ class RowLoader:
 
     def __call__(self, row):
         global _rows_fast
+        key_hash: cython.Py_hash_t = 0
         pk = self._primary_key(row)
         identitykey = (self.identity_class, pk, self.identity_token)
         map_dict = self.map_dict
         if map_dict is not None:
             # the identity map's get() on its dict: the object of the state
-            # under that key, None once it has been collected
-            present = map_dict.get(identitykey)
+            # under that key, None once it has been collected; compiled, the
+            # key (a tuple, which does not keep its hash) is hashed once for
+            # this lookup and the insertion below
+            if cython.compiled:
+                key_hash = hash(identitykey)
+                found = _PyDict_GetItem_KnownHash(map_dict, identitykey, key_hash)
+                present = None if found is cython.NULL else cython.cast(object, found)
+            else:
+                present = map_dict.get(identitykey)
             instance = None if present is None else present.obj()
         else:
             instance = self.identity_map.get(identitykey)
@@ -545,7 +640,10 @@ class RowLoader:
         state.session_id = self.session_id
         if map_dict is not None and not identity_map._killed:
             # the identity map's _add_unpresent, on its dict
-            map_dict[identitykey] = state
+            if cython.compiled:
+                _PyDict_SetItem_KnownHash(map_dict, identitykey, state, key_hash)
+            else:
+                map_dict[identitykey] = state
             state._instance_dict = self.map_ref
         else:
             identity_map._add_unpresent(state, identitykey)
@@ -569,7 +667,8 @@ class RowLoader:
             expired = state.expired_attributes
             for key in self.expired_keys:
                 expired.add(key)
-        for key, populator in self.new_populators:
+        new_populators = self.new_populators
+        for key, populator in new_populators:
             populator(state, dict_, row)
 
         if self.load_evt or self.persistent_evt:
@@ -582,7 +681,11 @@ class RowLoader:
                 self.loaded_as_persistent(self.context.session, state)
                 if state.runid != existing_runid:
                     _warn_for_runid_changed(state)
-        if state.modified:
+            if state.modified:
+                state._commit_all(dict_, identity_map)
+        elif new_populators and state.modified:
+            # only a "new" populator or a listener can have modified the
+            # state built above
             state._commit_all(dict_, identity_map)
         if self.post_load is not None:
             self.post_load.add_state(state, True)
@@ -683,7 +786,9 @@ def _unique_append(result_list, item) -> cython.void:
     collection adapter's ``append_without_event``: ``item`` appended unless
     an item of the same ``id`` was, straight onto the list when that is
     what the adapter's appender does."""
+    global _collections_fast
     if type(result_list) is not _UniqueAppender:
+        _collection_to_stock("collection_class")
         result_list.append(item)
         return
     unique: dict = result_list._unique
@@ -702,7 +807,9 @@ def _unique_append(result_list, item) -> cython.void:
             else:
                 list.append(data, item)
             unique[identity] = True
+            _collections_fast += 1
             return
+    _collection_to_stock("collection_class")
     appender(item)
     unique[identity] = True
 
@@ -732,10 +839,12 @@ class JoinedCollection:
     def populate(self, state, dict_, row) -> object:
         attributes = self.context.attributes
         if type(attributes) is not dict:
+            _collection_to_stock("joined_unprepared")
             return self.stock(state, dict_, row)
         found: dict = attributes
         result_list = found.get((state, self.key), _MISSING)
         if result_list is _MISSING:
+            _collection_to_stock("joined_unprepared")
             return self.stock(state, dict_, row)
         instance = self.instance_fn(row)
         if instance is not None:
@@ -769,22 +878,27 @@ def _set_committed_collection(impl, state, dict_, value) -> object:
     collection attribute: the new collection filled with ``value`` by
     ``list.extend`` when appending to it without events is ``list.append``
     (see ``_plain_list_of``), the rest as stock's method does it."""
+    global _collections_fast
     if (
         type(impl) is not _CollectionAttributeImpl
         or _CollectionAttributeImpl.set_committed_value is not _STOCK_SET_COMMITTED
     ):
+        _collection_to_stock("collection_impl")
         return impl.set_committed_value(state, dict_, value)
     key = impl.key
     adapter, user_data = impl._initialize_collection(state)
-    if value:
-        data = _plain_list_of(adapter)
-        if data is not None and data is user_data:
+    data = _plain_list_of(adapter)
+    if data is not None and data is user_data:
+        if value:
             if cython.compiled:
                 target = cython.cast(list, data)
                 target.extend(value)
             else:
                 list.extend(data, value)
-        else:
+        _collections_fast += 1
+    else:
+        _collection_to_stock("collection_class")
+        if value:
             adapter.append_multiple_without_event(value)
     state.dict[key] = user_data
     state._commit(dict_, [key])
@@ -852,6 +966,7 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
                         "uselist=False for eagerly-loaded "
                         "attribute '%s' " % loader
                     )
+                _collection_to_stock("scalar")
                 state.get_impl(attr_key).set_committed_value(state, state_dict, collection[0])
             elif uselist:
                 _set_committed_collection(
@@ -859,4 +974,5 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
                 )
             else:
                 # uselist=False and nothing loaded: the empty tuple sets None
+                _collection_to_stock("scalar")
                 state.get_impl(attr_key).set_committed_value(state, state_dict, collection)

@@ -224,8 +224,8 @@ def stats():
     """``{"get": {"fast": n, "loaded": n, "direct": n, "cursor": n,
     "fallback": {reason: n}, "cursor_fallback": {reason: n}},
     "instances": {"fast": n, "fallback": {reason: n}, "rows": n,
-    "rows_to_stock": n}, "execute": {"direct": n, "fallback": {reason:
-    n}}}`` over both implementations: ``get`` counts calls
+    "rows_to_stock": n, "collections": n, "collections_to_stock": {reason:
+    n}}, "execute": {"direct": n, "fallback": {reason: n}}}`` over both implementations: ``get`` counts calls
     answered from the identity map (``fast``), misses loaded with
     turbosession's per-mapper statement (``loaded``; ``direct``: of those, the
     ones run without ``Session.execute``'s per-call setup, which was decided
@@ -233,8 +233,10 @@ def stats():
     cursor, the others under ``cursor_fallback`` by reason,
     ``CURSOR_FALLBACK_REASONS``) and calls run by stock's
     ``get`` (by reason); ``instances`` counts query entities whose rows took
-    turbosession's loop (``fast``) or stock's closure (by reason), and the rows
-    that loop handled or handed to stock's closure; ``execute`` counts
+    turbosession's loop (``fast``) or stock's closure (by reason), the rows
+    that loop handled or handed to stock's closure, and the eager loaders'
+    collection steps done on the loop or not (by reason,
+    ``_instances.COLLECTION_FALLBACK_REASONS``); ``execute`` counts
     ``Session.execute`` / ``scalars`` / ``scalar`` calls run without stock's
     ``_execute_internal`` setup (``direct``) or by it (by reason,
     ``EXECUTE_FALLBACK_REASONS``)."""
@@ -262,10 +264,15 @@ def stats():
     from . import instances
 
     rows = instances.counts()
-    rows["rows"] = rows["rows_to_stock"] = 0
+    rows["rows"] = rows["rows_to_stock"] = rows["collections"] = 0
+    rows["collections_to_stock"] = {}
     for bundle in _bundles():
         for key, n in bundle.instances.counts().items():
-            rows[key] += n
+            if isinstance(n, dict):
+                for reason, m in n.items():
+                    rows[key][reason] = rows[key].get(reason, 0) + m
+            else:
+                rows[key] += n
     return {"get": get, "execute": execute, "instances": rows}
 
 

@@ -214,6 +214,16 @@ def share_lines(turbo):
             f"loads: rows of those entities: {rows} by turbosession's loop, "
             f"{to_stock} handed to stock's closure"
         )
+    collections = turbo.get("loads.instances.collections", 0)
+    steps = "loads.instances.collections_to_stock."
+    others = {key[len(steps):]: n for key, n in turbo.items() if key.startswith(steps)}
+    if collections or others:
+        lines.append(
+            f"loads: eager collection steps: {collections} on the loop, "
+            f"{sum(others.values())} not"
+            + (" (" + ", ".join(f"{k} {n}" for k, n in sorted(others.items())) + ")"
+               if others else "")
+        )
     return lines
 
 

@@ -1,0 +1,39 @@
+# CPython C API that Cython's own cpython/*.pxd do not declare, for the hot
+# paths that cimport it (compiled only: the pure implementation never reads it).
+
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+
+cdef extern from "Python.h":
+    # a slot of a class's __slots__ (types.MemberDescriptorType)
+    ctypedef struct PyMemberDef:
+        const char *name
+        int type
+        Py_ssize_t offset
+        int flags
+
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+
+    # a bound method (Cython's cpython.method declares Python 2's signature)
+    object PyMethod_New(object func, object self)
+
+    # dict lookups with a hash computed once (CPython's exported private API,
+    # what dict.get and dict.__setitem__ call after hashing the key)
+    PyObject *_PyDict_GetItem_KnownHash(object mp, object key, Py_hash_t hash) except? NULL
+    int _PyDict_SetItem_KnownHash(object mp, object key, object item, Py_hash_t hash) except -1
+
+cdef extern from "structmember.h":
+    int T_OBJECT_EX
+    int READONLY
+
+
+cdef inline void store_slot(object obj, Py_ssize_t offset, object value) noexcept:
+    """What a ``T_OBJECT_EX`` member descriptor's ``__set__`` stores at
+    ``offset`` of ``obj`` (PyMember_SetOne), without the attribute lookup."""
+    cdef PyObject **slot = <PyObject **>((<char *><PyObject *>obj) + offset)
+    cdef PyObject *old = slot[0]
+    Py_INCREF(value)
+    slot[0] = <PyObject *>value
+    Py_XDECREF(old)
+

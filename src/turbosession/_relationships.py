@@ -202,14 +202,14 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
     uow_states: dict = uow.states
     for state in states:
         history = _history(uow, state, key, _NO_INITIALIZE)
-        if not history:
+        if not _nonblank(history):
             continue
         added = history.added
         if added:
             for child in added:
                 if state is None or _is_deleted(uow_states, state):
                     continue
-                if child is None or not session._contains_state(child):
+                if child is None or not _contained(session, child):
                     # clears the keys, or warns that the child is not in
                     # the session
                     dp._synchronize(state, child, None, False, uow, "add")
@@ -233,7 +233,7 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     uselist: cython.bint = bool(dp.prop.uselist)
     for state in states:
         history = _history(uow, state, key, _NO_INITIALIZE)
-        if not history:
+        if not _nonblank(history):
             continue
         for child in history.added:
             if child is None:

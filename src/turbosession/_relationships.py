@@ -105,7 +105,10 @@ def _populate(source, dest, keys: tuple):
     dest_dict = _state_dict(dest)
     pair: tuple
     for pair in keys:
-        impl = _impl_of(source.manager, pair[0])
+        impl = (
+            _impl_of(source.manager, pair[0]) if cython.compiled
+            else source.manager[pair[0]].impl
+        )
         if not cython.compiled:
             # uncompiled, the attributes' own methods, as before (the
             # direct copy is for the compiled loop)
@@ -494,7 +497,8 @@ def _clear_child(uow, dp, child, clear_keys, target):
         return
     child_dict = _state_dict(child)
     for key in clear_keys:
-        _set(child, child_dict, _impl_of(child.manager, key), None)
+        impl = _impl_of(child.manager, key) if cython.compiled else child.manager[key].impl
+        _set(child, child_dict, impl, None)
 
 
 def one_to_many_deletes(uow, dp, states, clear_keys, target):

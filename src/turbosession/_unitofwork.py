@@ -173,7 +173,7 @@ def _present_scalar_history(impl, state, key, dict_, flags):
 
 @cython.cfunc
 def _history(state, key, flags) -> tuple:
-    impl = _impl_of(state.manager, key)
+    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
     dict_ = _state_dict(state)
     found = _present_scalar_history(impl, state, key, dict_, flags)
     if found is not None:
@@ -521,7 +521,9 @@ def _state_record(uow, cls, state):
     registry: dict = uow.postsort_actions
     key: tuple = (cls, state)
     record = registry.get(key)
-    if record is not None and _mapper_memoized(state):
+    if record is not None and (
+        _mapper_memoized(state) if cython.compiled else "mapper" in state.__dict__
+    ):
         return record
     if record is None:
         record = _object_new(cls)
@@ -594,7 +596,7 @@ def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: c
     entry: tuple
     pair: tuple
     for state in states:
-        impl = _impl_of(state.manager, key)
+        impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
         dict_ = _state_dict(state)
         sum_ = None
         if not isdelete or type(impl) is _CollectionAttributeImpl:

@@ -153,6 +153,50 @@ def test_tree_reparent_delete_and_insert(session_cls, db):
         session.rollback()
 
 
+def memoized_mappers(uow_cls, session_cls, db, changes):
+    """The names of the states whose ``mapper`` (a memoized property) is in
+    their ``__dict__`` after ``_generate_actions`` of a fresh session."""
+    with session_cls(db) as session:
+        nodes = changes(session)
+        uow = uow_cls(session)
+        flush._register_states(session, uow, None, session._dirty_states)
+        uow._generate_actions()
+        found = sorted(
+            node.name for node in nodes
+            if "mapper" in attributes.instance_state(node).__dict__
+        )
+        session.rollback()
+        return found
+
+
+def new_tree(session):
+    nodes = tree("m", 60, 3)
+    session.add(nodes[0])
+    return nodes
+
+
+def changed_tree(session):
+    nodes = tree("c", 40, 3)
+    session.add(nodes[0])
+    session.commit()
+    for node in nodes:
+        node.children, node.parent
+    # the per-state records of saves and deletes made again for these
+    nodes[4].parent = nodes[30]
+    session.delete(nodes[2])
+    return nodes
+
+
+@pytest.mark.parametrize("changes", [new_tree, changed_tree])
+def test_cycle_records_memoize_state_mapper_as_stock(session_cls, db, changes):
+    """A per-state record found registered is not made again, but the
+    state's ``mapper`` is memoized as stock's constructor would do it."""
+    expected = memoized_mappers(unitofwork.UOWTransaction, session_cls, db, changes)
+    actual = memoized_mappers(flush.UOWTransaction, session_cls, db, changes)
+    assert actual == expected
+    assert expected
+
+
 def test_flush_without_cycles(session_cls, db):
     with session_cls(db) as session:
         session.add(Owner(name="o"))

@@ -65,6 +65,8 @@ _COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool
 _STOCK_CONTAINS = cython.declare(object, Session._contains_state)
 _InstanceState = cython.declare(object, InstanceState)
 _INSTANCE_DICT = cython.declare(object, _base.instance_dict)
+_BASE_NAMES = cython.declare(dict, _base.__dict__)
+_DICT_GETITEM = cython.declare(object, dict.__getitem__)
 _STOCK_REGISTER = cython.declare(object, unitofwork.UOWTransaction.register_object)
 _sync_update = cython.declare(object, sync._update)
 _sync_clear = cython.declare(object, sync._clear)
@@ -103,7 +105,10 @@ def _populate(source, dest, keys: tuple):
     dest_dict = _state_dict(dest)
     pair: tuple
     for pair in keys:
-        impl = source.manager[pair[0]].impl
+        impl = (
+            _impl_of(source.manager, pair[0]) if cython.compiled
+            else source.manager[pair[0]].impl
+        )
         if not cython.compiled:
             # uncompiled, the attributes' own methods, as before (the
             # direct copy is for the compiled loop)
@@ -117,7 +122,7 @@ def _populate(source, dest, keys: tuple):
             value = source_dict[key]
         else:
             value = impl.get(source, source_dict, _OFF)
-        _set(dest, dest_dict, dest.manager[pair[1]].impl, value)
+        _set(dest, dest_dict, _impl_of(dest.manager, pair[1]), value)
 
 
 @cython.cfunc
@@ -200,14 +205,14 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
     uow_states: dict = uow.states
     for state in states:
         history = _history(uow, state, key, _NO_INITIALIZE)
-        if not history:
+        if not _nonblank(history):
             continue
         added = history.added
         if added:
             for child in added:
                 if state is None or _is_deleted(uow_states, state):
                     continue
-                if child is None or not session._contains_state(child):
+                if child is None or not _contained(session, child):
                     # clears the keys, or warns that the child is not in
                     # the session
                     dp._synchronize(state, child, None, False, uow, "add")
@@ -231,7 +236,7 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     uselist: cython.bint = bool(dp.prop.uselist)
     for state in states:
         history = _history(uow, state, key, _NO_INITIALIZE)
-        if not history:
+        if not _nonblank(history):
             continue
         for child in history.added:
             if child is None:
@@ -297,14 +302,30 @@ def _fill(row: dict, state, dict_, getters: tuple):
 
 @cython.cfunc
 def _state_dict(state):
-    """``state.dict``: the object's ``__dict__`` (``instance_dict``), or a
-    new empty dict once the object is gone."""
-    if type(state) is not _InstanceState or _base.instance_dict is not _INSTANCE_DICT:
+    """``state.dict``: the object's ``__dict__`` (stock's ``instance_dict``
+    is ``attrgetter("__dict__")``, read here as the attribute itself while
+    ``orm.base`` holds that one), or a new empty dict once the object is
+    gone."""
+    if type(state) is not _InstanceState or _BASE_NAMES.get("instance_dict") is not _INSTANCE_DICT:
         return state.dict
     obj = state.obj()
     if obj is None:
         return {}
-    return _INSTANCE_DICT(obj)
+    return obj.__dict__
+
+
+@cython.cfunc
+def _impl_of(manager, key):
+    """``manager[key].impl``.  A class manager is a dict subclass, whose
+    subscript CPython sends through a lookup and call of ``__getitem__``;
+    compiled, while the manager's class keeps dict's own, the key is read
+    from the dict directly (a key not there goes the usual way).  The same
+    as ``_unitofwork``'s (the compiled modules share no ``.pxd``)."""
+    if cython.compiled and type(manager).__getitem__ is _DICT_GETITEM:
+        attribute = cython.cast(dict, manager).get(key)
+        if attribute is not None:
+            return attribute.impl
+    return manager[key].impl
 
 
 @cython.cclass
@@ -476,7 +497,8 @@ def _clear_child(uow, dp, child, clear_keys, target):
         return
     child_dict = _state_dict(child)
     for key in clear_keys:
-        _set(child, child_dict, child.manager[key].impl, None)
+        impl = _impl_of(child.manager, key) if cython.compiled else child.manager[key].impl
+        _set(child, child_dict, impl, None)
 
 
 def one_to_many_deletes(uow, dp, states, clear_keys, target):

@@ -43,6 +43,12 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
+if cython.compiled:
+    from cython.cimports.cpython.object import PyTypeObject
+    from cython.cimports.cpython.ref import Py_INCREF
+    from cython.cimports.cpython.tuple import PyTuple_SET_ITEM
+    from cython.cimports.cpython.type import PyType_GenericAlloc
+
 __all__ = ["attribute_history", "split_per_state", "states_for_mapper_hierarchy"]
 
 _SQL_OK = cython.declare(object, attributes.SQL_OK)
@@ -53,6 +59,10 @@ _LOAD_EXTRA = cython.declare(object, attributes.LOAD_AGAINST_COMMITTED | attribu
 _object_new = cython.declare(object, object.__new__)
 _tuple_new = cython.declare(object, tuple.__new__)
 _History = cython.declare(object, attributes.History)
+# a class statement's type allocates with PyType_GenericAlloc (tp_alloc)
+_HISTORY_ALLOCATES_GENERICALLY = cython.declare(
+    cython.bint, bool(attributes.History.__flags__ & (1 << 9))  # Py_TPFLAGS_HEAPTYPE
+)
 _CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
 _instance_state = cython.declare(object, attributes.instance_state)
 _InstrumentedList = cython.declare(object, collections.InstrumentedList)
@@ -71,6 +81,8 @@ _PENDING_MUTATIONS = cython.declare(
     object, _state_module.InstanceState.__dict__["_pending_mutations"]
 )
 _INSTANCE_DICT = cython.declare(object, _base.instance_dict)
+_BASE_NAMES = cython.declare(dict, _base.__dict__)
+_DICT_GETITEM = cython.declare(object, dict.__getitem__)
 _CALLABLES_OK = cython.declare(object, attributes.CALLABLES_OK)
 _COLLECTION_HISTORY = cython.declare(object, attributes._CollectionAttributeImpl.get_history)
 _ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
@@ -143,33 +155,36 @@ def _present_scalar_history(impl, state, key, dict_, flags):
         return None
     original = state.committed_state.get(key, _NO_HISTORY)
     if original is _NO_HISTORY:
-        return _tuple_new(_History, ((), [current], ()))
+        return _new_history((), [current], ())
     if scalar:
         # stock compares with whatever the original is, symbols included
         if impl.is_equal(current, original) is True:
-            return _tuple_new(_History, ((), [current], ()))
+            return _new_history((), [current], ())
         unknown: cython.bint = original is _NO_VALUE or original is _PASSIVE_NO_RESULT
     else:
         if current is original:
-            return _tuple_new(_History, ((), [current], ()))
+            return _new_history((), [current], ())
         # the previous related object is not reported when unknown or None
         unknown = original is _NO_VALUE or original is _PASSIVE_NO_RESULT or original is None
     if unknown:
-        return _tuple_new(_History, ([current], (), ()))
-    return _tuple_new(_History, ([current], (), [original]))
+        return _new_history([current], (), ())
+    return _new_history([current], (), [original])
 
 
 @cython.cfunc
 def _history(state, key, flags) -> tuple:
-    impl = state.manager[key].impl
+    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
     dict_ = _state_dict(state)
     found = _present_scalar_history(impl, state, key, dict_, flags)
     if found is not None:
         if found is _HISTORY_BLANK:
             return found, found
         if impl.uses_objects:
-            return found, _tuple_new(
-                _History, (_as_states(found[0]), _as_states(found[1]), _as_states(found[2]))
+            # made here (HISTORY_BLANK is handled above): its items read as
+            # a tuple's, not through the subclass's __getitem__
+            parts: tuple = cython.cast(tuple, found)
+            return found, _new_history(
+                _as_states(parts[0]), _as_states(parts[1]), _as_states(parts[2])
             )
         return found, found
     if type(impl) is _CollectionAttributeImpl:
@@ -224,6 +239,25 @@ def _flag_bits(flags) -> tuple:
 
 
 @cython.cfunc
+def _new_history(added, unchanged, deleted):
+    """``History(added, unchanged, deleted)`` as ``tuple.__new__(History,
+    ...)`` makes it: compiled, allocated as that does (the class's
+    ``tp_alloc``, ``PyType_GenericAlloc`` for a class statement's type)
+    and its three items set, without the call through ``tuple.__new__``
+    and its temporary tuple."""
+    if not cython.compiled or not _HISTORY_ALLOCATES_GENERICALLY:
+        return _tuple_new(_History, (added, unchanged, deleted))
+    history = PyType_GenericAlloc(_History, 3)
+    Py_INCREF(added)
+    PyTuple_SET_ITEM(history, 0, added)
+    Py_INCREF(unchanged)
+    PyTuple_SET_ITEM(history, 1, unchanged)
+    Py_INCREF(deleted)
+    PyTuple_SET_ITEM(history, 2, deleted)
+    return history
+
+
+@cython.cfunc
 def _as_states(objects) -> list:
     """``History.as_state``'s conversion of one of its lists."""
     states: list = []
@@ -237,12 +271,16 @@ def _pending_mutations(state):
     """``state._pending_mutations``: stock's memoized property, whose first
     read stores a new empty dict in the state's ``__dict__``, done here
     without calling the descriptor for a state of stock's class whose
-    property is stock's.  Compiled only (uncompiled, the attribute is read:
-    a function call costs more than the descriptor saves)."""
-    if (
-        type(state) is not _InstanceState
-        or _InstanceState.__dict__.get("_pending_mutations") is not _PENDING_MUTATIONS
-    ):
+    property is stock's (read from the class's own dict: ``__dict__`` of a
+    class makes a new mapping proxy per read).  Compiled only (uncompiled,
+    the attribute is read: a function call costs more than the descriptor
+    saves)."""
+    if type(state) is not _InstanceState or not cython.compiled:
+        return state._pending_mutations
+    class_dict: dict = cython.cast(
+        dict, cython.cast(cython.pointer(PyTypeObject), _InstanceState).tp_dict
+    )
+    if class_dict.get("_pending_mutations") is not _PENDING_MUTATIONS:
         return state._pending_mutations
     instance_dict: dict = state.__dict__
     found = instance_dict.get("_pending_mutations")
@@ -270,21 +308,21 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
     items: list = list(current) if type(current) is _InstrumentedList else list(current._sa_adapter)
     if original is _NO_HISTORY:
         return (
-            _tuple_new(_History, ((), items, ())),
-            _tuple_new(_History, ([], _as_states(items), [])),
+            _new_history((), items, ()),
+            _new_history([], _as_states(items), []),
         )
     if original is _NO_VALUE:
         return (
-            _tuple_new(_History, (items, (), ())),
-            _tuple_new(_History, (_as_states(items), [], [])),
+            _new_history(items, (), ()),
+            _new_history(_as_states(items), [], []),
         )
     if type(original) is not list:
         return None
     if not original:
         # nothing to compare with: every member is added
         return (
-            _tuple_new(_History, (items, [], [])),
-            _tuple_new(_History, (_as_states(items), [], [])),
+            _new_history(items, [], []),
+            _new_history(_as_states(items), [], []),
         )
     current_states: list = [(_state_or_none(c), c) for c in items]
     original_states: list = [(_state_or_none(c), c) for c in original]
@@ -294,22 +332,35 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
     added: list = [pair[1] for pair in current_states if pair[0] not in original_set]
     unchanged: list = [pair[1] for pair in current_states if pair[0] in original_set]
     deleted: list = [pair[1] for pair in original_states if pair[0] not in current_set]
-    history = _tuple_new(_History, (added, unchanged, deleted))
-    return history, _tuple_new(
-        _History, (_as_states(added), _as_states(unchanged), _as_states(deleted))
-    )
+    history = _new_history(added, unchanged, deleted)
+    return history, _new_history(_as_states(added), _as_states(unchanged), _as_states(deleted))
 
 
 @cython.cfunc
 def _state_dict(state):
-    """``state.dict``: the object's ``__dict__`` (``instance_dict``), or a
-    new empty dict once the object is gone."""
-    if type(state) is not _InstanceState or _base.instance_dict is not _INSTANCE_DICT:
+    """``state.dict``: the object's ``__dict__`` (stock's ``instance_dict``
+    is ``attrgetter("__dict__")``, read here as the attribute itself while
+    ``orm.base`` holds that one), or a new empty dict once the object is
+    gone."""
+    if type(state) is not _InstanceState or _BASE_NAMES.get("instance_dict") is not _INSTANCE_DICT:
         return state.dict
     obj = state.obj()
     if obj is None:
         return {}
-    return _INSTANCE_DICT(obj)
+    return obj.__dict__
+
+
+@cython.cfunc
+def _impl_of(manager, key):
+    """``manager[key].impl``.  A class manager is a dict subclass, whose
+    subscript CPython sends through a lookup and call of ``__getitem__``;
+    compiled, while the manager's class keeps dict's own, the key is read
+    from the dict directly (a key not there goes the usual way)."""
+    if cython.compiled and type(manager).__getitem__ is _DICT_GETITEM:
+        attribute = cython.cast(dict, manager).get(key)
+        if attribute is not None:
+            return attribute.impl
+    return manager[key].impl
 
 
 @cython.cfunc
@@ -442,14 +493,17 @@ def _per_state_direction(dp) -> cython.int:
 @cython.cfunc
 def _process_state(uow, dp, isdelete, state):
     """``_ProcessState(uow, dp, isdelete, state)``: the registered record
-    (or a new one, registered) with its fields set, as the constructor does."""
+    (or a new one, registered) with its fields set, as the constructor does;
+    a record registered under the key already has them (stock's
+    constructor would set the same values again)."""
     registry: dict = uow.postsort_actions
     key: tuple = (_ProcessState, dp, isdelete, state)
     record = registry.get(key)
-    if record is None:
-        record = _object_new(_ProcessState)
-        record.disabled = False
-        registry[key] = record
+    if record is not None:
+        return record
+    record = _object_new(_ProcessState)
+    record.disabled = False
+    registry[key] = record
     record.dependency_processor = dp
     record.sort_key = ("ProcessState", dp.sort_key)
     record.isdelete = isdelete
@@ -459,10 +513,18 @@ def _process_state(uow, dp, isdelete, state):
 
 @cython.cfunc
 def _state_record(uow, cls, state):
-    """``_SaveUpdateState(uow, state)`` / ``_DeleteState(uow, state)``."""
+    """``_SaveUpdateState(uow, state)`` / ``_DeleteState(uow, state)``.  A
+    record registered under the key already holds what stock's constructor
+    would set again (the state, its base mapper, the sort key), so it is
+    returned as it is once the state's ``mapper`` is memoized, which that
+    constructor's read of ``state.mapper`` does."""
     registry: dict = uow.postsort_actions
     key: tuple = (cls, state)
     record = registry.get(key)
+    if record is not None and (
+        _mapper_memoized(state) if cython.compiled else "mapper" in state.__dict__
+    ):
+        return record
     if record is None:
         record = _object_new(cls)
         record.disabled = False
@@ -474,6 +536,18 @@ def _state_record(uow, cls, state):
         "DeleteState" if cls is _DeleteState else "ProcessState", mapper._sort_key
     )
     return record
+
+
+@cython.cfunc
+@cython.inline
+@cython.exceptval(-1, check=False)
+def _mapper_memoized(state) -> cython.bint:
+    """Whether a state of stock's class has read its ``mapper`` (a
+    memoized property, kept in the state's ``__dict__``)."""
+    if type(state) is not _InstanceState:
+        return False
+    instance_dict: dict = state.__dict__
+    return "mapper" in instance_dict
 
 
 @cython.cfunc
@@ -522,7 +596,7 @@ def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: c
     entry: tuple
     pair: tuple
     for state in states:
-        impl = state.manager[key].impl
+        impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
         dict_ = _state_dict(state)
         sum_ = None
         if not isdelete or type(impl) is _CollectionAttributeImpl:
@@ -555,28 +629,22 @@ def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: c
         for pair in child_actions:
             child_action = pair[0]
             childisdelete = pair[1]
+            # stock's set.update of a list of edges: the same edges added
+            # in the same sequence
             if one_to_many:
                 if not isdelete:
-                    dependencies.update(
-                        [
-                            (parent_saves, after_save),
-                            (after_save, child_action),
-                            (parent_saves, child_action),
-                        ]
-                    )
+                    dependencies.add((parent_saves, after_save))
+                    dependencies.add((after_save, child_action))
+                    dependencies.add((parent_saves, child_action))
                 else:
-                    dependencies.update(
-                        [(before_delete, child_action), (child_action, parent_deletes)]
-                    )
+                    dependencies.add((before_delete, child_action))
+                    dependencies.add((child_action, parent_deletes))
             elif not isdelete:
                 if not childisdelete:
-                    dependencies.update(
-                        [(child_action, after_save), (after_save, parent_saves)]
-                    )
-                else:
-                    dependencies.update([(after_save, parent_saves)])
+                    dependencies.add((child_action, after_save))
+                dependencies.add((after_save, parent_saves))
             elif childisdelete:
-                dependencies.update([(parent_deletes, child_action)])
+                dependencies.add((parent_deletes, child_action))
 
 
 @cython.cfunc

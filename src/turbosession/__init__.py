@@ -44,7 +44,7 @@ def stats():
     "cursor_fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
     n}, "rows": n, "rows_to_stock": n}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
-    n}}, "transactions": {"subtransactions": {...}, "commits": {...}},
+    n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...}},
     "sorted_steps": {"cached": n, "sorted": {reason: n}}, "relationships":
     {"fast": n, "fallback": {reason: n}}}`` (the flushes whose sorted steps
     were known for their shape, ``turbosession.plans``; the relationship

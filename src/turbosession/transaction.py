@@ -19,7 +19,8 @@ generated wrapper, a context manager per expected state); ``begin_flush``,
 ``connection_for_bind`` do the same steps directly where no listener or
 patched method could see the difference, and are stock's calls otherwise
 (the first two and ``commit`` counted by reason: ``stats()``,
-``FALLBACK_REASONS``).  The transaction's first connection is acquired
+``FALLBACK_REASONS``).  ``autobegin`` builds the root transaction the same
+way (counted as ``roots``).  The transaction's first connection is acquired
 by ``_provision`` in stock's steps, with the transaction provisioning
 and marked as stock's wrappers mark it while engine, pool and
 ``after_begin`` listeners run.
@@ -230,6 +231,18 @@ def autobegin(session, begin):
     return session._transaction
 
 
+def _bare_transaction(session, parent, origin):
+    """A ``SessionTransaction`` (not savepoint) with the attributes stock's
+    ``__init__`` sets before its checks of the session."""
+    trans = SessionTransaction.__new__(SessionTransaction)
+    trans.session = session
+    trans._connections = {}
+    trans._parent = parent
+    trans.nested = False
+    trans.origin = origin
+    return trans
+
+
 def _new_root(session, origin):
     """``SessionTransaction(session, origin)`` of a root transaction (begun
     or autobegun), attribute for attribute as stock's ``__init__`` builds
@@ -238,12 +251,7 @@ def _new_root(session, origin):
     and nothing else runs (a root's ``_take_snapshot`` neither flushes nor
     finds a collection to drop: ``_Snapshot`` makes them on first use)."""
     _trans_ctx_check(session)
-    trans = SessionTransaction.__new__(SessionTransaction)
-    trans.session = session
-    trans._connections = {}
-    trans._parent = None
-    trans.nested = False
-    trans.origin = origin
+    trans = _bare_transaction(session, None, origin)
     if session._close_state is _SESSION_CLOSED:
         raise sa_exc.InvalidRequestError(
             "This Session has been permanently closed and is unable "
@@ -319,12 +327,7 @@ def begin_flush(session):
     # what _begin's wrapper leaves on the parent
     parent._next_state = parent._next_state
     parent._current_fn = parent._current_fn
-    sub = SessionTransaction.__new__(SessionTransaction)
-    sub.session = session
-    sub._connections = {}
-    sub._parent = parent
-    sub.nested = False
-    sub.origin = _SUBTRANSACTION
+    sub = _bare_transaction(session, parent, _SUBTRANSACTION)
     sub._state = _ACTIVE
     # _take_snapshot of a subtransaction: the parent's collections, those
     # it has made already now, the others on first use (_Snapshot)

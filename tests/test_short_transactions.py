@@ -684,7 +684,86 @@ def snapshots_restored(session_cls, engine, log):
         log.note("users", users(session))
 
 
+def root_transactions(session_cls, engine, log):
+    """Root transactions begun every way a session begins one (autobegun by
+    add(), a query, a flush, commit(); begun by begin() and its context
+    manager), refused (begin() twice, autobegin disabled, a permanently
+    closed session), with a listener on after_transaction_create added to
+    the session and to its class after first use, and what each listener
+    and the session's public API see of them."""
+    engine = _engine_of_its_own(engine)
+
+    def seen(session, label):
+        trans = session.get_transaction()
+        log.note(label, _describe(session, trans), session.in_transaction())
+
+    with session_cls(engine) as session:
+        seen(session, "new")
+        session.add(User(name="ed"))
+        seen(session, "after add")
+        session.commit()
+        seen(session, "after commit")
+        log.note("users", users(session))
+        seen(session, "after query")
+        session.rollback()
+        session.flush()
+        seen(session, "after empty flush")
+        session.commit()
+        trans = session.begin()
+        log.note("begin() returns the root", trans is session.get_transaction())
+        seen(session, "after begin()")
+        try:
+            session.begin()
+        except exc.InvalidRequestError as err:
+            log.note("begin() twice", normalize_error(err))
+        session.add(User(name="wendy"))
+        trans.commit()
+        seen(session, "after trans.commit()")
+        with session.begin():
+            session.add(User(name="jack"))
+            seen(session, "in begin() block")
+        seen(session, "after begin() block")
+        created = []
+
+        def on_create(session_, trans_):
+            created.append(_describe(session_, trans_))
+
+        event.listen(session, "after_transaction_create", on_create)
+        session.add(User(name="fred"))
+        session.commit()
+        event.remove(session, "after_transaction_create", on_create)
+        log.note("created (session listener)", created)
+        del created[:]
+        event.listen(orm.Session, "after_transaction_create", on_create)
+        try:
+            session.add(User(name="mary"))
+            session.commit()
+        finally:
+            event.remove(orm.Session, "after_transaction_create", on_create)
+        log.note("created (class listener)", created)
+        log.note("users", users(session))
+    with session_cls(engine, autobegin=False) as session:
+        seen(session, "autobegin=False")
+        try:
+            session.add(User(name="refused"))
+        except exc.InvalidRequestError as err:
+            log.note("autobegin disabled", normalize_error(err))
+        session.begin()
+        seen(session, "autobegin=False, begin()")
+        session.rollback()
+    session = session_cls(engine, close_resets_only=False)
+    session.add(User(name="closed"))
+    session.close()
+    seen(session, "closed for good")
+    for step in (lambda: session.add(User(name="after close")), session.begin):
+        try:
+            step()
+        except exc.InvalidRequestError as err:
+            log.note("closed session", normalize_error(err))
+
+
 SCENARIOS = [
+    root_transactions,
     snapshots_restored,
     listeners_on_the_session_any_time,
     first_connection_seen_by_listeners,
@@ -756,6 +835,27 @@ def test_commits_direct_unless_listened(session_cls, engine):
     assert stats["fallback"] == {"listeners": 2}
 
 
+def test_root_transactions_direct_unless_listened(session_cls, engine):
+    """Root transactions are built directly where no after_transaction_create
+    listener is there; each one a listener sees is stock's constructor's."""
+    transaction.reset_stats()
+    assert_same_as_stock(commits, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["transactions"]["roots"]
+    assert stats["fast"] >= 6
+    assert stats["fallback"] == {}
+    transaction.reset_stats()
+    assert_same_as_stock(watched_transactions, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["transactions"]["roots"]
+    assert stats["fast"] == 0
+    assert stats["fallback"] == {"listeners": 4}
+    transaction.reset_stats()
+    assert_same_as_stock(root_transactions, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["transactions"]["roots"]
+    # the two begun while a listener was on the session and on its class
+    assert stats["fallback"] == {"listeners": 2}
+    assert stats["fast"] >= 8
+
+
 def test_first_connection_acquired_directly(session_cls, engine, monkeypatch):
     """Each first use of the scenario (a commit's flush, a flush, get(),
     execute(), connection()) acquires the root transaction's connection
@@ -791,6 +891,7 @@ def test_patched_method_seen_after_fast_steps(session_cls, engine, owner, monkey
     fast = one_commit("before")
     assert fast["subtransactions"] == {"fast": 1, "fallback": {}}
     assert fast["commits"] == {"fast": 1, "fallback": {}}
+    assert fast["roots"] == {"fast": 1, "fallback": {}}
     called = []
     stock_commit = orm.SessionTransaction.commit
 
@@ -804,6 +905,7 @@ def test_patched_method_seen_after_fast_steps(session_cls, engine, owner, monkey
     assert called == ["AUTOBEGIN", "SUBTRANSACTION"]
     assert patched["subtransactions"] == {"fast": 0, "fallback": {"patched": 2}}
     assert patched["commits"] == {"fast": 0, "fallback": {"patched": 1}}
+    assert patched["roots"] == {"fast": 0, "fallback": {"patched": 1}}
     monkeypatch.undo()
     assert one_commit("after") == fast
     with session_cls(engine) as session:

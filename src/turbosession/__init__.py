@@ -45,7 +45,7 @@ def stats():
     n}, "rows": n, "rows_to_stock": n, "collections": n, "collections_to_stock":
     {reason: n}}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
-    n}}, "transactions": {"subtransactions": {...}, "commits": {...}},
+    n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...}},
     "sorted_steps": {"cached": n, "sorted": {reason: n}}, "relationships":
     {"fast": n, "fallback": {reason: n}}}`` (the flushes whose sorted steps
     were known for their shape, ``turbosession.plans``; the relationship

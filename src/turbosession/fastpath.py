@@ -317,10 +317,17 @@ def _sort_states(base_mapper, persist, states):
     return persist.sort_states(states, sortkey)
 
 
+_DELETE_FLAGS = (True, False)
+
+
 def _row_switch_possible(uow, base_mapper, persist, states):
     """Whether a new object may take the identity of one this flush deletes
     (stock then updates the row): only when the hierarchy deletes too."""
     if not persist.has_new(states):
+        return False
+    if _DELETE_FLAGS not in uow.states.values():
+        # the flush deletes nothing (its states' (isdelete, listonly)
+        # flags, scanned in C), so the hierarchy deletes nothing either
         return False
     deletes = uow.states_for_mapper_hierarchy(base_mapper, True, False)
     return next(deletes, None) is not None

@@ -24,6 +24,7 @@ from sqlalchemy.orm import unitofwork
 from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
 
 from . import fastpath, plans, relationships, transaction as _transaction
+from .memo import derived
 from ._warn import warn
 
 __all__ = ["UOWTransaction", "flush"]
@@ -106,10 +107,10 @@ class UOWTransaction(unitofwork.UOWTransaction):
         for dep in mapper._dependency_processors:
             dep.per_property_preprocessors(self)
 
-        for prop in mapper.relationships:
-            if prop.viewonly:
-                continue
-            prop._dependency_processor.per_property_preprocessors(self)
+        for dep in derived(
+            mapper, _PROCESSORS_KEY, mapper.relationships, _relationship_processors
+        ):
+            dep.per_property_preprocessors(self)
 
     def _run_presort_actions(self):
         # run the presort actions until none adds new states to the flush
@@ -177,6 +178,17 @@ class UOWTransaction(unitofwork.UOWTransaction):
             fastpath.record(run.reason)
 
 
+def _relationship_processors(mapper):
+    """The dependency processors of the mapper's relationships that are
+    not view-only, in ``mapper.relationships`` order: kept with that
+    memoized collection (``memo.derived``), which SQLAlchemy replaces when
+    the mapper's relationships change."""
+    return tuple(
+        prop._dependency_processor for prop in mapper.relationships if not prop.viewonly
+    )
+
+
+_PROCESSORS_KEY = ("turbosession", "relationship processors")
 _new_object = object.__new__
 _POSTSORT_NEW = unitofwork._PostSortRec.__new__
 _SAVE_INIT = _SaveUpdateAll.__init__
@@ -262,7 +274,8 @@ def _register_states(session, flush_context, objects, dirty):
         proc = deleted.intersection(objset).difference(processed)
     else:
         proc = deleted.difference(processed)
-    persist.register_deletes(session, flush_context, proc)
+    if proc:
+        persist.register_deletes(session, flush_context, proc)
 
 
 def _reset_inner_flush_changes(session):

@@ -19,7 +19,8 @@ generated wrapper, a context manager per expected state); ``begin_flush``,
 ``connection_for_bind`` do the same steps directly where no listener or
 patched method could see the difference, and are stock's calls otherwise
 (the first two and ``commit`` counted by reason: ``stats()``,
-``FALLBACK_REASONS``).  The transaction's first connection is acquired
+``FALLBACK_REASONS``).  ``autobegin`` builds the root transaction the same
+way (counted as ``roots``).  The transaction's first connection is acquired
 by ``_provision`` in stock's steps, with the transaction provisioning
 and marked as stock's wrappers mark it while engine, pool and
 ``after_begin`` listeners run.
@@ -68,6 +69,7 @@ FALLBACK_REASONS = {
 
 _counts = Counter()
 _commit_counts = Counter()
+_root_counts = Counter()
 
 
 def _section(counts):
@@ -80,13 +82,20 @@ def _section(counts):
 def stats():
     """``subtransactions``: the flushes' subtransactions, ``fast`` (begun
     and committed directly) and ``fallback`` by reason; ``commits``: the
-    root transaction's ``Session.commit()`` likewise."""
-    return {"subtransactions": _section(_counts), "commits": _section(_commit_counts)}
+    root transaction's ``Session.commit()`` likewise; ``roots``: the root
+    transactions begun (autobegun or by ``begin()``), built directly or
+    by stock's constructor."""
+    return {
+        "subtransactions": _section(_counts),
+        "commits": _section(_commit_counts),
+        "roots": _section(_root_counts),
+    }
 
 
 def reset_stats():
     _counts.clear()
     _commit_counts.clear()
+    _root_counts.clear()
 
 
 def _fall_back(reason, counts=_counts, what="flush subtransaction"):
@@ -209,10 +218,49 @@ def autobegin(session, begin):
             if begin
             else SessionTransactionOrigin.AUTOBEGIN
         )
-        trans = SessionTransaction(session, origin)
+        if not _stock_methods():
+            _fall_back("patched", _root_counts, "root transaction")
+            trans = SessionTransaction(session, origin)
+        elif session.dispatch.after_transaction_create:
+            _fall_back("listeners", _root_counts, "root transaction")
+            trans = SessionTransaction(session, origin)
+        else:
+            trans = _new_root(session, origin)
         assert session._transaction is trans
         return trans
     return session._transaction
+
+
+def _bare_transaction(session, parent, origin):
+    """A ``SessionTransaction`` (not savepoint) with the attributes stock's
+    ``__init__`` sets before its checks of the session."""
+    trans = SessionTransaction.__new__(SessionTransaction)
+    trans.session = session
+    trans._connections = {}
+    trans._parent = parent
+    trans.nested = False
+    trans.origin = origin
+    return trans
+
+
+def _new_root(session, origin):
+    """``SessionTransaction(session, origin)`` of a root transaction (begun
+    or autobegun), attribute for attribute as stock's ``__init__`` builds
+    it, when it has no ``after_transaction_create`` listener to dispatch
+    to and its methods are stock's: the same checks, in the same order,
+    and nothing else runs (a root's ``_take_snapshot`` neither flushes nor
+    finds a collection to drop: ``_Snapshot`` makes them on first use)."""
+    _trans_ctx_check(session)
+    trans = _bare_transaction(session, None, origin)
+    if session._close_state is _SESSION_CLOSED:
+        raise sa_exc.InvalidRequestError(
+            "This Session has been permanently closed and is unable "
+            "to handle any more transaction requests."
+        )
+    trans._state = _ACTIVE
+    session._transaction = trans
+    _root_counts["fast"] += 1
+    return trans
 
 
 _ACTIVE = SessionTransactionState.ACTIVE
@@ -223,22 +271,35 @@ _SESSION_CLOSED = _SessionCloseState.CLOSED
 _trans_ctx_check = TransactionalContext._trans_ctx_check
 
 
-def _methods(cls):
-    """What stock's ``_begin``, ``commit`` and ``connection`` of a flush's
-    subtransaction run, as the class has them."""
+# what stock's _begin, commit and connection of a flush's subtransaction
+# run, as this module's class has them at import
+_ST = SessionTransaction
+_S_BEGIN = _ST._begin
+_S_INIT = _ST.__init__
+_S_TAKE_SNAPSHOT = _ST._take_snapshot
+_S_COMMIT = _ST.commit
+_S_PREPARE_IMPL = _ST._prepare_impl
+_S_CLOSE = _ST.close
+_S_CONNECTION = _ST.connection
+_S_CONNECTION_FOR_BIND = _ST._connection_for_bind
+
+
+def _stock_methods():
+    """Whether those methods are still the ones the class had at import
+    (one of them patched since, on this class or a base: the step is
+    stock's call).  Identity checks that stop at the first difference:
+    this is asked several times per flush."""
+    cls = _ST
     return (
-        cls._begin,
-        cls.__init__,
-        cls._take_snapshot,
-        cls.commit,
-        cls._prepare_impl,
-        cls.close,
-        cls.connection,
-        cls._connection_for_bind,
+        cls._begin is _S_BEGIN
+        and cls.__init__ is _S_INIT
+        and cls._take_snapshot is _S_TAKE_SNAPSHOT
+        and cls.commit is _S_COMMIT
+        and cls._prepare_impl is _S_PREPARE_IMPL
+        and cls.close is _S_CLOSE
+        and cls.connection is _S_CONNECTION
+        and cls._connection_for_bind is _S_CONNECTION_FOR_BIND
     )
-
-
-_STOCK_METHODS = _methods(SessionTransaction)
 _STOCK_GET_BIND = orm.Session.get_bind
 
 
@@ -253,7 +314,7 @@ def begin_flush(session):
     attribute for attribute, without the state machine's wrappers.
     """
     parent = session._autobegin_t()
-    if type(parent) is not SessionTransaction or _methods(SessionTransaction) != _STOCK_METHODS:
+    if type(parent) is not SessionTransaction or not _stock_methods():
         _fall_back("patched")
         return parent._begin()
     if session.dispatch.after_transaction_create:
@@ -266,12 +327,7 @@ def begin_flush(session):
     # what _begin's wrapper leaves on the parent
     parent._next_state = parent._next_state
     parent._current_fn = parent._current_fn
-    sub = SessionTransaction.__new__(SessionTransaction)
-    sub.session = session
-    sub._connections = {}
-    sub._parent = parent
-    sub.nested = False
-    sub.origin = _SUBTRANSACTION
+    sub = _bare_transaction(session, parent, _SUBTRANSACTION)
     sub._state = _ACTIVE
     # _take_snapshot of a subtransaction: the parent's collections, those
     # it has made already now, the others on first use (_Snapshot)
@@ -308,7 +364,7 @@ def commit_flush(session, sub):
         _fall_back("state")
         sub.commit()
         return
-    if _methods(SessionTransaction) != _STOCK_METHODS:
+    if not _stock_methods():
         _fall_back("patched")
         sub.commit()
         return
@@ -338,12 +394,17 @@ def flush_connection(uow, mapper):
     """
     parent = _flush_parent(uow)
     if parent is not None:
-        bind = uow.session.get_bind(mapper)
+        session = uow.session
+        # stock's get_bind (_flush_parent checked it is), its first case
+        # without the call
+        bind = session.bind
+        if session.binds or not bind:
+            bind = session.get_bind(mapper)
         entry = parent._connections.get(bind)
         if entry is not None:
             return entry[0]
-        if parent._parent is None and _provisions_directly(uow.session, bind):
-            return _provision(uow.session, parent, bind, None, uow.transaction)
+        if parent._parent is None and _provisions_directly(session, bind):
+            return _provision(session, parent, bind, None, uow.transaction)
     return uow.transaction.connection(mapper)
 
 
@@ -353,7 +414,11 @@ def held_connection(uow, mapper):
     looked up), or None when it has to be stock's call."""
     parent = _flush_parent(uow)
     if parent is not None:
-        entry = parent._connections.get(uow.session.get_bind(mapper))
+        session = uow.session
+        bind = session.bind
+        if session.binds or not bind:
+            bind = session.get_bind(mapper)
+        entry = parent._connections.get(bind)
         if entry is not None:
             return entry[0]
     return None
@@ -378,7 +443,7 @@ def _flush_parent(uow):
         if (
             parent is not None
             and parent._state is _ACTIVE
-            and _methods(SessionTransaction) == _STOCK_METHODS
+            and _stock_methods()
         ):
             return parent
     return None
@@ -409,7 +474,7 @@ def commit(session, trans):
     other case is stock's commit.
     """
     reason = None
-    if type(trans) is not SessionTransaction or _methods(SessionTransaction) != _STOCK_METHODS:
+    if type(trans) is not SessionTransaction or not _stock_methods():
         reason = "patched"
     elif trans._parent is not None:
         reason = "not_root"
@@ -486,7 +551,7 @@ def connection_for_bind(session, bind, execution_options):
     subtransaction or savepoint asked for a connection it does not hold,
     execution options given for a connection already there (stock
     warns), a transaction in another state (stock raises)."""
-    if _methods(SessionTransaction) != _STOCK_METHODS:
+    if not _stock_methods():
         return None
     trans = session._transaction
     if trans is None:

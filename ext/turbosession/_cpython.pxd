@@ -2,7 +2,8 @@
 # paths that cimport it (compiled only: the pure implementation never reads it).
 
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.weakref cimport PyWeakref_GetRef
 
 cdef extern from "Python.h":
     # a slot of a class's __slots__ (types.MemberDescriptorType)
@@ -14,6 +15,9 @@ cdef extern from "Python.h":
 
     ctypedef struct PyMemberDescrObject:
         PyMemberDef *d_member
+
+    # exactly a weakref.ref, no subclass (a macro Cython's cpython.weakref lacks)
+    bint PyWeakref_CheckRefExact(object ob)
 
     # a bound method (Cython's cpython.method declares Python 2's signature)
     object PyMethod_New(object func, object self)
@@ -37,3 +41,18 @@ cdef inline void store_slot(object obj, Py_ssize_t offset, object value) noexcep
     slot[0] = <PyObject *>value
     Py_XDECREF(old)
 
+
+
+cdef inline object state_object(object state):
+    """``state.obj()``: the object, or None once it has been collected.  A
+    plain ``weakref.ref`` (stock's) is read without a Python call; anything
+    else (a dereferenced state's function returning None) is called."""
+    ref = state.obj
+    if not PyWeakref_CheckRefExact(ref):
+        return ref()
+    cdef PyObject *found
+    if PyWeakref_GetRef(ref, &found) != 1:
+        return None
+    result = <object>found
+    Py_DECREF(result)  # GetRef's own reference: result holds one
+    return result

@@ -25,13 +25,9 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 if cython.compiled:
-    from cython.cimports.cpython.object import PyObject
-    from cython.cimports.cpython.ref import Py_DECREF
-    from cython.cimports.cpython.weakref import PyWeakref_GetRef
+    from cython.cimports.turbosession._cpython import state_object
 
 __all__ = ["WeakIdentityMap"]
-
-WeakRefType = cython.declare(object, weakref.ref)
 
 
 def _is_compiled():
@@ -48,15 +44,9 @@ def _object_of(state) -> object:
     ``weakref.ref`` except on a state SQLAlchemy dereferenced, where it is a
     function returning None.
     """
-    ref = state.obj
-    if not cython.compiled or type(ref) is not WeakRefType:
-        return ref()
-    obj: cython.pointer(PyObject)
-    if PyWeakref_GetRef(ref, cython.address(obj)) != 1:
-        return None
-    result = cython.cast(object, obj)  # a reference of its own: give back GetRef's
-    Py_DECREF(result)
-    return result
+    if cython.compiled:
+        return state_object(state)
+    return state.obj()
 
 
 def _raise_killed(state):

@@ -56,8 +56,8 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem, PyDict_Next
     from cython.cimports.cpython.object import PyObject
-    from cython.cimports.cpython.ref import Py_DECREF, Py_INCREF
-    from cython.cimports.cpython.weakref import PyWeakref_GetRef
+    from cython.cimports.cpython.ref import Py_INCREF
+    from cython.cimports.turbosession._cpython import state_object
     from cython.cimports.cpython.tuple import (
         PyTuple_GET_ITEM,
         PyTuple_New,
@@ -203,18 +203,11 @@ def _absent_value(state, dict_, key) -> object:
 @cython.cfunc
 @cython.inline
 def _live_obj(state) -> object:
-    """``state.obj()``; compiled, a plain ``weakref.ref`` (stock's) is read
-    in C, without a call."""
-    ref = state.obj
+    """``state.obj()``; compiled, ``_cpython.state_object`` (as
+    ``_identity._object_of``)."""
     if cython.compiled:
-        if type(ref) is _ref:
-            found: cython.pointer(PyObject)
-            if PyWeakref_GetRef(ref, cython.address(found)) != 1:
-                return None
-            obj = cython.cast(object, found)
-            Py_DECREF(obj)  # GetRef's own reference: obj holds one
-            return obj
-    return ref()
+        return state_object(state)
+    return state.obj()
 
 
 @cython.cfunc

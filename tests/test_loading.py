@@ -284,6 +284,77 @@ def test_session_overriding_lookup_runs_stock_get(session_cls, engine):
     assert stats["fast"] == 0 and stats["fallback"]["get_overridden"] == 3, stats
 
 
+def lookup_patched_between_gets(session_cls, engine, log):
+    """A session class patched after get() answered from the map: the next
+    get() must see the patch (compiled, the verdict on the class is kept by
+    the class's version tag, which the patch changes)."""
+
+    class Patched(session_cls):
+        pass
+
+    with session_cls(engine) as session:
+        seed(session)
+    with Patched(engine) as session:
+        obj = session.get(Account, 1)
+        log.note(session.get(Account, 1) is obj)
+
+        def _identity_lookup(self, mapper, primary_key_identity, **kw):
+            log.note("patched lookup", mapper.class_.__name__, primary_key_identity)
+            return super(Patched, self)._identity_lookup(mapper, primary_key_identity, **kw)
+
+        Patched._identity_lookup = _identity_lookup
+        log.note(session.get(Account, 1) is obj)
+        del Patched._identity_lookup
+        log.note(session.get(Account, 1) is obj)
+
+
+def test_class_patched_between_gets(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(lookup_patched_between_gets, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["loads"]["get"]
+    # the first get() loads, the second and the last hit; the patched one is stock's
+    assert stats["fast"] == 2 and stats["fallback"] == {"get_overridden": 1}, stats
+
+
+def class_unmapped_between_gets(session_cls, engine, log):
+    """A class mapped, got from the map, then disposed of and mapped again
+    with another primary key: get() must answer as stock does for each (the
+    compiled last-class cache must not answer for a changed class)."""
+    from sqlalchemy import Column, Integer, MetaData, Table
+    from sqlalchemy.orm import registry
+
+    metadata = MetaData()
+    table = Table("tl_remapped", metadata, Column("id", Integer, primary_key=True),
+                  Column("n", Integer, primary_key=True))
+    metadata.create_all(engine)
+    try:
+        class Remapped:
+            pass
+
+        mapped = registry()
+        mapped.map_imperatively(Remapped, table, primary_key=[table.c.id])
+        with session_cls(engine) as session:
+            obj = Remapped()
+            obj.id, obj.n = 1, 2
+            session.add(obj)
+            session.flush()
+            known = {"obj": obj}
+            attempt(log, "mapped", known, lambda: session.get(Remapped, 1))
+            attempt(log, "mapped again", known, lambda: session.get(Remapped, 1))
+            mapped.dispose()
+            attempt(log, "disposed", known, lambda: session.get(Remapped, 1))
+            registry().map_imperatively(Remapped, table)
+            attempt(log, "remapped, one key", known, lambda: session.get(Remapped, 1))
+            attempt(log, "remapped, two keys", known, lambda: session.get(Remapped, (1, 2)))
+            session.rollback()
+    finally:
+        metadata.drop_all(engine)
+
+
+def test_class_unmapped_between_gets(session_cls, engine):
+    assert_same_as_stock(class_unmapped_between_gets, session_cls, engine, Base.metadata)
+
+
 def test_scoped_session_and_subclass_with_mixin(impl, engine):
     from sqlalchemy import orm
 

@@ -1,7 +1,7 @@
 # CPython C API that Cython's own cpython/*.pxd do not declare, for the hot
 # paths that cimport it (compiled only: the pure implementation never reads it).
 
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.weakref cimport PyWeakref_GetRef
 
@@ -50,9 +50,25 @@ cdef inline object state_object(object state):
     ref = state.obj
     if not PyWeakref_CheckRefExact(ref):
         return ref()
+    return ref_target(ref)
+
+
+cdef inline object ref_target(object ref):
+    """``ref()`` of a ``weakref.ref`` without a Python call: its object, or
+    None once that has been collected."""
     cdef PyObject *found
     if PyWeakref_GetRef(ref, &found) != 1:
         return None
     result = <object>found
     Py_DECREF(result)  # GetRef's own reference: result holds one
     return result
+
+
+cdef inline unsigned int type_version_tag(object cls) noexcept:
+    """CPython's version tag of a class, 0 when it has none.  Tags come from
+    one global counter and are never reused; setting or deleting an attribute
+    of the class or of a class in its MRO, or assigning its bases, resets it
+    to 0 and the next attribute lookup gives a new one.  So an unchanged
+    non-zero tag is the same class with the same attributes as when it was
+    read."""
+    return (<PyTypeObject *>cls).tp_version_tag

@@ -50,7 +50,7 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 if cython.compiled:
-    from cython.cimports.cpython.object import PyTypeObject
+    from cython.cimports.turbosession._cpython import type_version_tag
 
 __all__ = ["add_all", "counts", "delete_all", "hooks_like", "pending_pairs", "reset_counts"]
 
@@ -524,7 +524,7 @@ def _version_tag(cls) -> cython.uint:
     attribute cache: setting or deleting an attribute of the class or of
     any class in its MRO, or its bases, gives it a new one."""
     if cython.compiled:
-        return cython.cast(cython.pointer(PyTypeObject), cls).tp_version_tag
+        return type_version_tag(cls)
     return 0
 
 

@@ -31,6 +31,7 @@ memoized cache key, which stock recomputes for its new statement every call.
 from __future__ import annotations
 
 import logging
+import weakref
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspection, sql, util
@@ -57,6 +58,7 @@ if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.type import PyType_Check
+    from cython.cimports.turbosession._cpython import ref_target, type_version_tag
 
 __all__ = ["counts", "execute_counts", "reset_counts", "session_execute_internal", "session_get"]
 
@@ -94,6 +96,17 @@ _ORM_UTIL_NAMES = cython.declare(dict, orm_util.__dict__)
 
 # metaclass -> whether inspect() of its classes is one of _INSPECT_CLASS
 _plain_metaclasses = cython.declare(dict, {})
+
+# compiled only, the last class _plan_of answered for, by its version tag
+# (unique to one class with its attributes as they were: see _cpython.pxd),
+# its metaclass's id and a weak reference to the plan its manager holds (so
+# no unmapped class or mapper is kept alive here)
+_last_plan_tag = cython.declare(cython.uint, 0)
+_last_plan_metaclass = cython.declare(cython.Py_ssize_t, 0)
+_last_plan_ref = cython.declare(object, None)
+# compiled only, the version tag of the last session class whose
+# _get_impl and _identity_lookup were found to be stock's
+_last_session_tag = cython.declare(cython.uint, 0)
 
 _gets_fast = cython.declare(cython.Py_ssize_t, 0)
 _gets_loaded = cython.declare(cython.Py_ssize_t, 0)
@@ -213,6 +226,7 @@ class _GetPlan:
     class_ = cython.declare(object)
     pk_length = cython.declare(cython.Py_ssize_t)
     always_refresh = cython.declare(cython.bint)
+    __weakref__: object
 
     def __init__(self, mapper):
         self.mapper = mapper
@@ -230,7 +244,33 @@ _PLAN_ATTR = "_turbosession_get_plan_compiled" if cython.compiled else "_turbose
 def _plan_of(entity) -> object:
     """The plan of ``inspect(entity)`` for a plain mapped class; None when
     the entity is anything else (stock's get then decides)."""
+    global _last_plan_tag, _last_plan_metaclass, _last_plan_ref
     metaclass = type(entity)
+    tag: cython.uint = 0
+    if cython.compiled and PyType_Check(entity):
+        tag = type_version_tag(entity)
+        if (
+            tag != 0
+            and tag == _last_plan_tag
+            and id(metaclass) == _last_plan_metaclass
+            and _ORM_UTIL_NAMES.get("opt_manager_of_class") is _DEFAULT_OPT_MANAGER
+        ):
+            plan = ref_target(_last_plan_ref)
+            if plan is not None:
+                return plan
+    plan = _find_plan(entity, metaclass)
+    # kept only with the tag read before the lookups, and only if they left
+    # it as it was (a class changed meanwhile has another)
+    if plan is not None and tag != 0 and type_version_tag(entity) == tag:
+        _last_plan_tag = tag
+        _last_plan_metaclass = id(metaclass)
+        _last_plan_ref = weakref.ref(plan)
+    return plan
+
+
+@cython.cfunc
+def _find_plan(entity, metaclass) -> object:
+    """``_plan_of`` without its cache."""
     plain = _plain_metaclasses.get(metaclass)
     if plain is None:
         plain = isinstance(entity, type) and _inspects_as_mapped_class(metaclass)
@@ -257,13 +297,22 @@ def _plan_of(entity) -> object:
 
 @cython.cfunc
 def _overrides_lookup(session) -> cython.bint:
-    cls = type(session)
-    if (
-        cls._get_impl is not _STOCK_GET_IMPL
-        or cls._identity_lookup is not _STOCK_IDENTITY_LOOKUP
-        or _LOADING_NAMES.get("get_from_identity") is not _STOCK_GET_FROM_IDENTITY
-    ):
+    global _last_session_tag
+    if _LOADING_NAMES.get("get_from_identity") is not _STOCK_GET_FROM_IDENTITY:
         return True
+    cls = type(session)
+    tag: cython.uint = 0
+    if cython.compiled:
+        tag = type_version_tag(cls)
+    if tag == 0 or tag != _last_session_tag:
+        if (
+            cls._get_impl is not _STOCK_GET_IMPL
+            or cls._identity_lookup is not _STOCK_IDENTITY_LOOKUP
+        ):
+            return True
+        # as in _plan_of: kept only if the lookups left the tag as it was
+        if tag != 0 and type_version_tag(cls) == tag:
+            _last_session_tag = tag
     attrs = session.__dict__
     return "_get_impl" in attrs or "_identity_lookup" in attrs
 

@@ -544,13 +544,15 @@ def test_a_patched_hook_is_called(hook, session_cls, engine):
     Base.metadata.drop_all(engine)
 
 
-@pytest.mark.parametrize("target", ["session_class", "stock_session"])
+@pytest.mark.parametrize("target", ["session_class", "stock_session", "one_session"])
 @pytest.mark.parametrize("hook", ["_save_impl", "_delete_impl"])
 def test_a_hook_patched_after_fast_calls_is_called(hook, target, session_cls, engine):
     """A class whose hooks were found stock's is not asked again while it is
-    unchanged (compiled: CPython's version tag of the class); a patch on it
-    or on a class of its MRO after fast add() / delete() calls is seen, and
-    once it is undone the calls are fast again."""
+    unchanged (compiled: CPython's version tag of the class), nor a session
+    whose own ``__dict__`` was found without them (compiled on CPython 3.11:
+    the dict's version); a patch on the class, on a class of its MRO or on
+    the session itself after fast add() / delete() calls is seen, and once
+    it is undone the calls are fast again."""
     from turbosession import attaching
 
     Base.metadata.create_all(engine)
@@ -565,6 +567,12 @@ def test_a_hook_patched_after_fast_calls_is_called(hook, target, session_cls, en
 
     with session_cls(engine) as session:
         x, y, z = (session.get(Plain, i) for i in (1, 2, 3))
+        if target == "one_session":
+            owner = session
+
+            def spy(*args, **kw):
+                calls.append(hook)
+                return original(session, *args, **kw)
 
         def attach(obj, name):
             if hook == "_save_impl":
@@ -587,4 +595,27 @@ def test_a_hook_patched_after_fast_calls_is_called(hook, target, session_cls, en
         assert names == (
             ["a", "b", "c", "x", "y", "z"] if hook == "_save_impl" else []
         )
+    Base.metadata.drop_all(engine)
+
+
+def test_pinned_bundle_gets_its_own_delete(impl, session_cls, engine):
+    """delete() is the bundle's function itself; a subclass overriding it
+    keeps its own, which reaches turbosession's through super()."""
+    assert session_cls.delete is impl.attach.session_delete
+    assert type("Sub", (session_cls,), {}).delete is impl.attach.session_delete
+    calls = []
+
+    class Own(session_cls):
+        def delete(self, instance):
+            calls.append(instance.name)
+            super().delete(instance)
+
+    Base.metadata.create_all(engine)
+    seeded(session_cls, engine, "x")
+    with Own(engine) as session:
+        x = session.get(Plain, 1)
+        session.delete(x)
+        assert calls == ["x"] and x in session.deleted
+        session.flush()
+        assert session.scalars(select(Plain)).all() == []
     Base.metadata.drop_all(engine)

@@ -27,6 +27,21 @@ cdef extern from "Python.h":
     PyObject *_PyDict_GetItem_KnownHash(object mp, object key, Py_hash_t hash) except? NULL
     int _PyDict_SetItem_KnownHash(object mp, object key, object item, Py_hash_t hash) except -1
 
+cdef extern from *:
+    """
+    /* A dict's version (PEP 509): CPython 3.11 gives every dict a fresh one
+       from one global 64-bit counter when it is made and whenever a key is
+       inserted or deleted, so an unchanged version is the same dict with the
+       same keys.  3.12 deprecates it and 3.14 removes it: 0 there, which
+       callers read as "no version". */
+    #if PY_VERSION_HEX < 0x030C0000 && !defined(PYPY_VERSION)
+    #define __ts_dict_version(d) (((PyDictObject *)(d))->ma_version_tag)
+    #else
+    #define __ts_dict_version(d) ((unsigned long long)0)
+    #endif
+    """
+    unsigned long long dict_version "__ts_dict_version"(dict d)
+
 cdef extern from "structmember.h":
     int T_OBJECT_EX
     int READONLY

@@ -50,9 +50,12 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 if cython.compiled:
-    from cython.cimports.turbosession._cpython import type_version_tag
+    from cython.cimports.turbosession._cpython import dict_version, type_version_tag
 
-__all__ = ["add_all", "counts", "delete_all", "hooks_like", "pending_pairs", "reset_counts"]
+__all__ = [
+    "add_all", "counts", "delete_all", "hooks_like", "pending_pairs", "reset_counts",
+    "session_delete", "set_session_hooks",
+]
 
 _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
@@ -503,14 +506,30 @@ def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
     the session's class (after ``mixin`` in its MRO with ``after_mixin``)
     must give ``function`` itself; and the session's own ``__dict__``
     holds none of ``names`` (a hook patched onto one session)."""
+    global _own_verified_version, _own_verified_names
     if not _class_hooks_like(type(session), mixin, expected):
         return False
     own: dict = session.__dict__
+    # compiled on CPython 3.11, the version of the last session dict found
+    # without any of ``names`` answers for it while no key was added or
+    # deleted (see _cpython.dict_version); 0 is no version
+    version: cython.ulonglong = 0
+    if cython.compiled:
+        version = dict_version(own)
+        if version != 0 and version == _own_verified_version and id(names) == _own_verified_names:
+            return True
     i: cython.Py_ssize_t
     for i in range(len(names)):
         if names[i] in own:
             return False
+    if version != 0:
+        _own_verified_version = version
+        _own_verified_names = id(names)
     return True
+
+
+_own_verified_version = cython.declare(cython.ulonglong, 0)
+_own_verified_names = cython.declare(cython.Py_ssize_t, 0)
 
 
 # id(expected) -> (class, its version tag when its hooks were last found
@@ -577,6 +596,37 @@ def add_all(session, instances):
         plan: tuple = walk.plan(mapper)
         if plan[1]:
             walk.cascade(state, plan, _SAVE_UPDATE)
+
+
+# set by turbosession.session once its classes exist (set_session_hooks)
+_session_mixin = cython.declare(object, None)
+_stock_delete_hooks = cython.declare(tuple, ())
+_hook_names = cython.declare(tuple, ())
+
+
+def set_session_hooks(mixin, stock_delete_hooks: tuple, names: tuple):
+    """``TurboSessionMixin``, the hooks stock's ``delete()`` reaches as
+    stock's Session resolves them, and the hook names a session's own
+    ``__dict__`` must not hold (``hooks_like``), for ``session_delete``."""
+    global _session_mixin, _stock_delete_hooks, _hook_names
+    _session_mixin = mixin
+    _stock_delete_hooks = stock_delete_hooks
+    _hook_names = names
+
+
+def session_delete(self, instance):
+    """``TurboSessionMixin.delete``: the object (and its delete cascade)
+    marked deleted by ``delete_all``, when the session resolves every hook
+    stock's ``delete()`` calls as stock's Session does and no flush is
+    running; stock's ``delete()`` (the next in the session's MRO) otherwise.
+
+    It is the method itself (compiled, a C function), as ``get()`` is:
+    applications call it once per object."""
+    if self._warn_on_events or not hooks_like(
+        self, _session_mixin, _stock_delete_hooks, _hook_names
+    ):
+        return super(_session_mixin, self).delete(instance)
+    delete_all(self, (instance,))
 
 
 def delete_all(session, instances):

@@ -14,6 +14,7 @@ bint = bool
 int = int  # noqa: A001
 Py_ssize_t = int
 double = float
+uint = ulonglong = int
 
 
 def _unchanged(fn):

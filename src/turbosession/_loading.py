@@ -244,7 +244,6 @@ _PLAN_ATTR = "_turbosession_get_plan_compiled" if cython.compiled else "_turbose
 def _plan_of(entity) -> object:
     """The plan of ``inspect(entity)`` for a plain mapped class; None when
     the entity is anything else (stock's get then decides)."""
-    global _last_plan_tag, _last_plan_metaclass, _last_plan_ref
     metaclass = type(entity)
     tag: cython.uint = 0
     if cython.compiled and PyType_Check(entity):
@@ -258,19 +257,6 @@ def _plan_of(entity) -> object:
             plan = ref_target(_last_plan_ref)
             if plan is not None:
                 return plan
-    plan = _find_plan(entity, metaclass)
-    # kept only with the tag read before the lookups, and only if they left
-    # it as it was (a class changed meanwhile has another)
-    if plan is not None and tag != 0 and type_version_tag(entity) == tag:
-        _last_plan_tag = tag
-        _last_plan_metaclass = id(metaclass)
-        _last_plan_ref = weakref.ref(plan)
-    return plan
-
-
-@cython.cfunc
-def _find_plan(entity, metaclass) -> object:
-    """``_plan_of`` without its cache."""
     plain = _plain_metaclasses.get(metaclass)
     if plain is None:
         plain = isinstance(entity, type) and _inspects_as_mapped_class(metaclass)
@@ -281,18 +267,31 @@ def _find_plan(entity, metaclass) -> object:
     if manager is None:
         return None
     plan = getattr(manager, _PLAN_ATTR, None)
-    if plan is not None:
-        return plan
-    try:
-        # the mapper once mapped (None after unregister); raises before
-        mapper = manager.mapper
-    except Exception:
-        return None
-    if mapper is None or type(mapper).identity_key_from_primary_key is not _STOCK_IDENTITY_KEY:
-        return None
-    plan = _GetPlan(mapper)
-    setattr(manager, _PLAN_ATTR, plan)
+    if plan is None:
+        try:
+            # the mapper once mapped (None after unregister); raises before
+            mapper = manager.mapper
+        except Exception:
+            return None
+        if mapper is None or type(mapper).identity_key_from_primary_key is not _STOCK_IDENTITY_KEY:
+            return None
+        plan = _GetPlan(mapper)
+        setattr(manager, _PLAN_ATTR, plan)
+    if tag != 0:
+        _keep_plan(entity, tag, metaclass, plan)
     return plan
+
+
+@cython.cfunc
+def _keep_plan(entity, tag: cython.uint, metaclass, plan):
+    """Compiled, ``plan`` kept as the last class's, with the tag read before
+    ``_plan_of``'s lookups, and only if they left it as it was (a class
+    changed meanwhile has another)."""
+    global _last_plan_tag, _last_plan_metaclass, _last_plan_ref
+    if type_version_tag(entity) == tag:
+        _last_plan_tag = tag
+        _last_plan_metaclass = id(metaclass)
+        _last_plan_ref = weakref.ref(plan)
 
 
 @cython.cfunc

@@ -86,10 +86,9 @@ class TurboSessionMixin:
             return super().add_all(instances)
         self._turbo.attach.add_all(self, instances)
 
-    def delete(self, instance):
-        if self._warn_on_events or not _deletes_like_stock(self):
-            return super().delete(instance)
-        self._turbo.attach.delete_all(self, (instance,))
+    # the bundle's compiled function (a subclass pinning another bundle gets
+    # that bundle's, __init_subclass__): delete_all below for one object
+    delete = _impl.active.attach.session_delete
 
     def delete_all(self, instances):
         if self._warn_on_events or not _deletes_like_stock(self):
@@ -128,6 +127,8 @@ class TurboSessionMixin:
             cls.get = cls._turbo.loading.session_get
         if "_turbo" in cls.__dict__ and cls._execute_internal in _SESSION_EXECUTE_INTERNALS:
             cls._execute_internal = cls._turbo.loading.session_execute_internal
+        if "_turbo" in cls.__dict__ and cls.delete in _SESSION_DELETES:
+            cls.delete = cls._turbo.attach.session_delete
 
     # Dirty tracking (turbosession._tracking_*).  ``_dirty_states`` stays
     # stock's: it already returns the identity map's modified set as is.
@@ -183,6 +184,10 @@ _SESSION_EXECUTE_INTERNALS = tuple(
     bundle.loading.session_execute_internal
     for bundle in (_impl.compiled, _impl.pure)
     if bundle is not None
+)
+# each bundle's Session.delete, which a subclass pinning a bundle swaps
+_SESSION_DELETES = tuple(
+    bundle.attach.session_delete for bundle in (_impl.compiled, _impl.pure) if bundle is not None
 )
 for _bundle in (_impl.compiled, _impl.pure):
     if _bundle is not None:
@@ -261,6 +266,12 @@ class Session(TurboSessionMixin, orm.Session):
 # the hooks as stock's Session has them, seen from a class using the mixin
 _STOCK_ADD_HOOKS = _hooks_of(Session, _ADD_HOOKS)
 _STOCK_DELETE_HOOKS = _hooks_of(Session, _DELETE_HOOKS)
+for _bundle in (_impl.compiled, _impl.pure):
+    if _bundle is not None:
+        _bundle.attach.set_session_hooks(
+            TurboSessionMixin, _STOCK_DELETE_HOOKS, _ATTACH_HOOK_NAMES
+        )
+del _bundle
 
 
 class sessionmaker(orm.sessionmaker):

@@ -50,6 +50,7 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 if cython.compiled:
+    from cython.cimports.cpython.object import PyObject
     from cython.cimports.turbosession._cpython import dict_version, type_version_tag
 
 __all__ = [
@@ -501,6 +502,14 @@ class _Walk:
 
 
 def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
+    """The test ``TurboSessionMixin`` makes before its add() and delete()
+    paths (``_hooks_like``)."""
+    return _hooks_like(session, mixin, expected, names)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
     """Whether the session resolves each hook of ``expected`` as stock's
     Session does: ``(name, after_mixin, function)``, the name looked up on
     the session's class (after ``mixin`` in its MRO with ``after_mixin``)
@@ -516,7 +525,7 @@ def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
     version: cython.ulonglong = 0
     if cython.compiled:
         version = dict_version(own)
-        if version != 0 and version == _own_verified_version and id(names) == _own_verified_names:
+        if version != 0 and version == _own_verified_version and names is _own_verified_names:
             return True
     i: cython.Py_ssize_t
     for i in range(len(names)):
@@ -524,17 +533,26 @@ def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
             return False
     if version != 0:
         _own_verified_version = version
-        _own_verified_names = id(names)
+        _own_verified_names = names
     return True
 
 
 _own_verified_version = cython.declare(cython.ulonglong, 0)
-_own_verified_names = cython.declare(cython.Py_ssize_t, 0)
+_own_verified_names = cython.declare(tuple, None)
 
 
-# id(expected) -> (class, its version tag when its hooks were last found
+# the address of expected -> (class, its version tag when its hooks were last found
 # as expected): the last class checked per set of hooks
 _verified = cython.declare(dict, {})
+
+
+@cython.cfunc
+@cython.inline
+def _address(obj) -> cython.Py_ssize_t:
+    """``id(obj)``, compiled without calling the builtin."""
+    if cython.compiled:
+        return cython.cast(cython.Py_ssize_t, cython.cast(cython.pointer(PyObject), obj))
+    return id(obj)
 
 
 @cython.cfunc
@@ -555,7 +573,7 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
     (compiled only; the tag is C's)."""
     tag: cython.uint = _version_tag(cls)
     if tag:
-        last: tuple = _verified.get(id(expected))
+        last: tuple = _verified.get(_address(expected))
         if last is not None and last[0] is cls and cython.cast(cython.uint, last[1]) == tag:
             return True
     above = None
@@ -574,7 +592,7 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
     # another tag (a class without one gets it from these lookups, and is
     # kept at the next call)
     if tag and _version_tag(cls) == tag:
-        _verified[id(expected)] = (cls, tag)
+        _verified[_address(expected)] = (cls, tag)
     return True
 
 
@@ -622,14 +640,22 @@ def session_delete(self, instance):
 
     It is the method itself (compiled, a C function), as ``get()`` is:
     applications call it once per object."""
-    if self._warn_on_events or not hooks_like(
+    if self._warn_on_events or not _hooks_like(
         self, _session_mixin, _stock_delete_hooks, _hook_names
     ):
         return super(_session_mixin, self).delete(instance)
-    delete_all(self, (instance,))
+    _delete_all(self, (instance,))
 
 
 def delete_all(session, instances):
+    """``TurboSessionMixin.delete_all`` once it has found the session's
+    hooks stock's: each object marked deleted with its cascade, or handed
+    to stock's ``delete()`` under a counted reason."""
+    _delete_all(session, instances)
+
+
+@cython.cfunc
+def _delete_all(session, instances):
     global _attached_fast
     # a delete cascade may load collections, running listeners: no cache
     walk: _Walk = _Walk(session, _DELETE_EVENTS, False)

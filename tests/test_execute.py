@@ -326,3 +326,111 @@ def test_async_session_same_as_stock(impl, tmp_path):
         lambda engine: AsyncSession(engine, sync_session_class=pinned), "turbo"))
     assert actual == expected
     assert turbosession.stats()["loads"]["execute"]["direct"] == 3
+
+
+def autoflush_and_connection(session_cls, engine, log):
+    """The autoflush and the connection of a repeated select: skipped for a
+    clean session exactly where stock's flush returns without doing
+    anything; flushes of new, modified and deleted objects; the session's
+    own ``flush``, ``_autoflush``, ``_is_clean`` and ``_connection_for_bind``
+    (on its class or on the instance) called as stock calls them."""
+
+    with session_cls(engine) as session:
+        seed(session)
+    by_id = select(Author).where(Author.id == bindparam("id"))
+    by_low = select(Author).where(Author.id > bindparam("low")).order_by(Author.id)
+
+    def flush_events(session):
+        for name in ("before_flush", "after_flush", "after_flush_postexec"):
+            event.listen(session, name, lambda s, *a, _name=name: log.note("event", _name))
+
+    with session_cls(engine) as session:
+        flush_events(session)
+        known = {}
+        for round_ in range(3):
+            attempt(log, f"clean {round_}", known,
+                    lambda: session.scalars(by_id, {"id": 1 + round_}).all())
+            session.add(Author(id=40 + round_, name=f"new {round_}", bio="b"))
+            attempt(log, f"new {round_}", known,
+                    lambda: session.scalars(by_id, {"id": 40 + round_}).all())
+            session.get(Author, 2).name = f"modified {round_}"
+            attempt(log, f"modified {round_}", known,
+                    lambda: [a.name for a in session.scalars(by_low, {"low": 1})])
+            session.delete(session.get(Author, 40 + round_))
+            attempt(log, f"deleted {round_}", known,
+                    lambda: [a.id for a in session.scalars(by_low, {"low": 30})])
+            with session.no_autoflush:
+                session.add(Author(id=50 + round_, name="held", bio="b"))
+                attempt(log, f"no_autoflush {round_}", known,
+                        lambda: session.scalars(by_id, {"id": 50 + round_}).all())
+            attempt(log, f"after no_autoflush {round_}", known,
+                    lambda: session.scalars(by_id, {"id": 50 + round_}).all())
+            session.autoflush = False
+            session.add(Author(id=60 + round_, name="off", bio="b"))
+            attempt(log, f"autoflush off {round_}", known,
+                    lambda: session.scalars(by_id, {"id": 60 + round_}).all())
+            session.autoflush = True
+            log.note("identity map", identity_map_contents(session))
+        session.rollback()
+
+    class Flushing(session_cls):
+        def flush(self, objects=None):
+            log.note("flush", sorted(type(o).__name__ for o in self.new))
+            return super().flush(objects)
+
+    class Cleaning(session_cls):
+        def _is_clean(self):
+            clean = super()._is_clean()
+            log.note("_is_clean", clean)
+            return clean
+
+    class Connecting(session_cls):
+        def _connection_for_bind(self, engine, execution_options=None, **kw):
+            log.note("_connection_for_bind", execution_options, sorted(kw))
+            return super()._connection_for_bind(engine, execution_options, **kw)
+
+    for cls in (Flushing, Cleaning, Connecting):
+        with cls(engine) as session:
+            for round_ in range(2):
+                attempt(log, f"{cls.__name__} clean {round_}", {},
+                        lambda: session.scalars(by_id, {"id": 3}).all())
+                session.add(Author(id=70 + round_, name="sub", bio="b"))
+                attempt(log, f"{cls.__name__} new {round_}", {},
+                        lambda: session.scalars(by_id, {"id": 70 + round_}).all())
+            session.rollback()
+
+    with session_cls(engine) as session:
+        stock_flush = session.flush
+        stock_is_clean = session._is_clean
+        stock_connection = session._connection_for_bind
+
+        def flush(objects=None):
+            log.note("instance flush")
+            return stock_flush(objects)
+
+        def is_clean():
+            log.note("instance _is_clean")
+            return stock_is_clean()
+
+        def connection_for_bind(engine, execution_options=None, **kw):
+            log.note("instance _connection_for_bind")
+            return stock_connection(engine, execution_options, **kw)
+
+        for name, method in (("flush", flush), ("_is_clean", is_clean),
+                             ("_connection_for_bind", connection_for_bind)):
+            setattr(session, name, method)
+            for round_ in range(2):
+                attempt(log, f"instance {name} clean {round_}", {},
+                        lambda: session.scalars(by_id, {"id": 4}).all())
+                session.add(Author(id=80 + round_ + 2 * len(name), name="inst", bio="b"))
+                attempt(log, f"instance {name} new {round_}", {},
+                        lambda: [a.id for a in session.scalars(by_low, {"low": 75})])
+            delattr(session, name)
+        session.rollback()
+
+
+def test_autoflush_and_connection_same_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(autoflush_and_connection, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["loads"]["execute"]
+    assert stats["direct"] >= 40, stats

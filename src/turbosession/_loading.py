@@ -47,6 +47,7 @@ from sqlalchemy.sql.selectable import Select, SelectState
 from sqlalchemy.util import EMPTY_DICT, immutabledict
 
 from turbosession import emission, loads
+from turbosession.transaction import connection_for_bind as _connection_for_bind
 from turbosession.loads import NOT_HANDLED
 
 try:
@@ -554,10 +555,67 @@ _MIXIN = cython.declare(object, None)
 _SESSION_EXECUTE_INTERNALS = cython.declare(tuple, ())
 
 
+# the mixin's _is_clean and _connection_for_bind (set with it)
+_MIXIN_IS_CLEAN = cython.declare(object, None)
+_MIXIN_CONNECTION_FOR_BIND = cython.declare(object, None)
+_STOCK_AUTOFLUSH = orm_session.Session._autoflush
+_STOCK_FLUSH = orm_session.Session.flush
+_STOCK_FLUSHING = cython.declare(tuple, ("_autoflush", "flush", "_is_clean"))
+
+
 def set_session_classes(mixin, execute_internals: tuple):
-    global _MIXIN, _SESSION_EXECUTE_INTERNALS
+    global _MIXIN, _SESSION_EXECUTE_INTERNALS, _MIXIN_IS_CLEAN, _MIXIN_CONNECTION_FOR_BIND
     _MIXIN = mixin
     _SESSION_EXECUTE_INTERNALS = execute_internals
+    _MIXIN_IS_CLEAN = mixin.__dict__["_is_clean"]
+    _MIXIN_CONNECTION_FOR_BIND = mixin.__dict__["_connection_for_bind"]
+
+
+@cython.cfunc
+def _autoflush(session) -> cython.void:
+    """``session._autoflush()``, as the ORM's execution calls it; when the
+    session's class leaves ``_autoflush`` and ``flush`` stock's and
+    ``_is_clean`` the mixin's (and the instance overrides none of them),
+    the call is skipped where stock's would return without doing
+    anything: autoflush on, not flushing, and ``_is_clean()`` (which has
+    no side effects) true, as ``flush`` asks it."""
+    cls = type(session)
+    if (
+        cls._autoflush is _STOCK_AUTOFLUSH
+        and cls.flush is _STOCK_FLUSH
+        and cls._is_clean is _MIXIN_IS_CLEAN
+    ):
+        attrs = session.__dict__
+        i: cython.Py_ssize_t
+        for i in range(3):
+            if _STOCK_FLUSHING[i] in attrs:
+                session._autoflush()
+                return
+        if (
+            session.autoflush
+            and not session._flushing
+            and session._turbo.tracking.is_clean(
+                session.identity_map, session._new, session._deleted
+            )
+        ):
+            return
+    session._autoflush()
+
+
+@cython.cfunc
+def _connection_for(session, bind) -> object:
+    """``session._connection_for_bind(bind)``: with the mixin's method (not
+    overridden by the class or the instance), what it runs, called
+    directly (``transaction.connection_for_bind``, else stock's method)."""
+    if (
+        type(session)._connection_for_bind is _MIXIN_CONNECTION_FOR_BIND
+        and "_connection_for_bind" not in session.__dict__
+    ):
+        conn = _connection_for_bind(session, bind, None)
+        if conn is None:
+            return super(_MIXIN, session)._connection_for_bind(bind, None)
+        return conn
+    return session._connection_for_bind(bind)
 
 
 @cython.cfunc
@@ -692,13 +750,13 @@ def session_execute_internal(
         )
     compile_state_cls, options, autoflush, mapper = execution
     if autoflush:
-        self._autoflush()
+        _autoflush(self)
     if mapper is None:
         bind_arguments = {"clause": statement}
     else:
         bind_arguments = {"clause": statement, "mapper": mapper}
     bind = self.get_bind(**bind_arguments)
-    conn = self._connection_for_bind(bind)
+    conn = _connection_for(self, bind)
     _executes_direct += 1
     result = compile_state_cls.orm_execute_statement(
         self, statement, params or {}, options, bind_arguments, conn
@@ -746,10 +804,10 @@ def _execute(
     global _gets_cursor
     compile_state_cls, options, autoflush, bind_items = execution
     if autoflush:
-        session._autoflush()
+        _autoflush(session)
     bind_arguments = dict(bind_items)
     bind = session.get_bind(**bind_arguments)
-    conn = session._connection_for_bind(bind)
+    conn = _connection_for(session, bind)
     dialect = conn.dialect
     plan = cursor_loads.get(dialect)
     if type(plan) is _CursorLoad:

@@ -422,6 +422,13 @@ def test_patched_orm_pre_session_exec_runs_session_execute(session_cls, engine, 
     assert stats["loaded"] == 1 and stats["direct"] == 0, stats
     # stock's get and turbosession's each ran it once for the miss
     assert len([c for c in calls if "tgm_author.id = :pk_1" in c]) == 2, calls
+    # once the patch is undone, a miss is loaded directly again: what was
+    # decided while it was in place is not kept with the mapper
+    monkeypatch.undo()
+    turbosession.reset_stats()
+    assert_same_as_stock(scenario, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["loads"]["get"]
+    assert stats["loaded"] == 1 and stats["direct"] == 1, stats
 
 
 def test_patched_load_on_pk_identity_runs_stock_get(session_cls, engine, monkeypatch):

@@ -343,10 +343,12 @@ def class_unmapped_between_gets(session_cls, engine, log):
             attempt(log, "mapped again", known, lambda: session.get(Remapped, 1))
             mapped.dispose()
             attempt(log, "disposed", known, lambda: session.get(Remapped, 1))
-            registry().map_imperatively(Remapped, table)
+            remapped = registry()
+            remapped.map_imperatively(Remapped, table)
             attempt(log, "remapped, one key", known, lambda: session.get(Remapped, 1))
             attempt(log, "remapped, two keys", known, lambda: session.get(Remapped, (1, 2)))
             session.rollback()
+            remapped.dispose()
     finally:
         metadata.drop_all(engine)
 

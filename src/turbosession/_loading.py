@@ -481,7 +481,11 @@ def _load_of(mapper) -> tuple:
     load = mapper.__dict__.get(_LOAD_ATTR)
     if load is None:
         load = _build_load(mapper)
-        mapper._set_memoized_attribute(_LOAD_ATTR, load)
+        # kept only with its execution decided: for select(mapper) that is
+        # None only while something stock's execution calls is patched
+        # (_execution_of), which must not outlive the patch
+        if load[3] is not None:
+            mapper._set_memoized_attribute(_LOAD_ATTR, load)
     return load
 
 

@@ -362,7 +362,16 @@ def _map_dict(identity_map) -> dict:
 class _Rows:
     """What the association rows of one step are made with: the
     relationship's keys, the child mapper that needs no type check, and the
-    attribute getters of the last parent and child class seen."""
+    attribute getters of the last parent and child class seen.
+
+    Within the step the values are read once per object: the current
+    parent's (``parent_row``, at its first row) and each child's that the
+    session holds (``child_rows``; with stock's ``_contains_state`` only,
+    which is then not asked again: nothing in the step adds objects to the
+    session or removes them).  Stock reads them again for each row, where
+    they are in the object's dict after the first read (the first read is
+    where a load, if any, happens, as in stock); each row is a new dict,
+    the parent's keys first."""
 
     uow: object
     dp: object
@@ -377,6 +386,8 @@ class _Rows:
     parent_getters: tuple
     child_manager: object
     child_getters: tuple
+    parent_row: dict  # None: not read yet for the current parent
+    child_rows: dict  # child state -> its values
 
     def __init__(self, uow, dp, parent_keys, child_keys, target):
         self.uow = uow
@@ -394,11 +405,14 @@ class _Rows:
         self.target = target
         self.parent_manager = None
         self.child_manager = None
+        self.parent_row = None
+        self.child_rows = {}
 
     @cython.cfunc
     def parent(self, state):
         """The parent attribute getters for ``state``'s class, before its
         rows are made."""
+        self.parent_row = None
         manager = state.manager
         if manager is not self.parent_manager:
             self.parent_manager = manager
@@ -414,6 +428,9 @@ class _Rows:
         if child is None:
             dp._verify_canload(child)  # raises for a collection
             return None
+        child_row = self.child_rows.get(child)
+        if child_row is not None:
+            return self.joined(state, parent_dict, child_row)
         manager = child.manager
         if manager is not self.child_manager:
             # checked once per child class (the check depends on its mapper
@@ -436,9 +453,29 @@ class _Rows:
             # stock warns unless the child is deleted, and makes no row
             dp._synchronize(state, child, {}, False, self.uow, operation)
             return None
-        row: dict = {}
-        _fill(row, state, parent_dict, self.parent_getters)
-        _fill(row, child, _state_dict(child), self.child_getters)
+        parent_row: dict = self.parent_row
+        if parent_row is None:
+            parent_row = {}
+            _fill(parent_row, state, parent_dict, self.parent_getters)
+            self.parent_row = parent_row
+        child_row = {}
+        _fill(child_row, child, _state_dict(child), self.child_getters)
+        if self.contains is None:
+            self.child_rows[child] = child_row
+        row: dict = parent_row.copy()
+        row.update(child_row)
+        return row
+
+    @cython.cfunc
+    def joined(self, state, parent_dict, child_row: dict):
+        """The row of the parent's values and a child's read before."""
+        parent_row: dict = self.parent_row
+        if parent_row is None:
+            parent_row = {}
+            _fill(parent_row, state, parent_dict, self.parent_getters)
+            self.parent_row = parent_row
+        row: dict = parent_row.copy()
+        row.update(child_row)
         return row
 
 

@@ -366,12 +366,13 @@ class _Rows:
 
     Within the step the values are read once per object: the current
     parent's (``parent_row``, at its first row) and each child's that the
-    session holds (``child_rows``; with stock's ``_contains_state`` only,
-    which is then not asked again: nothing in the step adds objects to the
-    session or removes them).  Stock reads them again for each row, where
-    they are in the object's dict after the first read (the first read is
-    where a load, if any, happens, as in stock); each row is a new dict,
-    the parent's keys first."""
+    session holds (``child_rows``; with stock's ``_contains_state`` and
+    turbosession's identity map, read as its dict, which are then not asked
+    again: nothing in the step adds objects to the session or removes
+    them).  Stock reads them again for each row, where they are in the
+    object's dict after the first read (the first read is where a load, if
+    any, happens, as in stock); each row is a new dict, the parent's keys
+    first."""
 
     uow: object
     dp: object
@@ -460,7 +461,7 @@ class _Rows:
             self.parent_row = parent_row
         child_row = {}
         _fill(child_row, child, _state_dict(child), self.child_getters)
-        if self.contains is None:
+        if self.map_dict is not None:
             self.child_rows[child] = child_row
         row: dict = parent_row.copy()
         row.update(child_row)

@@ -528,6 +528,57 @@ def sc_m2m_bad_members(session_cls, engine, log):
     session.close()
 
 
+def sc_m2m_members_expired(session_cls, engine, log):
+    """Members and a parent whose key columns are expired when their rows
+    are made: each is loaded where stock loads it (at its first row), the
+    later rows of the step read what that load put in its dict."""
+    session = session_cls(engine)
+    tags = [Tag(id=i, name=f"t{i}") for i in range(1, 5)]
+    session.add_all(tags)
+    session.commit()  # every tag expired
+    posts = [Post(id=i, title=f"p{i}", tags=list(tags[:3])) for i in (1, 2, 3)]
+    session.add_all(posts)
+    guarded(log, session.flush)
+    log.note("links", table_rows(session, post_tag, post_tag.c.post_id, post_tag.c.tag_id))
+    # the parent's key expired after its collection was loaded: two rows
+    post = posts[0]
+    log.note("tags", [t.id for t in post.tags])
+    session.expire(post, ["id", "title"])
+    session.expire(tags[3])
+    post.tags.append(tags[3])
+    post.tags.remove(tags[0])
+    guarded(log, session.commit)
+    log.note("links", table_rows(session, post_tag, post_tag.c.post_id, post_tag.c.tag_id))
+    log.note("states", [object_state(o) for o in posts + tags])
+    session.close()
+
+
+def sc_m2m_contains_state_patched(session_cls, engine, log):
+    """An identity map whose ``contains_state`` is set on the map itself is
+    asked, as stock asks it: by the cascade of ``add`` (one tag reported as
+    not in the session, which is then saved again) and by the association
+    rows (the map's own answer, through the method)."""
+    session = session_cls(engine)
+    tags = [Tag(id=i, name=f"t{i}") for i in range(1, 4)]
+    session.add_all(tags)
+    session.commit()
+    log.note("names", [t.name for t in tags])
+    hidden = tags[1]._sa_instance_state
+    identity_map = session.identity_map
+    contains_state = identity_map.contains_state
+    identity_map.contains_state = lambda state: state is not hidden and contains_state(state)
+    try:
+        session.add_all([Post(id=i, title=f"p{i}", tags=list(tags)) for i in (1, 2)])
+        log.note("states", [object_state(t) for t in tags])
+        identity_map.contains_state = lambda state: contains_state(state)
+        guarded(log, session.flush)
+    finally:
+        del identity_map.contains_state
+    log.note("links", table_rows(session, post_tag, post_tag.c.post_id, post_tag.c.tag_id))
+    session.rollback()
+    session.close()
+
+
 # -- one-to-many deletes
 
 
@@ -623,6 +674,8 @@ SCENARIOS = {
     sc_m2m_stale_update: False,
     sc_m2m_stale_delete: False,
     sc_m2m_bad_members: False,
+    sc_m2m_members_expired: True,
+    sc_m2m_contains_state_patched: True,
     sc_o2m_delete_nulls_children: False,
     sc_o2m_delete_cascade_and_orphans: True,
     sc_o2m_passive_deletes: True,

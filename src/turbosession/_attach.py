@@ -70,7 +70,8 @@ _VALUE_AS_ITERABLE = cython.declare(object, RelationshipProperty._value_as_itera
 _CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
 _ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
 _InstrumentedList = cython.declare(object, collections.InstrumentedList)
-_instance_state = cython.declare(object, attributes.instance_state)
+# stock's ``attributes.instance_state`` is ``attrgetter("_sa_instance_state")``:
+# the attribute is read here directly, without the call
 _ScalarObjectAttributeImpl = cython.declare(object, attributes._ScalarObjectAttributeImpl)
 _COLLECTION_PENDING = cython.declare(object, attributes._CollectionAttributeImpl.get_all_pending)
 _OBJECT_PENDING = cython.declare(object, attributes._ScalarObjectAttributeImpl.get_all_pending)
@@ -162,14 +163,14 @@ def _pending_pairs(impl, state, dict_, key):
         pairs: list = []
         if original is _NO_VALUE:
             for member in current:
-                pairs.append((_instance_state(member), member))
+                pairs.append((member._sa_instance_state, member))
             return pairs
         if type(original) is not list or original:
             return None  # members kept from before: stock compares them
         # nothing kept (a new object's collection): every member, in order,
         # None as (None, None)
         for member in current:
-            pairs.append((None if member is None else _instance_state(member), member))
+            pairs.append((None if member is None else member._sa_instance_state, member))
         return pairs
     if kind is _ScalarObjectAttributeImpl:
         if _ScalarObjectAttributeImpl.get_all_pending is not _OBJECT_PENDING:
@@ -180,7 +181,7 @@ def _pending_pairs(impl, state, dict_, key):
         if current is None or current is _PASSIVE_NO_RESULT or current is _NO_VALUE:
             found: list = [(None, None)]
         else:
-            found = [(_instance_state(current), current)]
+            found = [(current._sa_instance_state, current)]
         original = state.committed_state.get(key, _MISSING)
         if (
             original is not _MISSING
@@ -189,7 +190,7 @@ def _pending_pairs(impl, state, dict_, key):
             and original is not _NO_VALUE
             and original is not current
         ):
-            found.append((_instance_state(original), original))
+            found.append((original._sa_instance_state, original))
         return found
     return None
 
@@ -215,7 +216,7 @@ def _loaded_members(prop, state, dict_, key):
         return None
     pairs: list = []
     for member in members:
-        pairs.append((_instance_state(member), member))
+        pairs.append((member._sa_instance_state, member))
     return pairs
 
 
@@ -252,6 +253,22 @@ def _mapper_of(state) -> object:
         return None
 
 
+@cython.cfunc
+def _map_dict(identity_map) -> dict:
+    """The dict of an identity map whose ``contains_state`` is
+    ``_dict.get(state.key) is state`` (turbosession's
+    ``_identity.WeakIdentityMap``, the method neither overridden by its
+    class nor set on the map itself), or None: its method is called."""
+    cls = type(identity_map)
+    own = getattr(cls, "_contains_reads_dict", None)
+    if own is None or getattr(cls, "contains_state", None) is not own:
+        return None
+    own_attributes = getattr(identity_map, "__dict__", None)
+    if own_attributes is not None and "contains_state" in own_attributes:
+        return None
+    return identity_map._dict
+
+
 @cython.cclass
 class _Walk:
     """One ``add_all`` / ``delete_all`` call: the session, what the gate
@@ -265,6 +282,12 @@ class _Walk:
     plans: dict  # mapper -> cascade plan; None: looked up every time
     last_mapper: object
     last_plan: tuple
+    # what ``held`` reads, taken from the session at its first call after
+    # any code not turbosession's ran (``known`` False)
+    known: cython.bint
+    new: dict
+    identity_map: object
+    map_dict: dict  # None: identity_map.contains_state is called
 
     def __init__(self, session, events: tuple, cache_plans: cython.bint):
         self.session = session
@@ -279,6 +302,7 @@ class _Walk:
         self.listened = -1
         self.last_mapper = None
         self.last_plan = None
+        self.known = False
         if self.plans is not None:
             self.plans.clear()
 
@@ -333,8 +357,21 @@ class _Walk:
     @cython.cfunc
     @cython.exceptval(-1, check=False)
     def held(self, state) -> cython.bint:
-        """Stock's ``Session._contains_state``: the save-update walk's halt_on."""
-        return state in self.session._new or self.session.identity_map.contains_state(state)
+        """Stock's ``Session._contains_state``: the save-update walk's
+        halt_on.  The session's ``_new`` and identity map are read again
+        after any code not turbosession's ran (its listeners may replace
+        them); turbosession's map's dict is read directly."""
+        if not self.known:
+            session = self.session
+            self.new = session._new
+            self.identity_map = session.identity_map
+            self.map_dict = _map_dict(self.identity_map)
+            self.known = True
+        if state in self.new:
+            return True
+        if self.map_dict is not None:
+            return self.map_dict.get(state.key) is state
+        return self.identity_map.contains_state(state)
 
     @cython.cfunc
     @cython.exceptval(-1, check=False)
@@ -348,6 +385,7 @@ class _Walk:
             session._autobegin_t()
             self.listened = _listened(session.dispatch, self.events)
             self.last_mapper = None  # its listeners may change anything
+            self.known = False
         return not self.listened
 
     @cython.cfunc
@@ -364,6 +402,7 @@ class _Walk:
             session = self.session
             began: cython.bint = session._transaction is not None
             session._save_or_update_impl(state)
+            self.known = False
             if not began:  # it began the transaction: as in began()
                 self.listened = _listened(session.dispatch, self.events)
 
@@ -417,6 +456,7 @@ class _Walk:
             if not cascade or type_ not in cascade:
                 return None
             halt_on = self.session._contains_state if save else None
+            self.known = False
             return tuple(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
         cascade = prop._cascade
         if not cascade or type_ not in cascade:
@@ -426,6 +466,7 @@ class _Walk:
             impl = state.manager[key].impl
             pairs = _pending_pairs(impl, state, dict_, key)
             if pairs is None:
+                self.known = False
                 pairs = impl.get_all_pending(state, dict_)
         else:
             pairs = _loaded_members(prop, state, dict_, key)

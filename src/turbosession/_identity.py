@@ -276,4 +276,9 @@ if not cython.compiled:
 
 
 class WeakIdentityMap(WeakIdentityMapCore, IdentityMap):
-    pass
+    # the ``contains_state`` that is ``self._dict.get(state.key) is state``:
+    # the attach walk and the association rows (``_attach``,
+    # ``_relationships``) read ``_dict`` themselves while a map's class
+    # resolves ``contains_state`` to this one (a subclass overriding it does
+    # not)
+    _contains_reads_dict = WeakIdentityMapCore.contains_state

@@ -28,6 +28,9 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
+if cython.compiled:
+    from cython.cimports.turbosession._cpython import state_object
+
 __all__ = [
     "many_to_one_presort_deletes",
     "prop_has_changes",
@@ -52,6 +55,7 @@ _OFF_PENDING = cython.declare(
     object, PassiveFlag.PASSIVE_OFF | PassiveFlag.INCLUDE_PENDING_MUTATIONS
 )
 _HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
+_ABSENT = cython.declare(object, object())
 _STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
 _ScalarAttributeImpl = cython.declare(object, attributes._ScalarAttributeImpl)
 _STOCK_SET = cython.declare(object, attributes._ScalarAttributeImpl.set)
@@ -292,12 +296,21 @@ def _fill(row: dict, state, dict_, getters: tuple):
     PASSIVE_OFF)`` returns it, whose first step, for stock's
     implementations, is to return the value the dict has."""
     getter: tuple
+    values: dict = dict_ if type(dict_) is dict else None
     for getter in getters:
         key = getter[0]
-        if getter[3] and key in dict_:
-            row[getter[1]] = dict_[key]
+        if getter[3]:
+            if values is not None:
+                value = values.get(key, _ABSENT)
+                if value is _ABSENT:
+                    value = getter[2].get(state, dict_, _OFF)
+            elif key in dict_:
+                value = dict_[key]
+            else:
+                value = getter[2].get(state, dict_, _OFF)
         else:
-            row[getter[1]] = getter[2].get(state, dict_, _OFF)
+            value = getter[2].get(state, dict_, _OFF)
+        row[getter[1]] = value
 
 
 @cython.cfunc
@@ -308,7 +321,7 @@ def _state_dict(state):
     gone."""
     if type(state) is not _InstanceState or _BASE_NAMES.get("instance_dict") is not _INSTANCE_DICT:
         return state.dict
-    obj = state.obj()
+    obj = state_object(state) if cython.compiled else state.obj()
     if obj is None:
         return {}
     return obj.__dict__
@@ -328,17 +341,45 @@ def _impl_of(manager, key):
     return manager[key].impl
 
 
+@cython.cfunc
+def _map_dict(identity_map) -> dict:
+    """The dict of an identity map whose ``contains_state`` is
+    ``_dict.get(state.key) is state`` (turbosession's
+    ``_identity.WeakIdentityMap``, the method neither overridden by its
+    class nor set on the map itself), or None: its method is called.  The
+    same as ``_attach``'s."""
+    cls = type(identity_map)
+    own = getattr(cls, "_contains_reads_dict", None)
+    if own is None or getattr(cls, "contains_state", None) is not own:
+        return None
+    own_attributes = getattr(identity_map, "__dict__", None)
+    if own_attributes is not None and "contains_state" in own_attributes:
+        return None
+    return identity_map._dict
+
+
 @cython.cclass
 class _Rows:
     """What the association rows of one step are made with: the
     relationship's keys, the child mapper that needs no type check, and the
-    attribute getters of the last parent and child class seen."""
+    attribute getters of the last parent and child class seen.
+
+    Within the step the values are read once per object: the current
+    parent's (``parent_row``, at its first row) and each child's that the
+    session holds (``child_rows``; with stock's ``_contains_state`` and
+    turbosession's identity map, read as its dict, which are then not asked
+    again: nothing in the step adds objects to the session or removes
+    them).  Stock reads them again for each row, where they are in the
+    object's dict after the first read (the first read is where a load, if
+    any, happens, as in stock); each row is a new dict, the parent's keys
+    first."""
 
     uow: object
     dp: object
     contains: object
     new: dict
     identity_map: object
+    map_dict: dict  # None: identity_map.contains_state is called
     parent_keys: tuple
     child_keys: tuple
     target: object
@@ -346,6 +387,8 @@ class _Rows:
     parent_getters: tuple
     child_manager: object
     child_getters: tuple
+    parent_row: dict  # None: not read yet for the current parent
+    child_rows: dict  # child state -> its values
 
     def __init__(self, uow, dp, parent_keys, child_keys, target):
         self.uow = uow
@@ -354,6 +397,7 @@ class _Rows:
         if type(session)._contains_state is _STOCK_CONTAINS:
             self.new = session._new
             self.identity_map = session.identity_map
+            self.map_dict = _map_dict(self.identity_map)
             self.contains = None
         else:
             self.contains = session._contains_state
@@ -362,37 +406,77 @@ class _Rows:
         self.target = target
         self.parent_manager = None
         self.child_manager = None
+        self.parent_row = None
+        self.child_rows = {}
+
+    @cython.cfunc
+    def parent(self, state):
+        """The parent attribute getters for ``state``'s class, before its
+        rows are made."""
+        self.parent_row = None
+        manager = state.manager
+        if manager is not self.parent_manager:
+            self.parent_manager = manager
+            self.parent_getters = _getters(manager, self.parent_keys)
 
     @cython.cfunc
     def row(self, state, parent_dict, child, operation):
         """``ManyToManyDP._synchronize`` into a new association row: the
         row, or None where stock's returns False (what stock raises or
-        warns there comes from the processor's own method)."""
+        warns there comes from the processor's own method).  ``parent``
+        was called for ``state``."""
         dp = self.dp
         if child is None:
             dp._verify_canload(child)  # raises for a collection
             return None
+        child_row = self.child_rows.get(child)
+        if child_row is not None:
+            return self.joined(state, parent_dict, child_row)
         manager = child.manager
-        if manager.mapper is not self.target:
-            dp._verify_canload(child)
+        if manager is not self.child_manager:
+            # checked once per child class (the check depends on its mapper
+            # alone)
+            if manager.mapper is not self.target:
+                dp._verify_canload(child)
+            self.child_manager = manager
+            self.child_getters = _getters(manager, self.child_keys)
         if self.contains is None:
             # Session._contains_state
-            contained = child in self.new or self.identity_map.contains_state(child)
+            if child in self.new:
+                contained = True
+            elif self.map_dict is not None:
+                contained = self.map_dict.get(child.key) is child
+            else:
+                contained = self.identity_map.contains_state(child)
         else:
             contained = self.contains(child)
         if not contained:
             # stock warns unless the child is deleted, and makes no row
             dp._synchronize(state, child, {}, False, self.uow, operation)
             return None
-        if state.manager is not self.parent_manager:
-            self.parent_manager = state.manager
-            self.parent_getters = _getters(state.manager, self.parent_keys)
-        if manager is not self.child_manager:
-            self.child_manager = manager
-            self.child_getters = _getters(manager, self.child_keys)
-        row: dict = {}
-        _fill(row, state, parent_dict, self.parent_getters)
-        _fill(row, child, _state_dict(child), self.child_getters)
+        parent_row: dict = self.parent_row
+        if parent_row is None:
+            parent_row = {}
+            _fill(parent_row, state, parent_dict, self.parent_getters)
+            self.parent_row = parent_row
+        child_row = {}
+        _fill(child_row, child, _state_dict(child), self.child_getters)
+        if self.map_dict is not None:
+            self.child_rows[child] = child_row
+        row: dict = parent_row.copy()
+        row.update(child_row)
+        return row
+
+    @cython.cfunc
+    def joined(self, state, parent_dict, child_row: dict):
+        """The row of the parent's values and a child's read before."""
+        parent_row: dict = self.parent_row
+        if parent_row is None:
+            parent_row = {}
+            _fill(parent_row, state, parent_dict, self.parent_getters)
+            self.parent_row = parent_row
+        row: dict = parent_row.copy()
+        row.update(child_row)
         return row
 
 
@@ -400,6 +484,8 @@ class _Rows:
     def collect(self, out: list, state, parent_dict, children, operation, processed):
         """The rows of ``children`` of ``state`` not done from the reverse
         side (``processed``, or None), appended to ``out``."""
+        if children:
+            self.parent(state)
         for child in children:
             if processed is not None and (state, child) in processed:
                 continue
@@ -468,6 +554,7 @@ def many_to_many_deletes(uow, dp, states, parent_keys: tuple, child_keys: tuple,
             continue
         members = history.non_added()
         parent_dict = _state_dict(state)
+        rows.parent(state)
         for child in members:
             if child is None or (track and (state, child) in processed):
                 continue

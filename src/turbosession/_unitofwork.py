@@ -48,6 +48,7 @@ if cython.compiled:
     from cython.cimports.cpython.ref import Py_INCREF
     from cython.cimports.cpython.tuple import PyTuple_SET_ITEM
     from cython.cimports.cpython.type import PyType_GenericAlloc
+    from cython.cimports.turbosession._cpython import state_object
 
 __all__ = ["attribute_history", "split_per_state", "states_for_mapper_hierarchy"]
 
@@ -64,7 +65,6 @@ _HISTORY_ALLOCATES_GENERICALLY = cython.declare(
     cython.bint, bool(attributes.History.__flags__ & (1 << 9))  # Py_TPFLAGS_HEAPTYPE
 )
 _CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
-_instance_state = cython.declare(object, attributes.instance_state)
 _InstrumentedList = cython.declare(object, collections.InstrumentedList)
 _INCLUDE_PENDING_MUTATIONS = cython.declare(object, attributes.INCLUDE_PENDING_MUTATIONS)
 _NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
@@ -262,7 +262,8 @@ def _as_states(objects) -> list:
     """``History.as_state``'s conversion of one of its lists."""
     states: list = []
     for obj in objects:
-        states.append(None if obj is None else _instance_state(obj))
+        # stock's ``instance_state`` (``attrgetter("_sa_instance_state")``)
+        states.append(None if obj is None else obj._sa_instance_state)
     return states
 
 
@@ -344,7 +345,7 @@ def _state_dict(state):
     gone."""
     if type(state) is not _InstanceState or _BASE_NAMES.get("instance_dict") is not _INSTANCE_DICT:
         return state.dict
-    obj = state.obj()
+    obj = state_object(state) if cython.compiled else state.obj()
     if obj is None:
         return {}
     return obj.__dict__
@@ -366,7 +367,7 @@ def _impl_of(manager, key):
 @cython.cfunc
 @cython.inline
 def _state_or_none(obj):
-    return None if obj is None else _instance_state(obj)
+    return None if obj is None else obj._sa_instance_state
 
 
 def attribute_history(uow, state, key, passive):

@@ -762,7 +762,56 @@ def root_transactions(session_cls, engine, log):
             log.note("closed session", normalize_error(err))
 
 
+def flush_entry_points(session_cls, engine, log):
+    """Session.flush() (turbosession's skips the deprecation wrapper of
+    ``_flush`` when no objects are given): with objects (stock's warning,
+    where it points), inside a flush, with ``_flush`` overridden by a
+    subclass or replaced on the instance, and a flush with nothing to do."""
+    import warnings
+
+    with session_cls(engine) as session:
+        session.flush()
+        ed = User(name="ed")
+        session.add(ed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            session.flush([ed])
+        log.note("flush(objects) warns", [
+            (w.category.__name__, str(w.message), w.filename == __file__) for w in caught
+        ])
+
+        def reflush(session_, *args):
+            try:
+                session_.flush()
+            except exc.InvalidRequestError as err:
+                log.note("flush inside a flush", normalize_error(err))
+
+        event.listen(session, "before_flush", reflush)
+        ed.name = "ed2"
+        session.flush()
+        event.remove(session, "before_flush", reflush)
+        calls = []
+        session._flush = lambda objects=None: calls.append(objects)
+        ed.name = "ed3"
+        session.flush()
+        log.note("instance _flush called", calls, session._flushing)
+        del session._flush
+        session.commit()
+
+    class Overriding(session_cls):
+        def _flush(self, objects=None):
+            log.note("subclass _flush", objects, self._flushing)
+            super()._flush(objects)
+
+    with Overriding(engine) as session:
+        session.add(User(name="wendy"))
+        session.flush()
+        session.commit()
+        log.note("users", sorted(session.scalars(select(User.name))))
+
+
 SCENARIOS = [
+    flush_entry_points,
     root_transactions,
     snapshots_restored,
     listeners_on_the_session_any_time,

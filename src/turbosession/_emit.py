@@ -35,6 +35,7 @@ if cython.compiled:
 from sqlalchemy.orm.sync import _populate
 
 __all__ = [
+    "connection_reason",
     "dbapi_parameters",
     "finish_returning",
     "insert_each_lastrowid",
@@ -45,6 +46,54 @@ __all__ = [
 
 def _is_compiled():
     return cython.compiled
+
+
+def connection_reason(
+    connection, connection_cls, harmless: frozenset, dialect_ok: dict, dialect_entry
+):
+    """``emission._connection_reason``: why Core's execution on this
+    connection could be told apart now (its class, engine or dialect
+    events, echo, execution options other than ``harmless``, no active
+    transaction, the dialect's), or None.  ``dialect_ok`` maps
+    ``id(dialect)`` to ``(weak reference to the dialect, whether its class
+    and fixed settings allow it)``; ``dialect_entry(dialect)`` makes and
+    stores the entry when there is none for this dialect.  Asked for every
+    statement sent directly: the same checks as emission's, without the
+    interpreter's per-bytecode cost."""
+    if type(connection) is not connection_cls:
+        return "connection_class"
+    if connection._has_events or connection.engine._has_events:
+        return "engine_events"
+    dialect = connection.dialect
+    if dialect._has_events:
+        return "dialect_events"
+    if connection._echo:
+        return "echo"
+    options = connection._execution_options
+    if options and not harmless.issuperset(options):
+        return "execution_options"
+    transaction = connection._transaction
+    nested = connection._nested_transaction
+    trans_context = connection._trans_context_manager
+    if (
+        connection._dbapi_connection is None
+        or transaction is None
+        or not transaction.is_active
+        or (nested is not None and not nested.is_active)
+        or (trans_context and not trans_context._transaction_is_active())
+    ):
+        return "connection_state"
+    entry = dialect_ok.get(id(dialect))
+    if entry is None or entry[0]() is not dialect:
+        entry = dialect_entry(dialect)
+    if not entry[1]:
+        return "dialect"
+    attributes: dict = vars(dialect)
+    if "do_executemany" in attributes or "do_execute" in attributes or (
+        "execution_ctx_cls" in attributes
+    ):
+        return "dialect"
+    return None
 
 
 def dbapi_parameters(rows: list, keys: tuple, processors: tuple, names, sequence):

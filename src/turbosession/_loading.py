@@ -816,7 +816,7 @@ def _execute(
     plan = cursor_loads.get(dialect)
     if type(plan) is _CursorLoad:
         cursor_load: _CursorLoad = plan
-        reason = cursor_load.reason(mapper, conn)
+        reason = cursor_load.reason(mapper, conn, session._turbo.emit)
         if reason is None:
             _gets_cursor += 1
             return cursor_load.load(session, conn, params)
@@ -905,9 +905,9 @@ class _CursorLoad:
         self.loading_functions = made["loading_functions"]
 
     @cython.ccall
-    def reason(self, mapper, conn) -> object:
+    def reason(self, mapper, conn, emit) -> object:
         """Why this miss must go through Core's execution, or None."""
-        reason = emission._connection_reason(conn)
+        reason = emission._connection_reason(conn, emit)
         if reason is not None:
             return reason
         dispatch = self.manager.dispatch

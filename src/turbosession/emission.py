@@ -134,58 +134,47 @@ def _stock(cls, base, names):
     )
 
 
-_dialect_ok = weakref.WeakKeyDictionary()
+# id(dialect) -> (weak reference to the dialect, whether its class and fixed
+# settings allow direct execution); the reference tells a dialect from a
+# later one given a dead one's id.  A dict keyed by id, asked three times
+# per short transaction, rather than a WeakKeyDictionary, whose get() makes
+# a weak reference in Python on every call
+_dialect_ok = {}
 
 
-def _dialect_reason(dialect):
-    """Why this dialect's executions cannot be sent directly: its class's
-    overrides and the settings fixed once the dialect is made (kept per
-    dialect), or execution methods set on the instance (asked each time)."""
-    ok = _dialect_ok.get(dialect)
-    if ok is None:
-        ok = _dialect_ok[dialect] = bool(
-            _stock(type(dialect), DefaultDialect, _DIALECT_METHODS)
-            and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _CONTEXT_METHODS)
-            and dialect.bind_typing is not BindTyping.SETINPUTSIZES
-            and not dialect.server_side_cursors
-            and dialect._supports_statement_cache
-        )
-    if not ok:
-        return "dialect"
-    attributes = vars(dialect)
-    if "do_executemany" in attributes or "do_execute" in attributes or (
-        "execution_ctx_cls" in attributes
-    ):
-        return "dialect"
-    return None
+def _dialect_settings_ok(dialect):
+    return bool(
+        _stock(type(dialect), DefaultDialect, _DIALECT_METHODS)
+        and _stock(dialect.execution_ctx_cls, DefaultExecutionContext, _CONTEXT_METHODS)
+        and dialect.bind_typing is not BindTyping.SETINPUTSIZES
+        and not dialect.server_side_cursors
+        and dialect._supports_statement_cache
+    )
 
 
-def _connection_reason(connection):
-    """Why Core's execution on this connection could be told apart now."""
-    if type(connection) is not Connection:
-        return "connection_class"
-    if connection._has_events or connection.engine._has_events:
-        return "engine_events"
-    dialect = connection.dialect
-    if dialect._has_events:
-        return "dialect_events"
-    if connection._echo:
-        return "echo"
-    options = connection._execution_options
-    if options and not _HARMLESS_OPTIONS.issuperset(options):
-        return "execution_options"
-    transaction = connection._transaction
-    nested = connection._nested_transaction
-    trans_context = connection._trans_context_manager
-    if (
-        connection._dbapi_connection is None
-        or transaction is None
-        or not transaction.is_active
-        or (nested is not None and not nested.is_active)
-        or (trans_context and not trans_context._transaction_is_active())
-    ):
-        return "connection_state"
-    return _dialect_reason(dialect)
+def _forget_dialect(ref, key=None):
+    entry = _dialect_ok.get(key)
+    if entry is not None and entry[0] is ref:
+        del _dialect_ok[key]
+
+
+def _dialect_entry(dialect):
+    """Make and keep ``_dialect_ok``'s entry for the dialect."""
+    key = id(dialect)
+    ref = weakref.ref(dialect, lambda ref: _forget_dialect(ref, key))
+    entry = _dialect_ok[key] = (ref, _dialect_settings_ok(dialect))
+    return entry
+
+
+def _connection_reason(connection, emit):
+    """Why Core's execution on this connection could be told apart now
+    (``emit.connection_reason``: the connection's class, engine and
+    dialect events, echo, execution options, its transaction, then the
+    dialect's class and settings, kept per dialect, and execution methods
+    set on the dialect instance, asked each time)."""
+    return emit.connection_reason(
+        connection, Connection, _HARMLESS_OPTIONS, _dialect_ok, _dialect_entry
+    )
 
 
 def _plan(compiled, param_dict, keys, dialect, many):
@@ -343,7 +332,7 @@ def execute(
     nothing done, when the batch must go through Core.  ``compiled_cache``
     is the cache Core would compile the statement with, when it is not the
     mapper's."""
-    reason = _connection_reason(connection)
+    reason = _connection_reason(connection, emit)
     if reason is None:
         dialect = connection.dialect
         plan = _plan_for(
@@ -497,7 +486,7 @@ def insert_autoincrement(emit, base_mapper, uow, connection, table, batch, has_a
     the bookkeeping of stock's ``_emit_insert_statements`` and
     ``_postfetch``; returns False, with nothing done, when the batch must
     go through Core."""
-    reason = _connection_reason(connection)
+    reason = _connection_reason(connection, emit)
     if reason is None:
         dialect = connection.dialect
         if not has_all_defaults and base_mapper._prefer_eager_defaults(dialect, table):

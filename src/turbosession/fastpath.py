@@ -29,6 +29,9 @@ import logging
 from collections import Counter
 from itertools import chain
 
+# a dispatcher member nothing listens to: asked by its class-level
+# listeners rather than its Python-level __bool__ (turbosession.transaction._EMPTY)
+from sqlalchemy.event.attr import _EmptyListener as _EMPTY
 from sqlalchemy import sql
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence, sync
@@ -470,12 +473,12 @@ def _save_batch(uow, base_mapper, persist, states):
         return
     for mapper, _, run in insert_runs:
         after_insert = mapper.dispatch.after_insert
-        if after_insert:
+        if after_insert.parent_listeners if type(after_insert) is _EMPTY else after_insert:
             for state, _, _, connection in run:
                 after_insert(mapper, connection, state)
     for mapper, _, run in update_runs:
         after_update = mapper.dispatch.after_update
-        if after_update:
+        if after_update.parent_listeners if type(after_update) is _EMPTY else after_update:
             for state, _, _, connection, _ in run:
                 after_update(mapper, connection, state)
 
@@ -485,7 +488,8 @@ def _refresh_flush(mappers):
     stock's ``_postfetch`` then runs for their rows (listeners come and go
     without a mapper being reconfigured, so this is asked on every flush)."""
     for mapper in mappers:
-        if mapper.class_manager.dispatch.refresh_flush:
+        event = mapper.class_manager.dispatch.refresh_flush
+        if event.parent_listeners if type(event) is _EMPTY else event:
             return True
     return False
 
@@ -675,7 +679,7 @@ def _delete(uow, base_mapper, persist, states):
         _emit_deletes(uow, base_mapper, mapper, table, _collect_deletes(table, runs, persist))
     for mapper, _, run in runs:
         after_delete = mapper.dispatch.after_delete
-        if after_delete:
+        if after_delete.parent_listeners if type(after_delete) is _EMPTY else after_delete:
             for state, _, _, connection, _ in run:
                 after_delete(mapper, connection, state)
 

@@ -21,6 +21,7 @@ from sqlalchemy import orm, util
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
+from sqlalchemy.event.attr import _EmptyListener as _EMPTY
 from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
 
 from . import fastpath, plans, relationships, transaction as _transaction
@@ -315,7 +316,10 @@ def flush(self, objects=None):
 
     flush_context = UOWTransaction(self)
 
-    if self.dispatch.before_flush:
+    # an event nothing listens to is the shared _EmptyListener, asked by
+    # its class-level listeners (turbosession.transaction._EMPTY)
+    event = self.dispatch.before_flush
+    if event.parent_listeners if type(event) is _EMPTY else event:
         self.dispatch.before_flush(self, flush_context, objects)
         # listeners may have added or changed objects
         dirty = self._dirty_states
@@ -335,14 +339,18 @@ def flush(self, objects=None):
         finally:
             self._warn_on_events = False
 
-        self.dispatch.after_flush(self, flush_context)
+        event = self.dispatch.after_flush
+        if type(event) is not _EMPTY or event.parent_listeners:
+            event(self, flush_context)
 
         flush_context.finalize_flush_changes()
 
         if not objects and self.identity_map._modified:
             _reset_inner_flush_changes(self)
 
-        self.dispatch.after_flush_postexec(self, flush_context)
+        event = self.dispatch.after_flush_postexec
+        if type(event) is not _EMPTY or event.parent_listeners:
+            event(self, flush_context)
 
         _transaction.commit_flush(self, transaction)
 

@@ -35,6 +35,7 @@ from sqlalchemy import orm
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.util import TransactionalContext
+from sqlalchemy.event.attr import _EmptyListener
 from sqlalchemy.orm.session import (
     SessionTransactionOrigin,
     SessionTransactionState,
@@ -96,6 +97,16 @@ def reset_stats():
     _counts.clear()
     _commit_counts.clear()
     _root_counts.clear()
+
+
+# An event of a dispatcher nothing listens to is the event class's shared
+# ``_EmptyListener``, whose truth and call are those of its class-level
+# listeners (``parent_listeners``).  ``_EMPTY`` is checked by type and the
+# class-level listeners read directly, where each check would otherwise be a
+# Python-level ``__bool__`` call (an empty event then is not called: its
+# call would run no listener); any other member (the dispatcher's own
+# listener collection) is asked as stock asks it.
+_EMPTY = _EmptyListener
 
 
 def _fall_back(reason, counts=_counts, what="flush subtransaction"):
@@ -221,11 +232,13 @@ def autobegin(session, begin):
         if not _stock_methods():
             _fall_back("patched", _root_counts, "root transaction")
             trans = SessionTransaction(session, origin)
-        elif session.dispatch.after_transaction_create:
-            _fall_back("listeners", _root_counts, "root transaction")
-            trans = SessionTransaction(session, origin)
         else:
-            trans = _new_root(session, origin)
+            event = session.dispatch.after_transaction_create
+            if event.parent_listeners if type(event) is _EMPTY else event:
+                _fall_back("listeners", _root_counts, "root transaction")
+                trans = SessionTransaction(session, origin)
+            else:
+                trans = _new_root(session, origin)
         assert session._transaction is trans
         return trans
     return session._transaction
@@ -317,7 +330,8 @@ def begin_flush(session):
     if type(parent) is not SessionTransaction or not _stock_methods():
         _fall_back("patched")
         return parent._begin()
-    if session.dispatch.after_transaction_create:
+    event = session.dispatch.after_transaction_create
+    if event.parent_listeners if type(event) is _EMPTY else event:
         _fall_back("listeners")
         return parent._begin()
     if parent._state is not _ACTIVE or session._close_state is _SESSION_CLOSED:
@@ -368,7 +382,8 @@ def commit_flush(session, sub):
         _fall_back("patched")
         sub.commit()
         return
-    if session.dispatch.after_transaction_end:
+    event = session.dispatch.after_transaction_end
+    if event.parent_listeners if type(event) is _EMPTY else event:
         _fall_back("listeners")
         sub.commit()
         return
@@ -490,8 +505,12 @@ def commit(session, trans):
         reason = "state"
     else:
         dispatch = session.dispatch
-        if dispatch.before_commit or dispatch.after_commit or dispatch.after_transaction_end:
-            reason = "listeners"
+        for event in (
+            dispatch.before_commit, dispatch.after_commit, dispatch.after_transaction_end
+        ):
+            if event.parent_listeners if type(event) is _EMPTY else event:
+                reason = "listeners"
+                break
     dispatch = session.dispatch
     if reason is not None:
         _fall_back(reason, _commit_counts, "commit")
@@ -520,7 +539,9 @@ def commit(session, trans):
                 db_trans.commit()
         trans._state = _COMMITTED
         # no listener when the commit began; one added since runs as in stock
-        dispatch.after_commit(session)
+        event = dispatch.after_commit
+        if type(event) is not _EMPTY or event.parent_listeners:
+            event(session)
         trans._remove_snapshot()
         # close
         trans._current_fn = _CLOSE_FN
@@ -533,7 +554,9 @@ def commit(session, trans):
             if autoclose:
                 connection.close()
         trans._state = _CLOSED
-        dispatch.after_transaction_end(session, trans)
+        event = dispatch.after_transaction_end
+        if type(event) is not _EMPTY or event.parent_listeners:
+            event(session, trans)
     finally:
         trans._next_state = _ANY
         trans._current_fn = None
@@ -638,7 +661,9 @@ def _provision(session, root, bind, execution_options, sub=None):
             True,
             True,
         )
-        session.dispatch.after_begin(session, root, conn)
+        event = session.dispatch.after_begin
+        if type(event) is not _EMPTY or event.parent_listeners:
+            event(session, root, conn)
         return conn
     finally:
         for trans, next_state, current_fn in marks:

@@ -276,9 +276,18 @@ if not cython.compiled:
 
 
 class WeakIdentityMap(WeakIdentityMapCore, IdentityMap):
-    # the ``contains_state`` that is ``self._dict.get(state.key) is state``:
-    # the attach walk and the association rows (``_attach``,
-    # ``_relationships``) read ``_dict`` themselves while a map's class
-    # resolves ``contains_state`` to this one (a subclass overriding it does
-    # not)
-    _contains_reads_dict = WeakIdentityMapCore.contains_state
+    def contains_dict(self):
+        """The dict ``contains_state`` reads (``self._dict.get(state.key) is
+        state``), for the attach walk and the association rows (``_attach``,
+        ``_relationships``) to read directly; None while the map's class
+        overrides ``contains_state`` or the map itself holds one (the
+        method is then called)."""
+        if (
+            type(self).contains_state is not _CORE_CONTAINS_STATE
+            or "contains_state" in self.__dict__
+        ):
+            return None
+        return self._dict
+
+
+_CORE_CONTAINS_STATE = WeakIdentityMapCore.contains_state

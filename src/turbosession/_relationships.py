@@ -341,23 +341,6 @@ def _impl_of(manager, key):
     return manager[key].impl
 
 
-@cython.cfunc
-def _map_dict(identity_map) -> dict:
-    """The dict of an identity map whose ``contains_state`` is
-    ``_dict.get(state.key) is state`` (turbosession's
-    ``_identity.WeakIdentityMap``, the method neither overridden by its
-    class nor set on the map itself), or None: its method is called.  The
-    same as ``_attach``'s."""
-    cls = type(identity_map)
-    own = getattr(cls, "_contains_reads_dict", None)
-    if own is None or getattr(cls, "contains_state", None) is not own:
-        return None
-    own_attributes = getattr(identity_map, "__dict__", None)
-    if own_attributes is not None and "contains_state" in own_attributes:
-        return None
-    return identity_map._dict
-
-
 @cython.cclass
 class _Rows:
     """What the association rows of one step are made with: the
@@ -397,7 +380,8 @@ class _Rows:
         if type(session)._contains_state is _STOCK_CONTAINS:
             self.new = session._new
             self.identity_map = session.identity_map
-            self.map_dict = _map_dict(self.identity_map)
+            contains_dict = getattr(self.identity_map, "contains_dict", None)
+            self.map_dict = None if contains_dict is None else contains_dict()
             self.contains = None
         else:
             self.contains = session._contains_state

@@ -357,6 +357,71 @@ def test_class_unmapped_between_gets(session_cls, engine):
     assert_same_as_stock(class_unmapped_between_gets, session_cls, engine, Base.metadata)
 
 
+def identity_map_read_as_stock(session_cls, engine, log):
+    """get() hits read the session's identity map as stock's get reads it
+    (compiled, straight from the session's and the map's dicts when nothing
+    else would answer): through a session class's property, a map's own
+    ``get``, its class's ``get`` patched, and with unhashable keys."""
+
+    class Mapped(session_cls):
+        @property
+        def identity_map(self):
+            log.note("identity_map read")
+            return self.__dict__["_wrapped_map"]
+
+        @identity_map.setter
+        def identity_map(self, value):
+            self.__dict__["_wrapped_map"] = value
+
+    with session_cls(engine) as session:
+        seed(session)
+    with Mapped(engine) as session:
+        known = {"obj": session.get(Account, 1)}
+        attempt(log, "through a property", known, lambda: session.get(Account, 1))
+    with session_cls(engine) as session:
+        known = {"obj": session.get(Account, 1)}
+        attempt(log, "plain", known, lambda: session.get(Account, 1))
+        identity_map = session.identity_map
+        class_get = type(identity_map).get
+
+        def own_get(key, default=None):
+            log.note("map's own get", key[1], key[2])
+            return class_get(identity_map, key, default)
+
+        identity_map.get = own_get
+        attempt(log, "map's own get", known, lambda: session.get(Account, 1))
+        del identity_map.get
+        attempt(log, "own get removed", known, lambda: session.get(Account, 1))
+        map_class = type(identity_map)
+        original = map_class.__dict__.get("get")
+
+        def patched_get(self, key, default=None):
+            log.note("class get", key[1], key[2])
+            return class_get(self, key, default)
+
+        map_class.get = patched_get
+        try:
+            attempt(log, "class get patched", known, lambda: session.get(Account, 1))
+        finally:
+            if original is None:
+                del map_class.get
+            else:
+                map_class.get = original
+        attempt(log, "class get restored", known, lambda: session.get(Account, 1))
+        attempt(log, "unhashable token", known,
+                lambda: session.get(Account, 1, identity_token=[1]))
+        attempt(log, "unhashable key", known, lambda: session.get(Account, ([1],)))
+
+
+def test_identity_map_read_as_stock(session_cls, engine):
+    turbosession.reset_stats()
+    assert_same_as_stock(identity_map_read_as_stock, session_cls, engine, Base.metadata)
+    stats = turbosession.stats()["loads"]["get"]
+    # the six hits are all answered here (the two first get()s load), those
+    # with a patched get through that get; the unhashable keys raise there
+    assert stats["fast"] == 6 and stats["loaded"] == 2 and stats["fallback"] == {}, stats
+
+
 def test_scoped_session_and_subclass_with_mixin(impl, engine):
     from sqlalchemy import orm
 

@@ -27,6 +27,21 @@ cdef extern from "Python.h":
     PyObject *_PyDict_GetItem_KnownHash(object mp, object key, Py_hash_t hash) except? NULL
     int _PyDict_SetItem_KnownHash(object mp, object key, object item, Py_hash_t hash) except -1
 
+    # where an object's __dict__ is (made from its inline values if need be;
+    # NULL for a class without one)
+    PyObject **_PyObject_GetDictPtr(object obj)
+
+    # a getset descriptor (types.GetSetDescriptorType) and its C getter, as
+    # Cython makes one for a cclass's public attribute (a new reference, NULL
+    # with the exception set)
+    ctypedef object (*getter)(object, void *)
+    ctypedef struct PyGetSetDef:
+        const char *name
+        getter get
+
+    ctypedef struct PyGetSetDescrObject:
+        PyGetSetDef *d_getset
+
 cdef extern from *:
     """
     /* A dict's version (PEP 509): CPython 3.11 gives every dict a fresh one
@@ -56,6 +71,21 @@ cdef inline void store_slot(object obj, Py_ssize_t offset, object value) noexcep
     slot[0] = <PyObject *>value
     Py_XDECREF(old)
 
+
+
+cdef inline object instance_dict(object obj):
+    """``obj.__dict__`` without the attribute lookup, or None when its class
+    gives it none."""
+    cdef PyObject **where = _PyObject_GetDictPtr(obj)
+    if where is NULL or where[0] is NULL:
+        return None
+    return <object>where[0]
+
+
+cdef inline object getset_get(object descr, object obj):
+    """``descr.__get__(obj)`` of a ``types.GetSetDescriptorType`` through its
+    C getter, without the attribute lookup or the descriptor call."""
+    return (<PyGetSetDescrObject *>descr).d_getset.get(obj, NULL)
 
 
 cdef inline object state_object(object state):

@@ -31,6 +31,7 @@ memoized cache key, which stock recomputes for its new statement every call.
 from __future__ import annotations
 
 import logging
+import types
 import weakref
 
 from sqlalchemy import exc as sa_exc
@@ -59,7 +60,13 @@ if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.type import PyType_Check
-    from cython.cimports.turbosession._cpython import ref_target, type_version_tag
+    from cython.cimports.turbosession._cpython import (
+        getset_get,
+        instance_dict,
+        ref_target,
+        state_object,
+        type_version_tag,
+    )
 
 __all__ = ["counts", "execute_counts", "reset_counts", "session_execute_internal", "session_get"]
 
@@ -106,8 +113,28 @@ _last_plan_tag = cython.declare(cython.uint, 0)
 _last_plan_metaclass = cython.declare(cython.Py_ssize_t, 0)
 _last_plan_ref = cython.declare(object, None)
 # compiled only, the version tag of the last session class whose
-# _get_impl and _identity_lookup were found to be stock's
+# _get_impl and _identity_lookup were found to be stock's, and whether its
+# sessions' identity_map is read from their __dict__ (_reads_from_dict)
 _last_session_tag = cython.declare(cython.uint, 0)
+_last_session_direct = cython.declare(cython.bint, False)
+
+# compiled only: the compiled identity map's class, the getset descriptor
+# of its ``_dict`` (whose C getter a get() hit calls instead of the
+# attribute lookup, and of ``map.get``'s method call), and the version tag
+# of that class when its ``get`` was last found to be the compiled one
+_FAST_MAP = cython.declare(object, None)
+_FAST_MAP_DICT = cython.declare(object, None)
+_CORE_MAP_GET = cython.declare(object, None)
+_fast_map_tag = cython.declare(cython.uint, 0)
+if cython.compiled:
+    from turbosession import _identity
+
+    if _identity._is_compiled():
+        _FAST_MAP = _identity.WeakIdentityMap
+        _FAST_MAP_DICT = _identity.WeakIdentityMapCore.__dict__.get("_dict")
+        _CORE_MAP_GET = _identity.WeakIdentityMapCore.get
+        if type(_FAST_MAP_DICT) is not types.GetSetDescriptorType:
+            _FAST_MAP = None
 
 _gets_fast = cython.declare(cython.Py_ssize_t, 0)
 _gets_loaded = cython.declare(cython.Py_ssize_t, 0)
@@ -252,7 +279,7 @@ def _plan_of(entity) -> object:
         if (
             tag != 0
             and tag == _last_plan_tag
-            and id(metaclass) == _last_plan_metaclass
+            and _metaclass_address(metaclass) == _last_plan_metaclass
             and _ORM_UTIL_NAMES.get("opt_manager_of_class") is _DEFAULT_OPT_MANAGER
         ):
             plan = ref_target(_last_plan_ref)
@@ -284,6 +311,15 @@ def _plan_of(entity) -> object:
 
 
 @cython.cfunc
+@cython.inline
+def _metaclass_address(metaclass) -> cython.Py_ssize_t:
+    """``id(metaclass)``, compiled without calling the builtin."""
+    if cython.compiled:
+        return cython.cast(cython.Py_ssize_t, cython.cast(cython.pointer(PyObject), metaclass))
+    return id(metaclass)
+
+
+@cython.cfunc
 def _keep_plan(entity, tag: cython.uint, metaclass, plan):
     """Compiled, ``plan`` kept as the last class's, with the tag read before
     ``_plan_of``'s lookups, and only if they left it as it was (a class
@@ -291,30 +327,90 @@ def _keep_plan(entity, tag: cython.uint, metaclass, plan):
     global _last_plan_tag, _last_plan_metaclass, _last_plan_ref
     if type_version_tag(entity) == tag:
         _last_plan_tag = tag
-        _last_plan_metaclass = id(metaclass)
+        _last_plan_metaclass = _metaclass_address(metaclass)
         _last_plan_ref = weakref.ref(plan)
 
 
+def _reads_from_dict(cls, name) -> cython.bint:
+    """Whether ``getattr(obj, name)`` on an instance of ``cls`` returns
+    ``obj.__dict__[name]`` when that is present: ``object``'s
+    ``__getattribute__`` and no data descriptor of that name on the class."""
+    if cls.__getattribute__ is not object.__getattribute__:
+        return False
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            kind = type(klass.__dict__[name])
+            return not (hasattr(kind, "__set__") or hasattr(kind, "__delete__"))
+    return True
+
+
 @cython.cfunc
-def _overrides_lookup(session) -> cython.bint:
-    global _last_session_tag
+def _session_map(session) -> object:
+    """``session.identity_map``, read as stock's ``get`` would read it, or
+    NOT_HANDLED when stock's ``_get_impl``, ``_identity_lookup`` or
+    ``loading.get_from_identity`` is not the one that would run."""
+    global _last_session_tag, _last_session_direct
     if _LOADING_NAMES.get("get_from_identity") is not _STOCK_GET_FROM_IDENTITY:
-        return True
+        return NOT_HANDLED
     cls = type(session)
-    tag: cython.uint = 0
-    if cython.compiled:
-        tag = type_version_tag(cls)
-    if tag == 0 or tag != _last_session_tag:
+    if not cython.compiled:
         if (
             cls._get_impl is not _STOCK_GET_IMPL
             or cls._identity_lookup is not _STOCK_IDENTITY_LOOKUP
         ):
-            return True
+            return NOT_HANDLED
+        attrs = session.__dict__
+        if "_get_impl" in attrs or "_identity_lookup" in attrs:
+            return NOT_HANDLED
+        return session.identity_map
+    # compiled: the class's verdicts kept by its version tag
+    tag: cython.uint = type_version_tag(cls)
+    direct: cython.bint
+    if tag != 0 and tag == _last_session_tag:
+        direct = _last_session_direct
+    else:
+        if (
+            cls._get_impl is not _STOCK_GET_IMPL
+            or cls._identity_lookup is not _STOCK_IDENTITY_LOOKUP
+        ):
+            return NOT_HANDLED
+        direct = _reads_from_dict(cls, "identity_map")
         # as in _plan_of: kept only if the lookups left the tag as it was
         if tag != 0 and type_version_tag(cls) == tag:
             _last_session_tag = tag
-    attrs = session.__dict__
-    return "_get_impl" in attrs or "_identity_lookup" in attrs
+            _last_session_direct = direct
+    attrs = instance_dict(session)
+    if attrs is None:
+        attrs = session.__dict__
+    if "_get_impl" in attrs or "_identity_lookup" in attrs:
+        return NOT_HANDLED
+    if direct:
+        found: cython.pointer(PyObject) = PyDict_GetItem(attrs, "identity_map")
+        if found is not cython.NULL:
+            return cython.cast(object, found)
+    return session.identity_map
+
+
+@cython.cfunc
+def _map_states(identity_map) -> object:
+    """Compiled, the dict of states by key that ``identity_map.get`` reads
+    (``WeakIdentityMapCore.get``), read through its C getter; None when
+    ``get`` is to be called: another class of map, another ``get`` on its
+    class or on the map itself, or not compiled."""
+    global _fast_map_tag
+    if not cython.compiled or _FAST_MAP is None or type(identity_map) is not _FAST_MAP:
+        return None
+    tag: cython.uint = type_version_tag(_FAST_MAP)
+    if tag == 0 or tag != _fast_map_tag:
+        if _FAST_MAP.get is not _CORE_MAP_GET:
+            return None
+        if tag != 0 and type_version_tag(_FAST_MAP) == tag:
+            _fast_map_tag = tag
+    attrs = instance_dict(identity_map)
+    if attrs is not None and PyDict_GetItem(attrs, "get") is not cython.NULL:
+        return None
+    states = getset_get(_FAST_MAP_DICT, identity_map)
+    return states if type(states) is dict else None
 
 
 def session_get(
@@ -368,7 +464,8 @@ def _get_hit(session, entity, ident, identity_token) -> object:
     """The object stock's ``get(entity, ident, identity_token=...)`` returns
     from the identity map, or ``NOT_HANDLED`` (counted) for stock's ``get``."""
     global _gets_fast
-    if _overrides_lookup(session):
+    identity_map = _session_map(session)
+    if identity_map is NOT_HANDLED:
         return _fallback("get_overridden")
     plan_object = _plan_of(entity)
     if plan_object is None:
@@ -385,10 +482,23 @@ def _get_hit(session, entity, ident, identity_token) -> object:
         return _fallback("get_ident")
     if plan.always_refresh:
         return _fallback("get_class")
-    instance = session.identity_map.get((plan.identity_class, pk, identity_token))
-    if instance is None:
-        return _load_miss(session, plan.mapper, pk, identity_token)
-    state = instance._sa_instance_state
+    key = (plan.identity_class, pk, identity_token)
+    states = _map_states(identity_map) if cython.compiled else None
+    if states is None:
+        instance = identity_map.get(key)
+        if instance is None:
+            return _load_miss(session, plan.mapper, pk, identity_token)
+        state = instance._sa_instance_state
+    else:
+        # what WeakIdentityMapCore.get does (an unhashable key raises as
+        # there), and the state it found: the object's _sa_instance_state
+        states_dict: dict = states
+        state = states_dict.get(key)
+        if state is None:
+            return _load_miss(session, plan.mapper, pk, identity_token)
+        instance = state_object(state)
+        if instance is None:
+            return _load_miss(session, plan.mapper, pk, identity_token)
     if state.expired:
         return _fallback("get_expired")
     mapper = plan.mapper

@@ -30,6 +30,8 @@ from sqlalchemy.orm import loading, strategies
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.util import UniqueAppender
 
+from turbosession.classes import data_descriptor
+
 try:
     import cython
 except ModuleNotFoundError:
@@ -85,13 +87,7 @@ def _plain_attribute(cls, name) -> bool:
     on the class, as for its instances; a metaclass's ``__setattr__``, such as
     declarative's, sets class attributes only) and no data descriptor of that
     name on the class."""
-    if cls.__setattr__ is not object.__setattr__:
-        return False
-    for klass in cls.__mro__:
-        if name in klass.__dict__:
-            kind = type(klass.__dict__[name])
-            return not (hasattr(kind, "__set__") or hasattr(kind, "__delete__"))
-    return True
+    return cls.__setattr__ is object.__setattr__ and not data_descriptor(cls, name)
 
 
 # the function behind a state's ``_cleanup`` (the weak reference's callback

@@ -48,6 +48,7 @@ from sqlalchemy.sql.selectable import Select, SelectState
 from sqlalchemy.util import EMPTY_DICT, immutabledict
 
 from turbosession import emission, loads
+from turbosession.classes import data_descriptor
 from turbosession.transaction import connection_for_bind as _connection_for_bind
 from turbosession.loads import NOT_HANDLED
 
@@ -335,13 +336,7 @@ def _reads_from_dict(cls, name) -> cython.bint:
     """Whether ``getattr(obj, name)`` on an instance of ``cls`` returns
     ``obj.__dict__[name]`` when that is present: ``object``'s
     ``__getattribute__`` and no data descriptor of that name on the class."""
-    if cls.__getattribute__ is not object.__getattribute__:
-        return False
-    for klass in cls.__mro__:
-        if name in klass.__dict__:
-            kind = type(klass.__dict__[name])
-            return not (hasattr(kind, "__set__") or hasattr(kind, "__delete__"))
-    return True
+    return cls.__getattribute__ is object.__getattribute__ and not data_descriptor(cls, name)
 
 
 @cython.cfunc

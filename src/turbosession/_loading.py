@@ -340,24 +340,27 @@ def _reads_from_dict(cls, name) -> cython.bint:
 
 
 @cython.cfunc
-def _session_map(session) -> object:
-    """``session.identity_map``, read as stock's ``get`` would read it, or
-    NOT_HANDLED when stock's ``_get_impl``, ``_identity_lookup`` or
-    ``loading.get_from_identity`` is not the one that would run."""
+@cython.exceptval(-2, check=False)
+def _session_verdict(session) -> cython.int:
+    """-1 when stock's ``_get_impl``, ``_identity_lookup`` or
+    ``loading.get_from_identity`` is not the one that would run (stock's
+    ``get`` then answers); else 1 when the session's ``identity_map`` may be
+    read from its ``__dict__`` (compiled, ``_reads_from_dict``), 0 when it is
+    read as an attribute."""
     global _last_session_tag, _last_session_direct
     if _LOADING_NAMES.get("get_from_identity") is not _STOCK_GET_FROM_IDENTITY:
-        return NOT_HANDLED
+        return -1
     cls = type(session)
     if not cython.compiled:
         if (
             cls._get_impl is not _STOCK_GET_IMPL
             or cls._identity_lookup is not _STOCK_IDENTITY_LOOKUP
         ):
-            return NOT_HANDLED
+            return -1
         attrs = session.__dict__
         if "_get_impl" in attrs or "_identity_lookup" in attrs:
-            return NOT_HANDLED
-        return session.identity_map
+            return -1
+        return 0
     # compiled: the class's verdicts kept by its version tag
     tag: cython.uint = type_version_tag(cls)
     direct: cython.bint
@@ -368,7 +371,7 @@ def _session_map(session) -> object:
             cls._get_impl is not _STOCK_GET_IMPL
             or cls._identity_lookup is not _STOCK_IDENTITY_LOOKUP
         ):
-            return NOT_HANDLED
+            return -1
         direct = _reads_from_dict(cls, "identity_map")
         # as in _plan_of: kept only if the lookups left the tag as it was
         if tag != 0 and type_version_tag(cls) == tag:
@@ -378,11 +381,20 @@ def _session_map(session) -> object:
     if attrs is None:
         attrs = session.__dict__
     if "_get_impl" in attrs or "_identity_lookup" in attrs:
-        return NOT_HANDLED
-    if direct:
-        found: cython.pointer(PyObject) = PyDict_GetItem(attrs, "identity_map")
-        if found is not cython.NULL:
-            return cython.cast(object, found)
+        return -1
+    return 1 if direct else 0
+
+
+@cython.cfunc
+def _identity_map_of(session, direct: cython.int) -> object:
+    """``session.identity_map``, compiled from the session's ``__dict__``
+    when ``_session_verdict`` allowed it and it is there."""
+    if cython.compiled and direct == 1:
+        attrs = instance_dict(session)
+        if attrs is not None:
+            found: cython.pointer(PyObject) = PyDict_GetItem(attrs, "identity_map")
+            if found is not cython.NULL:
+                return cython.cast(object, found)
     return session.identity_map
 
 
@@ -459,8 +471,8 @@ def _get_hit(session, entity, ident, identity_token) -> object:
     """The object stock's ``get(entity, ident, identity_token=...)`` returns
     from the identity map, or ``NOT_HANDLED`` (counted) for stock's ``get``."""
     global _gets_fast
-    identity_map = _session_map(session)
-    if identity_map is NOT_HANDLED:
+    verdict: cython.int = _session_verdict(session)
+    if verdict < 0:
         return _fallback("get_overridden")
     plan_object = _plan_of(entity)
     if plan_object is None:
@@ -478,7 +490,13 @@ def _get_hit(session, entity, ident, identity_token) -> object:
     if plan.always_refresh:
         return _fallback("get_class")
     key = (plan.identity_class, pk, identity_token)
-    states = _map_states(identity_map) if cython.compiled else None
+    # read where stock's get_from_identity reads it, after the checks above
+    if cython.compiled:
+        identity_map = _identity_map_of(session, verdict)
+        states = _map_states(identity_map)
+    else:
+        identity_map = session.identity_map
+        states = None
     if states is None:
         instance = identity_map.get(key)
         if instance is None:

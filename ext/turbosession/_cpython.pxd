@@ -23,6 +23,11 @@ cdef extern from "Python.h":
     # the attribute a class's MRO gives ``name`` (borrowed; NULL: none)
     PyObject *_PyType_Lookup(PyTypeObject *type, object name)
 
+    # where an object's __dict__ is (NULL: it has none); made from the
+    # object's inline values first where CPython 3.11 keeps them so
+    PyObject **_PyObject_GetDictPtr(object obj)
+    PyObject *PyDict_GetItemWithError(object d, object key) except? NULL
+
     # exactly a weakref.ref, no subclass (a macro Cython's cpython.weakref lacks)
     bint PyWeakref_CheckRefExact(object ob)
 
@@ -176,3 +181,46 @@ cdef inline bint class_attribute_is(object cls, str name, object expected, Class
         site.cls = tp
         site.tag = tag
     return True
+
+
+cdef inline object own_value(object obj, str name, ClassSite *site):
+    """``getattr(obj, name)`` where ``obj``'s class has no data descriptor
+    ``name`` (none at all, or a plain class value or method a value of the
+    instance's own shadows) and looks attributes up as ``object`` does:
+    the instance's ``__dict__`` entry, read without the class's attribute
+    lookup while the class keeps the version tag it had when ``site`` was
+    filled.  No entry (the class's value, ``__getattr__``), and any other
+    class, take ``getattr`` itself."""
+    cdef PyTypeObject *cls = <PyTypeObject *>Py_TYPE(obj)
+    cdef PyObject **dict_ptr
+    cdef PyObject *value
+    if cls == site.cls and site.tag != 0 and cls.tp_version_tag == site.tag:
+        dict_ptr = _PyObject_GetDictPtr(obj)
+        if dict_ptr != NULL and dict_ptr[0] != NULL:
+            value = PyDict_GetItemWithError(<object>dict_ptr[0], name)
+            if value != NULL:
+                return <object>value
+        return getattr(obj, name)
+    fill_own_site(cls, name, site)
+    return getattr(obj, name)
+
+
+cdef inline void fill_own_site(PyTypeObject *cls, str name, ClassSite *site) noexcept:
+    """``site`` set for ``cls`` when ``cls`` looks attributes up as
+    ``object`` does and has no data descriptor ``name``, else cleared."""
+    cdef unsigned int tag = cls.tp_version_tag
+    cdef PyObject *found
+    site.cls = NULL
+    site.tag = 0
+    if tag == 0:
+        return
+    found = _PyType_Lookup(cls, "__getattribute__")
+    if found == NULL or found != _PyType_Lookup(&PyBaseObject_Type, "__getattribute__"):
+        return
+    found = _PyType_Lookup(cls, name)
+    if found != NULL and (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_set != NULL:
+        return
+    if cls.tp_version_tag != tag:
+        return
+    site.cls = cls
+    site.tag = tag

@@ -56,6 +56,7 @@ if cython.compiled:
         SlotSite,
         class_attribute_is,
         dict_version,
+        own_value,
         slot_value,
         type_version_tag,
     )
@@ -107,6 +108,7 @@ _DICT_GETITEM = cython.declare(object, dict.__getitem__)
 # class_attribute_is)
 _impl_site = cython.declare(SlotSite)
 _dict_getitem_site = cython.declare(ClassSite)
+_cascade_site = cython.declare(ClassSite)
 
 _log = logging.getLogger("turbosession")
 _DEBUG = logging.DEBUG
@@ -494,7 +496,11 @@ class _Walk:
             halt_on = self.session._contains_state if save else None
             self.known = False
             return tuple(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
-        cascade = prop._cascade
+        # a relationship's own value (its class has none: own_value)
+        cascade = (
+            own_value(prop, "_cascade", cython.address(_cascade_site)) if cython.compiled
+            else prop._cascade
+        )
         if not cascade or type_ not in cascade:
             return None
         key = step[2]

@@ -41,6 +41,7 @@ from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm import attributes, base, collections
 from sqlalchemy.orm.relationships import RelationshipProperty
 from sqlalchemy.orm.base import PassiveFlag
+from sqlalchemy.orm.state import InstanceState
 
 from . import attaching
 
@@ -58,6 +59,7 @@ if cython.compiled:
         dict_version,
         own_value,
         slot_value,
+        state_object,
         type_version_tag,
     )
 else:
@@ -102,6 +104,7 @@ _NO_INITIALIZE = cython.declare(object, PassiveFlag.PASSIVE_NO_INITIALIZE)
 _LOAD = cython.declare(object, PassiveFlag.PASSIVE_OFF | PassiveFlag.NO_RAISE)
 _STOCK_INSTANCE_DICT = cython.declare(object, base.instance_dict)
 _ATTRIBUTES_NAMES = cython.declare(dict, attributes.__dict__)
+_BASE_NAMES = cython.declare(dict, base.__dict__)
 
 _DICT_GETITEM = cython.declare(object, dict.__getitem__)
 # compiled, the call sites' kept class lookups (see _cpython.slot_value and
@@ -109,6 +112,9 @@ _DICT_GETITEM = cython.declare(object, dict.__getitem__)
 _impl_site = cython.declare(SlotSite)
 _dict_getitem_site = cython.declare(ClassSite)
 _cascade_site = cython.declare(ClassSite)
+_state_dict_site = cython.declare(ClassSite)
+_InstanceState = cython.declare(object, InstanceState)
+_STATE_DICT = cython.declare(object, InstanceState.__dict__["dict"])
 
 _log = logging.getLogger("turbosession")
 _DEBUG = logging.DEBUG
@@ -175,6 +181,28 @@ def _impl_of(manager, key):
         if attribute is not None:
             return slot_value(attribute, "impl", cython.address(_impl_site))
     return manager[key].impl
+
+
+@cython.cfunc
+def _state_dict(state):
+    """``state.dict``: compiled, for a state of stock's class whose ``dict``
+    property is stock's and while ``orm.base``'s ``instance_dict`` is
+    stock's ``attrgetter("__dict__")``, the object's ``__dict__`` read
+    directly (the property's Python frame and the attrgetter call
+    skipped), or a new empty dict once the object is gone."""
+    if (
+        not cython.compiled
+        or type(state) is not _InstanceState
+        or not class_attribute_is(
+            _InstanceState, "dict", _STATE_DICT, cython.address(_state_dict_site)
+        )
+        or _BASE_NAMES.get("instance_dict") is not _STOCK_INSTANCE_DICT
+    ):
+        return state.dict
+    obj = state_object(state)
+    if obj is None:
+        return {}
+    return obj.__dict__
 
 
 @cython.cfunc
@@ -430,7 +458,7 @@ class _Walk:
     def save(self, state):
         """Stock's ``_save_or_update_impl`` of one state."""
         if state.key is None and state.session_id is None and self.began():
-            obj = state.obj()
+            obj = state_object(state) if cython.compiled else state.obj()
             new: dict = self.session._new
             if state not in new:
                 new[state] = obj
@@ -455,7 +483,7 @@ class _Walk:
         visited: set = set()
         # frames: [items, next index, parent state, parent dict]; a parent
         # state of None marks a frame of objects found through one property
-        stack: list = [[plan[1], 0, state, state.dict]]
+        stack: list = [[plan[1], 0, state, _state_dict(state)]]
         frame: list
         items: tuple
         entry: tuple

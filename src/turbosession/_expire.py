@@ -70,6 +70,10 @@ def expire_all(session, states):
     modified: object = session.identity_map._modified
     plans: dict = {}
     plan: _ManagerPlan
+    dict_: dict
+    own: dict
+    all_keys: tuple
+    all_key_set: frozenset
     # the last manager's plan, asked again without hashing the manager
     # (ClassManager.__hash__ is Python)
     last_manager = None
@@ -95,73 +99,69 @@ def expire_all(session, states):
         plan = plan_or_none
 
         obj = state_object(state) if cython.compiled else state.obj()
-        dict_ = obj.__dict__ if obj is not None else {}
+        found = obj.__dict__ if obj is not None else {}
         obj = None  # as in stock, dropping _strong_obj may free the object
-        if cython.compiled and type(dict_) is not dict:
+        if cython.compiled and type(found) is not dict:
             # an object whose __dict__ is a dict subclass: stock's own step
-            state._expire(dict_, session.identity_map._modified)
+            state._expire(found, session.identity_map._modified)
             modified = session.identity_map._modified
             plans.clear()
             last_manager = None
             continue
-        _expire_state(state, dict_, plan, modified)
+        # compiled, a dict itself from here (its lookups and deletions C's),
+        # and the state's plain sets and dicts changed with C's calls
+        # rather than looked-up methods
+        dict_ = found
 
+        state.expired = True
+        if state.modified:
+            if cython.compiled and type(modified) is set:
+                cython.cast(set, modified).discard(state)
+            else:
+                modified.discard(state)
+            committed = state.committed_state
+            if cython.compiled and type(committed) is dict:
+                cython.cast(dict, committed).clear()
+            else:
+                committed.clear()
+            state.modified = False
+        state._strong_obj = None
 
-@cython.cfunc
-def _expire_state(state, dict_: dict, plan: _ManagerPlan, modified):
-    """``state._expire(dict_, modified)`` for a state whose manager has a
-    plan.  Compiled, ``dict_`` is a dict itself, and the state's own dict
-    and sets are read as C reads them where they are plain (no method
-    lookup and call)."""
-    state.expired = True
-    if state.modified:
-        if cython.compiled and type(modified) is set:
-            cython.cast(set, modified).discard(state)
+        own = state.__dict__
+        own.pop("_pending_mutations", None)
+        own.pop("parents", None)
+
+        expired = state.expired_attributes
+        if cython.compiled and type(expired) is set:
+            # set.update of the list: each key added in its order
+            for key in plan.loader_keys:
+                cython.cast(set, expired).add(key)
         else:
-            modified.discard(state)
-        committed = state.committed_state
-        if cython.compiled and type(committed) is dict:
-            cython.cast(dict, committed).clear()
-        else:
-            committed.clear()
-        state.modified = False
-    state._strong_obj = None
+            expired.update(plan.loader_keys)
+        callables = state.callables
+        if callables:
+            for key in expired.intersection(callables):
+                del callables[key]
 
-    own: dict = state.__dict__
-    own.pop("_pending_mutations", None)
-    own.pop("parents", None)
-
-    expired = state.expired_attributes
-    if cython.compiled and type(expired) is set:
-        # set.update of the list: each key added in its order
-        for key in plan.loader_keys:
-            cython.cast(set, expired).add(key)
-    else:
-        expired.update(plan.loader_keys)
-    callables = state.callables
-    if callables:
-        for key in expired.intersection(callables):
-            del callables[key]
-
-    for key in plan.collection_keys:
-        if key in dict_:
-            dict_.pop(key)._sa_adapter.invalidated = True
-
-    last_known = state._last_known_values
-    if last_known:
-        last_known.update({k: dict_[k] for k in last_known if k in dict_})
-
-    # the loaded values go; walking the shorter side needs no
-    # intersection set per state (the order of deletion leaves no trace)
-    all_keys: tuple = plan.all_keys
-    if len(dict_) < len(all_keys):
-        all_key_set: frozenset = plan.all_key_set
-        for key in [key for key in dict_ if key in all_key_set]:
-            del dict_[key]
-    else:
-        for key in all_keys:
+        for key in plan.collection_keys:
             if key in dict_:
+                dict_.pop(key)._sa_adapter.invalidated = True
+
+        last_known = state._last_known_values
+        if last_known:
+            last_known.update({k: dict_[k] for k in last_known if k in dict_})
+
+        # the loaded values go; walking the shorter side needs no
+        # intersection set per state (the order of deletion leaves no trace)
+        all_keys = plan.all_keys
+        if len(dict_) < len(all_keys):
+            all_key_set = plan.all_key_set
+            for key in [key for key in dict_ if key in all_key_set]:
                 del dict_[key]
+        else:
+            for key in all_keys:
+                if key in dict_:
+                    del dict_[key]
 
 
 _DETACH_EVENTS = (

@@ -351,3 +351,33 @@ def test_plan_follows_a_reconfigured_cascade(session_cls, engine):
     finally:
         rel.cascade = ""
         Base.metadata.drop_all(engine)
+
+
+def test_cascade_read_follows_the_relationships_class(session_cls, engine):
+    """The walk reads a relationship's ``_cascade`` from the relationship's
+    own dict while its class has no such attribute (compiled: the check
+    kept by the class's version tag); once the class gains a data
+    descriptor of that name the walk reads it through that, as stock's
+    ``cascade`` property does."""
+    Base.metadata.create_all(engine)
+    rel_class = type(inspect(Author).relationships["books"])
+    assert "_cascade" not in vars(rel_class)
+
+    def books_attached(cls):
+        with cls(engine) as session:
+            session.add(Author(name="x"))
+            book = Book(title="b")
+            session.add_all([Author(name="a", books=[book])])
+            return book in session
+
+    try:
+        assert [books_attached(c) for c in (orm.Session, session_cls)] == [True, True]
+        rel_class._cascade = property(lambda self: orm.util.CascadeOptions("merge"))
+        try:
+            assert [books_attached(c) for c in (orm.Session, session_cls)] == [False, False]
+        finally:
+            del rel_class._cascade
+        assert [books_attached(c) for c in (orm.Session, session_cls)] == [True, True]
+    finally:
+        orm.close_all_sessions()
+        Base.metadata.drop_all(engine)

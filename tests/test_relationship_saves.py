@@ -445,7 +445,51 @@ def sc_keys_copied_without_listeners(session_cls, engine, log):
     session.close()
 
 
+def sc_attribute_classes_patched_between_flushes(session_cls, engine, log):
+    """The foreign-key copy's class checks kept between flushes (compiled:
+    by the classes' version tags) see a class patched after them: a
+    replaced ``_ScalarAttributeImpl.set`` and ``InstanceState._modified_event``
+    are called for the next flush's copies as stock calls them, and the
+    copies go direct again once they are restored."""
+    session = session_cls(engine)
+    parents = [Parent(name=f"p{i}", children=[Child(name=f"c{i}")]) for i in range(2)]
+    session.add_all(parents)
+    guarded(log, session.flush)
+    scalar_set = orm.attributes._ScalarAttributeImpl.set
+    modified_event = orm.state.InstanceState._modified_event
+
+    def patched_set(self, state, dict_, value, initiator, *args, **kw):
+        log.note("event", "set", self.key, repr(state.obj()), value)
+        return scalar_set(self, state, dict_, value, initiator, *args, **kw)
+
+    def patched_modified(self, dict_, attr, previous, *args, **kw):
+        log.note("event", "set", "modified", repr(self.obj()), attr.key if attr else None)
+        return modified_event(self, dict_, attr, previous, *args, **kw)
+
+    orm.attributes._ScalarAttributeImpl.set = patched_set
+    try:
+        parents[1].children.append(parents[0].children[0])
+        session.add(Parent(name="p2", children=[Child(name="c2")]))
+        guarded(log, session.flush)
+        orm.state.InstanceState._modified_event = patched_modified
+        try:
+            parents[0].children.append(parents[1].children[0])
+            guarded(log, session.flush)
+        finally:
+            orm.state.InstanceState._modified_event = modified_event
+    finally:
+        orm.attributes._ScalarAttributeImpl.set = scalar_set
+    parents[1].children.append(parents[0].children[0])
+    session.add(Parent(name="p3", children=[Child(name="c3")]))
+    guarded(log, session.flush)
+    log.note("keys", [(c.name, c.parent_id) for c in session.scalars(select(Child))])
+    session.commit()
+    log.note("states", [object_state(o) for o in parents])
+    session.close()
+
+
 SCENARIOS = [
+    sc_attribute_classes_patched_between_flushes,
     sc_keys_copied_without_listeners,
     sc_orphans_of_two_parents,
     sc_many_to_one_delete_cascade,

@@ -1,7 +1,7 @@
 # CPython C API that Cython's own cpython/*.pxd do not declare, for the hot
 # paths that cimport it (compiled only: the pure implementation never reads it).
 
-from cpython.object cimport PyObject, PyTypeObject
+from cpython.object cimport PyObject, PyTypeObject, Py_TYPE
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.weakref cimport PyWeakref_GetRef
 
@@ -15,6 +15,18 @@ cdef extern from "Python.h":
 
     ctypedef struct PyMemberDescrObject:
         PyMemberDef *d_member
+
+    PyTypeObject PyMemberDescr_Type
+    PyTypeObject PyBaseObject_Type
+    PyTypeObject PyType_Type
+
+    # the attribute a class's MRO gives ``name`` (borrowed; NULL: none)
+    PyObject *_PyType_Lookup(PyTypeObject *type, object name)
+
+    # where an object's __dict__ is (NULL: it has none); made from the
+    # object's inline values first where CPython 3.11 keeps them so
+    PyObject **_PyObject_GetDictPtr(object obj)
+    PyObject *PyDict_GetItemWithError(object d, object key) except? NULL
 
     # exactly a weakref.ref, no subclass (a macro Cython's cpython.weakref lacks)
     bint PyWeakref_CheckRefExact(object ob)
@@ -60,6 +72,7 @@ cdef extern from *:
 cdef extern from "structmember.h":
     int T_OBJECT_EX
     int READONLY
+    int READ_RESTRICTED
 
 
 cdef inline void store_slot(object obj, Py_ssize_t offset, object value) noexcept:
@@ -117,3 +130,127 @@ cdef inline unsigned int type_version_tag(object cls) noexcept:
     non-zero tag is the same class with the same attributes as when it was
     read."""
     return (<PyTypeObject *>cls).tp_version_tag
+
+
+# A call site's reading of one slot attribute (``__slots__``), kept for the
+# last class read there: the class, its version tag then, the slot's offset.
+cdef struct SlotSite:
+    PyTypeObject *cls  # compared only: its version tag says it is the same
+    unsigned int tag
+    Py_ssize_t offset
+
+
+cdef inline object slot_value(object obj, str name, SlotSite *site):
+    """``getattr(obj, name)`` where ``obj``'s class gives ``name`` as a slot
+    (a ``__slots__`` member, a data descriptor: the instance's dict is never
+    looked at) and looks attributes up as ``object`` does (``__getattr__``
+    is only called when that fails): the value stored at the slot's offset,
+    found without the class's attribute lookup while the class keeps the
+    version tag it had when ``site`` was filled (a new class, or any change
+    to the class or its MRO, has another).  An empty slot, and any other
+    class, take ``getattr`` itself."""
+    cdef PyTypeObject *cls = <PyTypeObject *>Py_TYPE(obj)
+    cdef PyObject *value
+    if cls == site.cls and site.tag != 0 and cls.tp_version_tag == site.tag:
+        value = (<PyObject **>((<char *><PyObject *>obj) + site.offset))[0]
+        if value != NULL:
+            return <object>value
+        return getattr(obj, name)
+    fill_slot_site(cls, name, site)
+    return getattr(obj, name)
+
+
+cdef inline void fill_slot_site(PyTypeObject *cls, str name, SlotSite *site) noexcept:
+    """``site`` set for ``cls`` when ``cls`` reads ``name`` as a plain slot
+    of ``object``'s attribute lookup, else cleared."""
+    cdef unsigned int tag = cls.tp_version_tag
+    cdef PyObject *found
+    cdef PyMemberDef *member
+    site.cls = NULL
+    site.tag = 0
+    if tag == 0:
+        return
+    found = _PyType_Lookup(cls, "__getattribute__")
+    if found == NULL or found != _PyType_Lookup(&PyBaseObject_Type, "__getattribute__"):
+        return
+    found = _PyType_Lookup(cls, name)
+    if found == NULL or Py_TYPE(<object>found) != &PyMemberDescr_Type:
+        return
+    member = (<PyMemberDescrObject *>found).d_member
+    if member.type != T_OBJECT_EX or member.flags & READ_RESTRICTED:
+        return
+    # the lookups assign no tag to a class that had one: still the same class
+    if cls.tp_version_tag != tag:
+        return
+    site.cls = cls
+    site.tag = tag
+    site.offset = member.offset
+
+
+# A call site's check of one class attribute, kept for the last class that
+# passed it there: the class and its version tag then.
+cdef struct ClassSite:
+    PyTypeObject *cls  # compared only: its version tag says it is the same
+    unsigned int tag
+
+
+cdef inline bint class_attribute_is(object cls, str name, object expected, ClassSite *site) except -1:
+    """``getattr(cls, name) is expected``, looked up only when ``cls`` is not
+    the class that last passed at ``site`` with the version tag it has now
+    (any change to the class or its MRO gives it another); kept for a
+    class of ``type`` itself (a metaclass's own attributes have no tag)."""
+    cdef PyTypeObject *tp = <PyTypeObject *>cls
+    cdef unsigned int tag = tp.tp_version_tag
+    if tp == site.cls and tag != 0 and tag == site.tag:
+        return True
+    site.cls = NULL
+    site.tag = 0
+    if getattr(cls, name) is not expected:
+        return False
+    if tag != 0 and tp.tp_version_tag == tag and Py_TYPE(cls) == &PyType_Type:
+        site.cls = tp
+        site.tag = tag
+    return True
+
+
+cdef inline object own_value(object obj, str name, ClassSite *site):
+    """``getattr(obj, name)`` where ``obj``'s class has no data descriptor
+    ``name`` (none at all, or a plain class value or method a value of the
+    instance's own shadows) and looks attributes up as ``object`` does:
+    the instance's ``__dict__`` entry, read without the class's attribute
+    lookup while the class keeps the version tag it had when ``site`` was
+    filled.  No entry (the class's value, ``__getattr__``), and any other
+    class, take ``getattr`` itself."""
+    cdef PyTypeObject *cls = <PyTypeObject *>Py_TYPE(obj)
+    cdef PyObject **dict_ptr
+    cdef PyObject *value
+    if cls == site.cls and site.tag != 0 and cls.tp_version_tag == site.tag:
+        dict_ptr = _PyObject_GetDictPtr(obj)
+        if dict_ptr != NULL and dict_ptr[0] != NULL:
+            value = PyDict_GetItemWithError(<object>dict_ptr[0], name)
+            if value != NULL:
+                return <object>value
+        return getattr(obj, name)
+    fill_own_site(cls, name, site)
+    return getattr(obj, name)
+
+
+cdef inline void fill_own_site(PyTypeObject *cls, str name, ClassSite *site) noexcept:
+    """``site`` set for ``cls`` when ``cls`` looks attributes up as
+    ``object`` does and has no data descriptor ``name``, else cleared."""
+    cdef unsigned int tag = cls.tp_version_tag
+    cdef PyObject *found
+    site.cls = NULL
+    site.tag = 0
+    if tag == 0:
+        return
+    found = _PyType_Lookup(cls, "__getattribute__")
+    if found == NULL or found != _PyType_Lookup(&PyBaseObject_Type, "__getattribute__"):
+        return
+    found = _PyType_Lookup(cls, name)
+    if found != NULL and (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_set != NULL:
+        return
+    if cls.tp_version_tag != tag:
+        return
+    site.cls = cls
+    site.tag = tag

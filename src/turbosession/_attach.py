@@ -41,6 +41,7 @@ from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm import attributes, base, collections
 from sqlalchemy.orm.relationships import RelationshipProperty
 from sqlalchemy.orm.base import PassiveFlag
+from sqlalchemy.orm.state import InstanceState
 
 from . import attaching
 
@@ -51,7 +52,18 @@ except ModuleNotFoundError:
 
 if cython.compiled:
     from cython.cimports.cpython.object import PyObject
-    from cython.cimports.turbosession._cpython import dict_version, type_version_tag
+    from cython.cimports.turbosession._cpython import (
+        ClassSite,
+        SlotSite,
+        class_attribute_is,
+        dict_version,
+        own_value,
+        slot_value,
+        state_object,
+        type_version_tag,
+    )
+else:
+    SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
     "add_all", "counts", "delete_all", "hooks_like", "pending_pairs", "reset_counts",
@@ -92,6 +104,17 @@ _NO_INITIALIZE = cython.declare(object, PassiveFlag.PASSIVE_NO_INITIALIZE)
 _LOAD = cython.declare(object, PassiveFlag.PASSIVE_OFF | PassiveFlag.NO_RAISE)
 _STOCK_INSTANCE_DICT = cython.declare(object, base.instance_dict)
 _ATTRIBUTES_NAMES = cython.declare(dict, attributes.__dict__)
+_BASE_NAMES = cython.declare(dict, base.__dict__)
+
+_DICT_GETITEM = cython.declare(object, dict.__getitem__)
+# compiled, the call sites' kept class lookups (see _cpython.slot_value and
+# class_attribute_is)
+_impl_site = cython.declare(SlotSite)
+_dict_getitem_site = cython.declare(ClassSite)
+_cascade_site = cython.declare(ClassSite)
+_state_dict_site = cython.declare(ClassSite)
+_InstanceState = cython.declare(object, InstanceState)
+_STATE_DICT = cython.declare(object, InstanceState.__dict__["dict"])
 
 _log = logging.getLogger("turbosession")
 _DEBUG = logging.DEBUG
@@ -145,6 +168,56 @@ def _plan_of(mapper) -> tuple:
 
 
 @cython.cfunc
+def _impl_of(manager, key):
+    """``manager[key].impl`` (compiled only).  A class manager is a dict
+    subclass, whose subscript CPython sends through a lookup and call of
+    ``__getitem__``: while the manager's class keeps dict's own, the key is
+    read from the dict directly and the attribute's ``impl`` slot at its
+    offset (a key not there goes the usual way)."""
+    if class_attribute_is(
+        type(manager), "__getitem__", _DICT_GETITEM, cython.address(_dict_getitem_site)
+    ):
+        attribute = cython.cast(dict, manager).get(key)
+        if attribute is not None:
+            return slot_value(attribute, "impl", cython.address(_impl_site))
+    return manager[key].impl
+
+
+@cython.cfunc
+def _state_dict(state):
+    """``state.dict``: compiled, for a state of stock's class whose ``dict``
+    property is stock's and while ``orm.base``'s ``instance_dict`` is
+    stock's ``attrgetter("__dict__")``, the object's ``__dict__`` read
+    directly (the property's Python frame and the attrgetter call
+    skipped), or a new empty dict once the object is gone."""
+    if (
+        not cython.compiled
+        or type(state) is not _InstanceState
+        or not class_attribute_is(
+            _InstanceState, "dict", _STATE_DICT, cython.address(_state_dict_site)
+        )
+        or _BASE_NAMES.get("instance_dict") is not _STOCK_INSTANCE_DICT
+    ):
+        return state.dict
+    obj = state_object(state)
+    if obj is None:
+        return {}
+    return obj.__dict__
+
+
+@cython.cfunc
+@cython.inline
+def _get(mapping, key, default):
+    """``mapping.get(key, default)``: a dict itself (an object's
+    ``__dict__``, a state's ``committed_state``) read as C reads it,
+    without looking up and calling the method.  Compiled only: uncompiled
+    the call sites call ``get`` themselves."""
+    if type(mapping) is dict:
+        return cython.cast(dict, mapping).get(key, default)
+    return mapping.get(key, default)
+
+
+@cython.cfunc
 def _pending_pairs(impl, state, dict_, key):
     """``impl.get_all_pending(state, dict_)`` (its default flag, which
     loads nothing) of a relationship attribute of stock's classes: a
@@ -154,12 +227,16 @@ def _pending_pairs(impl, state, dict_, key):
     if kind is _CollectionAttributeImpl:
         if _CollectionAttributeImpl.get_all_pending is not _COLLECTION_PENDING:
             return None
-        current = dict_.get(key, _MISSING)
+        current = _get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is _MISSING:
             return []
         if type(current) is not _InstrumentedList:
             return None
-        original = state.committed_state.get(key, _NO_VALUE)
+        committed = state.committed_state
+        original = (
+            _get(committed, key, _NO_VALUE) if cython.compiled
+            else committed.get(key, _NO_VALUE)
+        )
         pairs: list = []
         if original is _NO_VALUE:
             for member in current:
@@ -175,14 +252,18 @@ def _pending_pairs(impl, state, dict_, key):
     if kind is _ScalarObjectAttributeImpl:
         if _ScalarObjectAttributeImpl.get_all_pending is not _OBJECT_PENDING:
             return None
-        current = dict_.get(key, _MISSING)
+        current = _get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is _MISSING:
             return []  # the default flag does not call loaders
         if current is None or current is _PASSIVE_NO_RESULT or current is _NO_VALUE:
             found: list = [(None, None)]
         else:
             found = [(current._sa_instance_state, current)]
-        original = state.committed_state.get(key, _MISSING)
+        committed = state.committed_state
+        original = (
+            _get(committed, key, _MISSING) if cython.compiled
+            else committed.get(key, _MISSING)
+        )
         if (
             original is not _MISSING
             and original is not None
@@ -208,7 +289,7 @@ def _loaded_members(prop, state, dict_, key):
     or None for stock's method."""
     if type(prop)._value_as_iterable is not _VALUE_AS_ITERABLE:
         return None
-    impl = state.manager[key].impl
+    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
     if type(impl) is not _CollectionAttributeImpl or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET:
         return None
     members = dict_.get(key)
@@ -377,7 +458,7 @@ class _Walk:
     def save(self, state):
         """Stock's ``_save_or_update_impl`` of one state."""
         if state.key is None and state.session_id is None and self.began():
-            obj = state.obj()
+            obj = state_object(state) if cython.compiled else state.obj()
             new: dict = self.session._new
             if state not in new:
                 new[state] = obj
@@ -402,7 +483,7 @@ class _Walk:
         visited: set = set()
         # frames: [items, next index, parent state, parent dict]; a parent
         # state of None marks a frame of objects found through one property
-        stack: list = [[plan[1], 0, state, state.dict]]
+        stack: list = [[plan[1], 0, state, _state_dict(state)]]
         frame: list
         items: tuple
         entry: tuple
@@ -443,12 +524,16 @@ class _Walk:
             halt_on = self.session._contains_state if save else None
             self.known = False
             return tuple(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
-        cascade = prop._cascade
+        # a relationship's own value (its class has none: own_value)
+        cascade = (
+            own_value(prop, "_cascade", cython.address(_cascade_site)) if cython.compiled
+            else prop._cascade
+        )
         if not cascade or type_ not in cascade:
             return None
         key = step[2]
         if save:
-            impl = state.manager[key].impl
+            impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
             pairs = _pending_pairs(impl, state, dict_, key)
             if pairs is None:
                 self.known = False

@@ -30,6 +30,9 @@ except ModuleNotFoundError:
 
 __all__ = ["detach_all", "expire_all"]
 
+if cython.compiled:
+    from cython.cimports.turbosession._cpython import state_object
+
 _ClassManager = cython.declare(object, ClassManager)
 _InstanceState = cython.declare(object, InstanceState)
 
@@ -67,7 +70,10 @@ def expire_all(session, states):
     modified: object = session.identity_map._modified
     plans: dict = {}
     plan: _ManagerPlan
+    dict_: dict
     own: dict
+    all_keys: tuple
+    all_key_set: frozenset
     # the last manager's plan, asked again without hashing the manager
     # (ClassManager.__hash__ is Python)
     last_manager = None
@@ -92,14 +98,32 @@ def expire_all(session, states):
             continue
         plan = plan_or_none
 
-        obj = state.obj()
-        dict_ = obj.__dict__ if obj is not None else {}
+        obj = state_object(state) if cython.compiled else state.obj()
+        found = obj.__dict__ if obj is not None else {}
         obj = None  # as in stock, dropping _strong_obj may free the object
+        if cython.compiled and type(found) is not dict:
+            # an object whose __dict__ is a dict subclass: stock's own step
+            state._expire(found, session.identity_map._modified)
+            modified = session.identity_map._modified
+            plans.clear()
+            last_manager = None
+            continue
+        # compiled, a dict itself from here (its lookups and deletions C's),
+        # and the state's plain sets and dicts changed with C's calls
+        # rather than looked-up methods
+        dict_ = found
 
         state.expired = True
         if state.modified:
-            modified.discard(state)
-            state.committed_state.clear()
+            if cython.compiled and type(modified) is set:
+                cython.cast(set, modified).discard(state)
+            else:
+                modified.discard(state)
+            committed = state.committed_state
+            if cython.compiled and type(committed) is dict:
+                cython.cast(dict, committed).clear()
+            else:
+                committed.clear()
             state.modified = False
         state._strong_obj = None
 
@@ -108,7 +132,12 @@ def expire_all(session, states):
         own.pop("parents", None)
 
         expired = state.expired_attributes
-        expired.update(plan.loader_keys)
+        if cython.compiled and type(expired) is set:
+            # set.update of the list: each key added in its order
+            for key in plan.loader_keys:
+                cython.cast(set, expired).add(key)
+        else:
+            expired.update(plan.loader_keys)
         callables = state.callables
         if callables:
             for key in expired.intersection(callables):
@@ -124,11 +153,13 @@ def expire_all(session, states):
 
         # the loaded values go; walking the shorter side needs no
         # intersection set per state (the order of deletion leaves no trace)
-        if len(dict_) < len(plan.all_keys):
-            for key in [key for key in dict_ if key in plan.all_key_set]:
+        all_keys = plan.all_keys
+        if len(dict_) < len(all_keys):
+            all_key_set = plan.all_key_set
+            for key in [key for key in dict_ if key in all_key_set]:
                 del dict_[key]
         else:
-            for key in plan.all_keys:
+            for key in all_keys:
                 if key in dict_:
                     del dict_[key]
 

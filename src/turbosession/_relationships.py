@@ -29,7 +29,15 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 if cython.compiled:
-    from cython.cimports.turbosession._cpython import state_object
+    from cython.cimports.turbosession._cpython import (
+        ClassSite,
+        SlotSite,
+        class_attribute_is,
+        slot_value,
+        state_object,
+    )
+else:
+    SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
     "many_to_one_presort_deletes",
@@ -74,6 +82,18 @@ _DICT_GETITEM = cython.declare(object, dict.__getitem__)
 _STOCK_REGISTER = cython.declare(object, unitofwork.UOWTransaction.register_object)
 _sync_update = cython.declare(object, sync._update)
 _sync_clear = cython.declare(object, sync._clear)
+# compiled, the call sites' kept class lookups (see _cpython.slot_value and
+# class_attribute_is)
+_impl_site = cython.declare(SlotSite)
+_dispatch_site = cython.declare(SlotSite)
+_set_listeners_site = cython.declare(SlotSite)
+_key_site = cython.declare(SlotSite)
+_modified_events_site = cython.declare(SlotSite)
+_committed_site = cython.declare(SlotSite)
+_stock_set_site = cython.declare(ClassSite)
+_stock_modified_site = cython.declare(ClassSite)
+_dict_getitem_site = cython.declare(ClassSite)
+
 # attribute implementation class -> whether its ``get`` is stock's (a value
 # present in the state's dict is then returned as it is)
 _stock_get = cython.declare(dict, {})
@@ -168,29 +188,37 @@ def _set(state, dict_, impl, value):
     if (
         not cython.compiled
         or type(impl) is not _ScalarAttributeImpl
-        or _ScalarAttributeImpl.set is not _STOCK_SET
+        or not class_attribute_is(
+            _ScalarAttributeImpl, "set", _STOCK_SET, cython.address(_stock_set_site)
+        )
         or value is _DONT_SET
     ):
         impl.set(state, dict_, value, None)
         return
-    dispatch = impl.dispatch
-    if dispatch._active_history or _has_listeners(dispatch.set):
+    # the implementation's slots, read at their offsets (slot_value)
+    dispatch = slot_value(impl, "dispatch", cython.address(_dispatch_site))
+    if dispatch._active_history or _has_listeners(
+        slot_value(dispatch, "set", cython.address(_set_listeners_site))
+    ):
         impl.set(state, dict_, value, None)
         return
-    key = impl.key
+    key = slot_value(impl, "key", cython.address(_key_site))
     if type(dict_) is dict:
         old = cython.cast(dict, dict_).get(key, _NO_VALUE)
     else:
         old = dict_.get(key, _NO_VALUE)
     if (
         type(state) is not _InstanceState
-        or _InstanceState._modified_event is not _STOCK_MODIFIED
+        or not class_attribute_is(
+            _InstanceState, "_modified_event", _STOCK_MODIFIED,
+            cython.address(_stock_modified_site),
+        )
         or not state.modified
         or (state.session_id and state._strong_obj is None)
     ):
         state._modified_event(dict_, impl, old)
-    elif impl.send_modified_events:
-        committed: dict = state.committed_state
+    elif slot_value(impl, "send_modified_events", cython.address(_modified_events_site)):
+        committed: dict = slot_value(state, "committed_state", cython.address(_committed_site))
         if key not in committed:
             committed[key] = old
         known = state._last_known_values
@@ -334,10 +362,13 @@ def _impl_of(manager, key):
     compiled, while the manager's class keeps dict's own, the key is read
     from the dict directly (a key not there goes the usual way).  The same
     as ``_unitofwork``'s (the compiled modules share no ``.pxd``)."""
-    if cython.compiled and type(manager).__getitem__ is _DICT_GETITEM:
+    if cython.compiled and class_attribute_is(
+        type(manager), "__getitem__", _DICT_GETITEM, cython.address(_dict_getitem_site)
+    ):
         attribute = cython.cast(dict, manager).get(key)
         if attribute is not None:
-            return attribute.impl
+            # the attribute's ``impl`` slot at its offset (slot_value)
+            return slot_value(attribute, "impl", cython.address(_impl_site))
     return manager[key].impl
 
 

@@ -48,7 +48,15 @@ if cython.compiled:
     from cython.cimports.cpython.ref import Py_INCREF
     from cython.cimports.cpython.tuple import PyTuple_SET_ITEM
     from cython.cimports.cpython.type import PyType_GenericAlloc
-    from cython.cimports.turbosession._cpython import state_object
+    from cython.cimports.turbosession._cpython import (
+        ClassSite,
+        SlotSite,
+        class_attribute_is,
+        slot_value,
+        state_object,
+    )
+else:
+    SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = ["attribute_history", "split_per_state", "states_for_mapper_hierarchy"]
 
@@ -91,6 +99,11 @@ _ScalarObjectAttributeImpl = cython.declare(object, attributes._ScalarObjectAttr
 _SCALAR_HISTORY = cython.declare(object, attributes._ScalarAttributeImpl.get_history)
 _OBJECT_HISTORY = cython.declare(object, attributes._ScalarObjectAttributeImpl.get_history)
 
+# compiled, the call sites' kept class lookups (see _cpython.slot_value and
+# class_attribute_is)
+_impl_site = cython.declare(SlotSite)
+_dict_getitem_site = cython.declare(ClassSite)
+
 # passive flag -> (passive | LOAD_AGAINST_COMMITTED | NO_RAISE, bool(passive & SQL_OK))
 _flags = cython.declare(dict, {})
 # flags -> bool(flags & INCLUDE_PENDING_MUTATIONS)
@@ -110,6 +123,18 @@ def _flag_info(passive) -> tuple:
     if info is None:
         info = _flags[passive] = (passive | _LOAD_EXTRA, bool(passive & _SQL_OK))
     return info
+
+
+@cython.cfunc
+@cython.inline
+def _get(mapping, key, default):
+    """``mapping.get(key, default)``: a dict itself (an object's
+    ``__dict__``, a state's ``committed_state``) read as C reads it,
+    without looking up and calling the method.  Compiled only: uncompiled
+    the call sites call ``get`` themselves."""
+    if type(mapping) is dict:
+        return cython.cast(dict, mapping).get(key, default)
+    return mapping.get(key, default)
 
 
 @cython.cfunc
@@ -136,7 +161,7 @@ def _present_scalar_history(impl, state, key, dict_, flags):
         scalar = False
     else:
         return None
-    current = dict_.get(key, _MISSING)
+    current = _get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
     if current is _MISSING:
         # stock's get() answers PASSIVE_NO_RESULT when nothing is kept and
         # loader callables are not allowed: HISTORY_BLANK
@@ -146,14 +171,21 @@ def _present_scalar_history(impl, state, key, dict_, flags):
             and (
                 key not in state.committed_state
                 if scalar
-                else state.committed_state.get(key, _NO_VALUE) is _NO_VALUE
+                else (
+                    _get(state.committed_state, key, _NO_VALUE) if cython.compiled
+                    else state.committed_state.get(key, _NO_VALUE)
+                ) is _NO_VALUE
             )
         ):
             return _HISTORY_BLANK
         return None
     if current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
         return None
-    original = state.committed_state.get(key, _NO_HISTORY)
+    committed = state.committed_state
+    original = (
+        _get(committed, key, _NO_HISTORY) if cython.compiled
+        else committed.get(key, _NO_HISTORY)
+    )
     if original is _NO_HISTORY:
         return _new_history((), [current], ())
     if scalar:
@@ -188,7 +220,7 @@ def _history(state, key, flags) -> tuple:
             )
         return found, found
     if type(impl) is _CollectionAttributeImpl:
-        current = dict_.get(key, _MISSING)
+        current = _get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is not _MISSING and current is not _NO_VALUE:
             found = _loaded_collection_history(state, key, current, flags)
             if found is not None:
@@ -216,8 +248,10 @@ def _unloaded_collection_blank(impl, state, key, flags) -> cython.bint:
         return False
     if _flag_bits(flags)[1]:
         return False  # loader callables allowed: stock may load
-    committed = state.committed_state.get(key, _NO_VALUE)
-    if committed is not _NO_VALUE:
+    committed = state.committed_state
+    if (
+        _get(committed, key, _NO_VALUE) if cython.compiled else committed.get(key, _NO_VALUE)
+    ) is not _NO_VALUE:
         return False
     if _flag_bits(flags)[0] and key in (
         _pending_mutations(state) if cython.compiled else state._pending_mutations
@@ -303,7 +337,11 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
         _pending_mutations(state) if cython.compiled else state._pending_mutations
     ):
         return None
-    original = state.committed_state.get(key, _NO_HISTORY)
+    committed = state.committed_state
+    original = (
+        _get(committed, key, _NO_HISTORY) if cython.compiled
+        else committed.get(key, _NO_HISTORY)
+    )
     # the adapter iterates a list collection of SQLAlchemy's class as the
     # list itself
     items: list = list(current) if type(current) is _InstrumentedList else list(current._sa_adapter)
@@ -357,10 +395,13 @@ def _impl_of(manager, key):
     subscript CPython sends through a lookup and call of ``__getitem__``;
     compiled, while the manager's class keeps dict's own, the key is read
     from the dict directly (a key not there goes the usual way)."""
-    if cython.compiled and type(manager).__getitem__ is _DICT_GETITEM:
+    if cython.compiled and class_attribute_is(
+        type(manager), "__getitem__", _DICT_GETITEM, cython.address(_dict_getitem_site)
+    ):
         attribute = cython.cast(dict, manager).get(key)
         if attribute is not None:
-            return attribute.impl
+            # the attribute's ``impl`` slot at its offset (slot_value)
+            return slot_value(attribute, "impl", cython.address(_impl_site))
     return manager[key].impl
 
 

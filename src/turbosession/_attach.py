@@ -483,7 +483,9 @@ class _Walk:
         visited: set = set()
         # frames: [items, next index, parent state, parent dict]; a parent
         # state of None marks a frame of objects found through one property
-        stack: list = [[plan[1], 0, state, _state_dict(state)]]
+        # (uncompiled, _state_dict would be a Python call for state.dict)
+        first_dict = _state_dict(state) if cython.compiled else state.dict
+        stack: list = [[plan[1], 0, state, first_dict]]
         frame: list
         items: tuple
         entry: tuple

@@ -63,7 +63,7 @@ if cython.compiled:
     )
 
 __all__ = [
-    "add_all", "counts", "delete_all", "fill_dispatch", "hooks_like", "pending_pairs", "reset_counts",
+    "add_all", "class_like", "counts", "delete_all", "fill_dispatch", "hooks_like", "pending_pairs", "reset_counts",
     "session_delete", "set_session_hooks",
 ]
 
@@ -545,6 +545,15 @@ def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
     """The test ``TurboSessionMixin`` makes before its add() and delete()
     paths (``_hooks_like``)."""
     return _hooks_like(session, mixin, expected, names)
+
+
+def class_like(cls, expected: tuple) -> cython.bint:
+    """Whether ``cls`` resolves each ``(name, False, function)`` of
+    ``expected`` to ``function`` itself (``_class_hooks_like``: compiled,
+    answered by the class's version tag while it has not changed):
+    ``turbosession.transaction`` asks it of its ``SessionTransaction``
+    several times per flush."""
+    return _class_hooks_like(cls, None, expected)
 
 
 @cython.cfunc

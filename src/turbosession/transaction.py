@@ -44,6 +44,9 @@ from sqlalchemy.orm.session import (
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.state_changes import _StateChange, _StateChangeStates
 
+# (read at call time: _impl imports the hot paths, one of which imports this)
+from . import _impl
+
 __all__ = [
     "FALLBACK_REASONS",
     "SessionTransaction",
@@ -297,22 +300,28 @@ _S_CONNECTION = _ST.connection
 _S_CONNECTION_FOR_BIND = _ST._connection_for_bind
 
 
+_STOCK_METHODS = tuple(
+    (name, False, method)
+    for name, method in (
+        ("_begin", _S_BEGIN),
+        ("__init__", _S_INIT),
+        ("_take_snapshot", _S_TAKE_SNAPSHOT),
+        ("commit", _S_COMMIT),
+        ("_prepare_impl", _S_PREPARE_IMPL),
+        ("close", _S_CLOSE),
+        ("connection", _S_CONNECTION),
+        ("_connection_for_bind", _S_CONNECTION_FOR_BIND),
+    )
+)
+
+
 def _stock_methods():
     """Whether those methods are still the ones the class had at import
     (one of them patched since, on this class or a base: the step is
-    stock's call).  Identity checks that stop at the first difference:
-    this is asked several times per flush."""
-    cls = _ST
-    return (
-        cls._begin is _S_BEGIN
-        and cls.__init__ is _S_INIT
-        and cls._take_snapshot is _S_TAKE_SNAPSHOT
-        and cls.commit is _S_COMMIT
-        and cls._prepare_impl is _S_PREPARE_IMPL
-        and cls.close is _S_CLOSE
-        and cls.connection is _S_CONNECTION
-        and cls._connection_for_bind is _S_CONNECTION_FOR_BIND
-    )
+    stock's call).  Asked several times per flush: the attach module's
+    ``class_like`` looks them up, and, compiled, answers from the class's
+    version tag while the class and its bases are unchanged."""
+    return _impl.active.attach.class_like(_ST, _STOCK_METHODS)
 _STOCK_GET_BIND = orm.Session.get_bind
 
 

@@ -263,6 +263,11 @@ for _bundle in (_impl.compiled, _impl.pure):
 del _bundle
 
 
+# the transaction's method check on the compiled module (see there)
+if _impl.active is _impl.compiled:
+    transaction.set_class_check(_impl.compiled.attach.class_like)
+
+
 class sessionmaker(orm.sessionmaker):
     """``sqlalchemy.orm.sessionmaker`` whose ``class_`` defaults to turbosession's Session."""
 

@@ -44,9 +44,6 @@ from sqlalchemy.orm.session import (
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.state_changes import _StateChange, _StateChangeStates
 
-# (read at call time: _impl imports the hot paths, one of which imports this)
-from . import _impl
-
 __all__ = [
     "FALLBACK_REASONS",
     "SessionTransaction",
@@ -314,14 +311,41 @@ _STOCK_METHODS = tuple(
     )
 )
 
+# the compiled attach module's class_like, when compiled is the active
+# implementation (set_class_check); None: the identity checks below
+_class_like = None
+
+
+def set_class_check(class_like):
+    """Have ``_stock_methods`` ask ``class_like(cls, expected)`` (the
+    compiled ``_attach.class_like``, which answers from the class's version
+    tag while neither it nor a base has changed); None: its own identity
+    checks.  ``turbosession.session`` sets it when compiled is active
+    (this module is imported by the hot paths, before they are bundled);
+    uncompiled, the call would cost several Python frames per check."""
+    global _class_like
+    _class_like = class_like
+
 
 def _stock_methods():
     """Whether those methods are still the ones the class had at import
     (one of them patched since, on this class or a base: the step is
-    stock's call).  Asked several times per flush: the attach module's
-    ``class_like`` looks them up, and, compiled, answers from the class's
-    version tag while the class and its bases are unchanged."""
-    return _impl.active.attach.class_like(_ST, _STOCK_METHODS)
+    stock's call).  Asked several times per flush: by ``_class_like``
+    when compiled is active, else by identity checks that stop at the
+    first difference."""
+    if _class_like is not None:
+        return _class_like(_ST, _STOCK_METHODS)
+    cls = _ST
+    return (
+        cls._begin is _S_BEGIN
+        and cls.__init__ is _S_INIT
+        and cls._take_snapshot is _S_TAKE_SNAPSHOT
+        and cls.commit is _S_COMMIT
+        and cls._prepare_impl is _S_PREPARE_IMPL
+        and cls.close is _S_CLOSE
+        and cls.connection is _S_CONNECTION
+        and cls._connection_for_bind is _S_CONNECTION_FOR_BIND
+    )
 _STOCK_GET_BIND = orm.Session.get_bind
 
 

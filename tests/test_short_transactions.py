@@ -684,6 +684,55 @@ def snapshots_restored(session_cls, engine, log):
         log.note("users", users(session))
 
 
+def snapshot_collections(session_cls, engine, log):
+    """The root transaction's and a savepoint's snapshot collections after
+    flushes mark objects in them (new, changed, deleted): their class,
+    attributes, entries, removal callback, and their entries leaving with
+    their objects."""
+    import gc
+
+    engine = _engine_of_its_own(engine)
+    names = ("_new", "_dirty", "_deleted")
+
+    def note(label, trans):
+        for name in names:
+            coll = getattr(trans, name)
+            log.note(
+                label,
+                name,
+                type(coll).__name__,
+                list(vars(coll)),
+                sorted(state.key[1] for state in coll),
+                coll._remove.__qualname__,
+                coll._remove.__module__,
+                coll._remove.__defaults__[0]() is coll,
+            )
+
+    with session_cls(engine) as session:
+        session.add_all([User(id=1, name="ed"), User(id=2, name="fred")])
+        session.commit()
+        ed = session.get(User, 1)
+        fred = session.get(User, 2)
+        ed.name = "edward"
+        session.delete(fred)
+        wendy = User(id=3, name="wendy")
+        session.add(wendy)
+        session.flush()
+        root = session.get_transaction()
+        note("flushed", root)
+        nested = session.begin_nested()
+        jack = User(id=4, name="jack")
+        session.add(jack)
+        session.flush()
+        note("savepoint", nested)
+        del wendy, fred, jack
+        gc.collect()
+        log.note("collected", [len(getattr(t, n)) for t in (root, nested) for n in names])
+        nested.rollback()
+        session.rollback()
+        log.note("users", users(session))
+
+
 def root_transactions(session_cls, engine, log):
     """Root transactions begun every way a session begins one (autobegun by
     add(), a query, a flush, commit(); begun by begin() and its context
@@ -818,6 +867,7 @@ SCENARIOS = [
     first_connection_seen_by_listeners,
     first_connection_options,
     first_connection_fails,
+    snapshot_collections,
     listeners_added_during_commit,
     refused_during_commit,
     commits,

@@ -35,6 +35,8 @@ the methods involved and that no flush is in progress (``_warn_on_events``).
 from __future__ import annotations
 
 import logging
+import types
+from itertools import repeat
 
 from sqlalchemy import orm
 from sqlalchemy.event import attr as _event_attr
@@ -53,20 +55,24 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.turbosession._cpython import (
+        READONLY,
+        T_OBJECT_EX,
         ClassSite,
+        PyMemberDescrObject,
         SlotSite,
         class_attribute_is,
         dict_version,
         own_value,
         slot_value,
         state_object,
+        store_slot,
         type_version_tag,
     )
 else:
     SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
-    "add_all", "counts", "delete_all", "hooks_like", "pending_pairs", "reset_counts",
+    "add_all", "class_like", "counts", "delete_all", "fill_dispatch", "hooks_like", "pending_pairs", "reset_counts",
     "session_delete", "set_session_hooks",
 ]
 
@@ -115,6 +121,11 @@ _cascade_site = cython.declare(ClassSite)
 _state_dict_site = cython.declare(ClassSite)
 _InstanceState = cython.declare(object, InstanceState)
 _STATE_DICT = cython.declare(object, InstanceState.__dict__["dict"])
+
+_MemberDescriptorType = cython.declare(object, types.MemberDescriptorType)
+_OBJECT_SETATTR = cython.declare(object, object.__setattr__)
+# a dispatcher class -> {event name: offset of its slot} (compiled)
+_dispatch_slots = cython.declare(dict, {})
 
 _log = logging.getLogger("turbosession")
 _DEBUG = logging.DEBUG
@@ -620,6 +631,15 @@ def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
     return _hooks_like(session, mixin, expected, names)
 
 
+def class_like(cls, expected: tuple) -> cython.bint:
+    """Whether ``cls`` resolves each ``(name, False, function)`` of
+    ``expected`` to ``function`` itself (``_class_hooks_like``: compiled,
+    answered by the class's version tag while it has not changed):
+    ``turbosession.transaction`` asks it of its ``SessionTransaction``
+    several times per flush."""
+    return _class_hooks_like(cls, None, expected)
+
+
 @cython.cfunc
 @cython.exceptval(-1, check=False)
 def _hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
@@ -797,3 +817,43 @@ def _attach(state, hash_key, obj):
     state.session_id = hash_key
     if state.modified and state._strong_obj is None:
         state._strong_obj = obj
+
+
+def _slot_offsets(cls) -> dict:
+    """``{name: offset}`` of the writable object slots of the dispatcher
+    class ``cls``'s own ``__slots__`` (its events), stored to by
+    ``fill_dispatch``; none when the class sets attributes its own way."""
+    offsets: dict = {}
+    if cls.__setattr__ is not _OBJECT_SETATTR:
+        return offsets
+    for name, descr in cls.__dict__.items():
+        if type(descr) is not _MemberDescriptorType or descr.__objclass__ is not cls:
+            continue
+        member = cython.cast(cython.pointer(PyMemberDescrObject), descr).d_member
+        if member.type == T_OBJECT_EX and not member.flags & READONLY:
+            offsets[name] = member.offset
+    return offsets
+
+
+def fill_dispatch(dispatch):
+    """``setattr(dispatch, name, listener)`` for each of a new session
+    dispatcher's shared ``_EmptyListener`` objects (``_empty_listeners``),
+    what its ``__getattr__`` would store one at a time on first use
+    (``TurboSessionMixin.__init__`` says when).  Compiled, each
+    is stored in its slot as the slot's descriptor stores it, without a
+    ``setattr`` call; uncompiled, ``map`` runs the same ``setattr`` calls."""
+    listeners: dict = dispatch._empty_listeners
+    if not cython.compiled:
+        any(map(setattr, repeat(dispatch), listeners.keys(), listeners.values()))
+        return
+    cls = type(dispatch)
+    offsets = _dispatch_slots.get(cls)
+    if offsets is None:
+        offsets = _dispatch_slots[cls] = _slot_offsets(cls)
+    known: dict = offsets
+    for name, listener in listeners.items():
+        offset = known.get(name)
+        if offset is None:
+            setattr(dispatch, name, listener)
+        else:
+            store_slot(dispatch, offset, listener)

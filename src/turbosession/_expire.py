@@ -20,6 +20,7 @@ plan.
 
 from __future__ import annotations
 
+from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.orm.state import InstanceState
 
@@ -35,34 +36,82 @@ if cython.compiled:
 
 _ClassManager = cython.declare(object, ClassManager)
 _InstanceState = cython.declare(object, InstanceState)
+_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
+_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
+_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
+_COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
+# where a manager keeps its plan (its own __dict__, beside the memoized
+# attributes the plan is made from)
+_PLAN_ATTR = cython.declare(str, "_turbosession_expire_plan")
 
 
 def _is_compiled():
     return cython.compiled
 
 
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _has_listeners(listeners) -> cython.bint:
+    """``bool(listeners)`` of a dispatch attribute, reading the lists the
+    ``__bool__`` of SQLAlchemy's two listener classes reads where it is
+    stock's (the same as ``_attach``'s: the compiled modules share no
+    ``.pxd`` for it, and a call across modules would cost what it saves)."""
+    kind = type(listeners)
+    if kind is _EmptyListener and kind.__bool__ is _EMPTY_BOOL:
+        return bool(listeners.parent_listeners)
+    if kind is _ListenerCollection and kind.__bool__ is _COLLECTION_BOOL:
+        return bool(listeners.listeners) or bool(listeners.parent_listeners)
+    return bool(listeners)
+
+
 @cython.cclass
 class _ManagerPlan:
-    """What ``_expire`` reads from a class manager."""
+    """What ``_expire`` reads from a class manager, with the three
+    memoized attributes of the manager it is made from (SQLAlchemy
+    replaces them when the class's attributes change)."""
 
+    loader_impls: object
+    collection_impl_keys: object
+    all_key_source: object
     loader_keys: list
     collection_keys: tuple
     all_keys: tuple
     all_key_set: frozenset
 
-    def __init__(self, manager):
-        self.loader_keys = [impl.key for impl in manager._loader_impls]
-        self.collection_keys = tuple(manager._collection_impl_keys)
-        self.all_key_set = frozenset(manager._all_key_set)
+    def __init__(self, loader_impls, collection_impl_keys, all_key_set):
+        self.loader_impls = loader_impls
+        self.collection_impl_keys = collection_impl_keys
+        self.all_key_source = all_key_set
+        self.loader_keys = [impl.key for impl in loader_impls]
+        self.collection_keys = tuple(collection_impl_keys)
+        self.all_key_set = frozenset(all_key_set)
         self.all_keys = tuple(self.all_key_set)
 
 
 @cython.cfunc
 def _plan_for(manager) -> object:
-    """The manager's plan, or None to use stock's ``_expire``."""
-    if type(manager) is not _ClassManager or manager.dispatch.expire:
+    """The manager's plan, or None to use stock's ``_expire``.  Kept in
+    the manager while the memoized attributes it reads are the same
+    objects; whether ``expire`` is listened to is asked every time."""
+    if type(manager) is not _ClassManager or _has_listeners(manager.dispatch.expire):
         return None
-    return _ManagerPlan(manager)
+    loader_impls = manager._loader_impls
+    collection_impl_keys = manager._collection_impl_keys
+    all_key_set = manager._all_key_set
+    own: dict = manager.__dict__
+    kept = own.get(_PLAN_ATTR)
+    # (the other bundle's plan, in tests running both, is replaced)
+    if type(kept) is _ManagerPlan:
+        plan: _ManagerPlan = kept
+        if (
+            plan.loader_impls is loader_impls
+            and plan.collection_impl_keys is collection_impl_keys
+            and plan.all_key_source is all_key_set
+        ):
+            return plan
+    plan = _ManagerPlan(loader_impls, collection_impl_keys, all_key_set)
+    own[_PLAN_ATTR] = plan
+    return plan
 
 
 def expire_all(session, states):
@@ -164,23 +213,19 @@ def expire_all(session, states):
                     del dict_[key]
 
 
-_DETACH_EVENTS = (
-    "persistent_to_detached",
-    "deleted_to_detached",
-    "pending_to_transient",
-    "persistent_to_transient",
-)
-
-
 def detach_all(session, states):
     """``InstanceState._detach_states(states, session)``, as commit calls it
     for the deleted states and ``expunge_all()`` for all: without a listener of the state-change events
     it fires, all it does is take each state out of the session."""
     dispatch = session.dispatch
-    for name in _DETACH_EVENTS:
-        if getattr(dispatch, name):
-            InstanceState._detach_states(states, session)
-            return
+    if (
+        _has_listeners(dispatch.persistent_to_detached)
+        or _has_listeners(dispatch.deleted_to_detached)
+        or _has_listeners(dispatch.pending_to_transient)
+        or _has_listeners(dispatch.persistent_to_transient)
+    ):
+        InstanceState._detach_states(states, session)
+        return
     for state in states:
         state.session_id = None
         state._strong_obj = None

@@ -36,6 +36,7 @@ import weakref
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspection, sql, util
+from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm import decl_api, instrumentation, loading
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import session as orm_session
@@ -102,6 +103,27 @@ _MANAGER_ATTR = "_sa_class_manager"
 # dict lookup is far cheaper than a module attribute lookup
 _LOADING_NAMES = cython.declare(dict, loading.__dict__)
 _ORM_UTIL_NAMES = cython.declare(dict, orm_util.__dict__)
+
+_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
+_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
+_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
+_COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _has_listeners(listeners) -> cython.bint:
+    """``bool(listeners)`` of a dispatch attribute, reading the lists the
+    ``__bool__`` of SQLAlchemy's two listener classes reads where it is
+    stock's (the same as ``_attach``'s: the compiled modules share no
+    ``.pxd`` for it, and a call across modules would cost what it saves)."""
+    kind = type(listeners)
+    if kind is _EmptyListener and kind.__bool__ is _EMPTY_BOOL:
+        return bool(listeners.parent_listeners)
+    if kind is _ListenerCollection and kind.__bool__ is _COLLECTION_BOOL:
+        return bool(listeners.listeners) or bool(listeners.parent_listeners)
+    return bool(listeners)
+
 
 # metaclass -> whether inspect() of its classes is one of _INSPECT_CLASS
 _plain_metaclasses = cython.declare(dict, {})
@@ -625,7 +647,7 @@ def _load_miss(session, mapper, pk: tuple, identity_token) -> object:
         return _fallback("get_ident")
     if session.execution_options:
         return _fallback("get_session_options")
-    if session.dispatch.do_orm_execute:
+    if _has_listeners(session.dispatch.do_orm_execute):
         return _fallback("get_orm_execute")
     if _LOADING_NAMES.get("_load_on_pk_identity") is not _STOCK_LOAD_ON_PK_IDENTITY:
         # stock's get() loads with whatever loading._load_on_pk_identity is
@@ -807,7 +829,7 @@ def _direct_execution(
         return _execute_fallback("execute_options")
     if session.execution_options:
         return _execute_fallback("execute_session_options")
-    if session.dispatch.do_orm_execute:
+    if _has_listeners(session.dispatch.do_orm_execute):
         return _execute_fallback("execute_orm_execute")
     attrs = statement.__dict__
     kept = attrs.get(_EXECUTION_ATTR)
@@ -1034,7 +1056,7 @@ class _CursorLoad:
         if reason is not None:
             return reason
         dispatch = self.manager.dispatch
-        if dispatch.load or dispatch.refresh:
+        if _has_listeners(dispatch.load) or _has_listeners(dispatch.refresh):
             return "cursor_events"
         names = loads.LOADING_FUNCTIONS
         i: cython.Py_ssize_t
@@ -1136,7 +1158,7 @@ class _CursorLoad:
                 expired.add(key)
         for key, populator in self.new:
             populator(state, dict_, row)
-        if session.dispatch.loaded_as_persistent:
+        if _has_listeners(session.dispatch.loaded_as_persistent):
             existing_runid = state.runid
             session.dispatch.loaded_as_persistent(session, state)
             if state.runid != existing_runid:

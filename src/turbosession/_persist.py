@@ -22,9 +22,11 @@ lookup, and identity keys are built without a per-call list.
 from __future__ import annotations
 
 import operator
+import types
 import weakref
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.event import attr as _event_attr
 
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import base as orm_base
@@ -46,6 +48,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.util import EMPTY_DICT
 
+from turbosession import transaction as _transaction
 from turbosession._warn import warn
 
 try:
@@ -106,10 +109,37 @@ _INSTANCE_DICT = cython.declare(object, orm_base.instance_dict)
 _ref = cython.declare(object, weakref.ref)
 _stock_contains_state = cython.declare(object, Session._contains_state)
 _WeakKeyDictionary = cython.declare(object, weakref.WeakKeyDictionary)
+_TurboTransaction = cython.declare(object, _transaction.SessionTransaction)
+# the descriptors of that class's snapshot collections (transaction._Snapshot)
+_SNAPSHOTS = cython.declare(
+    dict, {name: _transaction.SessionTransaction.__dict__[name] for name in ("_new", "_dirty", "_deleted")}
+)
+_STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_transaction_boundary)
+_WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
+_FunctionType = cython.declare(object, types.FunctionType)
+_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
+_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
+_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
+_COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
 
 
 def _is_compiled():
     return cython.compiled
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _has_listeners(listeners) -> cython.bint:
+    """``bool(listeners)`` of a dispatch attribute, reading the lists the
+    ``__bool__`` of SQLAlchemy's two listener classes reads where it is
+    stock's (the same as ``_attach``'s: the compiled modules share no
+    ``.pxd`` for it, and a call across modules would cost what it saves)."""
+    kind = type(listeners)
+    if kind is _EmptyListener and kind.__bool__ is _EMPTY_BOOL:
+        return bool(listeners.parent_listeners)
+    if kind is _ListenerCollection and kind.__bool__ is _COLLECTION_BOOL:
+        return bool(listeners.listeners) or bool(listeners.parent_listeners)
+    return bool(listeners)
 
 
 @cython.cfunc
@@ -295,8 +325,8 @@ def organize_for_save(mapper, states, uow, connection):
     before_insert = mapper.dispatch.before_insert
     before_update = mapper.dispatch.before_update
     version_col = mapper.version_id_col
-    insert_listeners: cython.bint = bool(before_insert)
-    update_listeners: cython.bint = bool(before_update)
+    insert_listeners: cython.bint = _has_listeners(before_insert)
+    update_listeners: cython.bint = _has_listeners(before_update)
     validate = mapper._validate_polymorphic_identity
     identity_map = uow.session.identity_map
     key_props: tuple = _key_props(mapper)
@@ -641,7 +671,7 @@ def organize_for_delete(mapper, states, connection):
     and reads each state's committed version, if the mapper has one."""
     before_delete = mapper.dispatch.before_delete
     version_col = mapper.version_id_col
-    listeners: cython.bint = bool(before_delete)
+    listeners: cython.bint = _has_listeners(before_delete)
     to_delete: list = []
     for state in states:
         if listeners:
@@ -752,12 +782,85 @@ def _mark_in(mapping, states: list):
         data[_ref(state, remove)] = True
 
 
+def _remove_code():
+    """The code of the ``remove`` callback ``WeakKeyDictionary.__init__``
+    defines (its one nested function, taking the key and the dictionary's
+    weak reference as a default, with no closure), or None when this
+    Python's ``__init__`` is not of that form."""
+    code = _WKD_INIT.__code__
+    nested = [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    if (
+        len(nested) != 1
+        or nested[0].co_name != "remove"
+        or nested[0].co_argcount != 2
+        or nested[0].co_freevars
+        or code.co_cellvars
+        or _WKD_INIT.__defaults__ != (None,)
+    ):
+        return None
+    return nested[0]
+
+
+_REMOVE_CODE = cython.declare(object, _remove_code())
+_WEAKREF_GLOBALS = cython.declare(object, _WKD_INIT.__globals__)
+
+
+@cython.cfunc
+def _new_weak_key_dictionary():
+    """``WeakKeyDictionary()``: what its ``__init__`` sets, in its order
+    (the ``remove`` callback made from the same code, globals and default
+    as the function ``__init__`` defines), without the Python frame; the
+    constructor itself where ``__init__`` is not stock's."""
+    if _REMOVE_CODE is None or _WeakKeyDictionary.__init__ is not _WKD_INIT:
+        return _WeakKeyDictionary()
+    mapping = _WeakKeyDictionary.__new__(_WeakKeyDictionary)
+    own: dict = mapping.__dict__
+    own["data"] = {}
+    own["_remove"] = _FunctionType(_REMOVE_CODE, _WEAKREF_GLOBALS, "remove", (_ref(mapping),))
+    own["_pending_removals"] = []
+    own["_iterating"] = set()
+    own["_dirty_len"] = False
+    return mapping
+
+
+@cython.cfunc
+def _snapshot(transaction, name: str):
+    """``transaction.<name>`` for one of a transaction's snapshot
+    collections (``_new``, ``_dirty``, ``_deleted``).  For turbosession's
+    ``SessionTransaction``, what its ``_Snapshot`` descriptor does
+    (the collection kept in the instance, else a new one for a transaction
+    boundary, the parent's for a subtransaction), without its Python
+    frames and the ``_is_transaction_boundary`` property's; the attribute
+    as it is for any other transaction, or when that class's
+    descriptor or property has been replaced."""
+    own: dict = transaction.__dict__
+    value = own.get(name)
+    if value is not None:
+        return value
+    cls = type(transaction)
+    if (
+        cls is not _TurboTransaction
+        or cls.__dict__.get(name) is not _SNAPSHOTS[name]
+        or cls._is_transaction_boundary is not _STOCK_BOUNDARY
+    ):
+        return getattr(transaction, name)
+    parent = transaction._parent
+    if transaction.nested or parent is None:
+        value = _new_weak_key_dictionary()
+    else:
+        value = _snapshot(parent, name)
+    own[name] = value
+    return value
+
+
 def register_persistent(session, states: set, commit_all_states):
     """``Session._register_persistent``: flushed states become persistent.
 
     ``commit_all_states`` is the tracking module's reset of flushed states.
     """
-    pending_to_persistent = session.dispatch.pending_to_persistent or None
+    pending_to_persistent = session.dispatch.pending_to_persistent
+    if not _has_listeners(pending_to_persistent):
+        pending_to_persistent = None
     identity_map = session.identity_map
     instance_dict = orm_base.instance_dict
     key_props_of: dict = {}
@@ -821,9 +924,9 @@ def register_persistent(session, states: set, commit_all_states):
         # a transaction's _new and _dirty may be made on first use
         # (turbosession.transaction._Snapshot): only asked for when marked
         if was_new:
-            _mark_in(transaction._new, was_new)
+            _mark_in(_snapshot(transaction, "_new"), was_new)
         if was_dirty:
-            _mark_in(transaction._dirty, was_dirty)
+            _mark_in(_snapshot(transaction, "_dirty"), was_dirty)
 
     if pending_to_persistent is not None:
         for state in states.intersection(new):
@@ -836,14 +939,16 @@ def register_persistent(session, states: set, commit_all_states):
 
 def remove_newly_deleted(session, states):
     """``Session._remove_newly_deleted``: flushed deletes become deleted."""
-    persistent_to_deleted = session.dispatch.persistent_to_deleted or None
+    persistent_to_deleted = session.dispatch.persistent_to_deleted
+    if not _has_listeners(persistent_to_deleted):
+        persistent_to_deleted = None
     identity_map = session.identity_map
     deleted = session._deleted
     transaction = session._transaction
     if persistent_to_deleted is None:
         # no listener runs in between: the transaction's marks go in at once
         if transaction:
-            _mark_in(transaction._deleted, list(states))
+            _mark_in(_snapshot(transaction, "_deleted"), list(states))
         for state in states:
             identity_map.safe_discard(state)
             deleted.pop(state, None)

@@ -301,6 +301,13 @@ def _compile(base_mapper, statement, dialect, keys, many, compiled_cache=MAPPER_
 def _plan_for(base_mapper, statement, dialect, keys, many, compiled_cache=MAPPER_CACHE):
     """The plan of ``statement`` for rows with ``keys``, per dialect and
     shape, compiled with ``compiled_cache`` (``_compile``)."""
+    key = (statement, dialect, keys, many)
+    # a plan kept already, found without making the function below
+    plans = base_mapper._memoized_values.get("turbosession_emission")
+    if plans is not None:
+        plan = plans.get(key)
+        if plan is not None:
+            return plan
 
     def make():
         if statement._execution_options:
@@ -310,7 +317,7 @@ def _plan_for(base_mapper, statement, dialect, keys, many, compiled_cache=MAPPER
         )
         return _plan(compiled, param_dict, frozenset(keys), dialect, many)
 
-    return _cached(base_mapper, (statement, dialect, keys, many), make)
+    return _cached(base_mapper, key, make)
 
 
 def _dbapi_parameters(emit, connection, plan, rows):

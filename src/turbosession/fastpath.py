@@ -35,6 +35,7 @@ from sqlalchemy.event.attr import _EmptyListener as _EMPTY
 from sqlalchemy import sql
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import persistence, sync
+from sqlalchemy.orm.mapper import Mapper
 from sqlalchemy.orm.unitofwork import (
     _DeleteAll,
     _DeleteState,
@@ -586,10 +587,20 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
             persistence._emit_insert_statements(base_mapper, uow, mapper, table, batch)
 
 
+_STOCK_MEMO = Mapper._memo
+
+
 def _pk_statement(base_mapper, mapper, table, kind):
     """Stock's memoized ``kind`` ("update" or "delete") statement for the
     table, WHERE its primary key: an UPDATE binds the key by the columns'
     labels, a DELETE (of a table without a version counter) by their keys."""
+    key = (kind, table)
+    if type(base_mapper)._memo is _STOCK_MEMO:
+        # what stock's _memo returns when it has the statement, without
+        # making the function below and calling _memo
+        made = base_mapper._memoized_values.get(key)
+        if made is not None:
+            return made
 
     def statement():
         clauses = BooleanClauseList._construct_raw(operators.and_)
@@ -598,7 +609,7 @@ def _pk_statement(base_mapper, mapper, table, kind):
             clauses._append_inplace(col == sql.bindparam(name, type_=col.type))
         return (table.update() if kind == "update" else table.delete()).where(clauses)
 
-    return base_mapper._memo((kind, table), statement)
+    return base_mapper._memo(key, statement)
 
 
 def _emit_updates(uow, base_mapper, mapper, table, records, persist, stock_postfetch):

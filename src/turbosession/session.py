@@ -7,8 +7,6 @@ Only sessions of these classes change (row loading reaches them through one
 import-time hook, ``turbosession.instances``, neutral for every other session).
 """
 
-from itertools import repeat
-
 from sqlalchemy import orm
 from sqlalchemy.orm.base import object_state
 from sqlalchemy.orm.state import InstanceState
@@ -39,9 +37,20 @@ class TurboSessionMixin:
         # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
         self.identity_map = self._turbo.identity.WeakIdentityMap()
         # after stock's __init__: reading the instance's __dict__ before
-        # it would make each of its attribute stores slower
+        # it would make each of its attribute stores slower.
+        # A session's own dispatcher (made on first access) has a slot per
+        # event; the first time an event is asked for, the empty slot
+        # raises and ``__getattr__`` fills it with the class's shared
+        # ``_EmptyListener``.  A short transaction asks for about twenty
+        # events, each an exception and a Python call; these slots get the
+        # same objects at once, for a session whose dispatcher __init__
+        # did not make (so nothing listens on it yet).  A listener added
+        # later, to the session or its class, finds what it would have
+        # found: it replaces the slot's _EmptyListener with the session's
+        # own collection, and one added to the class is seen through the
+        # shared _EmptyListener as before.
         if "dispatch" not in self.__dict__:
-            _fill_dispatch(self.dispatch)
+            self._turbo.attach.fill_dispatch(self.dispatch)
 
     def commit(self):
         # stock's, with the root transaction's commit in turbosession.transaction
@@ -151,26 +160,6 @@ class TurboSessionMixin:
         )
 
 
-def _fill_dispatch(dispatch):
-    """Give a new session's own event dispatcher, at once, the per-event
-    members it would otherwise make one at a time on first use.
-
-    A session's dispatcher (``session.dispatch``, made for the session on
-    first access) has a slot per event; the first time an event is asked
-    for, the empty slot raises and ``__getattr__`` fills it with the
-    class's shared ``_EmptyListener`` for that event.  A short
-    transaction asks for about twenty events, each an exception and a
-    Python call; this fills the slots with the same objects, for a
-    session whose dispatcher its ``__init__`` did not make (so nothing
-    listens on it yet).  A listener added later, to the session or to its
-    class, finds what it would have found: it replaces the slot's
-    ``_EmptyListener`` with the session's own collection, and one added
-    to the class is seen through the shared ``_EmptyListener`` as before."""
-    listeners = dispatch._empty_listeners
-    # the same setattr calls, run by map() in C rather than a Python loop
-    any(map(setattr, repeat(dispatch), listeners.keys(), listeners.values()))
-
-
 _STOCK_DETACH_STATES = InstanceState.__dict__["_detach_states"]
 
 
@@ -272,6 +261,11 @@ for _bundle in (_impl.compiled, _impl.pure):
             TurboSessionMixin, _STOCK_DELETE_HOOKS, _ATTACH_HOOK_NAMES
         )
 del _bundle
+
+
+# the transaction's method check on the compiled module (see there)
+if _impl.active is _impl.compiled:
+    transaction.set_class_check(_impl.compiled.attach.class_like)
 
 
 class sessionmaker(orm.sessionmaker):

@@ -297,11 +297,44 @@ _S_CONNECTION = _ST.connection
 _S_CONNECTION_FOR_BIND = _ST._connection_for_bind
 
 
+_STOCK_METHODS = tuple(
+    (name, False, method)
+    for name, method in (
+        ("_begin", _S_BEGIN),
+        ("__init__", _S_INIT),
+        ("_take_snapshot", _S_TAKE_SNAPSHOT),
+        ("commit", _S_COMMIT),
+        ("_prepare_impl", _S_PREPARE_IMPL),
+        ("close", _S_CLOSE),
+        ("connection", _S_CONNECTION),
+        ("_connection_for_bind", _S_CONNECTION_FOR_BIND),
+    )
+)
+
+# the compiled attach module's class_like, when compiled is the active
+# implementation (set_class_check); None: the identity checks below
+_class_like = None
+
+
+def set_class_check(class_like):
+    """Have ``_stock_methods`` ask ``class_like(cls, expected)`` (the
+    compiled ``_attach.class_like``, which answers from the class's version
+    tag while neither it nor a base has changed); None: its own identity
+    checks.  ``turbosession.session`` sets it when compiled is active
+    (this module is imported by the hot paths, before they are bundled);
+    uncompiled, the call would cost several Python frames per check."""
+    global _class_like
+    _class_like = class_like
+
+
 def _stock_methods():
     """Whether those methods are still the ones the class had at import
     (one of them patched since, on this class or a base: the step is
-    stock's call).  Identity checks that stop at the first difference:
-    this is asked several times per flush."""
+    stock's call).  Asked several times per flush: by ``_class_like``
+    when compiled is active, else by identity checks that stop at the
+    first difference."""
+    if _class_like is not None:
+        return _class_like(_ST, _STOCK_METHODS)
     cls = _ST
     return (
         cls._begin is _S_BEGIN

@@ -87,3 +87,17 @@ cdef inline unsigned int type_version_tag(object cls) noexcept:
     non-zero tag is the same class with the same attributes as when it was
     read."""
     return (<PyTypeObject *>cls).tp_version_tag
+
+
+cdef extern from "Python.h":
+    # a cell's object, NULL when the cell is empty (no reference taken)
+    PyObject *PyCell_GET_raw "PyCell_GET"(object cell)
+
+
+cdef inline object cell_contents(object cell):
+    """``cell.cell_contents`` of a closure's cell without the attribute
+    lookup: its object, ValueError when it is empty (as the attribute)."""
+    cdef PyObject *found = PyCell_GET_raw(cell)
+    if found is NULL:
+        raise ValueError("Cell is empty")
+    return <object>found

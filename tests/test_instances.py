@@ -729,16 +729,18 @@ def test_repeated_executions_match_stock(session_cls, engine, pure_loop):
 
 @pytest.fixture
 def setups(monkeypatch):
-    """The RowSetups the hook's ``_row_setup`` returns, in order."""
+    """The RowSetups of the loaders the hook builds, in order."""
     returned = []
-    original = instances._row_setup
+    original = instances._row_loader
 
     def recording(*args):
-        setup = original(*args)
-        returned.append(setup)
-        return setup
+        loader = original(*args)
+        setup = getattr(loader, "setup", None)
+        if setup is not None:
+            returned.append(setup)
+        return loader
 
-    monkeypatch.setattr(instances, "_row_setup", recording)
+    monkeypatch.setattr(instances, "_row_loader", recording)
     return returned
 
 
@@ -1133,3 +1135,99 @@ def test_collection_steps_match_stock_and_are_counted(session_cls, engine, pure_
         Base.metadata.drop_all(engine)
     # four authors' lists set by selectin; six later rows of the joined load
     assert loaded["collections"] == 4 + 6 and loaded["collections_to_stock"] == {}, loaded
+
+
+def remapped_between_executions(session_cls, engine, log):
+    """A class mapped imperatively, its statement executed twice (one cached
+    row setup), then its registry disposed (``clear_mappers`` for that
+    registry) and the class mapped again to the same table, another mapper
+    configured beside it, and the same shape of statement executed again with
+    other parameters: the setups kept with the first mapper's compiled
+    statements must not be used for the new mapper."""
+    from sqlalchemy import Column, MetaData, Table
+    from sqlalchemy.orm import registry as make_registry
+
+    metadata = MetaData()
+    gadget = Table(
+        "ti_gadget", metadata,
+        Column("id", Integer, primary_key=True), Column("name", String(50)),
+        Column("size", Integer),
+    )
+    other = Table("ti_gadget_other", metadata, Column("id", Integer, primary_key=True))
+
+    class Gadget:
+        pass
+
+    class Other:
+        pass
+
+    metadata.create_all(engine)
+    runids = Runids()
+    held = []
+
+    def load(label, session, low):
+        statement = select(Gadget).where(Gadget.id > bindparam("low")).order_by(Gadget.id)
+        result = session.scalars(statement, {"low": low}).all()
+        held.append(result)
+        log.note(label, [inspect(g).key[1] for g in result])
+        log.note(label, "session", session_record_any(session, runids))
+
+    def on_load(target, context):
+        log.note("load", type(target).__name__, inspect(target).key[1],
+                 sorted(k for k in vars(target) if not k.startswith("_")))
+
+    first = make_registry()
+    second = make_registry()
+    try:
+        with engine.begin() as conn:
+            conn.execute(gadget.insert(), [
+                {"id": i, "name": f"gadget {i}", "size": i * 10} for i in range(1, 6)
+            ])
+        first.map_imperatively(Gadget, gadget)
+        with session_cls(engine) as session:
+            load("first mapper", session, 0)
+            session.expunge_all()
+            load("first mapper again", session, 2)
+        first.dispose()
+        # the class mapped again, with a deferred column and a load listener
+        second.map_imperatively(
+            Gadget, gadget, properties={"size": deferred(gadget.c.size)}
+        )
+        event.listen(Gadget, "load", on_load)
+        with session_cls(engine) as session:
+            load("second mapper", session, 1)
+            session.expunge_all()
+            load("second mapper again", session, 3)
+            # a new mapper configured beside it
+            second.map_imperatively(Other, other)
+            second.configure()
+            session.expunge_all()
+            load("after another mapper", session, 0)
+            log.note("deferred loads", [g.size for g in held[-1]])
+            log.note("after deferred loads", "session", session_record_any(session, runids))
+    finally:
+        first.dispose()
+        second.dispose()
+        metadata.drop_all(engine)
+
+
+def session_record_any(session, runids):
+    """``session_record`` for objects of classes outside this module's Base."""
+    out = []
+    for key, obj in list(session.identity_map.items()):
+        kind, attrs, values, *rest = state_record(obj, session, runids)
+        attrs = [(n, scrub(v) if n == "load_path" else v) for n, v in attrs if n != "key"]
+        out.append((key[1], kind, attrs, sorted(values), rest))
+    return out
+
+
+def test_remapped_between_executions_matches_stock(session_cls, engine, pure_loop, setups):
+    turbosession.reset_stats()
+    assert_same_as_stock(remapped_between_executions, session_cls, engine, Base.metadata)
+    assert turbosession.stats()["loads"]["instances"]["fast"] == 5
+    # one setup per mapper's compiled statement, none shared across mappers
+    assert len(setups) == 5
+    assert setups[0] is setups[1]
+    assert setups[2] is setups[3]
+    assert setups[2] is not setups[0]
+    assert setups[2].source is not setups[0].source

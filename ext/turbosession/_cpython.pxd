@@ -254,3 +254,17 @@ cdef inline void fill_own_site(PyTypeObject *cls, str name, ClassSite *site) noe
         return
     site.cls = cls
     site.tag = tag
+
+
+cdef extern from "Python.h":
+    # a cell's object, NULL when the cell is empty (no reference taken)
+    PyObject *PyCell_GET_raw "PyCell_GET"(object cell)
+
+
+cdef inline object cell_contents(object cell):
+    """``cell.cell_contents`` of a closure's cell without the attribute
+    lookup: its object, ValueError when it is empty (as the attribute)."""
+    cdef PyObject *found = PyCell_GET_raw(cell)
+    if found is NULL:
+        raise ValueError("Cell is empty")
+    return <object>found

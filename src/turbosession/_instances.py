@@ -54,6 +54,7 @@ if cython.compiled:
         PyMethod_New,
         _PyDict_GetItem_KnownHash,
         _PyDict_SetItem_KnownHash,
+        cell_contents,
         store_slot,
     )
 
@@ -204,6 +205,77 @@ CELLS = (
     "load_evt", "persistent_evt", "post_load", "loaded_as_persistent",
 )
 _ALWAYS_ASSIGNED = cython.declare(cython.Py_ssize_t, len(CELLS) - 1)
+
+# the cells ``loader_over`` checks for each execution, after CELLS in ``at``
+# (version_id_getter is assigned only with a version check)
+CHECKED_CELLS = (
+    "mapper", "populate_existing", "instance_state", "instance_dict", "version_check",
+    "version_id_getter",
+)
+_MAPPER_AT = cython.declare(cython.Py_ssize_t, len(CELLS))
+_instance_state = cython.declare(object, orm_attributes.instance_state)
+_instance_dict = cython.declare(object, orm_attributes.instance_dict)
+
+
+@cython.cfunc
+@cython.inline
+def _at(at: tuple, index: cython.Py_ssize_t) -> cython.Py_ssize_t:
+    """The closure position ``at[index]`` (a C integer, compiled)."""
+    return at[index]
+
+
+@cython.cfunc
+@cython.inline
+def _cell(cell) -> object:
+    """``cell.cell_contents``; compiled, read without the attribute lookup."""
+    if cython.compiled:
+        return cell_contents(cell)
+    return cell.cell_contents
+
+
+def loader_over(stock, at: tuple, mapper, attributes: dict, key, map_class) -> object:
+    """For one execution, the ``RowLoader`` over stock's ``_instance``
+    closure ``stock`` of ``mapper``; or, when the loop does not cover this
+    execution, the reason (a key of ``turbosession.instances.
+    FALLBACK_REASONS``); or None when the compiled statement has no usable
+    ``RowSetup`` for this mapper and path (none under ``key`` in the compile
+    state's ``attributes``, one built before the mapper was reconfigured, or
+    for another primary-key getter): the caller builds it and asks again.
+
+    ``at``: the position in the closure of each cell of CELLS then
+    CHECKED_CELLS.  The checks, in this order, are what
+    ``turbosession.instances`` decided in Python for every execution: the
+    closure is for this mapper, without populate_existing, with stock's
+    instrumentation functions.
+    """
+    closure: tuple = stock.__closure__
+    i: cython.Py_ssize_t = at[_MAPPER_AT]
+    if _cell(closure[i]) is not mapper:
+        return "load_closure"
+    i = at[_MAPPER_AT + 1]
+    if _cell(closure[i]):
+        return "load_populate_existing"
+    i = at[_MAPPER_AT + 2]
+    j: cython.Py_ssize_t = at[_MAPPER_AT + 3]
+    if _cell(closure[i]) is not _instance_state or _cell(closure[j]) is not _instance_dict:
+        return "load_instrumentation"
+    setup = attributes.get(key)
+    if setup is None:
+        return None
+    row_setup: RowSetup = setup
+    i = at[2]
+    if row_setup.source is not mapper._prop_set or (
+        row_setup.primary_key_getter is not _cell(closure[i])
+    ):
+        return None
+    # the version_id_getter cell is assigned only with a version check
+    i = at[_MAPPER_AT + 4]
+    j = at[_MAPPER_AT + 5]
+    hits_to_stock: cython.bint = bool(_cell(closure[i])) and bool(_cell(closure[j]))
+    # the identity map of turbosession's own class: the loop reads its dict
+    i = at[3]
+    map_is_own: cython.bint = type(_cell(closure[i])) is map_class
+    return RowLoader(stock, closure, at, row_setup, hits_to_stock, map_is_own)
 
 _rows_fast = cython.declare(cython.Py_ssize_t, 0)
 _rows_stock = cython.declare(cython.Py_ssize_t, 0)
@@ -389,6 +461,7 @@ class RowLoader:
     loaded_as_persistent = cython.declare(object)
     post_load = cython.declare(object)
     hits_to_stock = cython.declare(cython.bint)
+    setup = cython.declare(RowSetup, visibility="readonly")
 
     def __init__(
         self, stock, closure: tuple, at: tuple, setup: RowSetup, hits_to_stock, map_is_own
@@ -398,21 +471,22 @@ class RowLoader:
         # ``map_is_own``: the identity map is turbosession's own class, whose
         # dict and weak reference are read here (they never change)
         self.stock = stock
-        self.context = closure[at[0]].cell_contents
-        self.identity_token = closure[at[1]].cell_contents
-        self.primary_key_getter = closure[at[2]].cell_contents
-        identity_map = closure[at[3]].cell_contents
+        self.setup = setup
+        self.context = _cell(closure[_at(at, 0)])
+        self.identity_token = _cell(closure[_at(at, 1)])
+        self.primary_key_getter = _cell(closure[_at(at, 2)])
+        identity_map = _cell(closure[_at(at, 3)])
         self.identity_map = identity_map
         if map_is_own:
             self.map_dict = identity_map._dict
             self.map_ref = identity_map._wr
-        self.session_id = closure[at[4]].cell_contents
-        self.runid = closure[at[5]].cell_contents
-        self.load_path = closure[at[6]].cell_contents
-        self.load_options = closure[at[7]].cell_contents
+        self.session_id = _cell(closure[_at(at, 4)])
+        self.runid = _cell(closure[_at(at, 5)])
+        self.load_path = _cell(closure[_at(at, 6)])
+        self.load_options = _cell(closure[_at(at, 7)])
         quick_positions = setup.quick_positions
         if setup.per_query:
-            _read_populators(self, closure[at[8]].cell_contents)
+            _read_populators(self, _cell(closure[_at(at, 8)]))
             if not _same_list(self.quick, setup.cached_quick):
                 quick_positions = _quick_positions(self.quick)
         else:
@@ -426,12 +500,12 @@ class RowLoader:
         )
         if quick_positions is not None:
             self.quick_keys, self.quick_indexes = quick_positions
-        self.load_evt = closure[at[9]].cell_contents
-        self.persistent_evt = closure[at[10]].cell_contents
-        self.post_load = closure[at[11]].cell_contents
+        self.load_evt = _cell(closure[_at(at, 9)])
+        self.persistent_evt = _cell(closure[_at(at, 10)])
+        self.post_load = _cell(closure[_at(at, 11)])
         # assigned only when there are listeners
         self.loaded_as_persistent = (
-            closure[at[_ALWAYS_ASSIGNED]].cell_contents if self.persistent_evt else None
+            _cell(closure[_at(at, _ALWAYS_ASSIGNED)]) if self.persistent_evt else None
         )
         self.identity_class = setup.identity_class
         self.is_not_primary_key = setup.is_not_primary_key

@@ -117,26 +117,22 @@ def _fallback(reason, stock):
 
 # where each cell is in the closure's __closure__ (its code's co_freevars)
 CELL_INDEX = {name: i for i, name in enumerate(_STOCK_INSTANCE_CODE.co_freevars)}
-_CLOSURE_KNOWN = _CELLS_READ <= CELL_INDEX.keys() and "loaded_as_persistent" in CELL_INDEX
-
-
-def _cell(closure, name):
-    return closure[CELL_INDEX[name]].cell_contents
+_CLOSURE_KNOWN = (
+    _CELLS_READ <= CELL_INDEX.keys()
+    and "loaded_as_persistent" in CELL_INDEX
+    and "version_id_getter" in CELL_INDEX
+)
 
 
 def _positions(bundle):
-    """Where the cells the bundle's RowLoader reads are in the closure."""
-    return tuple(CELL_INDEX[name] for name in bundle.instances.CELLS)
+    """Where the cells the bundle's RowLoader reads and its ``loader_over``
+    checks are in the closure."""
+    return tuple(
+        CELL_INDEX[name] for name in bundle.instances.CELLS + bundle.instances.CHECKED_CELLS
+    )
 
 
-_MAPPER = CELL_INDEX.get("mapper")
-_POPULATE_EXISTING = CELL_INDEX.get("populate_existing")
-_INSTANCE_STATE = CELL_INDEX.get("instance_state")
-_INSTANCE_DICT = CELL_INDEX.get("instance_dict")
-_VERSION_CHECK = CELL_INDEX.get("version_check")
-_PRIMARY_KEY_GETTER = CELL_INDEX.get("primary_key_getter")
 _IS_NOT_PRIMARY_KEY = CELL_INDEX.get("is_not_primary_key")
-_IDENTITY_MAP = CELL_INDEX.get("session_identity_map")
 
 
 def _stock_instrumentation(mapper):
@@ -227,68 +223,58 @@ def instance_processor(
 
 def _row_loader(bundle, mapper, context, path, stock):
     """The bundle's RowLoader over stock's ``_instance`` closure, or that
-    closure (counted under its reason) when the loop does not cover it."""
+    closure (counted under its reason) when the loop does not cover it.
+
+    The per-execution checks of the closure, the lookup of the compiled
+    statement's ``RowSetup`` and the loader's construction are the bundle's
+    ``loader_over``; the setup is built here (``_row_setup``) when it has
+    none to use.
+    """
     global _fast
-    closure = stock.__closure__
-    if not _CLOSURE_KNOWN or closure[_MAPPER].cell_contents is not mapper:
+    if not _CLOSURE_KNOWN:
         return _fallback("load_closure", stock)
-    if closure[_POPULATE_EXISTING].cell_contents:
-        return _fallback("load_populate_existing", stock)
-    if (
-        closure[_INSTANCE_STATE].cell_contents is not attributes.instance_state
-        or closure[_INSTANCE_DICT].cell_contents is not attributes.instance_dict
-    ):
-        return _fallback("load_instrumentation", stock)
-    setup = _row_setup(bundle, mapper, context.compile_state, path, closure)
-    if setup is None:
-        return _fallback("load_instrumentation", stock)
-    # the version_id_getter cell is assigned only with a version check
-    hits_to_stock = bool(
-        closure[_VERSION_CHECK].cell_contents and _cell(closure, "version_id_getter")
-    )
-    # the identity map of turbosession's own class: the loop reads its dict
-    map_is_own = type(closure[_IDENTITY_MAP].cell_contents) is bundle.identity.WeakIdentityMap
+    make, at, map_class = _MAKERS[bundle.name]
+    attributes = context.compile_state.attributes
+    key = (_SETUP_KEY, bundle.name, mapper, path.natural_path)
+    loader = make(stock, at, mapper, attributes, key, map_class)
+    if loader is None:
+        if _row_setup(bundle, mapper, attributes, key, stock.__closure__) is None:
+            return _fallback("load_instrumentation", stock)
+        loader = make(stock, at, mapper, attributes, key, map_class)
+    if type(loader) is str:
+        return _fallback(loader, stock)
     _fast += 1
-    return bundle.instances.RowLoader(
-        stock, closure, _POSITIONS[bundle.name], setup, hits_to_stock, map_is_own
-    )
+    return loader
 
 
-def _row_setup(bundle, mapper, compile_state, path, closure):
-    """The bundle's ``RowSetup`` for this mapper and path of the compiled
-    statement, or None when the mapper's class is not instrumented as stock
+def _row_setup(bundle, mapper, attributes, key, closure):
+    """A new ``RowSetup`` of the bundle for this mapper and path of the
+    compiled statement, kept in its compile state's ``attributes`` under
+    ``key``; or None when the mapper's class is not instrumented as stock
     instruments it.
 
-    Kept in the compile state's attributes, where stock keeps the row getters
-    it is built from (``("getters", mapper)`` per path), so it lives exactly
-    as long as they do: with the compiled statement in SQLAlchemy's compiled
-    cache.  It is also rebuilt when the mapper was reconfigured since (its
-    memoized ``_prop_set`` is a new object) or the closure's primary-key
-    getter is not the one of those getters.
+    Kept where stock keeps the row getters it is built from (``("getters",
+    mapper)`` per path), so it lives exactly as long as they do: with the
+    compiled statement in SQLAlchemy's compiled cache.  ``loader_over``
+    asks for a new one when the mapper was reconfigured since (its memoized
+    ``_prop_set`` is a new object) or the closure's primary-key getter is
+    not the one of those getters.
     """
-    key = ((_SETUP_KEY, bundle.name, mapper), path.natural_path)
-    attributes = compile_state.attributes
-    setup = attributes.get(key)
-    source = mapper._prop_set
-    if (
-        setup is not None
-        and setup.source is source
-        and setup.primary_key_getter is closure[_PRIMARY_KEY_GETTER].cell_contents
-    ):
-        return setup
     if not _stock_instrumentation(mapper):
         return None
-    getters = attributes[(("getters", mapper), path.natural_path)]
+    getters = attributes[(("getters", mapper), key[-1])]
     setup = bundle.instances.RowSetup(
         getters, mapper, closure[_IS_NOT_PRIMARY_KEY].cell_contents,
-        base.DEFAULT_STATE_ATTR, source,
+        base.DEFAULT_STATE_ATTR, mapper._prop_set,
     )
     attributes[key] = setup
     return setup
 
 
 _SETUP_KEY = "turbosession.instances.row_setup"
-_POSITIONS = {}
+# per bundle name: its loader_over, the closure positions it reads, its
+# identity map class
+_MAKERS = {}
 _COMPILED = None
 
 # the polymorphic_instance closure of stock's _decorate_polymorphic_switch
@@ -341,7 +327,11 @@ def install():
     _COMPILED = _impl.compiled
     for bundle in (_impl.compiled, _impl.pure):
         if bundle is not None and _CLOSURE_KNOWN:
-            _POSITIONS[bundle.name] = _positions(bundle)
+            _MAKERS[bundle.name] = (
+                bundle.instances.loader_over,
+                _positions(bundle),
+                bundle.identity.WeakIdentityMap,
+            )
     if loading._instance_processor is STOCK_INSTANCE_PROCESSOR:
         loading._instance_processor = instance_processor
     if strategies._SelectInLoader._load_via_parent is STOCK_LOAD_VIA_PARENT:

@@ -782,15 +782,24 @@ def _mark_in(mapping, states: list):
         data[_ref(state, remove)] = True
 
 
+# the names WeakKeyDictionary.__init__ reads and sets in CPython 3.11: the
+# attributes _new_weak_key_dictionary sets, and nothing else (another
+# Python's __init__ is called as it is)
+_WKD_INIT_NAMES = (
+    "data", "ref", "_remove", "_pending_removals", "set", "_iterating", "_dirty_len", "update",
+)
+
+
 def _remove_code():
     """The code of the ``remove`` callback ``WeakKeyDictionary.__init__``
     defines (its one nested function, taking the key and the dictionary's
     weak reference as a default, with no closure), or None when this
-    Python's ``__init__`` is not of that form."""
+    Python's ``__init__`` is not of that form or sets other attributes."""
     code = _WKD_INIT.__code__
     nested = [c for c in code.co_consts if isinstance(c, types.CodeType)]
     if (
-        len(nested) != 1
+        code.co_names != _WKD_INIT_NAMES
+        or len(nested) != 1
         or nested[0].co_name != "remove"
         or nested[0].co_argcount != 2
         or nested[0].co_freevars

@@ -86,6 +86,20 @@ cdef inline void store_slot(object obj, Py_ssize_t offset, object value) noexcep
 
 
 
+cdef inline Py_ssize_t address(object obj) noexcept:
+    """``id(obj)`` without calling the builtin."""
+    return <Py_ssize_t><PyObject *>obj
+
+
+cdef inline object dict_get(object mapping, object key, object default):
+    """``mapping.get(key, default)``: a dict itself (an object's
+    ``__dict__``, a state's ``committed_state``) read as C reads it,
+    without looking up and calling the method; anything else calls it."""
+    if type(mapping) is dict:
+        return (<dict>mapping).get(key, default)
+    return mapping.get(key, default)
+
+
 cdef inline object instance_dict(object obj):
     """``obj.__dict__`` without the attribute lookup, or None when its class
     gives it none."""
@@ -160,6 +174,17 @@ cdef inline object slot_value(object obj, str name, SlotSite *site):
     return getattr(obj, name)
 
 
+cdef inline bint looks_up_as_object(PyTypeObject *cls, unsigned int tag) noexcept:
+    """Whether ``cls``, with version tag ``tag`` (0: none, nothing can be
+    kept), looks its instances' attributes up with ``object``'s
+    ``__getattribute__``: what both site fillers below ask first."""
+    cdef PyObject *found
+    if tag == 0:
+        return False
+    found = _PyType_Lookup(cls, "__getattribute__")
+    return found != NULL and found == _PyType_Lookup(&PyBaseObject_Type, "__getattribute__")
+
+
 cdef inline void fill_slot_site(PyTypeObject *cls, str name, SlotSite *site) noexcept:
     """``site`` set for ``cls`` when ``cls`` reads ``name`` as a plain slot
     of ``object``'s attribute lookup, else cleared."""
@@ -168,10 +193,7 @@ cdef inline void fill_slot_site(PyTypeObject *cls, str name, SlotSite *site) noe
     cdef PyMemberDef *member
     site.cls = NULL
     site.tag = 0
-    if tag == 0:
-        return
-    found = _PyType_Lookup(cls, "__getattribute__")
-    if found == NULL or found != _PyType_Lookup(&PyBaseObject_Type, "__getattribute__"):
+    if not looks_up_as_object(cls, tag):
         return
     found = _PyType_Lookup(cls, name)
     if found == NULL or Py_TYPE(<object>found) != &PyMemberDescr_Type:
@@ -242,10 +264,7 @@ cdef inline void fill_own_site(PyTypeObject *cls, str name, ClassSite *site) noe
     cdef PyObject *found
     site.cls = NULL
     site.tag = 0
-    if tag == 0:
-        return
-    found = _PyType_Lookup(cls, "__getattribute__")
-    if found == NULL or found != _PyType_Lookup(&PyBaseObject_Type, "__getattribute__"):
+    if not looks_up_as_object(cls, tag):
         return
     found = _PyType_Lookup(cls, name)
     if found != NULL and (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_set != NULL:
@@ -254,6 +273,20 @@ cdef inline void fill_own_site(PyTypeObject *cls, str name, ClassSite *site) noe
         return
     site.cls = cls
     site.tag = tag
+
+
+cdef inline object manager_impl(object manager, object key, object dict_getitem,
+                               ClassSite *getitem_site, SlotSite *impl_site):
+    """``manager[key].impl`` of a class manager (a dict subclass, whose
+    subscript CPython sends through a lookup and call of ``__getitem__``):
+    while the manager's class keeps dict's own (``dict_getitem``), the key
+    is read from the dict directly and the attribute's ``impl`` slot at its
+    offset; a key not there goes the usual way."""
+    if class_attribute_is(type(manager), "__getitem__", dict_getitem, getitem_site):
+        attribute = (<dict>manager).get(key)
+        if attribute is not None:
+            return slot_value(attribute, "impl", impl_site)
+    return manager[key].impl
 
 
 cdef extern from "Python.h":

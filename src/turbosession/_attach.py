@@ -55,6 +55,9 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.turbosession._cpython import (
+        address,
+        manager_impl,
+        dict_get,
         READONLY,
         T_OBJECT_EX,
         ClassSite,
@@ -63,7 +66,6 @@ if cython.compiled:
         class_attribute_is,
         dict_version,
         own_value,
-        slot_value,
         state_object,
         store_slot,
         type_version_tag,
@@ -180,17 +182,13 @@ def _plan_of(mapper) -> tuple:
 
 @cython.cfunc
 def _impl_of(manager, key):
-    """``manager[key].impl`` (compiled only).  A class manager is a dict
-    subclass, whose subscript CPython sends through a lookup and call of
-    ``__getitem__``: while the manager's class keeps dict's own, the key is
-    read from the dict directly and the attribute's ``impl`` slot at its
-    offset (a key not there goes the usual way)."""
-    if class_attribute_is(
-        type(manager), "__getitem__", _DICT_GETITEM, cython.address(_dict_getitem_site)
-    ):
-        attribute = cython.cast(dict, manager).get(key)
-        if attribute is not None:
-            return slot_value(attribute, "impl", cython.address(_impl_site))
+    """``manager[key].impl``, compiled without the subscript's lookup and
+    call of ``__getitem__`` (``_cpython.manager_impl``)."""
+    if cython.compiled:
+        return manager_impl(
+            manager, key, _DICT_GETITEM,
+            cython.address(_dict_getitem_site), cython.address(_impl_site),
+        )
     return manager[key].impl
 
 
@@ -217,18 +215,6 @@ def _state_dict(state):
 
 
 @cython.cfunc
-@cython.inline
-def _get(mapping, key, default):
-    """``mapping.get(key, default)``: a dict itself (an object's
-    ``__dict__``, a state's ``committed_state``) read as C reads it,
-    without looking up and calling the method.  Compiled only: uncompiled
-    the call sites call ``get`` themselves."""
-    if type(mapping) is dict:
-        return cython.cast(dict, mapping).get(key, default)
-    return mapping.get(key, default)
-
-
-@cython.cfunc
 def _pending_pairs(impl, state, dict_, key):
     """``impl.get_all_pending(state, dict_)`` (its default flag, which
     loads nothing) of a relationship attribute of stock's classes: a
@@ -238,14 +224,14 @@ def _pending_pairs(impl, state, dict_, key):
     if kind is _CollectionAttributeImpl:
         if _CollectionAttributeImpl.get_all_pending is not _COLLECTION_PENDING:
             return None
-        current = _get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
+        current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is _MISSING:
             return []
         if type(current) is not _InstrumentedList:
             return None
         committed = state.committed_state
         original = (
-            _get(committed, key, _NO_VALUE) if cython.compiled
+            dict_get(committed, key, _NO_VALUE) if cython.compiled
             else committed.get(key, _NO_VALUE)
         )
         pairs: list = []
@@ -263,7 +249,7 @@ def _pending_pairs(impl, state, dict_, key):
     if kind is _ScalarObjectAttributeImpl:
         if _ScalarObjectAttributeImpl.get_all_pending is not _OBJECT_PENDING:
             return None
-        current = _get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
+        current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is _MISSING:
             return []  # the default flag does not call loaders
         if current is None or current is _PASSIVE_NO_RESULT or current is _NO_VALUE:
@@ -272,7 +258,7 @@ def _pending_pairs(impl, state, dict_, key):
             found = [(current._sa_instance_state, current)]
         committed = state.committed_state
         original = (
-            _get(committed, key, _MISSING) if cython.compiled
+            dict_get(committed, key, _MISSING) if cython.compiled
             else committed.get(key, _MISSING)
         )
         if (
@@ -684,7 +670,7 @@ _verified = cython.declare(dict, {})
 def _address(obj) -> cython.Py_ssize_t:
     """``id(obj)``, compiled without calling the builtin."""
     if cython.compiled:
-        return cython.cast(cython.Py_ssize_t, cython.cast(cython.pointer(PyObject), obj))
+        return address(obj)
     return id(obj)
 
 

@@ -63,6 +63,7 @@ if cython.compiled:
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.type import PyType_Check
     from cython.cimports.turbosession._cpython import (
+        address,
         getset_get,
         instance_dict,
         ref_target,
@@ -302,7 +303,7 @@ def _plan_of(entity) -> object:
         if (
             tag != 0
             and tag == _last_plan_tag
-            and _metaclass_address(metaclass) == _last_plan_metaclass
+            and address(metaclass) == _last_plan_metaclass
             and _ORM_UTIL_NAMES.get("opt_manager_of_class") is _DEFAULT_OPT_MANAGER
         ):
             plan = ref_target(_last_plan_ref)
@@ -334,15 +335,6 @@ def _plan_of(entity) -> object:
 
 
 @cython.cfunc
-@cython.inline
-def _metaclass_address(metaclass) -> cython.Py_ssize_t:
-    """``id(metaclass)``, compiled without calling the builtin."""
-    if cython.compiled:
-        return cython.cast(cython.Py_ssize_t, cython.cast(cython.pointer(PyObject), metaclass))
-    return id(metaclass)
-
-
-@cython.cfunc
 def _keep_plan(entity, tag: cython.uint, metaclass, plan):
     """Compiled, ``plan`` kept as the last class's, with the tag read before
     ``_plan_of``'s lookups, and only if they left it as it was (a class
@@ -350,7 +342,7 @@ def _keep_plan(entity, tag: cython.uint, metaclass, plan):
     global _last_plan_tag, _last_plan_metaclass, _last_plan_ref
     if type_version_tag(entity) == tag:
         _last_plan_tag = tag
-        _last_plan_metaclass = _metaclass_address(metaclass)
+        _last_plan_metaclass = address(metaclass)
         _last_plan_ref = weakref.ref(plan)
 
 

@@ -30,6 +30,7 @@ except ModuleNotFoundError:
 
 if cython.compiled:
     from cython.cimports.turbosession._cpython import (
+        manager_impl,
         ClassSite,
         SlotSite,
         class_attribute_is,
@@ -357,18 +358,13 @@ def _state_dict(state):
 
 @cython.cfunc
 def _impl_of(manager, key):
-    """``manager[key].impl``.  A class manager is a dict subclass, whose
-    subscript CPython sends through a lookup and call of ``__getitem__``;
-    compiled, while the manager's class keeps dict's own, the key is read
-    from the dict directly (a key not there goes the usual way).  The same
-    as ``_unitofwork``'s (the compiled modules share no ``.pxd``)."""
-    if cython.compiled and class_attribute_is(
-        type(manager), "__getitem__", _DICT_GETITEM, cython.address(_dict_getitem_site)
-    ):
-        attribute = cython.cast(dict, manager).get(key)
-        if attribute is not None:
-            # the attribute's ``impl`` slot at its offset (slot_value)
-            return slot_value(attribute, "impl", cython.address(_impl_site))
+    """``manager[key].impl``, compiled without the subscript's lookup and
+    call of ``__getitem__`` (``_cpython.manager_impl``)."""
+    if cython.compiled:
+        return manager_impl(
+            manager, key, _DICT_GETITEM,
+            cython.address(_dict_getitem_site), cython.address(_impl_site),
+        )
     return manager[key].impl
 
 

@@ -49,10 +49,10 @@ if cython.compiled:
     from cython.cimports.cpython.tuple import PyTuple_SET_ITEM
     from cython.cimports.cpython.type import PyType_GenericAlloc
     from cython.cimports.turbosession._cpython import (
+        manager_impl,
+        dict_get,
         ClassSite,
         SlotSite,
-        class_attribute_is,
-        slot_value,
         state_object,
     )
 else:
@@ -126,18 +126,6 @@ def _flag_info(passive) -> tuple:
 
 
 @cython.cfunc
-@cython.inline
-def _get(mapping, key, default):
-    """``mapping.get(key, default)``: a dict itself (an object's
-    ``__dict__``, a state's ``committed_state``) read as C reads it,
-    without looking up and calling the method.  Compiled only: uncompiled
-    the call sites call ``get`` themselves."""
-    if type(mapping) is dict:
-        return cython.cast(dict, mapping).get(key, default)
-    return mapping.get(key, default)
-
-
-@cython.cfunc
 def _present_scalar_history(impl, state, key, dict_, flags):
     """The ``History`` stock's ``get_history`` of a column or many-to-one
     attribute returns when its value is in the state's dict
@@ -161,7 +149,7 @@ def _present_scalar_history(impl, state, key, dict_, flags):
         scalar = False
     else:
         return None
-    current = _get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
+    current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
     if current is _MISSING:
         # stock's get() answers PASSIVE_NO_RESULT when nothing is kept and
         # loader callables are not allowed: HISTORY_BLANK
@@ -172,7 +160,7 @@ def _present_scalar_history(impl, state, key, dict_, flags):
                 key not in state.committed_state
                 if scalar
                 else (
-                    _get(state.committed_state, key, _NO_VALUE) if cython.compiled
+                    dict_get(state.committed_state, key, _NO_VALUE) if cython.compiled
                     else state.committed_state.get(key, _NO_VALUE)
                 ) is _NO_VALUE
             )
@@ -183,7 +171,7 @@ def _present_scalar_history(impl, state, key, dict_, flags):
         return None
     committed = state.committed_state
     original = (
-        _get(committed, key, _NO_HISTORY) if cython.compiled
+        dict_get(committed, key, _NO_HISTORY) if cython.compiled
         else committed.get(key, _NO_HISTORY)
     )
     if original is _NO_HISTORY:
@@ -220,7 +208,7 @@ def _history(state, key, flags) -> tuple:
             )
         return found, found
     if type(impl) is _CollectionAttributeImpl:
-        current = _get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
+        current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is not _MISSING and current is not _NO_VALUE:
             found = _loaded_collection_history(state, key, current, flags)
             if found is not None:
@@ -250,7 +238,7 @@ def _unloaded_collection_blank(impl, state, key, flags) -> cython.bint:
         return False  # loader callables allowed: stock may load
     committed = state.committed_state
     if (
-        _get(committed, key, _NO_VALUE) if cython.compiled else committed.get(key, _NO_VALUE)
+        dict_get(committed, key, _NO_VALUE) if cython.compiled else committed.get(key, _NO_VALUE)
     ) is not _NO_VALUE:
         return False
     if _flag_bits(flags)[0] and key in (
@@ -339,7 +327,7 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
         return None
     committed = state.committed_state
     original = (
-        _get(committed, key, _NO_HISTORY) if cython.compiled
+        dict_get(committed, key, _NO_HISTORY) if cython.compiled
         else committed.get(key, _NO_HISTORY)
     )
     # the adapter iterates a list collection of SQLAlchemy's class as the
@@ -391,17 +379,13 @@ def _state_dict(state):
 
 @cython.cfunc
 def _impl_of(manager, key):
-    """``manager[key].impl``.  A class manager is a dict subclass, whose
-    subscript CPython sends through a lookup and call of ``__getitem__``;
-    compiled, while the manager's class keeps dict's own, the key is read
-    from the dict directly (a key not there goes the usual way)."""
-    if cython.compiled and class_attribute_is(
-        type(manager), "__getitem__", _DICT_GETITEM, cython.address(_dict_getitem_site)
-    ):
-        attribute = cython.cast(dict, manager).get(key)
-        if attribute is not None:
-            # the attribute's ``impl`` slot at its offset (slot_value)
-            return slot_value(attribute, "impl", cython.address(_impl_site))
+    """``manager[key].impl``, compiled without the subscript's lookup and
+    call of ``__getitem__`` (``_cpython.manager_impl``)."""
+    if cython.compiled:
+        return manager_impl(
+            manager, key, _DICT_GETITEM,
+            cython.address(_dict_getitem_site), cython.address(_impl_site),
+        )
     return manager[key].impl
 
 

@@ -1,6 +1,7 @@
 # CPython C API that Cython's own cpython/*.pxd do not declare, for the hot
 # paths that cimport it (compiled only: the pure implementation never reads it).
 
+cimport cython
 from cpython.object cimport PyObject, PyTypeObject, Py_TYPE
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.weakref cimport PyWeakref_GetRef
@@ -301,3 +302,19 @@ cdef inline object cell_contents(object cell):
     if found is NULL:
         raise ValueError("Cell is empty")
     return <object>found
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline bint has_listeners(object listeners, tuple kinds) except -1:
+    """``bool(listeners)`` for a dispatch attribute: the lists the
+    ``__bool__`` of SQLAlchemy's ``_EmptyListener`` and
+    ``_ListenerCollection`` read, while that ``__bool__`` is theirs
+    (``kinds``: ``turbosession.listeners.KINDS``); anything else as
+    ``bool()`` asks it.  The pure modules call ``listeners.has_listeners``."""
+    kind = type(listeners)
+    if kind is kinds[0] and kind.__bool__ is kinds[1]:
+        return bool(listeners.parent_listeners)
+    if kind is kinds[2] and kind.__bool__ is kinds[3]:
+        return bool(listeners.listeners) or bool(listeners.parent_listeners)
+    return bool(listeners)

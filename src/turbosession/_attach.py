@@ -39,13 +39,13 @@ import types
 from itertools import repeat
 
 from sqlalchemy import orm
-from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm import attributes, base, collections
 from sqlalchemy.orm.relationships import RelationshipProperty
 from sqlalchemy.orm.base import PassiveFlag
 from sqlalchemy.orm.state import InstanceState
 
 from . import attaching
+from . import listeners as _listeners
 
 try:
     import cython
@@ -55,6 +55,7 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.turbosession._cpython import (
+        has_listeners,
         address,
         manager_impl,
         dict_get,
@@ -71,6 +72,7 @@ if cython.compiled:
         type_version_tag,
     )
 else:
+    from .listeners import has_listeners
     SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
@@ -82,10 +84,7 @@ _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
 _cascade_plan = cython.declare(object, attaching.cascade_plan)
 _PLAN_KEY = cython.declare(tuple, attaching._PLAN_KEY)
-_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
-_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
-_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
-_COMPOUND_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
+_LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 _VALUE_AS_ITERABLE = cython.declare(object, RelationshipProperty._value_as_iterable)
 _CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
 _ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
@@ -302,15 +301,8 @@ def _loaded_members(prop, state, dict_, key):
 @cython.inline
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
-    """``bool(listeners)`` of a dispatch attribute, reading the collections
-    the ``__bool__`` of SQLAlchemy's two common listener classes reads
-    (the Python frame of that ``__bool__`` is most of an add()'s check)."""
-    cls = type(listeners)
-    if cls is _EmptyListener and _EmptyListener.__bool__ is _EMPTY_BOOL:
-        return bool(listeners.parent_listeners)
-    if cls is _ListenerCollection and _ListenerCollection.__bool__ is _COMPOUND_BOOL:
-        return bool(listeners.listeners) or bool(listeners.parent_listeners)
-    return bool(listeners)
+    """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    return has_listeners(listeners, _LISTENER_KINDS)
 
 
 @cython.cfunc

@@ -20,9 +20,10 @@ plan.
 
 from __future__ import annotations
 
-from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm.instrumentation import ClassManager
 from sqlalchemy.orm.state import InstanceState
+
+from . import listeners as _listeners
 
 try:
     import cython
@@ -32,14 +33,13 @@ except ModuleNotFoundError:
 __all__ = ["detach_all", "expire_all"]
 
 if cython.compiled:
-    from cython.cimports.turbosession._cpython import state_object
+    from cython.cimports.turbosession._cpython import has_listeners, state_object
+else:
+    from .listeners import has_listeners
 
 _ClassManager = cython.declare(object, ClassManager)
 _InstanceState = cython.declare(object, InstanceState)
-_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
-_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
-_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
-_COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
+_LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 # where a manager keeps its plan (its own __dict__, beside the memoized
 # attributes the plan is made from)
 _PLAN_ATTR = cython.declare(str, "_turbosession_expire_plan")
@@ -50,18 +50,11 @@ def _is_compiled():
 
 
 @cython.cfunc
+@cython.inline
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
-    """``bool(listeners)`` of a dispatch attribute, reading the lists the
-    ``__bool__`` of SQLAlchemy's two listener classes reads where it is
-    stock's (the same as ``_attach``'s: the compiled modules share no
-    ``.pxd`` for it, and a call across modules would cost what it saves)."""
-    kind = type(listeners)
-    if kind is _EmptyListener and kind.__bool__ is _EMPTY_BOOL:
-        return bool(listeners.parent_listeners)
-    if kind is _ListenerCollection and kind.__bool__ is _COLLECTION_BOOL:
-        return bool(listeners.listeners) or bool(listeners.parent_listeners)
-    return bool(listeners)
+    """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    return has_listeners(listeners, _LISTENER_KINDS)
 
 
 @cython.cclass

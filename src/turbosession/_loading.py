@@ -36,7 +36,6 @@ import weakref
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspection, sql, util
-from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm import decl_api, instrumentation, loading
 from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.orm import session as orm_session
@@ -53,6 +52,8 @@ from turbosession.classes import data_descriptor
 from turbosession.transaction import connection_for_bind as _connection_for_bind
 from turbosession.loads import NOT_HANDLED
 
+from . import listeners as _listeners
+
 try:
     import cython
 except ModuleNotFoundError:
@@ -63,6 +64,7 @@ if cython.compiled:
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.type import PyType_Check
     from cython.cimports.turbosession._cpython import (
+        has_listeners,
         address,
         getset_get,
         instance_dict,
@@ -70,6 +72,8 @@ if cython.compiled:
         state_object,
         type_version_tag,
     )
+else:
+    from .listeners import has_listeners
 
 __all__ = ["counts", "execute_counts", "reset_counts", "session_execute_internal", "session_get"]
 
@@ -105,25 +109,15 @@ _MANAGER_ATTR = "_sa_class_manager"
 _LOADING_NAMES = cython.declare(dict, loading.__dict__)
 _ORM_UTIL_NAMES = cython.declare(dict, orm_util.__dict__)
 
-_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
-_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
-_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
-_COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
+_LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 
 
 @cython.cfunc
+@cython.inline
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
-    """``bool(listeners)`` of a dispatch attribute, reading the lists the
-    ``__bool__`` of SQLAlchemy's two listener classes reads where it is
-    stock's (the same as ``_attach``'s: the compiled modules share no
-    ``.pxd`` for it, and a call across modules would cost what it saves)."""
-    kind = type(listeners)
-    if kind is _EmptyListener and kind.__bool__ is _EMPTY_BOOL:
-        return bool(listeners.parent_listeners)
-    if kind is _ListenerCollection and kind.__bool__ is _COLLECTION_BOOL:
-        return bool(listeners.listeners) or bool(listeners.parent_listeners)
-    return bool(listeners)
+    """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    return has_listeners(listeners, _LISTENER_KINDS)
 
 
 # metaclass -> whether inspect() of its classes is one of _INSPECT_CLASS

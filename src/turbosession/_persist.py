@@ -26,7 +26,6 @@ import types
 import weakref
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.event import attr as _event_attr
 
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import base as orm_base
@@ -51,6 +50,8 @@ from sqlalchemy.util import EMPTY_DICT
 from turbosession import transaction as _transaction
 from turbosession._warn import warn
 
+from . import listeners as _listeners
+
 try:
     import cython
 except ModuleNotFoundError:
@@ -60,12 +61,14 @@ if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem, PyDict_Next
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.cpython.ref import Py_INCREF
-    from cython.cimports.turbosession._cpython import state_object
+    from cython.cimports.turbosession._cpython import has_listeners, state_object
     from cython.cimports.cpython.tuple import (
         PyTuple_GET_ITEM,
         PyTuple_New,
         PyTuple_SET_ITEM,
     )
+else:
+    from .listeners import has_listeners
 
 __all__ = [
     "batches",
@@ -117,10 +120,7 @@ _SNAPSHOTS = cython.declare(
 _STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_transaction_boundary)
 _WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
 _FunctionType = cython.declare(object, types.FunctionType)
-_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
-_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
-_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
-_COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
+_LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 
 
 def _is_compiled():
@@ -128,18 +128,11 @@ def _is_compiled():
 
 
 @cython.cfunc
+@cython.inline
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
-    """``bool(listeners)`` of a dispatch attribute, reading the lists the
-    ``__bool__`` of SQLAlchemy's two listener classes reads where it is
-    stock's (the same as ``_attach``'s: the compiled modules share no
-    ``.pxd`` for it, and a call across modules would cost what it saves)."""
-    kind = type(listeners)
-    if kind is _EmptyListener and kind.__bool__ is _EMPTY_BOOL:
-        return bool(listeners.parent_listeners)
-    if kind is _ListenerCollection and kind.__bool__ is _COLLECTION_BOOL:
-        return bool(listeners.listeners) or bool(listeners.parent_listeners)
-    return bool(listeners)
+    """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    return has_listeners(listeners, _LISTENER_KINDS)
 
 
 @cython.cfunc

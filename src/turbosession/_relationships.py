@@ -17,11 +17,12 @@ clears), removed children, children to update after a primary-key change.
 
 from __future__ import annotations
 
-from sqlalchemy.event import attr as _event_attr
 from sqlalchemy.orm import Session, attributes, sync, unitofwork
 from sqlalchemy.orm import base as _base
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.base import PassiveFlag
+
+from . import listeners as _listeners
 
 try:
     import cython
@@ -30,6 +31,7 @@ except ModuleNotFoundError:
 
 if cython.compiled:
     from cython.cimports.turbosession._cpython import (
+        has_listeners,
         manager_impl,
         ClassSite,
         SlotSite,
@@ -38,6 +40,7 @@ if cython.compiled:
         state_object,
     )
 else:
+    from .listeners import has_listeners
     SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
@@ -71,10 +74,7 @@ _STOCK_SET = cython.declare(object, attributes._ScalarAttributeImpl.set)
 _STOCK_MODIFIED = cython.declare(object, InstanceState._modified_event)
 _NO_VALUE = cython.declare(object, _base.NO_VALUE)
 _DONT_SET = cython.declare(object, _base.DONT_SET)
-_EmptyListener = cython.declare(object, _event_attr._EmptyListener)
-_EMPTY_BOOL = cython.declare(object, _event_attr._EmptyListener.__bool__)
-_ListenerCollection = cython.declare(object, _event_attr._ListenerCollection)
-_COLLECTION_BOOL = cython.declare(object, _event_attr._ListenerCollection.__bool__)
+_LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 _STOCK_CONTAINS = cython.declare(object, Session._contains_state)
 _InstanceState = cython.declare(object, InstanceState)
 _INSTANCE_DICT = cython.declare(object, _base.instance_dict)
@@ -162,19 +162,11 @@ def _has_stock_get(impl) -> cython.bint:
 
 
 @cython.cfunc
+@cython.inline
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
-    """``bool(listeners)`` for an attribute's instance-level event
-    listeners, without calling the listener class's ``__bool__`` where it
-    is stock's (which reads the same lists).  The same as ``_attach``'s:
-    the compiled modules share no ``.pxd``, and a call across modules
-    would cost what this saves."""
-    kind = type(listeners)
-    if kind is _EmptyListener and kind.__bool__ is _EMPTY_BOOL:
-        return bool(listeners.parent_listeners)
-    if kind is _ListenerCollection and kind.__bool__ is _COLLECTION_BOOL:
-        return bool(listeners.listeners) or bool(listeners.parent_listeners)
-    return bool(listeners)
+    """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    return has_listeners(listeners, _LISTENER_KINDS)
 
 
 @cython.cfunc

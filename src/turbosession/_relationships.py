@@ -130,9 +130,10 @@ class _Histories:
     @cython.cfunc
     def get(self, state, key, passive):
         """``uow.get_attribute_history(state, key, passive)``."""
-        if self.lookup is None:
+        lookup = self.lookup
+        if lookup is None:
             return self.uow.get_attribute_history(state, key, passive)
-        return self.lookup(self.uow, state, key, passive)
+        return lookup(self.uow, state, key, passive)
 
     @cython.cfunc
     def known(self, state, key, passive):

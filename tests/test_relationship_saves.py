@@ -488,7 +488,81 @@ def sc_attribute_classes_patched_between_flushes(session_cls, engine, log):
     session.close()
 
 
+def _history_names(history):
+    """A ``History`` of states or values, as names (stock's and
+    turbosession's states differ in identity only)."""
+
+    def name(item):
+        if isinstance(item, orm.state.InstanceState):
+            obj = item.obj()
+            return repr(obj)
+        return repr(item)
+
+    return tuple(tuple(sorted(name(i) for i in part)) for part in history)
+
+
+def sc_histories_cached_by_the_flush(session_cls, engine, log):
+    """The histories the flush's relationship steps looked up (the presort
+    of saves, then the saves reusing them) are what the unit of work
+    answers afterwards (``after_flush``): the parents' collections and
+    keys, the children's many-to-ones, with members added, moved and
+    removed."""
+    session = session_cls(engine)
+    parents = [Parent(name=f"p{i}", children=[Child(name=f"c{i}.{j}") for j in range(2)])
+               for i in range(3)]
+    loose = Child(name="loose", parent=Parent(name="via many-to-one"))
+    watched = parents + [loose, loose.parent]
+
+    @event.listens_for(session, "after_flush")
+    def after_flush(session_, flush_context):
+        for obj in watched:
+            state = orm.attributes.instance_state(obj)
+            for key in ("children", "id") if isinstance(obj, Parent) else ("parent", "id"):
+                log.note(
+                    "history", repr(obj), key,
+                    _history_names(flush_context.get_attribute_history(
+                        state, key, orm.attributes.PASSIVE_NO_INITIALIZE
+                    )),
+                )
+
+    session.add_all(parents + [loose])
+    guarded(log, session.flush)
+    parents[1].children.append(parents[0].children[0])
+    parents[2].children.pop()
+    loose.parent = parents[2]
+    guarded(log, session.flush)
+    session.commit()
+    log.note("states", [object_state(o) for o in watched])
+    session.close()
+
+
+def sc_contains_state_set_on_the_map(session_cls, engine, log):
+    """An identity map whose ``contains_state`` is set on the map itself is
+    asked by the many-to-one's saves, as stock asks it: a referenced object
+    it reports as not in the session makes stock's warning, and the key is
+    not copied."""
+    session = session_cls(engine)
+    badge = Badge(label="held")
+    session.add(badge)
+    session.commit()
+    hidden = orm.attributes.instance_state(badge)
+    wearers = [Wearer(badge=badge), Wearer(badge=Badge(label="new"))]
+    session.add_all(wearers)
+    identity_map = session.identity_map
+    contains_state = identity_map.contains_state
+    identity_map.contains_state = lambda state: state is not hidden and contains_state(state)
+    try:
+        guarded(log, session.flush)
+    finally:
+        del identity_map.contains_state
+    log.note("keys", [w.badge_id is None for w in wearers])
+    session.rollback()
+    session.close()
+
+
 SCENARIOS = [
+    sc_histories_cached_by_the_flush,
+    sc_contains_state_set_on_the_map,
     sc_attribute_classes_patched_between_flushes,
     sc_keys_copied_without_listeners,
     sc_orphans_of_two_parents,

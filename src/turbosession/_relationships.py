@@ -67,6 +67,7 @@ _OFF_PENDING = cython.declare(
     object, PassiveFlag.PASSIVE_OFF | PassiveFlag.INCLUDE_PENDING_MUTATIONS
 )
 _HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
+_SQL_OK = cython.declare(object, attributes.SQL_OK)
 _ABSENT = cython.declare(object, object())
 _STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
 _ScalarAttributeImpl = cython.declare(object, attributes._ScalarAttributeImpl)
@@ -98,21 +99,105 @@ _dict_getitem_site = cython.declare(ClassSite)
 # attribute implementation class -> whether its ``get`` is stock's (a value
 # present in the state's dict is then returned as it is)
 _stock_get = cython.declare(dict, {})
+# passive flag -> bool(flag & SQL_OK)
+_sql_ok_flags = cython.declare(dict, {})
 
 
 def _is_compiled():
     return cython.compiled
 
 
+@cython.cclass
+class _Histories:
+    """``uow.get_attribute_history`` for the states of one step: the unit
+    of work's lookup and cache read once per step, not once per state.
+    While the unit of work's method is turbosession's
+    (``flush.UOWTransaction._history_lookup``), its lookup is called
+    directly, and ``known`` answers a history the step's presort already
+    cached from ``uow.attributes`` as that lookup answers it (a cached
+    entry is reused unless it was cached without ``SQL_OK`` and this
+    lookup has it); otherwise the method is called."""
+
+    uow: object
+    lookup: object  # None: uow.get_attribute_history is called
+    cache: dict
+
+    def __init__(self, uow):
+        self.uow = uow
+        self.lookup = getattr(uow, "_history_lookup", None)
+        self.cache = uow.attributes if self.lookup is not None else None
+
+    @cython.cfunc
+    def get(self, state, key, passive):
+        """``uow.get_attribute_history(state, key, passive)``."""
+        lookup = self.lookup
+        if lookup is None:
+            return self.uow.get_attribute_history(state, key, passive)
+        return lookup(self.uow, state, key, passive)
+
+    @cython.cfunc
+    def known(self, state, key, passive):
+        """``get``, for a history the step usually finds cached."""
+        if self.lookup is None:
+            return self.uow.get_attribute_history(state, key, passive)
+        cached = self.cache.get(("history", state, key))
+        if cached is not None:
+            entry: tuple = cached
+            if _sql_ok(entry[2]) or not _sql_ok(passive):
+                return entry[1]
+        return self.lookup(self.uow, state, key, passive)
+
+
+@cython.cclass
+class _Held:
+    """Stock's ``Session._contains_state`` for the states of one step: the
+    session's method and, where it is stock's, its ``_new`` and identity
+    map, read once per step (turbosession's map read as its dict, as
+    ``_Rows`` reads it; a map that is not turbosession's is asked), and
+    the unit of work's states with whether its ``register_object`` is
+    stock's (``_registered``)."""
+
+    contains: object  # the session's own _contains_state; None: stock's
+    new: dict
+    identity_map: object
+    map_dict: dict  # None: identity_map.contains_state is called
+    states: dict  # the unit of work's
+    stock_register: cython.bint
+
+    def __init__(self, uow):
+        session = uow.session
+        self.states = uow.states
+        self.stock_register = type(uow).register_object is _STOCK_REGISTER
+        if type(session)._contains_state is _STOCK_CONTAINS:
+            self.contains = None
+            self.new = session._new
+            self.identity_map = session.identity_map
+            contains_dict = getattr(self.identity_map, "contains_dict", None)
+            self.map_dict = None if contains_dict is None else contains_dict()
+        else:
+            self.contains = session._contains_state
+
+    @cython.cfunc
+    @cython.exceptval(-1, check=False)
+    def has(self, state) -> cython.bint:
+        """``session._contains_state(state)``."""
+        if self.contains is not None:
+            return bool(self.contains(state))
+        if state in self.new:
+            return True
+        if self.map_dict is not None:
+            return self.map_dict.get(state.key) is state
+        return bool(self.identity_map.contains_state(state))
+
+
 @cython.cfunc
-def _history(uow, state, key, passive):
-    """``uow.get_attribute_history(state, key, passive)``: turbosession's
-    lookup called directly while the unit of work's method is its own
-    (``flush.UOWTransaction._history_lookup``)."""
-    lookup = getattr(uow, "_history_lookup", None)
-    if lookup is None:
-        return uow.get_attribute_history(state, key, passive)
-    return lookup(uow, state, key, passive)
+@cython.exceptval(-1, check=False)
+def _sql_ok(passive) -> cython.bint:
+    """``bool(passive & SQL_OK)``, kept per flag."""
+    found = _sql_ok_flags.get(passive)
+    if found is None:
+        found = _sql_ok_flags[passive] = bool(passive & _SQL_OK)
+    return found is True
 
 
 @cython.cfunc
@@ -225,11 +310,12 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
     the referenced mapper's attribute keys with the referencing one's;
     ``target`` is the processor's mapper when it is its class's primary
     mapper (a child of exactly that mapper passes ``_verify_canload``)."""
+    held: _Held = _Held(uow)
+    histories: _Histories = _Histories(uow)
     key = dp.key
-    session = uow.session
     uow_states: dict = uow.states
     for state in states:
-        history = _history(uow, state, key, _NO_INITIALIZE)
+        history = histories.get(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
             continue
         added = history.added
@@ -237,7 +323,7 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
             for child in added:
                 if state is None or _is_deleted(uow_states, state):
                     continue
-                if child is None or not _contained(session, child):
+                if child is None or not held.has(child):
                     # clears the keys, or warns that the child is not in
                     # the session
                     dp._synchronize(state, child, None, False, uow, "add")
@@ -253,6 +339,7 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     """``OneToManyDP.process_saves`` without ``post_update``: ``keys`` pairs
     the parent's attribute keys with the child's; ``source_keys`` are the
     parent's keys ``_pks_changed`` looks at; ``target`` as above."""
+    histories: _Histories = _Histories(uow)
     key = dp.key
     uow_states: dict = uow.states
     should_null_fks: cython.bint = (
@@ -260,7 +347,8 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     )
     uselist: cython.bint = bool(dp.prop.uselist)
     for state in states:
-        history = _history(uow, state, key, _NO_INITIALIZE)
+        # looked up by the presort (one_to_many_presort_saves)
+        history = histories.known(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
             continue
         for child in history.added:
@@ -276,17 +364,23 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
         for child in history.deleted:
             if should_null_fks and not dp.cascade.delete_orphan and not dp.hasparent(child):
                 dp._synchronize(state, child, None, True, uow, False)
-        if _source_modified(uow, state, source_keys):
+        if _source_modified(histories, state, source_keys, True):
             for child in history.unchanged:
                 dp._synchronize(state, child, None, False, uow, True)
 
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _source_modified(uow, state, source_keys: tuple) -> cython.bint:
-    """``sync._source_modified``."""
+def _source_modified(
+    histories: _Histories, state, source_keys: tuple, known: cython.bint
+) -> cython.bint:
+    """``sync._source_modified``; ``known``: the histories were looked up
+    before in the flush (``_Histories.known``)."""
     for source_key in source_keys:
-        history = _history(uow, state, source_key, _NO_INITIALIZE)
+        if known:
+            history = histories.known(state, source_key, _NO_INITIALIZE)
+        else:
+            history = histories.get(state, source_key, _NO_INITIALIZE)
         if history.deleted:
             return True
     return False
@@ -378,10 +472,7 @@ class _Rows:
 
     uow: object
     dp: object
-    contains: object
-    new: dict
-    identity_map: object
-    map_dict: dict  # None: identity_map.contains_state is called
+    held: _Held
     parent_keys: tuple
     child_keys: tuple
     target: object
@@ -395,15 +486,7 @@ class _Rows:
     def __init__(self, uow, dp, parent_keys, child_keys, target):
         self.uow = uow
         self.dp = dp
-        session = uow.session
-        if type(session)._contains_state is _STOCK_CONTAINS:
-            self.new = session._new
-            self.identity_map = session.identity_map
-            contains_dict = getattr(self.identity_map, "contains_dict", None)
-            self.map_dict = None if contains_dict is None else contains_dict()
-            self.contains = None
-        else:
-            self.contains = session._contains_state
+        self.held = _Held(uow)
         self.parent_keys = parent_keys
         self.child_keys = child_keys
         self.target = target
@@ -443,17 +526,7 @@ class _Rows:
                 dp._verify_canload(child)
             self.child_manager = manager
             self.child_getters = _getters(manager, self.child_keys)
-        if self.contains is None:
-            # Session._contains_state
-            if child in self.new:
-                contained = True
-            elif self.map_dict is not None:
-                contained = self.map_dict.get(child.key) is child
-            else:
-                contained = self.identity_map.contains_state(child)
-        else:
-            contained = self.contains(child)
-        if not contained:
+        if not self.held.has(child):
             # stock warns unless the child is deleted, and makes no row
             dp._synchronize(state, child, {}, False, self.uow, operation)
             return None
@@ -464,7 +537,7 @@ class _Rows:
             self.parent_row = parent_row
         child_row = {}
         _fill(child_row, child, _state_dict(child), self.child_getters)
-        if self.map_dict is not None:
+        if self.held.map_dict is not None:
             self.child_rows[child] = child_row
         row: dict = parent_row.copy()
         row.update(child_row)
@@ -507,6 +580,7 @@ def many_to_many_saves(
     (``secondary_synchronize_pairs``); ``processed`` is the reverse
     relationship's set of pairs already done (or None); ``check_pks`` is
     ``not passive_updates``."""
+    histories: _Histories = _Histories(uow)
     key = dp.key
     insert: list = []
     update: list = []
@@ -516,9 +590,11 @@ def many_to_many_saves(
     source_keys: tuple = tuple([pair[0] for pair in parent_keys])
     rows: _Rows = _Rows(uow, dp, parent_keys, child_keys, target)
     for state in states:
-        need_cascade_pks: cython.bint = check_pks and _source_modified(uow, state, source_keys)
-        history = _history(
-            uow, state, key, _OFF_PENDING if need_cascade_pks else _NO_INITIALIZE_PENDING
+        need_cascade_pks: cython.bint = check_pks and _source_modified(
+            histories, state, source_keys, False
+        )
+        history = histories.get(
+            state, key, _OFF_PENDING if need_cascade_pks else _NO_INITIALIZE_PENDING
         )
         if not _nonblank(history):
             continue
@@ -545,6 +621,7 @@ def many_to_many_deletes(uow, dp, states, parent_keys: tuple, child_keys: tuple,
     """``ManyToManyDP.process_deletes`` up to its ``_run_crud``: the
     association rows of the deleted parents' collections (unchanged and
     removed members), as stock collects them."""
+    histories: _Histories = _Histories(uow)
     key = dp.key
     passive = dp._passive_delete_flag
     delete: list = []
@@ -552,7 +629,7 @@ def many_to_many_deletes(uow, dp, states, parent_keys: tuple, child_keys: tuple,
     track: cython.bint = processed is not None
     rows: _Rows = _Rows(uow, dp, parent_keys, child_keys, target)
     for state in states:
-        history = _history(uow, state, key, passive)
+        history = histories.get(state, key, passive)
         if not _nonblank(history):
             continue
         members = history.non_added()
@@ -597,6 +674,7 @@ def one_to_many_deletes(uow, dp, states, clear_keys, target):
     deleted parents' remaining children get their foreign keys cleared.
     ``clear_keys`` are the child's attribute keys of the synchronised
     columns (None when one is a primary key column)."""
+    histories: _Histories = _Histories(uow)
     if dp.passive_deletes == "all":
         return
     key = dp.key
@@ -604,7 +682,7 @@ def one_to_many_deletes(uow, dp, states, clear_keys, target):
     children_added = uow.memo(("children_added", dp), set)
     null_unchanged: cython.bint = not dp.cascade.delete
     for state in states:
-        history = _history(uow, state, key, passive)
+        history = histories.get(state, key, passive)
         if not _nonblank(history):
             continue
         for child in history.deleted:
@@ -641,13 +719,14 @@ def one_to_many_presort_deletes(uow, dp, states):
     parent's collection that have no parent left are registered (deleted
     with delete-orphan), and without a delete cascade the remaining ones
     too, so that their foreign keys are cleared."""
+    histories: _Histories = _Histories(uow)
     should_null_fks: cython.bint = not dp.cascade.delete and not dp.passive_deletes == "all"
     delete_orphan: cython.bint = bool(dp.cascade.delete_orphan)
     key = dp.key
     passive = dp._passive_delete_flag
     prop = dp.prop
     for state in states:
-        history = _history(uow, state, key, passive)
+        history = histories.get(state, key, passive)
         if not _nonblank(history):
             continue
         for child in history.deleted:
@@ -665,26 +744,18 @@ def one_to_many_presort_deletes(uow, dp, states):
 def many_to_many_presort_deletes(uow, dp, states):
     """``ManyToManyDP.presort_deletes``: the deleted parents' collections
     loaded into the unit of work's history (unless ``passive_deletes``)."""
+    histories: _Histories = _Histories(uow)
     if dp.passive_deletes:
         return
     key = dp.key
     passive = dp._passive_delete_flag
     for state in states:
-        _history(uow, state, key, passive)
+        histories.get(state, key, passive)
 
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _contained(session, state) -> cython.bint:
-    """``session._contains_state(state)``."""
-    if type(session)._contains_state is _STOCK_CONTAINS:
-        return state in session._new or session.identity_map.contains_state(state)
-    return bool(session._contains_state(state))
-
-
-@cython.cfunc
-@cython.exceptval(-1, check=False)
-def _registered(uow, state, isdelete: cython.bint, cancel_delete: cython.bint) -> cython.bint:
+def _registered(held: _Held, state, isdelete: cython.bint, cancel_delete: cython.bint) -> cython.bint:
     """``uow.register_object(state, isdelete=isdelete,
     cancel_delete=cancel_delete, ...)`` for a state of the session already
     in the flush: what stock's method does then (the state made a delete,
@@ -692,10 +763,10 @@ def _registered(uow, state, isdelete: cython.bint, cancel_delete: cython.bint) -
     called, in every other case (a state not in the session, where stock
     warns, or not yet in the flush, where stock sets up its mapper's
     actions; a unit of work whose method is not stock's)."""
-    if type(uow).register_object is not _STOCK_REGISTER:
+    if not held.stock_register:
         return False
-    states: dict = uow.states
-    if state not in states or not _contained(uow.session, state):
+    states: dict = held.states
+    if state not in states or not held.has(state):
         return False
     if isdelete or cancel_delete:
         states[state] = (isdelete, False)
@@ -709,6 +780,8 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
     with their delete cascade, and after a primary-key change of the
     parent the unchanged children too.  ``source_keys`` are the parent's
     attribute keys ``_pks_changed`` looks at."""
+    held: _Held = _Held(uow)
+    histories: _Histories = _Histories(uow)
     children_added = uow.memo(("children_added", dp), set)
     delete_orphan: cython.bint = bool(dp.cascade.delete_orphan)
     should_null_fks: cython.bint = not delete_orphan and not dp.passive_deletes == "all"
@@ -716,18 +789,23 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
     key = dp.key
     prop = dp.prop
     for state in states:
-        pks_changed: cython.bint = _source_modified(uow, state, source_keys)
-        history = _history(
-            uow, state, key,
+        pks_changed: cython.bint = _source_modified(histories, state, source_keys, False)
+        history = histories.get(
+            state, key,
             _NO_INITIALIZE_PENDING if not pks_changed or passive_updates else _OFF_PENDING,
         )
         if not _nonblank(history):
             continue
         added = history.added
         for child in added:
-            if child is not None and not _registered(uow, child, False, True):
+            if child is not None and not _registered(held, child, False, True):
                 uow.register_object(child, cancel_delete=True, operation="add", prop=prop)
-        children_added.update(added)
+        if cython.compiled and type(children_added) is set:
+            # set.update's result, without the method's lookup and call
+            for child in added:
+                cython.cast(set, children_added).add(child)
+        else:
+            children_added.update(added)
         for child in history.deleted:
             if not delete_orphan:
                 if should_null_fks:
@@ -748,9 +826,10 @@ def many_to_one_presort_saves(uow, dp, states):
     """``ManyToOneDP.presort_saves`` without delete-orphan: each state
     registered again, which for a state already in the flush changes
     nothing (stock's method is called for any other)."""
+    held: _Held = _Held(uow)
     prop = dp.prop
     for state in states:
-        if not _registered(uow, state, False, False):
+        if not _registered(held, state, False, False):
             uow.register_object(state, operation="add", prop=prop)
 
 
@@ -759,9 +838,10 @@ def prop_has_changes(uow, dp, states, passive):
     chosen: whether a state's history has added, deleted or unchanged
     members, else whether there are states of a relationship that is not
     self-referential whose target mapper is in the flush."""
+    histories: _Histories = _Histories(uow)
     key = dp.key
     for state in states:
-        history = _history(uow, state, key, passive)
+        history = histories.get(state, key, passive)
         if _nonblank(history) and (history.added or history.deleted or history.unchanged):
             return True
     return states and not dp.prop._is_self_referential and dp.mapper in uow.mappers
@@ -772,21 +852,23 @@ def many_to_one_presort_deletes(uow, dp, states):
     cascade: the deleted states' referenced objects (with delete-orphan
     also those they referred to before) registered as deletes, each with
     its own delete cascade (``Mapper.cascade_iterator``, stock's)."""
+    held: _Held = _Held(uow)
+    histories: _Histories = _Histories(uow)
     key = dp.key
     passive = dp._passive_delete_flag
     delete_orphan: cython.bint = bool(dp.cascade.delete_orphan)
     prop = dp.prop
     mapper = dp.mapper
     for state in states:
-        history = _history(uow, state, key, passive)
+        history = histories.get(state, key, passive)
         if not _nonblank(history):
             continue
         todelete = history.sum() if delete_orphan else history.non_deleted()
         for child in todelete:
             if child is None:
                 continue
-            if not _registered(uow, child, True, False):
+            if not _registered(held, child, True, False):
                 uow.register_object(child, isdelete=True, operation="delete", prop=prop)
             for cascaded in mapper.cascade_iterator("delete", child):
-                if not _registered(uow, cascaded[2], True, False):
+                if not _registered(held, cascaded[2], True, False):
                     uow.register_object(cascaded[2], isdelete=True)

@@ -105,6 +105,7 @@ _SAVE_ENTRY = cython.declare(tuple, (False, False))
 _DELETE_ENTRY = cython.declare(tuple, (True, False))
 _STOCK_IS_ORPHAN = cython.declare(object, Mapper._is_orphan)
 _STOCK_HAS_PARENT = cython.declare(object, ClassManager.has_parent)
+_STOCK_ITERATE_TO_ROOT = cython.declare(object, Mapper.iterate_to_root)
 _STOCK_HASPARENT = cython.declare(object, attributes._AttributeImpl.hasparent)
 _postfetch = cython.declare(object, persistence._postfetch)
 _InstanceState = cython.declare(object, InstanceState)
@@ -976,7 +977,14 @@ def _orphan_plan(mapper):
     method is called (it, ``ClassManager.has_parent`` or an attribute's
     ``hasparent`` is not stock's, an attribute does not track parents, a
     class is not mapped: stock raises)."""
-    if not any(m._delete_orphans for m in mapper.iterate_to_root()):
+    if type(mapper).iterate_to_root is _STOCK_ITERATE_TO_ROOT:
+        # what stock's generator yields, without it (asked for every flush)
+        m = mapper
+        while m is not None and not m._delete_orphans:
+            m = m.inherits
+        if m is None:
+            return False
+    elif not any(m._delete_orphans for m in mapper.iterate_to_root()):
         return False
     if type(mapper)._is_orphan is not _STOCK_IS_ORPHAN:
         return True

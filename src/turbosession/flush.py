@@ -17,12 +17,14 @@ mapper allows it, and the flush is counted as fast or as a fallback.
 
 from operator import attrgetter
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import orm, util
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import exc
 from sqlalchemy.orm import unitofwork
 from sqlalchemy.event.attr import _EmptyListener as _EMPTY
 from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
+from sqlalchemy.util.deprecations import _sanitize_restructured_text, _warn_with_version
 
 from . import fastpath, plans, relationships, transaction as _transaction
 from .memo import derived
@@ -297,18 +299,23 @@ def _reset_inner_flush_changes(session):
     )
 
 
-@util.deprecated_params(
-    objects=(
-        "2.1",
-        "The `objects` parameter of `Session.flush` is deprecated",
-    )
+# stock's _flush is wrapped by deprecated_params(objects=...): two more
+# Python calls per flush, for a warning given only when objects are
+_OBJECTS_DEPRECATED = _sanitize_restructured_text(
+    "The `objects` parameter of `Session.flush` is deprecated"
 )
+
+
 def flush(self, objects=None):
     """``Session._flush`` building turbosession's ``UOWTransaction``.
 
     A function rather than a method so that ``TurboSessionMixin`` binds it
-    as ``_flush``; the deprecation of ``objects`` is stock's, warned the same.
+    as ``_flush``.  The deprecation of ``objects`` is warned here as stock's
+    wrapper warns it (its message, category and version, found from the
+    same frame: this function's caller), without the wrapper.
     """
+    if objects is not None:
+        _warn_with_version(_OBJECTS_DEPRECATED, "2.1", sa_exc.SADeprecationWarning, 2)
     dirty = self._dirty_states
     if not dirty and not self._deleted and not self._new:
         self.identity_map._modified.clear()

@@ -43,6 +43,9 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_Next
     from cython.cimports.cpython.object import PyObject
+    from cython.cimports.turbosession._cpython import ClassSite, SlotSite, manager_impl
+else:
+    SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
     "collect_column_changes",
@@ -61,6 +64,10 @@ _ClauseElement = cython.declare(object, ClauseElement)
 _NO_VALUES = cython.declare(object, EMPTY_DICT)
 _COMPARE_VALUES = cython.declare(object, TypeEngine.compare_values)
 _MethodType = cython.declare(object, MethodType)
+_DICT_GETITEM = cython.declare(object, dict.__getitem__)
+# compiled, column_changes' kept lookups of manager[key].impl (_impl_of)
+_impl_site = cython.declare(SlotSite)
+_dict_getitem_site = cython.declare(ClassSite)
 
 
 def _is_compiled():
@@ -74,6 +81,20 @@ def _plain(value) -> cython.bint:
     """A value whose ``==`` with another plain value is C's (exact types)."""
     t: type = type(value)
     return value is None or t is int or t is str or t is float or t is bool or t is bytes
+
+
+@cython.cfunc
+@cython.inline
+def _impl_of(manager, key):
+    """``manager[key].impl``, compiled without the subscript's lookup and
+    call of ``__getitem__`` and the attribute's ``__getattr__`` hook
+    (``_cpython.manager_impl``)."""
+    if cython.compiled:
+        return manager_impl(
+            manager, key, _DICT_GETITEM,
+            cython.address(_dict_getitem_site), cython.address(_impl_site),
+        )
+    return manager[key].impl
 
 
 @cython.cfunc
@@ -214,7 +235,7 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
                 if isinstance(value, _ClauseElement):
                     value_params[col] = value
                     continue
-            if not _equal(state.manager[propkey].impl, value, committed[propkey]):
+            if not _equal(_impl_of(state.manager, propkey), value, committed[propkey]):
                 params[col.key] = value
     # the flush keeps each state's result until its batch is sent: one
     # shared empty mapping when there are no SQL expressions

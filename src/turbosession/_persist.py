@@ -904,10 +904,12 @@ def register_persistent(session, states: set, commit_all_states):
         _check_identity_key(state, mapper, instance_key)
         key = state.key
         if key is None:
-            state.key = instance_key
+            state.key = key = instance_key
         elif key != instance_key:
             _switch_key(session, state, instance_key)
-        if map_dict is not None and map_dict.get(state.key) is state:
+            key = instance_key
+        # key is state.key now
+        if map_dict is not None and map_dict.get(key) is state:
             old = None
         else:
             old = identity_map.replace(state)
@@ -1050,6 +1052,7 @@ class _Registrar:
     uow: object
     new: dict
     contains_state: object
+    map_dict: dict  # turbosession's map's dict, read as contains_state reads it
     session_contains: object
     states: dict
     mappers: object
@@ -1061,7 +1064,10 @@ class _Registrar:
             and "_contains_state" not in session.__dict__
         ):
             self.new = session._new
-            self.contains_state = session.identity_map.contains_state
+            identity_map = session.identity_map
+            self.contains_state = identity_map.contains_state
+            contains_dict = getattr(identity_map, "contains_dict", None)
+            self.map_dict = None if contains_dict is None else contains_dict()
             self.session_contains = None
         else:
             self.session_contains = session._contains_state
@@ -1072,7 +1078,11 @@ class _Registrar:
     @cython.exceptval(-1, check=False)
     def register(self, state, isdelete: cython.bint) -> cython.bint:
         if self.session_contains is None:
-            if state not in self.new and not self.contains_state(state):
+            if state not in self.new and not (
+                self.map_dict.get(state.key) is state
+                if self.map_dict is not None
+                else self.contains_state(state)
+            ):
                 return False
         elif not self.session_contains(state):
             return False

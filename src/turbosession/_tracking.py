@@ -43,7 +43,7 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_Next
     from cython.cimports.cpython.object import PyObject
-    from cython.cimports.turbosession._cpython import ClassSite, SlotSite, manager_impl
+    from cython.cimports.turbosession._cpython import ClassSite, SlotSite, manager_impl, own_value
 else:
     SlotSite = ClassSite = None  # the declarations below are plain None
 
@@ -68,6 +68,7 @@ _DICT_GETITEM = cython.declare(object, dict.__getitem__)
 # compiled, column_changes' kept lookups of manager[key].impl (_impl_of)
 _impl_site = cython.declare(SlotSite)
 _dict_getitem_site = cython.declare(ClassSite)
+_column_key_site = cython.declare(ClassSite)
 
 
 def _is_compiled():
@@ -95,6 +96,18 @@ def _impl_of(manager, key):
             cython.address(_dict_getitem_site), cython.address(_impl_site),
         )
     return manager[key].impl
+
+
+@cython.cfunc
+@cython.inline
+def _column_key(column):
+    """``column.key``: compiled, the column's own ``__dict__`` entry read
+    without the lookup through the class's ``__getattr__`` hook (a column's
+    comparator proxy), while the class has no data descriptor ``key``
+    (``_cpython.own_value``)."""
+    if cython.compiled:
+        return own_value(column, "key", cython.address(_column_key_site))
+    return column.key
 
 
 @cython.cfunc
@@ -236,7 +249,7 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
                     value_params[col] = value
                     continue
             if not _equal(_impl_of(state.manager, propkey), value, committed[propkey]):
-                params[col.key] = value
+                params[_column_key(col)] = value
     # the flush keeps each state's result until its batch is sent: one
     # shared empty mapping when there are no SQL expressions
     return params, value_params or _NO_VALUES

@@ -173,7 +173,8 @@ def _fallback(reason: str):
 @cython.exceptval(-1, check=False)
 def _listened(dispatch, names: tuple) -> cython.bint:
     for name in names:
-        if _has_listeners(_event_listeners(dispatch, name)):
+        listeners = _event_listeners(dispatch, name) if cython.compiled else getattr(dispatch, name)
+        if _has_listeners(listeners):
             return True
     return False
 

@@ -254,7 +254,7 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
     # made only for a SQL expression among the values (rare): the flush
     # keeps each state's result until its batch is sent
     value_params: dict = None
-    committed: dict = _committed_state(state)
+    committed: dict = _committed_state(state) if cython.compiled else state.committed_state
     t: type
     if committed:
         if len(committed) == 1:
@@ -284,8 +284,9 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
                         value_params = {}
                     value_params[col] = value
                     continue
-            if not _equal(_impl_of(state.manager, propkey), value, committed[propkey]):
-                params[_column_key(col)] = value
+            impl = _impl_of(state.manager, propkey) if cython.compiled else state.manager[propkey].impl
+            if not _equal(impl, value, committed[propkey]):
+                params[_column_key(col) if cython.compiled else col.key] = value
     # one shared empty mapping when there are no SQL expressions
     return params, _NO_VALUES if value_params is None else value_params
 
@@ -306,11 +307,13 @@ def commit_all_states(states_and_dicts, instance_dict=None):
     expired_attributes: set
     for state, dict_ in states_and_dicts:
         state_dict = state.__dict__
-        committed = _committed_state(state)
+        committed = _committed_state(state) if cython.compiled else state.committed_state
         committed.clear()
         if "_pending_mutations" in state_dict:
             del state_dict["_pending_mutations"]
-        expired_attributes = _expired_attributes(state)
+        expired_attributes = (
+            _expired_attributes(state) if cython.compiled else state.expired_attributes
+        )
         if expired_attributes:  # nothing to take out of an empty set
             expired_attributes.difference_update(dict_)
         if track_modified and state.modified:

@@ -315,6 +315,40 @@ def test_plain_insert_update_delete(check):
     check(scenario)
 
 
+def test_identity_map_methods_patched_on_a_session_are_called(session_cls, engine):
+    """The flush skips ``identity_map.replace`` for a state already mapped
+    under its key and runs ``safe_discard``'s loop itself; a ``replace`` or
+    ``safe_discard`` set on the session's map is called per state, as
+    stock calls them."""
+    Base.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            items = [Item(name=f"p{i}", value=i) for i in range(4)]
+            session.add_all(items)
+            session.flush()
+            identity_map = session.identity_map
+            calls = []
+            replace, safe_discard = identity_map.replace, identity_map.safe_discard
+            identity_map.replace = lambda state: calls.append(("replace", state.obj())) or replace(state)
+            identity_map.safe_discard = lambda state: (
+                calls.append(("safe_discard", state.obj())) or safe_discard(state)
+            )
+            items[0].value = 10
+            items[1].value = 11
+            session.delete(items[2])
+            session.flush()
+            assert sorted(calls, key=lambda c: (c[0], c[1].name)) == [
+                ("replace", items[0]),
+                ("replace", items[1]),
+                ("safe_discard", items[2]),
+            ]
+            assert inspect(items[2]).deleted and items[2] not in session
+            assert set(session.identity_map.values()) == {items[0], items[1], items[3]}
+            session.rollback()
+    finally:
+        Base.metadata.drop_all(engine)
+
+
 def test_one_to_many_with_cascade(check):
     def scenario(session_cls, engine, log):
         with open_session(session_cls, engine, log) as session:

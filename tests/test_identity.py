@@ -204,3 +204,64 @@ def test_missing_key_error_like_stock(impl, key):
             identity_map[key]
         raised.append((info.value.args, str(info.value)))
     assert raised[1] == raised[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(st.tuples(st.sampled_from(["new", "add", "modify", "drop"]), st.integers(0, 7)), max_size=30),
+    chosen=st.lists(st.integers(0, 7), max_size=6),
+)
+def test_discard_deleted_is_safe_discard_per_state(impl, ops, chosen):
+    """``discard_deleted`` (the flush's loop of ``_remove_newly_deleted``)
+    leaves the map, the ``deleted`` dict and the states as stock's
+    ``safe_discard``, ``pop`` and ``_deleted = True`` per state leave them."""
+    stock = World(_WeakInstanceDict())
+    ours = World(impl.identity.WeakIdentityMap())
+    for op in ops:
+        assert apply(ours, op) == apply(stock, op), op
+    worlds = []
+    for world in (stock, ours):
+        states = [world.states[i % len(world.states)] for i in chosen] if world.states else []
+        deleted = {state: world.objects[i] for i, state in enumerate(world.states) if i % 2 == 0}
+        if world is stock:
+            for state in states:
+                world.map.safe_discard(state)
+                deleted.pop(state, None)
+                state._deleted = True
+        else:
+            world.map.discard_deleted(states, deleted)
+        worlds.append(
+            (
+                world.snapshot(),
+                world.describe(list(deleted)),
+                [state._deleted for state in world.states],
+                ["_instance_dict" in state.__dict__ for state in world.states],
+            )
+        )
+    assert worlds[1] == worlds[0]
+
+
+def test_flush_shortcuts_follow_overrides(impl):
+    """``replace_dict`` and ``discards_as_core`` (the flush reads the map's
+    dict instead of calling ``replace`` / ``safe_discard`` per state) give
+    way to a ``replace`` or ``safe_discard`` of the map's class or of the
+    map itself."""
+    identity_map = impl.identity.WeakIdentityMap()
+    assert identity_map.replace_dict() is identity_map._dict
+    assert identity_map.discards_as_core()
+
+    class Replacing(impl.identity.WeakIdentityMap):
+        def replace(self, state):
+            return super().replace(state)
+
+    class Discarding(impl.identity.WeakIdentityMap):
+        def safe_discard(self, state):
+            super().safe_discard(state)
+
+    assert Replacing().replace_dict() is None and Replacing().discards_as_core()
+    assert Discarding().replace_dict() is not None and not Discarding().discards_as_core()
+    patched = impl.identity.WeakIdentityMap()
+    patched.replace = patched.replace
+    patched.safe_discard = patched.safe_discard
+    assert patched.replace_dict() is None
+    assert not patched.discards_as_core()

@@ -67,6 +67,7 @@ if cython.compiled:
         class_attribute_is,
         dict_version,
         own_value,
+        slot_value,
         state_object,
         store_slot,
         type_version_tag,
@@ -98,12 +99,14 @@ _MISSING = cython.declare(object, object())
 _NO_VALUE = cython.declare(object, attributes.NO_VALUE)
 _PASSIVE_NO_RESULT = cython.declare(object, attributes.PASSIVE_NO_RESULT)
 
+_BEFORE_ATTACH = cython.declare(str, "before_attach")
+_AFTER_ATTACH = cython.declare(str, "after_attach")
+_TRANSIENT_TO_PENDING = cython.declare(str, "transient_to_pending")
+_DETACHED_TO_PERSISTENT = cython.declare(str, "detached_to_persistent")
 _ADD_EVENTS = cython.declare(
-    tuple, ("before_attach", "after_attach", "transient_to_pending", "detached_to_persistent")
+    tuple, (_BEFORE_ATTACH, _AFTER_ATTACH, _TRANSIENT_TO_PENDING, _DETACHED_TO_PERSISTENT)
 )
-_DELETE_EVENTS = cython.declare(
-    tuple, ("before_attach", "after_attach", "detached_to_persistent")
-)
+_DELETE_EVENTS = cython.declare(tuple, (_BEFORE_ATTACH, _AFTER_ATTACH, _DETACHED_TO_PERSISTENT))
 
 _SAVE_UPDATE = cython.declare(str, "save-update")
 _DELETE = cython.declare(str, "delete")
@@ -119,6 +122,11 @@ _DICT_GETITEM = cython.declare(object, dict.__getitem__)
 _impl_site = cython.declare(SlotSite)
 _dict_getitem_site = cython.declare(ClassSite)
 _cascade_site = cython.declare(ClassSite)
+# the session dispatcher's slots of the attach events (_event_listeners)
+_before_attach_site = cython.declare(SlotSite)
+_after_attach_site = cython.declare(SlotSite)
+_transient_to_pending_site = cython.declare(SlotSite)
+_detached_to_persistent_site = cython.declare(SlotSite)
 _state_dict_site = cython.declare(ClassSite)
 _InstanceState = cython.declare(object, InstanceState)
 _STATE_DICT = cython.declare(object, InstanceState.__dict__["dict"])
@@ -164,16 +172,39 @@ def _fallback(reason: str):
 @cython.exceptval(-1, check=False)
 def _listened(dispatch, names: tuple) -> cython.bint:
     for name in names:
-        if _has_listeners(getattr(dispatch, name)):
+        listeners = _event_listeners(dispatch, name) if cython.compiled else getattr(dispatch, name)
+        if _has_listeners(listeners):
             return True
     return False
+
+
+@cython.cfunc
+@cython.inline
+def _event_listeners(dispatch, name: str):
+    """``getattr(dispatch, name)`` of an attach event.  A dispatcher class
+    has a ``__getattr__`` (it fills its slots on first use), which sends
+    every attribute read through CPython's slower hook; compiled, the slot
+    ``fill_dispatch`` filled is read at its offset (``_cpython.slot_value``:
+    an empty slot, or a class not read as ``object`` reads, takes
+    ``getattr``)."""
+    if cython.compiled:
+        if name is _BEFORE_ATTACH:
+            return slot_value(dispatch, name, cython.address(_before_attach_site))
+        if name is _AFTER_ATTACH:
+            return slot_value(dispatch, name, cython.address(_after_attach_site))
+        if name is _TRANSIENT_TO_PENDING:
+            return slot_value(dispatch, name, cython.address(_transient_to_pending_site))
+        if name is _DETACHED_TO_PERSISTENT:
+            return slot_value(dispatch, name, cython.address(_detached_to_persistent_site))
+    return getattr(dispatch, name)
 
 
 @cython.cfunc
 def _plan_of(mapper) -> tuple:
     """``attaching.cascade_plan(mapper)``: the kept plan while the
     mapper's memoized values it derives from are the same."""
-    entry = mapper._memoized_values.get(_PLAN_KEY)
+    memoized = mapper._memoized_values
+    entry = dict_get(memoized, _PLAN_KEY, None) if cython.compiled else memoized.get(_PLAN_KEY)
     if entry is not None and entry[0] is mapper._propkey_to_col:
         return entry[1]
     return _cascade_plan(mapper)

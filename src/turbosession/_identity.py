@@ -218,6 +218,21 @@ class WeakIdentityMapCore:
     def discard(self, state):
         self.safe_discard(state)
 
+    def discard_deleted(self, states, deleted: dict):
+        """For each state, ``safe_discard(state)``, ``deleted.pop(state,
+        None)`` and ``state._deleted = True``: the loop of stock's
+        ``Session._remove_newly_deleted`` when no ``persistent_to_deleted``
+        listener runs in between (``_persist.remove_newly_deleted``), without
+        a method call per state."""
+        map_: dict = self._dict
+        for state in states:
+            key = state.key
+            if map_.get(key) is state:
+                del map_[key]
+                self._removed(state)
+            deleted.pop(state, None)
+            state._deleted = True
+
     def _dirty_states(self):
         return self._modified
 
@@ -289,5 +304,29 @@ class WeakIdentityMap(WeakIdentityMapCore, IdentityMap):
             return None
         return self._dict
 
+    def replace_dict(self):
+        """The dict ``replace`` reads, for the flush's registration of
+        persistent states (``_persist.register_persistent``) to skip the
+        call where ``replace`` does nothing (the state is already the one
+        mapped under its key); None while the map's class overrides
+        ``replace`` or the map itself holds one."""
+        if type(self).replace is not _CORE_REPLACE or "replace" in self.__dict__:
+            return None
+        return self._dict
+
+    def discards_as_core(self):
+        """Whether ``safe_discard`` is this module's (the map's class and
+        the map itself hold no other), so that ``discard_deleted`` does what
+        calling it per state would."""
+        return (
+            type(self).safe_discard is _CORE_SAFE_DISCARD
+            and type(self).discard_deleted is _CORE_DISCARD_DELETED
+            and "safe_discard" not in self.__dict__
+            and "discard_deleted" not in self.__dict__
+        )
+
 
 _CORE_CONTAINS_STATE = WeakIdentityMapCore.contains_state
+_CORE_REPLACE = WeakIdentityMapCore.replace
+_CORE_SAFE_DISCARD = WeakIdentityMapCore.safe_discard
+_CORE_DISCARD_DELETED = WeakIdentityMapCore.discard_deleted

@@ -865,6 +865,10 @@ def register_persistent(session, states: set, commit_all_states):
     if not _has_listeners(pending_to_persistent):
         pending_to_persistent = None
     identity_map = session.identity_map
+    # turbosession's map: a state already mapped under its key (an update)
+    # is not replaced (replace() would return None and do nothing)
+    replace_dict = getattr(identity_map, "replace_dict", None)
+    map_dict: dict = None if replace_dict is None else replace_dict()
     instance_dict = orm_base.instance_dict
     key_props_of: dict = {}
     instance_key: tuple
@@ -894,10 +898,15 @@ def register_persistent(session, states: set, commit_all_states):
         _check_identity_key(state, mapper, instance_key)
         key = state.key
         if key is None:
-            state.key = instance_key
+            state.key = key = instance_key
         elif key != instance_key:
             _switch_key(session, state, instance_key)
-        old = identity_map.replace(state)
+            key = instance_key
+        # key is state.key now
+        if map_dict is not None and map_dict.get(key) is state:
+            old = None
+        else:
+            old = identity_map.replace(state)
         if (
             old is not None
             and old.obj() is not None
@@ -952,6 +961,14 @@ def remove_newly_deleted(session, states):
         # no listener runs in between: the transaction's marks go in at once
         if transaction:
             _mark_in(_snapshot(transaction, "_deleted"), list(states))
+        discards_as_core = getattr(identity_map, "discards_as_core", None)
+        if (
+            type(deleted) is dict
+            and discards_as_core is not None
+            and discards_as_core()
+        ):
+            identity_map.discard_deleted(states, deleted)
+            return
         for state in states:
             identity_map.safe_discard(state)
             deleted.pop(state, None)
@@ -1036,6 +1053,7 @@ class _Registrar:
     uow: object
     new: dict
     contains_state: object
+    map_dict: dict  # turbosession's map's dict, read as contains_state reads it
     session_contains: object
     states: dict
     mappers: object
@@ -1047,7 +1065,10 @@ class _Registrar:
             and "_contains_state" not in session.__dict__
         ):
             self.new = session._new
-            self.contains_state = session.identity_map.contains_state
+            identity_map = session.identity_map
+            self.contains_state = identity_map.contains_state
+            contains_dict = getattr(identity_map, "contains_dict", None)
+            self.map_dict = None if contains_dict is None else contains_dict()
             self.session_contains = None
         else:
             self.session_contains = session._contains_state
@@ -1058,7 +1079,11 @@ class _Registrar:
     @cython.exceptval(-1, check=False)
     def register(self, state, isdelete: cython.bint) -> cython.bint:
         if self.session_contains is None:
-            if state not in self.new and not self.contains_state(state):
+            if state not in self.new and not (
+                self.map_dict.get(state.key) is state
+                if self.map_dict is not None
+                else self.contains_state(state)
+            ):
                 return False
         elif not self.session_contains(state):
             return False
@@ -1124,18 +1149,19 @@ def batches(records):
     flags), each batch as a list.  As with stock's ``list(group)``, a batch
     is handed on once the first record of the next one has been collected.
     Records are compared with the batch's first one, so no key is built
-    per record.
+    per record; each part first by identity, as the comparison of stock's
+    key tuples compares their items.
     """
     batch: list = None
     first: tuple = None
     for record in records:
         if (
             batch is not None
-            and record[4] == first[4]
+            and (record[4] is first[4] or record[4] == first[4])
             and _same_keys(record[2], first[2])
             and bool(record[5]) == bool(first[5])
-            and record[6] == first[6]
-            and record[7] == first[7]
+            and (record[6] is first[6] or record[6] == first[6])
+            and (record[7] is first[7] or record[7] == first[7])
         ):
             batch.append(record)
             continue

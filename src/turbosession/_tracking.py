@@ -43,6 +43,15 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_Next
     from cython.cimports.cpython.object import PyObject
+    from cython.cimports.turbosession._cpython import (
+        ClassSite,
+        SlotSite,
+        manager_impl,
+        own_value,
+        slot_value,
+    )
+else:
+    SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
     "collect_column_changes",
@@ -61,6 +70,15 @@ _ClauseElement = cython.declare(object, ClauseElement)
 _NO_VALUES = cython.declare(object, EMPTY_DICT)
 _COMPARE_VALUES = cython.declare(object, TypeEngine.compare_values)
 _MethodType = cython.declare(object, MethodType)
+_DICT_GETITEM = cython.declare(object, dict.__getitem__)
+# compiled, column_changes' kept lookups of manager[key].impl (_impl_of)
+_impl_site = cython.declare(SlotSite)
+_dict_getitem_site = cython.declare(ClassSite)
+_column_key_site = cython.declare(ClassSite)
+# InstanceState's __slots__ members read per state (_committed_state,
+# _expired_attributes)
+_committed_site = cython.declare(SlotSite)
+_expired_site = cython.declare(SlotSite)
 
 
 def _is_compiled():
@@ -74,6 +92,52 @@ def _plain(value) -> cython.bint:
     """A value whose ``==`` with another plain value is C's (exact types)."""
     t: type = type(value)
     return value is None or t is int or t is str or t is float or t is bool or t is bytes
+
+
+@cython.cfunc
+@cython.inline
+def _impl_of(manager, key):
+    """``manager[key].impl``, compiled without the subscript's lookup and
+    call of ``__getitem__`` and the attribute's ``__getattr__`` hook
+    (``_cpython.manager_impl``)."""
+    if cython.compiled:
+        return manager_impl(
+            manager, key, _DICT_GETITEM,
+            cython.address(_dict_getitem_site), cython.address(_impl_site),
+        )
+    return manager[key].impl
+
+
+@cython.cfunc
+@cython.inline
+def _committed_state(state):
+    """``state.committed_state`` (an ``InstanceState`` slot): compiled, read
+    at the slot's offset without the class's attribute lookup
+    (``_cpython.slot_value``)."""
+    if cython.compiled:
+        return slot_value(state, "committed_state", cython.address(_committed_site))
+    return state.committed_state
+
+
+@cython.cfunc
+@cython.inline
+def _expired_attributes(state):
+    """``state.expired_attributes``, as ``_committed_state`` reads its slot."""
+    if cython.compiled:
+        return slot_value(state, "expired_attributes", cython.address(_expired_site))
+    return state.expired_attributes
+
+
+@cython.cfunc
+@cython.inline
+def _column_key(column):
+    """``column.key``: compiled, the column's own ``__dict__`` entry read
+    without the lookup through the class's ``__getattr__`` hook (a column's
+    comparator proxy), while the class has no data descriptor ``key``
+    (``_cpython.own_value``)."""
+    if cython.compiled:
+        return own_value(column, "key", cython.address(_column_key_site))
+    return column.key
 
 
 @cython.cfunc
@@ -187,8 +251,10 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
     caller; the flush calls this once per state it updates.
     """
     params: dict = {}
-    value_params: dict = {}
-    committed: dict = state.committed_state
+    # made only for a SQL expression among the values (rare): the flush
+    # keeps each state's result until its batch is sent
+    value_params: dict = None
+    committed: dict = _committed_state(state) if cython.compiled else state.committed_state
     t: type
     if committed:
         if len(committed) == 1:
@@ -209,16 +275,20 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
                 value is None or t is int or t is str or t is float or t is bool or t is bytes
             ):
                 if hasattr(value, "__clause_element__"):
+                    if value_params is None:
+                        value_params = {}
                     value_params[col] = value.__clause_element__()
                     continue
                 if isinstance(value, _ClauseElement):
+                    if value_params is None:
+                        value_params = {}
                     value_params[col] = value
                     continue
-            if not _equal(state.manager[propkey].impl, value, committed[propkey]):
-                params[col.key] = value
-    # the flush keeps each state's result until its batch is sent: one
-    # shared empty mapping when there are no SQL expressions
-    return params, value_params or _NO_VALUES
+            impl = _impl_of(state.manager, propkey) if cython.compiled else state.manager[propkey].impl
+            if not _equal(impl, value, committed[propkey]):
+                params[_column_key(col) if cython.compiled else col.key] = value
+    # one shared empty mapping when there are no SQL expressions
+    return params, _NO_VALUES if value_params is None else value_params
 
 
 def commit_all_states(states_and_dicts, instance_dict=None):
@@ -237,11 +307,13 @@ def commit_all_states(states_and_dicts, instance_dict=None):
     expired_attributes: set
     for state, dict_ in states_and_dicts:
         state_dict = state.__dict__
-        committed = state.committed_state
+        committed = _committed_state(state) if cython.compiled else state.committed_state
         committed.clear()
         if "_pending_mutations" in state_dict:
             del state_dict["_pending_mutations"]
-        expired_attributes = state.expired_attributes
+        expired_attributes = (
+            _expired_attributes(state) if cython.compiled else state.expired_attributes
+        )
         if expired_attributes:  # nothing to take out of an empty set
             expired_attributes.difference_update(dict_)
         if track_modified and state.modified:

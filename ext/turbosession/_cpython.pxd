@@ -304,17 +304,32 @@ cdef inline object cell_contents(object cell):
     return <object>found
 
 
+
+# A call site's reads of the listener classes (has_listeners): each class's
+# ``__bool__`` check and the slots it reads, kept as above.
+cdef struct ListenerSites:
+    ClassSite empty_bool
+    SlotSite empty_parent
+    ClassSite collection_bool
+    SlotSite collection_listeners
+    SlotSite collection_parent
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef inline bint has_listeners(object listeners, tuple kinds) except -1:
+cdef inline bint has_listeners(object listeners, tuple kinds, ListenerSites *sites) except -1:
     """``bool(listeners)`` for a dispatch attribute: the lists the
     ``__bool__`` of SQLAlchemy's ``_EmptyListener`` and
     ``_ListenerCollection`` read, while that ``__bool__`` is theirs
-    (``kinds``: ``turbosession.listeners.KINDS``); anything else as
-    ``bool()`` asks it.  The pure modules call ``listeners.has_listeners``."""
+    (``kinds``: ``turbosession.listeners.KINDS``), read at their slots
+    (``sites``: the caller's, kept per class as ``class_attribute_is`` and
+    ``slot_value`` keep theirs); anything else as ``bool()`` asks it.  The
+    pure modules call ``listeners.has_listeners``."""
     kind = type(listeners)
-    if kind is kinds[0] and kind.__bool__ is kinds[1]:
-        return bool(listeners.parent_listeners)
-    if kind is kinds[2] and kind.__bool__ is kinds[3]:
-        return bool(listeners.listeners) or bool(listeners.parent_listeners)
+    if kind is kinds[0] and class_attribute_is(kind, "__bool__", kinds[1], &sites.empty_bool):
+        return bool(slot_value(listeners, "parent_listeners", &sites.empty_parent))
+    if kind is kinds[2] and class_attribute_is(kind, "__bool__", kinds[3], &sites.collection_bool):
+        return bool(slot_value(listeners, "listeners", &sites.collection_listeners)) or bool(
+            slot_value(listeners, "parent_listeners", &sites.collection_parent)
+        )
     return bool(listeners)

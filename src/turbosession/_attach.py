@@ -55,6 +55,7 @@ except ModuleNotFoundError:
 if cython.compiled:
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.turbosession._cpython import (
+        ListenerSites,
         has_listeners,
         address,
         manager_impl,
@@ -74,6 +75,7 @@ if cython.compiled:
     )
 else:
     from .listeners import has_listeners
+    ListenerSites = None  # the declaration below is plain None
     SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
@@ -86,6 +88,7 @@ _stock_delete = cython.declare(object, orm.Session.delete)
 _cascade_plan = cython.declare(object, attaching.cascade_plan)
 _PLAN_KEY = cython.declare(tuple, attaching._PLAN_KEY)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
+_listener_sites = cython.declare(ListenerSites)
 _VALUE_AS_ITERABLE = cython.declare(object, RelationshipProperty._value_as_iterable)
 _CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
 _ATTRIBUTE_GET = cython.declare(object, attributes._AttributeImpl.get)
@@ -333,6 +336,8 @@ def _loaded_members(prop, state, dict_, key):
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
     """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    if cython.compiled:
+        return has_listeners(listeners, _LISTENER_KINDS, cython.address(_listener_sites))
     return has_listeners(listeners, _LISTENER_KINDS)
 
 

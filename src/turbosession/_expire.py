@@ -33,13 +33,15 @@ except ModuleNotFoundError:
 __all__ = ["detach_all", "expire_all"]
 
 if cython.compiled:
-    from cython.cimports.turbosession._cpython import has_listeners, state_object
+    from cython.cimports.turbosession._cpython import ListenerSites, has_listeners, state_object
 else:
     from .listeners import has_listeners
+    ListenerSites = None  # the declaration below is plain None
 
 _ClassManager = cython.declare(object, ClassManager)
 _InstanceState = cython.declare(object, InstanceState)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
+_listener_sites = cython.declare(ListenerSites)
 # where a manager keeps its plan (its own __dict__, beside the memoized
 # attributes the plan is made from)
 _PLAN_ATTR = cython.declare(str, "_turbosession_expire_plan")
@@ -54,6 +56,8 @@ def _is_compiled():
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
     """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    if cython.compiled:
+        return has_listeners(listeners, _LISTENER_KINDS, cython.address(_listener_sites))
     return has_listeners(listeners, _LISTENER_KINDS)
 
 

@@ -64,6 +64,7 @@ if cython.compiled:
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.type import PyType_Check
     from cython.cimports.turbosession._cpython import (
+        ListenerSites,
         has_listeners,
         address,
         getset_get,
@@ -74,6 +75,7 @@ if cython.compiled:
     )
 else:
     from .listeners import has_listeners
+    ListenerSites = None  # the declaration below is plain None
 
 __all__ = ["counts", "execute_counts", "reset_counts", "session_execute_internal", "session_get"]
 
@@ -110,6 +112,7 @@ _LOADING_NAMES = cython.declare(dict, loading.__dict__)
 _ORM_UTIL_NAMES = cython.declare(dict, orm_util.__dict__)
 
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
+_listener_sites = cython.declare(ListenerSites)
 
 
 @cython.cfunc
@@ -117,6 +120,8 @@ _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
     """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    if cython.compiled:
+        return has_listeners(listeners, _LISTENER_KINDS, cython.address(_listener_sites))
     return has_listeners(listeners, _LISTENER_KINDS)
 
 

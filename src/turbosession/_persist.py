@@ -61,7 +61,7 @@ if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem, PyDict_Next
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.cpython.ref import Py_INCREF
-    from cython.cimports.turbosession._cpython import has_listeners, state_object
+    from cython.cimports.turbosession._cpython import ListenerSites, has_listeners, state_object
     from cython.cimports.cpython.tuple import (
         PyTuple_GET_ITEM,
         PyTuple_New,
@@ -69,6 +69,7 @@ if cython.compiled:
     )
 else:
     from .listeners import has_listeners
+    ListenerSites = None  # the declaration below is plain None
 
 __all__ = [
     "batches",
@@ -122,6 +123,7 @@ _STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_tra
 _WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
 _FunctionType = cython.declare(object, types.FunctionType)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
+_listener_sites = cython.declare(ListenerSites)
 
 
 def _is_compiled():
@@ -133,6 +135,8 @@ def _is_compiled():
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
     """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    if cython.compiled:
+        return has_listeners(listeners, _LISTENER_KINDS, cython.address(_listener_sites))
     return has_listeners(listeners, _LISTENER_KINDS)
 
 

@@ -31,6 +31,7 @@ except ModuleNotFoundError:
 
 if cython.compiled:
     from cython.cimports.turbosession._cpython import (
+        ListenerSites,
         has_listeners,
         manager_impl,
         ClassSite,
@@ -41,6 +42,7 @@ if cython.compiled:
     )
 else:
     from .listeners import has_listeners
+    ListenerSites = None  # the declaration below is plain None
     SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
@@ -76,6 +78,7 @@ _STOCK_MODIFIED = cython.declare(object, InstanceState._modified_event)
 _NO_VALUE = cython.declare(object, _base.NO_VALUE)
 _DONT_SET = cython.declare(object, _base.DONT_SET)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
+_listener_sites = cython.declare(ListenerSites)
 _STOCK_CONTAINS = cython.declare(object, Session._contains_state)
 _InstanceState = cython.declare(object, InstanceState)
 _INSTANCE_DICT = cython.declare(object, _base.instance_dict)
@@ -251,6 +254,8 @@ def _has_stock_get(impl) -> cython.bint:
 @cython.exceptval(-1, check=False)
 def _has_listeners(listeners) -> cython.bint:
     """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    if cython.compiled:
+        return has_listeners(listeners, _LISTENER_KINDS, cython.address(_listener_sites))
     return has_listeners(listeners, _LISTENER_KINDS)
 
 

@@ -876,6 +876,7 @@ def register_persistent(session, states: set, commit_all_states):
     instance_dict = orm_base.instance_dict
     key_props_of: dict = {}
     instance_key: tuple
+    mapped: cython.bint
     key_props: tuple
     # the states and their dicts to reset afterwards: every flushed object
     # is held strongly (by _new, _deleted or its modified state) until then.
@@ -902,15 +903,15 @@ def register_persistent(session, states: set, commit_all_states):
         _check_identity_key(state, mapper, instance_key)
         key = state.key
         if key is None:
-            state.key = key = instance_key
+            state.key = instance_key
+            mapped = False  # a new state: replace() maps it
         elif key != instance_key:
             _switch_key(session, state, instance_key)
-            key = instance_key
-        # key is state.key now
-        if map_dict is not None and map_dict.get(key) is state:
-            old = None
+            mapped = False
         else:
-            old = identity_map.replace(state)
+            # an updated state is usually the one mapped under its key
+            mapped = map_dict is not None and map_dict.get(key) is state
+        old = None if mapped else identity_map.replace(state)
         if (
             old is not None
             and old.obj() is not None

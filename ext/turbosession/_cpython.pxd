@@ -236,6 +236,15 @@ cdef inline bint class_attribute_is(object cls, str name, object expected, Class
     return True
 
 
+cdef inline object class_lookup(object cls, str name):
+    """What ``cls``'s MRO holds under ``name``, as stored (a descriptor is
+    not called): the first ``__dict__`` entry, or None when none has it."""
+    cdef PyObject *found = _PyType_Lookup(<PyTypeObject *>cls, name)
+    if found == NULL:
+        return None
+    return <object>found
+
+
 cdef inline object own_value(object obj, str name, ClassSite *site):
     """``getattr(obj, name)`` where ``obj``'s class has no data descriptor
     ``name`` (none at all, or a plain class value or method a value of the

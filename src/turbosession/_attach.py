@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import logging
 import types
+import weakref
 from itertools import repeat
 
 from sqlalchemy import orm
+from sqlalchemy.event import base as event_base
 from sqlalchemy.orm import attributes, base, collections
 from sqlalchemy.orm.relationships import RelationshipProperty
 from sqlalchemy.orm.base import PassiveFlag
@@ -64,6 +66,8 @@ if cython.compiled:
         T_OBJECT_EX,
         ClassSite,
         PyMemberDescrObject,
+        class_lookup,
+        instance_dict,
         SlotSite,
         class_attribute_is,
         dict_version,
@@ -79,7 +83,8 @@ else:
     SlotSite = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
-    "add_all", "class_like", "counts", "delete_all", "fill_dispatch", "hooks_like", "pending_pairs", "reset_counts",
+    "add_all", "class_like", "counts", "delete_all", "fill_dispatch", "hooks_like", "open_dispatch",
+    "pending_pairs", "reset_counts",
     "session_delete", "set_session_hooks",
 ]
 
@@ -138,6 +143,19 @@ _MemberDescriptorType = cython.declare(object, types.MemberDescriptorType)
 _OBJECT_SETATTR = cython.declare(object, object.__setattr__)
 # a dispatcher class -> {event name: offset of its slot} (compiled)
 _dispatch_slots = cython.declare(dict, {})
+# the last listeners filled and their slots' offsets (_fill_slots)
+_fill_plan = cython.declare(object, None)
+# what ``session.dispatch`` runs the first time, as SQLAlchemy ships it
+# (open_dispatch makes the dispatcher itself only while these are the ones)
+_DISPATCHER = cython.declare(object, event_base.dispatcher)
+_DISPATCHER_GET = cython.declare(object, event_base.dispatcher.__dict__["__get__"])
+_FOR_INSTANCE = cython.declare(object, event_base._Dispatch.__dict__["_for_instance"])
+_FOR_CLASS = cython.declare(object, event_base._Dispatch.__dict__["_for_class"])
+_DISPATCH_INIT = cython.declare(object, event_base._Dispatch.__dict__["__init__"])
+_OBJECT_NEW = cython.declare(object, object.__dict__["__new__"])
+_WeakKeyDictionary = cython.declare(object, weakref.WeakKeyDictionary)
+_WEAK_KEY_GETITEM = cython.declare(object, weakref.WeakKeyDictionary.__dict__["__getitem__"])
+
 
 _log = logging.getLogger("turbosession")
 _DEBUG = logging.DEBUG
@@ -860,14 +878,127 @@ def fill_dispatch(dispatch):
     if not cython.compiled:
         any(map(setattr, repeat(dispatch), listeners.keys(), listeners.values()))
         return
+    _fill_slots(dispatch, listeners)
+
+
+@cython.cfunc
+def _fill_slots(dispatch, listeners: dict):
+    """``fill_dispatch``'s stores (compiled).  The listeners of the last
+    dispatcher class and listener dict filled, while that dict keeps its
+    version (the same keys and values), are stored from their offsets
+    found then (``_fill_plan``)."""
+    global _fill_plan
     cls = type(dispatch)
+    version = dict_version(listeners)
+    plan = _fill_plan
+    if (
+        plan is None
+        or version == 0
+        or plan[0] is not cls
+        or plan[1] is not listeners
+        or cython.cast(cython.ulonglong, plan[2]) != version
+    ):
+        plan = _plan_fill(cls, listeners, version)
+        if plan is None:
+            known: dict = _dispatch_slots[cls]
+            for name, listener in listeners.items():
+                offset = known.get(name)
+                if offset is None:
+                    setattr(dispatch, name, listener)
+                else:
+                    store_slot(dispatch, offset, listener)
+            return
+    offsets: tuple = plan[3]
+    values: tuple = plan[4]
+    i: cython.Py_ssize_t
+    for i in range(len(offsets)):
+        store_slot(dispatch, cython.cast(cython.Py_ssize_t, offsets[i]), values[i])
+
+
+@cython.cfunc
+def _plan_fill(cls, listeners: dict, version: cython.ulonglong):
+    """``(cls, listeners, version, offsets, values)``, kept as
+    ``_fill_plan``, when every listener has a slot of ``cls`` and the dict
+    has a version; else None."""
+    global _fill_plan
     offsets = _dispatch_slots.get(cls)
     if offsets is None:
         offsets = _dispatch_slots[cls] = _slot_offsets(cls)
     known: dict = offsets
+    found: list = []
+    values: list = []
     for name, listener in listeners.items():
         offset = known.get(name)
         if offset is None:
-            setattr(dispatch, name, listener)
-        else:
-            store_slot(dispatch, offset, listener)
+            found = None
+            break
+        found.append(offset)
+        values.append(listener)
+    if found is None or version == 0:
+        _fill_plan = None
+        return None
+    _fill_plan = (cls, listeners, version, tuple(found), tuple(values))
+    return _fill_plan
+
+
+def open_dispatch(session):
+    """The new session's own event dispatcher, made now with every event
+    slot filled (``fill_dispatch``), where stock makes it on first use.
+
+    Stock's ``session.dispatch`` (``dispatcher.__get__``) makes a dispatcher
+    of the class-level dispatcher's class over it (``_for_instance``,
+    ``_for_class``, ``_Dispatch.__init__``: its ``_parent``, its
+    ``_instance_cls`` and the class's shared ``_EmptyListener`` objects from
+    ``_empty_listener_reg``) and stores it in the session's ``__dict__``.
+    Compiled, that is done here directly while the session's class and the
+    dispatcher classes resolve those methods to SQLAlchemy's own and the
+    session class's listeners are registered (its first session takes the
+    descriptor); in every other case, and uncompiled, the descriptor makes
+    it.  The caller checks that the session has none yet."""
+    if cython.compiled:
+        dispatch = _made_dispatch(session)
+        if dispatch is not None:
+            return dispatch
+    dispatch = session.dispatch
+    fill_dispatch(dispatch)
+    return dispatch
+
+
+@cython.cfunc
+def _made_dispatch(session):
+    """``open_dispatch``'s dispatcher made without the descriptor's calls,
+    or None where the descriptor must make it."""
+    where = instance_dict(session)
+    if where is None:
+        return None
+    cls = type(session)
+    descr = class_lookup(cls, "dispatch")
+    if type(descr) is not _DISPATCHER or class_lookup(_DISPATCHER, "__get__") is not _DISPATCHER_GET:
+        return None
+    parent = descr.dispatch
+    dispatch_cls = type(parent)
+    if (
+        class_lookup(dispatch_cls, "_for_instance") is not _FOR_INSTANCE
+        or class_lookup(dispatch_cls, "_for_class") is not _FOR_CLASS
+        or class_lookup(dispatch_cls, "__init__") is not _DISPATCH_INIT
+        or class_lookup(dispatch_cls, "__new__") is not _OBJECT_NEW
+        or class_lookup(dispatch_cls, "__setattr__") is not _OBJECT_SETATTR
+    ):
+        return None
+    registry = class_lookup(dispatch_cls, "_empty_listener_reg")
+    if (
+        type(registry) is not _WeakKeyDictionary
+        or class_lookup(_WeakKeyDictionary, "__getitem__") is not _WEAK_KEY_GETITEM
+    ):
+        return None
+    # the registry's own lookup: self.data[ref(key)]
+    listeners = dict_get(registry.data, weakref.ref(cls), None)
+    if type(listeners) is not dict:
+        return None
+    dispatch = dispatch_cls.__new__(dispatch_cls)
+    dispatch._parent = parent
+    dispatch._instance_cls = cls
+    dispatch._empty_listeners = listeners
+    _fill_slots(dispatch, listeners)
+    cython.cast(dict, where)["dispatch"] = dispatch
+    return dispatch

@@ -48,9 +48,11 @@ class TurboSessionMixin:
         # later, to the session or its class, finds what it would have
         # found: it replaces the slot's _EmptyListener with the session's
         # own collection, and one added to the class is seen through the
-        # shared _EmptyListener as before.
+        # shared _EmptyListener as before.  Compiled, open_dispatch also
+        # makes the dispatcher as stock's descriptor would, without its
+        # Python calls.
         if "dispatch" not in self.__dict__:
-            self._turbo.attach.fill_dispatch(self.dispatch)
+            self._turbo.attach.open_dispatch(self)
 
     def commit(self):
         # stock's, with the root transaction's commit in turbosession.transaction

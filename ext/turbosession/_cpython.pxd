@@ -18,6 +18,7 @@ cdef extern from "Python.h":
         PyMemberDef *d_member
 
     PyTypeObject PyMemberDescr_Type
+    PyTypeObject PyGetSetDescr_Type
     PyTypeObject PyBaseObject_Type
     PyTypeObject PyType_Type
 
@@ -51,6 +52,7 @@ cdef extern from "Python.h":
     ctypedef struct PyGetSetDef:
         const char *name
         getter get
+        void *closure
 
     ctypedef struct PyGetSetDescrObject:
         PyGetSetDef *d_getset
@@ -283,6 +285,73 @@ cdef inline void fill_own_site(PyTypeObject *cls, str name, ClassSite *site) noe
         return
     site.cls = cls
     site.tag = tag
+
+
+# A call site's reading of objects' ``__dict__`` attribute, kept for the
+# last class read there: the class, its version tag then, and the getset
+# descriptor its ``__dict__`` resolves to (alive while the tag is the same:
+# the class's dict, which holds it, is unchanged).
+cdef struct DictSite:
+    PyTypeObject *cls  # compared only: its version tag says it is the same
+    unsigned int tag
+    PyObject *descr
+
+
+cdef inline object object_dict(object obj, DictSite *site):
+    """``obj.__dict__`` where ``obj``'s class looks attributes up as
+    ``object`` does and resolves ``__dict__`` to a getset descriptor (the
+    one CPython gives a class with a ``__dict__``, or any other): what that
+    lookup finds (a data descriptor, called before the instance's dict is
+    looked at), its C getter called directly while the class keeps the
+    version tag it had when ``site`` was filled.  Any other class, and the
+    first read of a class, take the attribute itself."""
+    cdef PyTypeObject *cls = <PyTypeObject *>Py_TYPE(obj)
+    if cls == site.cls and site.tag != 0 and cls.tp_version_tag == site.tag:
+        return (<PyGetSetDescrObject *>site.descr).d_getset.get(
+            obj, (<PyGetSetDescrObject *>site.descr).d_getset.closure
+        )
+    fill_dict_site(cls, site)
+    return obj.__dict__
+
+
+cdef inline void fill_dict_site(PyTypeObject *cls, DictSite *site) noexcept:
+    """``site`` set for ``cls`` when ``cls`` looks attributes up as
+    ``object`` does and its ``__dict__`` is a getset descriptor with a
+    getter, else cleared."""
+    cdef unsigned int tag = cls.tp_version_tag
+    cdef PyObject *found
+    site.cls = NULL
+    site.tag = 0
+    site.descr = NULL
+    if not looks_up_as_object(cls, tag):
+        return
+    found = _PyType_Lookup(cls, "__dict__")
+    if found == NULL or Py_TYPE(<object>found) != &PyGetSetDescr_Type:
+        return
+    if (<PyGetSetDescrObject *>found).d_getset.get == NULL:
+        return
+    if cls.tp_version_tag != tag:
+        return
+    site.cls = cls
+    site.tag = tag
+    site.descr = found
+
+
+cdef inline object live_state_dict(object state, SlotSite *obj_site, DictSite *dict_site):
+    """``state.obj().__dict__`` for a state of stock's ``InstanceState``
+    (the caller checks the class and that ``instance_dict`` is stock's
+    ``attrgetter("__dict__")``): its ``obj`` slot read at its offset
+    (``slot_value``), the weak reference's object without a Python call
+    (``state_object``), its ``__dict__`` through ``object_dict``; None once
+    the object is gone."""
+    ref = slot_value(state, "obj", obj_site)
+    if not PyWeakref_CheckRefExact(ref):
+        obj = ref()
+    else:
+        obj = ref_target(ref)
+    if obj is None:
+        return None
+    return object_dict(obj, dict_site)
 
 
 cdef inline object manager_impl(object manager, object key, object dict_getitem,

@@ -76,11 +76,13 @@ if cython.compiled:
         state_object,
         store_slot,
         type_version_tag,
+        DictSite,
+        live_state_dict,
     )
 else:
     from .listeners import has_listeners
     ListenerSites = None  # the declaration below is plain None
-    SlotSite = ClassSite = None  # the declarations below are plain None
+    SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
 
 __all__ = [
     "add_all", "class_like", "counts", "delete_all", "fill_dispatch", "hooks_like", "open_dispatch",
@@ -259,10 +261,17 @@ def _state_dict(state):
         or _BASE_NAMES.get("instance_dict") is not _STOCK_INSTANCE_DICT
     ):
         return state.dict
-    obj = state_object(state)
-    if obj is None:
+    found = live_state_dict(
+        state, cython.address(_obj_site), cython.address(_object_dict_site)
+    )
+    if found is None:
         return {}
-    return obj.__dict__
+    return found
+
+
+# compiled, the kept class lookups of _state_dict (_cpython.live_state_dict)
+_obj_site = cython.declare(SlotSite)
+_object_dict_site = cython.declare(DictSite)
 
 
 @cython.cfunc

@@ -39,11 +39,13 @@ if cython.compiled:
         class_attribute_is,
         slot_value,
         state_object,
+        DictSite,
+        live_state_dict,
     )
 else:
     from .listeners import has_listeners
     ListenerSites = None  # the declaration below is plain None
-    SlotSite = ClassSite = None  # the declarations below are plain None
+    SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
 
 __all__ = [
     "many_to_one_presort_deletes",
@@ -215,7 +217,7 @@ def _is_deleted(uow_states: dict, state) -> cython.bint:
 def _populate(source, dest, keys: tuple):
     """``sync._populate`` with the attribute keys looked up (no cascaded-pk flag)."""
     source_dict = _state_dict(source)
-    dest_dict = _state_dict(dest)
+    dest_dict = _dest_state_dict(dest) if cython.compiled else _state_dict(dest)
     pair: tuple
     for pair in keys:
         impl = (
@@ -439,12 +441,45 @@ def _state_dict(state):
     is ``attrgetter("__dict__")``, read here as the attribute itself while
     ``orm.base`` holds that one), or a new empty dict once the object is
     gone."""
+    if not cython.compiled:
+        # uncompiled, the reads themselves (no further call)
+        if type(state) is not _InstanceState or _BASE_NAMES.get("instance_dict") is not _INSTANCE_DICT:
+            return state.dict
+        obj = state.obj()
+        if obj is None:
+            return {}
+        return obj.__dict__
+    return _state_dict_at(state, False)
+
+
+@cython.cfunc
+def _dest_state_dict(state):
+    """``_state_dict`` with its own kept lookup of the object's class, for
+    the other side of a pair of states (``_populate``'s destination), whose
+    class is usually not the source's.  Compiled only."""
+    return _state_dict_at(state, True)
+
+
+@cython.cfunc
+@cython.inline
+def _state_dict_at(state, dest: cython.bint):
     if type(state) is not _InstanceState or _BASE_NAMES.get("instance_dict") is not _INSTANCE_DICT:
         return state.dict
-    obj = state_object(state) if cython.compiled else state.obj()
-    if obj is None:
+    # the obj slot and the object's __dict__ read without their class
+    # lookups (_cpython.live_state_dict)
+    found = live_state_dict(
+        state, cython.address(_obj_site),
+        cython.address(_dest_dict_site) if dest else cython.address(_object_dict_site),
+    )
+    if found is None:
         return {}
-    return obj.__dict__
+    return found
+
+
+# compiled, _state_dict's kept class lookups (_cpython.live_state_dict)
+_obj_site = cython.declare(SlotSite)
+_object_dict_site = cython.declare(DictSite)
+_dest_dict_site = cython.declare(DictSite)
 
 
 @cython.cfunc

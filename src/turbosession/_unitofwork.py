@@ -54,9 +54,11 @@ if cython.compiled:
         ClassSite,
         SlotSite,
         state_object,
+        DictSite,
+        live_state_dict,
     )
 else:
-    SlotSite = ClassSite = None  # the declarations below are plain None
+    SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
 
 __all__ = ["attribute_history", "split_per_state", "states_for_mapper_hierarchy"]
 
@@ -371,10 +373,24 @@ def _state_dict(state):
     gone."""
     if type(state) is not _InstanceState or _BASE_NAMES.get("instance_dict") is not _INSTANCE_DICT:
         return state.dict
-    obj = state_object(state) if cython.compiled else state.obj()
+    if cython.compiled:
+        # the obj slot and the object's __dict__ read without their class
+        # lookups (_cpython.live_state_dict)
+        found = live_state_dict(
+            state, cython.address(_obj_site), cython.address(_object_dict_site)
+        )
+        if found is None:
+            return {}
+        return found
+    obj = state.obj()
     if obj is None:
         return {}
     return obj.__dict__
+
+
+# compiled, _state_dict's kept class lookups (_cpython.live_state_dict)
+_obj_site = cython.declare(SlotSite)
+_object_dict_site = cython.declare(DictSite)
 
 
 @cython.cfunc

@@ -317,8 +317,11 @@ def loader_cached(
     row_setup: RowSetup = setup
     if row_setup.source is not mapper._prop_set:
         return "setup_reconfigured"
-    if row_setup.per_query:
+    if row_setup.per_query and not row_setup.lazy_only:
         return "setup_per_query"
+    if row_setup.lazy_only and context.load_options._is_user_refresh:
+        # the lazy loader's immediate load of a refreshed attribute
+        return "setup_options"
     if row_setup.primary_key_getter is None or mapper.polymorphic_map:
         return "setup_shape"
     if context.populate_existing or mapper.always_refresh:
@@ -425,6 +428,7 @@ class RowSetup:
     new_object = cython.declare(object)
     state_attr = cython.declare(str)
     per_query = cython.declare(cython.bint, visibility="readonly")
+    lazy_only = cython.declare(cython.bint, visibility="readonly")
     quick = cython.declare(list)
     expired_keys = cython.declare(tuple)
     new_populators = cython.declare(list)
@@ -438,7 +442,7 @@ class RowSetup:
     plain_new = cython.declare(cython.bint)
     state_in_dict = cython.declare(cython.bint)
 
-    def __init__(self, getters, mapper, is_not_primary_key, state_attr, source):
+    def __init__(self, getters, mapper, is_not_primary_key, state_attr, source, lazy_only):
         self.getters = getters
         self.primary_key_getter = getters["primary_key_getter"]
         # what a plain tuple row is read with (positions instead of getters)
@@ -460,7 +464,11 @@ class RowSetup:
         # reconfigured mapper has a new one, and the setup is rebuilt
         self.source = source
         self.per_query = bool(getters["todo"])
-        if not self.per_query:
+        # the per-execution properties are all class-level lazy loaders
+        # without an option in this compiled statement: each execution's
+        # populators are the cached ones (see turbosession.instances)
+        self.lazy_only = self.per_query and lazy_only
+        if not self.per_query or self.lazy_only:
             _read_populators(self, getters["cached_populators"])
 
 
@@ -829,7 +837,7 @@ def _new_loader(
     self.load_path = load_path
     self.load_options = load_options
     quick_positions = setup.quick_positions
-    if setup.per_query:
+    if populators is not None:
         _read_populators(self, populators)
         if not _same_list(self.quick, setup.cached_quick):
             quick_positions = _quick_positions(self.quick)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.orm import attributes, base, instrumentation, loading, strategies
+from sqlalchemy.orm import attributes, base, instrumentation, interfaces, loading, strategies
 
 from .loads import GET_LOAD_ATTR
 from .session import TurboSessionMixin
@@ -317,7 +317,7 @@ def _row_loader(bundle, mapper, context, path, stock):
     key = (_SETUP_KEY, bundle.name, mapper, path.natural_path)
     loader = make(stock, at, mapper, attributes, key, map_class)
     if loader is None:
-        if _row_setup(bundle, mapper, attributes, key, stock.__closure__) is None:
+        if _row_setup(bundle, mapper, attributes, key, stock.__closure__, path) is None:
             return _fallback("load_instrumentation", stock)
         loader = make(stock, at, mapper, attributes, key, map_class)
     if type(loader) is str:
@@ -326,7 +326,7 @@ def _row_loader(bundle, mapper, context, path, stock):
     return loader
 
 
-def _row_setup(bundle, mapper, attributes, key, closure):
+def _row_setup(bundle, mapper, attributes, key, closure, path):
     """A new ``RowSetup`` of the bundle for this mapper and path of the
     compiled statement, kept in its compile state's ``attributes`` under
     ``key``; or None when the mapper's class is not instrumented as stock
@@ -345,11 +345,39 @@ def _row_setup(bundle, mapper, attributes, key, closure):
     setup = bundle.instances.RowSetup(
         getters, mapper, closure[_IS_NOT_PRIMARY_KEY].cell_contents,
         base.DEFAULT_STATE_ATTR, mapper._prop_set,
+        _lazy_only(getters["todo"], path, attributes),
     )
     attributes[key] = setup
     return setup
 
 
+def _lazy_only(todo, path, attributes):
+    """Whether every property of ``todo`` (those stock sets up against each
+    execution) is a relationship of stock's class-level lazy loader with no
+    loader option for it in this compiled statement (``attributes``, which
+    each execution's context copies): its ``create_row_processor`` then adds
+    no populator and changes nothing (without populate_existing and outside
+    a refresh, which ``loader_cached`` checks for each execution), so stock's
+    ``_instance_processor`` need not run for it.  Decided once per compiled
+    statement, when its ``RowSetup`` is built."""
+    for prop in todo:
+        if type(prop).create_row_processor is not _STRATEGIZED_ROW_PROCESSOR:
+            return False
+        strategy = prop.strategy
+        if type(strategy) is not strategies._LazyLoader or not strategy.is_class_level:
+            return False
+        search_path = path[prop]
+        for path_key in (
+            search_path._loader_key,
+            search_path._wildcard_path_loader_key,
+            search_path._default_path_loader_key,
+        ):
+            if path_key in attributes:
+                return False
+    return True
+
+
+_STRATEGIZED_ROW_PROCESSOR = interfaces.StrategizedProperty.create_row_processor
 _SETUP_KEY = "turbosession.instances.row_setup"
 # per bundle name: its loader_over, the closure positions it reads, its
 # identity map class

@@ -496,6 +496,7 @@ def test_stock_sessions_get_stock_closure(engine):
         assert turbosession.stats()["loads"]["instances"] == {
             "fast": 0, "fallback": {}, "rows": 0, "rows_to_stock": 0,
             "collections": 0, "collections_to_stock": {},
+            "setup": {"cached": 0, "stock": {}},
         }
     finally:
         Base.metadata.drop_all(engine)
@@ -731,16 +732,20 @@ def test_repeated_executions_match_stock(session_cls, engine, pure_loop):
 def setups(monkeypatch):
     """The RowSetups of the loaders the hook builds, in order."""
     returned = []
-    original = instances._row_loader
 
-    def recording(*args):
-        loader = original(*args)
-        setup = getattr(loader, "setup", None)
-        if setup is not None:
-            returned.append(setup)
-        return loader
+    def recorder(original):
+        def recording(*args):
+            loader = original(*args)
+            setup = getattr(loader, "setup", None)
+            if setup is not None:
+                returned.append(setup)
+            return loader
 
-    monkeypatch.setattr(instances, "_row_loader", recording)
+        return recording
+
+    # built over stock's closure, or from the cached setup alone
+    monkeypatch.setattr(instances, "_row_loader", recorder(instances._row_loader))
+    monkeypatch.setattr(instances, "_cached_loader", recorder(instances._cached_loader))
     return returned
 
 
@@ -1231,3 +1236,192 @@ def test_remapped_between_executions_matches_stock(session_cls, engine, pure_loo
     assert setups[2] is setups[3]
     assert setups[2] is not setups[0]
     assert setups[2].source is not setups[0].source
+
+
+def cached_setup_between_executions(session_cls, engine, log):
+    """One statement object of a columns-only mapper (a deferred column, no
+    relationship: its loader is built from the cached setup without stock's
+    ``_instance_processor``) executed again and again with what changes
+    between executions: objects already present (a deferred column unloaded:
+    their rows go to stock's closure, made then), an expired object and an
+    expired attribute (partial rows), listeners added and removed,
+    populate_existing, defer / undefer / load_only options, a refresh; and a
+    mapper with a lazy many-to-one (set up against each execution: stock's
+    function runs) whose lazy loads follow."""
+    from sqlalchemy import Column, MetaData, Table
+    from sqlalchemy.orm import registry as make_registry
+
+    metadata = MetaData()
+    gadget = Table(
+        "ti_cached_gadget", metadata,
+        Column("id", Integer, primary_key=True), Column("name", String(50)),
+        Column("size", Integer),
+    )
+    part = Table(
+        "ti_cached_part", metadata,
+        Column("id", Integer, primary_key=True), Column("label", String(50)),
+        Column("gadget_id", ForeignKey("ti_cached_gadget.id")),
+    )
+
+    class Gadget:
+        pass
+
+    class Part:
+        pass
+
+    metadata.create_all(engine)
+    runids = Runids()
+    held = []
+    mapping = make_registry()
+    statement_ = []
+
+    def load(label, session, low, query=None, **kw):
+        result = session.scalars(query if query is not None else statement_[0], {"low": low},
+                                 **kw).all()
+        held.append(result)
+        log.note(label, [(type(o).__name__, inspect(o).key[1]) for o in result])
+        log.note(label, "session", scrub(repr(session_record_any(session, runids))))
+        return result
+
+    def on_load(target, context):
+        log.note("load", type(target).__name__, inspect(target).key[1],
+                 sorted(k for k in vars(target) if not k.startswith("_")))
+
+    def on_refresh(target, context, attrs):
+        log.note("refresh", inspect(target).key[1], attrs and sorted(attrs))
+
+    def on_persistent(sess, instance):
+        log.note("loaded_as_persistent", type(instance).__name__, inspect(instance).key[1])
+
+    try:
+        with engine.begin() as conn:
+            conn.execute(gadget.insert(), [
+                {"id": i, "name": f"gadget {i}", "size": i * 10} for i in range(1, 6)
+            ])
+            conn.execute(part.insert(), [
+                {"id": i, "label": f"part {i}", "gadget_id": i % 5 + 1} for i in range(1, 5)
+            ])
+        mapping.map_imperatively(
+            Gadget, gadget, properties={"size": deferred(gadget.c.size)}
+        )
+        mapping.map_imperatively(
+            Part, part, properties={"gadget": relationship(Gadget, lazy="select")}
+        )
+        statement = select(Gadget).where(Gadget.id > bindparam("low")).order_by(Gadget.id)
+        statement_.append(statement)
+        with session_cls(engine) as session:
+            load("first", session, 0)
+            session.expunge_all()
+            load("again", session, 1)
+            # present objects with their deferred column unloaded
+            load("present", session, 0)
+            first = held[-1][0]
+            session.expire(first)
+            session.expire(held[-1][2], ["name"])
+            load("expired", session, 0)
+            log.note("deferred", [g.size for g in held[-1][:2]])
+            load("after deferred loads", session, 0)
+            session.expunge_all()
+            event.listen(Gadget, "load", on_load)
+            event.listen(Gadget, "refresh", on_refresh)
+            try:
+                load("load listener", session, 2)
+                load("populate_existing", session, 0,
+                     execution_options={"populate_existing": True})
+                session.refresh(held[-1][1])
+                log.note("refreshed", "session", scrub(repr(session_record_any(session, runids))))
+            finally:
+                event.remove(Gadget, "load", on_load)
+                event.remove(Gadget, "refresh", on_refresh)
+            session.expunge_all()
+            load("listeners removed", session, 0)
+            session.expunge_all()
+            event.listen(session, "loaded_as_persistent", on_persistent)
+            load("loaded_as_persistent", session, 3)
+            event.remove(session, "loaded_as_persistent", on_persistent)
+            for name, option in (
+                ("undefer", undefer(Gadget.size)),
+                ("load_only", load_only(Gadget.name)),
+                ("defer", defer(Gadget.name)),
+            ):
+                session.expunge_all()
+                load(name, session, 1, statement.options(option))
+                session.expunge_all()
+                load(name + " again", session, 0, statement.options(option))
+                load(name + " present", session, 0, statement.options(option))
+            session.expunge_all()
+            load("yield_per", session, 0, execution_options={"yield_per": 2})
+            load("identity token", session, 0, execution_options={"identity_token": "t"})
+            parts = select(Part).where(Part.id > bindparam("low")).order_by(Part.id)
+            session.expunge_all()
+            load("parts", session, 0, parts)
+            session.expunge_all()
+            loaded = load("parts again", session, 1, parts)
+            log.note("lazy loads", [(p.gadget.id, p.gadget.name) for p in loaded])
+            log.note("after lazy loads", "session", scrub(repr(session_record_any(session, runids))))
+            load("parts populate_existing", session, 0, parts,
+                 execution_options={"populate_existing": True})
+            # a loader option for the relationship: set up against each
+            # execution by stock's function
+            for name, option in (
+                ("lazyload", lazyload(Part.gadget)),
+                ("joinedload", joinedload(Part.gadget)),
+                ("selectinload", selectinload(Part.gadget)),
+            ):
+                for again in ("", " again"):
+                    session.expunge_all()
+                    loaded = load("parts " + name + again, session, 1, parts.options(option))
+                    log.note(name, [(p.gadget.id, p.gadget.name) for p in loaded])
+            session.commit()
+            # all expired by the commit: every row goes to stock's closure
+            load("after commit", session, 0)
+
+        def during(target, context):
+            # changes, during the first new object's load, what stock's
+            # closure read when it was set up: the rows after it that go to
+            # stock's closure must not see them
+            if inspect(target).key[1] == (1,) and not changed:
+                changed.append(True)
+                event.listen(target_session[0], "loaded_as_persistent", on_persistent)
+                if close[0]:
+                    target_session[0].close()
+
+        target_session = []
+        changed = []
+        close = [False]
+        for closing in (False, True):
+            with session_cls(engine) as session:
+                target_session[:] = [session]
+                changed.clear()
+                close[0] = closing
+                # the first row's object new, the others present with their
+                # deferred column unloaded (their rows go to stock's closure)
+                session.expunge(load("present for listeners", session, 0)[0])
+                event.listen(Gadget, "load", during)
+                try:
+                    try:
+                        load("listeners added while loading", session, 0)
+                    except Exception as error:
+                        log.note("raised", normalize_error(error))
+                finally:
+                    event.remove(Gadget, "load", during)
+                    assert changed
+                    event.remove(session, "loaded_as_persistent", on_persistent)
+    finally:
+        mapping.dispose()
+        metadata.drop_all(engine)
+
+
+def test_cached_setup_between_executions_matches_stock(session_cls, engine, pure_loop, setups):
+    turbosession.reset_stats()
+    assert_same_as_stock(cached_setup_between_executions, session_cls, engine, Base.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    # the repeated executions of the columns-only entity and of the one with
+    # a class-level lazy loader built from the cached setup alone; with a
+    # loader option for the relationship, set up by stock's function
+    assert loaded["setup"]["cached"] >= 20, loaded
+    assert loaded["setup"]["stock"]["setup_per_query"] == 3, loaded
+    assert loaded["setup"]["stock"]["setup_options"] == 2, loaded
+    assert loaded["rows_to_stock"] > 0, loaded
+    # the refresh and the two deferred-column loads
+    assert loaded["fallback"] == {"load_populate_existing": 2, "load_refresh": 3}, loaded

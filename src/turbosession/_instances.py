@@ -3,10 +3,14 @@
 ``RowLoader`` is what a query's row processor is in a turbosession session
 when ``turbosession.instances`` decided, once per query setup, that the query
 has the common shape (one plain mapper, no refresh, no ``populate_existing``,
-no version check).  It is built from stock's own ``_instance`` closure: every
-value stock computed for this query (the primary-key getter, the populators,
-the load path, the post-load, the event flags, the identity map) is read from
-that closure's cells, so nothing of the per-query setup is repeated here.
+no version check).  On a repeated execution of a compiled statement whose
+entity has only the cached (column) populators, it is built from the
+statement's cached ``RowSetup`` alone (``loader_cached``): the few values
+stock's ``_instance_processor`` computes for each execution (the identity
+map, the runid, the load path and options, the post-load, the event flags)
+are computed as stock computes them, and stock's closure is made only when a
+row needs it.  Otherwise it is built over stock's own ``_instance`` closure
+(``loader_over``): those values are read from that closure's cells.
 
 Per row it does what the closure does for the two rows that make up almost
 every load: a row whose identity is not in the identity map (a new object,
@@ -274,8 +278,82 @@ def loader_over(stock, at: tuple, mapper, attributes: dict, key, map_class) -> o
     hits_to_stock: cython.bint = bool(_cell(closure[i])) and bool(_cell(closure[j]))
     # the identity map of turbosession's own class: the loop reads its dict
     i = at[3]
-    map_is_own: cython.bint = type(_cell(closure[i])) is map_class
-    return RowLoader(stock, closure, at, row_setup, hits_to_stock, map_is_own)
+    identity_map = _cell(closure[i])
+    persistent_evt = _cell(closure[_at(at, 10)])
+    return _new_loader(
+        stock, row_setup, _cell(closure[_at(at, 0)]), _cell(closure[_at(at, 1)]),
+        identity_map, type(identity_map) is map_class, _cell(closure[_at(at, 4)]),
+        _cell(closure[_at(at, 5)]), _cell(closure[_at(at, 6)]), _cell(closure[_at(at, 7)]),
+        _cell(closure[_at(at, 8)]) if row_setup.per_query else None,
+        _cell(closure[_at(at, 9)]), persistent_evt, _cell(closure[_at(at, 11)]),
+        # assigned only when there are listeners
+        _cell(closure[_at(at, _ALWAYS_ASSIGNED)]) if persistent_evt else None,
+        hits_to_stock,
+    )
+
+
+def loader_cached(
+    setup, mapper, context, session, path, map_class, stock_factory, stock_args: tuple,
+    at: tuple,
+) -> object:
+    """For one execution, the ``RowLoader`` built from the compiled
+    statement's ``RowSetup`` ``setup`` alone, without stock's
+    ``_instance_processor``; or the reason (a key of ``turbosession.
+    instances.SETUP_REASONS``) why this execution needs stock's closure
+    first.
+
+    Covered: a setup of the mapper as it is configured now (its memoized
+    ``_prop_set``), built for a row query (a primary-key getter), of an
+    entity whose populators are all the cached ones (no property sets up
+    its row processor against each execution: stock's ``todo`` is empty,
+    so its ``_instance_processor`` has no side effect to keep); a mapper
+    without a polymorphic map; no populate_existing (nor always_refresh), no
+    version check against a version column, stock's instrumentation
+    functions.  The values stock's function computes for each execution
+    are computed here as it computes them, in its order; its closure, for
+    the rows the loop hands to it, is made by ``stock_factory(*stock_args)``
+    on the first such row (``at``: the positions of CELLS in it).
+    """
+    row_setup: RowSetup = setup
+    if row_setup.source is not mapper._prop_set:
+        return "setup_reconfigured"
+    if row_setup.per_query and not row_setup.lazy_only:
+        return "setup_per_query"
+    if row_setup.lazy_only and context.load_options._is_user_refresh:
+        # the lazy loader's immediate load of a refreshed attribute
+        return "setup_options"
+    if row_setup.primary_key_getter is None or mapper.polymorphic_map:
+        return "setup_shape"
+    if context.populate_existing or mapper.always_refresh:
+        return "setup_options"
+    if context.version_check and mapper.version_id_col is not None:
+        return "setup_options"
+    if (
+        orm_attributes.instance_state is not _instance_state
+        or orm_attributes.instance_dict is not _instance_dict
+    ):
+        return "setup_options"
+    compile_state = context.compile_state
+    current_path = compile_state.current_path
+    load_path = current_path + path if current_path.path else path
+    identity_map = session.identity_map
+    dispatch = mapper.class_manager.dispatch
+    load_evt = bool(dispatch.load)
+    # read as stock reads it (the dispatcher keeps what a first read makes)
+    dispatch.refresh
+    loaded_as_persistent = session.dispatch.loaded_as_persistent
+    persistent_evt = bool(loaded_as_persistent)
+    post_load = context.post_load_paths.get(load_path.path)
+    loader: RowLoader = _new_loader(
+        None, row_setup, context, context.identity_token, identity_map,
+        type(identity_map) is map_class, session.hash_key, context.runid, load_path,
+        context.propagated_loader_options, None, load_evt, persistent_evt, post_load,
+        loaded_as_persistent if persistent_evt else None, False,
+    )
+    loader.stock_factory = stock_factory
+    loader.stock_args = stock_args
+    loader.stock_at = at
+    return loader
 
 _rows_fast = cython.declare(cython.Py_ssize_t, 0)
 _rows_stock = cython.declare(cython.Py_ssize_t, 0)
@@ -350,6 +428,7 @@ class RowSetup:
     new_object = cython.declare(object)
     state_attr = cython.declare(str)
     per_query = cython.declare(cython.bint, visibility="readonly")
+    lazy_only = cython.declare(cython.bint, visibility="readonly")
     quick = cython.declare(list)
     expired_keys = cython.declare(tuple)
     new_populators = cython.declare(list)
@@ -363,7 +442,7 @@ class RowSetup:
     plain_new = cython.declare(cython.bint)
     state_in_dict = cython.declare(cython.bint)
 
-    def __init__(self, getters, mapper, is_not_primary_key, state_attr, source):
+    def __init__(self, getters, mapper, is_not_primary_key, state_attr, source, lazy_only):
         self.getters = getters
         self.primary_key_getter = getters["primary_key_getter"]
         # what a plain tuple row is read with (positions instead of getters)
@@ -385,7 +464,11 @@ class RowSetup:
         # reconfigured mapper has a new one, and the setup is rebuilt
         self.source = source
         self.per_query = bool(getters["todo"])
-        if not self.per_query:
+        # the per-execution properties are all class-level lazy loaders
+        # without an option in this compiled statement: each execution's
+        # populators are the cached ones (see turbosession.instances)
+        self.lazy_only = self.per_query and lazy_only
+        if not self.per_query or self.lazy_only:
             _read_populators(self, getters["cached_populators"])
 
 
@@ -462,76 +545,39 @@ class RowLoader:
     post_load = cython.declare(object)
     hits_to_stock = cython.declare(cython.bint)
     setup = cython.declare(RowSetup, visibility="readonly")
-
-    def __init__(
-        self, stock, closure: tuple, at: tuple, setup: RowSetup, hits_to_stock, map_is_own
-    ):
-        # ``at``: the position in ``closure`` of each cell named in CELLS;
-        # what does not change between executions comes from ``setup``;
-        # ``map_is_own``: the identity map is turbosession's own class, whose
-        # dict and weak reference are read here (they never change)
-        self.stock = stock
-        self.setup = setup
-        self.context = _cell(closure[_at(at, 0)])
-        self.identity_token = _cell(closure[_at(at, 1)])
-        self.primary_key_getter = _cell(closure[_at(at, 2)])
-        identity_map = _cell(closure[_at(at, 3)])
-        self.identity_map = identity_map
-        if map_is_own:
-            self.map_dict = identity_map._dict
-            self.map_ref = identity_map._wr
-        self.session_id = _cell(closure[_at(at, 4)])
-        self.runid = _cell(closure[_at(at, 5)])
-        self.load_path = _cell(closure[_at(at, 6)])
-        self.load_options = _cell(closure[_at(at, 7)])
-        quick_positions = setup.quick_positions
-        if setup.per_query:
-            _read_populators(self, _cell(closure[_at(at, 8)]))
-            if not _same_list(self.quick, setup.cached_quick):
-                quick_positions = _quick_positions(self.quick)
-        else:
-            self.quick = setup.quick
-            self.expired_keys = setup.expired_keys
-            self.new_populators = setup.new_populators
-            self.existing_populators = setup.existing_populators
-            self.has_eager = setup.has_eager
-        self.existing_steps = (
-            _existing_steps(self.existing_populators) if self.existing_populators else _NO_STEPS
-        )
-        if quick_positions is not None:
-            self.quick_keys, self.quick_indexes = quick_positions
-        self.load_evt = _cell(closure[_at(at, 9)])
-        self.persistent_evt = _cell(closure[_at(at, 10)])
-        self.post_load = _cell(closure[_at(at, 11)])
-        # assigned only when there are listeners
-        self.loaded_as_persistent = (
-            _cell(closure[_at(at, _ALWAYS_ASSIGNED)]) if self.persistent_evt else None
-        )
-        self.identity_class = setup.identity_class
-        self.is_not_primary_key = setup.is_not_primary_key
-        self.none_mode = setup.none_mode
-        pk_positions = setup.pk_positions
-        if pk_positions is not None and self.primary_key_getter is setup.primary_key_getter:
-            self.pk_start, self.pk_stop, self.pk_indexes = pk_positions
-            self.pk_slice = self.pk_indexes is None
-        manager = setup.manager
-        self.manager = manager
-        self.class_ = setup.class_
-        self.new_object = setup.new_object
-        self.plain_new = setup.plain_new
-        # a memoized property that fires first_init when first read: read it
-        # only once stock's new_instance() has (see _new_object)
-        self.state_constructor = manager.__dict__.get("_state_constructor")
-        self.init_inline = _init_is_known(self.state_constructor)
-        self.state_attr = setup.state_attr
-        self.state_in_dict = setup.state_in_dict
-        self.hits_to_stock = hits_to_stock
+    # without stock's closure (loader_cached): what makes it for the rows
+    # handed to it
+    stock_factory = cython.declare(object)
+    stock_args = cython.declare(tuple)
+    stock_at = cython.declare(tuple)
 
     @cython.cfunc
     def _to_stock(self, row) -> object:
         global _rows_stock
         _rows_stock += 1
+        if self.stock is None:
+            self.stock = self._make_stock()
         return self.stock(row)
+
+    @cython.cfunc
+    def _make_stock(self) -> object:
+        """Stock's closure for a loader built from the cached setup alone:
+        stock's ``_instance_processor`` with this entity's arguments (no side
+        effects for an entity without per-execution properties, see
+        ``loader_cached``), its cells of what can have changed since this
+        execution was set up (the session's identity map after a close, a
+        listener added, a post-load) set to what this loader read then, as
+        stock's closure made then would hold them."""
+        stock = self.stock_factory(*self.stock_args)
+        closure: tuple = stock.__closure__
+        at: tuple = self.stock_at
+        closure[_at(at, 3)].cell_contents = self.identity_map
+        closure[_at(at, 9)].cell_contents = self.load_evt
+        closure[_at(at, 10)].cell_contents = self.persistent_evt
+        if self.persistent_evt:
+            closure[_at(at, _ALWAYS_ASSIGNED)].cell_contents = self.loaded_as_persistent
+        closure[_at(at, 11)].cell_contents = self.post_load
+        return stock
 
     @cython.cfunc
     def _primary_key(self, row) -> object:
@@ -761,6 +807,75 @@ class RowLoader:
             self.post_load.add_state(state, True)
         _rows_fast += 1
         return instance
+
+
+@cython.cfunc
+def _new_loader(
+    stock, setup: RowSetup, context, identity_token, identity_map, map_is_own: cython.bint,
+    session_id, runid, load_path, load_options, populators, load_evt, persistent_evt,
+    post_load, loaded_as_persistent, hits_to_stock: cython.bint,
+) -> RowLoader:
+    """A ``RowLoader`` of one execution: ``stock``, stock's ``_instance``
+    closure (None when built from the cached setup alone), the values stock
+    computes for each execution, and ``populators``, that execution's
+    populator dict (read only for a setup with per-execution properties);
+    what does not change between executions comes from ``setup``;
+    ``map_is_own``: the identity map is turbosession's own class, whose dict
+    and weak reference are read here (they never change)."""
+    self: RowLoader = RowLoader.__new__(RowLoader)
+    self.stock = stock
+    self.setup = setup
+    self.context = context
+    self.identity_token = identity_token
+    self.primary_key_getter = setup.primary_key_getter
+    self.identity_map = identity_map
+    if map_is_own:
+        self.map_dict = identity_map._dict
+        self.map_ref = identity_map._wr
+    self.session_id = session_id
+    self.runid = runid
+    self.load_path = load_path
+    self.load_options = load_options
+    quick_positions = setup.quick_positions
+    if populators is not None:
+        _read_populators(self, populators)
+        if not _same_list(self.quick, setup.cached_quick):
+            quick_positions = _quick_positions(self.quick)
+    else:
+        self.quick = setup.quick
+        self.expired_keys = setup.expired_keys
+        self.new_populators = setup.new_populators
+        self.existing_populators = setup.existing_populators
+        self.has_eager = setup.has_eager
+    self.existing_steps = (
+        _existing_steps(self.existing_populators) if self.existing_populators else _NO_STEPS
+    )
+    if quick_positions is not None:
+        self.quick_keys, self.quick_indexes = quick_positions
+    self.load_evt = load_evt
+    self.persistent_evt = persistent_evt
+    self.post_load = post_load
+    self.loaded_as_persistent = loaded_as_persistent
+    self.identity_class = setup.identity_class
+    self.is_not_primary_key = setup.is_not_primary_key
+    self.none_mode = setup.none_mode
+    pk_positions = setup.pk_positions
+    if pk_positions is not None:
+        self.pk_start, self.pk_stop, self.pk_indexes = pk_positions
+        self.pk_slice = self.pk_indexes is None
+    manager = setup.manager
+    self.manager = manager
+    self.class_ = setup.class_
+    self.new_object = setup.new_object
+    self.plain_new = setup.plain_new
+    # a memoized property that fires first_init when first read: read it
+    # only once stock's new_instance() has (see _new_object)
+    self.state_constructor = manager.__dict__.get("_state_constructor")
+    self.init_inline = _init_is_known(self.state_constructor)
+    self.state_attr = setup.state_attr
+    self.state_in_dict = setup.state_in_dict
+    self.hits_to_stock = hits_to_stock
+    return self
 
 
 @cython.cfunc

@@ -9,8 +9,13 @@ there.  It always calls stock's function first, unchanged, and returns its
 closure as is unless the query runs in a turbosession session (an instance of
 ``TurboSessionMixin``): every other session gets exactly what stock gives it.
 
-For a turbosession session the decision is made here, once per query entity
-and in Python.  The primary-key load of a ``get()`` miss (the statement
+For a turbosession session whose compiled statement already has the
+entity's ``RowSetup`` (below) and whose entity has only column populators,
+stock's function is not called: the bundle's ``loader_cached`` builds the
+loader from that setup and the execution's values (``_cached_loader``,
+counted in ``setup_counts()``), and stock's closure is made only for a row
+the loop hands to it.  Otherwise stock's function runs first and the
+decision is made here, once per query entity and in Python.  The primary-key load of a ``get()`` miss (the statement
 ``_loading`` keeps on the mapper, ``loads.GET_LOAD_ATTR``) keeps stock's
 closure: it loads one row, and building the loop over the closure costs more
 than the loop saves on one row (callgrind).  Otherwise a query of the covered
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.orm import attributes, base, instrumentation, loading, strategies
+from sqlalchemy.orm import attributes, base, instrumentation, interfaces, loading, strategies
 
 from .loads import GET_LOAD_ATTR
 from .session import TurboSessionMixin
@@ -103,9 +108,11 @@ def counts():
 
 
 def reset_counts():
-    global _fast
+    global _fast, _setup_cached
     _fast = 0
     _fallbacks.clear()
+    _setup_cached = 0
+    _setup_stock.clear()
 
 
 def _fallback(reason, stock):
@@ -173,7 +180,25 @@ def instance_processor(
     _polymorphic_from=None,
 ):
     """Stock's ``_instance_processor``; for a query of a turbosession session
-    of the covered shape, its closure wrapped in turbosession's loop."""
+    of the covered shape, turbosession's loop (built from the cached setup
+    alone, or over stock's closure)."""
+    session = context.session
+    if (
+        refresh_state is None
+        and only_load_props is None
+        and _polymorphic_from is None
+        and isinstance(session, TurboSessionMixin)
+    ):
+        get_load = mapper.__dict__.get(GET_LOAD_ATTR)
+        if get_load is None or get_load[0] is not context.query:
+            bundle = session._turbo
+            if PURE_LOOP or bundle is _COMPILED:
+                loader = _cached_loader(
+                    bundle, query_entity, mapper, context, result, path, adapter,
+                    polymorphic_discriminator, session,
+                )
+                if loader is not None:
+                    return loader
     stock = STOCK_INSTANCE_PROCESSOR(
         query_entity,
         mapper,
@@ -186,7 +211,6 @@ def instance_processor(
         polymorphic_discriminator,
         _polymorphic_from,
     )
-    session = context.session
     if not isinstance(session, TurboSessionMixin):
         return stock
     get_load = mapper.__dict__.get(GET_LOAD_ATTR)
@@ -221,6 +245,61 @@ def instance_processor(
     return _fallback("load_closure", stock)
 
 
+def _cached_loader(
+    bundle, query_entity, mapper, context, result, path, adapter, polymorphic_discriminator,
+    session,
+):
+    """The bundle's RowLoader built from the compiled statement's cached
+    ``RowSetup`` without calling stock's ``_instance_processor`` (the
+    bundle's ``loader_cached`` says which executions it covers); or None,
+    when the hook goes on as before: stock's function first, then the
+    loader over its closure (``_row_loader``) or stock's closure.  Counted
+    in ``setup_counts()``: ``cached``, and the others by reason
+    (``SETUP_REASONS``)."""
+    global _fast, _setup_cached
+    key = (_SETUP_KEY, bundle.name, mapper, path.natural_path)
+    setup = context.compile_state.attributes.get(key)
+    if setup is None:
+        _setup_stock["setup_first"] = _setup_stock.get("setup_first", 0) + 1
+        return None
+    make, at, map_class = _CACHED[bundle.name]
+    loader = make(
+        setup, mapper, context, session, path, map_class, STOCK_INSTANCE_PROCESSOR,
+        (query_entity, mapper, context, result, path, adapter, None, None,
+         polymorphic_discriminator, None),
+        at,
+    )
+    if type(loader) is str:
+        _setup_stock[loader] = _setup_stock.get(loader, 0) + 1
+        return None
+    _setup_cached += 1
+    _fast += 1
+    return loader
+
+
+SETUP_REASONS = {
+    "setup_first": "the compiled statement has no RowSetup for this entity yet "
+    "(its first execution, or one that fell back)",
+    "setup_reconfigured": "the mapper was reconfigured since the RowSetup was built",
+    "setup_per_query": "a property of the entity (a relationship, another "
+    "strategy) sets up its row processor against each execution: stock's "
+    "_instance_processor runs, for its side effects",
+    "setup_shape": "a polymorphic mapper, or a statement set up for a refresh",
+    "setup_options": "populate_existing or always_refresh, a version check, or "
+    "patched instrumentation functions",
+}
+
+_setup_cached = 0
+_setup_stock: dict = {}
+
+
+def setup_counts():
+    """``{"cached": n, "stock": {reason: n}}``: query entities whose loader
+    was built from the cached setup alone, and those for which stock's
+    ``_instance_processor`` ran, by reason."""
+    return {"cached": _setup_cached, "stock": dict(_setup_stock)}
+
+
 def _row_loader(bundle, mapper, context, path, stock):
     """The bundle's RowLoader over stock's ``_instance`` closure, or that
     closure (counted under its reason) when the loop does not cover it.
@@ -238,7 +317,7 @@ def _row_loader(bundle, mapper, context, path, stock):
     key = (_SETUP_KEY, bundle.name, mapper, path.natural_path)
     loader = make(stock, at, mapper, attributes, key, map_class)
     if loader is None:
-        if _row_setup(bundle, mapper, attributes, key, stock.__closure__) is None:
+        if _row_setup(bundle, mapper, attributes, key, stock.__closure__, path) is None:
             return _fallback("load_instrumentation", stock)
         loader = make(stock, at, mapper, attributes, key, map_class)
     if type(loader) is str:
@@ -247,7 +326,7 @@ def _row_loader(bundle, mapper, context, path, stock):
     return loader
 
 
-def _row_setup(bundle, mapper, attributes, key, closure):
+def _row_setup(bundle, mapper, attributes, key, closure, path):
     """A new ``RowSetup`` of the bundle for this mapper and path of the
     compiled statement, kept in its compile state's ``attributes`` under
     ``key``; or None when the mapper's class is not instrumented as stock
@@ -266,15 +345,46 @@ def _row_setup(bundle, mapper, attributes, key, closure):
     setup = bundle.instances.RowSetup(
         getters, mapper, closure[_IS_NOT_PRIMARY_KEY].cell_contents,
         base.DEFAULT_STATE_ATTR, mapper._prop_set,
+        _lazy_only(getters["todo"], path, attributes),
     )
     attributes[key] = setup
     return setup
 
 
+def _lazy_only(todo, path, attributes):
+    """Whether every property of ``todo`` (those stock sets up against each
+    execution) is a relationship of stock's class-level lazy loader with no
+    loader option for it in this compiled statement (``attributes``, which
+    each execution's context copies): its ``create_row_processor`` then adds
+    no populator and changes nothing (without populate_existing and outside
+    a refresh, which ``loader_cached`` checks for each execution), so stock's
+    ``_instance_processor`` need not run for it.  Decided once per compiled
+    statement, when its ``RowSetup`` is built."""
+    for prop in todo:
+        if type(prop).create_row_processor is not _STRATEGIZED_ROW_PROCESSOR:
+            return False
+        strategy = prop.strategy
+        if type(strategy) is not strategies._LazyLoader or not strategy.is_class_level:
+            return False
+        search_path = path[prop]
+        for path_key in (
+            search_path._loader_key,
+            search_path._wildcard_path_loader_key,
+            search_path._default_path_loader_key,
+        ):
+            if path_key in attributes:
+                return False
+    return True
+
+
+_STRATEGIZED_ROW_PROCESSOR = interfaces.StrategizedProperty.create_row_processor
 _SETUP_KEY = "turbosession.instances.row_setup"
 # per bundle name: its loader_over, the closure positions it reads, its
 # identity map class
 _MAKERS = {}
+# per bundle name: its loader_cached, the closure positions its loaders
+# set when they make stock's closure, its identity map class
+_CACHED = {}
 _COMPILED = None
 
 # the polymorphic_instance closure of stock's _decorate_polymorphic_switch
@@ -330,6 +440,10 @@ def install():
             _MAKERS[bundle.name] = (
                 bundle.instances.loader_over,
                 _positions(bundle),
+                bundle.identity.WeakIdentityMap,
+            )
+            _CACHED[bundle.name] = (
+                bundle.instances.loader_cached, _positions(bundle),
                 bundle.identity.WeakIdentityMap,
             )
     if loading._instance_processor is STOCK_INSTANCE_PROCESSOR:

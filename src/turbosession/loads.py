@@ -225,7 +225,7 @@ def stats():
     "fallback": {reason: n}, "cursor_fallback": {reason: n}},
     "instances": {"fast": n, "fallback": {reason: n}, "rows": n,
     "rows_to_stock": n, "collections": n, "collections_to_stock": {reason:
-    n}}, "execute": {"direct": n, "fallback": {reason: n}}}`` over both implementations: ``get`` counts calls
+    n}, "setup": {"cached": n, "stock": {reason: n}}}, "execute": {"direct": n, "fallback": {reason: n}}}`` over both implementations: ``get`` counts calls
     answered from the identity map (``fast``), misses loaded with
     turbosession's per-mapper statement (``loaded``; ``direct``: of those, the
     ones run without ``Session.execute``'s per-call setup, which was decided
@@ -236,7 +236,10 @@ def stats():
     turbosession's loop (``fast``) or stock's closure (by reason), the rows
     that loop handled or handed to stock's closure, and the eager loaders'
     collection steps done on the loop or not (by reason,
-    ``_instances.COLLECTION_FALLBACK_REASONS``); ``execute`` counts
+    ``_instances.COLLECTION_FALLBACK_REASONS``), and (``setup``) the query
+    entities whose loader was built from the compiled statement's cached
+    setup without stock's ``_instance_processor`` or not (by reason,
+    ``instances.SETUP_REASONS``); ``execute`` counts
     ``Session.execute`` / ``scalars`` / ``scalar`` calls run without stock's
     ``_execute_internal`` setup (``direct``) or by it (by reason,
     ``EXECUTE_FALLBACK_REASONS``)."""
@@ -273,6 +276,7 @@ def stats():
                     rows[key][reason] = rows[key].get(reason, 0) + m
             else:
                 rows[key] += n
+    rows["setup"] = instances.setup_counts()
     return {"get": get, "execute": execute, "instances": rows}
 
 

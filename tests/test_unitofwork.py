@@ -288,3 +288,105 @@ def test_attribute_history_matches_stock(impl):
 
 def test_compiled_flag(impl):
     assert impl.unitofwork._is_compiled() == (impl.name == "compiled")
+
+
+class Vehicle(Base):
+    __tablename__ = "uw_vehicle"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+    kind: Mapped[str] = mapped_column(String(10))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "vehicle"}
+
+
+class Car(Vehicle):
+    __mapper_args__ = {"polymorphic_identity": "car"}
+
+
+class Truck(Vehicle):
+    __mapper_args__ = {"polymorphic_identity": "truck"}
+
+
+class Van(Car):
+    __mapper_args__ = {"polymorphic_identity": "van"}
+
+
+@pytest.mark.parametrize("classes", [(Vehicle, Car, Truck, Van), (Car,), (Van, Vehicle)])
+def test_states_of_mappers_as_stock_states_for_mapper_hierarchy(impl, session_cls, db, classes):
+    """``states_of_mappers`` given the hierarchy as a tuple (as the flush's
+    plan keeps it) finds stock's states in stock's order, for every flag
+    pair, and leaves ``uow.mappers`` as stock's lookup leaves it (an empty
+    set for a mapper of the hierarchy without states)."""
+    with session_cls(db, expire_on_commit=False, autoflush=False) as session:
+        kept = [cls(name=f"old {i}") for i, cls in enumerate(classes * 2)]
+        session.add_all(kept)
+        session.commit()
+        session.add_all(cls(name=f"new {i}") for i, cls in enumerate(classes * 3))
+        session.delete(kept[0])
+        session.delete(kept[-1])
+        kept[1].name = "changed"
+        base = Vehicle.__mapper__
+
+        def run(find):
+            uow = unitofwork.UOWTransaction(session)
+            flush._register_states(session, uow, None, session._dirty_states)
+            found = [
+                [name_of(s) for s in find(uow, base, isdelete, listonly)]
+                for isdelete in (False, True)
+                for listonly in (False, True)
+            ]
+            return found, sorted(
+                (m.class_.__name__, len(states)) for m, states in uow.mappers.items()
+            )
+
+        expected = run(
+            lambda uow, m, d, l: list(
+                unitofwork.UOWTransaction.states_for_mapper_hierarchy(uow, m, d, l)
+            )
+        )
+        hierarchy = tuple(base.self_and_descendants)
+        actual = run(lambda uow, m, d, l: impl.unitofwork.states_of_mappers(uow, hierarchy, d, l))
+        by_mapper = run(impl.unitofwork.states_for_mapper_hierarchy)
+        assert actual == expected == by_mapper
+        assert any(expected[0][0]) and any(expected[0][2])
+        session.rollback()
+
+
+def test_sort_states_of_one_state_as_stock(impl, db):
+    """``persist.sort_states`` of a single state (its shortcut) gives
+    stock's ``persistence._sort_states`` result and raises its errors: a
+    pending state's ``insert_order`` is read, a persistent state's sort
+    key function is called (its ``TypeError`` reported as stock reports it)."""
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.orm import Session, persistence
+
+    mapper = Vehicle.__mapper__
+    calls = []
+
+    def sortkey(state):
+        calls.append(name_of(state))
+        return state.key[1]
+
+    def bad_sortkey(state):
+        raise TypeError("unsortable")
+
+    with Session(db) as session:
+        old = Car(name="old")
+        session.add(old)
+        session.flush()
+        new = Truck(name="new")
+        session.add(new)
+        for obj in (old, new):
+            state = attributes.instance_state(obj)
+            expected = persistence._sort_states(mapper, [state])
+            assert impl.persist.sort_states([state], None) == expected == [state]
+            del calls[:]
+            assert impl.persist.sort_states([state], sortkey) == [state]
+            assert calls == ([] if obj is new else ["old"])
+        state = attributes.instance_state(old)
+        with pytest.raises(sa_exc.InvalidRequestError, match="unsortable"):
+            impl.persist.sort_states([state], bad_sortkey)
+        # a state never added (insert_order as InstanceState leaves it)
+        loose = attributes.instance_state(Car(name="loose"))
+        assert impl.persist.sort_states([loose], None) == persistence._sort_states(
+            mapper, [loose]
+        ) == [loose]

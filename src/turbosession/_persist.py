@@ -1198,6 +1198,17 @@ def sort_states(states, sortkey):
     mapper's ``_persistent_sortkey_fn``, or None where that only reads the
     identity key's values).  The sets are built as stock builds them, so
     states with equal keys come in stock's order."""
+    if type(states) is list and len(states) == 1:
+        # one state: stock's sorts give it back after reading its key for
+        # the sort it is in (a pending state's ``insert_order``, or the
+        # identity key's values: a ``sortkey`` of the mapper's is called
+        # below, as stock calls it)
+        state = states[0]
+        if state.key is None:
+            state.insert_order
+            return [state]
+        if sortkey is None:
+            return [state]
     pending: set = set(states)
     persistent: set = {s for s in pending if s.key is not None}
     pending.difference_update(persistent)

@@ -60,7 +60,9 @@ if cython.compiled:
 else:
     SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
 
-__all__ = ["attribute_history", "split_per_state", "states_for_mapper_hierarchy"]
+__all__ = [
+    "attribute_history", "split_per_state", "states_for_mapper_hierarchy", "states_of_mappers"
+]
 
 _SQL_OK = cython.declare(object, attributes.SQL_OK)
 _RELOAD = cython.declare(
@@ -430,11 +432,22 @@ def attribute_history(uow, state, key, passive):
 
 def states_for_mapper_hierarchy(uow, mapper, isdelete, listonly):
     """States of ``mapper``'s hierarchy flagged ``(isdelete, listonly)``."""
+    return states_of_mappers(
+        uow, tuple(mapper.base_mapper.self_and_descendants), isdelete, listonly
+    )
+
+
+def states_of_mappers(uow, hierarchy: tuple, isdelete, listonly) -> list:
+    """``states_for_mapper_hierarchy`` given the hierarchy's mappers in
+    ``self_and_descendants`` order (a ``util.WeakSequence``, whose
+    iteration is a Python generator: a caller that keeps the tuple per
+    base mapper passes it).  ``uow.mappers`` is read as stock reads it
+    (its ``defaultdict`` gains an empty set for a mapper without states)."""
     checktup: tuple = (isdelete, listonly)
     states: dict = uow.states
     mappers = uow.mappers
     found: list = []
-    for submapper in mapper.base_mapper.self_and_descendants:
+    for submapper in hierarchy:
         for state in mappers[submapper]:
             if states[state] == checktup:
                 found.append(state)

@@ -264,7 +264,9 @@ def run_steps(uow, steps):
     ``ActionRunner``'s are, even if it fails."""
     session = uow.session
     persist = session._turbo.persist
-    states_for = session._turbo.unitofwork.states_for_mapper_hierarchy
+    # the hierarchy's mappers as the plan keeps them (the tuple of
+    # self_and_descendants), rather than iterating its WeakSequence
+    states_of = session._turbo.unitofwork.states_of_mappers
     reason = None
     try:
         for key in steps:
@@ -276,9 +278,9 @@ def run_steps(uow, steps):
                     reason = step_reason
                 uow.postsort_actions[key].execute(uow)
             elif kind is _SaveUpdateAll:
-                _save(uow, mapper, persist, states_for(uow, mapper, False, False))
+                _save(uow, mapper, persist, states_of(uow, plan.mappers, False, False))
             else:
-                states = states_for(uow, mapper, True, False)
+                states = states_of(uow, plan.mappers, True, False)
                 if states or not _asks_nothing(uow, mapper):
                     _delete(uow, mapper, persist, states)
     finally:

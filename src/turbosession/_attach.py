@@ -892,10 +892,11 @@ def fill_dispatch(dispatch):
 
 @cython.cfunc
 def _fill_slots(dispatch, listeners: dict):
-    """``fill_dispatch``'s stores (compiled).  The listeners of the last
-    dispatcher class and listener dict filled, while that dict keeps its
-    version (the same keys and values), are stored from their offsets
-    found then (``_fill_plan``)."""
+    """``fill_dispatch``'s stores (compiled): each listener at its slot's
+    offset, or by ``setattr`` where it has none.  The offsets found for the
+    last dispatcher class and listener dict filled are kept
+    (``_fill_plan``) while that dict keeps its version (the same keys and
+    values)."""
     global _fill_plan
     cls = type(dispatch)
     version = dict_version(listeners)
@@ -908,46 +909,35 @@ def _fill_slots(dispatch, listeners: dict):
         or cython.cast(cython.ulonglong, plan[2]) != version
     ):
         plan = _plan_fill(cls, listeners, version)
-        if plan is None:
-            known: dict = _dispatch_slots[cls]
-            for name, listener in listeners.items():
-                offset = known.get(name)
-                if offset is None:
-                    setattr(dispatch, name, listener)
-                else:
-                    store_slot(dispatch, offset, listener)
-            return
-    offsets: tuple = plan[3]
-    values: tuple = plan[4]
+    names: tuple = plan[3]
+    offsets: tuple = plan[4]
+    values: tuple = plan[5]
     i: cython.Py_ssize_t
+    offset: cython.Py_ssize_t
     for i in range(len(offsets)):
-        store_slot(dispatch, cython.cast(cython.Py_ssize_t, offsets[i]), values[i])
+        offset = offsets[i]
+        if offset < 0:
+            setattr(dispatch, names[i], values[i])
+        else:
+            store_slot(dispatch, offset, values[i])
 
 
 @cython.cfunc
-def _plan_fill(cls, listeners: dict, version: cython.ulonglong):
-    """``(cls, listeners, version, offsets, values)``, kept as
-    ``_fill_plan``, when every listener has a slot of ``cls`` and the dict
-    has a version; else None."""
+def _plan_fill(cls, listeners: dict, version: cython.ulonglong) -> tuple:
+    """``(cls, listeners, version, names, offsets, values)`` of the
+    listener dict (offset -1: no slot of ``cls``), kept as ``_fill_plan``
+    when the dict has a version."""
     global _fill_plan
     offsets = _dispatch_slots.get(cls)
     if offsets is None:
         offsets = _dispatch_slots[cls] = _slot_offsets(cls)
     known: dict = offsets
-    found: list = []
-    values: list = []
-    for name, listener in listeners.items():
-        offset = known.get(name)
-        if offset is None:
-            found = None
-            break
-        found.append(offset)
-        values.append(listener)
-    if found is None or version == 0:
-        _fill_plan = None
-        return None
-    _fill_plan = (cls, listeners, version, tuple(found), tuple(values))
-    return _fill_plan
+    plan = (
+        cls, listeners, version, tuple(listeners.keys()),
+        tuple([known.get(name, -1) for name in listeners]), tuple(listeners.values()),
+    )
+    _fill_plan = plan if version != 0 else None
+    return plan
 
 
 def open_dispatch(session):

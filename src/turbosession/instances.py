@@ -183,22 +183,25 @@ def instance_processor(
     of the covered shape, turbosession's loop (built from the cached setup
     alone, or over stock's closure)."""
     session = context.session
-    if (
-        refresh_state is None
-        and only_load_props is None
-        and _polymorphic_from is None
-        and isinstance(session, TurboSessionMixin)
-    ):
+    turbo = isinstance(session, TurboSessionMixin)
+    if turbo:
         get_load = mapper.__dict__.get(GET_LOAD_ATTR)
-        if get_load is None or get_load[0] is not context.query:
-            bundle = session._turbo
-            if PURE_LOOP or bundle is _COMPILED:
-                loader = _cached_loader(
-                    bundle, query_entity, mapper, context, result, path, adapter,
-                    polymorphic_discriminator, session,
-                )
-                if loader is not None:
-                    return loader
+        for_get = get_load is not None and get_load[0] is context.query
+        bundle = session._turbo
+        looped = PURE_LOOP or bundle is _COMPILED
+        if (
+            looped
+            and not for_get
+            and refresh_state is None
+            and only_load_props is None
+            and _polymorphic_from is None
+        ):
+            loader = _cached_loader(
+                bundle, query_entity, mapper, context, result, path, adapter,
+                polymorphic_discriminator, session,
+            )
+            if loader is not None:
+                return loader
     stock = STOCK_INSTANCE_PROCESSOR(
         query_entity,
         mapper,
@@ -211,13 +214,11 @@ def instance_processor(
         polymorphic_discriminator,
         _polymorphic_from,
     )
-    if not isinstance(session, TurboSessionMixin):
+    if not turbo:
         return stock
-    get_load = mapper.__dict__.get(GET_LOAD_ATTR)
-    if get_load is not None and get_load[0] is context.query:
+    if for_get:
         return _fallback("load_get", stock)
-    bundle = session._turbo
-    if not PURE_LOOP and bundle is not _COMPILED:
+    if not looped:
         return _fallback("load_pure", stock)
     if refresh_state is not None or only_load_props is not None:
         return _fallback("load_refresh", stock)
@@ -257,12 +258,11 @@ def _cached_loader(
     in ``setup_counts()``: ``cached``, and the others by reason
     (``SETUP_REASONS``)."""
     global _fast, _setup_cached
-    key = (_SETUP_KEY, bundle.name, mapper, path.natural_path)
-    setup = context.compile_state.attributes.get(key)
+    setup = context.compile_state.attributes.get(_setup_key(bundle, mapper, path))
     if setup is None:
         _setup_stock["setup_first"] = _setup_stock.get("setup_first", 0) + 1
         return None
-    make, at, map_class = _CACHED[bundle.name]
+    _, make, at, map_class = _MAKERS[bundle.name]
     loader = make(
         setup, mapper, context, session, path, map_class, STOCK_INSTANCE_PROCESSOR,
         (query_entity, mapper, context, result, path, adapter, None, None,
@@ -312,9 +312,9 @@ def _row_loader(bundle, mapper, context, path, stock):
     global _fast
     if not _CLOSURE_KNOWN:
         return _fallback("load_closure", stock)
-    make, at, map_class = _MAKERS[bundle.name]
+    make, _, at, map_class = _MAKERS[bundle.name]
     attributes = context.compile_state.attributes
-    key = (_SETUP_KEY, bundle.name, mapper, path.natural_path)
+    key = _setup_key(bundle, mapper, path)
     loader = make(stock, at, mapper, attributes, key, map_class)
     if loader is None:
         if _row_setup(bundle, mapper, attributes, key, stock.__closure__, path) is None:
@@ -379,12 +379,17 @@ def _lazy_only(todo, path, attributes):
 
 _STRATEGIZED_ROW_PROCESSOR = interfaces.StrategizedProperty.create_row_processor
 _SETUP_KEY = "turbosession.instances.row_setup"
-# per bundle name: its loader_over, the closure positions it reads, its
-# identity map class
+
+
+def _setup_key(bundle, mapper, path):
+    """Where the compiled statement's attributes keep the bundle's
+    ``RowSetup`` for this mapper and path."""
+    return (_SETUP_KEY, bundle.name, mapper, path.natural_path)
+
+# per bundle name: its loader_over and loader_cached, the closure positions
+# they read (loader_cached's loaders set them when they make stock's
+# closure), its identity map class
 _MAKERS = {}
-# per bundle name: its loader_cached, the closure positions its loaders
-# set when they make stock's closure, its identity map class
-_CACHED = {}
 _COMPILED = None
 
 # the polymorphic_instance closure of stock's _decorate_polymorphic_switch
@@ -439,11 +444,8 @@ def install():
         if bundle is not None and _CLOSURE_KNOWN:
             _MAKERS[bundle.name] = (
                 bundle.instances.loader_over,
+                bundle.instances.loader_cached,
                 _positions(bundle),
-                bundle.identity.WeakIdentityMap,
-            )
-            _CACHED[bundle.name] = (
-                bundle.instances.loader_cached, _positions(bundle),
                 bundle.identity.WeakIdentityMap,
             )
     if loading._instance_processor is STOCK_INSTANCE_PROCESSOR:

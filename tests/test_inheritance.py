@@ -122,6 +122,53 @@ class UnbatchedSub(Unbatched):
     __mapper_args__ = {"polymorphic_identity": "sub"}
 
 
+class Part(Base):
+    """Joined inheritance whose INSERTs fetch nothing back (every column
+    given): after each base-table INSERT stock copies the key to the
+    subclass table's column (``sync._populate``), on turbosession's loop."""
+
+    __tablename__ = "ih_part"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(20))
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "part"}
+
+
+class Gear(Part):
+    __tablename__ = "ih_gear"
+    id: Mapped[int] = mapped_column(ForeignKey("ih_part.id"), primary_key=True)
+    teeth: Mapped[int]
+    __mapper_args__ = {"polymorphic_identity": "gear"}
+
+
+class Bolt(Part):
+    """The subclass table's key has an attribute of its own."""
+
+    __tablename__ = "ih_bolt"
+    bolt_id: Mapped[int] = mapped_column(ForeignKey("ih_part.id"), primary_key=True)
+    size: Mapped[int]
+    __mapper_args__ = {"polymorphic_identity": "bolt"}
+
+
+class Housing(Base):
+    """``passive_updates=False`` (inherited by its subclasses): stock flags
+    no cascaded key."""
+
+    __tablename__ = "ih_housing"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(20))
+    __mapper_args__ = {
+        "polymorphic_on": "kind", "polymorphic_identity": "housing", "passive_updates": False,
+    }
+
+
+class Nut(Housing):
+    __tablename__ = "ih_nut"
+    id: Mapped[int] = mapped_column(ForeignKey("ih_housing.id"), primary_key=True)
+    thread: Mapped[str] = mapped_column(String(10))
+    __mapper_args__ = {"polymorphic_identity": "nut"}
+
+
 EVENT_NAMES = ["before_insert", "after_insert", "before_update", "after_update",
                "before_delete", "after_delete"]
 SESSION_EVENTS = ["pending_to_persistent", "persistent_to_deleted", "deleted_to_detached"]
@@ -397,3 +444,65 @@ def scenario_unbatched(session_cls, engine, log):
 
 def test_batch_false(session_cls, engine):
     compare(scenario_unbatched, session_cls, engine)
+
+
+def scenario_key_sync(session_cls, engine, log):
+    """The key copied between a joined subclass's tables after its INSERTs:
+    the object's committed state and history seen by ``after_insert``, the
+    flush's ``pk_cascaded`` flags (``after_flush``), a ``set`` listener on
+    the copied attribute (stock's attribute events), then an expired key."""
+    session = session_cls(engine)
+
+    def on_insert(mapper, connection, target):
+        insp = orm.attributes.instance_state(target)
+        log.note(
+            "after_insert", type(target).__name__,
+            sorted((k, scrub(repr(v))) for k, v in insp.committed_state.items()),
+            sorted(insp.dict.get(k) for k in ("id", "bolt_id") if k in insp.dict),
+            [tuple(map(list, orm.attributes.get_history(target, k)))
+             for k in ("id", "bolt_id") if hasattr(type(target), k)],
+        )
+
+    def on_flush(sess, flush_context):
+        log.note("pk_cascaded", sorted(
+            (type(key[1].obj()).__name__, key[1].dict.get("id"), str(key[2]))
+            for key in flush_context.attributes if key[0] == "pk_cascaded"
+        ))
+
+    def on_set(target, value, oldvalue, initiator):
+        log.note("set", type(target).__name__, value, scrub(repr(oldvalue)))
+
+    event.listen(Part, "after_insert", on_insert, propagate=True)
+    event.listen(Housing, "after_insert", on_insert, propagate=True)
+    event.listen(session, "after_flush", on_flush)
+    try:
+        parts = [Gear(id=1, name="g1", teeth=10), Bolt(id=2, name="b1", size=5),
+                 Nut(id=3, thread="m5"), Part(id=4, name="p"),
+                 Gear(id=5, name="g2", teeth=12), Bolt(id=6, name="b2", size=6)]
+        session.add_all(parts)
+        guarded(log, session.flush)
+        log.note("objects", [describe(o) for o in parts])
+        event.listen(Bolt.bolt_id, "set", on_set)
+        try:
+            more = [Bolt(id=7, name="b3", size=7), Gear(id=8, name="g3", teeth=3)]
+            session.add_all(more)
+            guarded(log, session.flush)
+            log.note("objects", [describe(o) for o in more])
+        finally:
+            event.remove(Bolt.bolt_id, "set", on_set)
+        session.commit()
+        log.note("rows", session.execute(text("SELECT * FROM ih_bolt ORDER BY bolt_id")).all(),
+                 session.execute(text("SELECT * FROM ih_gear ORDER BY id")).all(),
+                 session.execute(text("SELECT * FROM ih_nut ORDER BY id")).all())
+    finally:
+        event.remove(Part, "after_insert", on_insert)
+        event.remove(Housing, "after_insert", on_insert)
+        session.close()
+
+
+def test_key_sync_between_tables(session_cls, engine):
+    entries = compare(scenario_key_sync, session_cls, engine)
+    cascaded = [e for e in entries if e[0] == "pk_cascaded"]
+    assert cascaded and ("Bolt", 2, "ih_bolt.bolt_id") in cascaded[0][1]
+    assert not any(name == "Nut" for name, _, _ in cascaded[0][1])
+    assert any(e[0] == "set" for e in entries)

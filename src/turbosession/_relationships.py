@@ -60,6 +60,7 @@ __all__ = [
     "many_to_one_saves",
     "one_to_many_deletes",
     "one_to_many_saves",
+    "sync_keys",
 ]
 
 _NO_INITIALIZE = cython.declare(object, PassiveFlag.PASSIVE_NO_INITIALIZE)
@@ -218,26 +219,66 @@ def _populate(source, dest, keys: tuple):
     """``sync._populate`` with the attribute keys looked up (no cascaded-pk flag)."""
     source_dict = _state_dict(source)
     dest_dict = _dest_state_dict(dest) if cython.compiled else _state_dict(dest)
+    source_manager = source.manager
+    dest_manager = dest.manager
     pair: tuple
     for pair in keys:
-        impl = (
-            _impl_of(source.manager, pair[0]) if cython.compiled
-            else source.manager[pair[0]].impl
-        )
-        if not cython.compiled:
-            # uncompiled, the attributes' own methods, as before (the
-            # direct copy is for the compiled loop)
-            dest.manager[pair[1]].impl.set(
-                dest, dest_dict, impl.get(source, source_dict, _OFF), None
-            )
+        _copy(source, source_dict, dest, dest_dict, source_manager, dest_manager, pair[0], pair[1])
+
+
+def sync_keys(uow, batch: list, plans: dict, describe, stock):
+    """For each record of an INSERT or UPDATE batch of a table, what
+    stock's ``_postfetch`` does when the statement had nothing to fetch:
+    ``sync._populate(state, m, state, m, pairs, uow, passive_updates)`` for
+    each ``(m, pairs)`` of the record's mapper's ``_table_to_equated`` (the
+    key copied between the tables of a joined-inheritance object).
+
+    ``plans`` keeps ``describe(mapper)`` per record mapper: a tuple of
+    ``(source key, destination key, column)`` in stock's order, the
+    column the one ``uow.attributes[("pk_cascaded", state, column)]`` is
+    set for after its copy (None where stock sets none), or None, where
+    ``stock(uow, state, mapper)`` does the record (a column not mapped:
+    stock raises its error there)."""
+    attributes: dict = uow.attributes
+    step: tuple
+    for record in batch:
+        state = record[0]
+        mapper = record[3]
+        plan = plans.get(mapper, _ABSENT)
+        if plan is _ABSENT:
+            plan = plans[mapper] = describe(mapper)
+        if plan is None:
+            stock(uow, state, mapper)
             continue
-        key = pair[0]
-        if key in source_dict and _has_stock_get(impl):
-            # the first step of stock's ``get``
-            value = source_dict[key]
-        else:
-            value = impl.get(source, source_dict, _OFF)
-        _set(dest, dest_dict, _impl_of(dest.manager, pair[1]), value)
+        state_dict = _state_dict(state)
+        manager = state.manager
+        for step in plan:
+            _copy(state, state_dict, state, state_dict, manager, manager, step[0], step[1])
+            if step[2] is not None:
+                attributes[("pk_cascaded", state, step[2])] = True
+
+
+@cython.cfunc
+def _copy(source, source_dict, dest, dest_dict, source_manager, dest_manager, source_key, dest_key):
+    """One pair of ``sync._populate``: the source attribute's value (stock's
+    ``get`` with ``PASSIVE_OFF``) set on the destination's attribute."""
+    impl = (
+        _impl_of(source_manager, source_key) if cython.compiled
+        else source_manager[source_key].impl
+    )
+    if not cython.compiled:
+        # uncompiled, the attributes' own methods (the direct copy is for
+        # the compiled loop)
+        dest_manager[dest_key].impl.set(
+            dest, dest_dict, impl.get(source, source_dict, _OFF), None
+        )
+        return
+    if source_key in source_dict and _has_stock_get(impl):
+        # the first step of stock's ``get``
+        value = source_dict[source_key]
+    else:
+        value = impl.get(source, source_dict, _OFF)
+    _set(dest, dest_dict, _impl_of(dest_manager, dest_key), value)
 
 
 @cython.cfunc

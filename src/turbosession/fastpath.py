@@ -25,6 +25,7 @@ by stock's ``_finalize_insert_update_commands`` (expiry, the SELECT of eager
 defaults or a server-side version, ``after_insert``/``after_update``).
 """
 
+import functools
 import logging
 from collections import Counter
 from itertools import chain
@@ -528,17 +529,65 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
         )
 
 
+_STOCK_POPULATE = sync._populate
+
+
 def _sync_keys(uow, table, batch):
     """All stock's ``_postfetch`` does for the records of a batch whose
     statement had nothing to prefetch, postfetch or return: synchronise the
-    keys between each record's mapper's tables (joined inheritance)."""
-    for record in batch:
-        state = record[0]
-        record_mapper = record[3]
-        for m, equated_pairs in record_mapper._table_to_equated[table]:
-            sync._populate(
-                state, m, state, m, equated_pairs, uow, record_mapper.passive_updates
-            )
+    keys between each record's mapper's tables (joined inheritance), on
+    the session's ``relationships`` loop (``sync_keys``) with the
+    attribute keys of each mapper's pairs looked up once (``_sync_plan``),
+    while ``sync._populate`` is stock's; else stock's ``sync._populate``."""
+    if sync._populate is not _STOCK_POPULATE:
+        for record in batch:
+            _stock_sync(uow, record[0], record[3], table)
+        return
+    uow.session._turbo.relationships.sync_keys(
+        uow,
+        batch,
+        {},
+        functools.partial(_sync_plan, table=table),
+        functools.partial(_stock_sync, table=table),
+    )
+
+
+def _stock_sync(uow, state, mapper, table):
+    for m, equated_pairs in mapper._table_to_equated[table]:
+        sync._populate(state, m, state, m, equated_pairs, uow, mapper.passive_updates)
+
+
+def _sync_plan(mapper, table):
+    """What ``sync._populate`` does over ``mapper._table_to_equated[table]``
+    for each of its states, as the steps of ``sync_keys``: a tuple of
+    (source attribute key, destination attribute key, column flagged
+    ``pk_cascaded`` or None), in stock's order; None when a column is not
+    mapped (stock raises its error).  Made again once ``_table_to_equated``
+    is (``memo.derived``)."""
+    return derived(
+        mapper,
+        ("turbosession.sync_keys", table),
+        mapper._table_to_equated,
+        functools.partial(_build_sync_plan, table=table),
+    )
+
+
+def _build_sync_plan(mapper, table):
+    flag = mapper.passive_updates
+    steps = []
+    try:
+        for m, pairs in mapper._table_to_equated[table]:
+            to_property = m._columntoproperty
+            for left, right in pairs:
+                cascaded = (
+                    flag and left.primary_key and right.primary_key and right.references(left)
+                )
+                steps.append(
+                    (to_property[left].key, to_property[right].key, right if cascaded else None)
+                )
+    except orm_exc.UnmappedColumnError:
+        return None
+    return tuple(steps)
 
 
 def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postfetch):

@@ -123,6 +123,23 @@ _STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_tra
 _WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
 _FunctionType = cython.declare(object, types.FunctionType)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
+
+
+def _validator_code():
+    """The code of the ``_validate_polymorphic_identity`` function stock's
+    ``Mapper._configure_polymorphic_setter`` makes for a mapper with a
+    discriminator, or None if this SQLAlchemy makes none of that name."""
+    for const in Mapper._configure_polymorphic_setter.__code__.co_consts:
+        if (
+            isinstance(const, types.CodeType)
+            and const.co_name == "_validate_polymorphic_identity"
+            and const.co_freevars == ("polymorphic_key",)
+        ):
+            return const
+    return None
+
+
+_VALIDATOR_CODE = cython.declare(object, _validator_code())
 _listener_sites = cython.declare(ListenerSites)
 
 
@@ -300,6 +317,19 @@ def _identity_key(key_props: tuple, state, dict_) -> tuple:
 
 
 @cython.cfunc
+def _validated_key(validate):
+    """The discriminator's key ``validate`` checks when it is the function
+    stock's mapper made (its code, its one closure cell), else None."""
+    if (
+        _VALIDATOR_CODE is not None
+        and type(validate) is types.FunctionType
+        and validate.__code__ is _VALIDATOR_CODE
+    ):
+        return validate.__closure__[0].cell_contents
+    return None
+
+
+@cython.cfunc
 @cython.inline
 def _committed_version(mapper, state, dict_, version_col) -> object:
     """The version an UPDATE or DELETE expects the row to have, or None."""
@@ -326,6 +356,14 @@ def organize_for_save(mapper, states, uow, connection):
     insert_listeners: cython.bint = _has_listeners(before_insert)
     update_listeners: cython.bint = _has_listeners(before_update)
     validate = mapper._validate_polymorphic_identity
+    # stock's validator warns only for a discriminator in the dict that
+    # the mapper does not accept: asked here, the function called then
+    validated_key = None
+    acceptable = None
+    if validate is not None:
+        validated_key = _validated_key(validate)
+        if validated_key is not None:
+            acceptable = mapper._acceptable_polymorphic_identities
     identity_map = uow.session.identity_map
     key_props: tuple = _key_props(mapper)
     to_insert: list = []
@@ -341,7 +379,10 @@ def organize_for_save(mapper, states, uow, connection):
                 before_insert(mapper, connection, state)
         elif update_listeners:
             before_update(mapper, connection, state)
-        if validate is not None:
+        if validated_key is not None:
+            if validated_key in dict_ and dict_[validated_key] not in acceptable:
+                validate(mapper, state, dict_)
+        elif validate is not None:
             validate(mapper, state, dict_)
         # (a key the database is to generate is in no identity map: the
         # lookup would only hash NO_VALUE, an enum, in Python)

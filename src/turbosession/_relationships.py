@@ -305,11 +305,13 @@ def _has_listeners(listeners) -> cython.bint:
 @cython.cfunc
 def _set(state, dict_, impl, value):
     """``impl.set(state, dict_, value, None)``.  For a plain column
-    attribute (``_ScalarAttributeImpl`` itself) with no ``set`` listener
-    and no active history, what stock's ``set`` does, directly: the old
-    value from the dict, ``state._modified_event`` (its attribute part
-    inline when the state is already flagged modified and held, the
-    common case in a flush), the value stored.  Compiled only:
+    attribute (``_ScalarAttributeImpl`` itself) with no ``set`` listener,
+    what stock's ``set`` does, directly: the old value from the dict (with
+    active history, as a primary key's attribute has, only when the dict
+    has one and the attribute's ``get`` is stock's, which then returns it),
+    ``state._modified_event`` (its attribute part inline when the state is
+    already flagged modified and held, the common case in a flush), the
+    value stored.  Compiled only:
     uncompiled, the attribute's own ``set``."""
     if (
         not cython.compiled
@@ -323,13 +325,18 @@ def _set(state, dict_, impl, value):
         return
     # the implementation's slots, read at their offsets (slot_value)
     dispatch = slot_value(impl, "dispatch", cython.address(_dispatch_site))
-    if dispatch._active_history or _has_listeners(
-        slot_value(dispatch, "set", cython.address(_set_listeners_site))
-    ):
+    if _has_listeners(slot_value(dispatch, "set", cython.address(_set_listeners_site))):
         impl.set(state, dict_, value, None)
         return
     key = slot_value(impl, "key", cython.address(_key_site))
-    if type(dict_) is dict:
+    if dispatch._active_history:
+        # (a primary key's attribute) stock's ``get`` for the old value:
+        # the dict's, when it has one and ``get`` is stock's
+        if key not in dict_ or not _has_stock_get(impl):
+            impl.set(state, dict_, value, None)
+            return
+        old = dict_[key]
+    elif type(dict_) is dict:
         old = cython.cast(dict, dict_).get(key, _NO_VALUE)
     else:
         old = dict_.get(key, _NO_VALUE)

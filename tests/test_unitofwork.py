@@ -390,3 +390,41 @@ def test_sort_states_of_one_state_as_stock(impl, db):
         assert impl.persist.sort_states([loose], None) == persistence._sort_states(
             mapper, [loose]
         ) == [loose]
+
+
+def test_sort_states_of_new_states_as_stock(impl, db):
+    """``persist.sort_states`` of many states gives stock's
+    ``persistence._sort_states`` result, in a new list: new states listed
+    in the order they were added, out of that order, with an
+    ``insert_order`` repeated by an object expunged and added again (the
+    order of its set then decides, as in stock's sort), and mixed with
+    persistent states."""
+    import random
+
+    from sqlalchemy.orm import Session, persistence
+
+    mapper = Vehicle.__mapper__
+    with Session(db) as session:
+        old = [Car(name=f"old {i}") for i in range(3)]
+        session.add_all(old)
+        session.flush()
+        new = [Truck(name=f"new {i}") for i in range(8)]
+        session.add_all(new)
+        states = [attributes.instance_state(o) for o in new]
+        olds = [attributes.instance_state(o) for o in old]
+        shuffled = states[:]
+        random.Random(7).shuffle(shuffled)
+        cases = [states, shuffled, states[::-1], states[:3] + olds + states[3:], olds + states]
+        for listed in cases:
+            expected = persistence._sort_states(mapper, listed)
+            found = impl.persist.sort_states(listed, None)
+            assert found == expected
+            assert found is not listed
+        assert impl.persist.sort_states(states, None) == states
+        session.expunge(new[2])
+        session.add(new[2])  # its insert_order now repeats the last one's
+        assert len({s.insert_order for s in states}) == len(states) - 1
+        for listed in (states, shuffled):
+            assert impl.persist.sort_states(listed, None) == persistence._sort_states(
+                mapper, listed
+            )

@@ -80,6 +80,8 @@ __all__ = [
     "mapper_runs",
     "organize_for_delete",
     "organize_for_save",
+    "organize_hierarchy_for_delete",
+    "organize_hierarchy_for_save",
     "postfetch_batch",
     "register_deletes",
     "register_persistent",
@@ -409,6 +411,47 @@ def organize_for_save(mapper, states, uow, connection):
         else:
             to_insert.append((state, dict_, mapper, connection))
     return to_insert, to_update
+
+
+def organize_hierarchy_for_save(states: list, uow, connection):
+    """``organize_for_save`` over each run of consecutive states of one
+    mapper (a hierarchy's states, sorted as ``_sort_states`` sorts them),
+    the runs' records joined in their order."""
+    to_insert: list = []
+    to_update: list = []
+    run: tuple
+    for run in _runs_by_mapper(states):
+        found: tuple = organize_for_save(run[0], run[1], uow, connection)
+        to_insert.extend(found[0])
+        to_update.extend(found[1])
+    return to_insert, to_update
+
+
+def organize_hierarchy_for_delete(states: list, connection) -> list:
+    """``organize_for_delete`` over each run of consecutive states of one
+    mapper, the runs' records joined in their order."""
+    to_delete: list = []
+    run: tuple
+    for run in _runs_by_mapper(states):
+        to_delete.extend(organize_for_delete(run[0], run[1], connection))
+    return to_delete
+
+
+@cython.cfunc
+def _runs_by_mapper(states: list) -> list:
+    """``(mapper, states)`` for each run of consecutive states of one
+    mapper (compared by identity), in their order."""
+    runs: list = []
+    run: list = None
+    current = None
+    for state in states:
+        mapper = state.manager.mapper
+        if run is None or mapper is not current:
+            current = mapper
+            run = []
+            runs.append((mapper, run))
+        run.append(state)
+    return runs
 
 
 @cython.cfunc

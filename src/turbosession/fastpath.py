@@ -373,15 +373,7 @@ def _organize_for_save(uow, base_mapper, persist, states):
     if not base_mapper._inheriting_mappers:
         to_insert, to_update = persist.organize_for_save(base_mapper, states, uow, connection)
         return to_insert, to_update, False
-    to_insert = []
-    to_update = []
-    runs = persist.mapper_runs([(state, state.manager.mapper, connection) for state in states], 1)
-    for mapper, _, run in runs:
-        inserts, updates = persist.organize_for_save(
-            mapper, [record[0] for record in run], uow, connection
-        )
-        to_insert += inserts
-        to_update += updates
+    to_insert, to_update = persist.organize_hierarchy_for_save(states, uow, connection)
     return to_insert, to_update, False
 
 
@@ -713,12 +705,7 @@ def _organize_for_delete(uow, base_mapper, persist, states):
     states = _sort_states(base_mapper, persist, states)
     if not base_mapper._inheriting_mappers:
         return persist.organize_for_delete(base_mapper, states, connection)
-    to_delete = []
-    for mapper, _, run in persist.mapper_runs(
-        [(state, state.manager.mapper, connection) for state in states], 1
-    ):
-        to_delete += persist.organize_for_delete(mapper, [record[0] for record in run], connection)
-    return to_delete
+    return persist.organize_hierarchy_for_delete(states, connection)
 
 
 def _collect_deletes(table, runs, persist):

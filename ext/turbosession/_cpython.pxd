@@ -33,6 +33,10 @@ cdef extern from "Python.h":
     # exactly a weakref.ref, no subclass (a macro Cython's cpython.weakref lacks)
     bint PyWeakref_CheckRefExact(object ob)
 
+    # leaves a container out of the collector's generations (what CPython
+    # does itself for a dict or tuple holding only atoms)
+    void PyObject_GC_UnTrack(void *op)
+
     # a bound method (Cython's cpython.method declares Python 2's signature)
     object PyMethod_New(object func, object self)
 

@@ -56,6 +56,7 @@ if cython.compiled:
         T_OBJECT_EX,
         PyMemberDescrObject,
         PyMethod_New,
+        PyObject_GC_UnTrack,
         _PyDict_GetItem_KnownHash,
         _PyDict_SetItem_KnownHash,
         cell_contents,
@@ -182,6 +183,24 @@ _NONE_SET = cython.declare(frozenset, loading._none_set)
 _NONE_CALL = cython.declare(cython.int, 0)
 _NONE_ALL = cython.declare(cython.int, 1)
 _NONE_ANY = cython.declare(cython.int, 2)
+
+
+# whether a value of exactly int or str is never in _none_set: its members
+# are None and objects compared by identity (SQLAlchemy's LoaderCallableStatus
+# members), which no int or str equals, so the membership test of such a value
+# (a hash and, on a collision, int's or str's __eq__ answering NotImplemented
+# and then the member's identity comparison) is False without being made
+_PLAIN_NOT_NONE = cython.declare(
+    cython.bint,
+    all(
+        member is None
+        or (
+            not isinstance(member, (int, str))
+            and type(member).__eq__ is object.__eq__
+        )
+        for member in _NONE_SET
+    ),
+)
 
 
 def _none_mode(is_not_primary_key) -> cython.int:
@@ -602,12 +621,17 @@ class RowLoader:
         if none_mode == _NONE_CALL:
             return bool(self.is_not_primary_key(pk))
         none_set = _NONE_SET
+        plain: cython.bint = _PLAIN_NOT_NONE
         if none_mode == _NONE_ALL:
             for value in pk:
+                if plain and (type(value) is int or type(value) is str):
+                    return False
                 if value not in none_set:
                     return False
             return True
         for value in pk:
+            if plain and (type(value) is int or type(value) is str):
+                continue
             if value in none_set:
                 return True
         return False
@@ -666,7 +690,13 @@ class RowLoader:
                 PyWeakref_NewRef(instance, PyMethod_New(_STATE_CLEANUP, state)),
             )
             store_slot(state, _COMMITTED_SLOT, {})
-            store_slot(state, _EXPIRED_SLOT, set())
+            expired = set()
+            # a set of attribute names never holds what could lead back to
+            # it: left out of the collector's young generation, as CPython
+            # leaves out a dict or tuple of atoms (one of the seven objects
+            # a loaded object leaves tracked, fewer and shorter collections)
+            PyObject_GC_UnTrack(cython.cast(cython.pointer(PyObject), expired))
+            store_slot(state, _EXPIRED_SLOT, expired)
             return state
         return self.state_constructor(instance, self.manager)
 
@@ -770,12 +800,14 @@ class RowLoader:
         i: cython.Py_ssize_t
         index: cython.Py_ssize_t
         quick_indexes = self.quick_indexes
-        if quick_indexes is not None and type(row) is tuple:
+        if quick_indexes is not None and type(row) is tuple and type(dict_) is dict:
             values: tuple = row
+            # compiled, stored with dict's own setitem (no mapping dispatch)
+            new_dict: dict = dict_
             quick_keys = self.quick_keys
             for i in range(len(quick_indexes)):
                 index = quick_indexes[i]
-                dict_[quick_keys[i]] = values[index]
+                new_dict[quick_keys[i]] = values[index]
         else:
             for key, getter in self.quick:
                 dict_[key] = getter(row)

@@ -1499,3 +1499,32 @@ def test_cached_setup_between_executions_matches_stock(session_cls, engine, pure
     assert loaded["rows_to_stock"] > 0, loaded
     # the refresh and the two deferred-column loads
     assert loaded["fallback"] == {"load_populate_existing": 2, "load_refresh": 3}, loaded
+
+
+def test_instance_dict_read_only_where_the_class_keeps_cpythons(impl):
+    """The loop reads a new instance's ``__dict__`` where CPython keeps it only
+    for a class whose ``instance.__dict__`` is that (object's attribute lookup,
+    the ``__dict__`` descriptor CPython gives a class defined in Python); a
+    class with its own ``__getattribute__`` or a ``__dict__`` property gets
+    ``instance.__dict__`` asked."""
+    plain_dict = impl.instances._plain_dict
+
+    class Plain:
+        pass
+
+    class Looked:
+        def __getattribute__(self, name):
+            return object.__getattribute__(self, name)
+
+    class Property:
+        @property
+        def __dict__(self):
+            return {}
+
+    class Slotted:
+        __slots__ = ("a",)
+
+    assert plain_dict(Plain) and plain_dict(Author) and plain_dict(type("Sub", (Plain,), {}))
+    assert not plain_dict(Looked)
+    assert not plain_dict(Property)
+    assert not plain_dict(Slotted)

@@ -60,6 +60,8 @@ if cython.compiled:
         _PyDict_GetItem_KnownHash,
         _PyDict_SetItem_KnownHash,
         cell_contents,
+        getset_get,
+        instance_dict,
         store_slot,
     )
 
@@ -94,6 +96,52 @@ def _plain_attribute(cls, name) -> bool:
     declarative's, sets class attributes only) and no data descriptor of that
     name on the class."""
     return cls.__setattr__ is object.__setattr__ and not data_descriptor(cls, name)
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+
+
+def _plain_dict(cls) -> bool:
+    """Whether ``instance.__dict__`` of an instance of ``cls`` is what CPython
+    keeps at the instance's dict offset: ``object``'s attribute lookup and the
+    ``__dict__`` descriptor CPython gives a class defined in Python (a
+    ``getset_descriptor`` of a heap type), no property or other descriptor of
+    that name.  Compiled, the loop then reads the dict where that descriptor
+    reads it."""
+    if cls.__getattribute__ is not object.__getattribute__:
+        return False
+    descr = next(
+        (klass.__dict__["__dict__"] for klass in cls.__mro__ if "__dict__" in klass.__dict__),
+        None,
+    )
+    return (
+        type(descr) is types.GetSetDescriptorType
+        and descr.__name__ == "__dict__"
+        and bool(descr.__objclass__.__flags__ & _HEAPTYPE)
+    )
+
+
+# per identity map class (turbosession's own): the getset descriptor of its
+# ``_killed`` flag, when ``map._killed`` is that descriptor's (object's
+# attribute lookup, the class's attribute a getset_descriptor); None otherwise
+_KILLED_DESCR = cython.declare(dict, {})
+
+
+def _killed_descriptor(map_class):
+    found = _KILLED_DESCR.get(map_class, _KILLED_DESCR)
+    if found is not _KILLED_DESCR:
+        return found
+    descr = next(
+        (klass.__dict__["_killed"] for klass in map_class.__mro__ if "_killed" in klass.__dict__),
+        None,
+    )
+    if (
+        type(descr) is not types.GetSetDescriptorType
+        or map_class.__getattribute__ is not object.__getattribute__
+    ):
+        descr = None
+    _KILLED_DESCR[map_class] = descr
+    return descr
 
 
 # the function behind a state's ``_cleanup`` (the weak reference's callback
@@ -460,6 +508,7 @@ class RowSetup:
     none_mode = cython.declare(cython.int)
     plain_new = cython.declare(cython.bint)
     state_in_dict = cython.declare(cython.bint)
+    plain_dict = cython.declare(cython.bint)
 
     def __init__(self, getters, mapper, is_not_primary_key, state_attr, source, lazy_only):
         self.getters = getters
@@ -479,6 +528,7 @@ class RowSetup:
         self.state_attr = state_attr
         # the state goes into the new instance's __dict__ as setattr puts it
         self.state_in_dict = _plain_attribute(self.class_, state_attr)
+        self.plain_dict = _plain_dict(self.class_)
         # the mapper's memoized attribute this setup was built beside: a
         # reconfigured mapper has a new one, and the setup is rebuilt
         self.source = source
@@ -542,6 +592,8 @@ class RowLoader:
     init_inline = cython.declare(cython.bint)
     state_attr = cython.declare(str)
     state_in_dict = cython.declare(cython.bint)
+    plain_dict = cython.declare(cython.bint)
+    killed_descr = cython.declare(object)
     session_id = cython.declare(object)
     runid = cython.declare(object)
     load_path = cython.declare(object)
@@ -701,6 +753,14 @@ class RowLoader:
         return self.state_constructor(instance, self.manager)
 
     @cython.cfunc
+    def _map_killed(self, identity_map) -> cython.bint:
+        """``identity_map._killed`` of turbosession's own map; compiled,
+        through its getset descriptor's C getter (no attribute lookup)."""
+        if cython.compiled and self.killed_descr is not None:
+            return bool(getset_get(self.killed_descr, identity_map))
+        return bool(identity_map._killed)
+
+    @cython.cfunc
     def _later_row(self, row, instance, state) -> object:
         """A later row of an object this load created or first met: what
         stock's ``_populate_full`` does for it (``isnew`` false) when the
@@ -771,7 +831,14 @@ class RowLoader:
         if self.state_in_dict and self.state_constructor is not None:
             # the state stored in the instance's __dict__ as setattr stores it
             instance = self._allocate()
-            dict_ = instance.__dict__
+            if cython.compiled and self.plain_dict:
+                # where the class's __dict__ descriptor reads it (made
+                # from the new instance's inline values, as it makes it)
+                dict_ = instance_dict(instance)
+                if dict_ is None:
+                    dict_ = instance.__dict__
+            else:
+                dict_ = instance.__dict__
             state = self._new_state(instance)
             dict_[self.state_attr] = state
         else:
@@ -784,7 +851,7 @@ class RowLoader:
         state.key = identitykey
         state.identity_token = self.identity_token
         state.session_id = self.session_id
-        if map_dict is not None and not identity_map._killed:
+        if map_dict is not None and not self._map_killed(identity_map):
             # the identity map's _add_unpresent, on its dict
             if cython.compiled:
                 _PyDict_SetItem_KnownHash(map_dict, identitykey, state, key_hash)
@@ -864,6 +931,7 @@ def _new_loader(
     if map_is_own:
         self.map_dict = identity_map._dict
         self.map_ref = identity_map._wr
+        self.killed_descr = _killed_descriptor(type(identity_map))
     self.session_id = session_id
     self.runid = runid
     self.load_path = load_path
@@ -906,6 +974,7 @@ def _new_loader(
     self.init_inline = _init_is_known(self.state_constructor)
     self.state_attr = setup.state_attr
     self.state_in_dict = setup.state_in_dict
+    self.plain_dict = setup.plain_dict
     self.hits_to_stock = hits_to_stock
     return self
 

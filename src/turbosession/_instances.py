@@ -63,6 +63,7 @@ if cython.compiled:
         getset_get,
         instance_dict,
         store_slot,
+        untrack_atoms,
     )
 
 _itemgetter = cython.declare(object, operator.itemgetter)
@@ -659,11 +660,17 @@ class RowLoader:
         if self.pk_slice:
             if self.pk_stop > len(values):
                 return self.primary_key_getter(row)
-            return values[self.pk_start:self.pk_stop]
-        indexes = self.pk_indexes
-        if indexes is None:
-            return self.primary_key_getter(row)
-        return tuple([values[index] for index in indexes])
+            pk: tuple = values[self.pk_start:self.pk_stop]
+        else:
+            indexes = self.pk_indexes
+            if indexes is None:
+                return self.primary_key_getter(row)
+            pk = tuple([values[index] for index in indexes])
+        if cython.compiled:
+            # the key's values are database atoms: the collector's first
+            # pass would untrack the tuple, it is untracked as it is made
+            untrack_atoms(pk)
+        return pk
 
     @cython.cfunc
     def _no_identity(self, pk) -> cython.bint:

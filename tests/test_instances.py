@@ -14,6 +14,8 @@ counters then say that the queries took turbosession's loop, or which
 fallback reason sent them to stock's closure.
 """
 
+import collections
+
 import pytest
 from sqlalchemy import ForeignKey, Integer, String, bindparam, event, func, inspect, select, text
 from sqlalchemy.orm import (
@@ -450,8 +452,18 @@ def built_states(session_cls, engine, log):
                         state.obj.__callback__ == state._cleanup,
                         state.modified, book in session.dirty, book.pages,
                     )
+                # the new states' sets of expired attribute names in use
+                first = inspect(books[0])
+                session.expire(books[0], ["title"])
+                log.note("expired", sorted(first.expired_attributes), books[0].title,
+                         sorted(first.expired_attributes))
+                first.expired_attributes.add("pages")
+                first.expired_attributes.discard("pages")
+                session.expire(books[-1])
+                log.note("expired all", sorted(inspect(books[-1]).expired_attributes),
+                         books[-1].title, sorted(inspect(books[-1]).expired_attributes))
                 keys = [inspect(book).key for book in books]
-                del books, book, state
+                del books, book, state, first
                 gc.collect()
                 log.note("collected", listened, len(session.identity_map),
                          [key in session.identity_map for key in keys])
@@ -464,7 +476,65 @@ def test_built_states_match_stock(session_cls, engine, pure_loop):
     turbosession.reset_stats()
     assert_same_as_stock(built_states, session_cls, engine, Base.metadata)
     loaded = turbosession.stats()["loads"]["instances"]
-    assert loaded["fast"] > 0 and loaded["rows"] > 0 and not loaded["fallback"]
+    assert loaded["fast"] > 0 and loaded["rows"] > 0
+    # only the expired attributes' loads (stock's closure, as a refresh)
+    assert set(loaded["fallback"]) == {"load_refresh"}, loaded
+
+
+def _tracked_after_load(session, statement):
+    """The objects the collector tracks that a load leaves alive, by type
+    name (counted after a full collection, as the load's objects are kept)."""
+    import gc
+
+    gc.collect()
+    before = {id(o) for o in gc.get_objects()}
+    loaded = session.scalars(statement).all()
+    gc.collect()
+    left = collections.Counter(
+        type(o).__name__ for o in gc.get_objects() if id(o) not in before
+    )
+    return loaded, left
+
+
+def test_loaded_objects_leave_what_stock_leaves_tracked(session_cls, pure_loop):
+    """Each object the loop loads leaves the objects stock's leave tracked by
+    the collector (the instance and its ``__dict__``, the state, its weak
+    reference and that reference's bound ``_cleanup``, the identity key),
+    except, compiled, the state's empty set of expired attribute names, which
+    holds only names and is left out of the collector's generations."""
+    import gc
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session as StockSession
+
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with StockSession(engine) as session:
+        session.add_all([Author(id=i, name=f"a{i}") for i in range(1, 201)])
+        session.commit()
+    statement = select(Author).order_by(Author.id)
+    counts = {}
+    for cls in (StockSession, session_cls):
+        with cls(engine) as session:
+            # the compiled statement's setup is cached by its first execution
+            session.scalars(statement).all()
+            session.expunge_all()
+            loaded, left = _tracked_after_load(session, statement)
+            assert len(loaded) == 200
+            counts[cls] = left
+            for author in loaded:
+                state = inspect(author)
+                assert state.expired_attributes == set()
+                assert gc.is_tracked(state.expired_attributes) is (
+                    cls is StockSession or session_cls._turbo.name != "compiled"
+                )
+            del loaded, author, state
+    stock, ours = counts[StockSession], counts[session_cls]
+    assert stock["Author"] == stock["InstanceState"] == stock["method"] == 200, stock
+    assert stock["set"] >= 200, stock
+    untracked = 200 if session_cls._turbo.name == "compiled" else 0
+    assert ours == stock - collections.Counter(set=untracked), (stock, ours)
+    engine.dispose()
 
 
 def test_stock_sessions_get_stock_closure(engine):
@@ -527,6 +597,10 @@ ROW_SHAPE_LOADS = [
         select(Pair).from_statement(text(
             "SELECT 7 AS a, 'x' AS label, NULL AS b UNION ALL "
             "SELECT 8 AS a, 'y' AS label, 1 AS b"))).all()),
+    ("partial NULL key of text values, no partial keys", lambda s: s.scalars(
+        select(Pair).from_statement(text(
+            "SELECT 'k' AS a, 'x' AS label, NULL AS b UNION ALL "
+            "SELECT 'm' AS a, 'y' AS label, 'n' AS b"))).all()),
     ("own __new__ and __setattr__", lambda s: s.scalars(
         select(Custom).order_by(Custom.id)).all()),
     ("Row objects (yield_per)", lambda s: s.scalars(
@@ -1425,3 +1499,32 @@ def test_cached_setup_between_executions_matches_stock(session_cls, engine, pure
     assert loaded["rows_to_stock"] > 0, loaded
     # the refresh and the two deferred-column loads
     assert loaded["fallback"] == {"load_populate_existing": 2, "load_refresh": 3}, loaded
+
+
+def test_instance_dict_read_only_where_the_class_keeps_cpythons(impl):
+    """The loop reads a new instance's ``__dict__`` where CPython keeps it only
+    for a class whose ``instance.__dict__`` is that (object's attribute lookup,
+    the ``__dict__`` descriptor CPython gives a class defined in Python); a
+    class with its own ``__getattribute__`` or a ``__dict__`` property gets
+    ``instance.__dict__`` asked."""
+    plain_dict = impl.instances._plain_dict
+
+    class Plain:
+        pass
+
+    class Looked:
+        def __getattribute__(self, name):
+            return object.__getattribute__(self, name)
+
+    class Property:
+        @property
+        def __dict__(self):
+            return {}
+
+    class Slotted:
+        __slots__ = ("a",)
+
+    assert plain_dict(Plain) and plain_dict(Author) and plain_dict(type("Sub", (Plain,), {}))
+    assert not plain_dict(Looked)
+    assert not plain_dict(Property)
+    assert not plain_dict(Slotted)

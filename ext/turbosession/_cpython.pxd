@@ -33,6 +33,14 @@ cdef extern from "Python.h":
     # exactly a weakref.ref, no subclass (a macro Cython's cpython.weakref lacks)
     bint PyWeakref_CheckRefExact(object ob)
 
+    # leaves a container out of the collector's generations (what CPython
+    # does itself for a dict or tuple holding only atoms)
+    void PyObject_GC_UnTrack(void *op)
+    int PyObject_GC_IsTracked(object op)
+    # whether an object is one the collector can track at all (an int, a
+    # str, None are not)
+    bint PyObject_IS_GC(object op)
+
     # a bound method (Cython's cpython.method declares Python 2's signature)
     object PyMethod_New(object func, object self)
 
@@ -411,3 +419,18 @@ cdef inline bint has_listeners(object listeners, tuple kinds, ListenerSites *sit
             slot_value(listeners, "parent_listeners", &sites.collection_parent)
         )
     return bool(listeners)
+
+
+cdef inline void untrack_atoms(tuple values) noexcept:
+    """Leaves a tuple of objects the collector never tracks (ints, strings,
+    None) out of the collector's generations: what CPython's own collection
+    does to such a tuple the first time it meets it (``_PyTuple_MaybeUntrack``,
+    which untracks every tuple whose items cannot be tracked), done when it
+    is made."""
+    cdef Py_ssize_t i
+    if not PyObject_GC_IsTracked(values):
+        return
+    for i in range(len(values)):
+        if PyObject_IS_GC(values[i]):
+            return
+    PyObject_GC_UnTrack(<void *>values)

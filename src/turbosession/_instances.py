@@ -56,10 +56,14 @@ if cython.compiled:
         T_OBJECT_EX,
         PyMemberDescrObject,
         PyMethod_New,
+        PyObject_GC_UnTrack,
         _PyDict_GetItem_KnownHash,
         _PyDict_SetItem_KnownHash,
         cell_contents,
+        getset_get,
+        instance_dict,
         store_slot,
+        untrack_atoms,
     )
 
 _itemgetter = cython.declare(object, operator.itemgetter)
@@ -93,6 +97,52 @@ def _plain_attribute(cls, name) -> bool:
     declarative's, sets class attributes only) and no data descriptor of that
     name on the class."""
     return cls.__setattr__ is object.__setattr__ and not data_descriptor(cls, name)
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE
+
+
+def _plain_dict(cls) -> bool:
+    """Whether ``instance.__dict__`` of an instance of ``cls`` is what CPython
+    keeps at the instance's dict offset: ``object``'s attribute lookup and the
+    ``__dict__`` descriptor CPython gives a class defined in Python (a
+    ``getset_descriptor`` of a heap type), no property or other descriptor of
+    that name.  Compiled, the loop then reads the dict where that descriptor
+    reads it."""
+    if cls.__getattribute__ is not object.__getattribute__:
+        return False
+    descr = next(
+        (klass.__dict__["__dict__"] for klass in cls.__mro__ if "__dict__" in klass.__dict__),
+        None,
+    )
+    return (
+        type(descr) is types.GetSetDescriptorType
+        and descr.__name__ == "__dict__"
+        and bool(descr.__objclass__.__flags__ & _HEAPTYPE)
+    )
+
+
+# per identity map class (turbosession's own): the getset descriptor of its
+# ``_killed`` flag, when ``map._killed`` is that descriptor's (object's
+# attribute lookup, the class's attribute a getset_descriptor); None otherwise
+_KILLED_DESCR = cython.declare(dict, {})
+
+
+def _killed_descriptor(map_class):
+    found = _KILLED_DESCR.get(map_class, _KILLED_DESCR)
+    if found is not _KILLED_DESCR:
+        return found
+    descr = next(
+        (klass.__dict__["_killed"] for klass in map_class.__mro__ if "_killed" in klass.__dict__),
+        None,
+    )
+    if (
+        type(descr) is not types.GetSetDescriptorType
+        or map_class.__getattribute__ is not object.__getattribute__
+    ):
+        descr = None
+    _KILLED_DESCR[map_class] = descr
+    return descr
 
 
 # the function behind a state's ``_cleanup`` (the weak reference's callback
@@ -182,6 +232,24 @@ _NONE_SET = cython.declare(frozenset, loading._none_set)
 _NONE_CALL = cython.declare(cython.int, 0)
 _NONE_ALL = cython.declare(cython.int, 1)
 _NONE_ANY = cython.declare(cython.int, 2)
+
+
+# whether a value of exactly int or str is never in _none_set: its members
+# are None and objects compared by identity (SQLAlchemy's LoaderCallableStatus
+# members), which no int or str equals, so the membership test of such a value
+# (a hash and, on a collision, int's or str's __eq__ answering NotImplemented
+# and then the member's identity comparison) is False without being made
+_PLAIN_NOT_NONE = cython.declare(
+    cython.bint,
+    all(
+        member is None
+        or (
+            not isinstance(member, (int, str))
+            and type(member).__eq__ is object.__eq__
+        )
+        for member in _NONE_SET
+    ),
+)
 
 
 def _none_mode(is_not_primary_key) -> cython.int:
@@ -441,6 +509,7 @@ class RowSetup:
     none_mode = cython.declare(cython.int)
     plain_new = cython.declare(cython.bint)
     state_in_dict = cython.declare(cython.bint)
+    plain_dict = cython.declare(cython.bint)
 
     def __init__(self, getters, mapper, is_not_primary_key, state_attr, source, lazy_only):
         self.getters = getters
@@ -460,6 +529,7 @@ class RowSetup:
         self.state_attr = state_attr
         # the state goes into the new instance's __dict__ as setattr puts it
         self.state_in_dict = _plain_attribute(self.class_, state_attr)
+        self.plain_dict = _plain_dict(self.class_)
         # the mapper's memoized attribute this setup was built beside: a
         # reconfigured mapper has a new one, and the setup is rebuilt
         self.source = source
@@ -523,6 +593,8 @@ class RowLoader:
     init_inline = cython.declare(cython.bint)
     state_attr = cython.declare(str)
     state_in_dict = cython.declare(cython.bint)
+    plain_dict = cython.declare(cython.bint)
+    killed_descr = cython.declare(object)
     session_id = cython.declare(object)
     runid = cython.declare(object)
     load_path = cython.declare(object)
@@ -588,11 +660,17 @@ class RowLoader:
         if self.pk_slice:
             if self.pk_stop > len(values):
                 return self.primary_key_getter(row)
-            return values[self.pk_start:self.pk_stop]
-        indexes = self.pk_indexes
-        if indexes is None:
-            return self.primary_key_getter(row)
-        return tuple([values[index] for index in indexes])
+            pk: tuple = values[self.pk_start:self.pk_stop]
+        else:
+            indexes = self.pk_indexes
+            if indexes is None:
+                return self.primary_key_getter(row)
+            pk = tuple([values[index] for index in indexes])
+        if cython.compiled:
+            # the key's values are database atoms: the collector's first
+            # pass would untrack the tuple, it is untracked as it is made
+            untrack_atoms(pk)
+        return pk
 
     @cython.cfunc
     def _no_identity(self, pk) -> cython.bint:
@@ -602,12 +680,17 @@ class RowLoader:
         if none_mode == _NONE_CALL:
             return bool(self.is_not_primary_key(pk))
         none_set = _NONE_SET
+        plain: cython.bint = _PLAIN_NOT_NONE
         if none_mode == _NONE_ALL:
             for value in pk:
+                if plain and (type(value) is int or type(value) is str):
+                    return False
                 if value not in none_set:
                     return False
             return True
         for value in pk:
+            if plain and (type(value) is int or type(value) is str):
+                continue
             if value in none_set:
                 return True
         return False
@@ -666,9 +749,23 @@ class RowLoader:
                 PyWeakref_NewRef(instance, PyMethod_New(_STATE_CLEANUP, state)),
             )
             store_slot(state, _COMMITTED_SLOT, {})
-            store_slot(state, _EXPIRED_SLOT, set())
+            expired = set()
+            # a set of attribute names never holds what could lead back to
+            # it: left out of the collector's young generation, as CPython
+            # leaves out a dict or tuple of atoms (one of the seven objects
+            # a loaded object leaves tracked, fewer and shorter collections)
+            PyObject_GC_UnTrack(cython.cast(cython.pointer(PyObject), expired))
+            store_slot(state, _EXPIRED_SLOT, expired)
             return state
         return self.state_constructor(instance, self.manager)
+
+    @cython.cfunc
+    def _map_killed(self, identity_map) -> cython.bint:
+        """``identity_map._killed`` of turbosession's own map; compiled,
+        through its getset descriptor's C getter (no attribute lookup)."""
+        if cython.compiled and self.killed_descr is not None:
+            return bool(getset_get(self.killed_descr, identity_map))
+        return bool(identity_map._killed)
 
     @cython.cfunc
     def _later_row(self, row, instance, state) -> object:
@@ -741,7 +838,14 @@ class RowLoader:
         if self.state_in_dict and self.state_constructor is not None:
             # the state stored in the instance's __dict__ as setattr stores it
             instance = self._allocate()
-            dict_ = instance.__dict__
+            if cython.compiled and self.plain_dict:
+                # where the class's __dict__ descriptor reads it (made
+                # from the new instance's inline values, as it makes it)
+                dict_ = instance_dict(instance)
+                if dict_ is None:
+                    dict_ = instance.__dict__
+            else:
+                dict_ = instance.__dict__
             state = self._new_state(instance)
             dict_[self.state_attr] = state
         else:
@@ -754,7 +858,7 @@ class RowLoader:
         state.key = identitykey
         state.identity_token = self.identity_token
         state.session_id = self.session_id
-        if map_dict is not None and not identity_map._killed:
+        if map_dict is not None and not self._map_killed(identity_map):
             # the identity map's _add_unpresent, on its dict
             if cython.compiled:
                 _PyDict_SetItem_KnownHash(map_dict, identitykey, state, key_hash)
@@ -770,12 +874,14 @@ class RowLoader:
         i: cython.Py_ssize_t
         index: cython.Py_ssize_t
         quick_indexes = self.quick_indexes
-        if quick_indexes is not None and type(row) is tuple:
+        if quick_indexes is not None and type(row) is tuple and type(dict_) is dict:
             values: tuple = row
+            # compiled, stored with dict's own setitem (no mapping dispatch)
+            new_dict: dict = dict_
             quick_keys = self.quick_keys
             for i in range(len(quick_indexes)):
                 index = quick_indexes[i]
-                dict_[quick_keys[i]] = values[index]
+                new_dict[quick_keys[i]] = values[index]
         else:
             for key, getter in self.quick:
                 dict_[key] = getter(row)
@@ -832,6 +938,7 @@ def _new_loader(
     if map_is_own:
         self.map_dict = identity_map._dict
         self.map_ref = identity_map._wr
+        self.killed_descr = _killed_descriptor(type(identity_map))
     self.session_id = session_id
     self.runid = runid
     self.load_path = load_path
@@ -874,6 +981,7 @@ def _new_loader(
     self.init_inline = _init_is_known(self.state_constructor)
     self.state_attr = setup.state_attr
     self.state_in_dict = setup.state_in_dict
+    self.plain_dict = setup.plain_dict
     self.hits_to_stock = hits_to_stock
     return self
 

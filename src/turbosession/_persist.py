@@ -942,6 +942,8 @@ def register_persistent(session, states: set, commit_all_states):
     # is not replaced (replace() would return None and do nothing)
     replace_dict = getattr(identity_map, "replace_dict", None)
     map_dict: dict = None if replace_dict is None else replace_dict()
+    # looked up once: nothing in the loop below rebinds it
+    replace = identity_map.replace
     instance_dict = orm_base.instance_dict
     key_props_of: dict = {}
     instance_key: tuple
@@ -980,7 +982,7 @@ def register_persistent(session, states: set, commit_all_states):
         else:
             # an updated state is usually the one mapped under its key
             mapped = map_dict is not None and map_dict.get(key) is state
-        old = None if mapped else identity_map.replace(state)
+        old = None if mapped else replace(state)
         if (
             old is not None
             and old.obj() is not None

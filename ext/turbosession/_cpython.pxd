@@ -290,11 +290,11 @@ cdef inline void fill_own_site(PyTypeObject *cls, str name, ClassSite *site) noe
 cdef inline bint own_attributes(object cls, tuple names, ClassSite *site) except -1:
     """Whether setting and getting each of ``names`` on an instance of
     ``cls`` is storing it in and reading it from the instance's
-    ``__dict__`` (the class's value when it has none there): ``cls`` looks
-    attributes up and sets them as ``object`` does, and has no data
-    descriptor of any of those names.  Kept for the class that last passed
-    at ``site`` while it has the version tag it had then (any change to the
-    class or its MRO gives it another)."""
+    ``__dict__``, else the class's value (``class_lookup``): ``cls`` looks
+    attributes up and sets them as ``object`` does, and its MRO gives each
+    name a plain value (no descriptor of any kind).  Kept for the class
+    that last passed at ``site`` while it has the version tag it had then
+    (any change to the class or its MRO gives it another)."""
     cdef PyTypeObject *tp = <PyTypeObject *>cls
     cdef unsigned int tag = tp.tp_version_tag
     cdef PyObject *found
@@ -309,7 +309,10 @@ cdef inline bint own_attributes(object cls, tuple names, ClassSite *site) except
         return False
     for name in names:
         found = _PyType_Lookup(tp, name)
-        if found != NULL and (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_set != NULL:
+        if found == NULL or (
+            (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_get != NULL
+            or (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_set != NULL
+        ):
             return False
     if tp.tp_version_tag != tag:
         return False

@@ -36,6 +36,7 @@ if cython.compiled:
     from cython.cimports.turbosession._cpython import (
         ClassSite,
         ListenerSites,
+        class_lookup,
         has_listeners,
         own_attributes,
         state_object,
@@ -128,10 +129,10 @@ def _plan_for(manager) -> object:
 @cython.cfunc
 def _own(own: dict, state, name: str):
     """``getattr(state, name)`` for a name ``own_attributes`` accepted: the
-    state's own ``__dict__`` entry, else the attribute (the class's value)."""
+    state's own ``__dict__`` entry, else the class's plain value."""
     value = own.get(name, _ABSENT)
     if value is _ABSENT:
-        return getattr(state, name)
+        return class_lookup(type(state), name)
     return value
 
 

@@ -46,6 +46,7 @@ if cython.compiled:
     from cython.cimports.turbosession._cpython import (
         ClassSite,
         SlotSite,
+        class_lookup,
         manager_impl,
         own_attributes,
         own_value,
@@ -330,7 +331,7 @@ def commit_all_states(states_and_dicts, instance_dict=None):
             if track_modified:
                 was_modified = state_dict.get("modified", _ABSENT)
                 if was_modified is _ABSENT:
-                    was_modified = state.modified
+                    was_modified = class_lookup(type(state), "modified")
                 if was_modified:
                     modified.discard(state)
             state_dict["modified"] = False

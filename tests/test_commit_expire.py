@@ -248,3 +248,47 @@ def test_a_patched_expire_or_detach_is_called(session_cls, engine):
     assert detach_states.call_args.args == ([inspect(x)], session)
     session.close()
     Base.metadata.drop_all(engine)
+
+
+def test_state_attributes_patched_as_descriptors_are_set_through_them(session_cls, engine):
+    """Flush and commit store ``modified``, ``expired`` and ``_strong_obj``
+    in the state's own ``__dict__`` only while InstanceState has no data
+    descriptor of those names: with properties patched onto the class, every
+    store goes through them, in stock's order."""
+    from sqlalchemy.orm.state import InstanceState
+
+    def recorded(session_cls):
+        stores = []
+
+        def plain_property(name, default):
+            def get(self):
+                return self.__dict__.get(name, default)
+
+            def set_(self, value):
+                stores.append((name, value if value is None or type(value) is bool else "object"))
+                self.__dict__[name] = value
+
+            return property(get, set_)
+
+        Base.metadata.create_all(engine)
+        seeded(session_cls, engine)
+        session = session_cls(engine)
+        x = session.get(Plain, 1)
+        x.qty = 5
+        session.add(Plain(name="new", qty=3))
+        patched = {"modified": False, "expired": False, "_strong_obj": None}
+        for name, default in patched.items():
+            setattr(InstanceState, name, plain_property(name, default))
+        try:
+            session.commit()
+        finally:
+            for name, default in patched.items():
+                setattr(InstanceState, name, default)
+        states = (inspect(x).expired, inspect(x).modified, "qty" in x.__dict__)
+        session.close()
+        Base.metadata.drop_all(engine)
+        return stores, states
+
+    expected = recorded(orm.Session)
+    assert recorded(session_cls) == expected
+    assert ("expired", True) in expected[0] and ("modified", False) in expected[0]

@@ -295,6 +295,40 @@ cdef inline void fill_own_site(PyTypeObject *cls, str name, ClassSite *site) noe
     site.tag = tag
 
 
+cdef inline bint own_attributes(object cls, tuple names, ClassSite *site) except -1:
+    """Whether setting and getting each of ``names`` on an instance of
+    ``cls`` is storing it in and reading it from the instance's
+    ``__dict__``, else the class's value (``class_lookup``): ``cls`` looks
+    attributes up and sets them as ``object`` does, and its MRO gives each
+    name a plain value (no descriptor of any kind).  Kept for the class
+    that last passed at ``site`` while it has the version tag it had then
+    (any change to the class or its MRO gives it another)."""
+    cdef PyTypeObject *tp = <PyTypeObject *>cls
+    cdef unsigned int tag = tp.tp_version_tag
+    cdef PyObject *found
+    if tp == site.cls and tag != 0 and tag == site.tag:
+        return True
+    site.cls = NULL
+    site.tag = 0
+    if not looks_up_as_object(tp, tag):
+        return False
+    found = _PyType_Lookup(tp, "__setattr__")
+    if found == NULL or found != _PyType_Lookup(&PyBaseObject_Type, "__setattr__"):
+        return False
+    for name in names:
+        found = _PyType_Lookup(tp, name)
+        if found == NULL or (
+            (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_get != NULL
+            or (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_set != NULL
+        ):
+            return False
+    if tp.tp_version_tag != tag:
+        return False
+    site.cls = tp
+    site.tag = tag
+    return True
+
+
 # A call site's reading of objects' ``__dict__`` attribute, kept for the
 # last class read there: the class, its version tag then, and the getset
 # descriptor its ``__dict__`` resolves to (alive while the tag is the same:

@@ -33,15 +33,30 @@ except ModuleNotFoundError:
 __all__ = ["detach_all", "expire_all"]
 
 if cython.compiled:
-    from cython.cimports.turbosession._cpython import ListenerSites, has_listeners, state_object
+    from cython.cimports.turbosession._cpython import (
+        ClassSite,
+        ListenerSites,
+        class_lookup,
+        has_listeners,
+        own_attributes,
+        state_object,
+    )
 else:
     from .listeners import has_listeners
-    ListenerSites = None  # the declaration below is plain None
+    ListenerSites = ClassSite = None  # the declarations below are plain None
 
 _ClassManager = cython.declare(object, ClassManager)
 _InstanceState = cython.declare(object, InstanceState)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 _listener_sites = cython.declare(ListenerSites)
+# compiled, expire_all sets and reads these in the state's own __dict__
+# while InstanceState has no data descriptor of them (own_attributes)
+_EXPIRE_NAMES = cython.declare(
+    tuple, ("expired", "modified", "_strong_obj", "callables", "_last_known_values")
+)
+_expire_site = cython.declare(ClassSite)
+# what a state's dict has under a name it does not hold
+_ABSENT = cython.declare(object, object())
 # where a manager keeps its plan (its own __dict__, beside the memoized
 # attributes the plan is made from)
 _PLAN_ATTR = cython.declare(str, "_turbosession_expire_plan")
@@ -111,6 +126,70 @@ def _plan_for(manager) -> object:
     return plan
 
 
+@cython.cfunc
+def _own(own: dict, state, name: str):
+    """``getattr(state, name)`` for a name ``own_attributes`` accepted: the
+    state's own ``__dict__`` entry, else the class's plain value."""
+    value = own.get(name, _ABSENT)
+    if value is _ABSENT:
+        return class_lookup(type(state), name)
+    return value
+
+
+@cython.cfunc
+def _expire_own(state, plan: _ManagerPlan, dict_: dict, modified):
+    """``expire_all``'s step for one state, with the attributes
+    ``own_attributes`` accepted read from and stored in the state's
+    ``__dict__``: the same reads, stores and deletions in the same order."""
+    own: dict = state.__dict__
+    own["expired"] = True
+    if _own(own, state, "modified"):
+        if type(modified) is set:
+            cython.cast(set, modified).discard(state)
+        else:
+            modified.discard(state)
+        committed = state.committed_state
+        if type(committed) is dict:
+            cython.cast(dict, committed).clear()
+        else:
+            committed.clear()
+        own["modified"] = False
+    own["_strong_obj"] = None
+
+    own.pop("_pending_mutations", None)
+    own.pop("parents", None)
+
+    expired = state.expired_attributes
+    if type(expired) is set:
+        for key in plan.loader_keys:
+            cython.cast(set, expired).add(key)
+    else:
+        expired.update(plan.loader_keys)
+    callables = _own(own, state, "callables")
+    if callables:
+        for key in expired.intersection(callables):
+            del callables[key]
+
+    for key in plan.collection_keys:
+        if key in dict_:
+            dict_.pop(key)._sa_adapter.invalidated = True
+
+    last_known = _own(own, state, "_last_known_values")
+    if last_known:
+        last_known.update({k: dict_[k] for k in last_known if k in dict_})
+
+    all_keys: tuple = plan.all_keys
+    all_key_set: frozenset
+    if len(dict_) < len(all_keys):
+        all_key_set = plan.all_key_set
+        for key in [key for key in dict_ if key in all_key_set]:
+            del dict_[key]
+    else:
+        for key in all_keys:
+            if key in dict_:
+                del dict_[key]
+
+
 def expire_all(session, states):
     """Expire ``states`` (the identity map's, listed) as commit does."""
     modified: object = session.identity_map._modified
@@ -158,6 +237,12 @@ def expire_all(session, states):
         # and the state's plain sets and dicts changed with C's calls
         # rather than looked-up methods
         dict_ = found
+
+        if cython.compiled and own_attributes(
+            _InstanceState, _EXPIRE_NAMES, cython.address(_expire_site)
+        ):
+            _expire_own(state, plan, dict_, modified)
+            continue
 
         state.expired = True
         if state.modified:

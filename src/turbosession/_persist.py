@@ -61,6 +61,7 @@ if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem, PyDict_Next
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.cpython.ref import Py_INCREF
+    from cython.cimports.cpython.weakref import PyWeakref_NewRef
     from cython.cimports.turbosession._cpython import ListenerSites, has_listeners, state_object
     from cython.cimports.cpython.tuple import (
         PyTuple_GET_ITEM,
@@ -248,6 +249,47 @@ def _absent_value(state, dict_, key) -> object:
 
 
 @cython.cfunc
+def _plain_key_impls(mapper, keys: tuple) -> cython.bint:
+    """Whether every identity key attribute of ``mapper`` is one whose
+    ``get`` ``_absent_value`` answers without calling it (stock's ``get``
+    and loader callables, no attribute callable): asked once per
+    ``organize_for_save`` call, a per-mapper answer."""
+    manager = mapper.class_manager
+    for key in keys:
+        impl = manager[key].impl
+        cls = type(impl)
+        if (
+            cls.get is not _STOCK_IMPL_GET
+            or cls._fire_loader_callables is not _STOCK_FIRE_LOADERS
+            or impl.key != key
+            or impl.callable_
+        ):
+            return False
+    return True
+
+
+@cython.cfunc
+def _key_pending(keys: tuple, state, dict_) -> cython.bint:
+    """Whether a new state's identity key, of attributes that
+    ``_plain_key_impls`` accepted, has a value the database is to generate
+    (``_generated`` of ``_identity_key``): a key absent from ``dict_``
+    that is neither expired nor given a per-state callable, whose ``get``
+    returns NO_VALUE having called nothing, or NO_VALUE itself.  Such a
+    key is in no identity map, so it need not be built.  False where the
+    answer needs the attribute's own ``get`` (``_identity_key`` asks it)."""
+    if type(dict_) is not dict:
+        return False
+    plain: dict = dict_
+    for key in keys:
+        if key in plain:
+            if plain[key] is _NO_VALUE:
+                return True
+        elif key not in state.expired_attributes and key not in state.callables:
+            return True
+    return False
+
+
+@cython.cfunc
 @cython.inline
 def _live_obj(state) -> object:
     """``state.obj()``; compiled, ``_cpython.state_object`` (as
@@ -368,14 +410,31 @@ def organize_for_save(mapper, states, uow, connection):
             acceptable = mapper._acceptable_polymorphic_identities
     identity_map = uow.session.identity_map
     key_props: tuple = _key_props(mapper)
+    key_names: tuple = key_props[1]
+    # a new state whose key the database generates needs no identity key
+    # (it is in no identity map); asked per state only when the key's
+    # attributes are stock's (per mapper, here) and no before_insert
+    # listener runs in between that could change them
+    plain_keys: cython.bint = not insert_listeners and _plain_key_impls(mapper, key_names)
+    # the objects' dicts read as register_persistent reads them
+    plain_dict: cython.bint = orm_base.instance_dict is _INSTANCE_DICT
     to_insert: list = []
     to_update: list = []
     has_identity: cython.bint
+    pending: cython.bint
     for state in states:
-        dict_ = _state_dict(state)
+        if plain_dict and type(state) is _InstanceState:
+            obj = _live_obj(state)
+            dict_ = {} if obj is None else obj.__dict__
+            obj = None
+        else:
+            dict_ = _state_dict(state)
         key = state.key
         has_identity = bool(key)
-        instance_key = key or _identity_key(key_props, state, dict_)
+        pending = (
+            not has_identity and plain_keys and _key_pending(key_names, state, dict_)
+        )
+        instance_key = None if pending else key or _identity_key(key_props, state, dict_)
         if not has_identity:
             if insert_listeners:
                 before_insert(mapper, connection, state)
@@ -390,6 +449,7 @@ def organize_for_save(mapper, states, uow, connection):
         # lookup would only hash NO_VALUE, an enum, in Python)
         if (
             not has_identity
+            and not pending
             and not _generated(instance_key[1])
             and instance_key in identity_map
         ):
@@ -492,7 +552,8 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
     last_seen: list = [None, None]
     for state, state_dict, state_mapper, state_connection in states_to_insert:
         params = {}
-        value_params = {}
+        # made for the first SQL expression only: most records have none
+        value_params = None
         for propkey in _intersection_order(propkeys, state_dict, last_seen):
             value = state_dict[propkey]
             column = columns[propkey]
@@ -502,19 +563,23 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
             if expression is None:
                 params[column[0]] = value
             else:
+                if value_params is None:
+                    value_params = {}
                 value_params[column[1]] = expression
         # ORM-level (dataclass) defaults the column's own would not deliver
         for orm_default in orm_defaults:
             col = orm_default[1]
-            if col.key not in params and col not in value_params:
+            if col.key not in params and (value_params is None or col not in value_params):
                 expression = _sql_expression(orm_default[2])
                 if expression is None:
                     params[col.key] = orm_default[2]
                 else:
+                    if value_params is None:
+                        value_params = {}
                     value_params[col] = expression
         if as_none and (value_params or not _has_all(params, as_none_keys)):
             for colkey in as_none.difference(params).difference(
-                [c.key for c in value_params]
+                [] if value_params is None else [c.key for c in value_params]
             ):
                 params[colkey] = None
         has_all_pks = _has_all(params, pk_keys)
@@ -861,7 +926,11 @@ def _mark_in(mapping, states: list):
     data: dict = mapping.data
     remove = mapping._remove
     for state in states:
-        data[_ref(state, remove)] = True
+        if cython.compiled:
+            # what weakref.ref(state, remove) makes, without the type call
+            data[PyWeakref_NewRef(state, remove)] = True
+        else:
+            data[_ref(state, remove)] = True
 
 
 # the names WeakKeyDictionary.__init__ reads and sets in CPython 3.11: the
@@ -957,6 +1026,8 @@ def register_persistent(session, states: set, commit_all_states):
     # is not replaced (replace() would return None and do nothing)
     replace_dict = getattr(identity_map, "replace_dict", None)
     map_dict: dict = None if replace_dict is None else replace_dict()
+    # looked up once: nothing in the loop below rebinds it
+    replace = identity_map.replace
     instance_dict = orm_base.instance_dict
     key_props_of: dict = {}
     instance_key: tuple
@@ -995,7 +1066,7 @@ def register_persistent(session, states: set, commit_all_states):
         else:
             # an updated state is usually the one mapped under its key
             mapped = map_dict is not None and map_dict.get(key) is state
-        old = None if mapped else identity_map.replace(state)
+        old = None if mapped else replace(state)
         if (
             old is not None
             and old.obj() is not None

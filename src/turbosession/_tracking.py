@@ -46,7 +46,9 @@ if cython.compiled:
     from cython.cimports.turbosession._cpython import (
         ClassSite,
         SlotSite,
+        class_lookup,
         manager_impl,
+        own_attributes,
         own_value,
         slot_value,
     )
@@ -79,6 +81,12 @@ _column_key_site = cython.declare(ClassSite)
 # _expired_attributes)
 _committed_site = cython.declare(SlotSite)
 _expired_site = cython.declare(SlotSite)
+# compiled, commit_all_states sets and reads these in the state's own
+# __dict__ while its class has no data descriptor of them (own_attributes)
+_COMMIT_NAMES = cython.declare(tuple, ("modified", "expired", "_strong_obj"))
+_commit_site = cython.declare(ClassSite)
+# what a state's dict has under a name it does not hold
+_ABSENT = cython.declare(object, object())
 
 
 def _is_compiled():
@@ -316,6 +324,20 @@ def commit_all_states(states_and_dicts, instance_dict=None):
         )
         if expired_attributes:  # nothing to take out of an empty set
             expired_attributes.difference_update(dict_)
+        if cython.compiled and own_attributes(
+            type(state), _COMMIT_NAMES, cython.address(_commit_site)
+        ):
+            # the same reads and stores, in the same order, on the dict itself
+            if track_modified:
+                was_modified = state_dict.get("modified", _ABSENT)
+                if was_modified is _ABSENT:
+                    was_modified = class_lookup(type(state), "modified")
+                if was_modified:
+                    modified.discard(state)
+            state_dict["modified"] = False
+            state_dict["expired"] = False
+            state_dict["_strong_obj"] = None
+            continue
         if track_modified and state.modified:
             modified.discard(state)
         state.modified = state.expired = False

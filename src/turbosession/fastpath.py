@@ -272,20 +272,37 @@ def run_steps(uow, steps):
     try:
         for key in steps:
             kind, mapper = key
-            plan = _plan(mapper)
+            # _plan(mapper), its kept value found without the two calls
+            entry = mapper._memoized_values.get(_PLAN_KEY)
+            if entry is not None and entry[0] is mapper._sorted_tables:
+                plan = entry[1]
+            else:
+                plan = _plan(mapper)
             step_reason = plan.reason if session._fast_flush else "disabled"
             if step_reason is not None:
                 if reason is None and any(uow.mappers.get(m) for m in plan.mappers):
                     reason = step_reason
                 uow.postsort_actions[key].execute(uow)
             elif kind is _SaveUpdateAll:
-                _save(uow, mapper, persist, states_of(uow, plan.mappers, False, False))
+                states = states_of(uow, plan.mappers, False, False)
+                if mapper.batch:
+                    _save_batch(uow, mapper, persist, states, plan)
+                else:
+                    _save(uow, mapper, persist, states)
             else:
                 states = states_of(uow, plan.mappers, True, False)
-                if states or not _asks_nothing(uow, mapper):
+                if states or not (
+                    session.connection_callable
+                    or transaction.held_connection(uow, mapper) is not None
+                ):
+                    # (an empty step that asks nothing: _asks_nothing,
+                    # written out)
                     _delete(uow, mapper, persist, states)
     finally:
-        record(reason)
+        if reason is None:
+            _counts["fast"] += 1
+        else:
+            record(reason)
 
 
 def _asks_nothing(uow, base_mapper):
@@ -319,7 +336,14 @@ def _sort_states(base_mapper, persist, states):
     if persistence._sort_states is not _STOCK_SORT_STATES:
         return persistence._sort_states(base_mapper, states)
     sortkey = base_mapper._persistent_sortkey_fn
-    if derived(base_mapper, _PLAIN_SORTKEY_KEY, sortkey, _plain_sortkey):
+    # derived(base_mapper, _PLAIN_SORTKEY_KEY, ...), the kept answer found
+    # without the call
+    entry = base_mapper._memoized_values.get(_PLAIN_SORTKEY_KEY)
+    if entry is not None and entry[0] is sortkey:
+        plain = entry[1]
+    else:
+        plain = derived(base_mapper, _PLAIN_SORTKEY_KEY, sortkey, _plain_sortkey)
+    if plain:
         sortkey = None
     return persist.sort_states(states, sortkey)
 
@@ -340,20 +364,18 @@ def _row_switch_possible(uow, base_mapper, persist, states):
     return next(deletes, None) is not None
 
 
-def _stock_organize(uow, base_mapper, persist, states):
-    """Whether the states are organized by stock's
-    ``_organize_states_for_save`` (each its connection from the session's
-    ``connection_callable``, row switches) rather than by ``persist``'s
-    loop."""
-    return bool(uow.session.connection_callable) or _row_switch_possible(
-        uow, base_mapper, persist, states
-    )
-
-
 def _organize_for_save(uow, base_mapper, persist, states):
     """``persistence._organize_states_for_save``: the records to insert and
-    to update, and whether a row switch is among the updates."""
-    if _stock_organize(uow, base_mapper, persist, states):
+    to update, and whether a row switch is among the updates.  The states
+    are organized by stock's function (each its connection from the
+    session's ``connection_callable``, row switches) when the session has
+    a ``connection_callable`` or a row switch is possible."""
+    # (a flush that deletes nothing, its states' flags scanned in C,
+    # has no row switch: _row_switch_possible is not called)
+    if uow.session.connection_callable or (
+        _DELETE_FLAGS in uow.states.values()
+        and _row_switch_possible(uow, base_mapper, persist, states)
+    ):
         to_insert = []
         to_update = []
         row_switch = False
@@ -431,15 +453,18 @@ def _save(uow, base_mapper, persist, states):
     _save_batch(uow, base_mapper, persist, list(states))
 
 
-def _save_batch(uow, base_mapper, persist, states):
+def _save_batch(uow, base_mapper, persist, states, plan=None):
+    """One batch of ``_save`` (``plan``: the base mapper's ``_plan``, when
+    the caller has it)."""
     to_insert, to_update, row_switch = _organize_for_save(uow, base_mapper, persist, states)
     if not to_insert and not to_update:
         return
     insert_runs = persist.mapper_runs(to_insert, 2)
     update_runs = persist.mapper_runs(to_update, 2)
-    stock_updates = row_switch or _pk_changed(to_update)
+    stock_updates = row_switch or (to_update and _pk_changed(to_update))
     column_changes = uow.session._turbo.tracking.column_changes
-    plan = _plan(base_mapper)
+    if plan is None:
+        plan = _plan(base_mapper)
     for table, mapper, mappers, static in plan.save_tables:
         stock_postfetch = static or _refresh_flush(mappers)
         if to_update:
@@ -609,7 +634,15 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
                 or not connection.dialect.insert_returning
             )
         ):
-            statement = base_mapper._memo(("insert", table), table.insert)
+            # stock's memoized INSERT, found without a call when stock's
+            # _memo has made it
+            statement = (
+                base_mapper._memoized_values.get(("insert", table))
+                if type(base_mapper)._memo is _STOCK_MEMO
+                else None
+            )
+            if statement is None:
+                statement = base_mapper._memo(("insert", table), table.insert)
             rows = [record[2] for record in batch]
             if emission.execute(emit, base_mapper, connection, statement, rows, False) is None:
                 result = connection.execute(

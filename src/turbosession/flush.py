@@ -78,10 +78,18 @@ class UOWTransaction(unitofwork.UOWTransaction):
         session = self.session
         if not _stock_bookkeeping(type(session)):
             return super().finalize_flush_changes()
-        if not self.states:
+        flags = self.states
+        if not flags:
             return
-        states = set(self.states)
-        isdel = {s for (s, (isdelete, listonly)) in self.states.items() if isdelete}
+        states = set(flags)
+        values = flags.values()
+        if (True, False) in values or (True, True) in values:
+            isdel = {s for (s, (isdelete, listonly)) in flags.items() if isdelete}
+        else:
+            # a flush that deletes nothing (its states' (isdelete,
+            # listonly) flags scanned in C) has none to pick out; the
+            # difference below copies the set as stock's does
+            isdel = _NO_STATES
         other = states.difference(isdel)
         persist = session._turbo.persist
         if isdel:
@@ -103,16 +111,37 @@ class UOWTransaction(unitofwork.UOWTransaction):
             return super()._per_mapper_flush_actions(mapper)
         base = mapper.base_mapper
         actions = self.postsort_actions
-        saves = _record(actions, _SaveUpdateAll, base, "SaveUpdateAll")
-        deletes = _record(actions, _DeleteAll, base, "DeleteAll")
+        # each step as _PostSortRec.__new__ (the record registered under
+        # (cls, base), or a new one with disabled False) and its class's
+        # __init__ (mapper, sort key) make it
+        saves = actions.get((_SaveUpdateAll, base))
+        if saves is None:
+            saves = actions[(_SaveUpdateAll, base)] = _new_object(_SaveUpdateAll)
+            saves.disabled = False
+        saves.mapper = base
+        saves.sort_key = ("SaveUpdateAll", base._sort_key)
+        deletes = actions.get((_DeleteAll, base))
+        if deletes is None:
+            deletes = actions[(_DeleteAll, base)] = _new_object(_DeleteAll)
+            deletes.disabled = False
+        deletes.mapper = base
+        deletes.sort_key = ("DeleteAll", base._sort_key)
         self.dependencies.add((saves, deletes))
 
         for dep in mapper._dependency_processors:
             dep.per_property_preprocessors(self)
 
-        for dep in derived(
-            mapper, _PROCESSORS_KEY, mapper.relationships, _relationship_processors
-        ):
+        # derived(mapper, _PROCESSORS_KEY, ...), its kept value found
+        # without the call
+        relationships_ = mapper.relationships
+        entry = mapper._memoized_values.get(_PROCESSORS_KEY)
+        if entry is not None and entry[0] is relationships_:
+            processors = entry[1]
+        else:
+            processors = derived(
+                mapper, _PROCESSORS_KEY, relationships_, _relationship_processors
+            )
+        for dep in processors:
             dep.per_property_preprocessors(self)
 
     def _run_presort_actions(self):
@@ -191,6 +220,7 @@ def _relationship_processors(mapper):
     )
 
 
+_NO_STATES = frozenset()
 _PROCESSORS_KEY = ("turbosession", "relationship processors")
 _new_object = object.__new__
 _POSTSORT_NEW = unitofwork._PostSortRec.__new__
@@ -207,20 +237,6 @@ def _stock_records():
         and _SaveUpdateAll.__init__ is _SAVE_INIT
         and _DeleteAll.__init__ is _DELETE_INIT
     )
-
-
-def _record(actions, cls, base_mapper, label):
-    """``cls(uow, base_mapper)`` for ``_SaveUpdateAll`` / ``_DeleteAll``:
-    ``_PostSortRec.__new__`` (the one registered under ``(cls,
-    base_mapper)``, or a new one), then the class's ``__init__``."""
-    key = (cls, base_mapper)
-    record = actions.get(key)
-    if record is None:
-        record = actions[key] = _new_object(cls)
-        record.disabled = False
-    record.mapper = base_mapper
-    record.sort_key = (label, base_mapper._sort_key)
-    return record
 
 
 _REGISTER_PERSISTENT = orm.Session._register_persistent

@@ -101,7 +101,12 @@ def sorted_steps(uow):
             return None
         holder = min(mappers, key=_mapper_sort_key)
         shape = frozenset(mappers)
-    cache = derived(holder, _KEY, holder._sorted_tables, _new_cache)
+    # derived(holder, _KEY, ...), its kept cache found without the call
+    entry = holder._memoized_values.get(_KEY)
+    if entry is not None and entry[0] is holder._sorted_tables:
+        cache = entry[1]
+    else:
+        cache = derived(holder, _KEY, holder._sorted_tables, _new_cache)
     steps = cache.get(shape)
     if steps is None:
         steps = cache[shape] = _sort(uow, actions, dependencies)

@@ -440,7 +440,8 @@ def flush_connection(uow, mapper):
     yet (the transaction's first connection), acquires it as stock's
     ``_connection_for_bind`` does (``_provision``); else it is stock's call.
     """
-    parent = _flush_parent(uow)
+    sub = uow.transaction
+    parent = _flush_parent(sub, uow.session)
     if parent is not None:
         session = uow.session
         # stock's get_bind (_flush_parent checked it is), its first case
@@ -452,17 +453,17 @@ def flush_connection(uow, mapper):
         if entry is not None:
             return entry[0]
         if parent._parent is None and _provisions_directly(session, bind):
-            return _provision(session, parent, bind, None, uow.transaction)
-    return uow.transaction.connection(mapper)
+            return _provision(session, parent, bind, None, sub)
+    return sub.connection(mapper)
 
 
 def held_connection(uow, mapper):
     """The connection ``flush_connection`` returns without stock's call
     (nothing of the application runs and nothing changes while it is
     looked up), or None when it has to be stock's call."""
-    parent = _flush_parent(uow)
+    session = uow.session
+    parent = _flush_parent(uow.transaction, session)
     if parent is not None:
-        session = uow.session
         bind = session.bind
         if session.binds or not bind:
             bind = session.get_bind(mapper)
@@ -472,13 +473,11 @@ def held_connection(uow, mapper):
     return None
 
 
-def _flush_parent(uow):
-    """The transaction a flush's subtransaction asks for its connection,
-    when that can be done without stock's calls (the subtransaction holds
-    none, ``get_bind`` and the transaction's methods are stock's), else
-    None."""
-    sub = uow.transaction
-    session = uow.session
+def _flush_parent(sub, session):
+    """The transaction a flush's subtransaction ``sub`` asks for its
+    connection, when that can be done without stock's calls (the
+    subtransaction holds none, ``get_bind`` and the transaction's methods
+    are stock's), else None."""
     if (
         sub._state is _ACTIVE
         and type(sub) is SessionTransaction

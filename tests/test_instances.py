@@ -487,12 +487,16 @@ def _tracked_after_load(session, statement):
     import gc
 
     gc.collect()
-    before = {id(o) for o in gc.get_objects()}
+    # the objects themselves are held, so that none of their ids is freed
+    # and given to an object the load makes
+    alive = gc.get_objects()
+    before = {id(o) for o in alive}
     loaded = session.scalars(statement).all()
     gc.collect()
     left = collections.Counter(
         type(o).__name__ for o in gc.get_objects() if id(o) not in before
     )
+    del alive
     return loaded, left
 
 
@@ -533,7 +537,14 @@ def test_loaded_objects_leave_what_stock_leaves_tracked(session_cls, pure_loop):
     assert stock["Author"] == stock["InstanceState"] == stock["method"] == 200, stock
     assert stock["set"] >= 200, stock
     untracked = 200 if session_cls._turbo.name == "compiled" else 0
-    assert ours == stock - collections.Counter(set=untracked), (stock, ours)
+    expected = stock - collections.Counter(set=untracked)
+    # what the 200 objects leave, per object: the types made at least once
+    # per two objects (a stray object of another test's thread or of a
+    # cache is not the load's)
+    per_object = {name for name, count in (stock + ours).items() if count >= 100}
+    assert {name: ours[name] for name in per_object} == {
+        name: expected[name] for name in per_object
+    }, (stock, ours)
     engine.dispose()
 
 

@@ -111,22 +111,20 @@ class UOWTransaction(unitofwork.UOWTransaction):
             return super()._per_mapper_flush_actions(mapper)
         base = mapper.base_mapper
         actions = self.postsort_actions
-        # each step as _PostSortRec.__new__ (the record registered under
-        # (cls, base), or a new one with disabled False) and its class's
-        # __init__ (mapper, sort key) make it
-        saves = actions.get((_SaveUpdateAll, base))
-        if saves is None:
-            saves = actions[(_SaveUpdateAll, base)] = _new_object(_SaveUpdateAll)
-            saves.disabled = False
-        saves.mapper = base
-        saves.sort_key = ("SaveUpdateAll", base._sort_key)
-        deletes = actions.get((_DeleteAll, base))
-        if deletes is None:
-            deletes = actions[(_DeleteAll, base)] = _new_object(_DeleteAll)
-            deletes.disabled = False
-        deletes.mapper = base
-        deletes.sort_key = ("DeleteAll", base._sort_key)
-        self.dependencies.add((saves, deletes))
+        # each step (_SaveUpdateAll, then _DeleteAll) as
+        # _PostSortRec.__new__ (the record registered under (cls, base), or
+        # a new one with disabled False) and its class's __init__ (mapper,
+        # sort key) make it
+        steps = []
+        for cls, label in _BASE_STEPS:
+            record = actions.get((cls, base))
+            if record is None:
+                record = actions[(cls, base)] = _new_object(cls)
+                record.disabled = False
+            record.mapper = base
+            record.sort_key = (label, base._sort_key)
+            steps.append(record)
+        self.dependencies.add((steps[0], steps[1]))
 
         for dep in mapper._dependency_processors:
             dep.per_property_preprocessors(self)
@@ -221,6 +219,7 @@ def _relationship_processors(mapper):
 
 
 _NO_STATES = frozenset()
+_BASE_STEPS = ((_SaveUpdateAll, "SaveUpdateAll"), (_DeleteAll, "DeleteAll"))
 _PROCESSORS_KEY = ("turbosession", "relationship processors")
 _new_object = object.__new__
 _POSTSORT_NEW = unitofwork._PostSortRec.__new__

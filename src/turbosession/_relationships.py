@@ -234,11 +234,11 @@ def sync_keys(uow, batch: list, plans: dict, describe, stock):
     key copied between the tables of a joined-inheritance object).
 
     ``plans`` keeps ``describe(mapper)`` per record mapper: a tuple of
-    ``(source key, destination key, column)`` in stock's order, the
-    column the one ``uow.attributes[("pk_cascaded", state, column)]`` is
-    set for after its copy (None where stock sets none), or None, where
-    ``stock(uow, state, mapper)`` does the record (a column not mapped:
-    stock raises its error there)."""
+    ``(source key, destination key, column)`` in stock's order, where
+    ``uow.attributes[("pk_cascaded", state, column)]`` is set after the
+    copy unless the column is None; or None, where ``stock(uow, state,
+    mapper)`` does the record (a column not mapped: stock raises its
+    error there)."""
     attributes: dict = uow.attributes
     step: tuple
     for record in batch:

@@ -136,92 +136,16 @@ def _own(own: dict, state, name: str):
     return value
 
 
-@cython.cfunc
-@cython.inline
-def _read(state, own: dict, name: str, direct: cython.bint):
-    """``getattr(state, name)``; ``direct``, as ``_own`` reads it."""
-    if direct:
-        return _own(own, state, name)
-    return getattr(state, name)
-
-
-@cython.cfunc
-@cython.inline
-def _write(state, own: dict, name: str, value, direct: cython.bint):
-    """``setattr(state, name, value)``; ``direct``, stored in the state's
-    ``__dict__`` (where that ``setattr`` stores it)."""
-    if direct:
-        own[name] = value
-    else:
-        setattr(state, name, value)
-
-
-@cython.cfunc
-def _expire_state(state, plan: _ManagerPlan, dict_: dict, modified, direct: cython.bint):
-    """``expire_all``'s step for one state.  With ``direct`` (compiled,
-    while ``own_attributes`` accepts ``_EXPIRE_NAMES``), those attributes
-    are read from and stored in the state's ``__dict__``: the same reads,
-    stores and deletions in the same order.  Compiled, the state's plain
-    sets and dicts are changed with C's calls rather than looked-up
-    methods."""
-    own: dict = state.__dict__
-    _write(state, own, "expired", True, direct)
-    if _read(state, own, "modified", direct):
-        if cython.compiled and type(modified) is set:
-            cython.cast(set, modified).discard(state)
-        else:
-            modified.discard(state)
-        committed = state.committed_state
-        if cython.compiled and type(committed) is dict:
-            cython.cast(dict, committed).clear()
-        else:
-            committed.clear()
-        _write(state, own, "modified", False, direct)
-    _write(state, own, "_strong_obj", None, direct)
-
-    own.pop("_pending_mutations", None)
-    own.pop("parents", None)
-
-    expired = state.expired_attributes
-    if cython.compiled and type(expired) is set:
-        # set.update of the list: each key added in its order
-        for key in plan.loader_keys:
-            cython.cast(set, expired).add(key)
-    else:
-        expired.update(plan.loader_keys)
-    callables = _read(state, own, "callables", direct)
-    if callables:
-        for key in expired.intersection(callables):
-            del callables[key]
-
-    for key in plan.collection_keys:
-        if key in dict_:
-            dict_.pop(key)._sa_adapter.invalidated = True
-
-    last_known = _read(state, own, "_last_known_values", direct)
-    if last_known:
-        last_known.update({k: dict_[k] for k in last_known if k in dict_})
-
-    # the loaded values go; walking the shorter side needs no
-    # intersection set per state (the order of deletion leaves no trace)
-    all_keys: tuple = plan.all_keys
-    all_key_set: frozenset
-    if len(dict_) < len(all_keys):
-        all_key_set = plan.all_key_set
-        for key in [key for key in dict_ if key in all_key_set]:
-            del dict_[key]
-    else:
-        for key in all_keys:
-            if key in dict_:
-                del dict_[key]
-
-
 def expire_all(session, states):
     """Expire ``states`` (the identity map's, listed) as commit does."""
     modified: object = session.identity_map._modified
     plans: dict = {}
     plan: _ManagerPlan
     dict_: dict
+    own: dict
+    all_keys: tuple
+    all_key_set: frozenset
+    direct: cython.bint
     # the last manager's plan, asked again without hashing the manager
     # (ClassManager.__hash__ is Python)
     last_manager = None
@@ -256,13 +180,76 @@ def expire_all(session, states):
             plans.clear()
             last_manager = None
             continue
-        # compiled, a dict itself from here (its lookups and deletions C's)
+        # compiled, a dict itself from here (its lookups and deletions C's),
+        # and the state's plain sets and dicts changed with C's calls
+        # rather than looked-up methods; with ``direct`` (compiled, while
+        # ``own_attributes`` accepts ``_EXPIRE_NAMES``) those attributes
+        # read from and stored in the state's ``__dict__``: the same reads,
+        # stores and deletions in the same order
         dict_ = found
-        _expire_state(
-            state, plan, dict_, modified,
-            cython.compiled
-            and own_attributes(_InstanceState, _EXPIRE_NAMES, cython.address(_expire_site)),
+        direct = cython.compiled and own_attributes(
+            _InstanceState, _EXPIRE_NAMES, cython.address(_expire_site)
         )
+        own = state.__dict__
+        if direct:
+            own["expired"] = True
+        else:
+            state.expired = True
+        if _own(own, state, "modified") if direct else state.modified:
+            if cython.compiled and type(modified) is set:
+                cython.cast(set, modified).discard(state)
+            else:
+                modified.discard(state)
+            committed = state.committed_state
+            if cython.compiled and type(committed) is dict:
+                cython.cast(dict, committed).clear()
+            else:
+                committed.clear()
+            if direct:
+                own["modified"] = False
+            else:
+                state.modified = False
+        if direct:
+            own["_strong_obj"] = None
+        else:
+            state._strong_obj = None
+
+        own.pop("_pending_mutations", None)
+        own.pop("parents", None)
+
+        expired = state.expired_attributes
+        if cython.compiled and type(expired) is set:
+            # set.update of the list: each key added in its order
+            for key in plan.loader_keys:
+                cython.cast(set, expired).add(key)
+        else:
+            expired.update(plan.loader_keys)
+        callables = _own(own, state, "callables") if direct else state.callables
+        if callables:
+            for key in expired.intersection(callables):
+                del callables[key]
+
+        for key in plan.collection_keys:
+            if key in dict_:
+                dict_.pop(key)._sa_adapter.invalidated = True
+
+        last_known = (
+            _own(own, state, "_last_known_values") if direct else state._last_known_values
+        )
+        if last_known:
+            last_known.update({k: dict_[k] for k in last_known if k in dict_})
+
+        # the loaded values go; walking the shorter side needs no
+        # intersection set per state (the order of deletion leaves no trace)
+        all_keys = plan.all_keys
+        if len(dict_) < len(all_keys):
+            all_key_set = plan.all_key_set
+            for key in [key for key in dict_ if key in all_key_set]:
+                del dict_[key]
+        else:
+            for key in all_keys:
+                if key in dict_:
+                    del dict_[key]
 
 
 def detach_all(session, states):

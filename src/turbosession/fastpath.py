@@ -291,12 +291,7 @@ def run_steps(uow, steps):
                     _save(uow, mapper, persist, states)
             else:
                 states = states_of(uow, plan.mappers, True, False)
-                if states or not (
-                    session.connection_callable
-                    or transaction.held_connection(uow, mapper) is not None
-                ):
-                    # (an empty step that asks nothing: _asks_nothing,
-                    # written out)
+                if states or not _asks_nothing(uow, mapper):
                     _delete(uow, mapper, persist, states)
     finally:
         if reason is None:

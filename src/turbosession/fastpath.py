@@ -415,11 +415,17 @@ def _pk_changed(records):
 
 # The collectors chain each run's own generator (made when the one before
 # it is done, as stock's single generator would get to its states): records
-# pass through C, with no Python frame resumed per record.
+# pass through C, with no Python frame resumed per record.  A single run
+# (one mapper, one connection: every short flush) is its own generator.
 
 
 def _collect_inserts(table, runs, persist):
     """``persistence._collect_insert_commands`` over the runs of records."""
+    if len(runs) == 1:
+        mapper, connection, run = runs[0]
+        if table in mapper._pks_by_table:
+            return persist.collect_insert_commands(table, mapper, connection, run)
+        return ()
     return chain.from_iterable(
         persist.collect_insert_commands(table, mapper, connection, run)
         for mapper, connection, run in runs
@@ -429,6 +435,11 @@ def _collect_inserts(table, runs, persist):
 
 def _collect_updates(uow, table, runs, persist, column_changes):
     """``persistence._collect_update_commands`` over the runs of records."""
+    if len(runs) == 1:
+        mapper, _, run = runs[0]
+        if table in mapper._pks_by_table:
+            return persist.collect_update_commands(uow, table, mapper, run, column_changes)
+        return ()
     return chain.from_iterable(
         persist.collect_update_commands(uow, table, mapper, run, column_changes)
         for mapper, _, run in runs
@@ -522,9 +533,8 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
     ``_postfetch`` as stock's emitters hand it, with the parameters they
     give it.
     """
-    mapper = batch[0][3]
-    if not mapper._table_to_equated[table] and all(record[3] is mapper for record in batch):
-        persist.postfetch_batch(mapper, uow, table, batch, result, isupdate)
+    if _nothing_to_sync(table, batch):
+        persist.postfetch_batch(batch[0][3], uow, table, batch, result, isupdate)
         return
     context = result.context
     compiled = context.compiled
@@ -541,6 +551,19 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
         )
 
 
+def _nothing_to_sync(table, batch):
+    """Whether the records of a batch are all of one mapper, which has no
+    keys to synchronise between its tables for ``table`` (stock's
+    ``_postfetch`` then calls no ``sync._populate`` for any of them)."""
+    mapper = batch[0][3]
+    if mapper._table_to_equated[table]:
+        return False
+    for record in batch:
+        if record[3] is not mapper:
+            return False
+    return True
+
+
 _STOCK_POPULATE = sync._populate
 
 
@@ -550,7 +573,11 @@ def _sync_keys(uow, table, batch):
     keys between each record's mapper's tables (joined inheritance), on
     the session's ``relationships`` loop (``sync_keys``) with the
     attribute keys of each mapper's pairs looked up once (``_sync_plan``),
-    while ``sync._populate`` is stock's; else stock's ``sync._populate``."""
+    while ``sync._populate`` is stock's; else stock's ``sync._populate``.
+    Nothing, when there are no keys to synchronise (a mapper without
+    inheritance)."""
+    if _nothing_to_sync(table, batch):
+        return
     if sync._populate is not _STOCK_POPULATE:
         for record in batch:
             _stock_sync(uow, record[0], record[3], table)

@@ -255,6 +255,47 @@ def sc_delete_detached_and_other_session(session_cls, engine, log):
     session.close()
 
 
+def sc_delete_listened_after_load(session_cls, engine, log):
+    """A delete cascade that reads only loaded collections keeps what the
+    gate found about attach listeners; one that loads (here a ``load``
+    listener adds a ``before_attach`` listener) has them read again."""
+    with session_cls(engine) as setup:
+        for i in range(3):
+            setup.add(Author(name=f"a{i}", books=[Book(title=f"b{i}.{j}") for j in range(2)]))
+        setup.commit()
+    session = session_cls(engine)
+    a0, a1, a2 = session.scalars(select(Author).order_by(Author.id)).all()
+    a0.books
+    a2.books
+
+    def on_attach(sess, instance):
+        log.note("event", "before_attach", repr(instance))
+
+    def on_load(target, context):
+        log.note("event", "load", repr(target))
+        if not event.contains(session, "before_attach", on_attach):
+            event.listen(session, "before_attach", on_attach)
+
+    # one author per flush: the flush loads the deleted authors' tags in
+    # the order of a set of states, which differs from run to run
+    session.delete(a0)  # loaded: nothing runs, nothing read again
+    everything(session, log, a0=a0)
+    session.flush()
+    event.listen(Book, "load", on_load)
+    try:
+        session.delete(a1)  # the cascade loads a1's books
+        everything(session, log, a1=a1)
+        session.flush()
+        session.delete(a2)  # listened from the gate on
+        everything(session, log, a2=a2)
+        session.commit()
+    finally:
+        event.remove(Book, "load", on_load)
+    everything(session, log, a0=a0, a1=a1, a2=a2)
+    log.note("rows", session.scalars(select(Book.title).order_by(Book.id)).all())
+    session.close()
+
+
 def sc_autobegin(session_cls, engine, log):
     """The first add / delete begins the transaction; a listener of that
     event makes the attach events listened from then on."""
@@ -298,6 +339,7 @@ SCENARIOS = [
     sc_other_session_and_errors,
     sc_delete_cascades,
     sc_delete_detached_and_other_session,
+    sc_delete_listened_after_load,
 ]
 
 

@@ -396,6 +396,9 @@ class _Walk:
     hash_key: object
     events: tuple
     listened: cython.int  # -1: not looked up yet
+    # a delete walk called a stock method that may load (and so run
+    # listeners) since ``listened`` was read
+    stock_ran: cython.bint
     plans: dict  # mapper -> cascade plan; None: looked up every time
     last_mapper: object
     last_plan: tuple
@@ -417,6 +420,7 @@ class _Walk:
     def forget(self):
         """After stock's code ran (its listeners may change anything)."""
         self.listened = -1
+        self.stock_ran = False
         self.last_mapper = None
         self.last_plan = None
         self.known = False
@@ -577,6 +581,7 @@ class _Walk:
                 return None
             halt_on = self.session._contains_state if save else None
             self.known = False
+            self.stock_ran = True
             return tuple(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
         # a relationship's own value (its class has none: own_value)
         cascade = (
@@ -595,6 +600,7 @@ class _Walk:
         else:
             pairs = _loaded_members(prop, state, dict_, key)
             if pairs is None:
+                self.stock_ran = True
                 passive = _NO_INITIALIZE if prop.passive_deletes else _LOAD
                 pairs = prop._value_as_iterable(state, dict_, key, passive=passive)
         target = step[3]
@@ -635,13 +641,19 @@ class _Walk:
         # with no property that may cascade has nothing to gather
         plan: tuple = self.gated_plan(state.manager.mapper)
         found: list = None
+        self.stock_ran = False
         if plan[1]:
             found = self.cascade(state, plan, _DELETE)
         session._deleted[state] = instance
         if not found:
             return
-        # the loads may have run listeners
-        listened: cython.bint = _listened(session.dispatch, self.events)
+        # the loads may have run listeners; a walk that read only loaded
+        # collections and objects called nothing that could add one since
+        # the gate (or began()) read them
+        listened: cython.bint = (
+            _listened(session.dispatch, self.events) if self.stock_ran or self.listened < 0
+            else self.listened > 0
+        )
         for entry in found:
             self.delete_cascaded(entry[2], entry[0], listened)
 

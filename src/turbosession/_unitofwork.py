@@ -196,33 +196,36 @@ def _present_scalar_history(impl, state, key, dict_, flags):
 
 
 @cython.cfunc
-def _history(state, key, flags) -> tuple:
+def _history(state, key, flags, passive) -> tuple:
+    """The unit of work's cache entry for ``state``'s ``key`` looked up with
+    ``flags``: ``(history, history as states, passive)``, made as one tuple
+    (no pair to unpack per lookup)."""
     impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
     dict_ = _state_dict(state)
     found = _present_scalar_history(impl, state, key, dict_, flags)
     if found is not None:
         if found is _HISTORY_BLANK:
-            return found, found
+            return (found, found, passive)
         if impl.uses_objects:
             # made here (HISTORY_BLANK is handled above): its items read as
             # a tuple's, not through the subclass's __getitem__
             parts: tuple = cython.cast(tuple, found)
-            return found, _new_history(
+            return (found, _new_history(
                 _as_states(parts[0]), _as_states(parts[1]), _as_states(parts[2])
-            )
-        return found, found
+            ), passive)
+        return (found, found, passive)
     if type(impl) is _CollectionAttributeImpl:
         current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is not _MISSING and current is not _NO_VALUE:
-            found = _loaded_collection_history(state, key, current, flags)
+            found = _loaded_collection_history(state, key, current, flags, passive)
             if found is not None:
                 return found
         elif current is _MISSING and _unloaded_collection_blank(impl, state, key, flags):
-            return _HISTORY_BLANK, _HISTORY_BLANK
+            return (_HISTORY_BLANK, _HISTORY_BLANK, passive)
     history = impl.get_history(state, dict_, flags)
     if history and impl.uses_objects:
-        return history, history.as_state()
-    return history, history
+        return (history, history.as_state(), passive)
+    return (history, history, passive)
 
 
 @cython.cfunc
@@ -317,11 +320,12 @@ def _pending_mutations(state):
 
 
 @cython.cfunc
-def _loaded_collection_history(state, key, current, flags) -> tuple:
+def _loaded_collection_history(state, key, current, flags, passive) -> tuple:
     """``_CollectionAttributeImpl.get_history`` and ``History.as_state`` of
     a collection present in the state's dict (``History.from_collection``),
-    or None for stock's: pending mutations recorded for a loaded
-    collection (stock's assertion), an original that is not a list."""
+    as ``_history``'s cache entry, or None for stock's: pending mutations
+    recorded for a loaded collection (stock's assertion), an original that
+    is not a list."""
     includes_pending = _includes_pending.get(flags)
     if includes_pending is None:
         includes_pending = _includes_pending[flags] = bool(flags & _INCLUDE_PENDING_MUTATIONS)
@@ -335,17 +339,23 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
         else committed.get(key, _NO_HISTORY)
     )
     # the adapter iterates a list collection of SQLAlchemy's class as the
-    # list itself
-    items: list = list(current) if type(current) is _InstrumentedList else list(current._sa_adapter)
+    # list itself: its items copied as a slice copies them (a new list;
+    # the class does not instrument reads), without list()'s iteration
+    items: list = (
+        cython.cast(list, current)[:] if type(current) is _InstrumentedList
+        else list(current._sa_adapter)
+    )
     if original is _NO_HISTORY:
         return (
             _new_history((), items, ()),
             _new_history([], _as_states(items), []),
+            passive,
         )
     if original is _NO_VALUE:
         return (
             _new_history(items, (), ()),
             _new_history(_as_states(items), [], []),
+            passive,
         )
     if type(original) is not list:
         return None
@@ -354,6 +364,7 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
         return (
             _new_history(items, [], []),
             _new_history(_as_states(items), [], []),
+            passive,
         )
     current_states: list = [(_state_or_none(c), c) for c in items]
     original_states: list = [(_state_or_none(c), c) for c in original]
@@ -364,7 +375,11 @@ def _loaded_collection_history(state, key, current, flags) -> tuple:
     unchanged: list = [pair[1] for pair in current_states if pair[0] in original_set]
     deleted: list = [pair[1] for pair in original_states if pair[0] not in current_set]
     history = _new_history(added, unchanged, deleted)
-    return history, _new_history(_as_states(added), _as_states(unchanged), _as_states(deleted))
+    return (
+        history,
+        _new_history(_as_states(added), _as_states(unchanged), _as_states(deleted)),
+        passive,
+    )
 
 
 @cython.cfunc
@@ -419,15 +434,14 @@ def attribute_history(uow, state, key, passive):
     hashkey: tuple = ("history", state, key)
     cached: tuple = cache.get(hashkey)
     if cached is not None:
-        state_history = cached[1]
         # a passive lookup was cached; a non-passive one loads and re-caches
         if not _flag_info(cached[2])[1] and _flag_info(passive)[1]:
-            history, state_history = _history(state, key, _RELOAD)
-            cache[hashkey] = (history, state_history, passive)
-        return state_history
-    history, state_history = _history(state, key, _flag_info(passive)[0])
-    cache[hashkey] = (history, state_history, passive)
-    return state_history
+            cached = _history(state, key, _RELOAD, passive)
+            cache[hashkey] = cached
+        return cached[1]
+    entry: tuple = _history(state, key, _flag_info(passive)[0], passive)
+    cache[hashkey] = entry
+    return entry[1]
 
 
 def states_for_mapper_hierarchy(uow, mapper, isdelete, listonly):

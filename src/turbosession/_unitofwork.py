@@ -341,10 +341,13 @@ def _loaded_collection_history(state, key, current, flags, passive) -> tuple:
     # the adapter iterates a list collection of SQLAlchemy's class as the
     # list itself: its items copied as a slice copies them (a new list;
     # the class does not instrument reads), without list()'s iteration
-    items: list = (
-        cython.cast(list, current)[:] if type(current) is _InstrumentedList
-        else list(current._sa_adapter)
-    )
+    items: list
+    if type(current) is not _InstrumentedList:
+        items = list(current._sa_adapter)
+    elif cython.compiled:
+        items = cython.cast(list, current)[:]
+    else:
+        items = current[:]
     if original is _NO_HISTORY:
         return (
             _new_history((), items, ()),

@@ -1273,14 +1273,42 @@ def collection_builds(session_cls, engine, log):
                  list(collection), adapter.empty, adapter._data() is collection)
 
     def on_book_load(target, context):
+        if target.id == raising[0]:
+            raise ValueError(f"book {target.id}")
         author = context.session.identity_map.get((Author, (target.author_id,), None))
         books = None if author is None else inspect(author).dict.get("books")
         log.note("book load", inspect(target).key,
                  None if books is None else [b.id for b in books])
 
+    raising = [None]
+
+    def raising_at(book_id, load):
+        def run(session):
+            raising[0] = book_id
+            try:
+                return load(session)
+            finally:
+                raising[0] = None
+        return run
+
+    def with_orm_execute_listener(load):
+        def run(session):
+            def on_execute(orm_execute_state):
+                log.note("do_orm_execute", orm_execute_state.is_select)
+            event.listen(session, "do_orm_execute", on_execute)
+            return load(session)
+        return run
+
+    selectin = lambda s: s.scalars(  # noqa: E731
+        select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()
     loads = [
         ("joined", lambda s: s.scalars(select(Author).options(joinedload(Author.books))
                                        .order_by(Author.id)).unique().all()),
+        ("selectin raising", raising_at(22, selectin)),
+        ("selectin with do_orm_execute", with_orm_execute_listener(selectin)),
+        ("selectin of two", lambda s: s.scalars(
+            select(Author).options(selectinload(Author.books)).where(Author.id.in_([2, 4]))
+            .order_by(Author.id)).all()),
         ("selectin", lambda s: s.scalars(select(Author).options(selectinload(Author.books))
                                          .order_by(Author.id)).all()),
         ("joined nested", lambda s: s.scalars(
@@ -1298,7 +1326,12 @@ def collection_builds(session_cls, engine, log):
                 event.listen(Author.books, "init_collection", on_init)
             for label, load in loads:
                 with session_cls(engine) as session:
-                    authors = load(session)
+                    try:
+                        authors = load(session)
+                    except ValueError as exc:
+                        log.note(label, "raises", str(exc))
+                        log.note(label, "session", session_record(session, runids))
+                        continue
                     log.note(label, init_listener,
                              [(a.id, _collection_record(a)) for a in authors])
                     log.note(label, "session", session_record(session, runids))

@@ -29,6 +29,7 @@ import types
 import weakref
 
 from sqlalchemy import util
+from sqlalchemy.engine import result as engine_result
 from sqlalchemy.orm import attributes as orm_attributes
 from sqlalchemy.orm import collections as orm_collections
 from sqlalchemy.orm import instrumentation as orm_instrumentation
@@ -1500,6 +1501,83 @@ def _set_committed_collection(impl, state, dict_, value) -> object:
     return user_data
 
 
+# the generator function stock's loading.instances gives its result
+# (``chunks``), with the cells read from it, and the result class it makes
+_CHUNKS_CODE = next(
+    (
+        const
+        for const in loading.instances.__code__.co_consts
+        if getattr(const, "co_name", None) == "chunks"
+        and {"context", "cursor", "process", "single_entity", "is_top_level"}
+        <= set(getattr(const, "co_freevars", ()))
+    ),
+    None,
+)
+_CHUNKS_CELLS = (
+    {name: i for i, name in enumerate(_CHUNKS_CODE.co_freevars)} if _CHUNKS_CODE else {}
+)
+_ChunkedIteratorResult = cython.declare(object, engine_result.ChunkedIteratorResult)
+_STOCK_RAW_ALL_TUPLES = cython.declare(
+    object, engine_result.ChunkedIteratorResult._raw_all_tuples
+)
+_STOCK_FETCHALL_IMPL = cython.declare(object, engine_result.IteratorResult._fetchall_impl)
+
+
+@cython.cfunc
+def _raw_all_tuples(result, session) -> object:
+    """``result._raw_all_tuples()`` of the selectin loader's query: for the
+    result stock's ``loading.instances`` made (its ``chunks`` not started,
+    no ``do_orm_execute`` listener that could have touched it), what that
+    call does when the query is nested in a load (no post-loads to invoke)
+    and has several entities, without the generator and its list
+    comprehension: the query context's ``partials`` reset, the cursor's
+    rows fetched, each row's tuple made of its entities' processors called
+    in order (a RowLoader called directly), the result soft-closed after
+    that whatever happens, then the result's interim-row function applied."""
+    chunks = getattr(result, "chunks", None)
+    if (
+        _CHUNKS_CODE is None
+        or type(result) is not _ChunkedIteratorResult
+        or getattr(chunks, "__code__", None) is not _CHUNKS_CODE
+        or _ChunkedIteratorResult._raw_all_tuples is not _STOCK_RAW_ALL_TUPLES
+        or _ChunkedIteratorResult._fetchall_impl is not _STOCK_FETCHALL_IMPL
+        or result._hard_closed
+        or result._unique_filter_state is not None
+        or result._post_creational_filter is not None
+        or _has_listeners(session.dispatch.do_orm_execute)
+    ):
+        return result._raw_all_tuples()
+    cells: tuple = chunks.__closure__
+    if _cell(cells[_CHUNKS_CELLS["is_top_level"]]) or _cell(
+        cells[_CHUNKS_CELLS["single_entity"]]
+    ):
+        return result._raw_all_tuples()
+    process: tuple = _cell(cells[_CHUNKS_CELLS["process"]])
+    query_context = _cell(cells[_CHUNKS_CELLS["context"]])
+    cursor = _cell(cells[_CHUNKS_CELLS["cursor"]])
+    interim_rows = result._row_getter[2]
+    try:
+        query_context.partials = {}
+        # a comprehension, as stock's: the rows made before a processor
+        # raises are not kept by a local of this frame (its traceback)
+        rows = [
+            tuple([_process(proc, raw) for proc in process]) for raw in cursor._raw_all_tuples()
+        ]
+    finally:
+        result._soft_close()
+    return interim_rows(rows)
+
+
+@cython.cfunc
+@cython.inline
+def _process(proc, row) -> object:
+    """``proc(row)``; a RowLoader's without the Python call."""
+    if type(proc) is RowLoader:
+        loader: RowLoader = proc
+        return loader.load(row)
+    return proc(row)
+
+
 def load_via_parent(loader, our_states, query_info, q, context, execution_options, chunksize):
     """Stock's ``_SelectInLoader._load_via_parent`` for a turbosession
     session (``turbosession.instances`` hands it over): per chunk of parents
@@ -1528,10 +1606,13 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
         if result.context is not None and result.context.requires_uniquing:
             rows = result.unique()
         else:
-            rows = result._raw_all_tuples()
+            rows = _raw_all_tuples(result, context.session)
         data = {}
         for row in rows:
-            parent_key = row[:n_pk]
+            # a one-column key is grouped by its value (equal values make
+            # equal one-item tuples, and the other way round), without the
+            # slice's tuple
+            parent_key = row[0] if n_pk == 1 else row[:n_pk]
             found = data.get(parent_key)
             if found is None:
                 data[parent_key] = [row[n_pk]]
@@ -1543,7 +1624,7 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
             if not overwrite and attr_key in state_dict:
                 continue
 
-            collection = data.get(parent_key, empty_result)
+            collection = data.get(parent_key[0] if n_pk == 1 else parent_key, empty_result)
 
             if not uselist and collection:
                 if len(collection) > 1:

@@ -1208,9 +1208,10 @@ def test_collection_steps_match_stock_and_are_counted(session_cls, engine, pure_
     assert_same_as_stock(shelf_loads, session_cls, engine, CountsBase.metadata)
     loaded = turbosession.stats()["loads"]["instances"]
     # selectin: three shelves' sets; uselist=False: three shelves; joined:
-    # the one later row (shelf 1's second volume) appended to its set
-    assert loaded["collections"] == 0, loaded
-    assert loaded["collections_to_stock"] == {"collection_class": 4, "scalar": 3}, loaded
+    # each shelf's set initialised on the loop at its first row, then its
+    # volumes (shelf 1's two, shelf 2's one) added through the set's adapter
+    assert loaded["collections"] == 3, loaded
+    assert loaded["collections_to_stock"] == {"collection_class": 6, "scalar": 3}, loaded
     Base.metadata.create_all(engine)
     try:
         with session_cls(engine) as session:
@@ -1223,8 +1224,138 @@ def test_collection_steps_match_stock_and_are_counted(session_cls, engine, pure_
         loaded = turbosession.stats()["loads"]["instances"]
     finally:
         Base.metadata.drop_all(engine)
-    # four authors' lists set by selectin; six later rows of the joined load
-    assert loaded["collections"] == 4 + 6 and loaded["collections_to_stock"] == {}, loaded
+    # four authors' lists set by selectin; joined: four authors' lists
+    # initialised at their first rows, the three first books and the six
+    # later rows appended
+    assert loaded["collections"] == 4 + 4 + 3 + 6, loaded
+    assert loaded["collections_to_stock"] == {}, loaded
+
+
+def _collection_record(author):
+    """An author's loaded collection as a program can read it: its class,
+    members, and its adapter's attributes."""
+    state = inspect(author)
+    books = state.dict.get("books")
+    if books is None:
+        return None
+    adapter = books._sa_adapter
+    return (
+        type(books).__name__,
+        [b.id for b in books],
+        type(adapter).__name__,
+        adapter.owner_state is state,
+        adapter.attr is state.manager["books"].impl,
+        adapter._data() is books,
+        adapter._key,
+        adapter.empty,
+        adapter.invalidated,
+        sorted(vars(books)),
+    )
+
+
+def collection_builds(session_cls, engine, log):
+    """The collections the eager loaders make: each load in a fresh session,
+    the attribute events fired on the collection (with and without
+    ``init_collection`` listeners), what a child's ``load`` listener sees of
+    its parent's collection, the collections and their adapters afterwards,
+    the states (their ``_empty_collections`` / ``_pending_mutations`` /
+    ``expired`` entries), then appends that fire events as stock's."""
+    Base.metadata.create_all(engine)
+    with session_cls(engine) as session:
+        seed(session)
+    runids = Runids()
+
+    def on_append(target, value, initiator):
+        log.note("append", inspect(target).key, inspect(value).key, initiator.op)
+
+    def on_init(target, collection, adapter):
+        log.note("init_collection", inspect(target).key, type(collection).__name__,
+                 list(collection), adapter.empty, adapter._data() is collection)
+
+    def on_book_load(target, context):
+        if target.id == raising[0]:
+            raise ValueError(f"book {target.id}")
+        author = context.session.identity_map.get((Author, (target.author_id,), None))
+        books = None if author is None else inspect(author).dict.get("books")
+        log.note("book load", inspect(target).key,
+                 None if books is None else [b.id for b in books])
+
+    raising = [None]
+
+    def raising_at(book_id, load):
+        def run(session):
+            raising[0] = book_id
+            try:
+                return load(session)
+            finally:
+                raising[0] = None
+        return run
+
+    def with_orm_execute_listener(load):
+        def run(session):
+            def on_execute(orm_execute_state):
+                log.note("do_orm_execute", orm_execute_state.is_select)
+            event.listen(session, "do_orm_execute", on_execute)
+            return load(session)
+        return run
+
+    selectin = lambda s: s.scalars(  # noqa: E731
+        select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()
+    loads = [
+        ("joined", lambda s: s.scalars(select(Author).options(joinedload(Author.books))
+                                       .order_by(Author.id)).unique().all()),
+        ("selectin raising", raising_at(22, selectin)),
+        ("selectin with do_orm_execute", with_orm_execute_listener(selectin)),
+        ("selectin of two", lambda s: s.scalars(
+            select(Author).options(selectinload(Author.books)).where(Author.id.in_([2, 4]))
+            .order_by(Author.id)).all()),
+        ("selectin", lambda s: s.scalars(select(Author).options(selectinload(Author.books))
+                                         .order_by(Author.id)).all()),
+        ("joined nested", lambda s: s.scalars(
+            select(Author).options(joinedload(Author.books).joinedload(Book.author))
+            .order_by(Author.id)).unique().all()),
+        ("joined where", lambda s: s.scalars(
+            select(Author).options(joinedload(Author.books)).where(Author.id > 2)
+            .order_by(Author.id)).unique().all()),
+    ]
+    event.listen(Author.books, "append", on_append)
+    event.listen(Book, "load", on_book_load)
+    try:
+        for init_listener in (False, True):
+            if init_listener:
+                event.listen(Author.books, "init_collection", on_init)
+            for label, load in loads:
+                with session_cls(engine) as session:
+                    try:
+                        authors = load(session)
+                    except ValueError as exc:
+                        log.note(label, "raises", str(exc))
+                        log.note(label, "session", session_record(session, runids))
+                        continue
+                    log.note(label, init_listener,
+                             [(a.id, _collection_record(a)) for a in authors])
+                    log.note(label, "session", session_record(session, runids))
+                    # the loaded collections take appends and their events
+                    authors[0].books.append(Book(id=500 + len(authors), title="new"))
+                    log.note(label, "after append", _collection_record(authors[0]),
+                             sorted(inspect(authors[0]).committed_state))
+            if init_listener:
+                event.remove(Author.books, "init_collection", on_init)
+    finally:
+        event.remove(Author.books, "append", on_append)
+        event.remove(Book, "load", on_book_load)
+        Base.metadata.drop_all(engine)
+
+
+def test_collections_built_as_stock(session_cls, engine, pure_loop):
+    """joinedload's first row of a parent and selectinload's collections,
+    initialised on the loop: the collections, adapters, events and states as
+    stock's, and counted as done on the loop."""
+    turbosession.reset_stats()
+    assert_same_as_stock(collection_builds, session_cls, engine, Base.metadata)
+    loaded = turbosession.stats()["loads"]["instances"]
+    assert loaded["collections"] > 0, loaded
+    assert loaded["collections_to_stock"] == {}, loaded
 
 
 def remapped_between_executions(session_cls, engine, log):

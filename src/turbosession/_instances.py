@@ -26,14 +26,18 @@ from __future__ import annotations
 
 import operator
 import types
+import weakref
 
 from sqlalchemy import util
+from sqlalchemy.engine import result as engine_result
 from sqlalchemy.orm import attributes as orm_attributes
 from sqlalchemy.orm import collections as orm_collections
+from sqlalchemy.orm import instrumentation as orm_instrumentation
 from sqlalchemy.orm import loading, strategies
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.util import UniqueAppender
 
+from turbosession import listeners as _listeners
 from turbosession.classes import data_descriptor
 
 try:
@@ -54,23 +58,41 @@ if cython.compiled:
     from cython.cimports.turbosession._cpython import (
         READONLY,
         T_OBJECT_EX,
+        ListenerSites,
         PyMemberDescrObject,
         PyMethod_New,
         PyObject_GC_UnTrack,
         _PyDict_GetItem_KnownHash,
         _PyDict_SetItem_KnownHash,
         cell_contents,
+        class_lookup,
         getset_get,
+        has_listeners,
         instance_dict,
         store_slot,
         untrack_atoms,
     )
+else:
+    from turbosession.listeners import has_listeners
+    ListenerSites = None  # the declaration below is plain None
 
 _itemgetter = cython.declare(object, operator.itemgetter)
 _EMPTY_TUPLE = cython.declare(tuple, ())
 _NO_STEPS = cython.declare(list, [])
 
 _warn_for_runid_changed = loading._warn_for_runid_changed
+_LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
+_listener_sites = cython.declare(ListenerSites)
+
+
+@cython.cfunc
+@cython.inline
+@cython.exceptval(-1, check=False)
+def _has_listeners(listeners) -> cython.bint:
+    """``bool(listeners)`` of a dispatch attribute (``turbosession.listeners``)."""
+    if cython.compiled:
+        return has_listeners(listeners, _LISTENER_KINDS, cython.address(_listener_sites))
+    return has_listeners(listeners, _LISTENER_KINDS)
 
 # what InstanceState.__init__ reads in SQLAlchemy 2.1: it sets class_,
 # manager, obj (a weakref with the state's _cleanup), committed_state and
@@ -432,6 +454,10 @@ COLLECTION_FALLBACK_REASONS = {
     "joined_unprepared": "a later row of a joined eager load for a parent whose "
     "collection stock's new-row populator did not prepare in this query (a "
     "self-referential load meeting an object in two column sets): stock's populator",
+    "joined_new": "the first row of a joined eager load's parent whose "
+    "collection stock's init_state_collection is to make (one already in the "
+    "object's dict, an \"empty\" collection handed out before, another state or "
+    "attribute class, a patched function): stock's populator",
     "collection_class": "a collection other than an InstrumentedList appended to "
     "by stock's instrumented list.append (a set, a dict, a custom class): "
     "appended through its adapter's appender",
@@ -610,6 +636,7 @@ class RowLoader:
     new_populators = cython.declare(list)
     existing_populators = cython.declare(list)
     has_eager = cython.declare(cython.bint)
+    new_steps = cython.declare(list)
     existing_steps = cython.declare(list)
     load_evt = cython.declare(cython.bint)
     persistent_evt = cython.declare(cython.bint)
@@ -778,21 +805,19 @@ class RowLoader:
         if state.load_path is not self.load_path:
             # stock compares the paths and may move the state's
             return self._to_stock(row)
-        dict_ = instance.__dict__
-        step: JoinedCollection
-        for item in self.existing_steps:
-            if type(item) is JoinedCollection:
-                step = item
-                step.populate(state, dict_, row)
-            else:
-                key, populator = item
-                populator(state, dict_, row)
+        _run_steps(self.existing_steps, state, instance.__dict__, row)
         if self.post_load is not None:
             self.post_load.add_state(state, True)
         _rows_fast += 1
         return instance
 
     def __call__(self, row):
+        return self.load(row)
+
+    @cython.cfunc
+    def load(self, row) -> object:
+        """The row's object (``__call__``); called directly by the joined
+        collection populators of a parent's RowLoader."""
         global _rows_fast
         key_hash: cython.Py_hash_t = 0
         pk = self._primary_key(row)
@@ -890,8 +915,8 @@ class RowLoader:
             for key in self.expired_keys:
                 expired.add(key)
         new_populators = self.new_populators
-        for key, populator in new_populators:
-            populator(state, dict_, row)
+        if new_populators:
+            _run_steps(self.new_steps, state, dict_, row)
 
         if self.load_evt or self.persistent_evt:
             existing_runid = state.runid
@@ -954,8 +979,11 @@ def _new_loader(
         self.new_populators = setup.new_populators
         self.existing_populators = setup.existing_populators
         self.has_eager = setup.has_eager
+    self.new_steps = (
+        _joined_steps(self.new_populators, True) if self.new_populators else _NO_STEPS
+    )
     self.existing_steps = (
-        _existing_steps(self.existing_populators) if self.existing_populators else _NO_STEPS
+        _joined_steps(self.existing_populators, False) if self.existing_populators else _NO_STEPS
     )
     if quick_positions is not None:
         self.quick_keys, self.quick_indexes = quick_positions
@@ -1018,6 +1046,22 @@ _JOINED_KNOWN = cython.declare(
 _JOINED_CELLS = (
     {name: i for i, name in enumerate(_JOINED_EXISTING_CODE.co_freevars)}
     if _JOINED_KNOWN else {}
+)
+# its populator for a parent's first row (the collection initialised, the
+# first child appended), whose cells are the same
+_JOINED_NEW_CODE = next(
+    (
+        const
+        for const in strategies._JoinedLoader._create_collection_loader.__code__.co_consts
+        if getattr(const, "co_name", None) == "load_collection_from_joined_new_row"
+    ),
+    None,
+)
+_JOINED_NEW_KNOWN = cython.declare(
+    cython.bint,
+    _JOINED_KNOWN
+    and _JOINED_NEW_CODE is not None
+    and _JOINED_NEW_CODE.co_freevars == _JOINED_EXISTING_CODE.co_freevars,
 )
 
 
@@ -1107,56 +1151,306 @@ def _unique_append(result_list, item) -> cython.void:
     unique[identity] = True
 
 
+# what stock's joined collection loader and selectin loader call to make a
+# collection, as this SQLAlchemy has them: while they are these, the
+# collection is made here as they make it
+_STOCK_INIT_STATE_COLLECTION = cython.declare(object, orm_attributes.init_state_collection)
+_STOCK_INITIALIZE_COLLECTION = cython.declare(
+    object, orm_attributes._CollectionAttributeImpl._initialize_collection
+)
+_STOCK_DEFAULT_VALUE = cython.declare(
+    object, orm_attributes._CollectionAttributeImpl._default_value
+)
+_STOCK_GET_COLLECTION = cython.declare(
+    object, orm_attributes._CollectionAttributeImpl.get_collection
+)
+_STOCK_MANAGER_INITIALIZE = cython.declare(
+    object, orm_instrumentation.ClassManager.initialize_collection
+)
+_STOCK_SET_EMPTY = cython.declare(object, orm_collections.CollectionAdapter._set_empty)
+_STOCK_RESET_EMPTY = cython.declare(object, orm_collections.CollectionAdapter._reset_empty)
+_STOCK_UNIQUE_INIT = cython.declare(object, UniqueAppender.__init__)
+_STOCK_COMMIT = cython.declare(object, InstanceState._commit)
+_InstanceState = cython.declare(object, InstanceState)
+_strategies_util = cython.declare(object, strategies.util)
+
+
+def _memo_descriptor(name):
+    """InstanceState's memoized property ``name`` when it is SQLAlchemy's
+    ``memoized_property`` of a function that returns a new empty dict (what
+    ``_memo_dict`` stores in its place); None otherwise."""
+    descr = InstanceState.__dict__.get(name)
+    if type(descr) is not util.memoized_property or descr.__name__ != name:
+        return None
+    code = descr.fget.__code__
+    if code.co_names or code.co_argcount != 1:
+        return None
+    made = descr.fget(None)
+    return descr if type(made) is dict and not made else None
+
+
+_EMPTY_COLLECTIONS = cython.declare(object, _memo_descriptor("_empty_collections"))
+_PENDING_MUTATIONS = cython.declare(object, _memo_descriptor("_pending_mutations"))
+_MEMO_GET = cython.declare(object, util.memoized_property.__get__)
+
+
+@cython.cfunc
+@cython.inline
+def _class_value(cls, name: str) -> object:
+    """What ``cls``'s MRO holds under ``name`` as stored (a descriptor is not
+    called), None when nothing; compiled, CPython's cached type lookup."""
+    if cython.compiled:
+        return class_lookup(cls, name)
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
+
+
+@cython.cfunc
+def _memo_dict(state, name: str, descr) -> object:
+    """``getattr(state, name)`` for InstanceState's memoized empty dict
+    ``descr`` (``_memo_descriptor``): the state's own entry, else a new dict
+    stored in the state's ``__dict__`` as the property's ``__get__`` stores
+    it (without its two Python calls); any other state or class value is
+    read by ``getattr``."""
+    own: dict = state.__dict__
+    found = own.get(name, _MISSING)
+    if found is not _MISSING:
+        return found
+    if (
+        descr is not None
+        and type(state) is _InstanceState
+        and _class_value(_InstanceState, name) is descr
+        and _class_value(type(descr), "__get__") is _MEMO_GET
+    ):
+        found = {}
+        own[name] = found
+        return found
+    return getattr(state, name)
+
+
+@cython.cfunc
+def _commit_key(state, dict_, key) -> cython.void:
+    """``state._commit(dict_, [key])``: for stock's InstanceState and its
+    method, what that method does for one key (the key's committed value
+    dropped, ``expired`` false, the key no longer expired once loaded, its
+    per-object callable dropped once loaded)."""
+    if type(state) is not _InstanceState or _InstanceState._commit is not _STOCK_COMMIT:
+        state._commit(dict_, [key])
+        return
+    state.committed_state.pop(key, None)
+    state.expired = False
+    loaded: cython.bint = key in dict_
+    if loaded:
+        state.expired_attributes.discard(key)
+    callables = state.callables
+    if callables and loaded and key in callables:
+        del callables[key]
+
+
+# CollectionAdapter.__init__ in SQLAlchemy 2.1 sets attr, _key (the
+# attribute's key), _data (a weak reference to the collection), owner_state,
+# the collection's _sa_adapter, invalidated and empty: _new_adapter does it
+# itself while the adapter's class has this __init__
+_ADAPTER_INIT_NAMES = (
+    "attr", "key", "_key", "weakref", "ref", "_data", "owner_state", "_sa_adapter",
+    "invalidated", "empty",
+)
+_KNOWN_ADAPTER_INIT = cython.declare(
+    object,
+    orm_collections.CollectionAdapter.__init__
+    if orm_collections.CollectionAdapter.__init__.__code__.co_names == _ADAPTER_INIT_NAMES
+    and orm_collections.CollectionAdapter.__new__ is object.__new__
+    and orm_collections.CollectionAdapter.__setattr__ is object.__setattr__
+    else None,
+)
+
+
+@cython.cfunc
+def _new_adapter(impl, state, user_data) -> object:
+    """``CollectionAdapter(impl, state, user_data)``: while the class has the
+    ``__init__`` described above, the same attributes stored in the same
+    order without its Python frame (the weak reference made as
+    ``weakref.ref(user_data)`` makes it)."""
+    if _KNOWN_ADAPTER_INIT is None or _CollectionAdapter.__init__ is not _KNOWN_ADAPTER_INIT:
+        return _CollectionAdapter(impl, state, user_data)
+    adapter = _CollectionAdapter.__new__(_CollectionAdapter)
+    adapter.attr = impl
+    adapter._key = impl.key
+    if cython.compiled:
+        adapter._data = PyWeakref_NewRef(user_data, None)
+    else:
+        adapter._data = weakref.ref(user_data)
+    adapter.owner_state = state
+    user_data._sa_adapter = adapter
+    adapter.invalidated = False
+    adapter.empty = False
+    return adapter
+
+
+@cython.cfunc
+def _new_collection(impl, state) -> tuple:
+    """``impl._initialize_collection(state)`` for stock's collection
+    attribute and class manager: the attribute's collection factory called,
+    its ``CollectionAdapter`` made, and the ``init_collection`` event fired
+    when it has listeners (without any, stock's call of it does nothing)."""
+    manager = state.manager
+    if (
+        type(impl) is not _CollectionAttributeImpl
+        or _CollectionAttributeImpl._initialize_collection is not _STOCK_INITIALIZE_COLLECTION
+        or type(manager).initialize_collection is not _STOCK_MANAGER_INITIALIZE
+    ):
+        return impl._initialize_collection(state)
+    user_data = impl.collection_factory()
+    adapter = _new_adapter(impl, state, user_data)
+    listeners = impl.dispatch.init_collection
+    if _has_listeners(listeners):
+        listeners(state, user_data, adapter)
+    return (adapter, user_data)
+
+
+@cython.cfunc
+def _joined_collection(state, dict_, key) -> object:
+    """For a new object's state, what stock's ``attributes.
+    init_state_collection(state, dict_, key)`` returns (the adapter of the
+    collection it puts in the object's dict), done as it does it: its
+    ``_default_value`` (the state's memoized empty collections read, a new
+    collection made), ``_set_empty``, ``get_collection`` and ``_reset_empty``
+    (the collection through the empty collections into the dict).  None,
+    having changed nothing that stock would not change first, when stock's
+    function is to run: a collection already in the dict (stock disposes
+    of it), another state or attribute class, a patched function."""
+    if key in dict_ or type(state) is not _InstanceState:
+        return None
+    if (
+        orm_attributes.init_state_collection is not _STOCK_INIT_STATE_COLLECTION
+        or _CollectionAttributeImpl._default_value is not _STOCK_DEFAULT_VALUE
+        or _CollectionAttributeImpl.get_collection is not _STOCK_GET_COLLECTION
+        or _CollectionAdapter._set_empty is not _STOCK_SET_EMPTY
+        or _CollectionAdapter._reset_empty is not _STOCK_RESET_EMPTY
+    ):
+        return None
+    impl = state.manager[key].impl
+    if type(impl) is not _CollectionAttributeImpl:
+        return None
+    empty = _memo_dict(state, "_empty_collections", _EMPTY_COLLECTIONS)
+    if key in empty:
+        # an "empty" collection handed out before: stock's reuses it
+        return None
+    adapter, user_data = _new_collection(impl, state)
+    # _set_empty then _reset_empty: the adapter is not empty afterwards and
+    # the collection has passed through the empty collections to the dict
+    dict_[key] = user_data
+    return adapter
+
+
+@cython.cfunc
+def _new_unique_appender(adapter) -> object:
+    """``util.UniqueAppender(adapter, "append_without_event")`` as stock's
+    joined loader makes it; its three slots set here while its ``__init__``
+    is stock's."""
+    if (
+        _strategies_util.UniqueAppender is not _UniqueAppender
+        or _UniqueAppender.__init__ is not _STOCK_UNIQUE_INIT
+    ):
+        return _strategies_util.UniqueAppender(adapter, "append_without_event")
+    appender = _UniqueAppender.__new__(_UniqueAppender)
+    appender.data = adapter
+    appender._unique = {}
+    appender._data_appender = adapter.append_without_event
+    return appender
+
+
 @cython.cclass
 class JoinedCollection:
-    """Stock's ``load_collection_from_joined_existing_row`` for one joined
-    eager load of a collection: the later rows of a parent append the row's
-    child (its ``_instance``, turbosession's RowLoader when it took the loop)
-    to the parent's ``UniqueAppender`` kept in the query context.  A parent
-    without one (a self-referential eager load meeting an object in two
-    column sets) goes to stock's populator, which sets it up."""
+    """Stock's populators of one joined eager load of a collection, from
+    either closure (their cells are the same).
+
+    For a parent's first row (``new``, ``load_collection_from_joined_new_row``)
+    the parent's collection is initialised as stock's ``init_state_collection``
+    does it (``_joined_collection``), its ``UniqueAppender`` kept in the query
+    context, and the row's child (its ``_instance``, turbosession's RowLoader
+    when it took the loop) appended; a collection stock's function is to
+    make goes to stock's populator.  For the later rows
+    (``load_collection_from_joined_existing_row``) the row's child is
+    appended to the parent's ``UniqueAppender`` kept in the query context;
+    a parent without one (a self-referential eager load meeting an object
+    in two column sets) goes to stock's populator, which sets it up."""
 
     stock = cython.declare(object)
     key = cython.declare(object)
     context = cython.declare(object)
     instance_fn = cython.declare(object)
+    new = cython.declare(cython.bint)
 
-    def __init__(self, stock):
+    def __init__(self, stock, new):
         cells = stock.__closure__
         self.stock = stock
         self.key = cells[_JOINED_CELLS["key"]].cell_contents
         self.context = cells[_JOINED_CELLS["context"]].cell_contents
         self.instance_fn = cells[_JOINED_CELLS["_instance"]].cell_contents
+        self.new = new
 
     @cython.cfunc
     def populate(self, state, dict_, row) -> object:
+        global _collections_fast
         attributes = self.context.attributes
         if type(attributes) is not dict:
-            _collection_to_stock("joined_unprepared")
+            _collection_to_stock("joined_new" if self.new else "joined_unprepared")
             return self.stock(state, dict_, row)
         found: dict = attributes
-        result_list = found.get((state, self.key), _MISSING)
-        if result_list is _MISSING:
-            _collection_to_stock("joined_unprepared")
-            return self.stock(state, dict_, row)
-        instance = self.instance_fn(row)
+        if self.new:
+            adapter = _joined_collection(state, dict_, self.key)
+            if adapter is None:
+                _collection_to_stock("joined_new")
+                return self.stock(state, dict_, row)
+            result_list = _new_unique_appender(adapter)
+            found[(state, self.key)] = result_list
+            _collections_fast += 1
+        else:
+            result_list = found.get((state, self.key), _MISSING)
+            if result_list is _MISSING:
+                _collection_to_stock("joined_unprepared")
+                return self.stock(state, dict_, row)
+        instance_fn = self.instance_fn
+        if type(instance_fn) is RowLoader:
+            loader: RowLoader = instance_fn
+            instance = loader.load(row)
+        else:
+            instance = instance_fn(row)
         if instance is not None:
             _unique_append(result_list, instance)
         return None
 
 
-def _existing_steps(populators: list) -> list:
-    """The "existing" populators as ``RowLoader._later_row`` runs them:
-    stock's joined-collection populator as a ``JoinedCollection``, any other
-    as its ``(key, populator)`` pair."""
+def _joined_steps(populators: list, new: cython.bint) -> list:
+    """The "new" (``new``) or "existing" populators as ``RowLoader`` runs
+    them (``_run_steps``): stock's joined-collection populator as a
+    ``JoinedCollection``, any other as its ``(key, populator)`` pair."""
+    code = _JOINED_NEW_CODE if new else _JOINED_EXISTING_CODE
+    known: cython.bint = _JOINED_NEW_KNOWN if new else _JOINED_KNOWN
     steps = []
     for item in populators:
         populator = item[1]
-        if _JOINED_KNOWN and getattr(populator, "__code__", None) is _JOINED_EXISTING_CODE:
-            steps.append(JoinedCollection(populator))
+        if known and getattr(populator, "__code__", None) is code:
+            steps.append(JoinedCollection(populator, new))
         else:
             steps.append(item)
     return steps
+
+
+@cython.cfunc
+def _run_steps(steps: list, state, dict_, row) -> cython.void:
+    """Each populator of ``steps`` (``_joined_steps``) in order."""
+    step: JoinedCollection
+    for item in steps:
+        if type(item) is JoinedCollection:
+            step = item
+            step.populate(state, dict_, row)
+        else:
+            key, populator = item
+            populator(state, dict_, row)
 
 
 _CollectionAttributeImpl = cython.declare(object, orm_attributes._CollectionAttributeImpl)
@@ -1179,7 +1473,7 @@ def _set_committed_collection(impl, state, dict_, value) -> object:
         _collection_to_stock("collection_impl")
         return impl.set_committed_value(state, dict_, value)
     key = impl.key
-    adapter, user_data = impl._initialize_collection(state)
+    adapter, user_data = _new_collection(impl, state)
     data = _plain_list_of(adapter)
     if data is not None and data is user_data:
         if value:
@@ -1194,8 +1488,8 @@ def _set_committed_collection(impl, state, dict_, value) -> object:
         if value:
             adapter.append_multiple_without_event(value)
     state.dict[key] = user_data
-    state._commit(dict_, [key])
-    if key in state._pending_mutations:
+    _commit_key(state, dict_, key)
+    if key in _memo_dict(state, "_pending_mutations", _PENDING_MUTATIONS):
         # pending items exist: a modified event, then the items added and
         # removed while the collection was not loaded
         state._modified_event(dict_, impl, user_data, True)
@@ -1205,6 +1499,83 @@ def _set_committed_collection(impl, state, dict_, value) -> object:
         for item in pending.deleted_items:
             adapter.remove_without_event(item)
     return user_data
+
+
+# the generator function stock's loading.instances gives its result
+# (``chunks``), with the cells read from it, and the result class it makes
+_CHUNKS_CODE = next(
+    (
+        const
+        for const in loading.instances.__code__.co_consts
+        if getattr(const, "co_name", None) == "chunks"
+        and {"context", "cursor", "process", "single_entity", "is_top_level"}
+        <= set(getattr(const, "co_freevars", ()))
+    ),
+    None,
+)
+_CHUNKS_CELLS = (
+    {name: i for i, name in enumerate(_CHUNKS_CODE.co_freevars)} if _CHUNKS_CODE else {}
+)
+_ChunkedIteratorResult = cython.declare(object, engine_result.ChunkedIteratorResult)
+_STOCK_RAW_ALL_TUPLES = cython.declare(
+    object, engine_result.ChunkedIteratorResult._raw_all_tuples
+)
+_STOCK_FETCHALL_IMPL = cython.declare(object, engine_result.IteratorResult._fetchall_impl)
+
+
+@cython.cfunc
+def _raw_all_tuples(result, session) -> object:
+    """``result._raw_all_tuples()`` of the selectin loader's query: for the
+    result stock's ``loading.instances`` made (its ``chunks`` not started,
+    no ``do_orm_execute`` listener that could have touched it), what that
+    call does when the query is nested in a load (no post-loads to invoke)
+    and has several entities, without the generator and its list
+    comprehension: the query context's ``partials`` reset, the cursor's
+    rows fetched, each row's tuple made of its entities' processors called
+    in order (a RowLoader called directly), the result soft-closed after
+    that whatever happens, then the result's interim-row function applied."""
+    chunks = getattr(result, "chunks", None)
+    if (
+        _CHUNKS_CODE is None
+        or type(result) is not _ChunkedIteratorResult
+        or getattr(chunks, "__code__", None) is not _CHUNKS_CODE
+        or _ChunkedIteratorResult._raw_all_tuples is not _STOCK_RAW_ALL_TUPLES
+        or _ChunkedIteratorResult._fetchall_impl is not _STOCK_FETCHALL_IMPL
+        or result._hard_closed
+        or result._unique_filter_state is not None
+        or result._post_creational_filter is not None
+        or _has_listeners(session.dispatch.do_orm_execute)
+    ):
+        return result._raw_all_tuples()
+    cells: tuple = chunks.__closure__
+    if _cell(cells[_CHUNKS_CELLS["is_top_level"]]) or _cell(
+        cells[_CHUNKS_CELLS["single_entity"]]
+    ):
+        return result._raw_all_tuples()
+    process: tuple = _cell(cells[_CHUNKS_CELLS["process"]])
+    query_context = _cell(cells[_CHUNKS_CELLS["context"]])
+    cursor = _cell(cells[_CHUNKS_CELLS["cursor"]])
+    interim_rows = result._row_getter[2]
+    try:
+        query_context.partials = {}
+        # a comprehension, as stock's: the rows made before a processor
+        # raises are not kept by a local of this frame (its traceback)
+        rows = [
+            tuple([_process(proc, raw) for proc in process]) for raw in cursor._raw_all_tuples()
+        ]
+    finally:
+        result._soft_close()
+    return interim_rows(rows)
+
+
+@cython.cfunc
+@cython.inline
+def _process(proc, row) -> object:
+    """``proc(row)``; a RowLoader's without the Python call."""
+    if type(proc) is RowLoader:
+        loader: RowLoader = proc
+        return loader.load(row)
+    return proc(row)
 
 
 def load_via_parent(loader, our_states, query_info, q, context, execution_options, chunksize):
@@ -1235,10 +1606,13 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
         if result.context is not None and result.context.requires_uniquing:
             rows = result.unique()
         else:
-            rows = result._raw_all_tuples()
+            rows = _raw_all_tuples(result, context.session)
         data = {}
         for row in rows:
-            parent_key = row[:n_pk]
+            # a one-column key is grouped by its value (equal values make
+            # equal one-item tuples, and the other way round), without the
+            # slice's tuple
+            parent_key = row[0] if n_pk == 1 else row[:n_pk]
             found = data.get(parent_key)
             if found is None:
                 data[parent_key] = [row[n_pk]]
@@ -1250,7 +1624,7 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
             if not overwrite and attr_key in state_dict:
                 continue
 
-            collection = data.get(parent_key, empty_result)
+            collection = data.get(parent_key[0] if n_pk == 1 else parent_key, empty_result)
 
             if not uselist and collection:
                 if len(collection) > 1:

@@ -1027,16 +1027,22 @@ def _same_list(quick: list, cached: list) -> cython.bint:
     return True
 
 
+def _nested_code(function, name: str, freevars: tuple = ()):
+    """The code of the first function named ``name`` defined in
+    ``function``'s body whose cells include ``freevars``, or None."""
+    for const in function.__code__.co_consts:
+        if getattr(const, "co_name", None) == name and set(freevars) <= set(
+            getattr(const, "co_freevars", ())
+        ):
+            return const
+    return None
+
+
 # stock's populator for the later rows of a joined eager load of a
 # collection (_JoinedLoader._create_collection_loader), with the cells read
 # from it
-_JOINED_EXISTING_CODE = next(
-    (
-        const
-        for const in strategies._JoinedLoader._create_collection_loader.__code__.co_consts
-        if getattr(const, "co_name", None) == "load_collection_from_joined_existing_row"
-    ),
-    None,
+_JOINED_EXISTING_CODE = _nested_code(
+    strategies._JoinedLoader._create_collection_loader, "load_collection_from_joined_existing_row"
 )
 _JOINED_KNOWN = cython.declare(
     cython.bint,
@@ -1049,13 +1055,8 @@ _JOINED_CELLS = (
 )
 # its populator for a parent's first row (the collection initialised, the
 # first child appended), whose cells are the same
-_JOINED_NEW_CODE = next(
-    (
-        const
-        for const in strategies._JoinedLoader._create_collection_loader.__code__.co_consts
-        if getattr(const, "co_name", None) == "load_collection_from_joined_new_row"
-    ),
-    None,
+_JOINED_NEW_CODE = _nested_code(
+    strategies._JoinedLoader._create_collection_loader, "load_collection_from_joined_new_row"
 )
 _JOINED_NEW_KNOWN = cython.declare(
     cython.bint,
@@ -1073,14 +1074,7 @@ def _list_appender_known() -> cython.bint:
     ``list.append``."""
     appender = orm_collections.InstrumentedList.__dict__.get("_sa_appender")
     code = getattr(appender, "__code__", None)
-    decorator = next(
-        (
-            const
-            for const in orm_collections._list_decorators.__code__.co_consts
-            if getattr(const, "co_name", None) == "append"
-        ),
-        None,
-    )
+    decorator = _nested_code(orm_collections._list_decorators, "append")
     if code is None or decorator is None or code not in decorator.co_consts:
         return False
     return code.co_freevars == ("fn",) and appender.__closure__[0].cell_contents is list.append
@@ -1503,15 +1497,10 @@ def _set_committed_collection(impl, state, dict_, value) -> object:
 
 # the generator function stock's loading.instances gives its result
 # (``chunks``), with the cells read from it, and the result class it makes
-_CHUNKS_CODE = next(
-    (
-        const
-        for const in loading.instances.__code__.co_consts
-        if getattr(const, "co_name", None) == "chunks"
-        and {"context", "cursor", "process", "single_entity", "is_top_level"}
-        <= set(getattr(const, "co_freevars", ()))
-    ),
-    None,
+_CHUNKS_CODE = _nested_code(
+    loading.instances,
+    "chunks",
+    ("context", "cursor", "process", "single_entity", "is_top_level"),
 )
 _CHUNKS_CELLS = (
     {name: i for i, name in enumerate(_CHUNKS_CODE.co_freevars)} if _CHUNKS_CODE else {}

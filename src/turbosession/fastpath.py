@@ -539,7 +539,7 @@ def _postfetch(uow, table, batch, result, isupdate, persist):
     context = result.context
     compiled = context.compiled
     if not (compiled.prefetch or compiled.postfetch or compiled.effective_returning):
-        _sync_keys(uow, table, batch)
+        _sync_batch_keys(uow, table, batch)
         return
     all_params = context.compiled_parameters
     returned = None if context.executemany else result.returned_defaults
@@ -558,6 +558,9 @@ def _nothing_to_sync(table, batch):
     mapper = batch[0][3]
     if mapper._table_to_equated[table]:
         return False
+    if mapper.base_mapper is mapper and not mapper._inheriting_mappers:
+        # the hierarchy is this one mapper: every record is of it
+        return True
     for record in batch:
         if record[3] is not mapper:
             return False
@@ -576,8 +579,12 @@ def _sync_keys(uow, table, batch):
     while ``sync._populate`` is stock's; else stock's ``sync._populate``.
     Nothing, when there are no keys to synchronise (a mapper without
     inheritance)."""
-    if _nothing_to_sync(table, batch):
-        return
+    if not _nothing_to_sync(table, batch):
+        _sync_batch_keys(uow, table, batch)
+
+
+def _sync_batch_keys(uow, table, batch):
+    """``_sync_keys`` for a batch ``_nothing_to_sync`` has said no to."""
     if sync._populate is not _STOCK_POPULATE:
         for record in batch:
             _stock_sync(uow, record[0], record[3], table)

@@ -220,3 +220,86 @@ def test_session_uses_turbosession_identity_map(impl, session_cls, engine):
     assert type(session.identity_map) is map_cls
     session.reset()
     assert type(session.identity_map) is map_cls
+
+
+# Session construction: turbosession sets what stock's __init__ sets, in its
+# order, directly for the arguments stock only stores, and runs stock's
+# __init__ for any other argument or a class whose __init__ is not stock's.
+CONSTRUCTIONS = [
+    ((True,), {}),
+    ((), {"bind": True}),
+    ((True,), {"autoflush": False, "expire_on_commit": False, "autobegin": False}),
+    ((), {}),
+    ((True,), {"twophase": True}),
+    ((True,), {"info": {"a": 1}, "join_transaction_mode": "rollback_only"}),
+    ((True,), {"close_resets_only": False, "execution_options": {"x": 1}}),
+]
+
+
+def _members(session):
+    return {
+        name: value
+        for name, value in vars(session).items()
+        if name not in ("identity_map", "hash_key", "dispatch")
+    }
+
+
+@pytest.mark.parametrize("args, kw", CONSTRUCTIONS)
+def test_construction_same_as_stock(args, kw, session_cls, engine):
+    from sqlalchemy import orm
+    from sqlalchemy.orm.session import _sessions
+
+    args = tuple(engine if a is True else a for a in args)
+    kw = {k: (engine if v is True else v) for k, v in kw.items()}
+    stock = orm.Session(*args, **kw)
+    ours = session_cls(*args, **kw)
+    assert list(_members(ours)) == list(_members(stock))
+    assert _members(ours) == _members(stock)
+    names = [n for n in vars(ours) if n != "dispatch"]
+    assert names == list(vars(stock))
+    assert ours.hash_key == stock.hash_key + 1
+    assert _sessions[ours.hash_key] is ours
+    assert ours.identity_map is not None and len(ours.identity_map) == 0
+    with pytest.raises(TypeError, match="multiple values for argument 'bind'"):
+        session_cls(engine, bind=engine)
+
+
+def test_construction_runs_overridden_and_patched_init(session_cls, engine, monkeypatch):
+    from sqlalchemy import orm
+
+    calls = []
+
+    class Own(session_cls):
+        def __init__(self, *args, **kw):
+            calls.append("own")
+            self.early = 1
+            super().__init__(*args, **kw)
+
+    class Stored(session_cls):
+        # a data descriptor for one of the names: set through it, as stock's
+        # __init__ sets it
+        @property
+        def autoflush(self):
+            return self.__dict__["_af"]
+
+        @autoflush.setter
+        def autoflush(self, value):
+            calls.append(("autoflush", value))
+            self.__dict__["_af"] = value
+
+    session = Own(engine, autoflush=False)
+    assert calls == ["own"] and session.early == 1 and session.autoflush is False
+    assert list(vars(session))[:2] == ["early", "identity_map"]
+    session = Stored(engine, autoflush=False)
+    assert calls[-1] == ("autoflush", False) and session.autoflush is False
+
+    stock_init = orm.Session.__init__
+
+    def patched(self, *args, **kw):
+        calls.append("patched")
+        stock_init(self, *args, **kw)
+
+    monkeypatch.setattr(orm.Session, "__init__", patched)
+    session = session_cls(engine)
+    assert calls[-1] == "patched"
+    assert type(session.identity_map).__name__ == "WeakIdentityMap"

@@ -10,7 +10,9 @@ import-time hook, ``turbosession.instances``, neutral for every other session).
 from sqlalchemy import orm
 from sqlalchemy.orm.base import object_state
 from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.util import IdentitySet
+from sqlalchemy.orm import session as _session_module
+from sqlalchemy.orm.session import _SessionCloseState
+from sqlalchemy.util import EMPTY_DICT as _EMPTY_DICT, IdentitySet
 
 from . import _impl, flush, transaction
 
@@ -33,9 +35,19 @@ class TurboSessionMixin:
     _flush = flush.flush
 
     def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
-        self.identity_map = self._turbo.identity.WeakIdentityMap()
+        if (
+            (not args if "bind" in kw else len(args) <= 1)
+            and _DIRECT_INIT_KEYWORDS.issuperset(kw)
+            and super(TurboSessionMixin, type(self)).__init__ is _STOCK_INIT
+        ):
+            # stock's __init__ given only arguments it just stores (a
+            # Session(engine), a sessionmaker's usual ones): what it sets,
+            # decided by the class resolving __init__ to stock's
+            _init_like_stock(self, *args, **kw)
+        else:
+            super().__init__(*args, **kw)
+            # stock __init__ made an empty _WeakInstanceDict nothing refers to yet
+            self.identity_map = self._turbo.identity.WeakIdentityMap()
         # after stock's __init__: reading the instance's __dict__ before
         # it would make each of its attribute stores slower.
         # A session's own dispatcher (made on first access) has a slot per
@@ -163,6 +175,42 @@ class TurboSessionMixin:
 
 
 _STOCK_DETACH_STATES = InstanceState.__dict__["_detach_states"]
+
+_STOCK_INIT = orm.Session.__init__
+# the keyword arguments _init_like_stock takes: those stock's __init__ only
+# stores (bind may be given by keyword too)
+_DIRECT_INIT_KEYWORDS = frozenset(("bind", "autoflush", "expire_on_commit", "autobegin"))
+_CLOSE_IS_RESET = _SessionCloseState.CLOSE_IS_RESET
+
+
+def _init_like_stock(
+    session, bind=None, *, autoflush=True, expire_on_commit=True, autobegin=True
+):
+    """``orm.Session.__init__(session, bind, autoflush=..., expire_on_commit=...,
+    autobegin=...)``: the attributes stock's sets for these arguments, with
+    the same values, stored the same way in the same order (turbosession's
+    identity map where stock's makes a ``_WeakInstanceDict`` that the mixin
+    replaced at once), then the session registered in ``_sessions`` under a
+    new id.  Stock's checks of the other arguments find their defaults."""
+    session.identity_map = session._turbo.identity.WeakIdentityMap()
+    session._new = {}
+    session._deleted = {}
+    session.bind = bind
+    session.binds = _EMPTY_DICT
+    session._flushing = False
+    session._warn_on_events = False
+    session._transaction = None
+    session._nested_transaction = None
+    session.hash_key = hash_key = _session_module._new_sessionid()
+    session.autobegin = autobegin
+    session.autoflush = autoflush
+    session.expire_on_commit = expire_on_commit
+    session.enable_baked_queries = True
+    session._close_state = _CLOSE_IS_RESET
+    session.join_transaction_mode = "conditional_savepoint"
+    session.twophase = False
+    session._query_cls = _session_module.query.Query
+    _session_module._sessions[hash_key] = session
 
 
 # each bundle's Session.get, which a subclass pinning a bundle swaps

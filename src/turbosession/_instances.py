@@ -1584,16 +1584,37 @@ _STOCK_SET_COMMITTED_SCALAR = cython.declare(
 )
 
 
+_STOCK_GET_IMPL = cython.declare(object, InstanceState.get_impl)
+
+
 @cython.cfunc
-def _set_committed(state, dict_, key, value) -> cython.void:
+def _state_impl(state, key, last: list) -> object:
+    """``state.get_impl(key)``.  For stock's InstanceState and method
+    (``self.manager[key].impl``), the implementation found for the previous
+    state of the same class manager is reused (``last``: that manager and
+    implementation, which a loader's loop over its states does not change)."""
+    if type(state) is not _InstanceState or _InstanceState.get_impl is not _STOCK_GET_IMPL:
+        return state.get_impl(key)
+    manager = state.manager
+    if last[0] is manager:
+        return last[1]
+    impl = manager[key].impl
+    last[0] = manager
+    last[1] = impl
+    return impl
+
+
+@cython.cfunc
+def _set_committed(state, dict_, key, value, last: list) -> cython.void:
     """``state.get_impl(key).set_committed_value(state, dict_, value)`` as
-    the selectin loader calls it: a collection by
+    the selectin loader calls it (the implementation by ``_state_impl``
+    over ``last``): a collection by
     ``_set_committed_collection``; for stock's object attribute (a
     many-to-one, a ``uselist=False`` one-to-one) and its method, what that
     method does (the value stored in ``dict_``, ``state._commit(dict_,
     [key])`` as ``_commit_key``; no events)."""
     global _scalars_fast
-    impl = state.get_impl(key)
+    impl = _state_impl(state, key, last)
     if type(impl) is _ScalarObjectAttributeImpl:
         if _ScalarObjectAttributeImpl.set_committed_value is _STOCK_SET_COMMITTED_SCALAR:
             dict_[impl.key] = value
@@ -1708,6 +1729,7 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
     empty_result = _EMPTY_TUPLE if uselist else None
     data: dict
     members: list
+    last: list = [None, None]
 
     while our_states:
         chunk = our_states[0:chunksize]
@@ -1741,14 +1763,14 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
                         "uselist=False for eagerly-loaded "
                         "attribute '%s' " % loader
                     )
-                _set_committed(state, state_dict, attr_key, collection[0])
+                _set_committed(state, state_dict, attr_key, collection[0], last)
             elif uselist:
                 _set_committed_collection(
                     state.get_impl(attr_key), state, state_dict, collection
                 )
             else:
                 # uselist=False and nothing loaded: None
-                _set_committed(state, state_dict, attr_key, collection)
+                _set_committed(state, state_dict, attr_key, collection, last)
 
 
 def load_via_child(
@@ -1767,6 +1789,7 @@ def load_via_child(
     zero_idx = query_info.zero_idx
     attr_key = loader.key
     data: dict
+    last: list = [None, None]
 
     our_keys = list(our_states)
     while our_keys:
@@ -1787,9 +1810,9 @@ def load_via_child(
                 if not overwrite and attr_key in dict_:
                     continue
                 _set_committed(
-                    state, dict_, attr_key, related_obj if not uselist else [related_obj]
+                    state, dict_, attr_key, related_obj if not uselist else [related_obj], last
                 )
     for state, dict_, overwrite in none_states:
         if not overwrite and attr_key in dict_:
             continue
-        _set_committed(state, dict_, attr_key, None)
+        _set_committed(state, dict_, attr_key, None, last)

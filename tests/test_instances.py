@@ -576,7 +576,7 @@ def test_stock_sessions_get_stock_closure(engine):
                                   for p in processors)
         assert turbosession.stats()["loads"]["instances"] == {
             "fast": 0, "fallback": {}, "rows": 0, "rows_to_stock": 0,
-            "collections": 0, "collections_to_stock": {},
+            "collections": 0, "scalars": 0, "collections_to_stock": {},
             "setup": {"cached": 0, "stock": {}},
         }
     finally:
@@ -1202,8 +1202,9 @@ def shelf_loads(session_cls, engine, log):
 
 def test_collection_steps_match_stock_and_are_counted(session_cls, engine, pure_loop):
     """The eager loaders' collection steps: a list filled on the loop is
-    counted under ``collections``, a set or a ``uselist=False`` one under
-    ``collections_to_stock`` by reason; the objects as stock's."""
+    counted under ``collections``, a set under ``collections_to_stock`` by
+    reason, a ``uselist=False`` one's value under ``scalars``; the objects
+    as stock's."""
     turbosession.reset_stats()
     assert_same_as_stock(shelf_loads, session_cls, engine, CountsBase.metadata)
     loaded = turbosession.stats()["loads"]["instances"]
@@ -1211,7 +1212,8 @@ def test_collection_steps_match_stock_and_are_counted(session_cls, engine, pure_
     # each shelf's set initialised on the loop at its first row, then its
     # volumes (shelf 1's two, shelf 2's one) added through the set's adapter
     assert loaded["collections"] == 3, loaded
-    assert loaded["collections_to_stock"] == {"collection_class": 6, "scalar": 3}, loaded
+    assert loaded["scalars"] == 3, loaded
+    assert loaded["collections_to_stock"] == {"collection_class": 6}, loaded
     Base.metadata.create_all(engine)
     try:
         with session_cls(engine) as session:

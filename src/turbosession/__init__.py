@@ -42,8 +42,8 @@ def stats():
     ``{"fast": n, "fallback": {reason: n}, "loads": {"get": {"fast": n,
     "loaded": n, "direct": n, "cursor": n, "fallback": {reason: n},
     "cursor_fallback": {reason: n}}, "instances": {"fast": n, "fallback": {reason:
-    n}, "rows": n, "rows_to_stock": n, "collections": n, "collections_to_stock":
-    {reason: n}}}, "emission": {"direct": n,
+    n}, "rows": n, "rows_to_stock": n, "collections": n, "scalars": n,
+    "collections_to_stock": {reason: n}}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
     n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...}},
     "sorted_steps": {"cached": n, "sorted": {reason: n}}, "relationships":

@@ -45,7 +45,10 @@ try:
 except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
-__all__ = ["JoinedCollection", "RowLoader", "counts", "load_via_parent", "reset_counts"]
+__all__ = [
+    "JoinedCollection", "JoinedScalar", "RowLoader", "counts", "load_via_child",
+    "load_via_parent", "reset_counts",
+]
 
 
 def _is_compiled():
@@ -449,6 +452,7 @@ _rows_fast = cython.declare(cython.Py_ssize_t, 0)
 _rows_stock = cython.declare(cython.Py_ssize_t, 0)
 _collections_fast = cython.declare(cython.Py_ssize_t, 0)
 _collections_stock = cython.declare(dict, {})
+_scalars_fast = cython.declare(cython.Py_ssize_t, 0)
 
 COLLECTION_FALLBACK_REASONS = {
     "joined_unprepared": "a later row of a joined eager load for a parent whose "
@@ -464,32 +468,37 @@ COLLECTION_FALLBACK_REASONS = {
     "collection_impl": "a selectin-loaded attribute whose implementation (or its "
     "set_committed_value) is not stock's collection attribute's: stock's "
     "set_committed_value",
-    "scalar": "a uselist=False relationship loaded by selectin: stock's "
-    "set_committed_value",
+    "scalar_impl": "a uselist=False relationship loaded by selectin whose "
+    "attribute implementation (or its set_committed_value) is not stock's "
+    "object attribute's: stock's set_committed_value",
 }
 
 
 def counts():
-    """``{"rows": n, "rows_to_stock": n, "collections": n,
+    """``{"rows": n, "rows_to_stock": n, "collections": n, "scalars": n,
     "collections_to_stock": {reason: n}}``: rows this loop handled, and rows it
     handed to stock's closure; the eager loaders' collection steps (a joined
     load's later row appending its child, a selectin load's collection set
-    for a parent) done here straight on the list, and those done through
-    stock's code or the collection's own appender, by reason
-    (``COLLECTION_FALLBACK_REASONS``), so far."""
+    for a parent) done here straight on the list; their scalar steps (a
+    joined many-to-one's object stored for a row, a selectin-loaded
+    ``uselist=False`` value set as committed) done here; and the steps of
+    either kind done through stock's code or the collection's own appender,
+    by reason (``COLLECTION_FALLBACK_REASONS``), so far."""
     return {
         "rows": _rows_fast,
         "rows_to_stock": _rows_stock,
         "collections": _collections_fast,
+        "scalars": _scalars_fast,
         "collections_to_stock": dict(_collections_stock),
     }
 
 
 def reset_counts():
-    global _rows_fast, _rows_stock, _collections_fast
+    global _rows_fast, _rows_stock, _collections_fast, _scalars_fast
     _rows_fast = 0
     _rows_stock = 0
     _collections_fast = 0
+    _scalars_fast = 0
     _collections_stock.clear()
 
 
@@ -1066,6 +1075,25 @@ _JOINED_NEW_KNOWN = cython.declare(
 )
 
 
+# stock's populators of a joined eager load of a scalar (a many-to-one, a
+# uselist=False one-to-one: _JoinedLoader._create_scalar_loader) for a new
+# and a later row of the parent; their cells are (_instance, key[, self])
+_SCALAR_NEW_CODE = _nested_code(
+    strategies._JoinedLoader._create_scalar_loader, "load_scalar_from_joined_new_row"
+)
+_SCALAR_EXISTING_CODE = _nested_code(
+    strategies._JoinedLoader._create_scalar_loader, "load_scalar_from_joined_existing_row"
+)
+_SCALAR_KNOWN = cython.declare(
+    cython.bint,
+    _SCALAR_NEW_CODE is not None
+    and _SCALAR_EXISTING_CODE is not None
+    and _SCALAR_NEW_CODE.co_freevars == ("_instance", "key")
+    and _SCALAR_EXISTING_CODE.co_freevars == ("_instance", "key", "self")
+    and _SCALAR_EXISTING_CODE.co_names == ("util", "warn"),
+)
+
+
 def _list_appender_known() -> cython.bint:
     """Whether ``InstrumentedList._sa_appender`` is the instrumented
     ``list.append`` of stock's ``_list_decorators``: called with
@@ -1418,17 +1446,68 @@ class JoinedCollection:
         return None
 
 
+@cython.cclass
+class JoinedScalar:
+    """Stock's populators of one joined eager load of a scalar (a
+    many-to-one, a ``uselist=False`` one-to-one), from either closure.
+
+    For a parent's first row (``new``, ``load_scalar_from_joined_new_row``)
+    the row's related object (its ``_instance``, turbosession's RowLoader
+    when it took the loop, called without a Python call; None for a row
+    without one) is stored in the parent's dict, bypassing the attribute's
+    events as stock's does.  For a later row
+    (``load_scalar_from_joined_existing_row``) the row's object is made or
+    found the same way (so that its own eager loads descend), stored when
+    the parent's dict has none, and stock's warning given when it holds
+    another object."""
+
+    key = cython.declare(object)
+    instance_fn = cython.declare(object)
+    owner = cython.declare(object)
+    new = cython.declare(cython.bint)
+
+    def __init__(self, stock, new):
+        cells = stock.__closure__
+        # the cells in the order _SCALAR_KNOWN checked
+        self.instance_fn = cells[0].cell_contents
+        self.key = cells[1].cell_contents
+        self.owner = None if new else cells[2].cell_contents
+        self.new = new
+
+    @cython.cfunc
+    def populate(self, state, dict_, row) -> object:
+        global _scalars_fast
+        related = _process(self.instance_fn, row)
+        key = self.key
+        if self.new:
+            dict_[key] = related
+        elif key in dict_:
+            if related is not dict_[key]:
+                _strategies_util.warn(
+                    "Multiple rows returned with "
+                    "uselist=False for eagerly-loaded attribute '%s' " % self.owner
+                )
+        else:
+            dict_[key] = related
+        _scalars_fast += 1
+        return None
+
+
 def _joined_steps(populators: list, new: cython.bint) -> list:
     """The "new" (``new``) or "existing" populators as ``RowLoader`` runs
     them (``_run_steps``): stock's joined-collection populator as a
-    ``JoinedCollection``, any other as its ``(key, populator)`` pair."""
+    ``JoinedCollection``, its joined-scalar populator as a ``JoinedScalar``,
+    any other as its ``(key, populator)`` pair."""
     code = _JOINED_NEW_CODE if new else _JOINED_EXISTING_CODE
     known: cython.bint = _JOINED_NEW_KNOWN if new else _JOINED_KNOWN
+    scalar_code = _SCALAR_NEW_CODE if new else _SCALAR_EXISTING_CODE
     steps = []
     for item in populators:
-        populator = item[1]
-        if known and getattr(populator, "__code__", None) is code:
-            steps.append(JoinedCollection(populator, new))
+        populator_code = getattr(item[1], "__code__", None)
+        if known and populator_code is code:
+            steps.append(JoinedCollection(item[1], new))
+        elif _SCALAR_KNOWN and populator_code is scalar_code:
+            steps.append(JoinedScalar(item[1], new))
         else:
             steps.append(item)
     return steps
@@ -1438,8 +1517,12 @@ def _joined_steps(populators: list, new: cython.bint) -> list:
 def _run_steps(steps: list, state, dict_, row) -> cython.void:
     """Each populator of ``steps`` (``_joined_steps``) in order."""
     step: JoinedCollection
+    scalar: JoinedScalar
     for item in steps:
-        if type(item) is JoinedCollection:
+        if type(item) is JoinedScalar:
+            scalar = item
+            scalar.populate(state, dict_, row)
+        elif type(item) is JoinedCollection:
             step = item
             step.populate(state, dict_, row)
         else:
@@ -1493,6 +1576,72 @@ def _set_committed_collection(impl, state, dict_, value) -> object:
         for item in pending.deleted_items:
             adapter.remove_without_event(item)
     return user_data
+
+
+_ScalarObjectAttributeImpl = cython.declare(object, orm_attributes._ScalarObjectAttributeImpl)
+_STOCK_SET_COMMITTED_SCALAR = cython.declare(
+    object, orm_attributes._ScalarObjectAttributeImpl.set_committed_value
+)
+
+
+_STOCK_GET_IMPL = cython.declare(object, InstanceState.get_impl)
+
+
+@cython.cfunc
+def _state_impl(state, key, last: list) -> object:
+    """``state.get_impl(key)``.  For stock's InstanceState and method
+    (``self.manager[key].impl``), the implementation found for the previous
+    state of the same class manager is reused (``last``: that manager and
+    implementation, which a loader's loop over its states does not change)."""
+    if type(state) is not _InstanceState or _InstanceState.get_impl is not _STOCK_GET_IMPL:
+        return state.get_impl(key)
+    manager = state.manager
+    if last[0] is manager:
+        return last[1]
+    impl = manager[key].impl
+    last[0] = manager
+    last[1] = impl
+    return impl
+
+
+@cython.cfunc
+def _set_committed(state, dict_, key, value, last: list) -> cython.void:
+    """``state.get_impl(key).set_committed_value(state, dict_, value)`` as
+    the selectin loader calls it (the implementation by ``_state_impl``
+    over ``last``): a collection by
+    ``_set_committed_collection``; for stock's object attribute (a
+    many-to-one, a ``uselist=False`` one-to-one) and its method, what that
+    method does (the value stored in ``dict_``, ``state._commit(dict_,
+    [key])`` as ``_commit_key``; no events)."""
+    global _scalars_fast
+    impl = _state_impl(state, key, last)
+    if type(impl) is _ScalarObjectAttributeImpl:
+        if _ScalarObjectAttributeImpl.set_committed_value is _STOCK_SET_COMMITTED_SCALAR:
+            dict_[impl.key] = value
+            _commit_key(state, dict_, impl.key)
+            _scalars_fast += 1
+            return
+    elif impl.collection:
+        _set_committed_collection(impl, state, dict_, value)
+        return
+    _collection_to_stock("scalar_impl")
+    impl.set_committed_value(state, dict_, value)
+
+
+@cython.cfunc
+def _selectin_rows(context, q, primary_keys: list, execution_options) -> object:
+    """The selectin loader's query for one chunk of keys, executed as stock
+    executes it, and its rows: uniqued when the query requires it, else
+    ``_raw_all_tuples``."""
+    session = context.session
+    result = session.execute(
+        q,
+        params={"primary_keys": primary_keys},
+        execution_options=execution_options,
+    )
+    if result.context is not None and result.context.requires_uniquing:
+        return result.unique()
+    return _raw_all_tuples(result, session)
 
 
 # the generator function stock's loading.instances gives its result
@@ -1580,22 +1729,14 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
     empty_result = _EMPTY_TUPLE if uselist else None
     data: dict
     members: list
+    last: list = [None, None]
 
     while our_states:
         chunk = our_states[0:chunksize]
         our_states = our_states[chunksize:]
 
         primary_keys = [item[0][0] if zero_idx else item[0] for item in chunk]
-
-        result = context.session.execute(
-            q,
-            params={"primary_keys": primary_keys},
-            execution_options=execution_options,
-        )
-        if result.context is not None and result.context.requires_uniquing:
-            rows = result.unique()
-        else:
-            rows = _raw_all_tuples(result, context.session)
+        rows = _selectin_rows(context, q, primary_keys, execution_options)
         data = {}
         for row in rows:
             # a one-column key is grouped by its value (equal values make
@@ -1622,13 +1763,56 @@ def load_via_parent(loader, our_states, query_info, q, context, execution_option
                         "uselist=False for eagerly-loaded "
                         "attribute '%s' " % loader
                     )
-                _collection_to_stock("scalar")
-                state.get_impl(attr_key).set_committed_value(state, state_dict, collection[0])
+                _set_committed(state, state_dict, attr_key, collection[0], last)
             elif uselist:
                 _set_committed_collection(
                     state.get_impl(attr_key), state, state_dict, collection
                 )
             else:
-                # uselist=False and nothing loaded: the empty tuple sets None
-                _collection_to_stock("scalar")
-                state.get_impl(attr_key).set_committed_value(state, state_dict, collection)
+                # uselist=False and nothing loaded: None
+                _set_committed(state, state_dict, attr_key, collection, last)
+
+
+def load_via_child(
+    loader, our_states, none_states, query_info, q, context, execution_options, chunksize
+):
+    """Stock's ``_SelectInLoader._load_via_child`` (a selectin load whose
+    query needs only the children's foreign key: a many-to-one) for a
+    turbosession session (``turbosession.instances`` hands it over): per
+    chunk of related keys the same statement, parameters and execution
+    (``_selectin_rows``); the related object of each key (None for a key
+    without a row) set as committed on every state that refers to it
+    (``_set_committed``), then None on the states whose key has a NULL, in
+    stock's order."""
+    uselist = loader.uselist
+    n_pk: cython.Py_ssize_t = query_info.n_pk
+    zero_idx = query_info.zero_idx
+    attr_key = loader.key
+    data: dict
+    last: list = [None, None]
+
+    our_keys = list(our_states)
+    while our_keys:
+        chunk = our_keys[0:chunksize]
+        our_keys = our_keys[chunksize:]
+        primary_keys = [key[0] if zero_idx else key for key in chunk]
+        rows = _selectin_rows(context, q, primary_keys, execution_options)
+        # a one-column key by its value (see load_via_parent); a later row
+        # of the same key replaces an earlier one, as in stock's dict
+        if n_pk == 1:
+            data = {row[0]: row[1] for row in rows}
+        else:
+            data = {row[:n_pk]: row[n_pk] for row in rows}
+
+        for key in chunk:
+            related_obj = data.get(key[0] if n_pk == 1 else key)
+            for state, dict_, overwrite in our_states[key]:
+                if not overwrite and attr_key in dict_:
+                    continue
+                _set_committed(
+                    state, dict_, attr_key, related_obj if not uselist else [related_obj], last
+                )
+    for state, dict_, overwrite in none_states:
+        if not overwrite and attr_key in dict_:
+            continue
+        _set_committed(state, dict_, attr_key, None, last)

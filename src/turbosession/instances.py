@@ -48,6 +48,7 @@ _log = logging.getLogger("turbosession")
 
 STOCK_INSTANCE_PROCESSOR = loading._instance_processor
 STOCK_LOAD_VIA_PARENT = strategies._SelectInLoader._load_via_parent
+STOCK_LOAD_VIA_CHILD = strategies._SelectInLoader._load_via_child
 
 # the code of the _instance closure stock's _instance_processor returns for a
 # non-polymorphic mapper, and the names of its cells this module reads
@@ -415,27 +416,57 @@ the closure costs more per query than that saves on 100 rows, so pure
 sessions keep stock's closure; tests switch it on to run the pure twin."""
 
 
+def _selectin_bundle(context):
+    """The implementation bundle whose selectin loading runs for this query
+    context: a turbosession session's whose rows take the loop; else None
+    (stock's method)."""
+    session = context.session
+    if isinstance(session, TurboSessionMixin):
+        bundle = session._turbo
+        if PURE_LOOP or bundle is _COMPILED:
+            return bundle
+    return None
+
+
 def load_via_parent(self, our_states, query_info, q, context, execution_options, chunksize):
     """Stock's ``_SelectInLoader._load_via_parent`` (the selectin loader's
     query per chunk of parents and the population of their attributes); for
     a turbosession session whose rows take the loop, the bundle's
     ``load_via_parent``, which runs the same queries and sets the same
     committed values with the per-row work compiled."""
-    session = context.session
-    if isinstance(session, TurboSessionMixin):
-        bundle = session._turbo
-        if PURE_LOOP or bundle is _COMPILED:
-            return bundle.instances.load_via_parent(
-                self, our_states, query_info, q, context, execution_options, chunksize
-            )
+    bundle = _selectin_bundle(context)
+    if bundle is not None:
+        return bundle.instances.load_via_parent(
+            self, our_states, query_info, q, context, execution_options, chunksize
+        )
     return STOCK_LOAD_VIA_PARENT(
         self, our_states, query_info, q, context, execution_options, chunksize
     )
 
 
+def load_via_child(
+    self, our_states, none_states, query_info, q, context, execution_options, chunksize
+):
+    """Stock's ``_SelectInLoader._load_via_child`` (a many-to-one's selectin
+    query per chunk of related keys and the population of the children's
+    attribute); for a turbosession session whose rows take the loop, the
+    bundle's ``load_via_child``, which runs the same queries and sets the
+    same committed values with the per-row work compiled."""
+    bundle = _selectin_bundle(context)
+    if bundle is not None:
+        return bundle.instances.load_via_child(
+            self, our_states, none_states, query_info, q, context, execution_options,
+            chunksize,
+        )
+    return STOCK_LOAD_VIA_CHILD(
+        self, our_states, none_states, query_info, q, context, execution_options, chunksize
+    )
+
+
 def install():
     """Puts ``instance_processor`` in ``sqlalchemy.orm.loading`` and
-    ``load_via_parent`` on the selectin loader's class (once)."""
+    ``load_via_parent`` / ``load_via_child`` on the selectin loader's class
+    (once)."""
     global _COMPILED
     from . import _impl
 
@@ -452,3 +483,5 @@ def install():
         loading._instance_processor = instance_processor
     if strategies._SelectInLoader._load_via_parent is STOCK_LOAD_VIA_PARENT:
         strategies._SelectInLoader._load_via_parent = load_via_parent
+    if strategies._SelectInLoader._load_via_child is STOCK_LOAD_VIA_CHILD:
+        strategies._SelectInLoader._load_via_child = load_via_child

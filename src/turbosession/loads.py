@@ -224,8 +224,8 @@ def stats():
     """``{"get": {"fast": n, "loaded": n, "direct": n, "cursor": n,
     "fallback": {reason: n}, "cursor_fallback": {reason: n}},
     "instances": {"fast": n, "fallback": {reason: n}, "rows": n,
-    "rows_to_stock": n, "collections": n, "collections_to_stock": {reason:
-    n}, "setup": {"cached": n, "stock": {reason: n}}}, "execute": {"direct": n, "fallback": {reason: n}}}`` over both implementations: ``get`` counts calls
+    "rows_to_stock": n, "collections": n, "scalars": n, "collections_to_stock":
+    {reason: n}, "setup": {"cached": n, "stock": {reason: n}}}, "execute": {"direct": n, "fallback": {reason: n}}}`` over both implementations: ``get`` counts calls
     answered from the identity map (``fast``), misses loaded with
     turbosession's per-mapper statement (``loaded``; ``direct``: of those, the
     ones run without ``Session.execute``'s per-call setup, which was decided
@@ -235,7 +235,8 @@ def stats():
     ``get`` (by reason); ``instances`` counts query entities whose rows took
     turbosession's loop (``fast``) or stock's closure (by reason), the rows
     that loop handled or handed to stock's closure, and the eager loaders'
-    collection steps done on the loop or not (by reason,
+    collection and scalar steps done on the loop (``collections``,
+    ``scalars``) or not (by reason,
     ``_instances.COLLECTION_FALLBACK_REASONS``), and (``setup``) the query
     entities whose loader was built from the compiled statement's cached
     setup without stock's ``_instance_processor`` or not (by reason,
@@ -267,7 +268,7 @@ def stats():
     from . import instances
 
     rows = instances.counts()
-    rows["rows"] = rows["rows_to_stock"] = rows["collections"] = 0
+    rows["rows"] = rows["rows_to_stock"] = rows["collections"] = rows["scalars"] = 0
     rows["collections_to_stock"] = {}
     for bundle in _bundles():
         for key, n in bundle.instances.counts().items():

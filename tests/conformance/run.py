@@ -215,12 +215,13 @@ def share_lines(turbo):
             f"{to_stock} handed to stock's closure"
         )
     collections = turbo.get("loads.instances.collections", 0)
+    scalars = turbo.get("loads.instances.scalars", 0)
     steps = "loads.instances.collections_to_stock."
     others = {key[len(steps):]: n for key, n in turbo.items() if key.startswith(steps)}
-    if collections or others:
+    if collections or scalars or others:
         lines.append(
-            f"loads: eager collection steps: {collections} on the loop, "
-            f"{sum(others.values())} not"
+            f"loads: eager steps: {collections} collection and {scalars} scalar steps "
+            f"on the loop, {sum(others.values())} not"
             + (" (" + ", ".join(f"{k} {n}" for k, n in sorted(others.items())) + ")"
                if others else "")
         )

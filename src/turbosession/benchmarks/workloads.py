@@ -626,6 +626,67 @@ class JoinedLoadChildren(EagerLoadChildren):
         return orm.joinedload(Parent.children)
 
 
+class EagerLoadParents(Workload):
+    """N children, ten to a parent (N / 10 parents), each child's parent (a
+    many-to-one) loaded eagerly into a fresh session: the child rows and the
+    eager loader's parent rows."""
+
+    unit = "child"
+    CHILDREN = 10
+
+    @property
+    def parents(self):
+        return max(self.n // self.CHILDREN, 1)
+
+    def option(self):
+        raise NotImplementedError
+
+    def setup_session(self, state):
+        self.db.reset()
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(PARENT), [
+                {"id": p + 1, "name": f"parent {p}"} for p in range(self.parents)
+            ])
+            conn.execute(insert(CHILD), [
+                {"id": i + 1, "parent_id": i // self.CHILDREN + 1, "name": f"child {i}"}
+                for i in range(self.ops)
+            ])
+        state.session = state.session_cls(self.db.engine)
+        state.statement = select(Child).options(self.option()).order_by(Child.id)
+        return state
+
+    def run_session(self, state):
+        state.rows = state.session.scalars(state.statement).all()
+
+    def verify(self, state):
+        rows = state.rows
+        check(len(rows) == self.ops, f"{len(rows)} children loaded, expected {self.ops}")
+        check(all("parent" in inspect(c).dict for c in rows), "parents not loaded eagerly")
+        for c in rows:
+            parent = c.parent
+            check(type(parent) is Parent and parent.id == (c.id - 1) // self.CHILDREN + 1,
+                  f"child {c.id}: parent {parent!r}")
+            check(parent.name == f"parent {parent.id - 1}", f"child {c.id}: parent's name")
+        check(len(state.session.identity_map) == self.ops + self.parents,
+              "identity map misses objects")
+
+
+class SelectinLoadParents(EagerLoadParents):
+    name = "selectinload_m2o"
+    title = "selectinload of a many-to-one (10 children a parent)"
+
+    def option(self):
+        return orm.selectinload(Child.parent)
+
+
+class JoinedLoadParents(EagerLoadParents):
+    name = "joinedload_m2o"
+    title = "joinedload of a many-to-one (10 children a parent)"
+
+    def option(self):
+        return orm.joinedload(Child.parent)
+
+
 class ParentsWithChildren(Workload):
     """One-to-many with cascade: N / 5 parents, each with 4 children."""
 
@@ -1204,6 +1265,8 @@ WORKLOADS = (
     TwentyRowQueries,
     SelectinLoadChildren,
     JoinedLoadChildren,
+    SelectinLoadParents,
+    JoinedLoadParents,
     ParentsWithChildren,
     SelfReferentialTree,
     WebRequests,

@@ -303,3 +303,38 @@ def test_construction_runs_overridden_and_patched_init(session_cls, engine, monk
     session = session_cls(engine)
     assert calls[-1] == "patched"
     assert type(session.identity_map).__name__ == "WeakIdentityMap"
+
+
+def test_direct_construction_decided_against_stock_init(monkeypatch):
+    # _init_like_stock stands in for this SQLAlchemy's Session.__init__ only;
+    # an __init__ that stores another attribute or defaults an argument
+    # differently makes every session run stock's __init__
+    from sqlalchemy import orm
+    from turbosession import session as module
+
+    assert module._INIT_LIKE_STOCK is module._init_like_stock_applies() is True
+    stock = orm.Session.__init__
+
+    def stores_more(self, bind=None, *, autoflush=True, future=True,
+                    expire_on_commit=True, autobegin=True, twophase=False,
+                    binds=None, enable_baked_queries=True, info=None,
+                    query_cls=None, autocommit=False,
+                    join_transaction_mode="conditional_savepoint",
+                    close_resets_only=module._session_module._NoArg.NO_ARG,
+                    execution_options=module._EMPTY_DICT):
+        stock(self, bind, autoflush=autoflush, expire_on_commit=expire_on_commit,
+              autobegin=autobegin)
+        self.extra = True
+
+    def other_default(self, bind=None, *, autoflush=True, future=True,
+                      expire_on_commit=True, autobegin=True, twophase=True,
+                      binds=None, enable_baked_queries=True, info=None,
+                      query_cls=None, autocommit=False,
+                      join_transaction_mode="conditional_savepoint",
+                      close_resets_only=module._session_module._NoArg.NO_ARG,
+                      execution_options=module._EMPTY_DICT):
+        pass
+
+    for changed in (stores_more, other_default):
+        monkeypatch.setattr(module, "_STOCK_INIT", changed)
+        assert module._init_like_stock_applies() is False

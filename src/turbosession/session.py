@@ -7,6 +7,9 @@ Only sessions of these classes change (row loading reaches them through one
 import-time hook, ``turbosession.instances``, neutral for every other session).
 """
 
+import dis
+import inspect
+
 from sqlalchemy import orm
 from sqlalchemy.orm.base import object_state
 from sqlalchemy.orm.state import InstanceState
@@ -36,7 +39,8 @@ class TurboSessionMixin:
 
     def __init__(self, *args, **kw):
         if (
-            (not args if "bind" in kw else len(args) <= 1)
+            _INIT_LIKE_STOCK
+            and (not args if "bind" in kw else len(args) <= 1)
             and _DIRECT_INIT_KEYWORDS.issuperset(kw)
             and super(TurboSessionMixin, type(self)).__init__ is _STOCK_INIT
         ):
@@ -212,6 +216,44 @@ def _init_like_stock(
     session._query_cls = _session_module.query.Query
     _session_module._sessions[hash_key] = session
 
+
+# the defaults of stock's other arguments, which _init_like_stock's stores assume
+_ASSUMED_DEFAULTS = {
+    "future": True, "twophase": False, "binds": None, "enable_baked_queries": True,
+    "info": None, "query_cls": None, "autocommit": False,
+    "join_transaction_mode": "conditional_savepoint",
+    "close_resets_only": _session_module._NoArg.NO_ARG, "execution_options": _EMPTY_DICT,
+}
+
+
+def _stored_attributes(function):
+    return {i.argval for i in dis.get_instructions(function) if i.opname == "STORE_ATTR"}
+
+
+def _init_like_stock_applies():
+    """Whether ``_init_like_stock`` does what this SQLAlchemy's
+    ``Session.__init__`` does: ``bind`` its one positional argument and the
+    others keyword-only with the defaults ``_ASSUMED_DEFAULTS`` names, and the
+    attributes it stores those ``_init_like_stock`` stores (plus
+    ``execution_options``, stored only when that argument is given).  Decided
+    once at import; when not, every session runs stock's ``__init__``."""
+    params = dict(inspect.signature(_STOCK_INIT).parameters)
+    positional = [name for name, param in params.items() if param.kind is param.POSITIONAL_OR_KEYWORD]
+    if positional != ["self", "bind"] or params.pop("bind").default is not None:
+        return False
+    del params["self"]
+    for name in ("autoflush", "expire_on_commit", "autobegin"):
+        param = params.pop(name, None)
+        if param is None or param.kind is not param.KEYWORD_ONLY or param.default is not True:
+            return False
+    return (
+        {name: param.default for name, param in params.items()} == _ASSUMED_DEFAULTS
+        and _stored_attributes(_STOCK_INIT) - {"execution_options"}
+        == _stored_attributes(_init_like_stock)
+    )
+
+
+_INIT_LIKE_STOCK = _init_like_stock_applies()
 
 # each bundle's Session.get, which a subclass pinning a bundle swaps
 _SESSION_GETS = tuple(

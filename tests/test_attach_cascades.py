@@ -296,6 +296,36 @@ def sc_delete_listened_after_load(session_cls, engine, log):
     session.close()
 
 
+def sc_delete_without_cascade(session_cls, engine, log):
+    """Objects whose mappers cascade no delete (fans and notes: no
+    relationship of their own) take delete() without a walk: deleted
+    twice, one of another session, a transient one, in a delete_all.
+    (Not books: their ``editor`` makes a cycle with the authors, whose
+    per-state flush leaves stock's loaded attributes to a set's order.)"""
+    with session_cls(engine) as setup:
+        fan = Fan(name="f")  # "fans" cascades nothing: added itself
+        setup.add_all([Author(name="a", fans=[fan], notes={Note(text="n")}), fan, Fan(name="g")])
+        setup.commit()
+    session = session_cls(engine)
+    f, g = session.scalars(select(Fan).order_by(Fan.id)).all()
+    n = session.scalars(select(Note)).one()
+    session.delete(f)
+    session.delete(f)
+    everything(session, log, f=f, g=g)
+    other = session_cls(engine)
+    g2 = other.get(Fan, g.id)
+    guarded(log, lambda: session.delete(g2))
+    guarded(log, lambda: session.delete(Fan(name="transient")))
+    session.delete_all([g, n])
+    everything(session, log, f=f, g=g, n=n)
+    session.commit()
+    everything(session, log, f=f, g=g, n=n)
+    log.note("rows", session.scalars(select(Fan.name).order_by(Fan.id)).all(),
+             session.scalars(select(Note.text).order_by(Note.id)).all())
+    other.close()
+    session.close()
+
+
 def sc_autobegin(session_cls, engine, log):
     """The first add / delete begins the transaction; a listener of that
     event makes the attach events listened from then on."""
@@ -340,6 +370,7 @@ SCENARIOS = [
     sc_delete_cascades,
     sc_delete_detached_and_other_session,
     sc_delete_listened_after_load,
+    sc_delete_without_cascade,
 ]
 
 
@@ -390,6 +421,31 @@ def test_plan_follows_a_reconfigured_cascade(session_cls, engine):
                     fan = Fan(name="f")
                     session.add(Author(name="a", fans=[fan]))
                     assert (fan in session) is (cascade == "save-update")
+    finally:
+        rel.cascade = ""
+        Base.metadata.drop_all(engine)
+
+
+def test_delete_follows_a_reconfigured_cascade(session_cls, engine):
+    """A relationship given a delete cascade after its mapper's plan was
+    made is followed by delete() (which takes no walk while no property
+    cascades delete), as stock follows it."""
+    Base.metadata.create_all(engine)
+    rel = inspect(Author).relationships["fans"]
+    try:
+        for cascade in ("", "save-update, delete", ""):
+            rel.cascade = cascade
+            found = []
+            for cls in (orm.Session, session_cls):
+                with cls(engine) as session:
+                    fan = Fan(name="f")
+                    author = Author(name="a", fans=[fan])
+                    session.add_all([author, fan])
+                    session.flush()
+                    session.delete(author)
+                    found.append(fan in session.deleted)
+                    session.rollback()
+            assert found == [cascade != ""] * 2
     finally:
         rel.cascade = ""
         Base.metadata.drop_all(engine)

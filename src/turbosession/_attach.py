@@ -93,7 +93,7 @@ __all__ = [
 _stock_add = cython.declare(object, orm.Session.add)
 _stock_delete = cython.declare(object, orm.Session.delete)
 _cascade_plan = cython.declare(object, attaching.cascade_plan)
-_PLAN_KEY = cython.declare(tuple, attaching._PLAN_KEY)
+_PLAN_KEY = cython.declare(str, attaching._PLAN_KEY)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 _listener_sites = cython.declare(ListenerSites)
 _VALUE_AS_ITERABLE = cython.declare(object, RelationshipProperty._value_as_iterable)
@@ -567,7 +567,11 @@ class _Walk:
             else:
                 found.append(entry)
             plan = self.plan(entry[1])
-            stack.append([plan[1], 0, child_state, entry[3]])
+            # a delete reaching an object none of whose properties cascades
+            # delete now finds nothing below it (follow would return None
+            # for each)
+            if save or _cascades_delete(plan[1]):
+                stack.append([plan[1], 0, child_state, entry[3]])
         return found
 
     @cython.cfunc
@@ -830,37 +834,115 @@ def session_delete(self, instance):
         self, _session_mixin, _stock_delete_hooks, _hook_names
     ):
         return super(_session_mixin, self).delete(instance)
-    _delete_all(self, (instance,))
+    _delete_one(self, instance)
 
 
 def delete_all(session, instances):
     """``TurboSessionMixin.delete_all`` once it has found the session's
     hooks stock's: each object marked deleted with its cascade, or handed
     to stock's ``delete()`` under a counted reason."""
-    _delete_all(session, instances)
+    for instance in instances:
+        _delete_one(session, instance)
 
 
 @cython.cfunc
-def _delete_all(session, instances):
+def _delete_one(session, instance):
+    """``delete()`` of one object whose session resolves stock's hooks.
+
+    The common case is answered here, with no ``_Walk``: a persisted object
+    of this session or of none, of a mapper that walks cascades as stock's
+    does, in a session with a transaction and no attach event listened.
+    Its mapper's cascade plan (kept with the mapper's memoized values) says
+    which properties may cascade; when none of them cascades ``delete``
+    now (read as the walk reads it), stock's ``cascade_iterator`` would
+    yield nothing, and the object gets ``_delete_impl``'s stores
+    (``identity_map.add``, ``session_id``, ``_deleted``) here.  With a
+    delete cascade, a walk takes the object from the gate's answers;
+    every other case is ``_delete_walked``'s (which counts the fallbacks)."""
+    global _attached_fast
+    state = _state_of(instance)
+    if state is None or session._transaction is None:
+        _delete_walked(session, instance)  # stock raises / the walk begins it
+        return
+    mapper = _mapper_of(state)
+    if (
+        mapper is None
+        or _listened(session.dispatch, _DELETE_EVENTS)
+        or _ATTRIBUTES_NAMES["instance_dict"] is not _STOCK_INSTANCE_DICT
+    ):
+        _delete_walked(session, instance)
+        return
+    plan: tuple = _plan_of(mapper)
+    session_id = state.session_id
+    hash_key = session.hash_key
+    if (
+        plan[0]
+        or state.key is None
+        or (session_id is not None and session_id != hash_key)
+    ):
+        _delete_walked(session, instance)
+        return
+    _attached_fast += 1
+    if plan[1] and _cascades_delete(plan[1]):
+        walk: _Walk = _Walk(session, _DELETE_EVENTS, False)
+        walk.listened = 0
+        walk.last_mapper = mapper
+        walk.last_plan = plan
+        walk.delete_head(state, instance)
+        return
+    deleted: dict = session._deleted
+    if state in deleted:
+        return
+    session.identity_map.add(state)
+    if session_id is None:
+        _attach(state, hash_key, instance)
+    deleted[state] = instance
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _cascades_delete(steps: tuple) -> cython.bint:
+    """Whether a property of a cascade plan may cascade a delete now: one
+    the walk does not follow inline (its own ``cascade_iterator`` decides),
+    or a relationship whose cascade includes ``delete``, read as
+    ``_Walk.follow`` reads it."""
+    step: tuple
+    for step in steps:
+        if not step[1]:
+            return True
+        prop = step[0]
+        cascade = (
+            own_value(prop, "_cascade", cython.address(_delete_cascade_site)) if cython.compiled
+            else prop._cascade
+        )
+        if cascade and _DELETE in cascade:
+            return True
+    return False
+
+
+_delete_cascade_site = cython.declare(ClassSite)
+
+
+@cython.cfunc
+def _delete_walked(session, instance):
+    """``delete()`` of one object through the gate and the walk, or stock's
+    ``delete()`` under a counted reason."""
     global _attached_fast
     # a delete cascade may load collections, running listeners: no cache
     walk: _Walk = _Walk(session, _DELETE_EVENTS, False)
-    for instance in instances:
-        state = _state_of(instance)
-        reason = walk.gate(state)
-        if reason is None and (
-            state.key is None
-            or (state.session_id is not None and state.session_id != walk.hash_key)
-        ):
-            reason = "attach_state"
-        if reason is not None:
-            _fallback(reason)
-            _stock_delete(session, instance)
-            walk.forget()
-            continue
-        _attached_fast += 1
-        walk.delete_head(state, instance)
-        walk.forget()
+    state = _state_of(instance)
+    reason = walk.gate(state)
+    if reason is None and (
+        state.key is None
+        or (state.session_id is not None and state.session_id != walk.hash_key)
+    ):
+        reason = "attach_state"
+    if reason is not None:
+        _fallback(reason)
+        _stock_delete(session, instance)
+        return
+    _attached_fast += 1
+    walk.delete_head(state, instance)
 
 
 @cython.cfunc

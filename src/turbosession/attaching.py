@@ -82,7 +82,9 @@ def cascade_plan(mapper):
     return derived(mapper, _PLAN_KEY, mapper._propkey_to_col, build_plan)
 
 
-_PLAN_KEY = ("turbosession", "cascade_plan")
+# a string rather than a tuple: the walk looks the plan up per object, and a
+# tuple's hash is computed again at every lookup
+_PLAN_KEY = "turbosession cascade_plan"
 
 
 def _bundles():

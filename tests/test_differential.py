@@ -139,7 +139,7 @@ class World:
         return None
 
     def observe(self):
-        sql, self.sql = self.sql, []
+        sql, self.sql = loads_unordered(self.sql), []
         objects = []
         for obj in self.objects:
             loaded = {
@@ -160,6 +160,25 @@ class World:
         self.session.close()
         self.engine.dispose()
 
+
+def loads_unordered(sql):
+    """The statements sent, with each run of consecutive SELECTs sorted.
+
+    A flush loads what its processors need of the states it deletes (an
+    expired object's row, a delete-orphan collection) in the order it iterates
+    a mapper's states, which stock keeps in a set: by memory address, so two
+    runs of stock itself load them in different orders.  What is loaded, and
+    every INSERT, UPDATE and DELETE with its place, is still compared."""
+    out, run = [], []
+    for entry in sql:
+        if entry[0].startswith("SELECT"):
+            run.append(entry)
+            continue
+        out.extend(sorted(run))
+        run = []
+        out.append(entry)
+    out.extend(sorted(run))
+    return out
 
 def row_switch(world, cls, ident):
     """Whether a new object with this identity would replace a deleted one.

@@ -37,6 +37,7 @@ from sqlalchemy.orm.sync import _populate
 __all__ = [
     "connection_reason",
     "dbapi_parameters",
+    "execute",
     "finish_returning",
     "insert_each_lastrowid",
     "insert_returning",
@@ -94,6 +95,47 @@ def connection_reason(
     ):
         return "dialect"
     return None
+
+
+def execute(
+    connection,
+    base_mapper,
+    statement,
+    rows: list,
+    rowcount: cython.bint,
+    compiled_cache,
+    checks: tuple,
+    plan_for,
+    counts,
+):
+    """``emission.execute``'s work for one batch: the connection checked
+    (``connection_reason`` given ``checks``, its last four arguments), the
+    plan kept for the statement and the rows' keys found (``plan_for``
+    makes a missing one), the DBAPI parameters built and sent
+    (``dbapi_parameters``, ``send``), the batch counted ``direct`` in
+    ``counts``.  Returns what ``send`` returns, or the reason (a str) the
+    batch must go through Core, with nothing done."""
+    reason = connection_reason(connection, checks[0], checks[1], checks[2], checks[3])
+    if reason is not None:
+        return reason
+    dialect = connection.dialect
+    keys: tuple = tuple(sorted(rows[0]))
+    many = len(rows) > 1
+    plans = base_mapper._memoized_values.get("turbosession_emission")
+    plan = None if plans is None else plans.get((statement, dialect, keys, many))
+    if plan is None:
+        plan = plan_for(base_mapper, statement, dialect, keys, many, compiled_cache)
+    if type(plan) is str:
+        return plan
+    counts["direct"] += 1
+    try:
+        parameters = dbapi_parameters(
+            rows, plan[1], plan[2], plan[3], dialect.execute_sequence_format
+        )
+    except BaseException as e:
+        # as Core reports it when making the execution context
+        connection._handle_dbapi_exception(e, plan[0], rows, None, None)
+    return send(connection, plan[0], parameters, rows, rowcount, plan[4])
 
 
 def dbapi_parameters(rows: list, keys: tuple, processors: tuple, names, sequence):

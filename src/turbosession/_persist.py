@@ -126,6 +126,7 @@ _STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_tra
 _WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
 _FunctionType = cython.declare(object, types.FunctionType)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
+_STOCK_PREFER_EAGER = cython.declare(object, Mapper._prefer_eager_defaults)
 
 
 def _validator_code():
@@ -207,13 +208,31 @@ def _key_props(mapper) -> tuple:
 
 def _build_insert_columns(mapper, table):
     """propkey -> (column key, column, evaluates None), their keys, the
-    primary key's column keys."""
+    primary key's column keys; then what stock's collector reads of the
+    mapper for every batch, all of it its configuration or memoized
+    attributes (reset with ``_propkey_to_col``): the ORM-level defaults,
+    the version column in this table (None with ``version_id_generator``
+    False) and its generator, the keys to add as None (a frozenset, and as
+    a tuple), the server default column keys (a tuple)."""
     eval_none = mapper._insert_cols_evaluating_none[table]
     columns = {
         propkey: (col.key, col, col in eval_none)
         for propkey, col in mapper._propkey_to_col[table].items()
     }
-    return columns, frozenset(columns), tuple(mapper._pk_keys_by_table[table])
+    generate_version = mapper.version_id_generator
+    version_col = None if generate_version is False else _table_version_col(mapper, table)
+    as_none = mapper._insert_cols_as_none[table]
+    return (
+        columns,
+        frozenset(columns),
+        tuple(mapper._pk_keys_by_table[table]),
+        tuple(mapper._insert_orm_defaults[table]),
+        version_col,
+        generate_version,
+        as_none,
+        tuple(as_none),
+        tuple(mapper._server_default_col_keys[table]),
+    )
 
 
 def _build_update_columns(mapper, table):
@@ -531,18 +550,22 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
     columns: dict = precomputed[0]
     propkeys: frozenset = precomputed[1]
     pk_keys: tuple = precomputed[2]
-    orm_defaults: tuple = tuple(mapper._insert_orm_defaults[table])
+    orm_defaults: tuple = precomputed[3]
     orm_default: tuple
-    version_col = _table_version_col(mapper, table)
-    generate_version = mapper.version_id_generator
-    if generate_version is False:
-        version_col = None
-    as_none = mapper._insert_cols_as_none[table]
+    version_col = precomputed[4]
+    generate_version = precomputed[5]
+    as_none = precomputed[6]
     # nothing to add as None when the parameters have every such key
-    as_none_keys: tuple = tuple(as_none)
+    as_none_keys: tuple = precomputed[7]
     server_default_keys: tuple = None
-    if mapper.base_mapper._prefer_eager_defaults(connection.dialect, table):
-        server_default_keys = tuple(mapper._server_default_col_keys[table])
+    # with no server default column in the table every record has all of
+    # them whatever stock's _prefer_eager_defaults answers: it is asked
+    # only when the answer matters, or when it is not stock's method
+    base_mapper = mapper.base_mapper
+    if (
+        precomputed[8] or type(base_mapper)._prefer_eager_defaults is not _STOCK_PREFER_EAGER
+    ) and base_mapper._prefer_eager_defaults(connection.dialect, table):
+        server_default_keys = precomputed[8]
     params: dict
     value_params: dict
     column: tuple

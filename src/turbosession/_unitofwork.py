@@ -61,7 +61,11 @@ else:
     SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
 
 __all__ = [
-    "attribute_history", "split_per_state", "states_for_mapper_hierarchy", "states_of_mappers"
+    "attribute_history",
+    "base_steps",
+    "split_per_state",
+    "states_for_mapper_hierarchy",
+    "states_of_mappers",
 ]
 
 _SQL_OK = cython.declare(object, attributes.SQL_OK)
@@ -472,6 +476,34 @@ def states_of_mappers(uow, hierarchy: tuple, isdelete, listonly) -> list:
 
 
 @cython.cfunc
+def _registered(registry: dict, cls, key: tuple):
+    """``_PostSortRec.__new__``: the record registered under ``key``, or a
+    new ``cls`` registered there with ``disabled`` False."""
+    record = registry.get(key)
+    if record is None:
+        record = _object_new(cls)
+        record.disabled = False
+        registry[key] = record
+    return record
+
+
+def base_steps(uow, base, steps: tuple):
+    """The hierarchy's save and delete steps of stock's
+    ``_per_mapper_flush_actions``: for each ``(class, label)`` of
+    ``steps``, the record of ``(class, base)`` (``_registered``) given its
+    ``mapper`` and ``sort_key`` as the class's ``__init__`` gives them;
+    then the dependency of the first step on the second."""
+    registry: dict = uow.postsort_actions
+    records: list = []
+    for cls, label in steps:
+        record = _registered(registry, cls, (cls, base))
+        record.mapper = base
+        record.sort_key = (label, base._sort_key)
+        records.append(record)
+    uow.dependencies.add((records[0], records[1]))
+
+
+@cython.cfunc
 def _state_records(uow, cls: type, states: list, mapper, sort_key: tuple) -> list:
     """Records ``cls(uow, state)`` for ``states``, made as stock makes them.
 
@@ -482,14 +514,8 @@ def _state_records(uow, cls: type, states: list, mapper, sort_key: tuple) -> lis
     """
     registry: dict = uow.postsort_actions
     records: list = []
-    key: tuple
     for state in states:
-        key = (cls, state)
-        record = registry.get(key)
-        if record is None:
-            record = _object_new(cls)
-            record.disabled = False
-            registry[key] = record
+        record = _registered(registry, cls, (cls, state))
         record.state = state
         record.mapper = mapper
         record.sort_key = sort_key

@@ -166,6 +166,10 @@ def _dialect_entry(dialect):
     return entry
 
 
+# connection_reason's arguments besides the connection
+_CHECKS = (Connection, _HARMLESS_OPTIONS, _dialect_ok, _dialect_entry)
+
+
 def _connection_reason(connection, emit):
     """Why Core's execution on this connection could be told apart now
     (``emit.connection_reason``: the connection's class, engine and
@@ -339,34 +343,17 @@ def execute(
     nothing done, when the batch must go through Core.  ``compiled_cache``
     is the cache Core would compile the statement with, when it is not the
     mapper's."""
-    # (_connection_reason, _plan_for's lookup of a kept plan and
-    # _dbapi_parameters written out: three Python frames fewer for each
-    # statement of a short flush)
-    reason = emit.connection_reason(
-        connection, Connection, _HARMLESS_OPTIONS, _dialect_ok, _dialect_entry
+    # the checks, the kept plan's lookup and the sending in the hot path
+    # (_emit.execute): no interpreted frame of its own for them per
+    # statement of a short flush
+    result = emit.execute(
+        connection, base_mapper, statement, rows, rowcount, compiled_cache,
+        _CHECKS, _plan_for, _counts,
     )
-    if reason is None:
-        dialect = connection.dialect
-        keys = tuple(sorted(rows[0]))
-        many = len(rows) > 1
-        plans = base_mapper._memoized_values.get("turbosession_emission")
-        plan = None if plans is None else plans.get((statement, dialect, keys, many))
-        if plan is None:
-            plan = _plan_for(base_mapper, statement, dialect, keys, many, compiled_cache)
-        if type(plan) is str:
-            reason = plan
-        else:
-            _counts["direct"] += 1
-            try:
-                parameters = emit.dbapi_parameters(
-                    rows, plan[1], plan[2], plan[3], dialect.execute_sequence_format
-                )
-            except BaseException as e:
-                # as Core reports it when making the execution context
-                connection._handle_dbapi_exception(e, plan[0], rows, None, None)
-            return emit.send(connection, plan[0], parameters, rows, rowcount, plan[4])
-    _fallback(reason)
-    return None
+    if type(result) is str:
+        _fallback(result)
+        return None
+    return result
 
 
 class _InsertPlan:

@@ -109,22 +109,11 @@ class UOWTransaction(unitofwork.UOWTransaction):
         those methods are stock's."""
         if not _stock_records():
             return super()._per_mapper_flush_actions(mapper)
-        base = mapper.base_mapper
-        actions = self.postsort_actions
         # each step (_SaveUpdateAll, then _DeleteAll) as
         # _PostSortRec.__new__ (the record registered under (cls, base), or
         # a new one with disabled False) and its class's __init__ (mapper,
-        # sort key) make it
-        steps = []
-        for cls, label in _BASE_STEPS:
-            record = actions.get((cls, base))
-            if record is None:
-                record = actions[(cls, base)] = _new_object(cls)
-                record.disabled = False
-            record.mapper = base
-            record.sort_key = (label, base._sort_key)
-            steps.append(record)
-        self.dependencies.add((steps[0], steps[1]))
+        # sort key) make it, then the dependency between them
+        self._unitofwork.base_steps(self, mapper.base_mapper, _BASE_STEPS)
 
         for dep in mapper._dependency_processors:
             dep.per_property_preprocessors(self)
@@ -221,7 +210,6 @@ def _relationship_processors(mapper):
 _NO_STATES = frozenset()
 _BASE_STEPS = ((_SaveUpdateAll, "SaveUpdateAll"), (_DeleteAll, "DeleteAll"))
 _PROCESSORS_KEY = ("turbosession", "relationship processors")
-_new_object = object.__new__
 _POSTSORT_NEW = unitofwork._PostSortRec.__new__
 _SAVE_INIT = _SaveUpdateAll.__init__
 _DELETE_INIT = _DeleteAll.__init__

@@ -216,3 +216,46 @@ def set_order_sorted(entries, groups):
         run_ = list(run_)
         out.extend(sorted(run_, key=repr) if group else run_)
     return out
+
+
+def selectin_hook_sides(monkeypatch, session_cls, engine, metadata, seed, stock_attr, method, load):
+    """Which side of an import-time selectin hook runs, and what it loads.
+
+    Spies on ``turbosession.instances.<stock_attr>`` (stock's method, which
+    the hook calls for other sessions) and on the session bundle's
+    ``instances.<method>``; seeds fresh tables with a stock session, then runs
+    ``load(session)`` with a stock session, a turbosession session and one
+    with the pure loop on.  Returns ``{label: (load's value, [sides run])}``
+    and whether the bundle's loop is compiled."""
+    from sqlalchemy.orm import Session
+    from turbosession import instances
+
+    calls = []
+    stock = getattr(instances, stock_attr)
+    ours = getattr(session_cls._turbo.instances, method)
+
+    def spy_stock(*args):
+        calls.append("stock")
+        return stock(*args)
+
+    def spy_ours(*args):
+        calls.append("turbosession")
+        return ours(*args)
+
+    monkeypatch.setattr(instances, stock_attr, spy_stock)
+    monkeypatch.setattr(session_cls._turbo.instances, method, spy_ours)
+    compiled = session_cls._turbo.instances._is_compiled()
+    metadata.create_all(engine)
+    try:
+        with Session(engine) as session:
+            seed(session)
+        loaded = {}
+        for label, cls, loop in (("stock", Session, False), ("turbosession", session_cls, False),
+                                 ("turbosession, loop on", session_cls, True)):
+            monkeypatch.setattr(instances, "PURE_LOOP", loop)
+            calls.clear()
+            with cls(engine) as session:
+                loaded[label] = (load(session), list(calls))
+    finally:
+        metadata.drop_all(engine)
+    return loaded, compiled

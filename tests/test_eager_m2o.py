@@ -29,7 +29,7 @@ from sqlalchemy.orm import (
 )
 
 import turbosession
-from support import assert_same_as_stock, normalize_error, scrub
+from support import assert_same_as_stock, normalize_error, scrub, selectin_hook_sides
 from turbosession import instances
 
 
@@ -319,38 +319,14 @@ def test_selectin_hooks_hand_over_only_turbosession_sessions(session_cls, engine
     """The ``_load_via_child`` hook: a stock session runs stock's method, a
     turbosession session the bundle's ``load_via_child`` (pure only with
     its loop on); the objects are the same."""
-    from sqlalchemy.orm import Session, strategies
+    from sqlalchemy.orm import strategies
 
     assert strategies._SelectInLoader._load_via_child is instances.load_via_child
-    calls = []
-    stock = instances.STOCK_LOAD_VIA_CHILD
-    ours = session_cls._turbo.instances.load_via_child
-
-    def spy_stock(*args):
-        calls.append("stock")
-        return stock(*args)
-
-    def spy_ours(*args):
-        calls.append("turbosession")
-        return ours(*args)
-
-    monkeypatch.setattr(instances, "STOCK_LOAD_VIA_CHILD", spy_stock)
-    monkeypatch.setattr(session_cls._turbo.instances, "load_via_child", spy_ours)
-    compiled = session_cls._turbo.instances._is_compiled()
-    Base.metadata.create_all(engine)
-    try:
-        with Session(engine) as session:
-            seed(session)
-        loaded = {}
-        for label, cls, loop in (("stock", Session, False), ("turbosession", session_cls, False),
-                                 ("turbosession, loop on", session_cls, True)):
-            monkeypatch.setattr(instances, "PURE_LOOP", loop)
-            calls.clear()
-            with cls(engine) as session:
-                pets = _pets(selectinload(Pet.owner))(session)
-                loaded[label] = ([p.owner and p.owner.id for p in pets], list(calls))
-    finally:
-        Base.metadata.drop_all(engine)
+    loaded, compiled = selectin_hook_sides(
+        monkeypatch, session_cls, engine, Base.metadata, seed,
+        "STOCK_LOAD_VIA_CHILD", "load_via_child",
+        lambda session: [p.owner and p.owner.id for p in _pets(selectinload(Pet.owner))(session)],
+    )
     owners = [1, 1, 1, 2, 2, 2, 3, 3, 3, None]
     assert loaded == {
         "stock": (owners, ["stock"]),

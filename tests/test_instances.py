@@ -36,7 +36,7 @@ from sqlalchemy.orm import (
 )
 
 import turbosession
-from support import assert_same_as_stock, normalize_error, scrub
+from support import assert_same_as_stock, normalize_error, scrub, selectin_hook_sides
 from turbosession import instances
 
 
@@ -1114,39 +1114,15 @@ def test_selectin_hook_hands_over_only_turbosession_sessions(session_cls, engine
     stock's method, a turbosession session the bundle's ``load_via_parent``
     (pure only with its loop on, as for the row loop); the collections are
     the same."""
-    from sqlalchemy.orm import Session, strategies
+    from sqlalchemy.orm import strategies
 
     assert strategies._SelectInLoader._load_via_parent is instances.load_via_parent
-    calls = []
-    stock = instances.STOCK_LOAD_VIA_PARENT
-    ours = session_cls._turbo.instances.load_via_parent
-
-    def spy_stock(*args):
-        calls.append("stock")
-        return stock(*args)
-
-    def spy_ours(*args):
-        calls.append("turbosession")
-        return ours(*args)
-
-    monkeypatch.setattr(instances, "STOCK_LOAD_VIA_PARENT", spy_stock)
-    monkeypatch.setattr(session_cls._turbo.instances, "load_via_parent", spy_ours)
-    compiled = session_cls._turbo.instances._is_compiled()
-    Base.metadata.create_all(engine)
-    try:
-        with Session(engine) as session:
-            seed(session)
-        loaded = {}
-        for label, cls, pure_loop in (("stock", Session, False), ("turbosession", session_cls, False),
-                                      ("turbosession, loop on", session_cls, True)):
-            monkeypatch.setattr(instances, "PURE_LOOP", pure_loop)
-            calls.clear()
-            with cls(engine) as session:
-                authors = session.scalars(
-                    select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()
-                loaded[label] = ([[b.id for b in a.books] for a in authors], list(calls))
-    finally:
-        Base.metadata.drop_all(engine)
+    loaded, compiled = selectin_hook_sides(
+        monkeypatch, session_cls, engine, Base.metadata, seed,
+        "STOCK_LOAD_VIA_PARENT", "load_via_parent",
+        lambda session: [[b.id for b in a.books] for a in session.scalars(
+            select(Author).options(selectinload(Author.books)).order_by(Author.id)).all()],
+    )
     books = [[11, 12, 13], [21, 22, 23], [31, 32, 33], []]
     assert loaded == {
         "stock": (books, ["stock"]),

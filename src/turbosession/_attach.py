@@ -673,13 +673,7 @@ class _Walk:
         ):
             session._delete_impl(state, obj, False)
             return
-        deleted: dict = session._deleted
-        if state in deleted:
-            return
-        session.identity_map.add(state)
-        if session_id is None:
-            _attach(state, self.hash_key, obj)
-        deleted[state] = obj
+        _mark_deleted(session, state, obj, session_id, self.hash_key)
 
 
 def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
@@ -890,13 +884,21 @@ def _delete_one(session, instance):
         walk.last_plan = plan
         walk.delete_head(state, instance)
         return
+    _mark_deleted(session, state, instance, session_id, hash_key)
+
+
+@cython.cfunc
+def _mark_deleted(session, state, obj, session_id, hash_key):
+    """``_delete_impl``'s stores for a persisted state of this session or
+    of none, with no attach listener: nothing when it is already deleted;
+    else in the identity map, attached, and in ``_deleted``."""
     deleted: dict = session._deleted
     if state in deleted:
         return
     session.identity_map.add(state)
     if session_id is None:
-        _attach(state, hash_key, instance)
-    deleted[state] = instance
+        _attach(state, hash_key, obj)
+    deleted[state] = obj
 
 
 @cython.cfunc

@@ -564,6 +564,20 @@ class TwentyRowQueries(RepeatedQueries):
     ROWS = 20
 
 
+def _seed_families(db, parents, children, per_parent):
+    """Fresh tables with ``parents`` parents (ids from 1) and ``children``
+    children (ids from 1), ``per_parent`` to a parent in id order."""
+    db.reset()
+    with db.engine.begin() as conn:
+        conn.execute(insert(PARENT), [
+            {"id": p + 1, "name": f"parent {p}"} for p in range(parents)
+        ])
+        conn.execute(insert(CHILD), [
+            {"id": i + 1, "parent_id": i // per_parent + 1, "name": f"child {i % per_parent}"}
+            for i in range(children)
+        ])
+
+
 class EagerLoadChildren(Workload):
     """N / 10 parents, each with its 10 children loaded eagerly into a fresh
     session: the parent rows and the eager loader's child rows."""
@@ -579,16 +593,7 @@ class EagerLoadChildren(Workload):
         raise NotImplementedError
 
     def setup_session(self, state):
-        self.db.reset()
-        with self.db.engine.begin() as conn:
-            conn.execute(insert(PARENT), [
-                {"id": p + 1, "name": f"parent {p}"} for p in range(self.ops)
-            ])
-            conn.execute(insert(CHILD), [
-                {"id": p * self.CHILDREN + c + 1, "parent_id": p + 1, "name": f"child {c}"}
-                for p in range(self.ops)
-                for c in range(self.CHILDREN)
-            ])
+        _seed_families(self.db, self.ops, self.ops * self.CHILDREN, self.CHILDREN)
         state.session = state.session_cls(self.db.engine)
         state.statement = select(Parent).options(self.option()).order_by(Parent.id)
         return state
@@ -642,15 +647,7 @@ class EagerLoadParents(Workload):
         raise NotImplementedError
 
     def setup_session(self, state):
-        self.db.reset()
-        with self.db.engine.begin() as conn:
-            conn.execute(insert(PARENT), [
-                {"id": p + 1, "name": f"parent {p}"} for p in range(self.parents)
-            ])
-            conn.execute(insert(CHILD), [
-                {"id": i + 1, "parent_id": i // self.CHILDREN + 1, "name": f"child {i}"}
-                for i in range(self.ops)
-            ])
+        _seed_families(self.db, self.parents, self.ops, self.CHILDREN)
         state.session = state.session_cls(self.db.engine)
         state.statement = select(Child).options(self.option()).order_by(Child.id)
         return state

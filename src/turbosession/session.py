@@ -3,8 +3,8 @@
 ``TurboSessionMixin`` can be put in front of any ``sqlalchemy.orm.Session``
 subclass (``ShardedSession``, SQLModel's or Flask-SQLAlchemy's sessions) to
 accelerate it; ``Session`` is the mixin over ``sqlalchemy.orm.Session``.
-Only sessions of these classes change (row loading reaches them through one
-import-time hook, ``turbosession.instances``, neutral for every other session).
+Only sessions of these classes change (row loading reaches them through the
+import-time hooks of ``turbosession.instances``, neutral for every other session).
 """
 
 import dis

@@ -309,32 +309,33 @@ def test_direct_construction_decided_against_stock_init(monkeypatch):
     # _init_like_stock stands in for this SQLAlchemy's Session.__init__ only;
     # an __init__ that stores another attribute or defaults an argument
     # differently makes every session run stock's __init__
+    import inspect as _inspect
+
     from sqlalchemy import orm
     from turbosession import session as module
 
     assert module._INIT_LIKE_STOCK is module._init_like_stock_applies() is True
-    stock = orm.Session.__init__
+    stock_signature = _inspect.signature(orm.Session.__init__)
 
-    def stores_more(self, bind=None, *, autoflush=True, future=True,
-                    expire_on_commit=True, autobegin=True, twophase=False,
-                    binds=None, enable_baked_queries=True, info=None,
-                    query_cls=None, autocommit=False,
-                    join_transaction_mode="conditional_savepoint",
-                    close_resets_only=module._session_module._NoArg.NO_ARG,
-                    execution_options=module._EMPTY_DICT):
-        stock(self, bind, autoflush=autoflush, expire_on_commit=expire_on_commit,
-              autobegin=autobegin)
-        self.extra = True
+    def init_storing(names, signature):
+        # an __init__ with this signature whose bytecode stores these names
+        body = "".join(f"    self.{name} = None\n" for name in names)
+        namespace = {}
+        exec(f"def __init__(self, *args, **kw):\n{body}", namespace)
+        function = namespace["__init__"]
+        function.__signature__ = signature
+        return function
 
-    def other_default(self, bind=None, *, autoflush=True, future=True,
-                      expire_on_commit=True, autobegin=True, twophase=True,
-                      binds=None, enable_baked_queries=True, info=None,
-                      query_cls=None, autocommit=False,
-                      join_transaction_mode="conditional_savepoint",
-                      close_resets_only=module._session_module._NoArg.NO_ARG,
-                      execution_options=module._EMPTY_DICT):
-        pass
-
-    for changed in (stores_more, other_default):
-        monkeypatch.setattr(module, "_STOCK_INIT", changed)
-        assert module._init_like_stock_applies() is False
+    stock_names = sorted(module._stored_attributes(orm.Session.__init__))
+    other_default = stock_signature.replace(parameters=[
+        param.replace(default=True) if param.name == "twophase" else param
+        for param in stock_signature.parameters.values()
+    ])
+    cases = [
+        (stock_names, stock_signature, True),
+        (stock_names + ["extra"], stock_signature, False),
+        (stock_names, other_default, False),
+    ]
+    for names, signature, applies in cases:
+        monkeypatch.setattr(module, "_STOCK_INIT", init_storing(names, signature))
+        assert module._init_like_stock_applies() is applies, (names, signature)

@@ -468,12 +468,7 @@ class _Walk:
             self.listened = _listened(self.session.dispatch, self.events)
         if self.listened:
             return "attach_listeners"
-        if _ATTRIBUTES_NAMES["instance_dict"] is not _STOCK_INSTANCE_DICT:
-            return "attach_custom_cascade"
-        plan: tuple = self.plan(mapper)
-        if plan[0]:
-            return "attach_custom_cascade"
-        return None
+        return _custom_cascade(self.plan(mapper))
 
     @cython.cfunc
     @cython.exceptval(-1, check=False)
@@ -859,18 +854,14 @@ def _delete_one(session, instance):
         _delete_walked(session, instance)  # stock raises / the walk begins it
         return
     mapper = _mapper_of(state)
-    if (
-        mapper is None
-        or _listened(session.dispatch, _DELETE_EVENTS)
-        or _ATTRIBUTES_NAMES["instance_dict"] is not _STOCK_INSTANCE_DICT
-    ):
+    if mapper is None or _listened(session.dispatch, _DELETE_EVENTS):
         _delete_walked(session, instance)
         return
     plan: tuple = _plan_of(mapper)
     session_id = state.session_id
     hash_key = session.hash_key
     if (
-        plan[0]
+        _custom_cascade(plan) is not None
         or state.key is None
         or (session_id is not None and session_id != hash_key)
     ):
@@ -885,6 +876,17 @@ def _delete_one(session, instance):
         walk.delete_head(state, instance)
         return
     _mark_deleted(session, state, instance, session_id, hash_key)
+
+
+@cython.cfunc
+def _custom_cascade(plan: tuple) -> str:
+    """The gate's verdict once attach events are known not listened to:
+    "attach_custom_cascade" when ``instance_dict`` is patched or the
+    mapper's plan (``plan[0]``) says its cascades are not stock's, else
+    None."""
+    if _ATTRIBUTES_NAMES["instance_dict"] is not _STOCK_INSTANCE_DICT or plan[0]:
+        return "attach_custom_cascade"
+    return None
 
 
 @cython.cfunc

@@ -10,7 +10,6 @@ Change one import::
 from . import (
     _impl,
     attaching,
-    connections,
     emission,
     fastpath,
     instances,
@@ -48,17 +47,14 @@ def stats():
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
     n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...}},
     "sorted_steps": {"cached": n, "sorted": {reason: n}}, "relationships":
-    {"fast": n, "fallback": {reason: n}}, "connections": {"begin": {...},
-    "commit": {...}, "close": {...}}}`` (the flushes whose sorted steps
+    {"fast": n, "fallback": {reason: n}}}`` (the flushes whose sorted steps
     were known for their shape, ``turbosession.plans``; the relationship
     processors' steps); the reasons are described in
     ``fastpath.FALLBACK_REASONS``, ``loads.FALLBACK_REASONS``,
     ``loads.CURSOR_FALLBACK_REASONS``,
     ``instances.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS``,
     ``attaching.FALLBACK_REASONS``, ``transaction.FALLBACK_REASONS``,
-    ``plans.REASONS``, ``relationships.FALLBACK_REASONS`` and
-    ``connections.FALLBACK_REASONS`` (Core's begin, commit and close of a
-    session transaction's connection).
+    ``plans.REASONS`` and ``relationships.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()
@@ -67,7 +63,6 @@ def stats():
     result["transactions"] = transaction.stats()
     result["sorted_steps"] = plans.stats()
     result["relationships"] = relationships.stats()
-    result["connections"] = connections.stats()
     return result
 
 
@@ -79,7 +74,6 @@ def reset_stats():
     transaction.reset_stats()
     plans.reset_stats()
     relationships.reset_stats()
-    connections.reset_stats()
 
 
 __all__ = [

@@ -85,7 +85,7 @@ else:
     SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
 
 __all__ = [
-    "add_all", "class_like", "classes_like", "counts", "delete_all", "fill_dispatch", "hooks_like", "open_dispatch",
+    "add_all", "class_like", "counts", "delete_all", "fill_dispatch", "hooks_like", "open_dispatch",
     "pending_pairs", "reset_counts",
     "session_delete", "set_session_hooks",
 ]
@@ -684,18 +684,6 @@ def class_like(cls, expected: tuple) -> cython.bint:
     ``turbosession.transaction`` asks it of its ``SessionTransaction``
     several times per flush."""
     return _class_hooks_like(cls, None, expected)
-
-
-def classes_like(pairs: tuple) -> cython.bint:
-    """Whether every ``(cls, expected)`` of ``pairs`` is as ``class_like``
-    asks, in one call: ``turbosession.connections`` asks it of Core's
-    connection, transaction, pool proxy, record and dialect classes at
-    each of its steps."""
-    pair: tuple
-    for pair in pairs:
-        if not _class_hooks_like(pair[0], None, pair[1]):
-            return False
-    return True
 
 
 @cython.cfunc

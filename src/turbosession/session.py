@@ -17,7 +17,7 @@ from sqlalchemy.orm import session as _session_module
 from sqlalchemy.orm.session import _SessionCloseState
 from sqlalchemy.util import EMPTY_DICT as _EMPTY_DICT, IdentitySet
 
-from . import _impl, connections, flush, transaction
+from . import _impl, flush, transaction
 
 __all__ = ["TurboSessionMixin", "Session", "sessionmaker", "scoped_session"]
 
@@ -355,11 +355,9 @@ for _bundle in (_impl.compiled, _impl.pure):
 del _bundle
 
 
-# the transaction's and connection steps' method checks on the compiled
-# module (see there)
+# the transaction's method check on the compiled module (see there)
 if _impl.active is _impl.compiled:
     transaction.set_class_check(_impl.compiled.attach.class_like)
-    connections.set_classes_check(_impl.compiled.attach.classes_like)
 
 
 class sessionmaker(orm.sessionmaker):

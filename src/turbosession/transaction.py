@@ -44,8 +44,6 @@ from sqlalchemy.orm.session import (
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.state_changes import _StateChange, _StateChangeStates
 
-from . import connections
-
 __all__ = [
     "FALLBACK_REASONS",
     "SessionTransaction",
@@ -570,7 +568,7 @@ def commit(session, trans):
         trans._current_fn = _COMMIT_FN
         for conn, db_trans, should_commit, autoclose in set(trans._connections.values()):
             if should_commit:
-                connections.commit(db_trans)
+                db_trans.commit()
         trans._state = _COMMITTED
         # no listener when the commit began; one added since runs as in stock
         event = dispatch.after_commit
@@ -586,7 +584,7 @@ def commit(session, trans):
             if should_commit and db_trans.is_active:
                 db_trans.close()
             if autoclose:
-                connections.close(connection)
+                connection.close()
         trans._state = _CLOSED
         event = dispatch.after_transaction_end
         if type(event) is not _EMPTY or event.parent_listeners:
@@ -684,7 +682,7 @@ def _provision(session, root, bind, execution_options, sub=None):
                 db_trans = conn.get_transaction()
                 assert db_trans is not None
             else:
-                db_trans = connections.begin(conn)
+                db_trans = conn.begin()
         except:
             # as stock: not associated with the session, closed now
             conn.close()

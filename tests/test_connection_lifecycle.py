@@ -197,7 +197,8 @@ def lifecycle(session_cls, engine, log):
 
 
 def _engine_of_its_own(engine):
-    # a new pool on the same database: listeners stay on an engine
+    # engine listeners stay on the engine they were added to: an option
+    # engine takes them (it shares the pool, whose listeners are removed)
     return engine.execution_options()
 
 

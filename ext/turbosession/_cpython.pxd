@@ -221,28 +221,57 @@ cdef inline void fill_slot_site(PyTypeObject *cls, str name, SlotSite *site) noe
 
 
 # A call site's check of one class attribute, kept for the last class that
-# passed it there: the class and its version tag then.
+# passed it there: the class and its version tag then (and, for
+# ``class_attribute_is``, its metaclass and the metaclass's tag then).
 cdef struct ClassSite:
     PyTypeObject *cls  # compared only: its version tag says it is the same
     unsigned int tag
+    PyTypeObject *meta  # compared only, as cls
+    unsigned int meta_tag
 
 
 cdef inline bint class_attribute_is(object cls, str name, object expected, ClassSite *site) except -1:
     """``getattr(cls, name) is expected``, looked up only when ``cls`` is not
     the class that last passed at ``site`` with the version tag it has now
-    (any change to the class or its MRO gives it another); kept for a
-    class of ``type`` itself (a metaclass's own attributes have no tag)."""
+    (any change to the class or its MRO gives it another) and the same
+    metaclass with the tag it had then.  Kept only where the metaclass
+    reads class attributes as ``type`` does (``type`` itself, or one such
+    as ``ABCMeta``, the metaclass of SQLAlchemy's listener collections,
+    with no ``__getattribute__`` or ``__getattr__`` of its own) and its
+    MRO has nothing under ``name`` (a data descriptor there would be read
+    instead of the class's value)."""
     cdef PyTypeObject *tp = <PyTypeObject *>cls
+    cdef PyTypeObject *meta = Py_TYPE(cls)
     cdef unsigned int tag = tp.tp_version_tag
-    if tp == site.cls and tag != 0 and tag == site.tag:
+    cdef unsigned int meta_tag = meta.tp_version_tag
+    if (
+        tp == site.cls and tag != 0 and tag == site.tag
+        and meta == site.meta and meta_tag == site.meta_tag
+    ):
         return True
     site.cls = NULL
     site.tag = 0
+    site.meta = NULL
+    site.meta_tag = 0
     if getattr(cls, name) is not expected:
         return False
-    if tag != 0 and tp.tp_version_tag == tag and Py_TYPE(cls) == &PyType_Type:
+    # getattr's lookups give a tag to a class or metaclass that had none
+    tag = tp.tp_version_tag
+    meta_tag = meta.tp_version_tag
+    if (
+        tag != 0
+        and meta_tag != 0
+        and _PyType_Lookup(meta, "__getattribute__")
+        == _PyType_Lookup(&PyType_Type, "__getattribute__")
+        and _PyType_Lookup(meta, "__getattr__") == NULL
+        and _PyType_Lookup(meta, name) == NULL
+        and tp.tp_version_tag == tag
+        and meta.tp_version_tag == meta_tag
+    ):
         site.cls = tp
         site.tag = tag
+        site.meta = meta
+        site.meta_tag = meta_tag
     return True
 
 

@@ -697,7 +697,11 @@ def _hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
     global _own_verified_version, _own_verified_names
     if not _class_hooks_like(type(session), mixin, expected):
         return False
-    own: dict = session.__dict__
+    # compiled, the instance's dict itself, where a hook patched onto the
+    # session is, without the ``__dict__`` descriptor's lookup and call
+    own: dict = instance_dict(session) if cython.compiled else None
+    if own is None:
+        own = session.__dict__
     # compiled on CPython 3.11, the version of the last session dict found
     # without any of ``names`` answers for it while no key was added or
     # deleted (see _cpython.dict_version); 0 is no version
@@ -723,6 +727,12 @@ _own_verified_names = cython.declare(tuple, None)
 # the address of expected -> (class, its version tag when its hooks were last found
 # as expected): the last class checked per set of hooks
 _verified = cython.declare(dict, {})
+# the last of those found or kept, asked first: one set of hooks is checked
+# once per call of the method it guards (delete(), get()), most often the
+# same set for the same class as the call before
+_last_expected = cython.declare(object, None)
+_last_class = cython.declare(object, None)
+_last_tag = cython.declare(cython.uint, 0)
 
 
 @cython.cfunc
@@ -750,10 +760,14 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
     """The class half of ``hooks_like``: the hooks looked up, unless the
     class has the version tag it had when they were last found as expected
     (compiled only; the tag is C's)."""
+    global _last_expected, _last_class, _last_tag
     tag: cython.uint = _version_tag(cls)
     if tag:
+        if expected is _last_expected and cls is _last_class and tag == _last_tag:
+            return True
         last: tuple = _verified.get(_address(expected))
         if last is not None and last[0] is cls and cython.cast(cython.uint, last[1]) == tag:
+            _last_expected, _last_class, _last_tag = expected, cls, tag
             return True
     above = None
     hook: tuple
@@ -772,6 +786,7 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
     # kept at the next call)
     if tag and _version_tag(cls) == tag:
         _verified[_address(expected)] = (cls, tag)
+        _last_expected, _last_class, _last_tag = expected, cls, tag
     return True
 
 

@@ -380,6 +380,30 @@ def _identity_key(key_props: tuple, state, dict_) -> tuple:
 
 
 @cython.cfunc
+def _key_unchanged(key_props: tuple, state, dict_, key) -> cython.bint:
+    """Whether ``_identity_key(key_props, state, dict_)`` would equal the
+    state's ``key``, answered without making it where that is certain:
+    the key's class is the mapper's, its values are the very objects the
+    dict holds under the key attributes (a tuple compares an object to
+    itself as equal) and its token is the state's.  False means "not known":
+    the key is then made and compared, as stock does.  Compiled only (the
+    dict read with ``PyDict_GetItem``)."""
+    if type(key) is not tuple or type(dict_) is not dict or len(key) != 3:
+        return False
+    keys: tuple = key_props[1]
+    values = key[1]
+    if key[0] is not key_props[0] or type(values) is not tuple or len(values) != len(keys):
+        return False
+    i: cython.Py_ssize_t
+    found: cython.pointer(PyObject)
+    for i in range(len(keys)):
+        found = PyDict_GetItem(dict_, keys[i])
+        if found is cython.NULL or cython.cast(object, found) is not values[i]:
+            return False
+    return key[2] is state.identity_token
+
+
+@cython.cfunc
 def _validated_key(validate):
     """The discriminator's key ``validate`` checks when it is the function
     stock's mapper made (its code, its one closure cell), else None."""
@@ -1077,13 +1101,18 @@ def register_persistent(session, states: set, commit_all_states):
         key_props = key_props_of.get(mapper)
         if key_props is None:
             key_props = key_props_of[mapper] = _key_props(mapper)
-        instance_key = _identity_key(key_props, state, dict_)
-        _check_identity_key(state, mapper, instance_key)
         key = state.key
+        # an updated state's key usually still holds its dict's values
+        # (compiled only: uncompiled, the check costs more than the key)
+        if cython.compiled and key is not None and _key_unchanged(key_props, state, dict_, key):
+            instance_key = key
+        else:
+            instance_key = _identity_key(key_props, state, dict_)
+        _check_identity_key(state, mapper, instance_key)
         if key is None:
             state.key = instance_key
             mapped = False  # a new state: replace() maps it
-        elif key != instance_key:
+        elif instance_key is not key and key != instance_key:
             _switch_key(session, state, instance_key)
             mapped = False
         else:

@@ -68,6 +68,7 @@ if cython.compiled:
         PyMemberDescrObject,
         class_lookup,
         instance_dict,
+        own_attributes,
         SlotSite,
         class_attribute_is,
         dict_version,
@@ -349,7 +350,7 @@ def _loaded_members(prop, state, dict_, key):
     impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
     if type(impl) is not _CollectionAttributeImpl or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET:
         return None
-    members = dict_.get(key)
+    members = dict_get(dict_, key, None) if cython.compiled else dict_.get(key)
     if type(members) is not _InstrumentedList:
         return None
     pairs: list = []
@@ -508,12 +509,22 @@ class _Walk:
     @cython.cfunc
     def save(self, state):
         """Stock's ``_save_or_update_impl`` of one state."""
-        if state.key is None and state.session_id is None and self.began():
+        own = _own_dict(state) if cython.compiled else None
+        if own is None:
+            fresh: cython.bint = state.key is None and state.session_id is None
+        else:
+            fresh = _own(own, state, "key") is None and _own(own, state, "session_id") is None
+        if fresh and self.began():
             obj = state_object(state) if cython.compiled else state.obj()
             new: dict = self.session._new
             if state not in new:
                 new[state] = obj
-                state.insert_order = len(new)
+                # began() may have run listeners: the state's class asked again
+                own = _own_dict(state) if cython.compiled else None
+                if own is None:
+                    state.insert_order = len(new)
+                else:
+                    cython.cast(dict, own)["insert_order"] = len(new)
             _attach(state, self.hash_key, obj)
         else:
             session = self.session
@@ -582,12 +593,7 @@ class _Walk:
             self.known = False
             self.stock_ran = True
             return tuple(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
-        # a relationship's own value (its class has none: own_value)
-        cascade = (
-            own_value(prop, "_cascade", cython.address(_cascade_site)) if cython.compiled
-            else prop._cascade
-        )
-        if not cascade or type_ not in cascade:
+        if not _step_cascades(step, type_):
             return None
         key = step[2]
         if save:
@@ -787,7 +793,11 @@ def add_all(session, instances):
             walk.forget()
             continue
         _attached_fast += 1
-        state._orphaned_outside_of_session = False
+        own = _own_dict(state) if cython.compiled else None
+        if own is None:
+            state._orphaned_outside_of_session = False
+        else:
+            cython.cast(dict, own)["_orphaned_outside_of_session"] = False
         walk.save(state)
         mapper = state.manager.mapper
         plan: tuple = walk.plan(mapper)
@@ -912,19 +922,27 @@ def _cascades_delete(steps: tuple) -> cython.bint:
     ``_Walk.follow`` reads it."""
     step: tuple
     for step in steps:
-        if not step[1]:
-            return True
-        prop = step[0]
-        cascade = (
-            own_value(prop, "_cascade", cython.address(_delete_cascade_site)) if cython.compiled
-            else prop._cascade
-        )
-        if cascade and _DELETE in cascade:
+        if not step[1] or _step_cascades(step, _DELETE):
             return True
     return False
 
 
-_delete_cascade_site = cython.declare(ClassSite)
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _step_cascades(step: tuple, type_: str) -> cython.bint:
+    """Whether the relationship of an inline step of a cascade plan
+    cascades ``type_`` (``save-update`` or ``delete``) now: its
+    ``_cascade`` read per object (its class has none: ``own_value``), and
+    answered from the plan while it is the ``CascadeOptions`` the plan was
+    made with (``attaching.build_plan``), else asked."""
+    prop = step[0]
+    cascade = (
+        own_value(prop, "_cascade", cython.address(_cascade_site)) if cython.compiled
+        else prop._cascade
+    )
+    if cascade is step[4]:
+        return step[5] if type_ is _SAVE_UPDATE else step[6]
+    return bool(cascade) and type_ in cascade
 
 
 @cython.cfunc
@@ -950,12 +968,58 @@ def _delete_walked(session, instance):
 
 
 @cython.cfunc
-@cython.inline
 def _attach(state, hash_key, obj):
     """Stock's ``_after_attach`` with no listener."""
-    state.session_id = hash_key
-    if state.modified and state._strong_obj is None:
-        state._strong_obj = obj
+    own = _own_dict(state) if cython.compiled else None
+    if own is None:
+        state.session_id = hash_key
+        if state.modified and state._strong_obj is None:
+            state._strong_obj = obj
+        return
+    # the same reads and stores, in the same order, on the state's dict
+    cython.cast(dict, own)["session_id"] = hash_key
+    if _own(own, state, "modified") and _own(own, state, "_strong_obj") is None:
+        cython.cast(dict, own)["_strong_obj"] = obj
+
+
+@cython.cfunc
+def _own_dict(state):
+    """The state's own ``__dict__`` (a dict itself) while its class reads
+    and stores each of ``_STATE_NAMES`` there, else the class's plain value
+    (``_cpython.own_attributes``: no descriptor of any kind, ``object``'s
+    attribute access; kept per class version tag); None, for the attributes
+    themselves, for any other class, or while the state has no ``__dict__``
+    yet.  Compiled only (its callers take the attributes uncompiled)."""
+    if not own_attributes(
+        type(state), _STATE_NAMES, cython.address(_state_names_site)
+    ):
+        return None
+    found = instance_dict(state)
+    if found is None or type(found) is not dict:
+        return None
+    return found
+
+
+@cython.cfunc
+@cython.inline
+def _own(own, state, name: str):
+    """``getattr(state, name)`` for a name of ``_STATE_NAMES`` once
+    ``_own_dict`` gave the state's dict: its entry, else the class's plain
+    value."""
+    value = dict_get(own, name, _MISSING)
+    if value is _MISSING:
+        return class_lookup(type(state), name)
+    return value
+
+
+# compiled, the state attributes the walk reads and sets in the state's own
+# __dict__ (_own_dict), as stock's InstanceState holds them: plain class
+# values shadowed by the instance's
+_STATE_NAMES = cython.declare(tuple, (
+    "key", "session_id", "insert_order", "modified", "_strong_obj",
+    "_orphaned_outside_of_session",
+))
+_state_names_site = cython.declare(ClassSite)
 
 
 def _slot_offsets(cls) -> dict:

@@ -283,14 +283,20 @@ def _pending_pairs(impl, state, dict_, key):
     many-to-one; None for stock's method."""
     kind = type(impl)
     if kind is _CollectionAttributeImpl:
-        if _CollectionAttributeImpl.get_all_pending is not _COLLECTION_PENDING:
+        if not (
+            class_attribute_is(
+                _CollectionAttributeImpl, "get_all_pending", _COLLECTION_PENDING,
+                cython.address(_collection_pending_site),
+            ) if cython.compiled
+            else _CollectionAttributeImpl.get_all_pending is _COLLECTION_PENDING
+        ):
             return None
         current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is _MISSING:
             return []
         if type(current) is not _InstrumentedList:
             return None
-        committed = state.committed_state
+        committed = _committed_of(state)
         original = (
             dict_get(committed, key, _NO_VALUE) if cython.compiled
             else committed.get(key, _NO_VALUE)
@@ -308,7 +314,13 @@ def _pending_pairs(impl, state, dict_, key):
             pairs.append((None if member is None else member._sa_instance_state, member))
         return pairs
     if kind is _ScalarObjectAttributeImpl:
-        if _ScalarObjectAttributeImpl.get_all_pending is not _OBJECT_PENDING:
+        if not (
+            class_attribute_is(
+                _ScalarObjectAttributeImpl, "get_all_pending", _OBJECT_PENDING,
+                cython.address(_object_pending_site),
+            ) if cython.compiled
+            else _ScalarObjectAttributeImpl.get_all_pending is _OBJECT_PENDING
+        ):
             return None
         current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is _MISSING:
@@ -317,7 +329,7 @@ def _pending_pairs(impl, state, dict_, key):
             found: list = [(None, None)]
         else:
             found = [(current._sa_instance_state, current)]
-        committed = state.committed_state
+        committed = _committed_of(state)
         original = (
             dict_get(committed, key, _MISSING) if cython.compiled
             else committed.get(key, _MISSING)
@@ -337,6 +349,34 @@ def _pending_pairs(impl, state, dict_, key):
 def pending_pairs(impl, state, dict_, key):
     """``_pending_pairs`` for the unit of work's per-state actions."""
     return _pending_pairs(impl, state, dict_, key)
+
+
+@cython.cfunc
+@cython.inline
+def _manager_of(state):
+    """``state.manager``: compiled, a slot of stock's InstanceState read at
+    its offset (``_cpython.slot_value``; any other class, ``getattr``)."""
+    if cython.compiled:
+        return slot_value(state, "manager", cython.address(_manager_site))
+    return state.manager
+
+
+@cython.cfunc
+@cython.inline
+def _committed_of(state):
+    """``state.committed_state``, read as ``_manager_of`` reads its slot."""
+    if cython.compiled:
+        return slot_value(state, "committed_state", cython.address(_committed_site))
+    return state.committed_state
+
+
+# compiled, the kept lookups of _manager_of, _committed_of and of
+# _pending_pairs' class checks (_cpython.class_attribute_is: answered while
+# the class keeps its version tag)
+_manager_site = cython.declare(SlotSite)
+_committed_site = cython.declare(SlotSite)
+_collection_pending_site = cython.declare(ClassSite)
+_object_pending_site = cython.declare(ClassSite)
 
 
 @cython.cfunc
@@ -543,28 +583,30 @@ class _Walk:
         save: cython.bint = type_ is _SAVE_UPDATE
         found: list = None if save else []
         visited: set = set()
-        # frames: [items, next index, parent state, parent dict]; a parent
-        # state of None marks a frame of objects found through one property
+        # frames: [items, next index, parent state, parent dict]: a parent's
+        # plan steps (a tuple), or, with a parent state of None, the objects
+        # one property cascades to (a list); frames[:depth] are the walk's,
+        # a finished one above them is reused by the next push (_push)
         # (uncompiled, _state_dict would be a Python call for state.dict)
         first_dict = _state_dict(state) if cython.compiled else state.dict
-        stack: list = [[plan[1], 0, state, first_dict]]
+        frames: list = [[plan[1], 0, state, first_dict]]
+        depth: cython.Py_ssize_t = 1
         frame: list
-        items: tuple
         entry: tuple
         index: cython.Py_ssize_t
-        while stack:
-            frame = stack[-1]
+        while depth:
+            frame = frames[depth - 1]
             items = frame[0]
             index = frame[1]
             if index >= len(items):
-                stack.pop()
+                depth -= 1
                 continue
             frame[1] = index + 1
             parent = frame[2]
             if parent is not None:
                 queue = self.follow(items[index], type_, save, parent, frame[3], visited)
                 if queue:
-                    stack.append([queue, 0, None, None])
+                    depth = _push(frames, depth, queue, None, None)
                 continue
             entry = items[index]
             child_state = entry[2]
@@ -577,13 +619,13 @@ class _Walk:
             # delete now finds nothing below it (follow would return None
             # for each)
             if save or _cascades_delete(plan[1]):
-                stack.append([plan[1], 0, child_state, entry[3]])
+                depth = _push(frames, depth, plan[1], child_state, entry[3])
         return found
 
     @cython.cfunc
     def follow(self, step: tuple, type_: str, save: cython.bint, state, dict_, visited: set):
         """What one property cascades to, as stock's ``mapper.cascade_iterator``
-        gathers it: None, or a tuple of ``(obj, mapper, state, dict)``."""
+        gathers it: None, or a list of ``(obj, mapper, state, dict)``."""
         prop = step[0]
         if not step[1]:
             cascade = prop.cascade
@@ -592,12 +634,12 @@ class _Walk:
             halt_on = self.session._contains_state if save else None
             self.known = False
             self.stock_ran = True
-            return tuple(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
+            return list(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
         if not _step_cascades(step, type_):
             return None
         key = step[2]
         if save:
-            impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
+            impl = _impl_of(_manager_of(state), key) if cython.compiled else state.manager[key].impl
             pairs = _pending_pairs(impl, state, dict_, key)
             if pairs is None:
                 self.known = False
@@ -617,7 +659,7 @@ class _Walk:
             child_dict = child.__dict__
             if save and self.held(child_state):
                 continue
-            child_mapper = child_state.manager.mapper
+            child_mapper = _manager_of(child_state).mapper
             if child_mapper is not target and not child_mapper.isa(target):
                 raise AssertionError(
                     "Attribute '%s' on class '%s' doesn't handle objects of type '%s'"
@@ -625,7 +667,7 @@ class _Walk:
                 )
             visited.add(child_state)
             out.append((child, child_mapper, child_state, child_dict))
-        return tuple(out)
+        return out
 
     @cython.cfunc
     def delete_head(self, state, instance):
@@ -675,6 +717,23 @@ class _Walk:
             session._delete_impl(state, obj, False)
             return
         _mark_deleted(session, state, obj, session_id, self.hash_key)
+
+
+@cython.cfunc
+def _push(frames: list, depth: cython.Py_ssize_t, items, parent, parent_dict) -> cython.Py_ssize_t:
+    """``_Walk.cascade``'s new frame ``[items, 0, parent, parent_dict]`` at
+    ``frames[depth]``: the list a finished frame left there refilled (no
+    list made, none popped), else a new one appended; the new depth."""
+    frame: list
+    if depth < len(frames):
+        frame = frames[depth]
+        frame[0] = items
+        frame[1] = 0
+        frame[2] = parent
+        frame[3] = parent_dict
+    else:
+        frames.append([items, 0, parent, parent_dict])
+    return depth + 1
 
 
 def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:

@@ -296,7 +296,7 @@ def _pending_pairs(impl, state, dict_, key):
             return []
         if type(current) is not _InstrumentedList:
             return None
-        committed = _committed_of(state)
+        committed = _committed_of(state) if cython.compiled else state.committed_state
         original = (
             dict_get(committed, key, _NO_VALUE) if cython.compiled
             else committed.get(key, _NO_VALUE)
@@ -329,7 +329,7 @@ def _pending_pairs(impl, state, dict_, key):
             found: list = [(None, None)]
         else:
             found = [(current._sa_instance_state, current)]
-        committed = _committed_of(state)
+        committed = _committed_of(state) if cython.compiled else state.committed_state
         original = (
             dict_get(committed, key, _MISSING) if cython.compiled
             else committed.get(key, _MISSING)
@@ -354,20 +354,18 @@ def pending_pairs(impl, state, dict_, key):
 @cython.cfunc
 @cython.inline
 def _manager_of(state):
-    """``state.manager``: compiled, a slot of stock's InstanceState read at
-    its offset (``_cpython.slot_value``; any other class, ``getattr``)."""
-    if cython.compiled:
-        return slot_value(state, "manager", cython.address(_manager_site))
-    return state.manager
+    """``state.manager``, compiled: a slot of stock's InstanceState read at
+    its offset (``_cpython.slot_value``; any other class, ``getattr``).
+    Uncompiled its callers read the attribute (a call costs more)."""
+    return slot_value(state, "manager", cython.address(_manager_site))
 
 
 @cython.cfunc
 @cython.inline
 def _committed_of(state):
-    """``state.committed_state``, read as ``_manager_of`` reads its slot."""
-    if cython.compiled:
-        return slot_value(state, "committed_state", cython.address(_committed_site))
-    return state.committed_state
+    """``state.committed_state``, compiled, read as ``_manager_of`` reads
+    its slot."""
+    return slot_value(state, "committed_state", cython.address(_committed_site))
 
 
 # compiled, the kept lookups of _manager_of, _committed_of and of
@@ -659,7 +657,9 @@ class _Walk:
             child_dict = child.__dict__
             if save and self.held(child_state):
                 continue
-            child_mapper = _manager_of(child_state).mapper
+            child_mapper = (
+                _manager_of(child_state) if cython.compiled else child_state.manager
+            ).mapper
             if child_mapper is not target and not child_mapper.isa(target):
                 raise AssertionError(
                     "Attribute '%s' on class '%s' doesn't handle objects of type '%s'"

@@ -479,3 +479,76 @@ def test_cascade_read_follows_the_relationships_class(session_cls, engine):
     finally:
         orm.close_all_sessions()
         Base.metadata.drop_all(engine)
+
+
+def test_state_bookkeeping_through_a_patched_class(session_cls, engine):
+    """The walk reads and stores a state's attach bookkeeping (``key``,
+    ``session_id``, ``insert_order``, ``modified``, ``_strong_obj``,
+    ``_orphaned_outside_of_session``) in the state's own ``__dict__`` only
+    while InstanceState has no descriptor of those names (compiled): with
+    properties patched onto the class, add_all and delete with their
+    cascades store each through them, in stock's order."""
+    from sqlalchemy.orm.state import InstanceState
+
+    defaults = {
+        "key": None, "session_id": None, "insert_order": None, "modified": False,
+        "_strong_obj": None, "_orphaned_outside_of_session": False,
+    }
+
+    def recorded(session_cls):
+        accesses = []
+
+        def described(name, value):
+            if name == "session_id" and value is not None:
+                return "a session's hash_key"  # numbered per process
+            if value is None or type(value) in (bool, int):
+                return value
+            return type(value).__name__
+
+        def plain_property(name, default):
+            def get(self):
+                return self.__dict__.get(name, default)
+
+            def set_(self, value):
+                accesses.append(("set", name, described(name, value)))
+                self.__dict__[name] = value
+
+            return property(get, set_)
+
+        def patched(action):
+            for name, default in defaults.items():
+                setattr(InstanceState, name, plain_property(name, default))
+            try:
+                action()
+            finally:
+                for name, default in defaults.items():
+                    setattr(InstanceState, name, default)
+
+        Base.metadata.create_all(engine)
+        session = session_cls(engine, expire_on_commit=False)
+        session.add(Author(name="begins"))
+        a = Author(name="a", books=[Book(title="b1"), Book(title="b2")])
+        c = Author(name="c")
+        patched(lambda: session.add_all([a, c]))
+        adds = list(accesses)
+        accesses.clear()
+        session.commit()
+        session.close()
+        # detached with the books loaded: delete() attaches each of them
+        other = session_cls(engine)
+        patched(lambda: other.delete(a))
+        deletes = list(accesses)
+        kept = [
+            (st.insert_order, st.session_id == other.hash_key, st._strong_obj is not None,
+             st in other._deleted)
+            for st in (inspect(o) for o in (a, c, *a.books))
+        ]
+        other.close()
+        Base.metadata.drop_all(engine)
+        return adds, deletes, kept
+
+    expected = recorded(orm.Session)
+    assert recorded(session_cls) == expected
+    assert ("set", "insert_order", 2) in expected[0]
+    assert ("set", "_strong_obj", "Book") in expected[0]
+    assert expected[1].count(("set", "session_id", "a session's hash_key")) == 3

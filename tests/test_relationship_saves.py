@@ -488,6 +488,57 @@ def sc_attribute_classes_patched_between_flushes(session_cls, engine, log):
     session.close()
 
 
+def sc_state_attributes_patched_between_flushes(session_cls, engine, log):
+    """The foreign-key copy reads a state's ``modified``, ``session_id``,
+    ``_strong_obj`` and ``_last_known_values`` from its own ``__dict__``
+    only while InstanceState keeps them there (compiled: checked by the
+    class's version tag): with recording properties patched onto the class
+    for one flush, every value stored through them is stored as in stock,
+    and the copies read the dict again once they are removed."""
+    from sqlalchemy.orm.state import InstanceState
+
+    defaults = {
+        "modified": False, "session_id": None, "_strong_obj": None,
+        "_last_known_values": None,
+    }
+
+    def recording(name, default):
+        def get(self):
+            return self.__dict__.get(name, default)
+
+        def set_(self, value):
+            shown = value if value is None or type(value) is bool else type(value).__name__
+            stores.append((name, repr(self.obj()), shown))
+            self.__dict__[name] = value
+
+        return property(get, set_)
+
+    session = session_cls(engine)
+    parents = [Parent(name=f"p{i}", children=[Child(name=f"c{i}")]) for i in range(2)]
+    session.add_all(parents)
+    guarded(log, session.flush)
+    stores = []
+    for name, default in defaults.items():
+        setattr(InstanceState, name, recording(name, default))
+    try:
+        parents[1].children.append(parents[0].children[0])
+        guarded(log, session.flush)
+    finally:
+        for name, default in defaults.items():
+            setattr(InstanceState, name, default)
+    # the states are committed in the order of a set of states (by
+    # address): the stores compared as a multiset
+    log.note("stores", sorted(stores, key=repr))
+    assert stores
+    parents[0].children.append(parents[1].children[0])
+    session.add(Parent(name="p2", children=[Child(name="c2")]))
+    guarded(log, session.flush)
+    log.note("keys", [(c.name, c.parent_id) for c in session.scalars(select(Child))])
+    session.commit()
+    log.note("states", [object_state(o) for o in parents])
+    session.close()
+
+
 def _history_names(history):
     """A ``History`` of states or values, as names (stock's and
     turbosession's states differ in identity only)."""
@@ -564,6 +615,7 @@ SCENARIOS = [
     sc_histories_cached_by_the_flush,
     sc_contains_state_set_on_the_map,
     sc_attribute_classes_patched_between_flushes,
+    sc_state_attributes_patched_between_flushes,
     sc_keys_copied_without_listeners,
     sc_orphans_of_two_parents,
     sc_many_to_one_delete_cascade,

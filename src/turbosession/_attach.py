@@ -68,6 +68,7 @@ if cython.compiled:
         PyMemberDescrObject,
         class_lookup,
         instance_dict,
+        own_attributes,
         SlotSite,
         class_attribute_is,
         dict_version,
@@ -282,14 +283,20 @@ def _pending_pairs(impl, state, dict_, key):
     many-to-one; None for stock's method."""
     kind = type(impl)
     if kind is _CollectionAttributeImpl:
-        if _CollectionAttributeImpl.get_all_pending is not _COLLECTION_PENDING:
+        if not (
+            class_attribute_is(
+                _CollectionAttributeImpl, "get_all_pending", _COLLECTION_PENDING,
+                cython.address(_collection_pending_site),
+            ) if cython.compiled
+            else _CollectionAttributeImpl.get_all_pending is _COLLECTION_PENDING
+        ):
             return None
         current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is _MISSING:
             return []
         if type(current) is not _InstrumentedList:
             return None
-        committed = state.committed_state
+        committed = _committed_of(state) if cython.compiled else state.committed_state
         original = (
             dict_get(committed, key, _NO_VALUE) if cython.compiled
             else committed.get(key, _NO_VALUE)
@@ -307,7 +314,13 @@ def _pending_pairs(impl, state, dict_, key):
             pairs.append((None if member is None else member._sa_instance_state, member))
         return pairs
     if kind is _ScalarObjectAttributeImpl:
-        if _ScalarObjectAttributeImpl.get_all_pending is not _OBJECT_PENDING:
+        if not (
+            class_attribute_is(
+                _ScalarObjectAttributeImpl, "get_all_pending", _OBJECT_PENDING,
+                cython.address(_object_pending_site),
+            ) if cython.compiled
+            else _ScalarObjectAttributeImpl.get_all_pending is _OBJECT_PENDING
+        ):
             return None
         current = dict_get(dict_, key, _MISSING) if cython.compiled else dict_.get(key, _MISSING)
         if current is _MISSING:
@@ -316,7 +329,7 @@ def _pending_pairs(impl, state, dict_, key):
             found: list = [(None, None)]
         else:
             found = [(current._sa_instance_state, current)]
-        committed = state.committed_state
+        committed = _committed_of(state) if cython.compiled else state.committed_state
         original = (
             dict_get(committed, key, _MISSING) if cython.compiled
             else committed.get(key, _MISSING)
@@ -339,6 +352,32 @@ def pending_pairs(impl, state, dict_, key):
 
 
 @cython.cfunc
+@cython.inline
+def _manager_of(state):
+    """``state.manager``, compiled: a slot of stock's InstanceState read at
+    its offset (``_cpython.slot_value``; any other class, ``getattr``).
+    Uncompiled its callers read the attribute (a call costs more)."""
+    return slot_value(state, "manager", cython.address(_manager_site))
+
+
+@cython.cfunc
+@cython.inline
+def _committed_of(state):
+    """``state.committed_state``, compiled, read as ``_manager_of`` reads
+    its slot."""
+    return slot_value(state, "committed_state", cython.address(_committed_site))
+
+
+# compiled, the kept lookups of _manager_of, _committed_of and of
+# _pending_pairs' class checks (_cpython.class_attribute_is: answered while
+# the class keeps its version tag)
+_manager_site = cython.declare(SlotSite)
+_committed_site = cython.declare(SlotSite)
+_collection_pending_site = cython.declare(ClassSite)
+_object_pending_site = cython.declare(ClassSite)
+
+
+@cython.cfunc
 def _loaded_members(prop, state, dict_, key):
     """``prop._value_as_iterable(state, dict_, key, passive)`` for a
     relationship whose collection is loaded as SQLAlchemy's list (stock's
@@ -349,7 +388,7 @@ def _loaded_members(prop, state, dict_, key):
     impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
     if type(impl) is not _CollectionAttributeImpl or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET:
         return None
-    members = dict_.get(key)
+    members = dict_get(dict_, key, None) if cython.compiled else dict_.get(key)
     if type(members) is not _InstrumentedList:
         return None
     pairs: list = []
@@ -508,12 +547,22 @@ class _Walk:
     @cython.cfunc
     def save(self, state):
         """Stock's ``_save_or_update_impl`` of one state."""
-        if state.key is None and state.session_id is None and self.began():
+        own = _own_dict(state) if cython.compiled else None
+        if own is None:
+            fresh: cython.bint = state.key is None and state.session_id is None
+        else:
+            fresh = _own(own, state, "key") is None and _own(own, state, "session_id") is None
+        if fresh and self.began():
             obj = state_object(state) if cython.compiled else state.obj()
             new: dict = self.session._new
             if state not in new:
                 new[state] = obj
-                state.insert_order = len(new)
+                # began() may have run listeners: the state's class asked again
+                own = _own_dict(state) if cython.compiled else None
+                if own is None:
+                    state.insert_order = len(new)
+                else:
+                    cython.cast(dict, own)["insert_order"] = len(new)
             _attach(state, self.hash_key, obj)
         else:
             session = self.session
@@ -532,28 +581,30 @@ class _Walk:
         save: cython.bint = type_ is _SAVE_UPDATE
         found: list = None if save else []
         visited: set = set()
-        # frames: [items, next index, parent state, parent dict]; a parent
-        # state of None marks a frame of objects found through one property
+        # frames: [items, next index, parent state, parent dict]: a parent's
+        # plan steps (a tuple), or, with a parent state of None, the objects
+        # one property cascades to (a list); frames[:depth] are the walk's,
+        # a finished one above them is reused by the next push (_push)
         # (uncompiled, _state_dict would be a Python call for state.dict)
         first_dict = _state_dict(state) if cython.compiled else state.dict
-        stack: list = [[plan[1], 0, state, first_dict]]
+        frames: list = [[plan[1], 0, state, first_dict]]
+        depth: cython.Py_ssize_t = 1
         frame: list
-        items: tuple
         entry: tuple
         index: cython.Py_ssize_t
-        while stack:
-            frame = stack[-1]
+        while depth:
+            frame = frames[depth - 1]
             items = frame[0]
             index = frame[1]
             if index >= len(items):
-                stack.pop()
+                depth -= 1
                 continue
             frame[1] = index + 1
             parent = frame[2]
             if parent is not None:
                 queue = self.follow(items[index], type_, save, parent, frame[3], visited)
                 if queue:
-                    stack.append([queue, 0, None, None])
+                    depth = _push(frames, depth, queue, None, None)
                 continue
             entry = items[index]
             child_state = entry[2]
@@ -566,13 +617,13 @@ class _Walk:
             # delete now finds nothing below it (follow would return None
             # for each)
             if save or _cascades_delete(plan[1]):
-                stack.append([plan[1], 0, child_state, entry[3]])
+                depth = _push(frames, depth, plan[1], child_state, entry[3])
         return found
 
     @cython.cfunc
     def follow(self, step: tuple, type_: str, save: cython.bint, state, dict_, visited: set):
         """What one property cascades to, as stock's ``mapper.cascade_iterator``
-        gathers it: None, or a tuple of ``(obj, mapper, state, dict)``."""
+        gathers it: None, or a list of ``(obj, mapper, state, dict)``."""
         prop = step[0]
         if not step[1]:
             cascade = prop.cascade
@@ -581,17 +632,12 @@ class _Walk:
             halt_on = self.session._contains_state if save else None
             self.known = False
             self.stock_ran = True
-            return tuple(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
-        # a relationship's own value (its class has none: own_value)
-        cascade = (
-            own_value(prop, "_cascade", cython.address(_cascade_site)) if cython.compiled
-            else prop._cascade
-        )
-        if not cascade or type_ not in cascade:
+            return list(prop.cascade_iterator(type_, state, dict_, visited, halt_on))
+        if not _step_cascades(step, type_):
             return None
         key = step[2]
         if save:
-            impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
+            impl = _impl_of(_manager_of(state), key) if cython.compiled else state.manager[key].impl
             pairs = _pending_pairs(impl, state, dict_, key)
             if pairs is None:
                 self.known = False
@@ -611,7 +657,9 @@ class _Walk:
             child_dict = child.__dict__
             if save and self.held(child_state):
                 continue
-            child_mapper = child_state.manager.mapper
+            child_mapper = (
+                _manager_of(child_state) if cython.compiled else child_state.manager
+            ).mapper
             if child_mapper is not target and not child_mapper.isa(target):
                 raise AssertionError(
                     "Attribute '%s' on class '%s' doesn't handle objects of type '%s'"
@@ -619,7 +667,7 @@ class _Walk:
                 )
             visited.add(child_state)
             out.append((child, child_mapper, child_state, child_dict))
-        return tuple(out)
+        return out
 
     @cython.cfunc
     def delete_head(self, state, instance):
@@ -669,6 +717,23 @@ class _Walk:
             session._delete_impl(state, obj, False)
             return
         _mark_deleted(session, state, obj, session_id, self.hash_key)
+
+
+@cython.cfunc
+def _push(frames: list, depth: cython.Py_ssize_t, items, parent, parent_dict) -> cython.Py_ssize_t:
+    """``_Walk.cascade``'s new frame ``[items, 0, parent, parent_dict]`` at
+    ``frames[depth]``: the list a finished frame left there refilled (no
+    list made, none popped), else a new one appended; the new depth."""
+    frame: list
+    if depth < len(frames):
+        frame = frames[depth]
+        frame[0] = items
+        frame[1] = 0
+        frame[2] = parent
+        frame[3] = parent_dict
+    else:
+        frames.append([items, 0, parent, parent_dict])
+    return depth + 1
 
 
 def hooks_like(session, mixin, expected: tuple, names: tuple) -> cython.bint:
@@ -802,7 +867,11 @@ def add_all(session, instances):
             walk.forget()
             continue
         _attached_fast += 1
-        state._orphaned_outside_of_session = False
+        own = _own_dict(state) if cython.compiled else None
+        if own is None:
+            state._orphaned_outside_of_session = False
+        else:
+            cython.cast(dict, own)["_orphaned_outside_of_session"] = False
         walk.save(state)
         mapper = state.manager.mapper
         plan: tuple = walk.plan(mapper)
@@ -927,19 +996,27 @@ def _cascades_delete(steps: tuple) -> cython.bint:
     ``_Walk.follow`` reads it."""
     step: tuple
     for step in steps:
-        if not step[1]:
-            return True
-        prop = step[0]
-        cascade = (
-            own_value(prop, "_cascade", cython.address(_delete_cascade_site)) if cython.compiled
-            else prop._cascade
-        )
-        if cascade and _DELETE in cascade:
+        if not step[1] or _step_cascades(step, _DELETE):
             return True
     return False
 
 
-_delete_cascade_site = cython.declare(ClassSite)
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _step_cascades(step: tuple, type_: str) -> cython.bint:
+    """Whether the relationship of an inline step of a cascade plan
+    cascades ``type_`` (``save-update`` or ``delete``) now: its
+    ``_cascade`` read per object (its class has none: ``own_value``), and
+    answered from the plan while it is the ``CascadeOptions`` the plan was
+    made with (``attaching.build_plan``), else asked."""
+    prop = step[0]
+    cascade = (
+        own_value(prop, "_cascade", cython.address(_cascade_site)) if cython.compiled
+        else prop._cascade
+    )
+    if cascade is step[4]:
+        return step[5] if type_ is _SAVE_UPDATE else step[6]
+    return bool(cascade) and type_ in cascade
 
 
 @cython.cfunc
@@ -965,12 +1042,58 @@ def _delete_walked(session, instance):
 
 
 @cython.cfunc
-@cython.inline
 def _attach(state, hash_key, obj):
     """Stock's ``_after_attach`` with no listener."""
-    state.session_id = hash_key
-    if state.modified and state._strong_obj is None:
-        state._strong_obj = obj
+    own = _own_dict(state) if cython.compiled else None
+    if own is None:
+        state.session_id = hash_key
+        if state.modified and state._strong_obj is None:
+            state._strong_obj = obj
+        return
+    # the same reads and stores, in the same order, on the state's dict
+    cython.cast(dict, own)["session_id"] = hash_key
+    if _own(own, state, "modified") and _own(own, state, "_strong_obj") is None:
+        cython.cast(dict, own)["_strong_obj"] = obj
+
+
+@cython.cfunc
+def _own_dict(state):
+    """The state's own ``__dict__`` (a dict itself) while its class reads
+    and stores each of ``_STATE_NAMES`` there, else the class's plain value
+    (``_cpython.own_attributes``: no descriptor of any kind, ``object``'s
+    attribute access; kept per class version tag); None, for the attributes
+    themselves, for any other class, or while the state has no ``__dict__``
+    yet.  Compiled only (its callers take the attributes uncompiled)."""
+    if not own_attributes(
+        type(state), _STATE_NAMES, cython.address(_state_names_site)
+    ):
+        return None
+    found = instance_dict(state)
+    if found is None or type(found) is not dict:
+        return None
+    return found
+
+
+@cython.cfunc
+@cython.inline
+def _own(own, state, name: str):
+    """``getattr(state, name)`` for a name of ``_STATE_NAMES`` once
+    ``_own_dict`` gave the state's dict: its entry, else the class's plain
+    value."""
+    value = dict_get(own, name, _MISSING)
+    if value is _MISSING:
+        return class_lookup(type(state), name)
+    return value
+
+
+# compiled, the state attributes the walk reads and sets in the state's own
+# __dict__ (_own_dict), as stock's InstanceState holds them: plain class
+# values shadowed by the instance's
+_STATE_NAMES = cython.declare(tuple, (
+    "key", "session_id", "insert_order", "modified", "_strong_obj",
+    "_orphaned_outside_of_session",
+))
+_state_names_site = cython.declare(ClassSite)
 
 
 def _slot_offsets(cls) -> dict:

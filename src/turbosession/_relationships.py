@@ -37,6 +37,9 @@ if cython.compiled:
         ClassSite,
         SlotSite,
         class_attribute_is,
+        class_lookup,
+        instance_dict,
+        own_attributes,
         slot_value,
         state_object,
         DictSite,
@@ -72,6 +75,7 @@ _OFF_PENDING = cython.declare(
     object, PassiveFlag.PASSIVE_OFF | PassiveFlag.INCLUDE_PENDING_MUTATIONS
 )
 _HISTORY_BLANK = cython.declare(object, attributes.HISTORY_BLANK)
+_History = cython.declare(object, attributes.History)
 _SQL_OK = cython.declare(object, attributes.SQL_OK)
 _ABSENT = cython.declare(object, object())
 _STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
@@ -329,7 +333,8 @@ def _set(state, dict_, impl, value):
         impl.set(state, dict_, value, None)
         return
     key = slot_value(impl, "key", cython.address(_key_site))
-    if dispatch._active_history:
+    dispatch_own = _own_dict(dispatch, cython.address(_dispatch_names_site), _DISPATCH_NAMES)
+    if _own_attribute(dispatch, "_active_history", dispatch_own):
         # (a primary key's attribute) stock's ``get`` for the old value:
         # the dict's, when it has one and ``get`` is stock's
         if key not in dict_ or not _has_stock_get(impl):
@@ -340,21 +345,27 @@ def _set(state, dict_, impl, value):
         old = cython.cast(dict, dict_).get(key, _NO_VALUE)
     else:
         old = dict_.get(key, _NO_VALUE)
+    # the state's attributes read from its own __dict__ where its class
+    # keeps them there (_own_dict)
+    own = _own_dict(state, cython.address(_state_names_site), _STATE_NAMES)
     if (
         type(state) is not _InstanceState
         or not class_attribute_is(
             _InstanceState, "_modified_event", _STOCK_MODIFIED,
             cython.address(_stock_modified_site),
         )
-        or not state.modified
-        or (state.session_id and state._strong_obj is None)
+        or not _own_attribute(state, "modified", own)
+        or (
+            _own_attribute(state, "session_id", own)
+            and _own_attribute(state, "_strong_obj", own) is None
+        )
     ):
         state._modified_event(dict_, impl, old)
     elif slot_value(impl, "send_modified_events", cython.address(_modified_events_site)):
         committed: dict = slot_value(state, "committed_state", cython.address(_committed_site))
         if key not in committed:
             committed[key] = old
-        known = state._last_known_values
+        known = _own_attribute(state, "_last_known_values", own)
         if known is not None and key in known:
             known[key] = _NO_VALUE
     dict_[key] = value
@@ -442,10 +453,65 @@ def _source_modified(
 
 
 @cython.cfunc
-@cython.inline
+def _own_dict(obj, site: cython.pointer(ClassSite), names: tuple):
+    """Compiled, ``obj``'s own ``__dict__`` (a dict itself) while its class
+    reads and stores each of ``names`` there, else the class's plain value
+    (``_cpython.own_attributes``, kept at ``site`` per class version tag);
+    None for any other class or while ``obj`` has no ``__dict__`` yet."""
+    if not own_attributes(type(obj), names, site):
+        return None
+    found = instance_dict(obj)
+    if found is None or type(found) is not dict:
+        return None
+    return found
+
+
+@cython.cfunc
+def _own_attribute(obj, name: str, own):
+    """``getattr(obj, name)``; given ``_own_dict``'s dict (not None), its
+    entry, else the class's plain value."""
+    if own is None:
+        return getattr(obj, name)
+    value = cython.cast(dict, own).get(name, _ABSENT)
+    if value is _ABSENT:
+        return class_lookup(type(obj), name)
+    return value
+
+
+# compiled, the attributes _set reads in the object's own __dict__ where
+# its class keeps them there (_own_dict): the state's, the attribute
+# dispatcher's (a plain class value an instance value may shadow)
+_STATE_NAMES = cython.declare(
+    tuple, ("modified", "session_id", "_strong_obj", "_last_known_values")
+)
+_state_names_site = cython.declare(ClassSite)
+_DISPATCH_NAMES = cython.declare(tuple, ("_active_history",))
+_dispatch_names_site = cython.declare(ClassSite)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
 def _nonblank(history) -> cython.bint:
-    """``bool(history)`` (``History.__bool__``: not ``HISTORY_BLANK``)."""
-    return history != _HISTORY_BLANK
+    """``bool(history)`` (``History.__bool__``: not equal to
+    ``HISTORY_BLANK``, whose three parts are the empty tuple).  For a
+    ``History`` itself the tuple comparison's answer is read from its
+    parts (compiled: uncompiled, the comparison is one operation): a list
+    (the parts of every history a flush makes) never equals a tuple, a
+    tuple equals ``()`` when it is empty; any other part, and any other
+    class, are compared."""
+    if history is _HISTORY_BLANK:
+        return False
+    if not cython.compiled or type(history) is not _History:
+        return history != _HISTORY_BLANK
+    for part in cython.cast(tuple, history):
+        kind = type(part)
+        if kind is list:
+            return True
+        if kind is not tuple:
+            return history != _HISTORY_BLANK
+        if cython.cast(tuple, part):
+            return True
+    return False
 
 
 @cython.cfunc

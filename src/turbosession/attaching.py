@@ -63,15 +63,30 @@ def build_plan(mapper):
     """``(custom, props)`` of one mapper: ``custom`` when its class overrides
     ``cascade_iterator`` (only stock's may be walked); ``props`` the
     properties, in ``_props`` order, that may have a cascade, each as
-    ``(prop, inline, key, target_mapper)``.  A property left out has no
-    cascade (stock skips it), as columns, synonyms and composites have."""
+    ``(prop, inline, key, target_mapper, cascade, saves, deletes)``.  A
+    property left out has no cascade (stock skips it), as columns, synonyms
+    and composites have.
+
+    For a relationship the walk follows inline, ``cascade`` is its
+    ``_cascade`` now and ``saves`` / ``deletes`` whether that holds
+    ``save-update`` / ``delete``: the walk reads the relationship's
+    ``_cascade`` per object, and while it is this same (immutable)
+    ``CascadeOptions`` takes the answers from here instead of asking the
+    set again (setting ``prop.cascade`` stores a new one, which is asked).
+    Any other property has None and False there: its own
+    ``cascade_iterator`` decides."""
     custom = type(mapper).cascade_iterator is not _STOCK_MAPPER_CASCADE
     props = []
     for prop in mapper._props.values():
         if _inline(prop):
-            props.append((prop, True, prop.key, prop.mapper.class_manager.mapper))
+            cascade = prop._cascade
+            props.append((
+                prop, True, prop.key, prop.mapper.class_manager.mapper, cascade,
+                bool(cascade) and "save-update" in cascade,
+                bool(cascade) and "delete" in cascade,
+            ))
         elif prop.cascade or isinstance(prop, RelationshipProperty):
-            props.append((prop, False, prop.key, None))
+            props.append((prop, False, prop.key, None, None, False, False))
     return custom, tuple(props)
 
 

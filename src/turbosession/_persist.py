@@ -77,7 +77,10 @@ __all__ = [
     "collect_delete_commands",
     "collect_insert_commands",
     "collect_update_commands",
+    "flush_bind",
+    "flush_parent",
     "has_new",
+    "held_connection",
     "insert_one",
     "mapper_runs",
     "organize_for_delete",
@@ -119,6 +122,8 @@ _ref = cython.declare(object, weakref.ref)
 _stock_contains_state = cython.declare(object, Session._contains_state)
 _WeakKeyDictionary = cython.declare(object, weakref.WeakKeyDictionary)
 _TurboTransaction = cython.declare(object, _transaction.SessionTransaction)
+_ACTIVE = cython.declare(object, _transaction._ACTIVE)
+_STOCK_GET_BIND = cython.declare(object, _transaction._STOCK_GET_BIND)
 # the descriptors of that class's snapshot collections (transaction._Snapshot)
 _SNAPSHOTS = cython.declare(
     dict, {name: _transaction.SessionTransaction.__dict__[name] for name in ("_new", "_dirty", "_deleted")}
@@ -1257,6 +1262,48 @@ def _is_orphan(mapper, state, plan) -> cython.bint:
         if not legacy and not has_parent:
             return True
     return legacy
+
+
+def flush_parent(sub, session):
+    """The transaction a flush's subtransaction ``sub`` asks for its
+    connection, when that can be done without stock's calls (the
+    subtransaction holds none, ``get_bind`` and the transaction's methods
+    are stock's), else None (``transaction.flush_connection``)."""
+    if (
+        sub._state is _ACTIVE
+        and type(sub) is _TurboTransaction
+        and not sub.nested
+        and not sub._connections
+        and type(session).get_bind is _STOCK_GET_BIND
+        and "get_bind" not in session.__dict__
+    ):
+        parent = sub._parent
+        if parent is not None and parent._state is _ACTIVE and _transaction._stock_methods():
+            return parent
+    return None
+
+
+def flush_bind(session, mapper):
+    """``session.get_bind(mapper)`` where ``flush_parent`` has found it
+    stock's: its first case (the session's own bind) without the call."""
+    bind = session.bind
+    if session.binds or not bind:
+        return session.get_bind(mapper)
+    return bind
+
+
+def held_connection(uow, mapper):
+    """The connection ``transaction.flush_connection`` returns without
+    stock's call, found in the transaction the flush's subtransaction
+    asks (nothing of the application runs and nothing changes while it is
+    looked up), or None when it has none to the bind or the lookup has to
+    be stock's call.  Asked by every flush's save and delete steps."""
+    session = uow.session
+    parent = flush_parent(uow.transaction, session)
+    if parent is None:
+        return None
+    entry = parent._connections.get(flush_bind(session, mapper))
+    return None if entry is None else entry[0]
 
 
 @cython.cclass

@@ -355,7 +355,9 @@ def _insert_single(uow, steps, persist):
     after_insert = mapper.dispatch.after_insert
     if after_insert.parent_listeners if type(after_insert) is _EMPTY else after_insert:
         after_insert(mapper, connection, state)
-    if not _asks_nothing(uow, mapper):
+    # the empty delete step, which asks for the connection
+    # (_asks_nothing, the session having no connection_callable)
+    if persist.held_connection(uow, mapper) is None:
         _delete(uow, mapper, persist, [])
     return True
 
@@ -367,11 +369,11 @@ def _asks_nothing(uow, base_mapper):
     """Whether stock's delete step with no states does nothing the
     application could see: it asks for the connection (the session's
     ``connection_callable`` is not called without states), which the
-    transaction already holds and ``transaction.held_connection`` can
+    transaction already holds and ``persist.held_connection`` can
     look up without a call of the application's, then finds no rows to
     delete and no events to dispatch."""
     return bool(uow.session.connection_callable) or (
-        transaction.held_connection(uow, base_mapper) is not None
+        uow.session._turbo.persist.held_connection(uow, base_mapper) is not None
     )
 
 

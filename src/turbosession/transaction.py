@@ -51,7 +51,6 @@ __all__ = [
     "begin_flush",
     "commit_flush",
     "flush_connection",
-    "held_connection",
     "reset_stats",
     "stats",
 ]
@@ -436,64 +435,24 @@ def flush_connection(uow, mapper):
     session's ``get_bind`` for the mapper's bind, then the parent for its
     connection to it.  Where ``get_bind`` is stock's (no code of the
     application runs in between), this returns the parent's connection
-    directly, or, when the parent is the root transaction and has none
-    yet (the transaction's first connection), acquires it as stock's
-    ``_connection_for_bind`` does (``_provision``); else it is stock's call.
+    directly (``persist.held_connection``), or, when the parent is the
+    root transaction and has none yet (the transaction's first
+    connection), acquires it as stock's ``_connection_for_bind`` does
+    (``_provision``); else it is stock's call.
     """
+    session = uow.session
+    persist = session._turbo.persist
+    connection = persist.held_connection(uow, mapper)
+    if connection is not None:
+        return connection
     sub = uow.transaction
-    parent = _flush_parent(sub, uow.session)
-    if parent is not None:
-        session = uow.session
-        # stock's get_bind (_flush_parent checked it is), its first case
-        # without the call
-        bind = session.bind
-        if session.binds or not bind:
-            bind = session.get_bind(mapper)
-        entry = parent._connections.get(bind)
-        if entry is not None:
-            return entry[0]
-        if parent._parent is None and _provisions_directly(session, bind):
+    parent = persist.flush_parent(sub, session)
+    if parent is not None and parent._parent is None:
+        # the root transaction holds no connection to the bind yet
+        bind = persist.flush_bind(session, mapper)
+        if _provisions_directly(session, bind):
             return _provision(session, parent, bind, None, sub)
     return sub.connection(mapper)
-
-
-def held_connection(uow, mapper):
-    """The connection ``flush_connection`` returns without stock's call
-    (nothing of the application runs and nothing changes while it is
-    looked up), or None when it has to be stock's call."""
-    session = uow.session
-    parent = _flush_parent(uow.transaction, session)
-    if parent is not None:
-        bind = session.bind
-        if session.binds or not bind:
-            bind = session.get_bind(mapper)
-        entry = parent._connections.get(bind)
-        if entry is not None:
-            return entry[0]
-    return None
-
-
-def _flush_parent(sub, session):
-    """The transaction a flush's subtransaction ``sub`` asks for its
-    connection, when that can be done without stock's calls (the
-    subtransaction holds none, ``get_bind`` and the transaction's methods
-    are stock's), else None."""
-    if (
-        sub._state is _ACTIVE
-        and type(sub) is SessionTransaction
-        and not sub.nested
-        and not sub._connections
-        and type(session).get_bind is _STOCK_GET_BIND
-        and "get_bind" not in session.__dict__
-    ):
-        parent = sub._parent
-        if (
-            parent is not None
-            and parent._state is _ACTIVE
-            and _stock_methods()
-        ):
-            return parent
-    return None
 
 
 _PREPARED = SessionTransactionState.PREPARED

@@ -350,7 +350,7 @@ def _insert_single(uow, steps, persist):
     record = persist.insert_one(table, mapper, uow, connection, state)
     _emit_insert_batch(
         uow, mapper, mapper, table, [record], persist, session._turbo.emit,
-        connection, bool(record[5]), record[6], record[7],
+        connection, bool(record[5]), record[6], record[7], False,
     )
     after_insert = mapper.dispatch.after_insert
     if after_insert.parent_listeners if type(after_insert) is _EMPTY else after_insert:
@@ -726,9 +726,11 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
 
 def _emit_insert_batch(
     uow, base_mapper, mapper, table, batch, persist, emit,
-    connection, hasvalue, has_all_pks, has_all_defaults,
+    connection, hasvalue, has_all_pks, has_all_defaults, keys_to_sync=True,
 ):
-    """One batch of ``_emit_inserts``, given its grouping key's parts."""
+    """One batch of ``_emit_inserts``, given its grouping key's parts
+    (``keys_to_sync`` False: the caller knows the table has no keys to
+    synchronise, ``_Plan.single_table``)."""
     if (
         not hasvalue
         and has_all_pks
@@ -756,7 +758,7 @@ def _emit_insert_batch(
                 execution_options={"compiled_cache": base_mapper._compiled_cache},
             )
             _postfetch(uow, table, batch, result, False, persist)
-        else:
+        elif keys_to_sync:
             # the statement had nothing to prefetch, postfetch or return
             _sync_keys(uow, table, batch)
         return

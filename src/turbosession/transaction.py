@@ -26,6 +26,7 @@ and marked as stock's wrappers mark it while engine, pool and
 ``after_begin`` listeners run.
 """
 
+import functools
 import logging
 from collections import Counter
 from weakref import WeakKeyDictionary
@@ -310,30 +311,10 @@ _STOCK_METHODS = tuple(
     )
 )
 
-# the compiled attach module's class_like, when compiled is the active
-# implementation (set_class_check); None: the identity checks below
-_class_like = None
-
-
-def set_class_check(class_like):
-    """Have ``_stock_methods`` ask ``class_like(cls, expected)`` (the
-    compiled ``_attach.class_like``, which answers from the class's version
-    tag while neither it nor a base has changed); None: its own identity
-    checks.  ``turbosession.session`` sets it when compiled is active
-    (this module is imported by the hot paths, before they are bundled);
-    uncompiled, the call would cost several Python frames per check."""
-    global _class_like
-    _class_like = class_like
-
-
-def _stock_methods():
+def _identical_stock_methods():
     """Whether those methods are still the ones the class had at import
     (one of them patched since, on this class or a base: the step is
-    stock's call).  Asked several times per flush: by ``_class_like``
-    when compiled is active, else by identity checks that stop at the
-    first difference."""
-    if _class_like is not None:
-        return _class_like(_ST, _STOCK_METHODS)
+    stock's call), by identity checks that stop at the first difference."""
     cls = _ST
     return (
         cls._begin is _S_BEGIN
@@ -345,6 +326,30 @@ def _stock_methods():
         and cls.connection is _S_CONNECTION
         and cls._connection_for_bind is _S_CONNECTION_FOR_BIND
     )
+
+
+# the check asked several times per flush (called as _stock_methods(),
+# looked up when called): the identity checks, or set_class_check's
+_stock_methods = _identical_stock_methods
+
+
+def set_class_check(class_like):
+    """Have ``_stock_methods`` be ``class_like(cls, expected)`` for the
+    class and its methods, bound with ``functools.partial`` (the compiled
+    ``_attach.class_like``, which answers from the class's version tag
+    while neither it nor a base has changed: no Python frame per check);
+    None: the identity checks.  ``turbosession.session`` sets it when
+    compiled is active (this module is imported by the hot paths, before
+    they are bundled); uncompiled, the call would cost several Python
+    frames per check."""
+    global _stock_methods
+    _stock_methods = (
+        _identical_stock_methods
+        if class_like is None
+        else functools.partial(class_like, _ST, _STOCK_METHODS)
+    )
+
+
 _STOCK_GET_BIND = orm.Session.get_bind
 
 

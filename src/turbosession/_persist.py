@@ -77,7 +77,11 @@ __all__ = [
     "collect_delete_commands",
     "collect_insert_commands",
     "collect_update_commands",
+    "flush_bind",
+    "flush_parent",
     "has_new",
+    "held_connection",
+    "insert_one",
     "mapper_runs",
     "organize_for_delete",
     "organize_for_save",
@@ -118,6 +122,8 @@ _ref = cython.declare(object, weakref.ref)
 _stock_contains_state = cython.declare(object, Session._contains_state)
 _WeakKeyDictionary = cython.declare(object, weakref.WeakKeyDictionary)
 _TurboTransaction = cython.declare(object, _transaction.SessionTransaction)
+_ACTIVE = cython.declare(object, _transaction._ACTIVE)
+_STOCK_GET_BIND = cython.declare(object, _transaction._STOCK_GET_BIND)
 # the descriptors of that class's snapshot collections (transaction._Snapshot)
 _SNAPSHOTS = cython.declare(
     dict, {name: _transaction.SessionTransaction.__dict__[name] for name in ("_new", "_dirty", "_deleted")}
@@ -568,20 +574,22 @@ def _table_version_col(mapper, table) -> object:
 
 def collect_insert_commands(table, mapper, connection, states_to_insert):
     """``persistence._collect_insert_commands`` (not bulk) for one mapper."""
-    # the parameters are gathered in the order of stock's set
-    # intersection, which a before_execute listener sees
+    insert_columns: tuple = _insert_columns(table, mapper, connection)
+    # the last object's dict keys and the order they gave (see _insert_record)
+    last_seen: list = [None, None]
+    for state, state_dict, state_mapper, state_connection in states_to_insert:
+        yield _insert_record(
+            insert_columns, last_seen, state, state_dict, state_mapper, state_connection
+        )
+
+
+@cython.cfunc
+def _insert_columns(table, mapper, connection) -> tuple:
+    """What ``_insert_record`` reads for each record of one mapper's
+    INSERTs into ``table``: the mapper's precomputed columns, and the
+    server default keys a record must have (None when stock's
+    ``_prefer_eager_defaults`` does not ask for them)."""
     precomputed: tuple = _precomputed(mapper, table, _build_insert_columns)
-    columns: dict = precomputed[0]
-    propkeys: frozenset = precomputed[1]
-    pk_keys: tuple = precomputed[2]
-    orm_defaults: tuple = precomputed[3]
-    orm_default: tuple
-    version_col = precomputed[4]
-    generate_version = precomputed[5]
-    as_none = precomputed[6]
-    # nothing to add as None when the parameters have every such key
-    as_none_keys: tuple = precomputed[7]
-    server_default_keys: tuple = None
     # with no server default column in the table every record has all of
     # them whatever stock's _prefer_eager_defaults answers: it is asked
     # only when the answer matters, or when it is not stock's method
@@ -589,64 +597,96 @@ def collect_insert_commands(table, mapper, connection, states_to_insert):
     if (
         precomputed[8] or type(base_mapper)._prefer_eager_defaults is not _STOCK_PREFER_EAGER
     ) and base_mapper._prefer_eager_defaults(connection.dialect, table):
-        server_default_keys = precomputed[8]
-    params: dict
-    value_params: dict
+        return (precomputed, precomputed[8])
+    return (precomputed, None)
+
+
+@cython.cfunc
+def _insert_record(
+    insert_columns: tuple, last_seen: list, state, state_dict, state_mapper, state_connection
+) -> tuple:
+    """One record of ``collect_insert_commands``: (state, dict, parameters,
+    mapper, connection, SQL-expression values, has all primary keys, has
+    all server defaults)."""
+    # the parameters are gathered in the order of stock's set
+    # intersection, which a before_execute listener sees
+    precomputed: tuple = insert_columns[0]
+    server_default_keys: tuple = insert_columns[1]
+    columns: dict = precomputed[0]
+    propkeys: frozenset = precomputed[1]
+    pk_keys: tuple = precomputed[2]
+    orm_defaults: tuple = precomputed[3]
+    orm_default: tuple
+    version_col = precomputed[4]
+    as_none = precomputed[6]
+    # nothing to add as None when the parameters have every such key
+    as_none_keys: tuple = precomputed[7]
     column: tuple
-    has_all_pks: cython.bint
-    has_all_defaults: cython.bint
-    # the last object's dict keys and the order they gave (see below)
-    last_seen: list = [None, None]
-    for state, state_dict, state_mapper, state_connection in states_to_insert:
-        params = {}
-        # made for the first SQL expression only: most records have none
-        value_params = None
-        for propkey in _intersection_order(propkeys, state_dict, last_seen):
-            value = state_dict[propkey]
-            column = columns[propkey]
-            if value is None and not column[2]:
-                continue
-            expression = _sql_expression(value)
+    params: dict = {}
+    # made for the first SQL expression only: most records have none
+    value_params: dict = None
+    for propkey in _intersection_order(propkeys, state_dict, last_seen):
+        value = state_dict[propkey]
+        column = columns[propkey]
+        if value is None and not column[2]:
+            continue
+        expression = _sql_expression(value)
+        if expression is None:
+            params[column[0]] = value
+        else:
+            if value_params is None:
+                value_params = {}
+            value_params[column[1]] = expression
+    # ORM-level (dataclass) defaults the column's own would not deliver
+    for orm_default in orm_defaults:
+        col = orm_default[1]
+        if col.key not in params and (value_params is None or col not in value_params):
+            expression = _sql_expression(orm_default[2])
             if expression is None:
-                params[column[0]] = value
+                params[col.key] = orm_default[2]
             else:
                 if value_params is None:
                     value_params = {}
-                value_params[column[1]] = expression
-        # ORM-level (dataclass) defaults the column's own would not deliver
-        for orm_default in orm_defaults:
-            col = orm_default[1]
-            if col.key not in params and (value_params is None or col not in value_params):
-                expression = _sql_expression(orm_default[2])
-                if expression is None:
-                    params[col.key] = orm_default[2]
-                else:
-                    if value_params is None:
-                        value_params = {}
-                    value_params[col] = expression
-        if as_none and (value_params or not _has_all(params, as_none_keys)):
-            for colkey in as_none.difference(params).difference(
-                [] if value_params is None else [c.key for c in value_params]
-            ):
-                params[colkey] = None
-        has_all_pks = _has_all(params, pk_keys)
-        has_all_defaults = server_default_keys is None or _has_all(
-            params, server_default_keys
-        )
-        if version_col is not None:
-            params[version_col.key] = generate_version(None)
-        yield (
-            state,
-            state_dict,
-            params,
-            state_mapper,
-            state_connection,
-            # one shared empty mapping when there are none (nothing writes
-            # to a record's value_params): no dict per state stays alive
-            value_params or _NO_VALUES,
-            has_all_pks,
-            has_all_defaults,
-        )
+                value_params[col] = expression
+    if as_none and (value_params or not _has_all(params, as_none_keys)):
+        for colkey in as_none.difference(params).difference(
+            [] if value_params is None else [c.key for c in value_params]
+        ):
+            params[colkey] = None
+    has_all_pks: cython.bint = _has_all(params, pk_keys)
+    has_all_defaults: cython.bint = server_default_keys is None or _has_all(
+        params, server_default_keys
+    )
+    if version_col is not None:
+        params[version_col.key] = precomputed[5](None)
+    return (
+        state,
+        state_dict,
+        params,
+        state_mapper,
+        state_connection,
+        # one shared empty mapping when there are none (nothing writes
+        # to a record's value_params): no dict per state stays alive
+        value_params or _NO_VALUES,
+        has_all_pks,
+        has_all_defaults,
+    )
+
+
+def insert_one(table, mapper, uow, connection, state):
+    """The INSERT record of a flush's one new state of a single-table
+    mapper, as ``persistence._save_obj`` makes it: the state read as
+    ``_sort_states`` reads it (``insert_order``), organized as
+    ``organize_for_save`` organizes it (``before_insert``, the identity
+    checks), its parameters collected as ``collect_insert_commands``
+    collects them (a state without an identity key is organized as an
+    INSERT)."""
+    state.insert_order
+    record: tuple = organize_for_save(mapper, (state,), uow, connection)[0][0]
+    return _insert_record(
+        _insert_columns(table, mapper, connection), [None, None],
+        state, record[1], mapper, connection,
+    )
 
 
 @cython.cfunc
@@ -1251,6 +1291,48 @@ def _is_orphan(mapper, state, plan) -> cython.bint:
         if not legacy and not has_parent:
             return True
     return legacy
+
+
+def flush_parent(sub, session):
+    """The transaction a flush's subtransaction ``sub`` asks for its
+    connection, when that can be done without stock's calls (the
+    subtransaction holds none, ``get_bind`` and the transaction's methods
+    are stock's), else None (``transaction.flush_connection``)."""
+    if (
+        sub._state is _ACTIVE
+        and type(sub) is _TurboTransaction
+        and not sub.nested
+        and not sub._connections
+        and type(session).get_bind is _STOCK_GET_BIND
+        and "get_bind" not in session.__dict__
+    ):
+        parent = sub._parent
+        if parent is not None and parent._state is _ACTIVE and _transaction._stock_methods():
+            return parent
+    return None
+
+
+def flush_bind(session, mapper):
+    """``session.get_bind(mapper)`` where ``flush_parent`` has found it
+    stock's: its first case (the session's own bind) without the call."""
+    bind = session.bind
+    if session.binds or not bind:
+        return session.get_bind(mapper)
+    return bind
+
+
+def held_connection(uow, mapper):
+    """The connection ``transaction.flush_connection`` returns without
+    stock's call, found in the transaction the flush's subtransaction
+    asks (nothing of the application runs and nothing changes while it is
+    looked up), or None when it has none to the bind or the lookup has to
+    be stock's call.  Asked by every flush's save and delete steps."""
+    session = uow.session
+    parent = flush_parent(uow.transaction, session)
+    if parent is None:
+        return None
+    entry = parent._connections.get(flush_bind(session, mapper))
+    return None if entry is None else entry[0]
 
 
 @cython.cclass

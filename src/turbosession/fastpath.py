@@ -91,7 +91,9 @@ class _Plan:
     values (``_plan``).  Event listeners, which can be added at any time,
     are not part of it: they are looked at on every flush."""
 
-    __slots__ = ("reason", "mappers", "finalize", "save_tables", "delete_tables")
+    __slots__ = (
+        "reason", "mappers", "finalize", "save_tables", "delete_tables", "single_table"
+    )
 
 
 def _build_plan(base_mapper):
@@ -128,6 +130,19 @@ def _build_plan(base_mapper):
         (table, mapper)
         for table, mapper, _, _ in reversed(tables)
         if not (mapper.inherits and mapper.passive_deletes)
+    )
+    # a hierarchy of one mapper writing one table, whose rows need nothing
+    # of stock's _postfetch or _finalize_insert_update_commands whatever
+    # the listeners, and have no keys to synchronise between tables: a
+    # flush of one new object of it can be run by _insert_single
+    plan.single_table = (
+        tables[0][0]
+        if len(mappers) == 1
+        and len(tables) == 1
+        and not tables[0][3]
+        and not plan.finalize
+        and not base_mapper._table_to_equated[tables[0][0]]
+        else None
     )
     return plan
 
@@ -270,6 +285,8 @@ def run_steps(uow, steps):
     states_of = session._turbo.unitofwork.states_of_mappers
     reason = None
     try:
+        if len(uow.states) == 1 and _insert_single(uow, steps, persist):
+            return
         for key in steps:
             kind, mapper = key
             # _plan(mapper), its kept value found without the two calls
@@ -300,15 +317,63 @@ def run_steps(uow, steps):
             record(reason)
 
 
+def _insert_single(uow, steps, persist):
+    """Run the sorted steps of a flush of one new object whose hierarchy
+    is one mapper writing one table (``_Plan.single_table``), as
+    ``_save_batch`` and the empty delete step run them, without their
+    per-step lists, runs, generators and batches: the flush's connection,
+    the state's ``before_insert``, record and INSERT (``persist.insert_one``,
+    ``_emit_insert_batch``), its ``after_insert``, then the delete step's
+    connection check.  Returns False, with nothing done, for any other
+    flush (``run_steps`` then runs the steps)."""
+    kind, mapper = steps[0]
+    if kind is not _SaveUpdateAll or steps[1:] != ((_DeleteAll, mapper),):
+        return False
+    # _plan(mapper), its kept value found without the two calls
+    entry = mapper._memoized_values.get(_PLAN_KEY)
+    plan = entry[1] if entry is not None and entry[0] is mapper._sorted_tables else _plan(mapper)
+    table = plan.single_table
+    session = uow.session
+    if (
+        table is None
+        or not session._fast_flush
+        or session.connection_callable
+        or mapper.eager_defaults is True
+        or persistence._sort_states is not _STOCK_SORT_STATES
+        or _refresh_flush(plan.mappers)
+    ):
+        return False
+    for state, flags in uow.states.items():
+        if flags != _SAVE_FLAGS or state.key is not None:
+            return False
+    connection = transaction.flush_connection(uow, mapper)
+    record = persist.insert_one(table, mapper, uow, connection, state)
+    _emit_insert_batch(
+        uow, mapper, mapper, table, [record], persist, session._turbo.emit,
+        connection, bool(record[5]), record[6], record[7], False,
+    )
+    after_insert = mapper.dispatch.after_insert
+    if after_insert.parent_listeners if type(after_insert) is _EMPTY else after_insert:
+        after_insert(mapper, connection, state)
+    # the empty delete step, which asks for the connection
+    # (_asks_nothing, the session having no connection_callable)
+    if persist.held_connection(uow, mapper) is None:
+        _delete(uow, mapper, persist, [])
+    return True
+
+
+_SAVE_FLAGS = (False, False)
+
+
 def _asks_nothing(uow, base_mapper):
     """Whether stock's delete step with no states does nothing the
     application could see: it asks for the connection (the session's
     ``connection_callable`` is not called without states), which the
-    transaction already holds and ``transaction.held_connection`` can
+    transaction already holds and ``persist.held_connection`` can
     look up without a call of the application's, then finds no rows to
     delete and no events to dispatch."""
     return bool(uow.session.connection_callable) or (
-        transaction.held_connection(uow, base_mapper) is not None
+        uow.session._turbo.persist.held_connection(uow, base_mapper) is not None
     )
 
 
@@ -653,43 +718,56 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
     for (connection, _, hasvalue, has_all_pks, has_all_defaults), batch in persist.batches(
         records
     ):
-        if (
-            not hasvalue
-            and has_all_pks
-            and (
-                has_all_defaults
-                or not base_mapper._prefer_eager_defaults(connection.dialect, table)
-                or not table.implicit_returning
-                or not connection.dialect.insert_returning
+        _emit_insert_batch(
+            uow, base_mapper, mapper, table, batch, persist, emit,
+            connection, hasvalue, has_all_pks, has_all_defaults,
+        )
+
+
+def _emit_insert_batch(
+    uow, base_mapper, mapper, table, batch, persist, emit,
+    connection, hasvalue, has_all_pks, has_all_defaults, keys_to_sync=True,
+):
+    """One batch of ``_emit_inserts``, given its grouping key's parts
+    (``keys_to_sync`` False: the caller knows the table has no keys to
+    synchronise, ``_Plan.single_table``)."""
+    if (
+        not hasvalue
+        and has_all_pks
+        and (
+            has_all_defaults
+            or not base_mapper._prefer_eager_defaults(connection.dialect, table)
+            or not table.implicit_returning
+            or not connection.dialect.insert_returning
+        )
+    ):
+        # stock's memoized INSERT, found without a call when stock's
+        # _memo has made it
+        statement = (
+            base_mapper._memoized_values.get(("insert", table))
+            if type(base_mapper)._memo is _STOCK_MEMO
+            else None
+        )
+        if statement is None:
+            statement = base_mapper._memo(("insert", table), table.insert)
+        rows = [record[2] for record in batch]
+        if emission.execute(emit, base_mapper, connection, statement, rows, False) is None:
+            result = connection.execute(
+                statement,
+                rows,
+                execution_options={"compiled_cache": base_mapper._compiled_cache},
             )
-        ):
-            # stock's memoized INSERT, found without a call when stock's
-            # _memo has made it
-            statement = (
-                base_mapper._memoized_values.get(("insert", table))
-                if type(base_mapper)._memo is _STOCK_MEMO
-                else None
-            )
-            if statement is None:
-                statement = base_mapper._memo(("insert", table), table.insert)
-            rows = [record[2] for record in batch]
-            if emission.execute(emit, base_mapper, connection, statement, rows, False) is None:
-                result = connection.execute(
-                    statement,
-                    rows,
-                    execution_options={"compiled_cache": base_mapper._compiled_cache},
-                )
-                _postfetch(uow, table, batch, result, False, persist)
-            else:
-                # the statement had nothing to prefetch, postfetch or return
-                _sync_keys(uow, table, batch)
-        elif not (hasvalue or has_all_pks) and emission.insert_autoincrement(
-            emit, base_mapper, uow, connection, table, batch, has_all_defaults
-        ):
-            # keys generated by the database, a statement per row
-            continue
-        else:
-            persistence._emit_insert_statements(base_mapper, uow, mapper, table, batch)
+            _postfetch(uow, table, batch, result, False, persist)
+        elif keys_to_sync:
+            # the statement had nothing to prefetch, postfetch or return
+            _sync_keys(uow, table, batch)
+        return
+    # keys generated by the database are sent a statement per row where
+    # insert_autoincrement can; any other batch is stock's
+    if (hasvalue or has_all_pks) or not emission.insert_autoincrement(
+        emit, base_mapper, uow, connection, table, batch, has_all_defaults
+    ):
+        persistence._emit_insert_statements(base_mapper, uow, mapper, table, batch)
 
 
 _STOCK_MEMO = Mapper._memo

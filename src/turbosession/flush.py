@@ -164,7 +164,9 @@ class UOWTransaction(unitofwork.UOWTransaction):
         }.difference(cycles)
 
     def execute(self):
-        self._run_presort_actions()
+        # (a flush with no relationship work has no presort actions to run)
+        if self.presort_actions:
+            self._run_presort_actions()
         # each mapper's save and delete steps on turbosession's unit of work
         # where the mapper allows it (fastpath), the rest as stock's; the
         # flush is counted, fast or by its fallback reason, even if it fails

@@ -26,6 +26,7 @@ and marked as stock's wrappers mark it while engine, pool and
 ``after_begin`` listeners run.
 """
 
+import functools
 import logging
 from collections import Counter
 from weakref import WeakKeyDictionary
@@ -51,7 +52,6 @@ __all__ = [
     "begin_flush",
     "commit_flush",
     "flush_connection",
-    "held_connection",
     "reset_stats",
     "stats",
 ]
@@ -311,30 +311,10 @@ _STOCK_METHODS = tuple(
     )
 )
 
-# the compiled attach module's class_like, when compiled is the active
-# implementation (set_class_check); None: the identity checks below
-_class_like = None
-
-
-def set_class_check(class_like):
-    """Have ``_stock_methods`` ask ``class_like(cls, expected)`` (the
-    compiled ``_attach.class_like``, which answers from the class's version
-    tag while neither it nor a base has changed); None: its own identity
-    checks.  ``turbosession.session`` sets it when compiled is active
-    (this module is imported by the hot paths, before they are bundled);
-    uncompiled, the call would cost several Python frames per check."""
-    global _class_like
-    _class_like = class_like
-
-
-def _stock_methods():
+def _identical_stock_methods():
     """Whether those methods are still the ones the class had at import
     (one of them patched since, on this class or a base: the step is
-    stock's call).  Asked several times per flush: by ``_class_like``
-    when compiled is active, else by identity checks that stop at the
-    first difference."""
-    if _class_like is not None:
-        return _class_like(_ST, _STOCK_METHODS)
+    stock's call), by identity checks that stop at the first difference."""
     cls = _ST
     return (
         cls._begin is _S_BEGIN
@@ -346,6 +326,30 @@ def _stock_methods():
         and cls.connection is _S_CONNECTION
         and cls._connection_for_bind is _S_CONNECTION_FOR_BIND
     )
+
+
+# the check asked several times per flush (called as _stock_methods(),
+# looked up when called): the identity checks, or set_class_check's
+_stock_methods = _identical_stock_methods
+
+
+def set_class_check(class_like):
+    """Have ``_stock_methods`` be ``class_like(cls, expected)`` for the
+    class and its methods, bound with ``functools.partial`` (the compiled
+    ``_attach.class_like``, which answers from the class's version tag
+    while neither it nor a base has changed: no Python frame per check);
+    None: the identity checks.  ``turbosession.session`` sets it when
+    compiled is active (this module is imported by the hot paths, before
+    they are bundled); uncompiled, the call would cost several Python
+    frames per check."""
+    global _stock_methods
+    _stock_methods = (
+        _identical_stock_methods
+        if class_like is None
+        else functools.partial(class_like, _ST, _STOCK_METHODS)
+    )
+
+
 _STOCK_GET_BIND = orm.Session.get_bind
 
 
@@ -436,64 +440,24 @@ def flush_connection(uow, mapper):
     session's ``get_bind`` for the mapper's bind, then the parent for its
     connection to it.  Where ``get_bind`` is stock's (no code of the
     application runs in between), this returns the parent's connection
-    directly, or, when the parent is the root transaction and has none
-    yet (the transaction's first connection), acquires it as stock's
-    ``_connection_for_bind`` does (``_provision``); else it is stock's call.
+    directly (``persist.held_connection``), or, when the parent is the
+    root transaction and has none yet (the transaction's first
+    connection), acquires it as stock's ``_connection_for_bind`` does
+    (``_provision``); else it is stock's call.
     """
+    session = uow.session
+    persist = session._turbo.persist
+    connection = persist.held_connection(uow, mapper)
+    if connection is not None:
+        return connection
     sub = uow.transaction
-    parent = _flush_parent(sub, uow.session)
-    if parent is not None:
-        session = uow.session
-        # stock's get_bind (_flush_parent checked it is), its first case
-        # without the call
-        bind = session.bind
-        if session.binds or not bind:
-            bind = session.get_bind(mapper)
-        entry = parent._connections.get(bind)
-        if entry is not None:
-            return entry[0]
-        if parent._parent is None and _provisions_directly(session, bind):
+    parent = persist.flush_parent(sub, session)
+    if parent is not None and parent._parent is None:
+        # the root transaction holds no connection to the bind yet
+        bind = persist.flush_bind(session, mapper)
+        if _provisions_directly(session, bind):
             return _provision(session, parent, bind, None, sub)
     return sub.connection(mapper)
-
-
-def held_connection(uow, mapper):
-    """The connection ``flush_connection`` returns without stock's call
-    (nothing of the application runs and nothing changes while it is
-    looked up), or None when it has to be stock's call."""
-    session = uow.session
-    parent = _flush_parent(uow.transaction, session)
-    if parent is not None:
-        bind = session.bind
-        if session.binds or not bind:
-            bind = session.get_bind(mapper)
-        entry = parent._connections.get(bind)
-        if entry is not None:
-            return entry[0]
-    return None
-
-
-def _flush_parent(sub, session):
-    """The transaction a flush's subtransaction ``sub`` asks for its
-    connection, when that can be done without stock's calls (the
-    subtransaction holds none, ``get_bind`` and the transaction's methods
-    are stock's), else None."""
-    if (
-        sub._state is _ACTIVE
-        and type(sub) is SessionTransaction
-        and not sub.nested
-        and not sub._connections
-        and type(session).get_bind is _STOCK_GET_BIND
-        and "get_bind" not in session.__dict__
-    ):
-        parent = sub._parent
-        if (
-            parent is not None
-            and parent._state is _ACTIVE
-            and _stock_methods()
-        ):
-            return parent
-    return None
 
 
 _PREPARED = SessionTransactionState.PREPARED

@@ -358,6 +358,29 @@ cdef inline bint own_attributes(object cls, tuple names, ClassSite *site) except
     return True
 
 
+cdef inline object own_dict(object obj, tuple names, ClassSite *site):
+    """``obj``'s own ``__dict__`` (a dict itself) while ``own_attributes``
+    accepts ``names`` for its class (kept at ``site``), so that those
+    attributes can be read (``own_entry``) and stored there; None for any
+    other class, or while ``obj`` has no ``__dict__`` yet."""
+    if not own_attributes(type(obj), names, site):
+        return None
+    found = instance_dict(obj)
+    if found is None or type(found) is not dict:
+        return None
+    return found
+
+
+cdef inline object own_entry(object own, object obj, str name):
+    """``getattr(obj, name)`` for a name ``own_attributes`` accepted for
+    ``obj``'s class, given ``obj``'s ``__dict__`` ``own`` (a dict): its
+    entry, else the class's plain value."""
+    cdef PyObject *found = PyDict_GetItemWithError(own, name)
+    if found != NULL:
+        return <object>found
+    return class_lookup(type(obj), name)
+
+
 # A call site's reading of objects' ``__dict__`` attribute, kept for the
 # last class read there: the class, its version tag then, and the getset
 # descriptor its ``__dict__`` resolves to (alive while the tag is the same:

@@ -68,7 +68,8 @@ if cython.compiled:
         PyMemberDescrObject,
         class_lookup,
         instance_dict,
-        own_attributes,
+        own_dict,
+        own_entry,
         SlotSite,
         class_attribute_is,
         dict_version,
@@ -551,7 +552,10 @@ class _Walk:
         if own is None:
             fresh: cython.bint = state.key is None and state.session_id is None
         else:
-            fresh = _own(own, state, "key") is None and _own(own, state, "session_id") is None
+            fresh = (
+                own_entry(own, state, "key") is None
+                and own_entry(own, state, "session_id") is None
+            )
         if fresh and self.began():
             obj = state_object(state) if cython.compiled else state.obj()
             new: dict = self.session._new
@@ -1052,42 +1056,21 @@ def _attach(state, hash_key, obj):
         return
     # the same reads and stores, in the same order, on the state's dict
     cython.cast(dict, own)["session_id"] = hash_key
-    if _own(own, state, "modified") and _own(own, state, "_strong_obj") is None:
+    if own_entry(own, state, "modified") and own_entry(own, state, "_strong_obj") is None:
         cython.cast(dict, own)["_strong_obj"] = obj
 
 
 @cython.cfunc
-def _own_dict(state):
-    """The state's own ``__dict__`` (a dict itself) while its class reads
-    and stores each of ``_STATE_NAMES`` there, else the class's plain value
-    (``_cpython.own_attributes``: no descriptor of any kind, ``object``'s
-    attribute access; kept per class version tag); None, for the attributes
-    themselves, for any other class, or while the state has no ``__dict__``
-    yet.  Compiled only (its callers take the attributes uncompiled)."""
-    if not own_attributes(
-        type(state), _STATE_NAMES, cython.address(_state_names_site)
-    ):
-        return None
-    found = instance_dict(state)
-    if found is None or type(found) is not dict:
-        return None
-    return found
-
-
-@cython.cfunc
 @cython.inline
-def _own(own, state, name: str):
-    """``getattr(state, name)`` for a name of ``_STATE_NAMES`` once
-    ``_own_dict`` gave the state's dict: its entry, else the class's plain
-    value."""
-    value = dict_get(own, name, _MISSING)
-    if value is _MISSING:
-        return class_lookup(type(state), name)
-    return value
+def _own_dict(state):
+    """Compiled, the state's own ``__dict__`` while its class keeps
+    ``_STATE_NAMES`` there (``_cpython.own_dict``), else None: its callers
+    then take the attributes (always, uncompiled)."""
+    return own_dict(state, _STATE_NAMES, cython.address(_state_names_site))
 
 
 # compiled, the state attributes the walk reads and sets in the state's own
-# __dict__ (_own_dict), as stock's InstanceState holds them: plain class
+# __dict__ (own_dict), as stock's InstanceState holds them: plain class
 # values shadowed by the instance's
 _STATE_NAMES = cython.declare(tuple, (
     "key", "session_id", "insert_order", "modified", "_strong_obj",

@@ -36,9 +36,9 @@ if cython.compiled:
     from cython.cimports.turbosession._cpython import (
         ClassSite,
         ListenerSites,
-        class_lookup,
         has_listeners,
         own_attributes,
+        own_entry,
         state_object,
     )
 else:
@@ -55,8 +55,6 @@ _EXPIRE_NAMES = cython.declare(
     tuple, ("expired", "modified", "_strong_obj", "callables", "_last_known_values")
 )
 _expire_site = cython.declare(ClassSite)
-# what a state's dict has under a name it does not hold
-_ABSENT = cython.declare(object, object())
 # where a manager keeps its plan (its own __dict__, beside the memoized
 # attributes the plan is made from)
 _PLAN_ATTR = cython.declare(str, "_turbosession_expire_plan")
@@ -126,16 +124,6 @@ def _plan_for(manager) -> object:
     return plan
 
 
-@cython.cfunc
-def _own(own: dict, state, name: str):
-    """``getattr(state, name)`` for a name ``own_attributes`` accepted: the
-    state's own ``__dict__`` entry, else the class's plain value."""
-    value = own.get(name, _ABSENT)
-    if value is _ABSENT:
-        return class_lookup(type(state), name)
-    return value
-
-
 def expire_all(session, states):
     """Expire ``states`` (the identity map's, listed) as commit does."""
     modified: object = session.identity_map._modified
@@ -195,7 +183,7 @@ def expire_all(session, states):
             own["expired"] = True
         else:
             state.expired = True
-        if _own(own, state, "modified") if direct else state.modified:
+        if own_entry(own, state, "modified") if direct else state.modified:
             if cython.compiled and type(modified) is set:
                 cython.cast(set, modified).discard(state)
             else:
@@ -224,7 +212,7 @@ def expire_all(session, states):
                 cython.cast(set, expired).add(key)
         else:
             expired.update(plan.loader_keys)
-        callables = _own(own, state, "callables") if direct else state.callables
+        callables = own_entry(own, state, "callables") if direct else state.callables
         if callables:
             for key in expired.intersection(callables):
                 del callables[key]
@@ -234,7 +222,7 @@ def expire_all(session, states):
                 dict_.pop(key)._sa_adapter.invalidated = True
 
         last_known = (
-            _own(own, state, "_last_known_values") if direct else state._last_known_values
+            own_entry(own, state, "_last_known_values") if direct else state._last_known_values
         )
         if last_known:
             last_known.update({k: dict_[k] for k in last_known if k in dict_})

@@ -37,9 +37,8 @@ if cython.compiled:
         ClassSite,
         SlotSite,
         class_attribute_is,
-        class_lookup,
-        instance_dict,
-        own_attributes,
+        own_dict,
+        own_entry,
         slot_value,
         state_object,
         DictSite,
@@ -333,7 +332,7 @@ def _set(state, dict_, impl, value):
         impl.set(state, dict_, value, None)
         return
     key = slot_value(impl, "key", cython.address(_key_site))
-    dispatch_own = _own_dict(dispatch, cython.address(_dispatch_names_site), _DISPATCH_NAMES)
+    dispatch_own = own_dict(dispatch, _DISPATCH_NAMES, cython.address(_dispatch_names_site))
     if _own_attribute(dispatch, "_active_history", dispatch_own):
         # (a primary key's attribute) stock's ``get`` for the old value:
         # the dict's, when it has one and ``get`` is stock's
@@ -346,8 +345,8 @@ def _set(state, dict_, impl, value):
     else:
         old = dict_.get(key, _NO_VALUE)
     # the state's attributes read from its own __dict__ where its class
-    # keeps them there (_own_dict)
-    own = _own_dict(state, cython.address(_state_names_site), _STATE_NAMES)
+    # keeps them there (own_dict)
+    own = own_dict(state, _STATE_NAMES, cython.address(_state_names_site))
     if (
         type(state) is not _InstanceState
         or not class_attribute_is(
@@ -453,33 +452,16 @@ def _source_modified(
 
 
 @cython.cfunc
-def _own_dict(obj, site: cython.pointer(ClassSite), names: tuple):
-    """Compiled, ``obj``'s own ``__dict__`` (a dict itself) while its class
-    reads and stores each of ``names`` there, else the class's plain value
-    (``_cpython.own_attributes``, kept at ``site`` per class version tag);
-    None for any other class or while ``obj`` has no ``__dict__`` yet."""
-    if not own_attributes(type(obj), names, site):
-        return None
-    found = instance_dict(obj)
-    if found is None or type(found) is not dict:
-        return None
-    return found
-
-
-@cython.cfunc
 def _own_attribute(obj, name: str, own):
-    """``getattr(obj, name)``; given ``_own_dict``'s dict (not None), its
-    entry, else the class's plain value."""
+    """``getattr(obj, name)``; given ``_cpython.own_dict``'s dict (not
+    None), read there (``own_entry``)."""
     if own is None:
         return getattr(obj, name)
-    value = cython.cast(dict, own).get(name, _ABSENT)
-    if value is _ABSENT:
-        return class_lookup(type(obj), name)
-    return value
+    return own_entry(own, obj, name)
 
 
 # compiled, the attributes _set reads in the object's own __dict__ where
-# its class keeps them there (_own_dict): the state's, the attribute
+# its class keeps them there (own_dict): the state's, the attribute
 # dispatcher's (a plain class value an instance value may shadow)
 _STATE_NAMES = cython.declare(
     tuple, ("modified", "session_id", "_strong_obj", "_last_known_values")

@@ -192,6 +192,16 @@ def run(scenario, session_cls, engine, metadata, engine_events=True):
         metadata.drop_all(engine)
 
 
+def unwatched(scenario):
+    """``scenario`` run with ``watch=False``: the same work with no listener
+    of the scenario's own, for ``assert_same_as_stock``."""
+    def run(session_cls, engine, log):
+        scenario(session_cls, engine, log, watch=False)
+
+    run.__name__ = scenario.__name__
+    return run
+
+
 def assert_same_as_stock(scenario, session_cls, engine, metadata, engine_events=True):
     expected = run(scenario, orm.Session, engine, metadata, engine_events)
     actual = run(scenario, session_cls, engine, metadata, engine_events)

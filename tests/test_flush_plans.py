@@ -18,7 +18,7 @@ from sqlalchemy import ForeignKey, String, event, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
 
 import turbosession
-from support import assert_same_as_stock
+from support import assert_same_as_stock, unwatched
 from turbosession import plans
 
 
@@ -236,22 +236,14 @@ def test_same_as_stock(scenario, session_cls, engine):
     assert any(entry[0] == "event" for entry in entries)
 
 
-def _unwatched(scenario):
-    def run(session_cls, engine, log):
-        scenario(session_cls, engine, log, watch=False)
-
-    run.__name__ = scenario.__name__
-    return run
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
 def test_same_as_stock_without_listeners(scenario, session_cls, engine):
-    assert_same_as_stock(_unwatched(scenario), session_cls, engine, Base.metadata)
+    assert_same_as_stock(unwatched(scenario), session_cls, engine, Base.metadata)
 
 
 def _sorted_steps(scenario, session_cls, engine):
     turbosession.reset_stats()
-    assert_same_as_stock(_unwatched(scenario), session_cls, engine, Base.metadata)
+    assert_same_as_stock(unwatched(scenario), session_cls, engine, Base.metadata)
     return turbosession.stats()["sorted_steps"]
 
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import FetchedValue, String, event, exc, literal, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from support import assert_same_as_stock, normalize_error
+from support import assert_same_as_stock, normalize_error, unwatched
 
 
 class Base(DeclarativeBase):
@@ -282,19 +282,11 @@ def test_same_as_stock(scenario, session_cls, engine):
     assert any(entry[0] == "event" for entry in entries)
 
 
-def _unwatched(scenario):
-    def run(session_cls, engine, log):
-        scenario(session_cls, engine, log, watch=False)
-
-    run.__name__ = scenario.__name__
-    return run
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.__name__ for s in SCENARIOS])
 @pytest.mark.parametrize("engine_events", [False, True], ids=["cursor", "core_events"])
 def test_same_as_stock_without_listeners(scenario, session_cls, engine, engine_events):
     entries = assert_same_as_stock(
-        _unwatched(scenario), session_cls, engine, Base.metadata, engine_events=engine_events
+        unwatched(scenario), session_cls, engine, Base.metadata, engine_events=engine_events
     )
     assert any(entry[0] == "cursor" for entry in entries)
 

@@ -343,9 +343,10 @@ def _insert_single(uow, steps, persist):
         or _refresh_flush(plan.mappers)
     ):
         return False
-    for state, flags in uow.states.items():
-        if flags != _SAVE_FLAGS or state.key is not None:
-            return False
+    # the flush's one state (run_steps asked for exactly one)
+    ((state, flags),) = uow.states.items()
+    if flags != _SAVE_FLAGS or state.key is not None:
+        return False
     connection = transaction.flush_connection(uow, mapper)
     record = persist.insert_one(table, mapper, uow, connection, state)
     _emit_insert_batch(

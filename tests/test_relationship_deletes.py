@@ -100,6 +100,36 @@ class Keyword(Base):
         return f"Keyword({self.__dict__.get('id')!r})"
 
 
+badge_holder = Table(
+    "ts_rd_badge_holder",
+    Base.metadata,
+    Column("badge_id", ForeignKey("ts_rd_badge.id"), primary_key=True),
+    Column("holder_id", ForeignKey("ts_rd_holder.id"), primary_key=True),
+    # extra columns of the association table: a Python-side and a server
+    # default, filled for each row the processor inserts
+    Column("level", Integer, default=1),
+    Column("note", String(20), server_default="given"),
+)
+
+
+class Badge(Base):
+    """A many-to-many whose association table has extra columns."""
+
+    __tablename__ = "ts_rd_badge"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holders: Mapped[list["Holder"]] = relationship(
+        secondary=badge_holder, back_populates="badges", order_by="Holder.id"
+    )
+
+
+class Holder(Base):
+    __tablename__ = "ts_rd_holder"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    badges: Mapped[list[Badge]] = relationship(
+        secondary=badge_holder, back_populates="holders", order_by="Badge.id"
+    )
+
+
 friendship = Table(
     "ts_rd_friendship",
     Base.metadata,
@@ -398,6 +428,64 @@ def sc_m2m_many_posts(session_cls, engine, log):
     session.close()
 
 
+def sc_m2m_extra_columns(session_cls, engine, log):
+    """Rows of an association table with defaults of its own: inserted
+    from both sides, removed, deleted with a parent."""
+    session = session_cls(engine)
+    badges = [Badge(id=i) for i in (1, 2, 3)]
+    session.add(Holder(id=1, badges=badges[:2]))
+    guarded(log, session.flush)
+    badges[2].holders.append(Holder(id=2))
+    session.get(Holder, 1).badges.remove(badges[0])
+    guarded(log, session.commit)
+    log.note("links", session.execute(select(badge_holder).order_by(
+        badge_holder.c.badge_id, badge_holder.c.holder_id)).all())
+    session.delete(session.get(Holder, 1))
+    guarded(log, session.commit)
+    log.note("links", session.execute(select(badge_holder).order_by(
+        badge_holder.c.badge_id, badge_holder.c.holder_id)).all())
+    session.close()
+
+
+def sc_m2m_link_removed_and_readded(session_cls, engine, log):
+    """A link removed and added back before one flush, another replaced,
+    and the same tag removed from one post and given to another."""
+    session = session_cls(engine)
+    tags = [Tag(id=i, name=f"t{i}") for i in range(1, 5)]
+    first, second = Post(id=1, title="a", tags=tags[:2]), Post(id=2, title="b", tags=tags[2:3])
+    session.add_all([first, second])
+    session.commit()
+    first.tags.remove(tags[0])
+    first.tags.append(tags[0])
+    first.tags[1] = tags[3]  # replaced: tags[1] out, tags[3] in
+    second.tags.remove(tags[2])
+    first.tags.append(tags[2])
+    guarded(log, session.flush)
+    log.note("links", table_rows(session, post_tag, post_tag.c.post_id, post_tag.c.tag_id))
+    log.note("states", [object_state(o) for o in [first, second] + tags])
+    session.commit()
+    log.note("tag posts", [(t.id, [p.id for p in t.posts]) for t in tags])
+    session.close()
+
+
+def sc_m2m_links_to_held_objects(session_cls, engine, log):
+    """New posts linked to tags the session holds, several add_all calls
+    sharing them, one tag expunged and one deleted between the calls:
+    the save-update walk asks again which objects the session holds."""
+    session = session_cls(engine)
+    session.add_all([Tag(id=i, name=f"t{i}") for i in range(1, 5)])
+    session.commit()
+    tags = session.scalars(select(Tag).order_by(Tag.id)).all()
+    session.add_all([Post(id=i, title=f"p{i}", tags=tags[:3]) for i in (1, 2, 3)])
+    session.expunge(tags[0])
+    session.delete(tags[3])
+    session.add_all([Post(id=i, title=f"p{i}", tags=[tags[0], tags[1], tags[3]]) for i in (4, 5)])
+    log.note("states", [object_state(o) for o in tags])
+    guarded(log, session.commit)
+    log.note("links", table_rows(session, post_tag, post_tag.c.post_id, post_tag.c.tag_id))
+    session.close()
+
+
 def sc_m2m_no_backref(session_cls, engine, log):
     session = session_cls(engine)
     words = [Keyword(id=i, word=f"w{i}") for i in range(1, 4)]
@@ -666,6 +754,9 @@ SCENARIOS = {
     sc_m2m_one_post: False,
     sc_m2m_delete_either_side: True,
     sc_m2m_many_posts: True,
+    sc_m2m_extra_columns: True,
+    sc_m2m_link_removed_and_readded: True,
+    sc_m2m_links_to_held_objects: True,
     sc_m2m_no_backref: False,
     sc_m2m_self_referential: True,
     sc_m2m_composite_keys: False,

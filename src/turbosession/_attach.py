@@ -448,6 +448,11 @@ class _Walk:
     new: dict
     identity_map: object
     map_dict: dict  # None: identity_map.contains_state is called
+    # the states ``held`` found in the identity map while ``known``: they
+    # stay there until code not turbosession's runs (a walk adds to the
+    # session, never removes), and a state is a cheaper key than the
+    # identity key a link to an object already held is looked up by again
+    mapped: set
 
     def __init__(self, session, events: tuple, cache_plans: cython.bint):
         self.session = session
@@ -516,18 +521,23 @@ class _Walk:
         """Stock's ``Session._contains_state``: the save-update walk's
         halt_on.  The session's ``_new`` and identity map are read again
         after any code not turbosession's ran (its listeners may replace
-        them); turbosession's map's dict is read directly."""
+        them); turbosession's map's dict is read directly, and a state found
+        there once is not looked up again (``mapped``)."""
         if not self.known:
             session = self.session
             self.new = session._new
             self.identity_map = session.identity_map
             contains_dict = getattr(self.identity_map, "contains_dict", None)
             self.map_dict = None if contains_dict is None else contains_dict()
+            self.mapped = set()
             self.known = True
-        if state in self.new:
+        if state in self.mapped or state in self.new:
             return True
         if self.map_dict is not None:
-            return self.map_dict.get(state.key) is state
+            if self.map_dict.get(state.key) is state:
+                self.mapped.add(state)
+                return True
+            return False
         return self.identity_map.contains_state(state)
 
     @cython.cfunc
@@ -658,9 +668,9 @@ class _Walk:
             child_state, child = pair
             if child_state in visited or child is None:
                 continue
-            child_dict = child.__dict__
             if save and self.held(child_state):
                 continue
+            child_dict = child.__dict__
             child_mapper = (
                 _manager_of(child_state) if cython.compiled else child_state.manager
             ).mapper

@@ -66,6 +66,28 @@ class Node(Base):
     )
 
 
+class Folder(Base):
+    """A self-referential tree whose rows also point at one another through
+    a ``post_update`` many-to-one (``favorite``), which may close a cycle
+    of rows: stock's processor (counted as a fallback) beside the tree's."""
+
+    __tablename__ = "fo_folder"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("fo_folder.id"))
+    favorite_id: Mapped[int | None] = mapped_column(ForeignKey("fo_folder.id"))
+    children: Mapped[list["Folder"]] = relationship(
+        back_populates="parent", cascade="all, delete-orphan", order_by="Folder.id",
+        foreign_keys=[parent_id],
+    )
+    parent: Mapped["Folder | None"] = relationship(
+        back_populates="children", remote_side=[id], foreign_keys=[parent_id]
+    )
+    favorite: Mapped["Folder | None"] = relationship(
+        remote_side=[id], foreign_keys=[favorite_id], post_update=True
+    )
+
+
 post_tags = Table(
     "fo_post_tags",
     Base.metadata,
@@ -92,7 +114,7 @@ class Tag(Base):
     )
 
 
-MODELS = (Item, Parent, Child, Node, Post, Tag)
+MODELS = (Item, Parent, Child, Node, Post, Tag, Folder)
 
 SESSION_EVENTS = (
     "before_flush",
@@ -388,6 +410,42 @@ def test_self_referential_tree_insert_reparent_delete(check):
             nodes[40].children.clear()
             session.commit()
             note_objects(log, *nodes)
+
+    check(scenario)
+
+
+def test_self_referential_tree_with_post_update(check):
+    """A tree four levels deep whose nodes point at one another through a
+    post_update many-to-one as well (a leaf's at the root, the root's at
+    the leaf): inserted, re-parented with the pointers changed in the same
+    flush, a pointer changed, then a subtree holding pointing and
+    pointed-at nodes deleted."""
+
+    def scenario(session_cls, engine, log):
+        with open_session(session_cls, engine, log) as session:
+            folders = [Folder(id=1, name="f0")]
+            for i in range(1, 30):
+                folders.append(
+                    Folder(id=i + 1, name=f"f{i}", parent=folders[(i - 1) // 2])
+                )
+            folders[0].favorite = folders[20]
+            folders[20].favorite = folders[0]
+            folders[9].favorite = folders[4]
+            session.add(folders[0])
+            session.flush()
+            note_objects(log, *folders)
+            folders[4].parent = folders[14]  # a subtree moved under a deeper node
+            folders[14].favorite = folders[4]
+            folders[20].favorite = None
+            folders[7].children.append(Folder(id=50, name="new", favorite=folders[7]))
+            session.flush()
+            folders[0].favorite = folders[1]
+            session.flush()
+            # (a pointer changed in this flush would be updated before or
+            # after the deletes in stock's set order)
+            session.delete(folders[2])  # its subtree holds folders[14]
+            session.commit()
+            note_objects(log, *folders)
 
     check(scenario)
 

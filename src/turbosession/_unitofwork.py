@@ -44,11 +44,12 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 if cython.compiled:
-    from cython.cimports.cpython.object import PyTypeObject
+    from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.ref import Py_INCREF
     from cython.cimports.cpython.tuple import PyTuple_SET_ITEM
     from cython.cimports.cpython.type import PyType_GenericAlloc
     from cython.cimports.turbosession._cpython import (
+        PyBaseObject_Type,
         manager_impl,
         dict_get,
         ClassSite,
@@ -74,6 +75,7 @@ _RELOAD = cython.declare(
 )
 _LOAD_EXTRA = cython.declare(object, attributes.LOAD_AGAINST_COMMITTED | attributes.NO_RAISE)
 _object_new = cython.declare(object, object.__new__)
+_EMPTY_TUPLE = cython.declare(tuple, ())
 _tuple_new = cython.declare(object, tuple.__new__)
 _History = cython.declare(object, attributes.History)
 # a class statement's type allocates with PyType_GenericAlloc (tp_alloc)
@@ -476,12 +478,29 @@ def states_of_mappers(uow, hierarchy: tuple, isdelete, listonly) -> list:
 
 
 @cython.cfunc
+def _new_record(cls):
+    """``object.__new__(cls)`` for a record class of stock's unit of work
+    (its ``__new__``, ``_PostSortRec``'s, makes them so).  Compiled,
+    object's ``tp_new`` slot is called directly with no arguments: what
+    ``object.__new__`` calls once it has checked that ``cls`` is a type
+    whose nearest built-in base is ``object``, without the Python call of
+    the builtin and the argument tuple it slices (a flush whose cycle is
+    split per state makes two or three records per state)."""
+    if cython.compiled:
+        return PyBaseObject_Type.tp_new(
+            cls, cython.cast(cython.pointer(PyObject), _EMPTY_TUPLE),
+            cython.NULL,
+        )
+    return _object_new(cls)
+
+
+@cython.cfunc
 def _registered(registry: dict, cls, key: tuple):
     """``_PostSortRec.__new__``: the record registered under ``key``, or a
     new ``cls`` registered there with ``disabled`` False."""
     record = registry.get(key)
     if record is None:
-        record = _object_new(cls)
+        record = _new_record(cls)
         record.disabled = False
         registry[key] = record
     return record
@@ -599,7 +618,7 @@ def _process_state(uow, dp, isdelete, state):
     record = registry.get(key)
     if record is not None:
         return record
-    record = _object_new(_ProcessState)
+    record = _new_record(_ProcessState)
     record.disabled = False
     registry[key] = record
     record.dependency_processor = dp
@@ -624,7 +643,7 @@ def _state_record(uow, cls, state):
     ):
         return record
     if record is None:
-        record = _object_new(cls)
+        record = _new_record(cls)
         record.disabled = False
         registry[key] = record
     mapper = state.mapper.base_mapper

@@ -92,13 +92,16 @@ def substitute():
     stock_sharded = horizontal_shard.ShardedSession
     testing.substitute()
     if horizontal_shard.ShardedSession is not ts_horizontal_shard.ShardedSession:
-        raise pytest.UsageError("sqlalchemy.ext.horizontal_shard.ShardedSession was not substituted")
+        raise pytest.UsageError(
+            "sqlalchemy.ext.horizontal_shard.ShardedSession was not substituted"
+        )
     return stock_sharded
 
 
 def _install_registry():
     # the registry object is shared (sqlalchemy.orm.state holds it too), so it
-    # keeps its identity and only gains the recording __setitem__
+    # keeps its identity and only gains the recording __setitem__ (in place of
+    # the counting one turbosession.testing's substitution gave it)
     from sqlalchemy.orm import session as orm_session
     from sqlalchemy.orm import state as orm_state
 

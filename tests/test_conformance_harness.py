@@ -34,13 +34,15 @@ def test_substitution_reaches_every_way_the_suite_makes_sessions(impl):
         import json
         import sqlalchemy
         from sqlalchemy import orm
+        from sqlalchemy.ext import horizontal_shard
         from sqlalchemy.orm import session as orm_session
         import turbosession
         from turbosession import _impl
+        from turbosession.ext import horizontal_shard as ts_horizontal_shard
         import conformance_plugin
 
         stock = orm.Session
-        conformance_plugin.substitute(turbosession.Session)
+        stock_sharded = conformance_plugin.substitute()
         engine = sqlalchemy.create_engine("sqlite://")
         made = {
             "orm.Session": orm.Session(engine),
@@ -48,15 +50,34 @@ def test_substitution_reaches_every_way_the_suite_makes_sessions(impl):
             "sessionmaker": orm.sessionmaker(engine)(),
             "scoped_session": orm.scoped_session(orm.sessionmaker(engine))(),
             "create_session": orm.create_session(engine),
+            "ShardedSession": horizontal_shard.ShardedSession(
+                shard_chooser=lambda *args, **kw: "only",
+                identity_chooser=lambda *args, **kw: ["only"],
+                execute_chooser=lambda *args, **kw: ["only"],
+                shards={"only": engine},
+            ),
         }
+        try:  # needs greenlet, which the lean [test] extra leaves out
+            from sqlalchemy.ext.asyncio import AsyncSession
+        except ImportError:
+            async_sync_class = "no greenlet"
+        else:
+            async_sync_class = AsyncSession.sync_session_class.__qualname__
         print(json.dumps({
-            how: [
-                isinstance(s, turbosession.Session),
-                isinstance(s, stock),
-                type(s.identity_map) is _impl.active.identity.WeakIdentityMap,
-                _impl.active.identity._is_compiled(),
-            ]
-            for how, s in made.items()
+            "sessions": {
+                how: [
+                    isinstance(s, turbosession.TurboSessionMixin),
+                    isinstance(s, stock),
+                    type(s.identity_map) is _impl.active.identity.WeakIdentityMap,
+                    _impl.active.identity._is_compiled(),
+                ]
+                for how, s in made.items()
+            },
+            "shipped ShardedSession": [
+                type(made["ShardedSession"]) is ts_horizontal_shard.ShardedSession,
+                stock_sharded.__mro__[1] is stock,
+            ],
+            "AsyncSession.sync_session_class": async_sync_class,
         }))
         """
     )
@@ -64,13 +85,17 @@ def test_substitution_reaches_every_way_the_suite_makes_sessions(impl):
     env.pop("TURBOSESSION_NO_EXTENSIONS", None)
     if impl.name == "pure":
         env["TURBOSESSION_NO_EXTENSIONS"] = "1"
-    out = subprocess.run(
+    out = json.loads(subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True,
         check=True,
-    ).stdout
-    for how, (is_turbo, is_stock_subclass, active_map, compiled) in json.loads(out).items():
+    ).stdout)
+    for how, (is_turbo, is_stock_subclass, active_map, compiled) in out["sessions"].items():
         assert (how, is_turbo, is_stock_subclass, active_map) == (how, True, True, True)
         assert (how, compiled) == (how, impl.name == "compiled")
+    # test/ext tests the class users get, over stock's ShardedSession
+    assert out["shipped ShardedSession"] == [True, True]
+    has_greenlet = importlib.util.find_spec("greenlet") is not None
+    assert out["AsyncSession.sync_session_class"] == ("Session" if has_greenlet else "no greenlet")
 
 
 def _results(tmp_path, records):

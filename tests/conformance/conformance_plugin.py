@@ -40,7 +40,8 @@ MODE = os.environ.get("TURBOSESSION_CONFORMANCE_MODE", "")
 class _Expectations:
     """What the sessions of this run must be; filled in by ``pytest_configure``."""
 
-    stock_session = None
+    # the stock classes no test module may hold once substituted
+    stock_classes = ()
     session_cls = None
     identity_map_cls = None
 
@@ -71,26 +72,36 @@ class _RecordingRegistry(weakref.WeakValueDictionary):
         super().__setitem__(key, session)
 
 
-def substitute(turbo_session):
-    """Put turbosession's Session wherever SQLAlchemy's test suite gets one.
+def substitute():
+    """Put turbosession's classes wherever SQLAlchemy's test suite gets a session.
 
-    The one place names in SQLAlchemy are replaced; it is a test harness, the
-    product itself patches nothing.
+    The substitution of ``turbosession.testing``, the plugin users run their
+    own suites with: ``Session`` and ``sessionmaker``'s default class, and the
+    shipped ``turbosession.ext.horizontal_shard.ShardedSession`` and
+    ``AsyncSession``'s sync class.  It imports those extensions before
+    replacing anything, so ``test/ext`` tests the classes users get; left to
+    a test module's import, ``horizontal_shard`` would define its
+    ``ShardedSession`` over the already substituted ``Session``, a class
+    nobody ships.  A test harness: the product itself patches nothing.
     """
-    from sqlalchemy import orm
-    from sqlalchemy.orm import _orm_constructors
-    from sqlalchemy.orm import session as orm_session
+    from sqlalchemy.ext import horizontal_shard
 
-    orm.Session = turbo_session  # from sqlalchemy.orm import Session; fixture_session()
-    orm_session.Session = turbo_session  # from sqlalchemy.orm.session import Session
-    _orm_constructors.Session = turbo_session  # create_session()
-    # sessionmaker() without class_= (the default is bound at definition time)
-    orm_session.sessionmaker.__init__.__kwdefaults__["class_"] = turbo_session
+    from turbosession import testing
+    from turbosession.ext import horizontal_shard as ts_horizontal_shard
+
+    stock_sharded = horizontal_shard.ShardedSession
+    testing.substitute()
+    if horizontal_shard.ShardedSession is not ts_horizontal_shard.ShardedSession:
+        raise pytest.UsageError(
+            "sqlalchemy.ext.horizontal_shard.ShardedSession was not substituted"
+        )
+    return stock_sharded
 
 
 def _install_registry():
     # the registry object is shared (sqlalchemy.orm.state holds it too), so it
-    # keeps its identity and only gains the recording __setitem__
+    # keeps its identity and only gains the recording __setitem__ (in place of
+    # the counting one turbosession.testing's substitution gave it)
     from sqlalchemy.orm import session as orm_session
     from sqlalchemy.orm import state as orm_state
 
@@ -124,7 +135,6 @@ def pytest_configure(config):
             f"installed sqlalchemy {sqlalchemy.__version__} but the suite is {wanted}"
         )
 
-    expect.stock_session = orm_session.Session
     if MODE == "stock":
         from sqlalchemy.orm.identity import _WeakInstanceDict
 
@@ -148,7 +158,7 @@ def pytest_configure(config):
         expect.session_cls = turbosession.Session
         # compiled and pure are one module, built or loaded from its source
         expect.identity_map_cls = _impl.active.identity.WeakIdentityMap
-        substitute(turbosession.Session)
+        expect.stock_classes = (orm_session.Session, substitute())
     _install_registry()
 
 
@@ -211,9 +221,18 @@ def _check_constructed():
 def _self_test():
     """Make sessions the ways the suite does and check each one."""
     from sqlalchemy import orm
+    from sqlalchemy.ext import horizontal_shard
     from sqlalchemy.orm import session as orm_session
     from sqlalchemy.testing import config as sa_config
     from sqlalchemy.testing import fixtures
+
+    def sharded_session():
+        return horizontal_shard.ShardedSession(
+            shard_chooser=lambda *args, **kw: "only",
+            identity_chooser=lambda *args, **kw: ["only"],
+            execute_chooser=lambda *args, **kw: ["only"],
+            shards={"only": sa_config.db},
+        )
 
     makers = {
         "fixture_session()": fixtures.fixture_session,
@@ -224,11 +243,14 @@ def _self_test():
             orm.sessionmaker()
         )(),
         "create_session()": orm.create_session,
+        "sqlalchemy.ext.horizontal_shard.ShardedSession()": sharded_session,
     }
     for how, make in makers.items():
         session = make()
         try:
-            if MODE != "stock" and not isinstance(session, expect.session_cls):
+            # ShardedSession: _session_problem checks it has turbosession's mixin
+            if (MODE != "stock" and make is not sharded_session
+                    and not isinstance(session, expect.session_cls)):
                 raise pytest.UsageError(
                     f"{how} made {type(session)!r}, not turbosession's Session"
                 )
@@ -249,7 +271,7 @@ def _stock_names_in_test_modules(test_root):
         if not os.path.abspath(path).startswith(test_root + os.sep):
             continue
         for attr, value in vars(module).items():
-            if value is expect.stock_session:
+            if any(value is stock for stock in expect.stock_classes):
                 offenders.append(f"{name}.{attr}")
     return offenders
 
@@ -266,7 +288,7 @@ def pytest_collection_finish(session):
     offenders = _stock_names_in_test_modules(str(session.config.rootpath / "test"))
     if offenders:
         raise pytest.UsageError(
-            "test modules imported stock sqlalchemy Session before the "
+            "test modules imported a stock sqlalchemy Session class before the "
             "substitution: " + ", ".join(offenders)
         )
 

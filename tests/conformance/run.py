@@ -1,7 +1,7 @@
-"""Run SQLAlchemy's own ``test/orm`` suite against turbosession (issue 3).
+"""Run SQLAlchemy's own ``test/orm`` and ``test/ext`` against turbosession (issue 3).
 
     python tests/conformance/run.py --mode stock|compiled|pure|all|compiled,pure \
-        [--dburi URL] [--workers N] [--tests test/orm] [-- extra pytest args]
+        [--dburi URL] [--workers N] [--tests test/orm test/ext] [-- extra pytest args]
 
 Why this shape: the strongest evidence that turbosession is a drop-in Session is
 SQLAlchemy's own ORM suite passing with it.  The sdist of exactly the installed
@@ -379,8 +379,12 @@ def parse_args(argv):
     parser.add_argument("--dburi", help="database URL, passed to SQLAlchemy's plugin")
     parser.add_argument("--workers", type=int, default=2,
                         help="pytest-xdist workers (0: no xdist); default 2")
-    parser.add_argument("--tests", nargs="+", default=["test/orm"],
-                        help="paths inside the sdist; default test/orm")
+    # test/ext: the extensions on the ORM (sharding, association proxies,
+    # hybrids, mutable types, baked queries, automap); its asyncio tests need
+    # an async driver and skip on the default one (`--tests test/ext/asyncio
+    # -- --db aiosqlite` runs them)
+    parser.add_argument("--tests", nargs="+", default=["test/orm", "test/ext"],
+                        help="paths inside the sdist; default test/orm test/ext")
     parser.add_argument("--workdir", help="where logs and results go (default: a temp dir)")
     args = parser.parse_args(argv)
     args.pytest_args = extra

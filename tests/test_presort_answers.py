@@ -504,8 +504,9 @@ def anonymous_names_numbered(entries):
 
 def test_presort_answers_without_histories(session_cls, engine, monkeypatch):
     """Without flush listeners, the parents' keys of new and changed
-    parents and the deleted parents' loaded collections are not looked up
-    as histories; a collection with a child removed is."""
+    parents, the changed parents' collections not loaded and the deleted
+    parents' loaded collections are not looked up as histories; a
+    collection with a child removed is."""
     looked_up = []
     module = session_cls._turbo.unitofwork
     lookup = module.attribute_history
@@ -525,6 +526,13 @@ def test_presort_answers_without_histories(session_cls, engine, monkeypatch):
             assert ("Writer", "id") not in keys
             assert ("Writer", "works") in keys  # what was added
             session.commit()
+            # changed parents whose collections are not loaded
+            for writer in session.scalars(select(Writer)).all():
+                writer.name += "!"
+            del looked_up[:]
+            session.commit()
+            keys = {entry[:2] for entry in looked_up}
+            assert keys.isdisjoint({("Writer", "id"), ("Writer", "works")})
             writers = session.scalars(
                 select(Writer).order_by(Writer.id).options(orm.selectinload(Writer.works))
             ).all()

@@ -90,6 +90,7 @@ _PASSIVE_NO_RESULT = cython.declare(object, _base.PASSIVE_NO_RESULT)
 # the uow.memo keys of the presort's answers given without a History (_answers)
 _SOURCES_UNCHANGED = cython.declare(tuple, ("turbosession", "sources unchanged"))
 _NOTHING_REMOVED = cython.declare(tuple, ("turbosession", "nothing removed"))
+_NOT_LOADED_BLANK = cython.declare(tuple, ("turbosession", "not loaded, blank"))
 _STOCK_SET = cython.declare(object, attributes._ScalarAttributeImpl.set)
 _STOCK_MODIFIED = cython.declare(object, InstanceState._modified_event)
 _NO_VALUE = cython.declare(object, _base.NO_VALUE)
@@ -424,7 +425,11 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     uselist: cython.bint = bool(dp.prop.uselist)
     # the states whose keys the presort found unchanged without a history
     unchanged: set = _answers(histories, _SOURCES_UNCHANGED, dp, None)
+    # and those whose collection it found not loaded, with a blank history
+    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, None)
     for state in states:
+        if not_loaded is not None and state in not_loaded:
+            continue
         # looked up by the presort (one_to_many_presort_saves)
         history = histories.known(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
@@ -1077,6 +1082,12 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
     unchanged: set = (
         _answers(histories, _SOURCES_UNCHANGED, dp, set) if _stock_scalar_history() else None
     )
+    # the states whose collection is not loaded and has a blank history,
+    # for one_to_many_saves and prop_has_changes to skip as they skip it
+    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, set)
+    unloaded_blank = (
+        None if not_loaded is None else histories.uow._unitofwork.unloaded_collection_blank
+    )
     pks_changed: cython.bint
     for state in states:
         if unchanged is not None and _sources_unchanged(state, source_keys):
@@ -1084,10 +1095,17 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
             pks_changed = False
         else:
             pks_changed = _source_modified(histories, state, source_keys, False)
-        history = histories.get(
-            state, key,
-            _NO_INITIALIZE_PENDING if not pks_changed or passive_updates else _OFF_PENDING,
-        )
+        if pks_changed and not passive_updates:
+            history = histories.get(state, key, _OFF_PENDING)
+        elif (
+            unloaded_blank is not None
+            and key not in _state_dict(state)
+            and unloaded_blank(state, key, _NO_INITIALIZE_PENDING)
+        ):
+            not_loaded.add(state)
+            continue
+        else:
+            history = histories.get(state, key, _NO_INITIALIZE_PENDING)
         if not _nonblank(history):
             continue
         added = history.added
@@ -1137,7 +1155,11 @@ def prop_has_changes(uow, dp, states, passive):
     # a deleted parent's loaded collection answered by the presort
     # (one_to_many_presort_deletes): its history has its members unchanged
     nothing_removed: dict = _answers(histories, _NOTHING_REMOVED, dp, None)
+    # a saved parent's collection the presort found not loaded: blank
+    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, None)
     for state in states:
+        if not_loaded is not None and state in not_loaded:
+            continue
         if nothing_removed is not None:
             has_members = nothing_removed.get(state)
             if has_members is not None:

@@ -66,6 +66,7 @@ __all__ = [
     "split_per_state",
     "states_for_mapper_hierarchy",
     "states_of_mappers",
+    "unloaded_collection_blank",
 ]
 
 _SQL_OK = cython.declare(object, attributes.SQL_OK)
@@ -449,6 +450,19 @@ def attribute_history(uow, state, key, passive):
     entry: tuple = _history(state, key, _flag_info(passive)[0], passive)
     cache[hashkey] = entry
     return entry[1]
+
+
+def unloaded_collection_blank(state, key, passive) -> cython.bint:
+    """Whether ``attribute_history(uow, state, key, passive)`` is
+    ``HISTORY_BLANK`` because ``key`` is a collection not loaded that
+    stock's ``get_history`` answers without loading
+    (``_unloaded_collection_blank``, with what stock reads, its
+    ``_pending_mutations`` included), for a caller that needs that answer
+    and no cache entry."""
+    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
+    if type(impl) is not _CollectionAttributeImpl or key in _state_dict(state):
+        return False
+    return _unloaded_collection_blank(impl, state, key, _flag_info(passive)[0])
 
 
 def states_for_mapper_hierarchy(uow, mapper, isdelete, listonly):

@@ -91,6 +91,7 @@ _PASSIVE_NO_RESULT = cython.declare(object, _base.PASSIVE_NO_RESULT)
 _SOURCES_UNCHANGED = cython.declare(tuple, ("turbosession", "sources unchanged"))
 _NOTHING_REMOVED = cython.declare(tuple, ("turbosession", "nothing removed"))
 _NOT_LOADED_BLANK = cython.declare(tuple, ("turbosession", "not loaded, blank"))
+_ALL_ADDED = cython.declare(tuple, ("turbosession", "all added"))
 _STOCK_SET = cython.declare(object, attributes._ScalarAttributeImpl.set)
 _STOCK_MODIFIED = cython.declare(object, InstanceState._modified_event)
 _NO_VALUE = cython.declare(object, _base.NO_VALUE)
@@ -427,23 +428,21 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     unchanged: set = _answers(histories, _SOURCES_UNCHANGED, dp, None)
     # and those whose collection it found not loaded, with a blank history
     not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, None)
+    # and those whose collection it found with only added members
+    all_added: dict = _answers(histories, _ALL_ADDED, dp, None)
     for state in states:
         if not_loaded is not None and state in not_loaded:
             continue
+        if all_added is not None:
+            members = all_added.get(state)
+            if members is not None:
+                _populate_added(dp, uow_states, state, members, keys, target, uselist)
+                continue
         # looked up by the presort (one_to_many_presort_saves)
         history = histories.known(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
             continue
-        for child in history.added:
-            if child is None:
-                if uselist:
-                    dp._verify_canload(child)  # raises
-                continue
-            if child.manager.mapper is not target:
-                dp._verify_canload(child)
-            if _is_deleted(uow_states, child):
-                continue
-            _populate(state, child, keys)
+        _populate_added(dp, uow_states, state, history.added, keys, target, uselist)
         for child in history.deleted:
             if should_null_fks and not dp.cascade.delete_orphan and not dp.hasparent(child):
                 dp._synchronize(state, child, None, True, uow, False)
@@ -452,6 +451,23 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
         ) and _source_modified(histories, state, source_keys, True):
             for child in history.unchanged:
                 dp._synchronize(state, child, None, False, uow, True)
+
+
+@cython.cfunc
+def _populate_added(dp, uow_states: dict, state, added, keys: tuple, target, uselist: cython.bint):
+    """The parent's keys copied to its added children (not deleted ones);
+    a None member raises stock's error from ``_verify_canload``, a child
+    not of ``target`` is checked there."""
+    for child in added:
+        if child is None:
+            if uselist:
+                dp._verify_canload(child)  # raises
+            continue
+        if child.manager.mapper is not target:
+            dp._verify_canload(child)
+        if _is_deleted(uow_states, child):
+            continue
+        _populate(state, child, keys)
 
 
 @cython.cfunc
@@ -1085,9 +1101,13 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
     # the states whose collection is not loaded and has a blank history,
     # for one_to_many_saves and prop_has_changes to skip as they skip it
     not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, set)
-    unloaded_blank = (
-        None if not_loaded is None else histories.uow._unitofwork.unloaded_collection_blank
-    )
+    # and those whose loaded collection has only added members, with them
+    all_added: dict = _answers(histories, _ALL_ADDED, dp, dict)
+    if not_loaded is None:
+        unloaded_blank = added_members = None
+    else:
+        unloaded_blank = histories.uow._unitofwork.unloaded_collection_blank
+        added_members = histories.uow._unitofwork.added_collection_members
     pks_changed: cython.bint
     for state in states:
         if unchanged is not None and _sources_unchanged(state, source_keys):
@@ -1097,27 +1117,24 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
             pks_changed = _source_modified(histories, state, source_keys, False)
         if pks_changed and not passive_updates:
             history = histories.get(state, key, _OFF_PENDING)
-        elif (
-            unloaded_blank is not None
-            and key not in _state_dict(state)
-            and unloaded_blank(state, key, _NO_INITIALIZE_PENDING)
-        ):
-            not_loaded.add(state)
-            continue
+        elif unloaded_blank is not None:
+            if key not in _state_dict(state):
+                if unloaded_blank(state, key, _NO_INITIALIZE_PENDING):
+                    not_loaded.add(state)
+                    continue
+            else:
+                members = added_members(state, key, _NO_INITIALIZE_PENDING)
+                if members is not None:
+                    # nothing removed, nothing unchanged
+                    all_added[state] = members
+                    _register_added(held, uow, prop, children_added, members)
+                    continue
+            history = histories.get(state, key, _NO_INITIALIZE_PENDING)
         else:
             history = histories.get(state, key, _NO_INITIALIZE_PENDING)
         if not _nonblank(history):
             continue
-        added = history.added
-        for child in added:
-            if child is not None and not _registered(held, child, False, True):
-                uow.register_object(child, cancel_delete=True, operation="add", prop=prop)
-        if cython.compiled and type(children_added) is set:
-            # set.update's result, without the method's lookup and call
-            for child in added:
-                cython.cast(set, children_added).add(child)
-        else:
-            children_added.update(added)
+        _register_added(held, uow, prop, children_added, history.added)
         for child in history.deleted:
             if not delete_orphan:
                 if should_null_fks:
@@ -1132,6 +1149,21 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
                     uow.register_object(
                         child, False, passive_updates, operation="pk change", prop=prop
                     )
+
+
+@cython.cfunc
+def _register_added(held: _Held, uow, prop, children_added, added):
+    """The presort's registration of a parent's added children (a delete
+    of theirs cancelled), noted in the processor's ``children_added``."""
+    for child in added:
+        if child is not None and not _registered(held, child, False, True):
+            uow.register_object(child, cancel_delete=True, operation="add", prop=prop)
+    if cython.compiled and type(children_added) is set:
+        # set.update's result, without the method's lookup and call
+        for child in added:
+            cython.cast(set, children_added).add(child)
+    else:
+        children_added.update(added)
 
 
 def many_to_one_presort_saves(uow, dp, states):
@@ -1157,9 +1189,17 @@ def prop_has_changes(uow, dp, states, passive):
     nothing_removed: dict = _answers(histories, _NOTHING_REMOVED, dp, None)
     # a saved parent's collection the presort found not loaded: blank
     not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, None)
+    # or found with only added members (changes when it has any)
+    all_added: dict = _answers(histories, _ALL_ADDED, dp, None)
     for state in states:
         if not_loaded is not None and state in not_loaded:
             continue
+        if all_added is not None:
+            members = all_added.get(state)
+            if members is not None:
+                if members:
+                    return True
+                continue
         if nothing_removed is not None:
             has_members = nothing_removed.get(state)
             if has_members is not None:

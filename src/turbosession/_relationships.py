@@ -13,6 +13,17 @@ relationship, made once).  Whatever is not the plain case is handed to the
 processor's own methods at the point stock calls them: a child not in the
 session (stock warns), a None or a foreign-type child (stock raises or
 clears), removed children, children to update after a primary-key change.
+
+Where a state shows what its history would say, the one-to-many presort
+answers from the state without making the ``History`` records and their
+cache entry (``_answers``): the parent's keys with no earlier value kept,
+a new parent's collection (all members added), a collection not loaded
+(blank), a deleted parent's loaded collection with nothing removed.  The
+answers are kept per processor for its saves, deletes and
+``prop_has_changes``, which read them as they would read the history the
+presort cached (the state as the presort saw it).  While the session has
+flush listeners, which are handed the unit of work and may ask it for
+those histories, the presort caches them as stock's does.
 """
 
 from __future__ import annotations

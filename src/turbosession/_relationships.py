@@ -13,12 +13,24 @@ relationship, made once).  Whatever is not the plain case is handed to the
 processor's own methods at the point stock calls them: a child not in the
 session (stock warns), a None or a foreign-type child (stock raises or
 clears), removed children, children to update after a primary-key change.
+
+Where a state shows what its history would say, the one-to-many presort
+answers from the state without making the ``History`` records and their
+cache entry (``_answers``): the parent's keys with no earlier value kept,
+a new parent's collection (all members added), a collection not loaded
+(blank), a deleted parent's loaded collection with nothing removed.  The
+answers are kept per processor for its saves, deletes and
+``prop_has_changes``, which read them as they would read the history the
+presort cached (the state as the presort saw it).  While the session has
+flush listeners, which are handed the unit of work and may ask it for
+those histories, the presort caches them as stock's does.
 """
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session, attributes, sync, unitofwork
+from sqlalchemy.orm import Session, attributes, collections, sync, unitofwork
 from sqlalchemy.orm import base as _base
+from sqlalchemy.sql.type_api import TypeEngine
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.base import PassiveFlag
 
@@ -79,6 +91,18 @@ _SQL_OK = cython.declare(object, attributes.SQL_OK)
 _ABSENT = cython.declare(object, object())
 _STOCK_GET = cython.declare(object, attributes._AttributeImpl.get)
 _ScalarAttributeImpl = cython.declare(object, attributes._ScalarAttributeImpl)
+_SCALAR_HISTORY = cython.declare(object, attributes._ScalarAttributeImpl.get_history)
+_CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
+_COLLECTION_HISTORY = cython.declare(object, attributes._CollectionAttributeImpl.get_history)
+_FROM_COLLECTION = cython.declare(object, attributes.History.__dict__["from_collection"])
+_InstrumentedList = cython.declare(object, collections.InstrumentedList)
+_PLAIN_COMPARE = cython.declare(object, TypeEngine.compare_values)
+_PASSIVE_NO_RESULT = cython.declare(object, _base.PASSIVE_NO_RESULT)
+# the uow.memo keys of the presort's answers given without a History (_answers)
+_SOURCES_UNCHANGED = cython.declare(tuple, ("turbosession", "sources unchanged"))
+_NOTHING_REMOVED = cython.declare(tuple, ("turbosession", "nothing removed"))
+_NOT_LOADED_BLANK = cython.declare(tuple, ("turbosession", "not loaded, blank"))
+_ALL_ADDED = cython.declare(tuple, ("turbosession", "all added"))
 _STOCK_SET = cython.declare(object, attributes._ScalarAttributeImpl.set)
 _STOCK_MODIFIED = cython.declare(object, InstanceState._modified_event)
 _NO_VALUE = cython.declare(object, _base.NO_VALUE)
@@ -411,27 +435,50 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
         not dp.cascade.delete_orphan and not dp.passive_deletes == "all"
     )
     uselist: cython.bint = bool(dp.prop.uselist)
+    # the states whose keys the presort found unchanged without a history
+    unchanged: set = _answers(histories, _SOURCES_UNCHANGED, dp, None)
+    # and those whose collection it found not loaded, with a blank history
+    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, None)
+    # and those whose collection it found with only added members
+    all_added: dict = _answers(histories, _ALL_ADDED, dp, None)
     for state in states:
+        if not_loaded is not None and state in not_loaded:
+            continue
+        if all_added is not None:
+            members = all_added.get(state)
+            if members is not None:
+                _populate_added(dp, uow_states, state, members, keys, target, uselist)
+                continue
         # looked up by the presort (one_to_many_presort_saves)
         history = histories.known(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
             continue
-        for child in history.added:
-            if child is None:
-                if uselist:
-                    dp._verify_canload(child)  # raises
-                continue
-            if child.manager.mapper is not target:
-                dp._verify_canload(child)
-            if _is_deleted(uow_states, child):
-                continue
-            _populate(state, child, keys)
+        _populate_added(dp, uow_states, state, history.added, keys, target, uselist)
         for child in history.deleted:
             if should_null_fks and not dp.cascade.delete_orphan and not dp.hasparent(child):
                 dp._synchronize(state, child, None, True, uow, False)
-        if _source_modified(histories, state, source_keys, True):
+        if (
+            unchanged is None or state not in unchanged
+        ) and _source_modified(histories, state, source_keys, True):
             for child in history.unchanged:
                 dp._synchronize(state, child, None, False, uow, True)
+
+
+@cython.cfunc
+def _populate_added(dp, uow_states: dict, state, added, keys: tuple, target, uselist: cython.bint):
+    """The parent's keys copied to its added children (not deleted ones);
+    a None member raises stock's error from ``_verify_canload``, a child
+    not of ``target`` is checked there."""
+    for child in added:
+        if child is None:
+            if uselist:
+                dp._verify_canload(child)  # raises
+            continue
+        if child.manager.mapper is not target:
+            dp._verify_canload(child)
+        if _is_deleted(uow_states, child):
+            continue
+        _populate(state, child, keys)
 
 
 @cython.cfunc
@@ -449,6 +496,116 @@ def _source_modified(
         if history.deleted:
             return True
     return False
+
+
+@cython.cfunc
+def _answers(histories: _Histories, kind: tuple, dp, factory):
+    """The container (``factory()``, kept in ``uow.memo`` per processor) of
+    the answers a presort gave about ``dp``'s states from the states
+    themselves, without a ``History`` (``_sources_unchanged``,
+    ``_removed_none``), for the processor's later steps to read as they
+    would read the history the presort cached; None when the unit of
+    work's ``get_attribute_history`` is not turbosession's (every history
+    is then asked of it), or, given no ``factory`` (a later step), when
+    the presort kept none.  A presort keeps none either when the session
+    has flush listeners: they are handed the unit of work, whose
+    ``get_attribute_history`` then answers the history the presort cached,
+    as stock's does."""
+    if histories.lookup is None:
+        return None
+    if factory is None:
+        return histories.cache.get(kind + (dp,))
+    dispatch = histories.uow.session.dispatch
+    if (
+        _has_listeners(dispatch.before_flush)
+        or _has_listeners(dispatch.after_flush)
+        or _has_listeners(dispatch.after_flush_postexec)
+    ):
+        return None
+    return histories.uow.memo(kind + (dp,), factory)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _stock_scalar_history() -> cython.bint:
+    """Whether a column attribute's history is stock's
+    ``_ScalarAttributeImpl.get_history`` over stock's ``get``."""
+    return (
+        _ScalarAttributeImpl.get_history is _SCALAR_HISTORY
+        and _ScalarAttributeImpl.get is _STOCK_GET
+    )
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
+    """True where ``sync._source_modified`` answers False without a
+    ``History`` being needed: for each key (a column attribute of stock's
+    class, ``_stock_scalar_history``), stock's history has nothing deleted
+    when ``committed_state`` keeps no earlier value for it: the key absent
+    (the value, if any, is unchanged; absent from the dict as well, stock's
+    ``get`` answers ``PASSIVE_NO_RESULT`` without loading) or one of the
+    no-state symbols of a new object (``NO_VALUE``, ``PASSIVE_NO_RESULT``),
+    where stock's ``from_scalar_attribute`` reports no deleted value.  With
+    such a symbol and a value present stock compares the two
+    (``is_equal``) before answering: only done without it where that is
+    ``TypeEngine.compare_values`` (``==``) of an int, a str or None, which
+    runs nothing else.  False otherwise: the history is looked up."""
+    committed: dict = state.committed_state
+    manager = state.manager
+    dict_ = None
+    for key in source_keys:
+        impl = _impl_of(manager, key)
+        if type(impl) is not _ScalarAttributeImpl:
+            return False
+        original = committed.get(key, _ABSENT)
+        if original is _ABSENT:
+            continue
+        if original is not _NO_VALUE and original is not _PASSIVE_NO_RESULT:
+            return False
+        if dict_ is None:
+            dict_ = _state_dict(state)
+        current = dict_.get(key, _NO_VALUE)
+        if current is _NO_VALUE:
+            continue
+        kind = type(current)
+        if kind is not int and kind is not str and current is not None:
+            return False
+        if getattr(impl.is_equal, "__func__", None) is not _PLAIN_COMPARE:
+            return False
+    return True
+
+
+@cython.cfunc
+@cython.exceptval(-2, check=False)
+def _removed_none(state, key) -> cython.Py_ssize_t:
+    """For a collection of stock's classes loaded as an ``InstrumentedList``
+    with nothing in ``committed_state`` for it, stock's history (looked up
+    without pending mutations) is ``((), members, ())``: nothing removed.
+    Then the number of members, else -1 (the history is looked up)."""
+    impl = _impl_of(state.manager, key)
+    if type(impl) is not _CollectionAttributeImpl:
+        return -1
+    committed: dict = state.committed_state
+    if key in committed:
+        return -1
+    current = _state_dict(state).get(key, _ABSENT)
+    if type(current) is not _InstrumentedList:
+        return -1
+    return len(current)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _stock_collection_history() -> cython.bint:
+    """Whether a collection's history is stock's
+    ``_CollectionAttributeImpl.get_history`` (over stock's ``get`` and
+    ``History.from_collection``)."""
+    return (
+        _CollectionAttributeImpl.get_history is _COLLECTION_HISTORY
+        and _CollectionAttributeImpl.get is _STOCK_GET
+        and attributes.History.__dict__.get("from_collection") is _FROM_COLLECTION
+    )
 
 
 @cython.cfunc
@@ -828,7 +985,13 @@ def one_to_many_deletes(uow, dp, states, clear_keys, target):
     passive = dp._passive_delete_flag
     children_added = uow.memo(("children_added", dp), set)
     null_unchanged: cython.bint = not dp.cascade.delete
+    # the states one_to_many_presort_deletes found without removed children
+    nothing_removed: dict = (
+        None if null_unchanged else _answers(histories, _NOTHING_REMOVED, dp, None)
+    )
     for state in states:
+        if nothing_removed is not None and state in nothing_removed:
+            continue
         history = histories.get(state, key, passive)
         if not _nonblank(history):
             continue
@@ -872,7 +1035,23 @@ def one_to_many_presort_deletes(uow, dp, states):
     key = dp.key
     passive = dp._passive_delete_flag
     prop = dp.prop
+    # without foreign keys to clear only the removed children count: a
+    # loaded collection that shows none is answered without its history,
+    # kept (with whether it has members) for the later steps
+    nothing_removed: dict = (
+        _answers(histories, _NOTHING_REMOVED, dp, dict)
+        if not should_null_fks
+        and (passive is _OFF or passive is _NO_INITIALIZE)
+        and _stock_collection_history()
+        else None
+    )
+    members: cython.Py_ssize_t
     for state in states:
+        if nothing_removed is not None:
+            members = _removed_none(state, key)
+            if members >= 0:
+                nothing_removed[state] = members > 0
+                continue
         history = histories.get(state, key, passive)
         if not _nonblank(history):
             continue
@@ -935,24 +1114,49 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
     passive_updates = dp.passive_updates
     key = dp.key
     prop = dp.prop
+    # the states whose keys are found unchanged without a history, for
+    # one_to_many_saves (which asks again) to read as the history it
+    # would find cached
+    unchanged: set = (
+        _answers(histories, _SOURCES_UNCHANGED, dp, set) if _stock_scalar_history() else None
+    )
+    # the states whose collection is not loaded and has a blank history,
+    # for one_to_many_saves and prop_has_changes to skip as they skip it
+    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, set)
+    # and those whose loaded collection has only added members, with them
+    all_added: dict = _answers(histories, _ALL_ADDED, dp, dict)
+    if not_loaded is None:
+        unloaded_blank = added_members = None
+    else:
+        unloaded_blank = histories.uow._unitofwork.unloaded_collection_blank
+        added_members = histories.uow._unitofwork.added_collection_members
+    pks_changed: cython.bint
     for state in states:
-        pks_changed: cython.bint = _source_modified(histories, state, source_keys, False)
-        history = histories.get(
-            state, key,
-            _NO_INITIALIZE_PENDING if not pks_changed or passive_updates else _OFF_PENDING,
-        )
+        if unchanged is not None and _sources_unchanged(state, source_keys):
+            unchanged.add(state)
+            pks_changed = False
+        else:
+            pks_changed = _source_modified(histories, state, source_keys, False)
+        if pks_changed and not passive_updates:
+            history = histories.get(state, key, _OFF_PENDING)
+        elif unloaded_blank is not None:
+            if key not in _state_dict(state):
+                if unloaded_blank(state, key, _NO_INITIALIZE_PENDING):
+                    not_loaded.add(state)
+                    continue
+            else:
+                members = added_members(state, key, _NO_INITIALIZE_PENDING)
+                if members is not None:
+                    # nothing removed, nothing unchanged
+                    all_added[state] = members
+                    _register_added(held, uow, prop, children_added, members)
+                    continue
+            history = histories.get(state, key, _NO_INITIALIZE_PENDING)
+        else:
+            history = histories.get(state, key, _NO_INITIALIZE_PENDING)
         if not _nonblank(history):
             continue
-        added = history.added
-        for child in added:
-            if child is not None and not _registered(held, child, False, True):
-                uow.register_object(child, cancel_delete=True, operation="add", prop=prop)
-        if cython.compiled and type(children_added) is set:
-            # set.update's result, without the method's lookup and call
-            for child in added:
-                cython.cast(set, children_added).add(child)
-        else:
-            children_added.update(added)
+        _register_added(held, uow, prop, children_added, history.added)
         for child in history.deleted:
             if not delete_orphan:
                 if should_null_fks:
@@ -967,6 +1171,21 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
                     uow.register_object(
                         child, False, passive_updates, operation="pk change", prop=prop
                     )
+
+
+@cython.cfunc
+def _register_added(held: _Held, uow, prop, children_added, added):
+    """The presort's registration of a parent's added children (a delete
+    of theirs cancelled), noted in the processor's ``children_added``."""
+    for child in added:
+        if child is not None and not _registered(held, child, False, True):
+            uow.register_object(child, cancel_delete=True, operation="add", prop=prop)
+    if cython.compiled and type(children_added) is set:
+        # set.update's result, without the method's lookup and call
+        for child in added:
+            cython.cast(set, children_added).add(child)
+    else:
+        children_added.update(added)
 
 
 def many_to_one_presort_saves(uow, dp, states):
@@ -987,7 +1206,28 @@ def prop_has_changes(uow, dp, states, passive):
     self-referential whose target mapper is in the flush."""
     histories: _Histories = _Histories(uow)
     key = dp.key
+    # a deleted parent's loaded collection answered by the presort
+    # (one_to_many_presort_deletes): its history has its members unchanged
+    nothing_removed: dict = _answers(histories, _NOTHING_REMOVED, dp, None)
+    # a saved parent's collection the presort found not loaded: blank
+    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, None)
+    # or found with only added members (changes when it has any)
+    all_added: dict = _answers(histories, _ALL_ADDED, dp, None)
     for state in states:
+        if not_loaded is not None and state in not_loaded:
+            continue
+        if all_added is not None:
+            members = all_added.get(state)
+            if members is not None:
+                if members:
+                    return True
+                continue
+        if nothing_removed is not None:
+            has_members = nothing_removed.get(state)
+            if has_members is not None:
+                if has_members:
+                    return True
+                continue
         history = histories.get(state, key, passive)
         if _nonblank(history) and (history.added or history.deleted or history.unchanged):
             return True

@@ -67,6 +67,8 @@ __all__ = [
     "split_per_state",
     "states_for_mapper_hierarchy",
     "states_of_mappers",
+    "unloaded_collection_blank",
+    "added_collection_members",
 ]
 
 _SQL_OK = cython.declare(object, attributes.SQL_OK)
@@ -451,6 +453,48 @@ def attribute_history(uow, state, key, passive):
     entry: tuple = _history(state, key, _flag_info(passive)[0], passive)
     cache[hashkey] = entry
     return entry[1]
+
+
+def unloaded_collection_blank(state, key, passive) -> cython.bint:
+    """Whether ``attribute_history(uow, state, key, passive)`` is
+    ``HISTORY_BLANK`` because ``key`` is a collection not loaded that
+    stock's ``get_history`` answers without loading
+    (``_unloaded_collection_blank``, with what stock reads, its
+    ``_pending_mutations`` included), for a caller that needs that answer
+    and no cache entry."""
+    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
+    if type(impl) is not _CollectionAttributeImpl or key in _state_dict(state):
+        return False
+    return _unloaded_collection_blank(impl, state, key, _flag_info(passive)[0])
+
+
+def added_collection_members(state, key, passive):
+    """The members, as states (``History.as_state``'s), of a loaded
+    collection whose history looked up with ``passive`` has them all added
+    and nothing else (a new object's list, committed as empty or
+    ``NO_VALUE``), read as ``_loaded_collection_history`` reads it (its
+    ``_pending_mutations`` included), for a caller that needs only those
+    and no cache entry; None for every other case (the history is looked
+    up)."""
+    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
+    if (
+        type(impl) is not _CollectionAttributeImpl
+        or _CollectionAttributeImpl.get_history is not _COLLECTION_HISTORY
+        or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET
+    ):
+        return None
+    current = _state_dict(state).get(key, _MISSING)
+    if type(current) is not _InstrumentedList:
+        return None
+    committed: dict = state.committed_state
+    original = committed.get(key, _NO_HISTORY)
+    if original is not _NO_VALUE and (type(original) is not list or original):
+        return None
+    if _flag_bits(_flag_info(passive)[0])[0] and key in (
+        _pending_mutations(state) if cython.compiled else state._pending_mutations
+    ):
+        return None  # stock asserts there are none
+    return _as_states(current)
 
 
 def states_for_mapper_hierarchy(uow, mapper, isdelete, listonly):

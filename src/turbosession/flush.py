@@ -251,6 +251,12 @@ def _register_states(session, flush_context, objects, dirty):
     persistent orphans become deletes), then the remaining deletes; with
     ``objects``, only states of those objects.
     """
+    persist = session._turbo.persist
+    if not objects and not dirty and not session._deleted and len(session._new) == 1:
+        # one new object and nothing else: stock's sets below reduce to
+        # the one state, and there is nothing to delete
+        persist.register_saves(session, flush_context, set(session._new), set())
+        return
     deleted = set(session._deleted)
     new = set(session._new)
     dirty = set(dirty).difference(deleted)
@@ -275,7 +281,6 @@ def _register_states(session, flush_context, objects, dirty):
         proc = new.union(dirty).difference(deleted)
 
     # the per-state loops (orphan check, register_object) in persist
-    persist = session._turbo.persist
     persist.register_saves(session, flush_context, proc, processed)
 
     if objset:

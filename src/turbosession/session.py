@@ -355,6 +355,8 @@ for _bundle in (_impl.compiled, _impl.pure):
 del _bundle
 
 
+transaction.set_session_methods(TurboSessionMixin)
+
 # the transaction's method check on the compiled module (see there)
 if _impl.active is _impl.compiled:
     transaction.set_class_check(_impl.compiled.attach.class_like)

@@ -170,11 +170,17 @@ class UOWTransaction(unitofwork.UOWTransaction):
         # each mapper's save and delete steps on turbosession's unit of work
         # where the mapper allows it (fastpath), the rest as stock's; the
         # flush is counted, fast or by its fallback reason, even if it fails
+        # stock's find_cycles finds none in the shapes below (both set
+        # cycles; the generic sort sets them again)
+        self.cycles = set()
+        if len(self.states) == 1 and fastpath.insert_single(self):
+            # one new object of a single-table mapper: its two steps in
+            # one call, in the order plans.sorted_steps gives them
+            return
         steps = plans.sorted_steps(self)
         if steps is not None:
             # a shape whose sorted actions are known: stock's find_cycles
             # finds none and its sort gives these steps
-            self.cycles = set()
             fastpath.run_steps(self, steps)
             return
         postsort_actions = sorted(

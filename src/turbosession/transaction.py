@@ -216,8 +216,9 @@ class SessionTransaction(orm.SessionTransaction):
         deleted.data.clear()
 
 
-def autobegin(session, begin):
-    """``Session._autobegin_t`` creating this module's SessionTransaction."""
+def autobegin(session, begin=False):
+    """``Session._autobegin_t`` creating this module's SessionTransaction
+    (the mixin's method itself: no Python call in between)."""
     if session._transaction is None:
         if not begin and not session.autobegin:
             raise sa_exc.InvalidRequestError(
@@ -238,43 +239,12 @@ def autobegin(session, begin):
                 _fall_back("listeners", _root_counts, "root transaction")
                 trans = SessionTransaction(session, origin)
             else:
-                trans = _new_root(session, origin)
+                # SessionTransaction(session, origin), its steps without
+                # the constructor's (persist.new_root)
+                trans = session._turbo.persist.new_root(session, origin)
         assert session._transaction is trans
         return trans
     return session._transaction
-
-
-def _bare_transaction(session, parent, origin):
-    """A ``SessionTransaction`` (not savepoint) with the attributes stock's
-    ``__init__`` sets before its checks of the session."""
-    trans = SessionTransaction.__new__(SessionTransaction)
-    trans.session = session
-    trans._connections = {}
-    trans._parent = parent
-    trans.nested = False
-    trans.origin = origin
-    return trans
-
-
-def _new_root(session, origin):
-    """``SessionTransaction(session, origin)`` of a root transaction (begun
-    or autobegun), attribute for attribute as stock's ``__init__`` builds
-    it, when it has no ``after_transaction_create`` listener to dispatch
-    to and its methods are stock's: the same checks, in the same order,
-    and nothing else runs (a root's ``_take_snapshot`` neither flushes nor
-    finds a collection to drop: ``_Snapshot`` makes them on first use)."""
-    if session._trans_context_manager:
-        _trans_ctx_check(session)
-    trans = _bare_transaction(session, None, origin)
-    if session._close_state is _SESSION_CLOSED:
-        raise sa_exc.InvalidRequestError(
-            "This Session has been permanently closed and is unable "
-            "to handle any more transaction requests."
-        )
-    trans._state = _ACTIVE
-    session._transaction = trans
-    _root_counts["fast"] += 1
-    return trans
 
 
 _ACTIVE = SessionTransactionState.ACTIVE
@@ -402,22 +372,8 @@ def begin_flush(session):
     if parent._state is not _ACTIVE or session._close_state is _SESSION_CLOSED:
         _fall_back("state")
         return parent._begin()
-    if session._trans_context_manager:
-        _trans_ctx_check(session)
-    # what _begin's wrapper leaves on the parent
-    parent._next_state = parent._next_state
-    parent._current_fn = parent._current_fn
-    sub = _bare_transaction(session, parent, _SUBTRANSACTION)
-    sub._state = _ACTIVE
-    # _take_snapshot of a subtransaction: the parent's collections, those
-    # it has made already now, the others on first use (_Snapshot)
-    made = parent.__dict__
-    members = sub.__dict__
-    for name in _SNAPSHOT_NAMES:
-        if name in made:
-            members[name] = made[name]
-    session._transaction = sub
-    return sub
+    # the subtransaction as stock's constructor makes it (persist.new_subtransaction)
+    return session._turbo.persist.new_subtransaction(session, parent)
 
 
 def commit_flush(session, sub):

@@ -225,11 +225,8 @@ def autobegin(session, begin=False):
                 "Autobegin is disabled on this Session; please call "
                 "session.begin() to start a new transaction"
             )
-        origin = (
-            SessionTransactionOrigin.BEGIN
-            if begin
-            else SessionTransactionOrigin.AUTOBEGIN
-        )
+        # (the members kept: an Enum class's attribute is a slow lookup)
+        origin = _BEGIN if begin else _AUTOBEGIN
         if not _stock_methods():
             _fall_back("patched", _root_counts, "root transaction")
             trans = SessionTransaction(session, origin)

@@ -53,7 +53,7 @@ from . import emission, plans, relationships, transaction
 from .memo import derived
 from ._warn import warn
 
-__all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "run_steps", "stats"]
+__all__ = ["FALLBACK_REASONS", "ActionRunner", "insert_single", "reset_stats", "run_steps", "stats"]
 
 log = logging.getLogger("turbosession")
 

@@ -345,7 +345,6 @@ def _autobegins_as_mixin(session):
     )
 
 
-
 def begin_flush(session):
     """``session._autobegin_t()._begin()``: the flush's subtransaction.
 

@@ -283,7 +283,9 @@ def test_steps_kept_with_the_mapper_until_reconfigured(session_cls, engine):
     try:
         mapper = Memo.__mapper__
         with session_cls(engine) as session:
-            session.add(Memo(id=1, text="a"))
+            # two objects: a flush of one new object is run without asking
+            # for its steps (fastpath.insert_single)
+            session.add_all([Memo(id=1, text="a"), Memo(id=3, text="c")])
             session.commit()
         source, cache = mapper._memoized_values[plans._KEY]
         assert source is mapper._sorted_tables

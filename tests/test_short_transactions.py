@@ -859,7 +859,74 @@ def flush_entry_points(session_cls, engine, log):
         log.note("users", sorted(session.scalars(select(User.name))))
 
 
+def commit_hooks_overridden(session_cls, engine, log):
+    """What commit's flush loop and the flush's subtransaction ask through
+    the session: a subclass's own ``flush``, ``_is_clean`` and
+    ``_autobegin_t`` see every call stock makes (the loop then calls them as
+    stock does), and so do the same methods replaced on one session."""
+
+    class Overriding(session_cls):
+        def flush(self, objects=None):
+            log.note("flush", objects, self._flushing)
+            super().flush(objects)
+
+        def _is_clean(self):
+            clean = super()._is_clean()
+            log.note("_is_clean", clean)
+            return clean
+
+        def _autobegin_t(self, begin=False):
+            log.note("_autobegin_t", begin, self._transaction is None)
+            return super()._autobegin_t(begin)
+
+    with Overriding(engine) as session:
+        session.add(User(name="ed"))
+        session.commit()
+        session.add(User(name="wendy"))
+        session.flush()
+        session.commit()
+        log.note("users", users(session))
+
+    for name in ("flush", "_is_clean", "_autobegin_t"):
+        with session_cls(engine) as session:
+            stock = getattr(session, name)
+
+            def replaced(*args, _name=name, _stock=stock):
+                log.note("replaced", _name, args)
+                return _stock(*args)
+
+            setattr(session, name, replaced)
+            session.add(User(name="jack-" + name))
+            session.commit()
+            log.note("users", users(session))
+
+
+def transaction_context_manager(session_cls, engine, log):
+    """Flushes and commits inside ``with session.begin():`` (the context
+    manager's check of its transaction, asked as stock asks it), and a
+    session used after that transaction was rolled back inside the block."""
+    with session_cls(engine) as session:
+        with session.begin():
+            session.add(User(name="ed"))
+            session.flush()
+            session.add(User(name="wendy"))
+        log.note("users", users(session))
+        session.commit()
+        try:
+            with session.begin():
+                session.add(User(name="jack"))
+                session.flush()
+                session.rollback()
+                session.add(User(name="mary"))
+                session.flush()
+        except exc.InvalidRequestError as err:
+            log.note("after rollback in block", normalize_error(err))
+        log.note("states", session.in_transaction(), users(session))
+
+
 SCENARIOS = [
+    commit_hooks_overridden,
+    transaction_context_manager,
     flush_entry_points,
     root_transactions,
     snapshots_restored,

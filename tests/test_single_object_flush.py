@@ -2,7 +2,7 @@
 
 A flush of one new object of a mapper writing one table, whose rows need
 nothing of stock's ``_postfetch`` or ``_finalize_insert_update_commands``,
-runs its save and delete steps as one call (``fastpath._insert_single``);
+runs its save and delete steps as one call (``fastpath.insert_single``);
 other one-object flushes (an update, a delete, a version counter, a
 ``refresh_flush`` listener, eager defaults, a SQL expression among the
 values) run the planned steps as before.  Each scenario runs on stock's

@@ -83,6 +83,8 @@ __all__ = [
     "held_connection",
     "insert_one",
     "mapper_runs",
+    "new_root",
+    "new_subtransaction",
     "organize_for_delete",
     "organize_for_save",
     "organize_hierarchy_for_delete",
@@ -124,6 +126,10 @@ _WeakKeyDictionary = cython.declare(object, weakref.WeakKeyDictionary)
 _TurboTransaction = cython.declare(object, _transaction.SessionTransaction)
 _ACTIVE = cython.declare(object, _transaction._ACTIVE)
 _STOCK_GET_BIND = cython.declare(object, _transaction._STOCK_GET_BIND)
+_SUBTRANSACTION = cython.declare(object, _transaction._SUBTRANSACTION)
+_SESSION_CLOSED = cython.declare(object, _transaction._SESSION_CLOSED)
+_SNAPSHOT_NAMES = cython.declare(tuple, _transaction._SNAPSHOT_NAMES)
+_trans_ctx_check = cython.declare(object, _transaction._trans_ctx_check)
 # the descriptors of that class's snapshot collections (transaction._Snapshot)
 _SNAPSHOTS = cython.declare(
     dict, {name: _transaction.SessionTransaction.__dict__[name] for name in ("_new", "_dirty", "_deleted")}
@@ -1098,6 +1104,65 @@ def _snapshot(transaction, name: str):
         value = _snapshot(parent, name)
     own[name] = value
     return value
+
+
+def new_root(session, origin):
+    """``SessionTransaction(session, origin)`` of a root transaction (begun
+    or autobegun), attribute for attribute as stock's ``__init__`` builds
+    it, when it has no ``after_transaction_create`` listener to dispatch
+    to and its methods are stock's (``transaction.autobegin`` asks): the
+    same checks, in the same order, and nothing else runs (a root's
+    ``_take_snapshot`` neither flushes nor finds a collection to drop:
+    ``transaction._Snapshot`` makes them on first use)."""
+    if session._trans_context_manager:
+        _trans_ctx_check(session)
+    trans = _bare_transaction(session, None, origin)
+    if session._close_state is _SESSION_CLOSED:
+        raise sa_exc.InvalidRequestError(
+            "This Session has been permanently closed and is unable "
+            "to handle any more transaction requests."
+        )
+    trans._state = _ACTIVE
+    session._transaction = trans
+    _transaction._root_counts["fast"] += 1
+    return trans
+
+
+def new_subtransaction(session, parent):
+    """``parent._begin()`` of the active root or subtransaction ``parent``,
+    for a flush (``transaction.begin_flush`` has found its methods stock's
+    and no ``after_transaction_create`` listener): what ``_begin``'s
+    wrapper leaves on the parent, then the subtransaction as stock's
+    ``__init__`` builds it, its snapshot the parent's collections (those
+    the parent has made already now, the others on first use)."""
+    if session._trans_context_manager:
+        _trans_ctx_check(session)
+    # what _begin's wrapper leaves on the parent
+    parent._next_state = parent._next_state
+    parent._current_fn = parent._current_fn
+    sub = _bare_transaction(session, parent, _SUBTRANSACTION)
+    sub._state = _ACTIVE
+    made: dict = parent.__dict__
+    members: dict = sub.__dict__
+    for name in _SNAPSHOT_NAMES:
+        if name in made:
+            members[name] = made[name]
+    session._transaction = sub
+    return sub
+
+
+@cython.cfunc
+def _bare_transaction(session, parent, origin):
+    """A turbosession ``SessionTransaction`` (not a savepoint) with the
+    attributes stock's ``__init__`` sets before its checks of the session,
+    in its order."""
+    trans = _TurboTransaction.__new__(_TurboTransaction)
+    trans.session = session
+    trans._connections = {}
+    trans._parent = parent
+    trans.nested = False
+    trans.origin = origin
+    return trans
 
 
 def register_persistent(session, states: set, commit_all_states):

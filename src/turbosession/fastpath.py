@@ -49,11 +49,11 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
-from . import emission, relationships, transaction
+from . import emission, plans, relationships, transaction
 from .memo import derived
 from ._warn import warn
 
-__all__ = ["FALLBACK_REASONS", "ActionRunner", "reset_stats", "run_steps", "stats"]
+__all__ = ["FALLBACK_REASONS", "ActionRunner", "insert_single", "reset_stats", "run_steps", "stats"]
 
 log = logging.getLogger("turbosession")
 
@@ -134,7 +134,7 @@ def _build_plan(base_mapper):
     # a hierarchy of one mapper writing one table, whose rows need nothing
     # of stock's _postfetch or _finalize_insert_update_commands whatever
     # the listeners, and have no keys to synchronise between tables: a
-    # flush of one new object of it can be run by _insert_single
+    # flush of one new object of it can be run by insert_single
     plan.single_table = (
         tables[0][0]
         if len(mappers) == 1
@@ -285,8 +285,6 @@ def run_steps(uow, steps):
     states_of = session._turbo.unitofwork.states_of_mappers
     reason = None
     try:
-        if len(uow.states) == 1 and _insert_single(uow, steps, persist):
-            return
         for key in steps:
             kind, mapper = key
             # _plan(mapper), its kept value found without the two calls
@@ -317,19 +315,40 @@ def run_steps(uow, steps):
             record(reason)
 
 
-def _insert_single(uow, steps, persist):
-    """Run the sorted steps of a flush of one new object whose hierarchy
-    is one mapper writing one table (``_Plan.single_table``), as
-    ``_save_batch`` and the empty delete step run them, without their
-    per-step lists, runs, generators and batches: the flush's connection,
-    the state's ``before_insert``, record and INSERT (``persist.insert_one``,
-    ``_emit_insert_batch``), its ``after_insert``, then the delete step's
-    connection check.  Returns False, with nothing done, for any other
-    flush (``run_steps`` then runs the steps)."""
-    kind, mapper = steps[0]
-    if kind is not _SaveUpdateAll or steps[1:] != ((_DeleteAll, mapper),):
+def insert_single(uow):
+    """Run a flush of one new object whose hierarchy is one mapper writing
+    one table (``_Plan.single_table``), as ``_save_batch`` and the empty
+    delete step run its two planned steps, without sorting them and
+    without their per-step lists, runs, generators and batches: the
+    flush's connection, the state's ``before_insert``, record and INSERT
+    (``persist.insert_one``, ``_emit_insert_batch``), its ``after_insert``,
+    then the delete step's connection check.
+
+    Its actions are the mapper's save and delete steps and their one
+    dependency, which ``plans.sorted_steps`` would find and order save
+    first (counted there as ``cached``); the flush is counted as fast, even
+    if it fails.  Returns False, with nothing done, for any other flush
+    (``UOWTransaction.execute`` then sorts and runs its steps)."""
+    # the flush's one state (the caller asked for exactly one)
+    ((state, flags),) = uow.states.items()
+    if flags != _SAVE_FLAGS or state.key is not None:
         return False
-    # _plan(mapper), its kept value found without the two calls
+    mapper = state.manager.mapper
+    actions = uow.postsort_actions
+    if len(actions) != 2 or len(uow.dependencies) != 1:
+        return False
+    save = actions.get((_SaveUpdateAll, mapper))
+    delete = actions.get((_DeleteAll, mapper))
+    if (
+        type(save) is not _SaveUpdateAll
+        or type(delete) is not _DeleteAll
+        or save.disabled
+        or delete.disabled
+        or (save, delete) not in uow.dependencies
+    ):
+        return False
+    # _plan(mapper), its kept value found without the two calls (a single
+    # table plan is of a base mapper with no subclass: the state's own)
     entry = mapper._memoized_values.get(_PLAN_KEY)
     plan = entry[1] if entry is not None and entry[0] is mapper._sorted_tables else _plan(mapper)
     table = plan.single_table
@@ -343,23 +362,24 @@ def _insert_single(uow, steps, persist):
         or _refresh_flush(plan.mappers)
     ):
         return False
-    # the flush's one state (run_steps asked for exactly one)
-    ((state, flags),) = uow.states.items()
-    if flags != _SAVE_FLAGS or state.key is not None:
-        return False
-    connection = transaction.flush_connection(uow, mapper)
-    record = persist.insert_one(table, mapper, uow, connection, state)
-    _emit_insert_batch(
-        uow, mapper, mapper, table, [record], persist, session._turbo.emit,
-        connection, bool(record[5]), record[6], record[7], False,
-    )
-    after_insert = mapper.dispatch.after_insert
-    if after_insert.parent_listeners if type(after_insert) is _EMPTY else after_insert:
-        after_insert(mapper, connection, state)
-    # the empty delete step, which asks for the connection
-    # (_asks_nothing, the session having no connection_callable)
-    if persist.held_connection(uow, mapper) is None:
-        _delete(uow, mapper, persist, [])
+    plans.count_cached()
+    persist = session._turbo.persist
+    try:
+        connection = transaction.flush_connection(uow, mapper)
+        record = persist.insert_one(table, mapper, uow, connection, state)
+        _emit_insert_batch(
+            uow, mapper, mapper, table, [record], persist, session._turbo.emit,
+            connection, bool(record[5]), record[6], record[7], False,
+        )
+        after_insert = mapper.dispatch.after_insert
+        if after_insert.parent_listeners if type(after_insert) is _EMPTY else after_insert:
+            after_insert(mapper, connection, state)
+        # the empty delete step, which asks for the connection
+        # (_asks_nothing, the session having no connection_callable)
+        if persist.held_connection(uow, mapper) is None:
+            _delete(uow, mapper, persist, [])
+    finally:
+        _counts["fast"] += 1
     return True
 
 

@@ -170,11 +170,17 @@ class UOWTransaction(unitofwork.UOWTransaction):
         # each mapper's save and delete steps on turbosession's unit of work
         # where the mapper allows it (fastpath), the rest as stock's; the
         # flush is counted, fast or by its fallback reason, even if it fails
+        # stock's find_cycles finds none in the shapes below (both set
+        # cycles; the generic sort sets them again)
+        self.cycles = set()
+        if len(self.states) == 1 and fastpath.insert_single(self):
+            # one new object of a single-table mapper: its two steps in
+            # one call, in the order plans.sorted_steps gives them
+            return
         steps = plans.sorted_steps(self)
         if steps is not None:
             # a shape whose sorted actions are known: stock's find_cycles
             # finds none and its sort gives these steps
-            self.cycles = set()
             fastpath.run_steps(self, steps)
             return
         postsort_actions = sorted(
@@ -251,6 +257,12 @@ def _register_states(session, flush_context, objects, dirty):
     persistent orphans become deletes), then the remaining deletes; with
     ``objects``, only states of those objects.
     """
+    persist = session._turbo.persist
+    if not objects and not dirty and not session._deleted and len(session._new) == 1:
+        # one new object and nothing else: stock's sets below reduce to
+        # the one state, and there is nothing to delete
+        persist.register_saves(session, flush_context, set(session._new), set())
+        return
     deleted = set(session._deleted)
     new = set(session._new)
     dirty = set(dirty).difference(deleted)
@@ -275,7 +287,6 @@ def _register_states(session, flush_context, objects, dirty):
         proc = new.union(dirty).difference(deleted)
 
     # the per-state loops (orphan check, register_object) in persist
-    persist = session._turbo.persist
     persist.register_saves(session, flush_context, proc, processed)
 
     if objset:

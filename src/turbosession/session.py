@@ -86,10 +86,9 @@ class TurboSessionMixin:
             return super()._connection_for_bind(engine, execution_options, **kw)
         return conn
 
-    def _autobegin_t(self, begin=False):
-        # stock's, creating turbosession's SessionTransaction (its commit
-        # expires objects on turbosession._expire_*)
-        return transaction.autobegin(self, begin)
+    # stock's, creating turbosession's SessionTransaction (its commit
+    # expires objects on turbosession._expire_*)
+    _autobegin_t = transaction.autobegin
 
     # Attaching objects (turbosession._attach_*).  Each method takes the
     # compiled loop only when the session's class leaves every method stock's
@@ -354,6 +353,8 @@ for _bundle in (_impl.compiled, _impl.pure):
         )
 del _bundle
 
+
+transaction.set_session_methods(TurboSessionMixin)
 
 # the transaction's method check on the compiled module (see there)
 if _impl.active is _impl.compiled:

@@ -216,19 +216,17 @@ class SessionTransaction(orm.SessionTransaction):
         deleted.data.clear()
 
 
-def autobegin(session, begin):
-    """``Session._autobegin_t`` creating this module's SessionTransaction."""
+def autobegin(session, begin=False):
+    """``Session._autobegin_t`` creating this module's SessionTransaction
+    (the mixin's method itself: no Python call in between)."""
     if session._transaction is None:
         if not begin and not session.autobegin:
             raise sa_exc.InvalidRequestError(
                 "Autobegin is disabled on this Session; please call "
                 "session.begin() to start a new transaction"
             )
-        origin = (
-            SessionTransactionOrigin.BEGIN
-            if begin
-            else SessionTransactionOrigin.AUTOBEGIN
-        )
+        # (the members kept: an Enum class's attribute is a slow lookup)
+        origin = _BEGIN if begin else _AUTOBEGIN
         if not _stock_methods():
             _fall_back("patched", _root_counts, "root transaction")
             trans = SessionTransaction(session, origin)
@@ -238,42 +236,12 @@ def autobegin(session, begin):
                 _fall_back("listeners", _root_counts, "root transaction")
                 trans = SessionTransaction(session, origin)
             else:
-                trans = _new_root(session, origin)
+                # SessionTransaction(session, origin), its steps without
+                # the constructor's (persist.new_root)
+                trans = session._turbo.persist.new_root(session, origin)
         assert session._transaction is trans
         return trans
     return session._transaction
-
-
-def _bare_transaction(session, parent, origin):
-    """A ``SessionTransaction`` (not savepoint) with the attributes stock's
-    ``__init__`` sets before its checks of the session."""
-    trans = SessionTransaction.__new__(SessionTransaction)
-    trans.session = session
-    trans._connections = {}
-    trans._parent = parent
-    trans.nested = False
-    trans.origin = origin
-    return trans
-
-
-def _new_root(session, origin):
-    """``SessionTransaction(session, origin)`` of a root transaction (begun
-    or autobegun), attribute for attribute as stock's ``__init__`` builds
-    it, when it has no ``after_transaction_create`` listener to dispatch
-    to and its methods are stock's: the same checks, in the same order,
-    and nothing else runs (a root's ``_take_snapshot`` neither flushes nor
-    finds a collection to drop: ``_Snapshot`` makes them on first use)."""
-    _trans_ctx_check(session)
-    trans = _bare_transaction(session, None, origin)
-    if session._close_state is _SESSION_CLOSED:
-        raise sa_exc.InvalidRequestError(
-            "This Session has been permanently closed and is unable "
-            "to handle any more transaction requests."
-        )
-    trans._state = _ACTIVE
-    session._transaction = trans
-    _root_counts["fast"] += 1
-    return trans
 
 
 _ACTIVE = SessionTransactionState.ACTIVE
@@ -281,6 +249,8 @@ _CLOSED = SessionTransactionState.CLOSED
 _ANY = _StateChangeStates.ANY
 _SUBTRANSACTION = SessionTransactionOrigin.SUBTRANSACTION
 _SESSION_CLOSED = _SessionCloseState.CLOSED
+# (it raises only for a session in a transaction context manager, ``with
+# session.begin():``, which the callers read first: no call otherwise)
 _trans_ctx_check = TransactionalContext._trans_ctx_check
 
 
@@ -351,6 +321,28 @@ def set_class_check(class_like):
 
 
 _STOCK_GET_BIND = orm.Session.get_bind
+_STOCK_FLUSH = orm.Session.flush
+
+# TurboSessionMixin's _autobegin_t and _is_clean (set_session_methods)
+_mixin_autobegin_t = None
+_mixin_is_clean = None
+
+
+def set_session_methods(mixin):
+    """Keep the mixin's ``_autobegin_t`` and ``_is_clean`` (``turbosession.session``
+    calls this once it has defined the mixin, which imports this module)."""
+    global _mixin_autobegin_t, _mixin_is_clean
+    _mixin_autobegin_t = mixin._autobegin_t
+    _mixin_is_clean = mixin._is_clean
+
+
+def _autobegins_as_mixin(session):
+    """Whether ``session._autobegin_t()`` is the mixin's, which returns the
+    session's transaction when it has one (no Python call needed then)."""
+    return (
+        type(session)._autobegin_t is _mixin_autobegin_t
+        and "_autobegin_t" not in session.__dict__
+    )
 
 
 def begin_flush(session):
@@ -363,7 +355,9 @@ def begin_flush(session):
     event, nothing runs while it does so; this builds the same object,
     attribute for attribute, without the state machine's wrappers.
     """
-    parent = session._autobegin_t()
+    parent = session._transaction
+    if parent is None or not _autobegins_as_mixin(session):
+        parent = session._autobegin_t()
     if type(parent) is not SessionTransaction or not _stock_methods():
         _fall_back("patched")
         return parent._begin()
@@ -374,21 +368,8 @@ def begin_flush(session):
     if parent._state is not _ACTIVE or session._close_state is _SESSION_CLOSED:
         _fall_back("state")
         return parent._begin()
-    _trans_ctx_check(session)
-    # what _begin's wrapper leaves on the parent
-    parent._next_state = parent._next_state
-    parent._current_fn = parent._current_fn
-    sub = _bare_transaction(session, parent, _SUBTRANSACTION)
-    sub._state = _ACTIVE
-    # _take_snapshot of a subtransaction: the parent's collections, those
-    # it has made already now, the others on first use (_Snapshot)
-    made = parent.__dict__
-    members = sub.__dict__
-    for name in _SNAPSHOT_NAMES:
-        if name in made:
-            members[name] = made[name]
-    session._transaction = sub
-    return sub
+    # the subtransaction as stock's constructor makes it (persist.new_subtransaction)
+    return session._turbo.persist.new_subtransaction(session, parent)
 
 
 def commit_flush(session, sub):
@@ -440,22 +421,24 @@ def flush_connection(uow, mapper):
     session's ``get_bind`` for the mapper's bind, then the parent for its
     connection to it.  Where ``get_bind`` is stock's (no code of the
     application runs in between), this returns the parent's connection
-    directly (``persist.held_connection``), or, when the parent is the
+    directly (the lookup of ``persist.held_connection``), or, when the parent is the
     root transaction and has none yet (the transaction's first
     connection), acquires it as stock's ``_connection_for_bind`` does
     (``_provision``); else it is stock's call.
     """
     session = uow.session
     persist = session._turbo.persist
-    connection = persist.held_connection(uow, mapper)
-    if connection is not None:
-        return connection
     sub = uow.transaction
+    # held_connection's lookup, its parent and bind kept for the first
+    # connection (asked once, as stock's call asks get_bind once)
     parent = persist.flush_parent(sub, session)
-    if parent is not None and parent._parent is None:
-        # the root transaction holds no connection to the bind yet
+    if parent is not None:
         bind = persist.flush_bind(session, mapper)
-        if _provisions_directly(session, bind):
+        entry = parent._connections.get(bind)
+        if entry is not None:
+            return entry[0]
+        if parent._parent is None and _provisions_directly(session, bind):
+            # the root transaction holds no connection to the bind yet
             return _provision(session, parent, bind, None, sub)
     return sub.connection(mapper)
 
@@ -518,9 +501,32 @@ def commit(session, trans):
         trans._current_fn = _PREPARE_FN
         trans._next_state = _CHANGING
         for _flush_guard in range(100):
-            if session._is_clean():
+            cls = type(session)
+            if (
+                cls.flush is not _STOCK_FLUSH
+                or cls._is_clean is not _mixin_is_clean
+                or "flush" in session.__dict__
+                or "_is_clean" in session.__dict__
+            ):
+                if session._is_clean():
+                    break
+                session.flush()
+                continue
+            # the mixin's _is_clean() without its method call, then stock's
+            # flush() without asking it again: it reads the session and
+            # changes nothing, and nothing ran since it was asked
+            if session._turbo.tracking.is_clean(
+                session.identity_map, session._new, session._deleted
+            ):
                 break
-            session.flush()
+            if session._flushing:
+                session.flush()  # stock's raises
+            else:
+                try:
+                    session._flushing = True
+                    session._flush(None)
+                finally:
+                    session._flushing = False
         else:
             raise orm_exc.FlushError(
                 "Over 100 subsequent flushes have occurred within "
@@ -576,7 +582,8 @@ def connection_for_bind(session, bind, execution_options):
     if trans is None:
         if session.twophase or isinstance(bind, Connection):
             return None
-        _trans_ctx_check(session)
+        if session._trans_context_manager:
+            _trans_ctx_check(session)
         trans = session._autobegin_t()
     elif trans._state is not _ACTIVE or type(trans) is not SessionTransaction:
         return None
@@ -585,11 +592,13 @@ def connection_for_bind(session, bind, execution_options):
         if entry is not None:
             if execution_options:
                 return None
-            _trans_ctx_check(session)
+            if session._trans_context_manager:
+                _trans_ctx_check(session)
             return entry[0]
         if trans._parent is not None or not _provisions_directly(session, bind):
             return None
-        _trans_ctx_check(session)
+        if session._trans_context_manager:
+            _trans_ctx_check(session)
     if (
         type(trans) is not SessionTransaction
         or trans._parent is not None

@@ -426,7 +426,9 @@ def sc_flush_listeners_read_histories(session_cls, engine, log):
     """With flush listeners, which are handed the unit of work, the presort
     caches its histories: they read what stock's read."""
     session = session_cls(engine)
-    session.add_all([Writer(id=i, name=f"w{i}", works=[Work(id=i, title=f"t{i}")])
+    # (ids clear of the new writer's generated one: PostgreSQL's sequence
+    # starts at 1 whatever ids were given)
+    session.add_all([Writer(id=i + 10, name=f"w{i}", works=[Work(id=i, title=f"t{i}")])
                      for i in (1, 2)])
     session.commit()
     doomed = session.scalars(select(Writer).options(orm.selectinload(Writer.works))).all()

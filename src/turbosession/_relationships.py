@@ -1216,22 +1216,31 @@ def prop_has_changes(uow, dp, states, passive):
     for state in states:
         if not_loaded is not None and state in not_loaded:
             continue
-        if all_added is not None:
-            members = all_added.get(state)
-            if members is not None:
-                if members:
-                    return True
-                continue
-        if nothing_removed is not None:
-            has_members = nothing_removed.get(state)
-            if has_members is not None:
-                if has_members:
-                    return True
-                continue
+        answered = _has_members(all_added, state)
+        if answered < 0:
+            answered = _has_members(nothing_removed, state)
+        if answered == 1:
+            return True
+        if answered == 0:
+            continue
         history = histories.get(state, key, passive)
         if _nonblank(history) and (history.added or history.deleted or history.unchanged):
             return True
     return states and not dp.prop._is_self_referential and dp.mapper in uow.mappers
+
+
+@cython.cfunc
+@cython.exceptval(-2, check=False)
+def _has_members(answers, state) -> cython.int:
+    """For a presort's answers kept as state -> its collection's members (or
+    whether it has any): 1 where the collection has members, 0 where it has
+    none, -1 where the presort gave no answer (its history is asked)."""
+    if answers is None:
+        return -1
+    value = answers.get(state)
+    if value is None:
+        return -1
+    return 1 if value else 0
 
 
 def many_to_one_presort_deletes(uow, dp, states):

@@ -59,6 +59,7 @@ except ModuleNotFoundError:
 
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem, PyDict_Next
+    from cython.cimports.cpython.list import PyList_Append
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.cpython.ref import Py_INCREF
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
@@ -129,6 +130,8 @@ _STOCK_GET_BIND = cython.declare(object, _transaction._STOCK_GET_BIND)
 _SUBTRANSACTION = cython.declare(object, _transaction._SUBTRANSACTION)
 _SESSION_CLOSED = cython.declare(object, _transaction._SESSION_CLOSED)
 _SNAPSHOT_NAMES = cython.declare(tuple, _transaction._SNAPSHOT_NAMES)
+_MARKS = cython.declare(dict, _transaction.MARKS)
+_StateMarks = cython.declare(object, _transaction.StateMarks)
 _trans_ctx_check = cython.declare(object, _transaction._trans_ctx_check)
 # the descriptors of that class's snapshot collections (transaction._Snapshot)
 _SNAPSHOTS = cython.declare(
@@ -1077,9 +1080,52 @@ def _new_weak_key_dictionary():
 
 
 @cython.cfunc
+def _mark_states(transaction, name: str, states: list):
+    """``transaction.<name>[state] = True`` for each state, for ``_new`` or
+    ``_dirty``.  For turbosession's ``SessionTransaction``: into the
+    collection where it has been made (looked up as ``_snapshot`` looks it
+    up, up to the transaction boundary), else as weak references appended
+    to the boundary's ``transaction.StateMarks``, from which ``_Snapshot``
+    makes the collection when it is first read; into the attribute as it
+    is for any other transaction, or when that class's descriptor or
+    property has been replaced."""
+    trans = transaction
+    own: dict
+    while True:
+        own = trans.__dict__
+        made = own.get(name)
+        if made is not None:
+            _mark_in(made, states)
+            return
+        cls = type(trans)
+        if (
+            cls is not _TurboTransaction
+            or cls.__dict__.get(name) is not _SNAPSHOTS[name]
+            or cls._is_transaction_boundary is not _STOCK_BOUNDARY
+        ):
+            _mark_in(getattr(transaction, name), states)
+            return
+        if trans.nested or trans._parent is None:
+            break
+        trans = trans._parent
+    marks_key: str = _MARKS[name]
+    marks = own.get(marks_key)
+    if marks is None:
+        marks = own[marks_key] = _StateMarks()
+    for state in states:
+        if cython.compiled:
+            PyList_Append(marks, PyWeakref_NewRef(state, None))
+        else:
+            marks.append(_ref(state))
+    if len(marks) >= marks.compact_at:
+        marks.compact()
+
+
+@cython.cfunc
 def _snapshot(transaction, name: str):
     """``transaction.<name>`` for one of a transaction's snapshot
-    collections (``_new``, ``_dirty``, ``_deleted``).  For turbosession's
+    collections (``_deleted``; ``_new`` and ``_dirty`` are marked by
+    ``_mark_states``, made when read).  For turbosession's
     ``SessionTransaction``, what its ``_Snapshot`` descriptor does
     (the collection kept in the instance, else a new one for a transaction
     boundary, the parent's for a subtransaction), without its Python
@@ -1250,12 +1296,10 @@ def register_persistent(session, states: set, commit_all_states):
                 was_new.append(state)
             else:
                 was_dirty.append(state)
-        # a transaction's _new and _dirty may be made on first use
-        # (turbosession.transaction._Snapshot): only asked for when marked
         if was_new:
-            _mark_in(_snapshot(transaction, "_new"), was_new)
+            _mark_states(transaction, "_new", was_new)
         if was_dirty:
-            _mark_in(_snapshot(transaction, "_dirty"), was_dirty)
+            _mark_states(transaction, "_dirty", was_dirty)
 
     if pending_to_persistent is not None:
         for state in states.intersection(new):

@@ -292,3 +292,51 @@ def test_state_attributes_patched_as_descriptors_are_set_through_them(session_cl
     expected = recorded(orm.Session)
     assert recorded(session_cls) == expected
     assert ("expired", True) in expected[0] and ("modified", False) in expected[0]
+
+
+def test_register_persistent_stores_through_patched_descriptors(session_cls, engine):
+    """A flush reads and stores each flushed state's ``key`` and
+    ``_orphaned_outside_of_session`` in its own ``__dict__`` only while
+    InstanceState has no data descriptor of those names: with properties
+    patched onto the class, every store goes through them: the same stores
+    as stock's (a new object's key, both objects' orphan flags; sorted, as
+    the states come in a set's order)."""
+    from sqlalchemy.orm.state import InstanceState
+
+    def recorded(session_cls):
+        stores = []
+
+        def plain_property(name, default):
+            def get(self):
+                return self.__dict__.get(name, default)
+
+            def set_(self, value):
+                stores.append((name, value if value is None or type(value) is bool else value[1]))
+                self.__dict__[name] = value
+
+            return property(get, set_)
+
+        Base.metadata.create_all(engine)
+        seeded(session_cls, engine)
+        session = session_cls(engine)
+        x = session.get(Plain, 1)
+        x.qty = 5
+        new = Plain(name="new", qty=3)
+        session.add(new)
+        patched = {"key": None, "_orphaned_outside_of_session": False}
+        for name, default in patched.items():
+            setattr(InstanceState, name, plain_property(name, default))
+        try:
+            session.flush()
+        finally:
+            for name, default in patched.items():
+                setattr(InstanceState, name, default)
+        states = (inspect(x).key[1], inspect(new).key[1], inspect(new).persistent)
+        session.close()
+        Base.metadata.drop_all(engine)
+        return sorted(stores, key=repr), states
+
+    expected = recorded(orm.Session)
+    assert recorded(session_cls) == expected
+    assert ("_orphaned_outside_of_session", False) in expected[0]
+    assert any(name == "key" for name, _ in expected[0])

@@ -59,10 +59,18 @@ except ModuleNotFoundError:
 
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_GetItem, PyDict_Next
+    from cython.cimports.cpython.list import PyList_Append
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.cpython.ref import Py_INCREF
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
-    from cython.cimports.turbosession._cpython import ListenerSites, has_listeners, state_object
+    from cython.cimports.turbosession._cpython import (
+        ClassSite,
+        ListenerSites,
+        has_listeners,
+        own_dict,
+        own_entry,
+        state_object,
+    )
     from cython.cimports.cpython.tuple import (
         PyTuple_GET_ITEM,
         PyTuple_New,
@@ -70,7 +78,7 @@ if cython.compiled:
     )
 else:
     from .listeners import has_listeners
-    ListenerSites = None  # the declaration below is plain None
+    ListenerSites = ClassSite = None  # the declarations below are plain None
 
 __all__ = [
     "batches",
@@ -129,6 +137,8 @@ _STOCK_GET_BIND = cython.declare(object, _transaction._STOCK_GET_BIND)
 _SUBTRANSACTION = cython.declare(object, _transaction._SUBTRANSACTION)
 _SESSION_CLOSED = cython.declare(object, _transaction._SESSION_CLOSED)
 _SNAPSHOT_NAMES = cython.declare(tuple, _transaction._SNAPSHOT_NAMES)
+_MARKS = cython.declare(dict, _transaction.MARKS)
+_StateMarks = cython.declare(object, _transaction.StateMarks)
 _trans_ctx_check = cython.declare(object, _transaction._trans_ctx_check)
 # the descriptors of that class's snapshot collections (transaction._Snapshot)
 _SNAPSHOTS = cython.declare(
@@ -157,6 +167,10 @@ def _validator_code():
 
 _VALIDATOR_CODE = cython.declare(object, _validator_code())
 _listener_sites = cython.declare(ListenerSites)
+# compiled, register_persistent reads and sets these in the state's own
+# __dict__ while its class has no data descriptor of them (own_attributes)
+_REGISTER_NAMES = cython.declare(tuple, ("key", "_orphaned_outside_of_session"))
+_register_site = cython.declare(ClassSite)
 
 
 def _is_compiled():
@@ -958,12 +972,15 @@ def collect_delete_commands(table, mapper, states_to_delete):
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _null_identity(pk: tuple, allow_partial_pks: cython.bint) -> cython.bint:
+def _null_identity(pk: tuple, mapper) -> cython.bint:
     """Whether ``pk`` is a NULL identity (stock's test against ``_none_set``).
 
     Counted in one loop when every value is an int, a str or a "none"
     marker; other values take stock's set expression, which also raises
-    as stock does for an unhashable value.
+    as stock does for an unhashable value.  ``mapper.allow_partial_pks``
+    is read only where stock's expression reads it (a "none" among the
+    values): an attribute lookup on the mapper costs a walk of its long
+    MRO whenever the type cache has lost it.
     """
     nones: cython.Py_ssize_t = 0
     for value in pk:
@@ -971,15 +988,17 @@ def _null_identity(pk: tuple, allow_partial_pks: cython.bint) -> cython.bint:
             nones += 1
         elif type(value) is not int and type(value) is not str:
             return bool(
-                (_none_set.intersection(pk) and not allow_partial_pks)
+                (_none_set.intersection(pk) and not mapper.allow_partial_pks)
                 or _none_set.issuperset(pk)
             )
-    return (nones > 0 and not allow_partial_pks) or nones == len(pk)
+    if nones == 0:
+        return len(pk) == 0
+    return not mapper.allow_partial_pks or nones == len(pk)
 
 
 @cython.cfunc
 def _check_identity_key(state, mapper, instance_key: tuple):
-    if _null_identity(instance_key[1], mapper.allow_partial_pks):
+    if _null_identity(instance_key[1], mapper):
         raise orm_exc.FlushError(
             "Instance %s has a NULL identity key.  If this is an "
             "auto-generated value, check that the database table "
@@ -1077,9 +1096,52 @@ def _new_weak_key_dictionary():
 
 
 @cython.cfunc
+def _mark_states(transaction, name: str, states: list):
+    """``transaction.<name>[state] = True`` for each state, for ``_new`` or
+    ``_dirty``.  For turbosession's ``SessionTransaction``: into the
+    collection where it has been made (looked up as ``_snapshot`` looks it
+    up, up to the transaction boundary), else as weak references appended
+    to the boundary's ``transaction.StateMarks``, from which ``_Snapshot``
+    makes the collection when it is first read; into the attribute as it
+    is for any other transaction, or when that class's descriptor or
+    property has been replaced."""
+    trans = transaction
+    own: dict
+    while True:
+        own = trans.__dict__
+        made = own.get(name)
+        if made is not None:
+            _mark_in(made, states)
+            return
+        cls = type(trans)
+        if (
+            cls is not _TurboTransaction
+            or cls.__dict__.get(name) is not _SNAPSHOTS[name]
+            or cls._is_transaction_boundary is not _STOCK_BOUNDARY
+        ):
+            _mark_in(getattr(transaction, name), states)
+            return
+        if trans.nested or trans._parent is None:
+            break
+        trans = trans._parent
+    marks_key: str = _MARKS[name]
+    marks = own.get(marks_key)
+    if marks is None:
+        marks = own[marks_key] = _StateMarks()
+    for state in states:
+        if cython.compiled:
+            PyList_Append(marks, PyWeakref_NewRef(state, None))
+        else:
+            marks.append(_ref(state))
+    if len(marks) >= marks.compact_at:
+        marks.compact()
+
+
+@cython.cfunc
 def _snapshot(transaction, name: str):
     """``transaction.<name>`` for one of a transaction's snapshot
-    collections (``_new``, ``_dirty``, ``_deleted``).  For turbosession's
+    collections (``_deleted``; ``_new`` and ``_dirty`` are marked by
+    ``_mark_states``, made when read).  For turbosession's
     ``SessionTransaction``, what its ``_Snapshot`` descriptor does
     (the collection kept in the instance, else a new one for a transaction
     boundary, the parent's for a subtransaction), without its Python
@@ -1206,7 +1268,14 @@ def register_persistent(session, states: set, commit_all_states):
         key_props = key_props_of.get(mapper)
         if key_props is None:
             key_props = key_props_of[mapper] = _key_props(mapper)
-        key = state.key
+        # the state's own __dict__, where its key and orphan flag are read
+        # and stored (compiled, while its class lets them be)
+        own: dict = (
+            own_dict(state, _REGISTER_NAMES, cython.address(_register_site))
+            if cython.compiled
+            else None
+        )
+        key = state.key if own is None else own_entry(own, state, "key")
         # an updated state's key usually still holds its dict's values
         # (compiled only: uncompiled, the check costs more than the key)
         if cython.compiled and key is not None and _key_unchanged(key_props, state, dict_, key):
@@ -1215,7 +1284,10 @@ def register_persistent(session, states: set, commit_all_states):
             instance_key = _identity_key(key_props, state, dict_)
         _check_identity_key(state, mapper, instance_key)
         if key is None:
-            state.key = instance_key
+            if own is None:
+                state.key = instance_key
+            else:
+                own["key"] = instance_key
             mapped = False  # a new state: replace() maps it
         elif instance_key is not key and key != instance_key:
             _switch_key(session, state, instance_key)
@@ -1236,7 +1308,10 @@ def register_persistent(session, states: set, commit_all_states):
                 "load operations occurring inside of an event handler "
                 "within the flush?" % (instance_key,)
             )
-        state._orphaned_outside_of_session = False
+        if own is None:
+            state._orphaned_outside_of_session = False
+        else:
+            own["_orphaned_outside_of_session"] = False
 
     commit_all_states(zip(committing, committing_dicts), identity_map)
 
@@ -1250,12 +1325,10 @@ def register_persistent(session, states: set, commit_all_states):
                 was_new.append(state)
             else:
                 was_dirty.append(state)
-        # a transaction's _new and _dirty may be made on first use
-        # (turbosession.transaction._Snapshot): only asked for when marked
         if was_new:
-            _mark_in(_snapshot(transaction, "_new"), was_new)
+            _mark_states(transaction, "_new", was_new)
         if was_dirty:
-            _mark_in(_snapshot(transaction, "_dirty"), was_dirty)
+            _mark_states(transaction, "_dirty", was_dirty)
 
     if pending_to_persistent is not None:
         for state in states.intersection(new):

@@ -119,6 +119,48 @@ _stock_expire = InstanceState._expire
 _stock_detach_states = InstanceState.__dict__["_detach_states"]
 
 
+class StateMarks(list):
+    """The states marked in a transaction's ``_new`` or ``_dirty`` before
+    that collection is first read: weak references without a callback,
+    oldest first, kept in the transaction boundary's ``__dict__`` under
+    ``MARKS[name]`` (``persist.register_persistent`` appends them).
+
+    Only rollback and a savepoint's commit read those two collections, and
+    most transactions end in a commit of the root: marking a state here
+    costs a weak reference and an append, where a ``WeakKeyDictionary``
+    costs its construction, a dict entry per state and a Python call of its
+    callback for each state released before the transaction ends.
+    ``_Snapshot`` turns the marks into the collection when it is first
+    read: the states still alive, each marked once, in the order they were
+    first marked, which is what the ``WeakKeyDictionary`` would hold.
+    References to released states are dropped whenever the list has
+    doubled since it was last compacted, so that a long transaction
+    inserting and releasing many objects does not keep them."""
+
+    __slots__ = ("compact_at",)
+
+    def __init__(self):
+        super().__init__()
+        self.compact_at = _COMPACT_MIN
+
+    def compact(self):
+        self[:] = [ref for ref in self if ref() is not None]
+        self.compact_at = max(2 * len(self), _COMPACT_MIN)
+
+    def fill(self, mapping):
+        """``mapping[state] = True`` for each state still alive, in order."""
+        for ref in self:
+            state = ref()
+            if state is not None:
+                mapping[state] = True
+
+
+_COMPACT_MIN = 1024
+# the collections marked through StateMarks, and the key of the marks in
+# the transaction's __dict__
+MARKS = {"_new": "_turbosession_new_marks", "_dirty": "_turbosession_dirty_marks"}
+
+
 class _Snapshot:
     """One of a transaction's four snapshot collections (``_new``,
     ``_deleted``, ``_dirty``, ``_key_switches``), made on first use.
@@ -128,20 +170,26 @@ class _Snapshot:
     transaction costs) and a subtransaction its parent's four; a short
     transaction uses one or two of them, a read-only one none.  This
     gives the same object on first use (a new one for a transaction
-    boundary, the parent's for a subtransaction: the parent never
-    replaces its own) and keeps it in the instance, so that every later
-    use, stock's included, is a plain attribute."""
+    boundary, holding the states marked so far in ``StateMarks``; the
+    parent's for a subtransaction: the parent never replaces its own) and
+    keeps it in the instance, so that every later use, stock's included,
+    is a plain attribute."""
 
-    __slots__ = ("name",)
+    __slots__ = ("name", "marks")
 
     def __set_name__(self, owner, name):
         self.name = name
+        self.marks = MARKS.get(name)
 
     def __get__(self, trans, owner=None):
         if trans is None:
             return self
         if trans._is_transaction_boundary:
             value = WeakKeyDictionary()
+            if self.marks is not None:
+                marks = trans.__dict__.pop(self.marks, None)
+                if marks is not None:
+                    marks.fill(value)
         else:
             value = getattr(trans._parent, self.name)
         trans.__dict__[self.name] = value
@@ -176,6 +224,8 @@ class SessionTransaction(orm.SessionTransaction):
         members = self.__dict__
         for name in _SNAPSHOT_NAMES:
             members.pop(name, None)
+        for marks in MARKS.values():
+            members.pop(marks, None)
 
     @_StateChange.declare_states(
         (SessionTransactionState.ACTIVE,), _StateChangeStates.NO_CHANGE

@@ -55,6 +55,7 @@ if cython.compiled:
         state_object,
         DictSite,
         live_state_dict,
+        dict_get,
     )
 else:
     from .listeners import has_listeners
@@ -134,6 +135,8 @@ _set_listeners_site = cython.declare(SlotSite)
 _key_site = cython.declare(SlotSite)
 _modified_events_site = cython.declare(SlotSite)
 _committed_site = cython.declare(SlotSite)
+_manager_site = cython.declare(SlotSite)
+_deferred_site = cython.declare(SlotSite)
 _stock_set_site = cython.declare(ClassSite)
 _stock_modified_site = cython.declare(ClassSite)
 _dict_getitem_site = cython.declare(ClassSite)
@@ -482,13 +485,28 @@ def _reference_added(state, key):
     unit of work's lookup answers).  ``_LOOK_UP`` for every other case: the value not
     in the dict (stock's ``get`` decides whether to load), another
     implementation: the history is looked up."""
-    impl = _impl_of(state.manager, key)
-    if type(impl) is not _ScalarObjectAttributeImpl or impl._deferred_history:
+    # compiled, the state's and the implementation's slots read at their
+    # offsets (slot_value) and the dicts read as dicts (dict_get)
+    if cython.compiled:
+        impl = _impl_of(slot_value(state, "manager", cython.address(_manager_site)), key)
+    else:
+        impl = _impl_of(state.manager, key)
+    if type(impl) is not _ScalarObjectAttributeImpl:
         return _LOOK_UP
-    current = _state_dict(state).get(key, _ABSENT)
+    if cython.compiled:
+        deferred = slot_value(impl, "_deferred_history", cython.address(_deferred_site))
+    else:
+        deferred = impl._deferred_history
+    if deferred:
+        return _LOOK_UP
+    dict_ = _state_dict(state)
+    current = dict_get(dict_, key, _ABSENT) if cython.compiled else dict_.get(key, _ABSENT)
     if current is _ABSENT or current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
         return _LOOK_UP
-    committed: dict = state.committed_state
+    committed: dict = (
+        slot_value(state, "committed_state", cython.address(_committed_site)) if cython.compiled
+        else state.committed_state
+    )
     original = committed.get(key, _ABSENT)
     if original is _ABSENT or current is original:
         return _UNCHANGED

@@ -311,3 +311,37 @@ def test_saves_answer_from_the_state(session_cls, engine, monkeypatch):
             assert [p.team_id for p in later] == [1, 1, 1]
     finally:
         Base.metadata.drop_all(engine)
+
+
+def test_replaced_elements_generator_is_used(session_cls, engine, monkeypatch):
+    """A ``_ProcessAll._elements`` replaced on stock's class gives the
+    relationship steps their states, as it would stock's; with stock's,
+    the states are gathered by turbosession's loop, the same ones."""
+    from sqlalchemy.orm import unitofwork
+
+    stock_elements = unitofwork._ProcessAll._elements
+    asked = []
+
+    def elements(self, uow):
+        found = list(stock_elements(self, uow))
+        asked.append((self.dependency_processor.key, self.isdelete, len(found)))
+        return iter(found)
+
+    def scenario(session_cls_, engine_, log):
+        session = session_cls_(engine_)
+        team = Team(id=1, name="t", players=[Player(id=i, name=f"p{i}") for i in (1, 2)])
+        session.add_all([team, Badge(id=1, team=team)])
+        guarded(log, session.commit)
+        log.note("rows", rows(session, Player.id, Player.team_id),
+                 rows(session, Badge.id, Badge.team_id))
+        session.close()
+
+    expected = run(scenario, orm.Session, engine, Base.metadata)
+    assert run(scenario, session_cls, engine, Base.metadata) == expected
+    monkeypatch.setattr(unitofwork._ProcessAll, "_elements", elements)
+    assert run(scenario, orm.Session, engine, Base.metadata) == expected
+    stock_asked = sorted(asked)
+    del asked[:]
+    assert run(scenario, session_cls, engine, Base.metadata) == expected
+    assert sorted(asked) == stock_asked
+    assert ("team", False, 2) in stock_asked

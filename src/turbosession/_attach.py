@@ -80,6 +80,7 @@ if cython.compiled:
         type_version_tag,
         DictSite,
         live_state_dict,
+        object_dict,
     )
 else:
     from .listeners import has_listeners
@@ -274,6 +275,9 @@ def _state_dict(state):
 # compiled, the kept class lookups of _state_dict (_cpython.live_state_dict)
 _obj_site = cython.declare(SlotSite)
 _object_dict_site = cython.declare(DictSite)
+# compiled, the __dict__ lookup of the objects a save-update walk reaches
+# (_Walk.follow)
+_child_dict_site = cython.declare(DictSite)
 
 
 @cython.cfunc
@@ -670,7 +674,12 @@ class _Walk:
                 continue
             if save and self.held(child_state):
                 continue
-            child_dict = child.__dict__
+            # compiled, the class's __dict__ descriptor called directly
+            # (object_dict); a call costs more uncompiled
+            child_dict = (
+                object_dict(child, cython.address(_child_dict_site)) if cython.compiled
+                else child.__dict__
+            )
             child_mapper = (
                 _manager_of(child_state) if cython.compiled else child_state.manager
             ).mapper

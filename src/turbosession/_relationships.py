@@ -55,6 +55,7 @@ if cython.compiled:
         state_object,
         DictSite,
         live_state_dict,
+        dict_get,
     )
 else:
     from .listeners import has_listeners
@@ -95,6 +96,11 @@ _SCALAR_HISTORY = cython.declare(object, attributes._ScalarAttributeImpl.get_his
 _CollectionAttributeImpl = cython.declare(object, attributes._CollectionAttributeImpl)
 _COLLECTION_HISTORY = cython.declare(object, attributes._CollectionAttributeImpl.get_history)
 _FROM_COLLECTION = cython.declare(object, attributes.History.__dict__["from_collection"])
+_FROM_OBJECT_ATTRIBUTE = cython.declare(
+    object, attributes.History.__dict__["from_object_attribute"]
+)
+_ScalarObjectAttributeImpl = cython.declare(object, attributes._ScalarObjectAttributeImpl)
+_OBJECT_HISTORY = cython.declare(object, attributes._ScalarObjectAttributeImpl.get_history)
 _InstrumentedList = cython.declare(object, collections.InstrumentedList)
 _PLAIN_COMPARE = cython.declare(object, TypeEngine.compare_values)
 _PASSIVE_NO_RESULT = cython.declare(object, _base.PASSIVE_NO_RESULT)
@@ -103,6 +109,10 @@ _SOURCES_UNCHANGED = cython.declare(tuple, ("turbosession", "sources unchanged")
 _NOTHING_REMOVED = cython.declare(tuple, ("turbosession", "nothing removed"))
 _NOT_LOADED_BLANK = cython.declare(tuple, ("turbosession", "not loaded, blank"))
 _ALL_ADDED = cython.declare(tuple, ("turbosession", "all added"))
+# _reference_added's answers other than a value: nothing added or deleted;
+# the history to be looked up
+_UNCHANGED = cython.declare(object, object())
+_LOOK_UP = cython.declare(object, object())
 _STOCK_SET = cython.declare(object, attributes._ScalarAttributeImpl.set)
 _STOCK_MODIFIED = cython.declare(object, InstanceState._modified_event)
 _NO_VALUE = cython.declare(object, _base.NO_VALUE)
@@ -125,6 +135,8 @@ _set_listeners_site = cython.declare(SlotSite)
 _key_site = cython.declare(SlotSite)
 _modified_events_site = cython.declare(SlotSite)
 _committed_site = cython.declare(SlotSite)
+_manager_site = cython.declare(SlotSite)
+_deferred_site = cython.declare(SlotSite)
 _stock_set_site = cython.declare(ClassSite)
 _stock_modified_site = cython.declare(ClassSite)
 _dict_getitem_site = cython.declare(ClassSite)
@@ -398,30 +410,109 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
     """``ManyToOneDP.process_saves`` without ``post_update``: ``keys`` pairs
     the referenced mapper's attribute keys with the referencing one's;
     ``target`` is the processor's mapper when it is its class's primary
-    mapper (a child of exactly that mapper passes ``_verify_canload``)."""
+    mapper (a child of exactly that mapper passes ``_verify_canload``).
+
+    A state whose reference is in its dict and whose history no earlier
+    step cached is answered from the state (``_reference_added``) while
+    no one else can read the histories (``_histories_unread``): what stock
+    does depends only on the history's added value, or on its having none
+    with nothing deleted, and the lookup caches an entry nothing after
+    this step reads."""
     held: _Held = _Held(uow)
     histories: _Histories = _Histories(uow)
     key = dp.key
     uow_states: dict = uow.states
+    cache: dict = histories.cache if _stock_object_history() and _histories_unread(histories) else None
     for state in states:
+        if cache is not None and ("history", state, key) not in cache:
+            child = _reference_added(state, key)
+            if child is _UNCHANGED:
+                continue
+            if child is not _LOOK_UP:
+                _save_reference(dp, held, uow, uow_states, state, child, keys, target)
+                continue
         history = histories.get(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
             continue
         added = history.added
         if added:
             for child in added:
-                if state is None or _is_deleted(uow_states, state):
-                    continue
-                if child is None or not held.has(child):
-                    # clears the keys, or warns that the child is not in
-                    # the session
-                    dp._synchronize(state, child, None, False, uow, "add")
-                    continue
-                if child.manager.mapper is not target:
-                    dp._verify_canload(child)
-                _populate(child, state, keys)
+                _save_reference(dp, held, uow, uow_states, state, child, keys, target)
         elif history.deleted:
             dp._synchronize(state, None, None, True, uow, "delete")
+
+
+@cython.cfunc
+def _save_reference(dp, held: _Held, uow, uow_states: dict, state, child, keys: tuple, target):
+    """``ManyToOneDP._synchronize(state, child, None, False, uow, "add")``
+    for an added value of a state's reference: the referenced object's
+    keys copied to the state (not a deleted one); a None child clears the
+    keys and a child not in the session warns (stock's method), a child
+    not of ``target`` is checked by ``_verify_canload``."""
+    if state is None or _is_deleted(uow_states, state):
+        return
+    if child is None or not held.has(child):
+        dp._synchronize(state, child, None, False, uow, "add")
+        return
+    if child.manager.mapper is not target:
+        dp._verify_canload(child)
+    _populate(child, state, keys)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _stock_object_history() -> cython.bint:
+    """Whether a many-to-one's history is stock's
+    ``_ScalarObjectAttributeImpl.get_history`` (``History.from_object_attribute``)."""
+    return (
+        _ScalarObjectAttributeImpl.get_history is _OBJECT_HISTORY
+        and attributes.History.__dict__.get("from_object_attribute") is _FROM_OBJECT_ATTRIBUTE
+    )
+
+
+@cython.cfunc
+def _reference_added(state, key):
+    """What ``ManyToOneDP.process_saves`` reads of the state's history of
+    its reference ``key`` (looked up with ``PASSIVE_NO_INITIALIZE``), from
+    the state itself: for an attribute of stock's class without deferred
+    history whose value (not a symbol) is in the state's dict, stock's
+    ``from_object_attribute`` answers ``((), [value], ())`` when
+    ``committed_state`` keeps nothing for it or keeps the value itself
+    (``_UNCHANGED``: nothing added or deleted, nothing done), and
+    otherwise (an earlier object, or ``NO_VALUE``, ``PASSIVE_NO_RESULT``,
+    None for a new object's reference never loaded) has the value added,
+    which is returned as its state (``History.as_state``, which the
+    unit of work's lookup answers).  ``_LOOK_UP`` for every other case: the value not
+    in the dict (stock's ``get`` decides whether to load), another
+    implementation: the history is looked up."""
+    # compiled, the state's and the implementation's slots read at their
+    # offsets (slot_value) and the dicts read as dicts (dict_get)
+    if cython.compiled:
+        impl = _impl_of(slot_value(state, "manager", cython.address(_manager_site)), key)
+    else:
+        impl = _impl_of(state.manager, key)
+    if type(impl) is not _ScalarObjectAttributeImpl:
+        return _LOOK_UP
+    if cython.compiled:
+        deferred = slot_value(impl, "_deferred_history", cython.address(_deferred_site))
+    else:
+        deferred = impl._deferred_history
+    if deferred:
+        return _LOOK_UP
+    dict_ = _state_dict(state)
+    current = dict_get(dict_, key, _ABSENT) if cython.compiled else dict_.get(key, _ABSENT)
+    if current is _ABSENT or current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
+        return _LOOK_UP
+    committed: dict = (
+        slot_value(state, "committed_state", cython.address(_committed_site)) if cython.compiled
+        else state.committed_state
+    )
+    original = committed.get(key, _ABSENT)
+    if original is _ABSENT or current is original:
+        return _UNCHANGED
+    # as the history's states (History.as_state: instance_state, stock's
+    # attrgetter)
+    return None if current is None else current._sa_instance_state
 
 
 def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
@@ -515,14 +606,29 @@ def _answers(histories: _Histories, kind: tuple, dp, factory):
         return None
     if factory is None:
         return histories.cache.get(kind + (dp,))
+    if not _histories_unread(histories):
+        return None
+    return histories.uow.memo(kind + (dp,), factory)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _histories_unread(histories: _Histories) -> cython.bint:
+    """Whether no one but the flush's own steps can ask the unit of work
+    for the histories it caches, so that a step may answer from a state
+    without making the ``History`` and its cache entry: its
+    ``get_attribute_history`` is turbosession's, and the session has no
+    flush listeners (``before_flush``, ``after_flush``,
+    ``after_flush_postexec``), which are handed the unit of work and may
+    ask it for those histories."""
+    if histories.lookup is None:
+        return False
     dispatch = histories.uow.session.dispatch
-    if (
+    return not (
         _has_listeners(dispatch.before_flush)
         or _has_listeners(dispatch.after_flush)
         or _has_listeners(dispatch.after_flush_postexec)
-    ):
-        return None
-    return histories.uow.memo(kind + (dp,), factory)
+    )
 
 
 @cython.cfunc

@@ -521,6 +521,26 @@ def states_of_mappers(uow, hierarchy: tuple, isdelete, listonly) -> list:
     return found
 
 
+def process_all_states(uow, mappers, isdelete) -> list:
+    """The states a ``_ProcessAll`` step hands its processor, as stock's
+    ``_elements`` generator yields them: for each of ``mappers`` (the
+    step's ``_mappers(uow)``), its states in the unit of work whose
+    ``(isdelete, listonly)`` flags have ``isdelete`` equal to the step's
+    and ``listonly`` false, gathered in one loop (the relationship loops
+    that take them register nothing, so the flags they are read from
+    stay as they were)."""
+    states: dict = uow.states
+    by_mapper = uow.mappers
+    found: list = []
+    flags: tuple
+    for mapper in mappers:
+        for state in by_mapper[mapper]:
+            flags = states[state]
+            if flags[0] == isdelete and not flags[1]:
+                found.append(state)
+    return found
+
+
 @cython.cfunc
 def _new_record(cls):
     """``object.__new__(cls)`` for a record class of stock's unit of work

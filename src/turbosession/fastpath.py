@@ -64,6 +64,11 @@ FALLBACK_REASONS = {
 
 _counts = Counter()
 
+# stock's generator of a _ProcessAll step's states, which the relationship
+# steps run on turbosession's loops replace with one compiled loop
+# (_unitofwork.process_all_states) while it is this function
+_STOCK_ELEMENTS = _ProcessAll._elements
+
 
 def stats():
     """Flushes run so far in this process: fast, and fallbacks by reason."""
@@ -224,10 +229,14 @@ class ActionRunner:
             dp = action.dependency_processor
             plan = relationships.plan_for(uow, dp, action.isdelete)
             if plan is not None:
-                relationships.run(
-                    uow, dp, action.isdelete, action._elements(uow), plan,
-                    uow.session._turbo.relationships,
-                )
+                turbo = uow.session._turbo
+                if _ProcessAll._elements is _STOCK_ELEMENTS:
+                    states = turbo.unitofwork.process_all_states(
+                        uow, action._mappers(uow), action.isdelete
+                    )
+                else:
+                    states = action._elements(uow)
+                relationships.run(uow, dp, action.isdelete, states, plan, turbo.relationships)
                 return
         action.execute(self.uow)
 

@@ -331,3 +331,20 @@ def test_rounds_and_records_as_stock(session_cls, engine, shape):
         Base.metadata.drop_all(engine)
     assert actual == expected
     assert len(expected[0]) > 2
+
+
+def test_tree_rounds_memoize_state_mapper_as_stock(session_cls, engine):
+    """Stock's record constructor reads each state's ``mapper`` (a memoized
+    property, then kept in the state's ``__dict__``): so do the rounds."""
+    Base.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            nodes = tree(Node, by_children, 20, SHAPES["fan_out_3"])
+            session.add_all(nodes)
+            states = [inspect(node) for node in nodes]
+            assert not any("mapper" in state.__dict__ for state in states)
+            tree_rounds(session)
+            assert all(state.__dict__["mapper"] is Node.__mapper__ for state in states)
+            session.rollback()
+    finally:
+        Base.metadata.drop_all(engine)

@@ -94,6 +94,8 @@ _INCLUDE_PENDING_MUTATIONS = cython.declare(object, attributes.INCLUDE_PENDING_M
 _NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
 _NO_VALUE = cython.declare(object, attributes.NO_VALUE)
 _MISSING = cython.declare(object, object())
+_MAPPER_PROPERTY = cython.declare(object, _state_module.InstanceState.__dict__["mapper"])
+_MAPPER_GETTER = cython.declare(object, _MAPPER_PROPERTY.fget)
 _PASSIVE_NO_INITIALIZE = cython.declare(object, attributes.PASSIVE_NO_INITIALIZE)
 _PER_STATE_FLUSH_ACTIONS = cython.declare(object, _DependencyProcessor.per_state_flush_actions)
 _ONE_TO_MANY_STATE_DEPENDENCIES = cython.declare(object, _OneToManyDP.per_state_dependencies)
@@ -982,9 +984,7 @@ def tree_rounds(uow, cycles: set, pending):
     records: list = _state_records(
         uow, _SaveUpdateState, states, mapper, ("ProcessState", mapper._sort_key)
     )
-    for state in states:
-        if not _mapper_memoized(state):
-            state.mapper  # stock's record constructor memoizes it
+    _memoize_mappers(states)
     rounds: list = []
     for position in range(count):
         _add_to_round(rounds, rounds_of[position], records[position])
@@ -1000,6 +1000,27 @@ def tree_rounds(uow, cycles: set, pending):
         registry[(_ProcessAll, dp, False, True)].disabled = True
         registry[(_ProcessAll, dp, True, True)].disabled = True
     return rounds
+
+
+@cython.cfunc
+def _memoize_mappers(states: list):
+    """Each state's ``mapper`` memoized, as the read of it in stock's record
+    constructor memoizes it: while that memoized property is stock's, the
+    value it would keep (``state.manager.mapper``) is written into a stock
+    state's ``__dict__`` as the property writes it, without its two Python
+    calls."""
+    stock: cython.bint = (
+        _InstanceState.__dict__.get("mapper") is _MAPPER_PROPERTY
+        and _MAPPER_PROPERTY.fget is _MAPPER_GETTER
+    )
+    instance_dict: dict
+    for state in states:
+        if stock and type(state) is _InstanceState:
+            instance_dict = state.__dict__
+            if "mapper" not in instance_dict:
+                instance_dict["mapper"] = state.manager.mapper
+        else:
+            state.mapper
 
 
 @cython.cfunc

@@ -951,6 +951,7 @@ def tree_rounds(uow, cycles: set, pending):
     following: list = [0] * count
     processes: list = []
     linked: list
+    chain: list
     pair: tuple
     here: cython.Py_ssize_t
     there: cython.Py_ssize_t
@@ -971,10 +972,12 @@ def tree_rounds(uow, cycles: set, pending):
                 there = found
                 if one_to_many:
                     # the member is inserted after this state
-                    cython.cast(list, followers[here]).append(there)
+                    chain = followers[here]
+                    chain.append(there)
                     following[there] += 1
                 else:
-                    cython.cast(list, followers[there]).append(here)
+                    chain = followers[there]
+                    chain.append(here)
                     following[here] += 1
                     linked.append(there)
             processes.append((dp, state, linked))
@@ -990,10 +993,13 @@ def tree_rounds(uow, cycles: set, pending):
         _add_to_round(rounds, rounds_of[position], records[position])
     entry: tuple
     round_: cython.Py_ssize_t
+    after: cython.Py_ssize_t
     for entry in processes:
         round_ = 0
-        for position in cython.cast(list, entry[2]):
-            round_ = max(round_, cython.cast(cython.Py_ssize_t, rounds_of[position]) + 1)
+        linked = entry[2]
+        for position in linked:
+            after = rounds_of[position]
+            round_ = max(round_, after + 1)
         _add_to_round(rounds, round_, _process_state(uow, entry[0], False, entry[1]))
     registry: dict = uow.postsort_actions
     for dp in uow.deps[mapper]:
@@ -1032,13 +1038,19 @@ def _longest_chains(followers: list, following: list, count: cython.Py_ssize_t) 
     ready: list = [i for i in range(count) if not following[i]]
     done: cython.Py_ssize_t = 0
     before: cython.Py_ssize_t
+    follower: cython.Py_ssize_t
     after_round: cython.Py_ssize_t
+    known: cython.Py_ssize_t
+    chain: list
     while done < len(ready):
         before = ready[done]
         done += 1
-        after_round = cython.cast(cython.Py_ssize_t, rounds_of[before]) + 2
-        for follower in cython.cast(list, followers[before]):
-            if cython.cast(cython.Py_ssize_t, rounds_of[follower]) < after_round:
+        after_round = rounds_of[before]
+        after_round += 2
+        chain = followers[before]
+        for follower in chain:
+            known = rounds_of[follower]
+            if known < after_round:
                 rounds_of[follower] = after_round
             following[follower] -= 1
             if not following[follower]:
@@ -1052,4 +1064,5 @@ def _longest_chains(followers: list, following: list, count: cython.Py_ssize_t) 
 def _add_to_round(rounds: list, round_: cython.Py_ssize_t, record):
     while len(rounds) <= round_:
         rounds.append([])
-    cython.cast(list, rounds[round_]).append(record)
+    members: list = rounds[round_]
+    members.append(record)

@@ -843,6 +843,7 @@ def test_stats_are_public():
     assert stats.pop("transactions") == turbosession.transaction.stats()
     assert stats.pop("sorted_steps") == turbosession.plans.stats()
     assert stats.pop("relationships") == turbosession.relationships.stats()
+    assert stats.pop("cycles") == turbosession.flush.cycle_stats()
     assert stats == fastpath.stats()
     assert set(fastpath.FALLBACK_REASONS) >= {"not_tables", "disabled"}
 

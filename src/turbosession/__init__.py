@@ -12,6 +12,7 @@ from . import (
     attaching,
     emission,
     fastpath,
+    flush,
     instances,
     loads,
     plans,
@@ -47,9 +48,11 @@ def stats():
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
     n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...}},
     "sorted_steps": {"cached": n, "sorted": {reason: n}}, "relationships":
-    {"fast": n, "fallback": {reason: n}}}`` (the flushes whose sorted steps
-    were known for their shape, ``turbosession.plans``; the relationship
-    processors' steps); the reasons are described in
+    {"fast": n, "fallback": {reason: n}}, "cycles": {"tree": n, "split":
+    n}}`` (the flushes whose sorted steps were known for their shape,
+    ``turbosession.plans``; the relationship processors' steps; the flushes
+    with cycles ordered from a tree's links or by the per-state split and
+    sort, ``flush.cycle_stats``); the reasons are described in
     ``fastpath.FALLBACK_REASONS``, ``loads.FALLBACK_REASONS``,
     ``loads.CURSOR_FALLBACK_REASONS``,
     ``instances.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS``,
@@ -63,6 +66,7 @@ def stats():
     result["transactions"] = transaction.stats()
     result["sorted_steps"] = plans.stats()
     result["relationships"] = relationships.stats()
+    result["cycles"] = flush.cycle_stats()
     return result
 
 
@@ -74,6 +78,7 @@ def reset_stats():
     transaction.reset_stats()
     plans.reset_stats()
     relationships.reset_stats()
+    flush.reset_cycle_stats()
 
 
 __all__ = [

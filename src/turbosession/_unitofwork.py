@@ -19,6 +19,9 @@ stock's unit of work loops over states:
   ``_SaveUpdateAll`` / ``_DeleteAll`` are made here directly, as their
   constructors would make them; every other action (and every dependency
   processor) still makes its own through stock's code.
+- ``tree_rounds``: when the cycle is one mapper's tree of new objects,
+  the same records made from the states' links, and the sort's rounds
+  computed from them, without the edges.
 
 Compiled, the per-state and per-edge loops are C loops over typed dicts,
 sets and lists.
@@ -67,6 +70,7 @@ __all__ = [
     "split_per_state",
     "states_for_mapper_hierarchy",
     "states_of_mappers",
+    "tree_rounds",
     "unloaded_collection_blank",
     "added_collection_members",
 ]
@@ -90,6 +94,8 @@ _INCLUDE_PENDING_MUTATIONS = cython.declare(object, attributes.INCLUDE_PENDING_M
 _NO_HISTORY = cython.declare(object, attributes._NO_HISTORY)
 _NO_VALUE = cython.declare(object, attributes.NO_VALUE)
 _MISSING = cython.declare(object, object())
+_MAPPER_PROPERTY = cython.declare(object, _state_module.InstanceState.__dict__["mapper"])
+_MAPPER_GETTER = cython.declare(object, _MAPPER_PROPERTY.fget)
 _PASSIVE_NO_INITIALIZE = cython.declare(object, attributes.PASSIVE_NO_INITIALIZE)
 _PER_STATE_FLUSH_ACTIONS = cython.declare(object, _DependencyProcessor.per_state_flush_actions)
 _ONE_TO_MANY_STATE_DEPENDENCIES = cython.declare(object, _OneToManyDP.per_state_dependencies)
@@ -732,6 +738,22 @@ def _mapper_memoized(state) -> cython.bint:
 
 
 @cython.cfunc
+def _members(state, key, isdelete: cython.bint, passive, pending):
+    """Stock's ``get_all_pending`` of the state's relationship ``key``:
+    the (state, object) pairs a processor's per-state actions link, from
+    ``pending`` where it answers (not None)."""
+    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
+    dict_ = _state_dict(state)
+    sum_ = None
+    if not isdelete or type(impl) is _CollectionAttributeImpl:
+        # the collection's ignores the flag
+        sum_ = pending(impl, state, dict_, key)
+    if sum_ is None:
+        sum_ = impl.get_all_pending(state, dict_, passive)
+    return sum_
+
+
+@cython.cfunc
 def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: cython.bint, pending):
     """``dp.per_state_flush_actions(uow, states, isdelete)`` of a one-to-many
     or many-to-one processor without ``post_update``
@@ -777,14 +799,7 @@ def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: c
     entry: tuple
     pair: tuple
     for state in states:
-        impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
-        dict_ = _state_dict(state)
-        sum_ = None
-        if not isdelete or type(impl) is _CollectionAttributeImpl:
-            # the collection's ignores the flag
-            sum_ = pending(impl, state, dict_, key)
-        if sum_ is None:
-            sum_ = impl.get_all_pending(state, dict_, passive)
+        sum_ = _members(state, key, isdelete, passive, pending)
         if not sum_:
             continue
         if isdelete:
@@ -868,3 +883,206 @@ def split_per_state(uow, cycles: set, pending=None):
         else:
             convert[rec] = set(rec.per_state_flush_actions(uow))
     _rewrite_dependencies(uow.dependencies, cycles, convert)
+
+
+@cython.cfunc
+def _tree_mapper(uow, cycles: set):
+    """The mapper of a cycle that is one mapper's self-referential
+    relationships and nothing else, or None.
+
+    The flush's actions must be exactly that mapper's save and delete steps
+    and its processors' two ``_ProcessAll`` each (so no other mapper, and
+    no edge from outside the cycle, takes part), the cycle those steps and
+    the processors' saves; every processor a one-to-many or many-to-one of
+    the mapper to itself without ``post_update`` (``_per_state_direction``),
+    relevant to the mapper's states (stock's ``filter_states_for_dep`` keeps
+    them all); the mapper neither inherits nor is inherited."""
+    mapper = None
+    for rec in cycles:
+        if type(rec) is _SaveUpdateAll:
+            mapper = rec.mapper
+            break
+    if mapper is None or mapper.inherits is not None or mapper._inheriting_mappers:
+        return None
+    registry: dict = uow.postsort_actions
+    processors = uow.deps.get(mapper)
+    if (
+        not processors
+        or len(registry) != 2 + 2 * len(processors)
+        or len(cycles) != 2 + len(processors)
+        or registry.get((_SaveUpdateAll, mapper)) not in cycles
+        or registry.get((_DeleteAll, mapper)) not in cycles
+    ):
+        return None
+    props: dict = mapper._props
+    for dp in processors:
+        if (
+            not _per_state_direction(dp)
+            or dp.parent is not mapper
+            or dp.mapper is not mapper
+            or props.get(dp.key) is not dp.prop
+            or registry.get((_ProcessAll, dp, False, True)) not in cycles
+            or (_ProcessAll, dp, True, True) not in registry
+        ):
+            return None
+    return mapper
+
+
+def tree_rounds(uow, cycles: set, pending):
+    """The per-state actions of an all-insert self-referential flush in the
+    rounds stock's ``sort_as_subsets`` gives them after ``split_per_state``,
+    computed from the states' links; None for any other flush (the cycle is
+    then split as stock splits it).
+
+    The shape (``_tree_mapper``): one mapper, every state of the flush a
+    new object of it to insert, its processors one-to-many and many-to-one
+    to itself.  Stock then makes a ``_SaveUpdateState`` per state and a
+    ``_ProcessState`` per state and processor where the relationship
+    links pending states (made and registered here as ``split_per_state``
+    makes them, once the shape is known, the processors' ``_ProcessAll``
+    disabled), and its edges put a state's save two rounds after the save
+    of every state it is linked under (through the linking processor's
+    record, one round after that save).  A round being the longest chain
+    of edges above an action, each save's round is twice its depth in the
+    links; a state linked to one outside the flush, or links that loop,
+    go back to the split, which finds stock's outcome.  The edges
+    themselves are not made: nothing but the sort reads them.  The rounds
+    are lists in no particular order, as the runner takes each as a set
+    (as stock's ``execute`` does)."""
+    if pending is None:
+        return None
+    mapper = _tree_mapper(uow, cycles)
+    if mapper is None:
+        return None
+    states: list = states_for_mapper_hierarchy(uow, mapper, False, False)
+    count: cython.Py_ssize_t = len(states)
+    if not count or count != len(uow.states):
+        return None  # a deleted or list-only state
+    index: dict = {}
+    position: cython.Py_ssize_t = 0
+    for state in states:
+        if state.key is not None:
+            return None  # an update
+        index[state] = position
+        position += 1
+    # by position: the states that follow each, how many each follows;
+    # per processor record to make, (processor, state, positions it follows)
+    followers: list = [[] for _ in range(count)]
+    following: list = [0] * count
+    processes: list = []
+    linked: list
+    chain: list
+    pair: tuple
+    here: cython.Py_ssize_t
+    there: cython.Py_ssize_t
+    one_to_many: cython.bint
+    for dp in uow.deps[mapper]:
+        one_to_many = _per_state_direction(dp) == 1
+        key = dp.key
+        for state in states:
+            sum_ = _members(state, key, False, _PASSIVE_NO_INITIALIZE, pending)
+            if not sum_:
+                continue
+            here = index[state]
+            linked = [here] if one_to_many else []
+            for pair in sum_:
+                found = index.get(pair[0])
+                if found is None:
+                    return None  # a member outside the flush
+                there = found
+                if one_to_many:
+                    # the member is inserted after this state
+                    chain = followers[here]
+                    chain.append(there)
+                    following[there] += 1
+                else:
+                    chain = followers[there]
+                    chain.append(here)
+                    following[here] += 1
+                    linked.append(there)
+            processes.append((dp, state, linked))
+    rounds_of: list = _longest_chains(followers, following, count)
+    if rounds_of is None:
+        return None  # the links loop: stock's sort raises
+    records: list = _state_records(
+        uow, _SaveUpdateState, states, mapper, ("ProcessState", mapper._sort_key)
+    )
+    _memoize_mappers(states)
+    rounds: list = []
+    for position in range(count):
+        _add_to_round(rounds, rounds_of[position], records[position])
+    entry: tuple
+    round_: cython.Py_ssize_t
+    after: cython.Py_ssize_t
+    for entry in processes:
+        round_ = 0
+        linked = entry[2]
+        for position in linked:
+            after = rounds_of[position]
+            round_ = max(round_, after + 1)
+        _add_to_round(rounds, round_, _process_state(uow, entry[0], False, entry[1]))
+    registry: dict = uow.postsort_actions
+    for dp in uow.deps[mapper]:
+        registry[(_ProcessAll, dp, False, True)].disabled = True
+        registry[(_ProcessAll, dp, True, True)].disabled = True
+    return rounds
+
+
+@cython.cfunc
+def _memoize_mappers(states: list):
+    """Each state's ``mapper`` memoized, as the read of it in stock's record
+    constructor memoizes it: while that memoized property is stock's, the
+    value it would keep (``state.manager.mapper``) is written into a stock
+    state's ``__dict__`` as the property writes it, without its two Python
+    calls."""
+    stock: cython.bint = (
+        _InstanceState.__dict__.get("mapper") is _MAPPER_PROPERTY
+        and _MAPPER_PROPERTY.fget is _MAPPER_GETTER
+    )
+    instance_dict: dict
+    for state in states:
+        if stock and type(state) is _InstanceState:
+            instance_dict = state.__dict__
+            if "mapper" not in instance_dict:
+                instance_dict["mapper"] = state.manager.mapper
+        else:
+            state.mapper
+
+
+@cython.cfunc
+def _longest_chains(followers: list, following: list, count: cython.Py_ssize_t) -> list:
+    """Each state's save round: twice the longest chain of states above it
+    (Kahn's order over ``followers``; ``following`` is used up), or None
+    when the links loop."""
+    rounds_of: list = [0] * count
+    ready: list = [i for i in range(count) if not following[i]]
+    done: cython.Py_ssize_t = 0
+    before: cython.Py_ssize_t
+    follower: cython.Py_ssize_t
+    after_round: cython.Py_ssize_t
+    known: cython.Py_ssize_t
+    chain: list
+    while done < len(ready):
+        before = ready[done]
+        done += 1
+        after_round = rounds_of[before]
+        after_round += 2
+        chain = followers[before]
+        for follower in chain:
+            known = rounds_of[follower]
+            if known < after_round:
+                rounds_of[follower] = after_round
+            following[follower] -= 1
+            if not following[follower]:
+                ready.append(follower)
+    if done != count:
+        return None
+    return rounds_of
+
+
+@cython.cfunc
+def _add_to_round(rounds: list, round_: cython.Py_ssize_t, record):
+    while len(rounds) <= round_:
+        rounds.append([])
+    members: list = rounds[round_]
+    members.append(record)

@@ -15,6 +15,7 @@ delete steps go to turbosession's own unit of work (``fastpath``) where the
 mapper allows it, and the flush is counted as fast or as a fallback.
 """
 
+from collections import Counter
 from operator import attrgetter
 
 from sqlalchemy import exc as sa_exc
@@ -149,19 +150,45 @@ class UOWTransaction(unitofwork.UOWTransaction):
     def _postsort_actions(self):
         """The second half of stock's ``_generate_actions``: the postsort
         actions to sort, once the presort actions have run."""
-        # mappers that depend on each other (self-referential relationships)
-        # cannot be ordered as a whole: split their actions per state
-        self.cycles = cycles = self._topological.find_cycles(
-            self.dependencies, list(self.postsort_actions.values())
-        )
+        cycles = self._find_cycles()
         if cycles:
             self._unitofwork.split_per_state(
                 self, cycles, self.session._turbo.attach.pending_pairs
             )
+        return self._unsplit_actions(cycles)
 
+    def _find_cycles(self):
+        # mappers that depend on each other (self-referential relationships)
+        # cannot be ordered as a whole: their actions are split per state
+        self.cycles = cycles = self._topological.find_cycles(
+            self.dependencies, list(self.postsort_actions.values())
+        )
+        return cycles
+
+    def _unsplit_actions(self, cycles):
         return {
             a for a in self.postsort_actions.values() if not a.disabled
         }.difference(cycles)
+
+    def _sorted_rounds(self):
+        """The rounds of per-state actions to run, or None for a flush
+        without cycles (then sorted as one sequence): for a tree of new
+        objects (``_unitofwork.tree_rounds``) computed from the states'
+        links, else as stock's ``sort_as_subsets`` gives them once the
+        cycle is split."""
+        cycles = self._find_cycles()
+        if not cycles:
+            return None
+        pending = self.session._turbo.attach.pending_pairs
+        rounds = self._unitofwork.tree_rounds(self, cycles, pending)
+        if rounds is not None:
+            _cycle_counts["tree"] += 1
+            return rounds
+        _cycle_counts["split"] += 1
+        self._unitofwork.split_per_state(self, cycles, pending)
+        return self._topological.sort_as_subsets(
+            self.dependencies, sorted(self._unsplit_actions(cycles), key=_sort_key)
+        )
 
     def execute(self):
         # (a flush with no relationship work has no presort actions to run)
@@ -183,23 +210,22 @@ class UOWTransaction(unitofwork.UOWTransaction):
             # finds none and its sort gives these steps
             fastpath.run_steps(self, steps)
             return
-        postsort_actions = sorted(
-            self._postsort_actions(), key=_sort_key
-        )
-        topological = self._topological
+        rounds = self._sorted_rounds()
+        if rounds is None:
+            postsort_actions = sorted(
+                self._unsplit_actions(self.cycles), key=_sort_key
+            )
         run = fastpath.ActionRunner(self)
         try:
-            if self.cycles:
+            if rounds is not None:
                 # per-state actions of one round run in aggregates (one
                 # statement batch per mapper), in stock's set order
-                for subset in topological.sort_as_subsets(
-                    self.dependencies, postsort_actions
-                ):
+                for subset in rounds:
                     set_ = set(subset)
                     while set_:
                         run.aggregate(set_.pop(), set_)
             else:
-                for rec in topological.sort(self.dependencies, postsort_actions):
+                for rec in self._topological.sort(self.dependencies, postsort_actions):
                     run(rec)
         finally:
             fastpath.record(run.reason)
@@ -216,6 +242,19 @@ def _relationship_processors(mapper):
 
 
 _NO_STATES = frozenset()
+# flushes with cycles: "tree" when their rounds came from the states' links
+# (_unitofwork.tree_rounds), "split" when from the split and the sort
+_cycle_counts = Counter()
+
+
+def cycle_stats():
+    """How the flushes with cycles were ordered (``_cycle_counts``)."""
+    return {"tree": _cycle_counts["tree"], "split": _cycle_counts["split"]}
+
+
+def reset_cycle_stats():
+    _cycle_counts.clear()
+
 _BASE_STEPS = ((_SaveUpdateAll, "SaveUpdateAll"), (_DeleteAll, "DeleteAll"))
 _PROCESSORS_KEY = ("turbosession", "relationship processors")
 _POSTSORT_NEW = unitofwork._PostSortRec.__new__

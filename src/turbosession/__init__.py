@@ -46,7 +46,8 @@ def stats():
     "collections_to_stock": {reason: n}}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
     n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...}},
-    "sorted_steps": {"cached": n, "sorted": {reason: n}}, "relationships":
+    "sorted_steps": {"cached": n, "sorted": {reason: n}, "recorded": {reason: n}},
+    "relationships":
     {"fast": n, "fallback": {reason: n}}}`` (the flushes whose sorted steps
     were known for their shape, ``turbosession.plans``; the relationship
     processors' steps); the reasons are described in
@@ -54,7 +55,8 @@ def stats():
     ``loads.CURSOR_FALLBACK_REASONS``,
     ``instances.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS``,
     ``attaching.FALLBACK_REASONS``, ``transaction.FALLBACK_REASONS``,
-    ``plans.REASONS`` and ``relationships.FALLBACK_REASONS``.
+    ``plans.REASONS``, ``plans.RECORDED_REASONS`` and
+    ``relationships.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()

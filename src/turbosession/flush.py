@@ -176,7 +176,7 @@ class UOWTransaction(unitofwork.UOWTransaction):
             if fastpath.insert_unrecorded(self, mapper):
                 return
             # the steps registering would have made, made now
-            self.unrecorded_mapper = None
+            del self.unrecorded_mapper
             self._per_mapper_flush_actions(mapper)
         if len(self.states) == 1 and fastpath.insert_single(self):
             # one new object of a single-table mapper: its two steps in
@@ -308,7 +308,9 @@ def _register_states(session, flush_context, objects, dirty):
         # the one state, and there is nothing to delete
         new = set(session._new)
         if not flush_context.states:
-            flush_context.unrecorded_mapper = _unrecorded_mapper(session, new)
+            mapper = _unrecorded_mapper(session, new)
+            if mapper is not None:
+                flush_context.unrecorded_mapper = mapper
         persist.register_saves(session, flush_context, new, set())
         return
     deleted = set(session._deleted)

@@ -188,7 +188,7 @@ def relationship_mappers(session_cls, engine, log):
             session.commit()
             session.add(Label(id=1, tag=tag))
             session.commit()
-            tag.id = 2
+            session.add(Tag(id=2, label="u"))
             session.commit()
             log.note("label", session.scalars(select(Label.tag_id)).all())
     finally:

@@ -619,3 +619,31 @@ def test_pinned_bundle_gets_its_own_delete(impl, session_cls, engine):
         session.flush()
         assert session.scalars(select(Plain)).all() == []
     Base.metadata.drop_all(engine)
+
+
+def test_pinned_bundle_gets_its_own_add(impl, session_cls, engine):
+    """add() is the bundle's function itself; a subclass overriding it
+    keeps its own, which reaches turbosession's through super(), and
+    add_all() then calls it per object as stock's does."""
+    assert session_cls.add is impl.attach.session_add
+    assert type("Sub", (session_cls,), {}).add is impl.attach.session_add
+    calls = []
+
+    class Own(session_cls):
+        def add(self, instance, **kw):
+            calls.append(instance.name)
+            super().add(instance, **kw)
+
+    from turbosession import attaching
+
+    Base.metadata.create_all(engine)
+    before = attaching.stats()["fast"]
+    with Own(engine) as session:
+        x, y = Plain(id=1, name="x"), Plain(id=2, name="y")
+        session.add(x)
+        session.add_all([y])
+        assert calls == ["x", "y"] and set(session.new) == {x, y}
+        assert attaching.stats()["fast"] == before + 2
+        session.flush()
+        assert sorted(session.scalars(select(Plain.name))) == ["x", "y"]
+    Base.metadata.drop_all(engine)

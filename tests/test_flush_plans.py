@@ -253,11 +253,13 @@ def test_shapes_counted(session_cls, engine):
     assert _sorted_steps(mixes_of_one_hierarchy, session_cls, engine) == {
         "cached": 8,
         "sorted": {},
+        "recorded": {},
     }
     # 5, and the autoflushes of get()s that miss
     assert _sorted_steps(several_hierarchies, session_cls, engine) == {
         "cached": 9,
         "sorted": {},
+        "recorded": {},
     }
     # a flush with the folder or its items: the relationship processors
     # set up their steps (the folder's loaded items are registered with
@@ -265,6 +267,7 @@ def test_shapes_counted(session_cls, engine):
     assert _sorted_steps(relationships_with_and_without_work, session_cls, engine) == {
         "cached": 1,
         "sorted": {"actions": 6},
+        "recorded": {},
     }
 
 
@@ -298,7 +301,7 @@ def test_steps_kept_with_the_mapper_until_reconfigured(session_cls, engine):
             session.add(Memo(id=2, text="b"))
             session.commit()
             assert session.get(Memo, 2).shout == "b!"
-        assert plans.stats() == {"cached": 1, "sorted": {}}
+        assert plans.stats() == {"cached": 1, "sorted": {}, "recorded": {}}
         source, rebuilt = mapper._memoized_values[plans._KEY]
         assert source is mapper._sorted_tables
         assert rebuilt is not cache
@@ -333,7 +336,7 @@ def test_same_sort_key_is_sorted_as_stock(session_cls, engine):
             session.commit()
             session.add(first(id=2))
             session.commit()
-        assert plans.stats() == {"cached": 1, "sorted": {"sort_key": 1}}
+        assert plans.stats() == {"cached": 1, "sorted": {"sort_key": 1}, "recorded": {}}
     finally:
         OtherBase.metadata.drop_all(engine)
 

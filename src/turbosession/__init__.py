@@ -47,9 +47,9 @@ def stats():
     "collections_to_stock": {reason: n}}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
     n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...}},
-    "sorted_steps": {"cached": n, "sorted": {reason: n}}, "relationships":
-    {"fast": n, "fallback": {reason: n}}, "cycles": {"tree": n, "split":
-    n}}`` (the flushes whose sorted steps were known for their shape,
+    "sorted_steps": {"cached": n, "sorted": {reason: n}, "recorded": {reason: n}},
+    "relationships": {"fast": n, "fallback": {reason: n}}, "cycles": {"tree": n,
+    "split": n}}`` (the flushes whose sorted steps were known for their shape,
     ``turbosession.plans``; the relationship processors' steps; the flushes
     with cycles ordered from a tree's links or by the per-state split and
     sort, ``flush.cycle_stats``); the reasons are described in
@@ -57,7 +57,8 @@ def stats():
     ``loads.CURSOR_FALLBACK_REASONS``,
     ``instances.FALLBACK_REASONS``, ``emission.FALLBACK_REASONS``,
     ``attaching.FALLBACK_REASONS``, ``transaction.FALLBACK_REASONS``,
-    ``plans.REASONS`` and ``relationships.FALLBACK_REASONS``.
+    ``plans.REASONS``, ``plans.RECORDED_REASONS`` and
+    ``relationships.FALLBACK_REASONS``.
     """
     result = fastpath.stats()
     result["loads"] = loads.stats()

@@ -905,17 +905,36 @@ def add_all(session, instances):
 # set by turbosession.session once its classes exist (set_session_hooks)
 _session_mixin = cython.declare(object, None)
 _stock_delete_hooks = cython.declare(tuple, ())
+_stock_add_hooks = cython.declare(tuple, ())
 _hook_names = cython.declare(tuple, ())
 
 
-def set_session_hooks(mixin, stock_delete_hooks: tuple, names: tuple):
-    """``TurboSessionMixin``, the hooks stock's ``delete()`` reaches as
-    stock's Session resolves them, and the hook names a session's own
-    ``__dict__`` must not hold (``hooks_like``), for ``session_delete``."""
-    global _session_mixin, _stock_delete_hooks, _hook_names
+def set_session_hooks(mixin, stock_delete_hooks: tuple, stock_add_hooks: tuple, names: tuple):
+    """``TurboSessionMixin``, the hooks stock's ``delete()`` and ``add()``
+    reach as stock's Session resolves them, and the hook names a session's
+    own ``__dict__`` must not hold (``hooks_like``), for ``session_delete``
+    and ``session_add``."""
+    global _session_mixin, _stock_delete_hooks, _stock_add_hooks, _hook_names
     _session_mixin = mixin
     _stock_delete_hooks = stock_delete_hooks
+    _stock_add_hooks = stock_add_hooks
     _hook_names = names
+
+
+def session_add(self, instance, *, _warn=True):
+    """``TurboSessionMixin.add``: the object (and its save-update cascade)
+    attached by ``add_all``, when the session resolves every hook stock's
+    ``add()`` calls as stock's Session does and, with ``_warn``, no flush
+    is running (stock then warns from ``_flush_warning``); stock's
+    ``add()`` (the next in the session's MRO) otherwise.
+
+    It is the method itself (compiled, a C function), as ``delete()`` is:
+    applications call it once per object."""
+    if (_warn and self._warn_on_events) or not _hooks_like(
+        self, _session_mixin, _stock_add_hooks, _hook_names
+    ):
+        return super(_session_mixin, self).add(instance, _warn=_warn)
+    add_all(self, (instance,))
 
 
 def session_delete(self, instance):

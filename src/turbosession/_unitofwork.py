@@ -9,6 +9,8 @@ stock's unit of work loops over states:
   a Python call) is memoized per flag value.
 - ``states_for_mapper_hierarchy``: the states of a mapper hierarchy with a
   given (isdelete, listonly), in stock's order.
+- ``new_flush_context``: the flush's ``UOWTransaction``, its attributes
+  stored as stock's constructor and turbosession's store them.
 - ``split_per_state``: when mappers form a cycle (self-referential
   relationships), stock replaces each per-mapper save/delete action in the
   cycle by one action per state and rewrites every dependency edge to point
@@ -28,6 +30,8 @@ sets and lists.
 """
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 from sqlalchemy.orm import attributes, collections
 from sqlalchemy.orm import base as _base, state as _state_module
@@ -443,6 +447,38 @@ def _impl_of(manager, key):
 @cython.inline
 def _state_or_none(obj):
     return None if obj is None else obj._sa_instance_state
+
+
+def new_flush_context(cls, session, turbo):
+    """``cls(session)`` for turbosession's ``flush.UOWTransaction``: the
+    attributes stock's ``UOWTransaction.__init__`` stores, in its order
+    (``post_update_states``' factory the module's ``_post_update_entry``
+    rather than a lambda made per flush), then those of turbosession's
+    ``__init__``, without the two constructors' frames and attribute
+    stores (``flush`` asks whether stock's constructor stores these)."""
+    uow = cls.__new__(cls)
+    unitofwork = turbo.unitofwork
+    # one dict given as the instance's, rather than twelve attribute stores
+    uow.__dict__ = {
+        "session": session,
+        "attributes": {},
+        "deps": defaultdict(set),
+        "mappers": defaultdict(set),
+        "presort_actions": {},
+        "postsort_actions": {},
+        "dependencies": set(),
+        "states": {},
+        "post_update_states": defaultdict(_post_update_entry),
+        "_topological": turbo.topological,
+        "_unitofwork": unitofwork,
+        "_history_lookup": unitofwork.attribute_history,
+    }
+    return uow
+
+
+def _post_update_entry():
+    """A mapper's (states, columns) of ``UOWTransaction.post_update_states``."""
+    return (set(), set())
 
 
 def attribute_history(uow, state, key, passive):

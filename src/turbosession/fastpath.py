@@ -53,7 +53,10 @@ from . import emission, plans, relationships, transaction
 from .memo import derived
 from ._warn import warn
 
-__all__ = ["FALLBACK_REASONS", "ActionRunner", "insert_single", "reset_stats", "run_steps", "stats"]
+__all__ = [
+    "FALLBACK_REASONS", "ActionRunner", "insert_single", "insert_unrecorded", "reset_stats",
+    "plan_of", "run_steps", "stats",
+]
 
 log = logging.getLogger("turbosession")
 
@@ -97,7 +100,8 @@ class _Plan:
     are not part of it: they are looked at on every flush."""
 
     __slots__ = (
-        "reason", "mappers", "finalize", "save_tables", "delete_tables", "single_table"
+        "reason", "mappers", "finalize", "save_tables", "delete_tables", "single_table",
+        "unrecorded",
     )
 
 
@@ -148,6 +152,14 @@ def _build_plan(base_mapper):
         and not plan.finalize
         and not base_mapper._table_to_equated[tables[0][0]]
         else None
+    )
+    # ... and which has no relationship that is not view-only (their
+    # processors would set up steps): that flush can register its state
+    # without the steps' records (flush.UOWTransaction.unrecorded_mapper).
+    # A relationship added resets the mapper's memoized attributes, so a
+    # new plan is built then
+    plan.unrecorded = plan.single_table is not None and all(
+        prop.viewonly for prop in base_mapper.relationships
     )
     return plan
 
@@ -328,10 +340,8 @@ def insert_single(uow):
     """Run a flush of one new object whose hierarchy is one mapper writing
     one table (``_Plan.single_table``), as ``_save_batch`` and the empty
     delete step run its two planned steps, without sorting them and
-    without their per-step lists, runs, generators and batches: the
-    flush's connection, the state's ``before_insert``, record and INSERT
-    (``persist.insert_one``, ``_emit_insert_batch``), its ``after_insert``,
-    then the delete step's connection check.
+    without their per-step lists, runs, generators and batches
+    (``_insert_one_state``).
 
     Its actions are the mapper's save and delete steps and their one
     dependency, which ``plans.sorted_steps`` would find and order save
@@ -356,11 +366,39 @@ def insert_single(uow):
         or (save, delete) not in uow.dependencies
     ):
         return False
-    # _plan(mapper), its kept value found without the two calls (a single
-    # table plan is of a base mapper with no subclass: the state's own)
+    return _insert_one_state(uow, state, mapper)
+
+
+def insert_unrecorded(uow, mapper):
+    """``insert_single`` for a flush whose one new state, of ``mapper``,
+    was registered without the save and delete steps' records
+    (``flush.UOWTransaction.unrecorded_mapper``): the two steps it would
+    have had are those ``insert_single`` recognises.  Returns False, with
+    nothing done, when the flush cannot run so (the caller then makes the
+    records as registering would have)."""
+    ((state, flags),) = uow.states.items()
+    if flags != _SAVE_FLAGS or state.key is not None:
+        return False
+    return _insert_one_state(uow, state, mapper)
+
+
+def plan_of(mapper):
+    """The ``_Plan`` of the mapper's hierarchy, the kept plan found without
+    the two calls of ``_plan`` when ``mapper`` is its base (the mapper
+    of a single-table plan is)."""
     entry = mapper._memoized_values.get(_PLAN_KEY)
-    plan = entry[1] if entry is not None and entry[0] is mapper._sorted_tables else _plan(mapper)
-    table = plan.single_table
+    if entry is not None and entry[0] is mapper._sorted_tables:
+        return entry[1]
+    return _plan(mapper.base_mapper)
+
+
+def _insert_one_state(uow, state, mapper):
+    """The flush of ``insert_single``: the flush's connection, the state's
+    ``before_insert``, record and INSERT (``persist.insert_one``,
+    ``_emit_insert_batch``), its ``after_insert``, then the empty delete
+    step's connection check.  False, with nothing done, where the flush's
+    session or the mapper's listeners ask for the planned steps."""
+    table = plan_of(mapper).single_table
     session = uow.session
     if (
         table is None
@@ -368,7 +406,7 @@ def insert_single(uow):
         or session.connection_callable
         or mapper.eager_defaults is True
         or persistence._sort_states is not _STOCK_SORT_STATES
-        or _refresh_flush(plan.mappers)
+        or _refresh_flush((mapper,))
     ):
         return False
     plans.count_cached()

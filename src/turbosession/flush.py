@@ -15,7 +15,7 @@ delete steps go to turbosession's own unit of work (``fastpath``) where the
 mapper allows it, and the flush is counted as fast or as a fallback.
 """
 
-from collections import Counter
+from collections import Counter, defaultdict
 from operator import attrgetter
 
 from sqlalchemy import exc as sa_exc
@@ -45,6 +45,11 @@ class UOWTransaction(unitofwork.UOWTransaction):
     a mapper hierarchy) on ``self._unitofwork``.  Everything else is
     inherited.
     """
+
+    # the mapper of the flush's one new state when that state was
+    # registered without its hierarchy's save and delete steps
+    # (_register_states), else None
+    unrecorded_mapper = None
 
     def __init__(self, session):
         super().__init__(session)
@@ -108,6 +113,9 @@ class UOWTransaction(unitofwork.UOWTransaction):
         new one registered with ``disabled`` False; then its mapper and sort
         key), without the two Python frames each class call costs, while
         those methods are stock's."""
+        if mapper is self.unrecorded_mapper:
+            # its steps are made by execute() only if it needs them
+            return
         if not _stock_records():
             return super()._per_mapper_flush_actions(mapper)
         # each step (_SaveUpdateAll, then _DeleteAll) as
@@ -118,18 +126,7 @@ class UOWTransaction(unitofwork.UOWTransaction):
 
         for dep in mapper._dependency_processors:
             dep.per_property_preprocessors(self)
-
-        # derived(mapper, _PROCESSORS_KEY, ...), its kept value found
-        # without the call
-        relationships_ = mapper.relationships
-        entry = mapper._memoized_values.get(_PROCESSORS_KEY)
-        if entry is not None and entry[0] is relationships_:
-            processors = entry[1]
-        else:
-            processors = derived(
-                mapper, _PROCESSORS_KEY, relationships_, _relationship_processors
-            )
-        for dep in processors:
+        for dep in _processors_of(mapper):
             dep.per_property_preprocessors(self)
 
     def _run_presort_actions(self):
@@ -200,6 +197,13 @@ class UOWTransaction(unitofwork.UOWTransaction):
         # stock's find_cycles finds none in the shapes below (both set
         # cycles; the generic sort sets them again)
         self.cycles = set()
+        mapper = self.unrecorded_mapper
+        if mapper is not None:
+            if fastpath.insert_unrecorded(self, mapper):
+                return
+            # the steps registering would have made, made now
+            del self.unrecorded_mapper
+            self._per_mapper_flush_actions(mapper)
         if len(self.states) == 1 and fastpath.insert_single(self):
             # one new object of a single-table mapper: its two steps in
             # one call, in the order plans.sorted_steps gives them
@@ -231,6 +235,16 @@ class UOWTransaction(unitofwork.UOWTransaction):
             fastpath.record(run.reason)
 
 
+def _processors_of(mapper):
+    """``derived(mapper, _PROCESSORS_KEY, ...)`` of ``_relationship_processors``,
+    its kept value found without the call."""
+    relationships_ = mapper.relationships
+    entry = mapper._memoized_values.get(_PROCESSORS_KEY)
+    if entry is not None and entry[0] is relationships_:
+        return entry[1]
+    return derived(mapper, _PROCESSORS_KEY, relationships_, _relationship_processors)
+
+
 def _relationship_processors(mapper):
     """The dependency processors of the mapper's relationships that are
     not view-only, in ``mapper.relationships`` order: kept with that
@@ -260,6 +274,36 @@ _PROCESSORS_KEY = ("turbosession", "relationship processors")
 _POSTSORT_NEW = unitofwork._PostSortRec.__new__
 _SAVE_INIT = _SaveUpdateAll.__init__
 _DELETE_INIT = _DeleteAll.__init__
+
+
+_STOCK_UOW_INIT = unitofwork.UOWTransaction.__init__
+
+
+def _new_flush_context_applies():
+    """Whether ``_unitofwork.new_flush_context`` stores what this
+    SQLAlchemy's ``UOWTransaction.__init__`` and turbosession's store
+    (the same attribute names, each of the same type, its defaultdicts'
+    factories giving the same values); decided once at import (else every
+    flush calls the constructor)."""
+    from . import _impl
+
+    class _Session:
+        _turbo = _impl.pure
+
+    session = _Session()
+    made = UOWTransaction(session)
+    restated = _impl.pure.unitofwork.new_flush_context(UOWTransaction, session, _impl.pure)
+    if vars(made).keys() != vars(restated).keys():
+        return False
+    for name, value in vars(made).items():
+        other = getattr(restated, name)
+        if type(value) is not type(other):
+            return False
+        if type(value) is defaultdict and value.default_factory() != other.default_factory():
+            return False
+        if name != "session" and value != other:
+            return False
+    return True
 
 
 def _stock_records():
@@ -300,7 +344,12 @@ def _register_states(session, flush_context, objects, dirty):
     if not objects and not dirty and not session._deleted and len(session._new) == 1:
         # one new object and nothing else: stock's sets below reduce to
         # the one state, and there is nothing to delete
-        persist.register_saves(session, flush_context, set(session._new), set())
+        new = set(session._new)
+        if not flush_context.states:
+            mapper = _unrecorded_mapper(session, new)
+            if mapper is not None:
+                flush_context.unrecorded_mapper = mapper
+        persist.register_saves(session, flush_context, new, set())
         return
     deleted = set(session._deleted)
     new = set(session._new)
@@ -334,6 +383,43 @@ def _register_states(session, flush_context, objects, dirty):
         proc = deleted.difference(processed)
     if proc:
         persist.register_deletes(session, flush_context, proc)
+
+
+def _unrecorded_mapper(session, new):
+    """The mapper of the flush's one new state when registering it can
+    leave out its hierarchy's save and delete steps and their dependency,
+    which the flush of one new object of a single-table mapper
+    (``fastpath.insert_unrecorded``) never reads: its plan says so
+    (``_Plan.unrecorded``: no relationship processors), no other mapper's
+    many-to-one has put a processor on it (``_dependency_processors``),
+    the step classes are stock's (``_stock_records``), and
+    no session listener is given the flush context (``before_flush``,
+    ``after_flush``, ``after_flush_postexec``), which could read the
+    records; that last reason is counted (``plans.count_recorded``).
+    Else None."""
+    (state,) = new
+    mapper = state.manager.mapper
+    if not (
+        fastpath.plan_of(mapper).unrecorded
+        and not mapper._dependency_processors
+        and _stock_records()
+    ):
+        return None
+    dispatch = session.dispatch
+    before, after, postexec = (
+        dispatch.before_flush, dispatch.after_flush, dispatch.after_flush_postexec
+    )
+    if (
+        (before.parent_listeners if type(before) is _EMPTY else before)
+        or (after.parent_listeners if type(after) is _EMPTY else after)
+        or (postexec.parent_listeners if type(postexec) is _EMPTY else postexec)
+    ):
+        plans.count_recorded("flush_context_listeners")
+        return None
+    return mapper
+
+
+_NEW_FLUSH_CONTEXT = _new_flush_context_applies()
 
 
 def _reset_inner_flush_changes(session):
@@ -376,7 +462,13 @@ def flush(self, objects=None):
         self.identity_map._modified.clear()
         return
 
-    flush_context = UOWTransaction(self)
+    if _NEW_FLUSH_CONTEXT and unitofwork.UOWTransaction.__init__ is _STOCK_UOW_INIT:
+        # UOWTransaction(self), its attributes stored without the two
+        # constructors' frames
+        turbo = self._turbo
+        flush_context = turbo.unitofwork.new_flush_context(UOWTransaction, self, turbo)
+    else:
+        flush_context = UOWTransaction(self)
 
     # an event nothing listens to is the shared _EmptyListener, asked by
     # its class-level listeners (turbosession.transaction._EMPTY)

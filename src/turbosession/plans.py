@@ -20,6 +20,14 @@ context sees stock's.  Any other flush (a relationship with work, a post
 update, a cycle split per state, an edge a listener added, two hierarchies
 with the same sort key, whose order stock leaves to set iteration) is
 sorted as stock sorts it; ``stats()`` counts both, by reason.
+
+One shape goes further: a flush of one new object of a single-table mapper
+without relationship processors registers its state without the two steps'
+records and their dependency (``flush.UOWTransaction.unrecorded_mapper``),
+which only the sort would read, unless a session listener is given the
+flush context (``before_flush``, ``after_flush``, ``after_flush_postexec``),
+which could read them: that flush keeps stock's records, counted under
+``recorded`` by reason (``RECORDED_REASONS``).
 """
 
 from collections import Counter
@@ -29,7 +37,10 @@ from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
 
 from .memo import derived
 
-__all__ = ["REASONS", "count_cached", "reset_stats", "sorted_steps", "stats"]
+__all__ = [
+    "REASONS", "RECORDED_REASONS", "count_cached", "count_recorded", "reset_stats",
+    "sorted_steps", "stats",
+]
 
 REASONS = {
     "actions": "postsort actions besides the hierarchies' save and delete steps "
@@ -40,7 +51,13 @@ REASONS = {
     "follows set iteration)",
 }
 
+RECORDED_REASONS = {
+    "flush_context_listeners": "a before_flush, after_flush or after_flush_postexec "
+    "listener is given the flush context, whose records it could read",
+}
+
 _counts = Counter()
+_recorded = Counter()
 
 _KEY = ("turbosession", "flush steps")
 _sort_key = attrgetter("sort_key")
@@ -49,15 +66,19 @@ _mapper_sort_key = attrgetter("_sort_key")
 
 def stats():
     """``cached``: flushes run on sorted steps known for their shape;
-    ``sorted``: flushes whose graph was searched and sorted, by reason."""
+    ``sorted``: flushes whose graph was searched and sorted, by reason;
+    ``recorded``: flushes of one new object that could have left out their
+    steps' records and did not, by reason."""
     return {
         "cached": _counts["cached"],
         "sorted": {k: v for k, v in _counts.items() if k != "cached"},
+        "recorded": dict(_recorded),
     }
 
 
 def reset_stats():
     _counts.clear()
+    _recorded.clear()
 
 
 def _new_cache(mapper):
@@ -118,6 +139,12 @@ def count_cached():
     """Count a flush run on its known steps without asking ``sorted_steps``
     (``fastpath.insert_single``: one mapper's save and delete steps)."""
     _counts["cached"] += 1
+
+
+def count_recorded(reason):
+    """Count a flush of one new object that keeps its steps' records
+    (``RECORDED_REASONS``)."""
+    _recorded[reason] += 1
 
 
 def _unknown(actions):

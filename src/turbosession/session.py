@@ -95,16 +95,15 @@ class TurboSessionMixin:
     # version would call as stock's, and when no flush is running (stock then
     # warns from _flush_warning); otherwise it is stock's method as is.
 
-    def add(self, instance, *, _warn=True):
-        if (_warn and self._warn_on_events) or not _adds_like_stock(self):
-            return super().add(instance, _warn=_warn)
-        self._turbo.attach.add_all(self, (instance,))
+    # the bundle's compiled function (a subclass pinning another bundle gets
+    # that bundle's, __init_subclass__): add_all below for one object
+    add = _impl.active.attach.session_add
 
     def add_all(self, instances):
         cls = type(self)
         if (
             self._warn_on_events
-            or cls.add is not TurboSessionMixin.add
+            or cls.add not in _SESSION_ADDS
             or super(TurboSessionMixin, cls).add_all is not orm.Session.add_all
             or not _adds_like_stock(self)
         ):
@@ -155,6 +154,8 @@ class TurboSessionMixin:
             cls._execute_internal = cls._turbo.loading.session_execute_internal
         if "_turbo" in cls.__dict__ and cls.delete in _SESSION_DELETES:
             cls.delete = cls._turbo.attach.session_delete
+        if "_turbo" in cls.__dict__ and cls.add in _SESSION_ADDS:
+            cls.add = cls._turbo.attach.session_add
 
     # Dirty tracking (turbosession._tracking_*).  ``_dirty_states`` stays
     # stock's: it already returns the identity map's modified set as is.
@@ -269,6 +270,10 @@ _SESSION_EXECUTE_INTERNALS = tuple(
 _SESSION_DELETES = tuple(
     bundle.attach.session_delete for bundle in (_impl.compiled, _impl.pure) if bundle is not None
 )
+# each bundle's Session.add, which a subclass pinning a bundle swaps
+_SESSION_ADDS = tuple(
+    bundle.attach.session_add for bundle in (_impl.compiled, _impl.pure) if bundle is not None
+)
 for _bundle in (_impl.compiled, _impl.pure):
     if _bundle is not None:
         _bundle.loading.set_session_classes(TurboSessionMixin, _SESSION_EXECUTE_INTERNALS)
@@ -349,7 +354,7 @@ _STOCK_DELETE_HOOKS = _hooks_of(Session, _DELETE_HOOKS)
 for _bundle in (_impl.compiled, _impl.pure):
     if _bundle is not None:
         _bundle.attach.set_session_hooks(
-            TurboSessionMixin, _STOCK_DELETE_HOOKS, _ATTACH_HOOK_NAMES
+            TurboSessionMixin, _STOCK_DELETE_HOOKS, _STOCK_ADD_HOOKS, _ATTACH_HOOK_NAMES
         )
 del _bundle
 

@@ -9,6 +9,8 @@ collection mutations, parents, invalidated collections, and the ``expire``
 instance event when listened.
 """
 
+from contextlib import contextmanager
+
 import pytest
 from sqlalchemy import event, inspect, orm, select
 from sqlalchemy.orm import defer
@@ -250,6 +252,32 @@ def test_a_patched_expire_or_detach_is_called(session_cls, engine):
     Base.metadata.drop_all(engine)
 
 
+@contextmanager
+def recording_properties(cls, defaults, stores, shown):
+    """Each of ``defaults``' names patched onto ``cls`` as a property that
+    keeps its value in the instance's ``__dict__`` (``defaults`` giving what
+    it reads before a store) and appends ``(name, shown(value))`` to
+    ``stores`` on every store; the class attributes put back afterwards."""
+
+    def recording(name, default):
+        def get(self):
+            return self.__dict__.get(name, default)
+
+        def set_(self, value):
+            stores.append((name, shown(value)))
+            self.__dict__[name] = value
+
+        return property(get, set_)
+
+    for name, default in defaults.items():
+        setattr(cls, name, recording(name, default))
+    try:
+        yield
+    finally:
+        for name, default in defaults.items():
+            setattr(cls, name, default)
+
+
 def test_state_attributes_patched_as_descriptors_are_set_through_them(session_cls, engine):
     """Flush and commit store ``modified``, ``expired`` and ``_strong_obj``
     in the state's own ``__dict__`` only while InstanceState has no data
@@ -260,16 +288,6 @@ def test_state_attributes_patched_as_descriptors_are_set_through_them(session_cl
     def recorded(session_cls):
         stores = []
 
-        def plain_property(name, default):
-            def get(self):
-                return self.__dict__.get(name, default)
-
-            def set_(self, value):
-                stores.append((name, value if value is None or type(value) is bool else "object"))
-                self.__dict__[name] = value
-
-            return property(get, set_)
-
         Base.metadata.create_all(engine)
         seeded(session_cls, engine)
         session = session_cls(engine)
@@ -277,13 +295,12 @@ def test_state_attributes_patched_as_descriptors_are_set_through_them(session_cl
         x.qty = 5
         session.add(Plain(name="new", qty=3))
         patched = {"modified": False, "expired": False, "_strong_obj": None}
-        for name, default in patched.items():
-            setattr(InstanceState, name, plain_property(name, default))
-        try:
+
+        def shown(value):
+            return value if value is None or type(value) is bool else "object"
+
+        with recording_properties(InstanceState, patched, stores, shown):
             session.commit()
-        finally:
-            for name, default in patched.items():
-                setattr(InstanceState, name, default)
         states = (inspect(x).expired, inspect(x).modified, "qty" in x.__dict__)
         session.close()
         Base.metadata.drop_all(engine)
@@ -306,16 +323,6 @@ def test_register_persistent_stores_through_patched_descriptors(session_cls, eng
     def recorded(session_cls):
         stores = []
 
-        def plain_property(name, default):
-            def get(self):
-                return self.__dict__.get(name, default)
-
-            def set_(self, value):
-                stores.append((name, value if value is None or type(value) is bool else value[1]))
-                self.__dict__[name] = value
-
-            return property(get, set_)
-
         Base.metadata.create_all(engine)
         seeded(session_cls, engine)
         session = session_cls(engine)
@@ -324,13 +331,12 @@ def test_register_persistent_stores_through_patched_descriptors(session_cls, eng
         new = Plain(name="new", qty=3)
         session.add(new)
         patched = {"key": None, "_orphaned_outside_of_session": False}
-        for name, default in patched.items():
-            setattr(InstanceState, name, plain_property(name, default))
-        try:
+
+        def shown(value):
+            return value if value is None or type(value) is bool else value[1]
+
+        with recording_properties(InstanceState, patched, stores, shown):
             session.flush()
-        finally:
-            for name, default in patched.items():
-                setattr(InstanceState, name, default)
         states = (inspect(x).key[1], inspect(new).key[1], inspect(new).persistent)
         session.close()
         Base.metadata.drop_all(engine)

@@ -1096,6 +1096,22 @@ def _new_weak_key_dictionary():
 
 
 @cython.cfunc
+@cython.exceptval(-1, check=False)
+def _made_on_first_use(transaction, name: str) -> cython.bint:
+    """Whether the transaction's snapshot collection ``name`` is made by
+    turbosession's ``_Snapshot`` descriptor on first use, as ``_snapshot``
+    and ``_mark_states`` restate it: the transaction is turbosession's
+    ``SessionTransaction`` and neither that descriptor nor the
+    ``_is_transaction_boundary`` property has been replaced."""
+    cls = type(transaction)
+    return (
+        cls is _TurboTransaction
+        and cls.__dict__.get(name) is _SNAPSHOTS[name]
+        and cls._is_transaction_boundary is _STOCK_BOUNDARY
+    )
+
+
+@cython.cfunc
 def _mark_states(transaction, name: str, states: list):
     """``transaction.<name>[state] = True`` for each state, for ``_new`` or
     ``_dirty``.  For turbosession's ``SessionTransaction``: into the
@@ -1113,12 +1129,7 @@ def _mark_states(transaction, name: str, states: list):
         if made is not None:
             _mark_in(made, states)
             return
-        cls = type(trans)
-        if (
-            cls is not _TurboTransaction
-            or cls.__dict__.get(name) is not _SNAPSHOTS[name]
-            or cls._is_transaction_boundary is not _STOCK_BOUNDARY
-        ):
+        if not _made_on_first_use(trans, name):
             _mark_in(getattr(transaction, name), states)
             return
         if trans.nested or trans._parent is None:
@@ -1152,12 +1163,7 @@ def _snapshot(transaction, name: str):
     value = own.get(name)
     if value is not None:
         return value
-    cls = type(transaction)
-    if (
-        cls is not _TurboTransaction
-        or cls.__dict__.get(name) is not _SNAPSHOTS[name]
-        or cls._is_transaction_boundary is not _STOCK_BOUNDARY
-    ):
+    if not _made_on_first_use(transaction, name):
         return getattr(transaction, name)
     parent = transaction._parent
     if transaction.nested or parent is None:

@@ -35,6 +35,7 @@ __all__ = ["detach_all", "expire_all"]
 if cython.compiled:
     from cython.cimports.turbosession._cpython import (
         ClassSite,
+        address,
         DictSite,
         ListenerSites,
         SlotSite,
@@ -164,9 +165,11 @@ def expire_all(session, states):
             if manager is last_manager:
                 plan_or_none = last_plan
             else:
-                plan_or_none = plans.get(id(manager), plans)
+                # (compiled, the id without calling the builtin)
+                manager_id = address(manager) if cython.compiled else id(manager)
+                plan_or_none = plans.get(manager_id, plans)
                 if plan_or_none is plans:
-                    plan_or_none = plans[id(manager)] = _plan_for(manager)
+                    plan_or_none = plans[manager_id] = _plan_for(manager)
                 last_manager = manager
                 last_plan = plan_or_none
         if plan_or_none is None:

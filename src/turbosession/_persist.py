@@ -65,6 +65,7 @@ if cython.compiled:
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
     from cython.cimports.turbosession._cpython import (
         ClassSite,
+        address,
         ListenerSites,
         SlotSite,
         has_listeners,
@@ -1285,6 +1286,7 @@ def register_persistent(session, states: set, commit_all_states):
     # looked up once: nothing in the loop below rebinds it
     replace = identity_map.replace
     instance_dict = orm_base.instance_dict
+    class_keys: dict = {}
     last_manager = None
     mapper = None
     instance_key: tuple
@@ -1307,16 +1309,22 @@ def register_persistent(session, states: set, commit_all_states):
         dict_ = obj.__dict__ if plain_dict else instance_dict(obj)
         committing.append(state)
         committing_dicts.append(dict_)
-        # the states of a flush come mostly in runs of one class: its
-        # mapper and key properties are asked again only when it changes
+        # each class's mapper and key properties, asked once per call and
+        # kept by the manager's id (every manager is alive meanwhile: the
+        # states hold them); the last class's without the dict
         manager = (
             slot_value(state, "manager", cython.address(_manager_site))
             if cython.compiled
             else state.manager
         )
         if manager is not last_manager:
-            mapper = manager.mapper
-            key_props = _key_props(mapper)
+            # (compiled, the id without calling the builtin)
+            manager_id = address(manager) if cython.compiled else id(manager)
+            known = class_keys.get(manager_id)
+            if known is None:
+                mapper = manager.mapper
+                known = class_keys[manager_id] = (mapper, _key_props(mapper))
+            mapper, key_props = known
             last_manager = manager
         # the state's own __dict__, where its key, orphan flag and modified
         # flag are read and stored (compiled, while its class lets them be)

@@ -35,15 +35,21 @@ __all__ = ["detach_all", "expire_all"]
 if cython.compiled:
     from cython.cimports.turbosession._cpython import (
         ClassSite,
+        address,
+        DictSite,
         ListenerSites,
+        SlotSite,
         has_listeners,
+        object_dict,
         own_attributes,
         own_entry,
+        slot_value,
         state_object,
     )
 else:
     from .listeners import has_listeners
-    ListenerSites = ClassSite = None  # the declarations below are plain None
+    # the declarations below are plain None
+    ListenerSites = ClassSite = SlotSite = DictSite = None
 
 _ClassManager = cython.declare(object, ClassManager)
 _InstanceState = cython.declare(object, InstanceState)
@@ -55,6 +61,13 @@ _EXPIRE_NAMES = cython.declare(
     tuple, ("expired", "modified", "_strong_obj", "callables", "_last_known_values")
 )
 _expire_site = cython.declare(ClassSite)
+# compiled, expire_all reads a state's ``manager`` and ``expired_attributes``
+# slots at their offsets, and the state's and its object's ``__dict__``
+# through their getters (``_cpython.slot_value``, ``object_dict``)
+_manager_site = cython.declare(SlotSite)
+_expired_site = cython.declare(SlotSite)
+_state_dict_site = cython.declare(DictSite)
+_object_dict_site = cython.declare(DictSite)
 # where a manager keeps its plan (its own __dict__, beside the memoized
 # attributes the plan is made from)
 _PLAN_ATTR = cython.declare(str, "_turbosession_expire_plan")
@@ -134,20 +147,29 @@ def expire_all(session, states):
     all_keys: tuple
     all_key_set: frozenset
     direct: cython.bint
-    # the last manager's plan, asked again without hashing the manager
-    # (ClassManager.__hash__ is Python)
+    # the plans are kept by the manager's id, not the manager, which would
+    # be hashed by ClassManager.__hash__, a Python method, whenever states
+    # of several classes alternate in the map (every manager is alive
+    # meanwhile: ``states`` holds its states); the last manager's plan is
+    # asked again without the dict
     last_manager = None
     last_plan = None
     for state in states:
         plan_or_none = None
         if type(state) is _InstanceState:
-            manager = state.manager
+            manager = (
+                slot_value(state, "manager", cython.address(_manager_site))
+                if cython.compiled
+                else state.manager
+            )
             if manager is last_manager:
                 plan_or_none = last_plan
             else:
-                plan_or_none = plans.get(manager, plans)
+                # (compiled, the id without calling the builtin)
+                manager_id = address(manager) if cython.compiled else id(manager)
+                plan_or_none = plans.get(manager_id, plans)
                 if plan_or_none is plans:
-                    plan_or_none = plans[manager] = _plan_for(manager)
+                    plan_or_none = plans[manager_id] = _plan_for(manager)
                 last_manager = manager
                 last_plan = plan_or_none
         if plan_or_none is None:
@@ -159,7 +181,12 @@ def expire_all(session, states):
         plan = plan_or_none
 
         obj = state_object(state) if cython.compiled else state.obj()
-        found = obj.__dict__ if obj is not None else {}
+        if obj is None:
+            found = {}
+        elif cython.compiled:
+            found = object_dict(obj, cython.address(_object_dict_site))
+        else:
+            found = obj.__dict__
         obj = None  # as in stock, dropping _strong_obj may free the object
         if cython.compiled and type(found) is not dict:
             # an object whose __dict__ is a dict subclass: stock's own step
@@ -178,7 +205,11 @@ def expire_all(session, states):
         direct = cython.compiled and own_attributes(
             _InstanceState, _EXPIRE_NAMES, cython.address(_expire_site)
         )
-        own = state.__dict__
+        own = (
+            object_dict(state, cython.address(_state_dict_site))
+            if cython.compiled
+            else state.__dict__
+        )
         if direct:
             own["expired"] = True
         else:
@@ -205,7 +236,11 @@ def expire_all(session, states):
         own.pop("_pending_mutations", None)
         own.pop("parents", None)
 
-        expired = state.expired_attributes
+        expired = (
+            slot_value(state, "expired_attributes", cython.address(_expired_site))
+            if cython.compiled
+            else state.expired_attributes
+        )
         if cython.compiled and type(expired) is set:
             # set.update of the list: each key added in its order
             for key in plan.loader_keys:
@@ -234,7 +269,12 @@ def expire_all(session, states):
             all_key_set = plan.all_key_set
             for key in [key for key in dict_ if key in all_key_set]:
                 del dict_[key]
+        elif cython.compiled or type(dict_) is dict:
+            # one lookup per key, where testing and then deleting is two
+            for key in all_keys:
+                dict_.pop(key, None)
         else:
+            # a dict subclass (uncompiled): its own test and deletion
             for key in all_keys:
                 if key in dict_:
                     del dict_[key]

@@ -25,7 +25,19 @@ except ModuleNotFoundError:
     from turbosession import _cython_shim as cython
 
 if cython.compiled:
-    from cython.cimports.turbosession._cpython import state_object
+    from cython.cimports.turbosession._cpython import (
+        ClassSite,
+        own_dict,
+        own_entry,
+        state_object,
+    )
+else:
+    ClassSite = None  # the declaration below is plain None
+
+# compiled, discard_deleted reads and sets these in the state's own
+# __dict__ while its class has no descriptor of them (own_attributes)
+_DISCARD_NAMES = cython.declare(tuple, ("key", "modified", "_deleted"))
+_discard_site = cython.declare(ClassSite)
 
 __all__ = ["WeakIdentityMap"]
 
@@ -223,15 +235,34 @@ class WeakIdentityMapCore:
         None)`` and ``state._deleted = True``: the loop of stock's
         ``Session._remove_newly_deleted`` when no ``persistent_to_deleted``
         listener runs in between (``_persist.remove_newly_deleted``), without
-        a method call per state."""
+        a method call per state.  Compiled, the state's ``key``,
+        ``modified`` and ``_deleted`` are read and stored in its own
+        ``__dict__`` while its class lets them be (``_cpython.own_dict``)."""
         map_: dict = self._dict
+        own: dict
         for state in states:
-            key = state.key
+            own = (
+                own_dict(state, _DISCARD_NAMES, cython.address(_discard_site))
+                if cython.compiled
+                else None
+            )
+            if own is None:
+                key = state.key
+                if map_.get(key) is state:
+                    del map_[key]
+                    self._removed(state)
+                deleted.pop(state, None)
+                state._deleted = True
+                continue
+            # the same reads and stores, in the same order (_removed's too)
+            key = own_entry(own, state, "key")
             if map_.get(key) is state:
                 del map_[key]
-                self._removed(state)
+                del state._instance_dict
+                if own_entry(own, state, "modified"):
+                    self._modified.discard(state)
             deleted.pop(state, None)
-            state._deleted = True
+            own["_deleted"] = True
 
     def _dirty_states(self):
         return self._modified

@@ -65,11 +65,15 @@ if cython.compiled:
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
     from cython.cimports.turbosession._cpython import (
         ClassSite,
+        address,
         ListenerSites,
+        SlotSite,
         has_listeners,
         own_dict,
         own_entry,
+        slot_value,
         state_object,
+        type_version_tag,
     )
     from cython.cimports.cpython.tuple import (
         PyTuple_GET_ITEM,
@@ -78,7 +82,8 @@ if cython.compiled:
     )
 else:
     from .listeners import has_listeners
-    ListenerSites = ClassSite = None  # the declarations below are plain None
+    # the declarations below are plain None
+    ListenerSites = ClassSite = SlotSite = None
 
 __all__ = [
     "batches",
@@ -145,6 +150,9 @@ _SNAPSHOTS = cython.declare(
     dict, {name: _transaction.SessionTransaction.__dict__[name] for name in ("_new", "_dirty", "_deleted")}
 )
 _STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_transaction_boundary)
+# the version tag of SessionTransaction when _made_on_first_use last found
+# its snapshot descriptors and boundary property in place (0: not known)
+_snapshots_tag = cython.declare(cython.uint, 0)
 _WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
 _FunctionType = cython.declare(object, types.FunctionType)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
@@ -169,8 +177,13 @@ _VALIDATOR_CODE = cython.declare(object, _validator_code())
 _listener_sites = cython.declare(ListenerSites)
 # compiled, register_persistent reads and sets these in the state's own
 # __dict__ while its class has no data descriptor of them (own_attributes)
-_REGISTER_NAMES = cython.declare(tuple, ("key", "_orphaned_outside_of_session"))
+_REGISTER_NAMES = cython.declare(
+    tuple, ("key", "_orphaned_outside_of_session", "modified")
+)
 _register_site = cython.declare(ClassSite)
+# compiled, register_persistent reads a state's ``manager`` slot at its
+# offset (``_cpython.slot_value``)
+_manager_site = cython.declare(SlotSite)
 
 
 def _is_compiled():
@@ -1102,13 +1115,33 @@ def _made_on_first_use(transaction, name: str) -> cython.bint:
     turbosession's ``_Snapshot`` descriptor on first use, as ``_snapshot``
     and ``_mark_states`` restate it: the transaction is turbosession's
     ``SessionTransaction`` and neither that descriptor nor the
-    ``_is_transaction_boundary`` property has been replaced."""
+    ``_is_transaction_boundary`` property has been replaced.  Compiled,
+    the answer for all of the class's snapshot collections is kept with
+    the class's version tag (``_cpython.type_version_tag``), which any
+    change to the class or its bases replaces: a flush asks it about four
+    times, a one-object flush as often as a large one."""
+    global _snapshots_tag
     cls = type(transaction)
-    return (
-        cls is _TurboTransaction
-        and cls.__dict__.get(name) is _SNAPSHOTS[name]
+    if cls is not _TurboTransaction:
+        return False
+    if cython.compiled:
+        tag: cython.uint = type_version_tag(cls)
+        if tag != 0 and tag == _snapshots_tag:
+            return True
+    if not (
+        cls.__dict__.get(name) is _SNAPSHOTS[name]
         and cls._is_transaction_boundary is _STOCK_BOUNDARY
-    )
+    ):
+        return False
+    if cython.compiled:
+        members = cls.__dict__
+        # kept only when every collection's descriptor is in place, and
+        # the class is the same after the lookups that may have tagged it
+        if tag == type_version_tag(cls) and all(
+            members.get(other) is _SNAPSHOTS[other] for other in _SNAPSHOTS
+        ):
+            _snapshots_tag = tag
+    return True
 
 
 @cython.cfunc
@@ -1243,16 +1276,22 @@ def register_persistent(session, states: set, commit_all_states):
         pending_to_persistent = None
     identity_map = session.identity_map
     # turbosession's map: a state already mapped under its key (an update)
-    # is not replaced (replace() would return None and do nothing)
+    # is not replaced (replace() would return None and do nothing), and
+    # what replace() does for a key no state is mapped under (map it, point
+    # the state at the map, note it modified) is done here, without a call
     replace_dict = getattr(identity_map, "replace_dict", None)
     map_dict: dict = None if replace_dict is None else replace_dict()
+    map_ref = None if map_dict is None else identity_map._wr
+    map_modified: set = None if map_dict is None else identity_map._modified
     # looked up once: nothing in the loop below rebinds it
     replace = identity_map.replace
     instance_dict = orm_base.instance_dict
-    key_props_of: dict = {}
+    class_keys: dict = {}
+    last_manager = None
+    mapper = None
     instance_key: tuple
     mapped: cython.bint
-    key_props: tuple
+    key_props: tuple = None
     # the states and their dicts to reset afterwards: every flushed object
     # is held strongly (by _new, _deleted or its modified state) until then.
     # Two lists zipped, not a list of pairs: stock hands its reset a
@@ -1270,12 +1309,25 @@ def register_persistent(session, states: set, commit_all_states):
         dict_ = obj.__dict__ if plain_dict else instance_dict(obj)
         committing.append(state)
         committing_dicts.append(dict_)
-        mapper = state.manager.mapper
-        key_props = key_props_of.get(mapper)
-        if key_props is None:
-            key_props = key_props_of[mapper] = _key_props(mapper)
-        # the state's own __dict__, where its key and orphan flag are read
-        # and stored (compiled, while its class lets them be)
+        # each class's mapper and key properties, asked once per call and
+        # kept by the manager's id (every manager is alive meanwhile: the
+        # states hold them); the last class's without the dict
+        manager = (
+            slot_value(state, "manager", cython.address(_manager_site))
+            if cython.compiled
+            else state.manager
+        )
+        if manager is not last_manager:
+            # (compiled, the id without calling the builtin)
+            manager_id = address(manager) if cython.compiled else id(manager)
+            known = class_keys.get(manager_id)
+            if known is None:
+                mapper = manager.mapper
+                known = class_keys[manager_id] = (mapper, _key_props(mapper))
+            mapper, key_props = known
+            last_manager = manager
+        # the state's own __dict__, where its key, orphan flag and modified
+        # flag are read and stored (compiled, while its class lets them be)
         own: dict = (
             own_dict(state, _REGISTER_NAMES, cython.address(_register_site))
             if cython.compiled
@@ -1289,19 +1341,32 @@ def register_persistent(session, states: set, commit_all_states):
         else:
             instance_key = _identity_key(key_props, state, dict_)
         _check_identity_key(state, mapper, instance_key)
+        # from here ``key`` is the state's key as replace() would read it
         if key is None:
             if own is None:
                 state.key = instance_key
             else:
                 own["key"] = instance_key
+            key = instance_key
             mapped = False  # a new state: replace() maps it
         elif instance_key is not key and key != instance_key:
             _switch_key(session, state, instance_key)
+            key = instance_key
             mapped = False
         else:
             # an updated state is usually the one mapped under its key
             mapped = map_dict is not None and map_dict.get(key) is state
-        old = None if mapped else replace(state)
+        old = None
+        if mapped:
+            pass
+        elif map_dict is not None and map_dict.get(key) is None:
+            # WeakIdentityMapCore.replace() of a key no state is mapped under
+            map_dict[key] = state
+            state._instance_dict = map_ref
+            if state.modified if own is None else own_entry(own, state, "modified"):
+                map_modified.add(state)
+        else:
+            old = replace(state)
         if (
             old is not None
             and old.obj() is not None
@@ -1335,6 +1400,16 @@ def register_persistent(session, states: set, commit_all_states):
             _mark_states(transaction, "_new", was_new)
         if was_dirty:
             _mark_states(transaction, "_dirty", was_dirty)
+
+    if len(states) == 1:
+        # one state (a one-object flush): the intersections below are a
+        # membership test each, without the two sets
+        for state in states:
+            if pending_to_persistent is not None and state in new:
+                pending_to_persistent(session, state)
+            if state in new:
+                new.pop(state)
+        return
 
     if pending_to_persistent is not None:
         for state in states.intersection(new):

@@ -135,17 +135,17 @@ class StateMarks(list):
     first marked, which is what the ``WeakKeyDictionary`` would hold.
     References to released states are dropped whenever the list has
     doubled since it was last compacted, so that a long transaction
-    inserting and releasing many objects does not keep them."""
+    inserting and releasing many objects does not keep them.
 
-    __slots__ = ("compact_at",)
+    The first threshold is the class's, so that ``StateMarks()`` runs no
+    Python ``__init__`` (a one-object flush makes a new list of marks);
+    ``compact`` gives the instance its own."""
 
-    def __init__(self):
-        super().__init__()
-        self.compact_at = _COMPACT_MIN
+    compact_at = 1024
 
     def compact(self):
         self[:] = [ref for ref in self if ref() is not None]
-        self.compact_at = max(2 * len(self), _COMPACT_MIN)
+        self.compact_at = max(2 * len(self), StateMarks.compact_at)
 
     def fill(self, mapping):
         """``mapping[state] = True`` for each state still alive, in order."""
@@ -155,7 +155,6 @@ class StateMarks(list):
                 mapping[state] = True
 
 
-_COMPACT_MIN = 1024
 # the collections marked through StateMarks, and the key of the marks in
 # the transaction's __dict__
 MARKS = {"_new": "_turbosession_new_marks", "_dirty": "_turbosession_dirty_marks"}

@@ -392,6 +392,58 @@ def test_sort_states_of_one_state_as_stock(impl, db):
         ) == [loose]
 
 
+def test_sort_states_of_persistent_states_as_stock(impl, db):
+    """``persist.sort_states`` of persistent states (with new ones among
+    them) gives stock's ``persistence._sort_states`` result whatever their
+    identity values are: distinct single ints (compiled, sorted as ints),
+    an int repeated by two states (equal keys: the order of stock's set
+    decides), a bool among ints, composite and string values, and values
+    that do not compare, whose ``TypeError`` both report as the same
+    ``InvalidRequestError``."""
+    import random
+
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.orm import Session, persistence
+
+    mapper = Vehicle.__mapper__
+
+    def keyed(values_list):
+        states = []
+        for values in values_list:
+            state = attributes.instance_state(Car(name=f"car {values!r}"))
+            state.key = (Vehicle, values, None)
+            states.append(state)
+        return states
+
+    with Session(db) as session:
+        new = [Truck(name=f"new {i}") for i in range(3)]
+        session.add_all(new)
+        new_states = [attributes.instance_state(o) for o in new]
+        rng = random.Random(11)
+        ints = list(range(1, 40))
+        rng.shuffle(ints)
+        cases = [
+            keyed([(i,) for i in ints]),
+            keyed([(i,) for i in ints]) + new_states,
+            keyed([(5,), (3,), (5,), (1,), (4,)]),
+            keyed([(2,), (True,), (0,), (3,)]),
+            keyed([(2, "b"), (1, "z"), (2, "a"), (1, "a")]),
+            keyed([("pear",), ("apple",), ("fig",)]),
+            keyed([(3,), (1,), (2.5,), (-1,)]),
+        ]
+        for states in cases:
+            for listed in (states, states[::-1]):
+                expected = persistence._sort_states(mapper, listed)
+                assert impl.persist.sort_states(listed, None) == expected
+        unsortable = keyed([(1,), ("one",), (2,)])
+        with pytest.raises(sa_exc.InvalidRequestError) as stock_error:
+            persistence._sort_states(mapper, unsortable)
+        with pytest.raises(sa_exc.InvalidRequestError) as found_error:
+            impl.persist.sort_states(unsortable, None)
+        assert str(found_error.value) == str(stock_error.value)
+        assert "values must be sortable" in str(found_error.value)
+
+
 def test_sort_states_of_new_states_as_stock(impl, db):
     """``persist.sort_states`` of many states gives stock's
     ``persistence._sort_states`` result, in a new list: new states listed

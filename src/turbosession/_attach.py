@@ -459,8 +459,15 @@ class _Walk:
     mapped: set
 
     def __init__(self, session, events: tuple, cache_plans: cython.bint):
+        self.start(session, session.hash_key, events, cache_plans)
+
+    @cython.cfunc
+    def start(self, session, hash_key, events: tuple, cache_plans: cython.bint):
+        """``__init__``'s stores, for a caller that has read the session's
+        ``hash_key`` and makes the walk with ``_Walk.__new__`` (compiled,
+        no ``__init__`` call and its arguments' parsing)."""
         self.session = session
-        self.hash_key = session.hash_key
+        self.hash_key = hash_key
         self.events = events
         self.plans = {} if cache_plans else None
         self.forget()
@@ -696,11 +703,19 @@ class _Walk:
     def delete_head(self, state, instance):
         """Stock's ``_delete_impl(state, instance, head=True)`` for a
         persisted object of this session or of none."""
-        session = self.session
         if not self.began():
-            session._delete_impl(state, instance, True)
+            self.session._delete_impl(state, instance, True)
             return
-        to_attach: cython.bint = state.session_id is None
+        self.delete_begun(state, instance, state.session_id is None, None)
+
+    @cython.cfunc
+    def delete_begun(self, state, instance, to_attach: cython.bint, known_plan):
+        """``delete_head`` once the session has its transaction and the
+        attach events are known not listened to: ``to_attach`` whether the
+        state has no session, ``known_plan`` its mapper's cascade plan (None:
+        looked up here, after the identity map took the state, as stock
+        reaches the mapper only then)."""
+        session = self.session
         if state in session._deleted:
             return
         session.identity_map.add(state)
@@ -709,7 +724,9 @@ class _Walk:
         # gathered before the object is in _deleted: a lazy load of a
         # collection may autoflush, which must not delete it yet; a mapper
         # with no property that may cascade has nothing to gather
-        plan: tuple = self.gated_plan(state.manager.mapper)
+        plan: tuple = (
+            self.gated_plan(state.manager.mapper) if known_plan is None else known_plan
+        )
         found: list = None
         self.stock_ran = False
         if plan[1]:
@@ -995,11 +1012,14 @@ def _delete_one(session, instance):
         return
     _attached_fast += 1
     if plan[1] and _cascades_delete(plan[1]):
-        walk: _Walk = _Walk(session, _DELETE_EVENTS, False)
+        # the gate's answers known: the transaction begun, no attach event
+        # listened, the mapper's plan
+        walk: _Walk = _Walk.__new__(_Walk)
+        walk.start(session, hash_key, _DELETE_EVENTS, False)
         walk.listened = 0
         walk.last_mapper = mapper
         walk.last_plan = plan
-        walk.delete_head(state, instance)
+        walk.delete_begun(state, instance, session_id is None, plan)
         return
     _mark_deleted(session, state, instance, session_id, hash_key)
 

@@ -1570,9 +1570,14 @@ class _Registrar:
     session_contains: object
     states: dict
     mappers: object
+    # mapper -> its set in ``mappers`` (a defaultdict's value, never
+    # replaced once made), added to without the defaultdict's lookups and
+    # a call of the set's ``add``
+    of_mapper: dict
 
     def __init__(self, session, uow):
         self.uow = uow
+        self.of_mapper = {}
         if (
             type(session)._contains_state is _stock_contains_state
             and "_contains_state" not in session.__dict__
@@ -1602,9 +1607,18 @@ class _Registrar:
             return False
         if state not in self.states:
             mapper = state.manager.mapper
-            if mapper not in self.mappers:
-                self.uow._per_mapper_flush_actions(mapper)
-            self.mappers[mapper].add(state)
+            found = self.of_mapper.get(mapper)
+            if found is None:
+                if mapper not in self.mappers:
+                    self.uow._per_mapper_flush_actions(mapper)
+                found = self.mappers[mapper]
+                if type(found) is set:
+                    self.of_mapper[mapper] = found
+            if type(found) is set:
+                of_mapper: set = found
+                of_mapper.add(state)
+            else:
+                found.add(state)
             self.states[state] = _DELETE_ENTRY if isdelete else _SAVE_ENTRY
         elif isdelete:
             self.states[state] = _DELETE_ENTRY
@@ -1697,6 +1711,32 @@ def _identity_value(state):
     return state.key[1]
 
 
+@cython.cfunc
+def _persistent_by_integer(pending: set, persistent: set) -> dict:
+    """Stock's ``{s for s in pending if s.key is not None}`` into
+    ``persistent``, in its order; returned, those states by their
+    identity's one value while each is an int no other has, else None.
+    Sorting those ints gives the order sorting their 1-tuples gives (with
+    no ties, stability plays no part), comparing ints instead of tuples
+    and calling no key function.  Compiled only: uncompiled, this loop
+    costs more than the comprehension and the key function."""
+    by_integer: dict = {}
+    for state in pending:
+        key = state.key
+        if key is None:
+            continue
+        persistent.add(state)
+        if by_integer is not None:
+            values = key[1] if type(key) is tuple and len(key) > 1 else None
+            if type(values) is tuple and len(values) == 1 and type(values[0]) is int:
+                by_integer[values[0]] = state
+            else:
+                by_integer = None
+    if by_integer is not None and len(by_integer) != len(persistent):
+        return None
+    return by_integer
+
+
 _INSERT_ORDER = cython.declare(object, operator.attrgetter("insert_order"))
 
 
@@ -1718,8 +1758,18 @@ def sort_states(states, sortkey):
         if sortkey is None:
             return [state]
     pending: set = set(states)
-    persistent: set = {s for s in pending if s.key is not None}
+    persistent: set
+    by_integer: dict = None
+    if cython.compiled and sortkey is None:
+        persistent = set()
+        by_integer = _persistent_by_integer(pending, persistent)
+    else:
+        persistent = {s for s in pending if s.key is not None}
     pending.difference_update(persistent)
+    if by_integer is not None:
+        return sorted(pending, key=_INSERT_ORDER) + [
+            by_integer[value] for value in sorted(by_integer)
+        ]
     try:
         persistent_sorted: list = sorted(
             persistent, key=_identity_value if sortkey is None else sortkey

@@ -109,6 +109,11 @@ _SOURCES_UNCHANGED = cython.declare(tuple, ("turbosession", "sources unchanged")
 _NOTHING_REMOVED = cython.declare(tuple, ("turbosession", "nothing removed"))
 # (a collection not loaded, blank: True; one with only added members: those)
 _COLLECTIONS_ANSWERED = cython.declare(tuple, ("turbosession", "collections answered"))
+# the unit of work's ``states`` entries (isdelete, listonly) _registered
+# stores, shared as _persist shares them: a tuple made per registration is
+# one more tracked object alive for the whole flush
+_SAVE_ENTRY = cython.declare(tuple, (False, False))
+_DELETE_ENTRY = cython.declare(tuple, (True, False))
 # _reference_added's answers other than a value: nothing added or deleted;
 # the history to be looked up
 _UNCHANGED = cython.declare(object, object())
@@ -1200,7 +1205,7 @@ def _registered(held: _Held, state, isdelete: cython.bint, cancel_delete: cython
     if state not in states or not held.has(state):
         return False
     if isdelete or cancel_delete:
-        states[state] = (isdelete, False)
+        states[state] = _DELETE_ENTRY if isdelete else _SAVE_ENTRY
     return True
 
 

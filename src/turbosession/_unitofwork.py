@@ -64,6 +64,9 @@ if cython.compiled:
         state_object,
         DictSite,
         live_state_dict,
+        class_attribute_is,
+        instance_dict,
+        slot_value,
     )
 else:
     SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
@@ -282,7 +285,7 @@ def _nothing_kept_or_pending(
     ``PASSIVE_NO_RESULT``) and no pending mutations are asked for
     (``include_pending``) and recorded (``_has_pending_mutation``,
     ``memoize`` as there)."""
-    committed = state.committed_state
+    committed = _committed_state(state)
     if (
         dict_get(committed, key, _NO_VALUE) if cython.compiled else committed.get(key, _NO_VALUE)
     ) is not _NO_VALUE:
@@ -344,27 +347,36 @@ def _has_pending_mutation(state, key, memoize: cython.bint) -> cython.bint:
     pending mutations and none is stored: the flush's
     ``_commit_all_states`` drops the entry from every state it saves, so
     stock's empty dict outlives only a flush that fails (where a
-    rollback's expiry of the state drops it too).  A state of another class, or a property that is not stock's,
-    is read as stock reads it.  The class's descriptor is read from its
-    own dict (``__dict__`` of a class makes a new mapping proxy per
-    read)."""
+    rollback's expiry of the state drops it too).  A state of another
+    class, or a property that is not stock's, is read as stock reads it.
+    Compiled, the class's property is checked at a kept site
+    (``class_attribute_is``) and the state's ``__dict__`` read without the
+    attribute lookup (``_cpython.instance_dict``)."""
     if type(state) is not _InstanceState or (memoize and not cython.compiled):
         return key in state._pending_mutations
+    own = None
     if cython.compiled:
-        class_dict: dict = cython.cast(
-            dict, cython.cast(cython.pointer(PyTypeObject), _InstanceState).tp_dict
-        )
-        if class_dict.get("_pending_mutations") is not _PENDING_MUTATIONS:
+        if not class_attribute_is(
+            _InstanceState, "_pending_mutations", _PENDING_MUTATIONS,
+            cython.address(_pending_mutations_site),
+        ):
             return key in state._pending_mutations
+        own = instance_dict(state)
     elif _InstanceState.__dict__.get("_pending_mutations") is not _PENDING_MUTATIONS:
         return key in state._pending_mutations
-    instance_dict: dict = state.__dict__
-    found = instance_dict.get("_pending_mutations")
+    if own is None:
+        own = state.__dict__
+    own_dict: dict = own
+    found = own_dict.get("_pending_mutations")
     if found is None:
         if not memoize:
             return False
-        found = instance_dict["_pending_mutations"] = {}
+        found = own_dict["_pending_mutations"] = {}
     return key in found
+
+
+# compiled, _has_pending_mutation's kept class lookup (class_attribute_is)
+_pending_mutations_site = cython.declare(ClassSite)
 
 
 @cython.cfunc
@@ -538,7 +550,9 @@ def collections_without_history(answers: dict, states, key, passive):
     whose history is to be looked up gets no entry.  What depends on the
     flags and the classes' methods is decided once, the key's
     implementation once per class manager; pending mutations are read
-    without storing stock's empty dict (``_has_pending_mutation``)."""
+    without storing stock's empty dict (``_has_pending_mutation``).
+    Compiled, the states' slots are read at their offsets
+    (``_cpython.slot_value``)."""
     if not _stock_collection_lookup():
         return
     bits: tuple = _flag_bits(_flag_info(passive)[0])
@@ -548,8 +562,12 @@ def collections_without_history(answers: dict, states, key, passive):
     collection: cython.bint = False
     committed: dict
     for state in states:
-        if state.manager is not manager:
-            manager = state.manager
+        found = (
+            slot_value(state, "manager", cython.address(_manager_site)) if cython.compiled
+            else state.manager
+        )
+        if found is not manager:
+            manager = found
             impl = _impl_of(manager, key) if cython.compiled else manager[key].impl
             collection = type(impl) is _CollectionAttributeImpl
         if not collection:
@@ -564,13 +582,27 @@ def collections_without_history(answers: dict, states, key, passive):
             continue
         if type(current) is not _InstrumentedList:
             continue
-        committed = state.committed_state
+        committed = _committed_state(state)
         original = committed.get(key, _NO_HISTORY)
         if original is not _NO_VALUE and (type(original) is not list or original):
             continue
         if include_pending and _has_pending_mutation(state, key, False):
             continue  # stock asserts there are none
         answers[state] = _as_states(current)
+
+
+# compiled, the kept slot sites of the states' ``manager`` and
+# ``committed_state`` (_cpython.slot_value)
+_manager_site = cython.declare(SlotSite)
+_committed_site = cython.declare(SlotSite)
+
+
+@cython.cfunc
+def _committed_state(state) -> dict:
+    """``state.committed_state``, compiled read at its slot's offset."""
+    if cython.compiled:
+        return slot_value(state, "committed_state", cython.address(_committed_site))
+    return state.committed_state
 
 
 def states_for_mapper_hierarchy(uow, mapper, isdelete, listonly):

@@ -259,12 +259,22 @@ def _is_deleted(uow_states: dict, state) -> cython.bint:
 
 
 @cython.cfunc
+@cython.inline
+def _manager_of(state):
+    """``state.manager``, compiled read at its slot's offset
+    (``_cpython.slot_value``)."""
+    if cython.compiled:
+        return slot_value(state, "manager", cython.address(_manager_site))
+    return state.manager
+
+
+@cython.cfunc
 def _populate(source, dest, keys: tuple):
     """``sync._populate`` with the attribute keys looked up (no cascaded-pk flag)."""
     source_dict = _state_dict(source)
     dest_dict = _dest_state_dict(dest) if cython.compiled else _state_dict(dest)
-    source_manager = source.manager
-    dest_manager = dest.manager
+    source_manager = _manager_of(source)
+    dest_manager = _manager_of(dest)
     pair: tuple
     for pair in keys:
         _copy(source, source_dict, dest, dest_dict, source_manager, dest_manager, pair[0], pair[1])
@@ -459,7 +469,7 @@ def _save_reference(dp, held: _Held, uow, uow_states: dict, state, child, keys: 
     if child is None or not held.has(child):
         dp._synchronize(state, child, None, False, uow, "add")
         return
-    if child.manager.mapper is not target:
+    if _manager_of(child).mapper is not target:
         dp._verify_canload(child)
     _populate(child, state, keys)
 
@@ -492,10 +502,7 @@ def _reference_added(state, key):
     implementation: the history is looked up."""
     # compiled, the state's and the implementation's slots read at their
     # offsets (slot_value) and the dicts read as dicts (dict_get)
-    if cython.compiled:
-        impl = _impl_of(slot_value(state, "manager", cython.address(_manager_site)), key)
-    else:
-        impl = _impl_of(state.manager, key)
+    impl = _impl_of(_manager_of(state), key)
     if type(impl) is not _ScalarObjectAttributeImpl:
         return _LOOK_UP
     if cython.compiled:
@@ -569,7 +576,7 @@ def _populate_added(dp, uow_states: dict, state, added, keys: tuple, target, use
             if uselist:
                 dp._verify_canload(child)  # raises
             continue
-        if child.manager.mapper is not target:
+        if _manager_of(child).mapper is not target:
             dp._verify_canload(child)
         if _is_deleted(uow_states, child):
             continue
@@ -719,6 +726,7 @@ def _stock_collection_history() -> cython.bint:
 
 
 @cython.cfunc
+@cython.inline
 def _own_attribute(obj, name: str, own):
     """``getattr(obj, name)``; given ``_cpython.own_dict``'s dict (not
     None), read there (``own_entry``)."""
@@ -1069,7 +1077,7 @@ def _clear_child(uow, dp, child, clear_keys, target):
     without ``post_update``: the child's foreign-key attributes set to None
     (``sync._clear``; stock's function itself when a key is part of the
     child's primary key, which it refuses to blank out)."""
-    if child.manager.mapper is not target:
+    if _manager_of(child).mapper is not target:
         dp._verify_canload(child)
     if _is_deleted(uow.states, child):
         return

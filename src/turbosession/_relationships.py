@@ -668,8 +668,11 @@ def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
     (``is_equal``) before answering: only done without it where that is
     ``TypeEngine.compare_values`` (``==``) of an int, a str or None, which
     runs nothing else.  False otherwise: the history is looked up."""
-    committed: dict = state.committed_state
-    manager = state.manager
+    committed: dict = (
+        slot_value(state, "committed_state", cython.address(_committed_site)) if cython.compiled
+        else state.committed_state
+    )
+    manager = _manager_of(state)
     dict_ = None
     for key in source_keys:
         impl = _impl_of(manager, key)

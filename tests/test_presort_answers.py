@@ -468,6 +468,126 @@ def sc_flush_listeners_read_histories(session_cls, engine, log):
     session.close()
 
 
+def history_note(obj, key):
+    """The attribute's history as the public API reports it, members by
+    their repr."""
+    history = orm.attributes.get_history(obj, key, orm.attributes.PASSIVE_NO_INITIALIZE)
+    return [[repr(member) for member in part] for part in history]
+
+
+def state_notes(objects, key):
+    """Per object: its state, the value of ``key`` in its ``__dict__`` (a
+    foreign key, or a collection's members, None where not loaded), the
+    key's history and ``committed_state``."""
+    notes = []
+    for obj in objects:
+        state = orm.attributes.instance_state(obj)
+        loaded = state.dict.get(key)
+        if isinstance(loaded, list):
+            loaded = [repr(member) for member in loaded]
+        notes.append((
+            repr(obj), object_state(obj), loaded,
+            history_note(obj, key),
+            sorted((k, repr(v)) for k, v in state.committed_state.items()),
+        ))
+    return notes
+
+
+@watched
+def sc_updates_by_collection_state(session_cls, engine, log):
+    """Changed parents whose collection is not loaded (answered blank by
+    the presort), loaded and unchanged, loaded and changed, and not loaded
+    with pending mutations (members appended and removed through the
+    many-to-one's backref without loading it); and one loaded afterwards
+    by a listener of the flush (the answer kept is the state as the
+    presort saw it)."""
+    session = session_cls(engine)
+    session.add_all([Writer(id=i, name=f"w{i}", works=[Work(id=10 * i + j, title=f"t{i}.{j}")
+                                                       for j in range(2)])
+                     for i in range(1, 8)])
+    session.commit()
+    writers = session.scalars(select(Writer).order_by(Writer.id)).all()
+    for writer in writers:
+        writer.name += "!"
+    loaded_unchanged, loaded_changed = writers[1], writers[2]
+    log.note("works", [repr(w) for w in loaded_unchanged.works])
+    loaded_changed.works.append(Work(id=100, title="appended loaded"))
+    loaded_changed.works.pop(0)  # an orphan: deleted
+    # pending mutations on writers[3]'s collection, not loaded
+    pending = Work(id=101, title="pending", writer=writers[3])
+    session.add(pending)
+    moved = session.get(Work, 50)  # writers[4]'s, its collection not loaded
+    moved.writer = writers[3]  # appended to one pending, removed from the other
+    log.note("loaded", ["works" in orm.attributes.instance_state(w).dict for w in writers])
+    guarded(log, session.flush)
+    log.note("after flush", state_notes(writers, "works"))
+    log.note("after flush", state_notes([pending, moved], "writer_id"))
+    log.note("pending memo", [
+        "_pending_mutations" in orm.attributes.instance_state(w).__dict__ for w in writers
+    ])
+    writers[5].name = "again"
+    guarded(log, session.commit)
+    log.note("rows", rows(session, Writer.id, Writer.name), rows(session, Work.id, Work.writer_id))
+    log.note("after commit", state_notes(writers, "works"))
+    session.close()
+
+
+@watched
+def sc_passive_deletes_updates(session_cls, engine, log):
+    """Updates of parents with ``passive_deletes`` (True with delete-orphan,
+    and "all"): collections not loaded, loaded, loaded with a member
+    removed."""
+    session = session_cls(engine)
+    session.add_all([Box(id=i, things=[Thing(id=10 * i + j) for j in range(2)]) for i in (1, 2, 3)])
+    session.add_all([Crate(id=i, goods=[Good(id=10 * i + j) for j in range(2)]) for i in (1, 2, 3)])
+    session.add_all([Shelf(id=i, items=[Item(id=10 * i + j) for j in range(2)]) for i in (1, 2)])
+    session.commit()
+    boxes = session.scalars(select(Box).order_by(Box.id)).all()
+    crates = session.scalars(select(Crate).order_by(Crate.id)).all()
+    shelves = session.scalars(select(Shelf).order_by(Shelf.id)).all()
+    # the parents' only column is their key: each is in the flush through
+    # its collection (changed) or through a child's change of key
+    log.note("things", [repr(t) for t in boxes[1].things])
+    boxes[2].things.pop(0)  # delete-orphan: deleted
+    boxes[2].things.append(Thing(id=99))
+    log.note("goods", [repr(g) for g in crates[1].goods])
+    crates[2].goods.pop(0)  # "all": left as it is
+    session.get(Thing, 10).box_id = 2  # its box not loaded
+    shelves[1].items.pop(0)  # no delete-orphan: key nulled
+    session.get(Item, 10).shelf_id = 2
+    guarded(log, session.flush)
+    log.note("after flush", state_notes(boxes, "things"), state_notes(crates, "goods"))
+    log.note("after flush", state_notes(shelves, "items"))
+    guarded(log, session.commit)
+    log.note("things", rows(session, Thing.id, Thing.box_id))
+    log.note("goods", rows(session, Good.id, Good.crate_id))
+    log.note("items", rows(session, Item.id, Item.shelf_id))
+    session.close()
+
+
+@watched
+def sc_failed_flush_with_unloaded_collections(session_cls, engine, log):
+    """A flush of changed parents (collections not loaded) that fails on a
+    duplicate key, rolled back, then flushed again."""
+    session = session_cls(engine)
+    session.add_all([Writer(id=i, name=f"w{i}", works=[Work(id=i, title=f"t{i}")])
+                     for i in (1, 2, 3)])
+    session.commit()
+    writers = session.scalars(select(Writer).order_by(Writer.id)).all()
+    for writer in writers:
+        writer.name += "!"
+    session.add(Work(id=1, title="duplicate"))
+    guarded(log, session.flush)
+    session.rollback()
+    log.note("after rollback", [object_state(w) for w in writers])
+    for writer in writers:
+        writer.name += "?"
+    guarded(log, session.commit)
+    log.note("rows", rows(session, Writer.id, Writer.name), rows(session, Work.id, Work.writer_id))
+    log.note("after commit", state_notes(writers, "works"))
+    session.close()
+
+
 SCENARIOS = [
     sc_new_parents_with_backrefs,
     sc_deletes_with_children,
@@ -478,6 +598,9 @@ SCENARIOS = [
     sc_key_compared_and_changed_by_a_listener,
     sc_mapper_reconfigured_between_flushes,
     sc_flush_listeners_read_histories,
+    sc_updates_by_collection_state,
+    sc_passive_deletes_updates,
+    sc_failed_flush_with_unloaded_collections,
 ]
 
 

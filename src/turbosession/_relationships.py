@@ -107,8 +107,13 @@ _PASSIVE_NO_RESULT = cython.declare(object, _base.PASSIVE_NO_RESULT)
 # the uow.memo keys of the presort's answers given without a History (_answers)
 _SOURCES_UNCHANGED = cython.declare(tuple, ("turbosession", "sources unchanged"))
 _NOTHING_REMOVED = cython.declare(tuple, ("turbosession", "nothing removed"))
-_NOT_LOADED_BLANK = cython.declare(tuple, ("turbosession", "not loaded, blank"))
-_ALL_ADDED = cython.declare(tuple, ("turbosession", "all added"))
+# (a collection not loaded, blank: True; one with only added members: those)
+_COLLECTIONS_ANSWERED = cython.declare(tuple, ("turbosession", "collections answered"))
+# the unit of work's ``states`` entries (isdelete, listonly) _registered
+# stores, shared as _persist shares them: a tuple made per registration is
+# one more tracked object alive for the whole flush
+_SAVE_ENTRY = cython.declare(tuple, (False, False))
+_DELETE_ENTRY = cython.declare(tuple, (True, False))
 # _reference_added's answers other than a value: nothing added or deleted;
 # the history to be looked up
 _UNCHANGED = cython.declare(object, object())
@@ -254,12 +259,22 @@ def _is_deleted(uow_states: dict, state) -> cython.bint:
 
 
 @cython.cfunc
+@cython.inline
+def _manager_of(state):
+    """``state.manager``, compiled read at its slot's offset
+    (``_cpython.slot_value``)."""
+    if cython.compiled:
+        return slot_value(state, "manager", cython.address(_manager_site))
+    return state.manager
+
+
+@cython.cfunc
 def _populate(source, dest, keys: tuple):
     """``sync._populate`` with the attribute keys looked up (no cascaded-pk flag)."""
     source_dict = _state_dict(source)
     dest_dict = _dest_state_dict(dest) if cython.compiled else _state_dict(dest)
-    source_manager = source.manager
-    dest_manager = dest.manager
+    source_manager = _manager_of(source)
+    dest_manager = _manager_of(dest)
     pair: tuple
     for pair in keys:
         _copy(source, source_dict, dest, dest_dict, source_manager, dest_manager, pair[0], pair[1])
@@ -454,7 +469,7 @@ def _save_reference(dp, held: _Held, uow, uow_states: dict, state, child, keys: 
     if child is None or not held.has(child):
         dp._synchronize(state, child, None, False, uow, "add")
         return
-    if child.manager.mapper is not target:
+    if _manager_of(child).mapper is not target:
         dp._verify_canload(child)
     _populate(child, state, keys)
 
@@ -487,10 +502,7 @@ def _reference_added(state, key):
     implementation: the history is looked up."""
     # compiled, the state's and the implementation's slots read at their
     # offsets (slot_value) and the dicts read as dicts (dict_get)
-    if cython.compiled:
-        impl = _impl_of(slot_value(state, "manager", cython.address(_manager_site)), key)
-    else:
-        impl = _impl_of(state.manager, key)
+    impl = _impl_of(_manager_of(state), key)
     if type(impl) is not _ScalarObjectAttributeImpl:
         return _LOOK_UP
     if cython.compiled:
@@ -528,15 +540,14 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     uselist: cython.bint = bool(dp.prop.uselist)
     # the states whose keys the presort found unchanged without a history
     unchanged: set = _answers(histories, _SOURCES_UNCHANGED, dp, None)
-    # and those whose collection it found not loaded, with a blank history
-    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, None)
-    # and those whose collection it found with only added members
-    all_added: dict = _answers(histories, _ALL_ADDED, dp, None)
+    # and those whose collection it found not loaded with a blank history
+    # (True) or with only added members (those)
+    answered: dict = _answers(histories, _COLLECTIONS_ANSWERED, dp, None)
     for state in states:
-        if not_loaded is not None and state in not_loaded:
-            continue
-        if all_added is not None:
-            members = all_added.get(state)
+        if answered is not None:
+            members = answered.get(state)
+            if members is True:
+                continue
             if members is not None:
                 _populate_added(dp, uow_states, state, members, keys, target, uselist)
                 continue
@@ -565,7 +576,7 @@ def _populate_added(dp, uow_states: dict, state, added, keys: tuple, target, use
             if uselist:
                 dp._verify_canload(child)  # raises
             continue
-        if child.manager.mapper is not target:
+        if _manager_of(child).mapper is not target:
             dp._verify_canload(child)
         if _is_deleted(uow_states, child):
             continue
@@ -657,8 +668,11 @@ def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
     (``is_equal``) before answering: only done without it where that is
     ``TypeEngine.compare_values`` (``==``) of an int, a str or None, which
     runs nothing else.  False otherwise: the history is looked up."""
-    committed: dict = state.committed_state
-    manager = state.manager
+    committed: dict = (
+        slot_value(state, "committed_state", cython.address(_committed_site)) if cython.compiled
+        else state.committed_state
+    )
+    manager = _manager_of(state)
     dict_ = None
     for key in source_keys:
         impl = _impl_of(manager, key)
@@ -715,6 +729,7 @@ def _stock_collection_history() -> cython.bint:
 
 
 @cython.cfunc
+@cython.inline
 def _own_attribute(obj, name: str, own):
     """``getattr(obj, name)``; given ``_cpython.own_dict``'s dict (not
     None), read there (``own_entry``)."""
@@ -1065,7 +1080,7 @@ def _clear_child(uow, dp, child, clear_keys, target):
     without ``post_update``: the child's foreign-key attributes set to None
     (``sync._clear``; stock's function itself when a key is part of the
     child's primary key, which it refuses to blank out)."""
-    if child.manager.mapper is not target:
+    if _manager_of(child).mapper is not target:
         dp._verify_canload(child)
     if _is_deleted(uow.states, child):
         return
@@ -1201,7 +1216,7 @@ def _registered(held: _Held, state, isdelete: cython.bint, cancel_delete: cython
     if state not in states or not held.has(state):
         return False
     if isdelete or cancel_delete:
-        states[state] = (isdelete, False)
+        states[state] = _DELETE_ENTRY if isdelete else _SAVE_ENTRY
     return True
 
 
@@ -1226,16 +1241,18 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
     unchanged: set = (
         _answers(histories, _SOURCES_UNCHANGED, dp, set) if _stock_scalar_history() else None
     )
-    # the states whose collection is not loaded and has a blank history,
-    # for one_to_many_saves and prop_has_changes to skip as they skip it
-    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, set)
-    # and those whose loaded collection has only added members, with them
-    all_added: dict = _answers(histories, _ALL_ADDED, dp, dict)
-    if not_loaded is None:
-        unloaded_blank = added_members = None
-    else:
-        unloaded_blank = histories.uow._unitofwork.unloaded_collection_blank
-        added_members = histories.uow._unitofwork.added_collection_members
+    # the states whose collection shows its history: not loaded, blank
+    # (True), or loaded with only added members (their states), for
+    # one_to_many_saves and prop_has_changes to read as the history they
+    # would find cached; answered for all the states at once, and again
+    # for each state once a step that may load (a loading lookup, a delete
+    # cascade) has run, as it may have loaded a later state's collection
+    answered: dict = _answers(histories, _COLLECTIONS_ANSWERED, dp, dict)
+    answer_states = None
+    if answered is not None:
+        answer_states = histories.uow._unitofwork.collections_without_history
+        answer_states(answered, states, key, _NO_INITIALIZE_PENDING)
+    answers_fresh: cython.bint = True
     pks_changed: cython.bint
     for state in states:
         if unchanged is not None and _sources_unchanged(state, source_keys):
@@ -1244,21 +1261,22 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
         else:
             pks_changed = _source_modified(histories, state, source_keys, False)
         if pks_changed and not passive_updates:
+            if answered is not None:
+                answered.pop(state, None)
+            answers_fresh = False
             history = histories.get(state, key, _OFF_PENDING)
-        elif unloaded_blank is not None:
-            if key not in _state_dict(state):
-                if unloaded_blank(state, key, _NO_INITIALIZE_PENDING):
-                    not_loaded.add(state)
+        else:
+            if answered is not None:
+                if not answers_fresh:
+                    answered.pop(state, None)
+                    answer_states(answered, (state,), key, _NO_INITIALIZE_PENDING)
+                members = answered.get(state)
+                if members is True:
                     continue
-            else:
-                members = added_members(state, key, _NO_INITIALIZE_PENDING)
                 if members is not None:
                     # nothing removed, nothing unchanged
-                    all_added[state] = members
                     _register_added(held, uow, prop, children_added, members)
                     continue
-            history = histories.get(state, key, _NO_INITIALIZE_PENDING)
-        else:
             history = histories.get(state, key, _NO_INITIALIZE_PENDING)
         if not _nonblank(history):
             continue
@@ -1269,6 +1287,7 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
                     uow.register_object(child, isdelete=False, operation="delete", prop=prop)
             elif dp.hasparent(child) is False:
                 uow.register_object(child, isdelete=True, operation="delete", prop=prop)
+                answers_fresh = False
                 for cascaded in dp.mapper.cascade_iterator("delete", child):
                     uow.register_object(cascaded[2], isdelete=True)
         if pks_changed:
@@ -1315,16 +1334,19 @@ def prop_has_changes(uow, dp, states, passive):
     # a deleted parent's loaded collection answered by the presort
     # (one_to_many_presort_deletes): its history has its members unchanged
     nothing_removed: dict = _answers(histories, _NOTHING_REMOVED, dp, None)
-    # a saved parent's collection the presort found not loaded: blank
-    not_loaded: set = _answers(histories, _NOT_LOADED_BLANK, dp, None)
-    # or found with only added members (changes when it has any)
-    all_added: dict = _answers(histories, _ALL_ADDED, dp, None)
+    # a saved parent's collection the presort found not loaded (blank:
+    # True) or with only added members (changes when it has any)
+    collections: dict = _answers(histories, _COLLECTIONS_ANSWERED, dp, None)
     for state in states:
-        if not_loaded is not None and state in not_loaded:
-            continue
-        answered = _has_members(all_added, state)
-        if answered < 0:
-            answered = _has_members(nothing_removed, state)
+        if collections is not None:
+            members = collections.get(state)
+            if members is True:
+                continue
+            if members is not None:
+                if members:
+                    return True
+                continue
+        answered = _has_members(nothing_removed, state)
         if answered == 1:
             return True
         if answered == 0:

@@ -64,6 +64,9 @@ if cython.compiled:
         state_object,
         DictSite,
         live_state_dict,
+        class_attribute_is,
+        instance_dict,
+        slot_value,
     )
 else:
     SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
@@ -75,8 +78,7 @@ __all__ = [
     "states_for_mapper_hierarchy",
     "states_of_mappers",
     "tree_rounds",
-    "unloaded_collection_blank",
-    "added_collection_members",
+    "collections_without_history",
 ]
 
 _SQL_OK = cython.declare(object, attributes.SQL_OK)
@@ -238,7 +240,7 @@ def _history(state, key, flags, passive) -> tuple:
             found = _loaded_collection_history(state, key, current, flags, passive)
             if found is not None:
                 return found
-        elif current is _MISSING and _unloaded_collection_blank(impl, state, key, flags):
+        elif current is _MISSING and _unloaded_collection_blank(state, key, flags):
             return (_HISTORY_BLANK, _HISTORY_BLANK, passive)
     history = impl.get_history(state, dict_, flags)
     if history and impl.uses_objects:
@@ -248,29 +250,47 @@ def _history(state, key, flags, passive) -> tuple:
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _unloaded_collection_blank(impl, state, key, flags) -> cython.bint:
+def _unloaded_collection_blank(state, key, flags) -> cython.bint:
     """Whether stock's ``get_history`` of a collection absent from the
     state's dict returns ``HISTORY_BLANK`` without loading it: ``get``
-    answers ``PASSIVE_NO_RESULT`` (no committed value kept, loader
-    callables not allowed by ``flags``) and no pending mutations are asked
-    for or recorded.  Stock's methods only."""
-    if (
-        _CollectionAttributeImpl.get_history is not _COLLECTION_HISTORY
-        or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET
-    ):
+    answers ``PASSIVE_NO_RESULT`` (loader callables not allowed by
+    ``flags``, ``_nothing_kept_or_pending``).  Stock's methods only."""
+    if not _stock_collection_lookup():
         return False
-    if _flag_bits(flags)[1]:
+    bits: tuple = _flag_bits(flags)
+    if bits[1]:
         return False  # loader callables allowed: stock may load
-    committed = state.committed_state
+    return _nothing_kept_or_pending(state, key, bits[0], True)
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _stock_collection_lookup() -> cython.bint:
+    """Whether a collection's history is stock's
+    ``_CollectionAttributeImpl.get_history`` over stock's ``get``."""
+    return (
+        _CollectionAttributeImpl.get_history is _COLLECTION_HISTORY
+        and _CollectionAttributeImpl.get is _ATTRIBUTE_GET
+    )
+
+
+@cython.cfunc
+@cython.exceptval(-1, check=False)
+def _nothing_kept_or_pending(
+    state, key, include_pending: cython.bint, memoize: cython.bint
+) -> cython.bint:
+    """For a collection absent from the state's dict, looked up by stock's
+    methods without loader callables: whether its history is
+    ``HISTORY_BLANK``, i.e. no committed value is kept (``get`` answers
+    ``PASSIVE_NO_RESULT``) and no pending mutations are asked for
+    (``include_pending``) and recorded (``_has_pending_mutation``,
+    ``memoize`` as there)."""
+    committed = _committed_state(state)
     if (
         dict_get(committed, key, _NO_VALUE) if cython.compiled else committed.get(key, _NO_VALUE)
     ) is not _NO_VALUE:
         return False
-    if _flag_bits(flags)[0] and key in (
-        _pending_mutations(state) if cython.compiled else state._pending_mutations
-    ):
-        return False
-    return True
+    return not (include_pending and _has_pending_mutation(state, key, memoize))
 
 
 @cython.cfunc
@@ -315,26 +335,48 @@ def _as_states(objects) -> list:
 
 
 @cython.cfunc
-def _pending_mutations(state):
-    """``state._pending_mutations``: stock's memoized property, whose first
-    read stores a new empty dict in the state's ``__dict__``, done here
-    without calling the descriptor for a state of stock's class whose
-    property is stock's (read from the class's own dict: ``__dict__`` of a
-    class makes a new mapping proxy per read).  Compiled only (uncompiled,
-    the attribute is read: a function call costs more than the descriptor
-    saves)."""
-    if type(state) is not _InstanceState or not cython.compiled:
-        return state._pending_mutations
-    class_dict: dict = cython.cast(
-        dict, cython.cast(cython.pointer(PyTypeObject), _InstanceState).tp_dict
-    )
-    if class_dict.get("_pending_mutations") is not _PENDING_MUTATIONS:
-        return state._pending_mutations
-    instance_dict: dict = state.__dict__
-    found = instance_dict.get("_pending_mutations")
+@cython.exceptval(-1, check=False)
+def _has_pending_mutation(state, key, memoize: cython.bint) -> cython.bint:
+    """``key in state._pending_mutations``.  Stock's memoized property
+    stores a new empty dict in the state's ``__dict__`` on its first read.
+    With ``memoize`` (the unit of work's history lookups, which a flush
+    listener may make) that is done too, compiled without calling the
+    descriptor (uncompiled, the attribute is read: a function call costs
+    more than the descriptor saves).  Without it (the presort's answers,
+    ``collections_without_history``) a state without that entry has no
+    pending mutations and none is stored: the flush's
+    ``_commit_all_states`` drops the entry from every state it saves, so
+    stock's empty dict outlives only a flush that fails (where a
+    rollback's expiry of the state drops it too).  A state of another
+    class, or a property that is not stock's, is read as stock reads it.
+    Compiled, the class's property is checked at a kept site
+    (``class_attribute_is``) and the state's ``__dict__`` read without the
+    attribute lookup (``_cpython.instance_dict``)."""
+    if type(state) is not _InstanceState or (memoize and not cython.compiled):
+        return key in state._pending_mutations
+    own = None
+    if cython.compiled:
+        if not class_attribute_is(
+            _InstanceState, "_pending_mutations", _PENDING_MUTATIONS,
+            cython.address(_pending_mutations_site),
+        ):
+            return key in state._pending_mutations
+        own = instance_dict(state)
+    elif _InstanceState.__dict__.get("_pending_mutations") is not _PENDING_MUTATIONS:
+        return key in state._pending_mutations
+    if own is None:
+        own = state.__dict__
+    own_dict: dict = own
+    found = own_dict.get("_pending_mutations")
     if found is None:
-        found = instance_dict["_pending_mutations"] = {}
-    return found
+        if not memoize:
+            return False
+        found = own_dict["_pending_mutations"] = {}
+    return key in found
+
+
+# compiled, _has_pending_mutation's kept class lookup (class_attribute_is)
+_pending_mutations_site = cython.declare(ClassSite)
 
 
 @cython.cfunc
@@ -347,9 +389,7 @@ def _loaded_collection_history(state, key, current, flags, passive) -> tuple:
     includes_pending = _includes_pending.get(flags)
     if includes_pending is None:
         includes_pending = _includes_pending[flags] = bool(flags & _INCLUDE_PENDING_MUTATIONS)
-    if includes_pending and key in (
-        _pending_mutations(state) if cython.compiled else state._pending_mutations
-    ):
+    if includes_pending and _has_pending_mutation(state, key, True):
         return None
     committed = state.committed_state
     original = (
@@ -497,46 +537,72 @@ def attribute_history(uow, state, key, passive):
     return entry[1]
 
 
-def unloaded_collection_blank(state, key, passive) -> cython.bint:
-    """Whether ``attribute_history(uow, state, key, passive)`` is
-    ``HISTORY_BLANK`` because ``key`` is a collection not loaded that
-    stock's ``get_history`` answers without loading
-    (``_unloaded_collection_blank``, with what stock reads, its
-    ``_pending_mutations`` included), for a caller that needs that answer
-    and no cache entry."""
-    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
-    if type(impl) is not _CollectionAttributeImpl or key in _state_dict(state):
-        return False
-    return _unloaded_collection_blank(impl, state, key, _flag_info(passive)[0])
+def collections_without_history(answers: dict, states, key, passive):
+    """What ``attribute_history(uow, state, key, passive)`` of the
+    collection ``key`` would say, for each of ``states`` where the state
+    shows it, stored in ``answers`` for a caller that needs no cache entry:
+    True where the history is ``HISTORY_BLANK`` because the collection is
+    not loaded and stock's ``get_history`` answers without loading it
+    (``_nothing_kept_or_pending``); the members, as states
+    (``History.as_state``'s), of a loaded collection whose history has them
+    all added and nothing else (a new object's list, committed as empty or
+    ``NO_VALUE``, read as ``_loaded_collection_history`` reads it).  A state
+    whose history is to be looked up gets no entry.  What depends on the
+    flags and the classes' methods is decided once, the key's
+    implementation once per class manager; pending mutations are read
+    without storing stock's empty dict (``_has_pending_mutation``).
+    Compiled, the states' slots are read at their offsets
+    (``_cpython.slot_value``)."""
+    if not _stock_collection_lookup():
+        return
+    bits: tuple = _flag_bits(_flag_info(passive)[0])
+    include_pending: cython.bint = bits[0]
+    callables_ok: cython.bint = bits[1]
+    manager = None
+    collection: cython.bint = False
+    committed: dict
+    for state in states:
+        found = (
+            slot_value(state, "manager", cython.address(_manager_site)) if cython.compiled
+            else state.manager
+        )
+        if found is not manager:
+            manager = found
+            impl = _impl_of(manager, key) if cython.compiled else manager[key].impl
+            collection = type(impl) is _CollectionAttributeImpl
+        if not collection:
+            continue
+        current = (
+            dict_get(_state_dict(state), key, _MISSING) if cython.compiled
+            else _state_dict(state).get(key, _MISSING)
+        )
+        if current is _MISSING:
+            if not callables_ok and _nothing_kept_or_pending(state, key, include_pending, False):
+                answers[state] = True
+            continue
+        if type(current) is not _InstrumentedList:
+            continue
+        committed = _committed_state(state)
+        original = committed.get(key, _NO_HISTORY)
+        if original is not _NO_VALUE and (type(original) is not list or original):
+            continue
+        if include_pending and _has_pending_mutation(state, key, False):
+            continue  # stock asserts there are none
+        answers[state] = _as_states(current)
 
 
-def added_collection_members(state, key, passive):
-    """The members, as states (``History.as_state``'s), of a loaded
-    collection whose history looked up with ``passive`` has them all added
-    and nothing else (a new object's list, committed as empty or
-    ``NO_VALUE``), read as ``_loaded_collection_history`` reads it (its
-    ``_pending_mutations`` included), for a caller that needs only those
-    and no cache entry; None for every other case (the history is looked
-    up)."""
-    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
-    if (
-        type(impl) is not _CollectionAttributeImpl
-        or _CollectionAttributeImpl.get_history is not _COLLECTION_HISTORY
-        or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET
-    ):
-        return None
-    current = _state_dict(state).get(key, _MISSING)
-    if type(current) is not _InstrumentedList:
-        return None
-    committed: dict = state.committed_state
-    original = committed.get(key, _NO_HISTORY)
-    if original is not _NO_VALUE and (type(original) is not list or original):
-        return None
-    if _flag_bits(_flag_info(passive)[0])[0] and key in (
-        _pending_mutations(state) if cython.compiled else state._pending_mutations
-    ):
-        return None  # stock asserts there are none
-    return _as_states(current)
+# compiled, the kept slot sites of the states' ``manager`` and
+# ``committed_state`` (_cpython.slot_value)
+_manager_site = cython.declare(SlotSite)
+_committed_site = cython.declare(SlotSite)
+
+
+@cython.cfunc
+def _committed_state(state) -> dict:
+    """``state.committed_state``, compiled read at its slot's offset."""
+    if cython.compiled:
+        return slot_value(state, "committed_state", cython.address(_committed_site))
+    return state.committed_state
 
 
 def states_for_mapper_hierarchy(uow, mapper, isdelete, listonly):

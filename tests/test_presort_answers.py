@@ -475,6 +475,12 @@ def history_note(obj, key):
     return [[repr(member) for member in part] for part in history]
 
 
+def pending_memos(objects):
+    """Per object: whether its state's own ``__dict__`` holds the
+    ``_pending_mutations`` memo."""
+    return ["_pending_mutations" in orm.attributes.instance_state(o).__dict__ for o in objects]
+
+
 def state_notes(objects, key):
     """Per object: its state, the value of ``key`` in its ``__dict__`` (a
     foreign key, or a collection's members, None where not loaded), the
@@ -522,9 +528,7 @@ def sc_updates_by_collection_state(session_cls, engine, log):
     guarded(log, session.flush)
     log.note("after flush", state_notes(writers, "works"))
     log.note("after flush", state_notes([pending, moved], "writer_id"))
-    log.note("pending memo", [
-        "_pending_mutations" in orm.attributes.instance_state(w).__dict__ for w in writers
-    ])
+    log.note("pending memo", pending_memos(writers))
     writers[5].name = "again"
     guarded(log, session.commit)
     log.note("rows", rows(session, Writer.id, Writer.name), rows(session, Work.id, Work.writer_id))
@@ -567,8 +571,10 @@ def sc_passive_deletes_updates(session_cls, engine, log):
 
 @watched
 def sc_failed_flush_with_unloaded_collections(session_cls, engine, log):
-    """A flush of changed parents (collections not loaded) that fails on a
-    duplicate key, rolled back, then flushed again."""
+    """A flush of changed parents (collections not loaded) and new parents
+    (their lists loaded) that fails on a duplicate key, rolled back, then
+    flushed again; what the failed flush leaves in the states' own
+    ``__dict__`` (stock's presort memoizes ``_pending_mutations``)."""
     session = session_cls(engine)
     session.add_all([Writer(id=i, name=f"w{i}", works=[Work(id=i, title=f"t{i}")])
                      for i in (1, 2, 3)])
@@ -576,10 +582,15 @@ def sc_failed_flush_with_unloaded_collections(session_cls, engine, log):
     writers = session.scalars(select(Writer).order_by(Writer.id)).all()
     for writer in writers:
         writer.name += "!"
+    newcomers = [Writer(id=i, name=f"new {i}", works=[Work(id=10 * i, title=f"n{i}")])
+                 for i in (4, 5)]
+    session.add_all(newcomers)
     session.add(Work(id=1, title="duplicate"))
     guarded(log, session.flush)
+    log.note("memo after failed flush", pending_memos(writers + newcomers))
     session.rollback()
-    log.note("after rollback", [object_state(w) for w in writers])
+    log.note("after rollback", [object_state(w) for w in writers + newcomers])
+    log.note("memo after rollback", pending_memos(writers + newcomers))
     for writer in writers:
         writer.name += "?"
     guarded(log, session.commit)

@@ -260,7 +260,7 @@ def _unloaded_collection_blank(state, key, flags) -> cython.bint:
     bits: tuple = _flag_bits(flags)
     if bits[1]:
         return False  # loader callables allowed: stock may load
-    return _nothing_kept_or_pending(state, key, bits[0], True)
+    return _nothing_kept_or_pending(state, key, bits[0])
 
 
 @cython.cfunc
@@ -276,21 +276,18 @@ def _stock_collection_lookup() -> cython.bint:
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _nothing_kept_or_pending(
-    state, key, include_pending: cython.bint, memoize: cython.bint
-) -> cython.bint:
+def _nothing_kept_or_pending(state, key, include_pending: cython.bint) -> cython.bint:
     """For a collection absent from the state's dict, looked up by stock's
     methods without loader callables: whether its history is
     ``HISTORY_BLANK``, i.e. no committed value is kept (``get`` answers
     ``PASSIVE_NO_RESULT``) and no pending mutations are asked for
-    (``include_pending``) and recorded (``_has_pending_mutation``,
-    ``memoize`` as there)."""
+    (``include_pending``) and recorded (``_has_pending_mutation``)."""
     committed = _committed_state(state)
     if (
         dict_get(committed, key, _NO_VALUE) if cython.compiled else committed.get(key, _NO_VALUE)
     ) is not _NO_VALUE:
         return False
-    return not (include_pending and _has_pending_mutation(state, key, memoize))
+    return not (include_pending and _has_pending_mutation(state, key))
 
 
 @cython.cfunc
@@ -336,42 +333,26 @@ def _as_states(objects) -> list:
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _has_pending_mutation(state, key, memoize: cython.bint) -> cython.bint:
+def _has_pending_mutation(state, key) -> cython.bint:
     """``key in state._pending_mutations``.  Stock's memoized property
-    stores a new empty dict in the state's ``__dict__`` on its first read.
-    With ``memoize`` (the unit of work's history lookups, which a flush
-    listener may make) that is done too, compiled without calling the
-    descriptor (uncompiled, the attribute is read: a function call costs
-    more than the descriptor saves).  Without it (the presort's answers,
-    ``collections_without_history``) a state without that entry has no
-    pending mutations and none is stored: the flush's
-    ``_commit_all_states`` drops the entry from every state it saves, so
-    stock's empty dict outlives only a flush that fails (where a
-    rollback's expiry of the state drops it too).  A state of another
-    class, or a property that is not stock's, is read as stock reads it.
-    Compiled, the class's property is checked at a kept site
-    (``class_attribute_is``) and the state's ``__dict__`` read without the
-    attribute lookup (``_cpython.instance_dict``)."""
-    if type(state) is not _InstanceState or (memoize and not cython.compiled):
+    stores a new empty dict in the state's ``__dict__`` on its first read,
+    and so does this (a flush that fails leaves it in place, as stock's
+    does).  Compiled, the class's property is checked at a kept site
+    (``class_attribute_is``) and the state's ``__dict__`` read and the
+    entry stored without the descriptor (``_cpython.instance_dict``);
+    uncompiled, or for a state of another class or a property that is not
+    stock's, the attribute is read as stock reads it."""
+    if not cython.compiled or type(state) is not _InstanceState:
         return key in state._pending_mutations
-    own = None
-    if cython.compiled:
-        if not class_attribute_is(
-            _InstanceState, "_pending_mutations", _PENDING_MUTATIONS,
-            cython.address(_pending_mutations_site),
-        ):
-            return key in state._pending_mutations
-        own = instance_dict(state)
-    elif _InstanceState.__dict__.get("_pending_mutations") is not _PENDING_MUTATIONS:
+    if not class_attribute_is(
+        _InstanceState, "_pending_mutations", _PENDING_MUTATIONS,
+        cython.address(_pending_mutations_site),
+    ):
         return key in state._pending_mutations
-    if own is None:
-        own = state.__dict__
-    own_dict: dict = own
-    found = own_dict.get("_pending_mutations")
+    own: dict = instance_dict(state)
+    found = own.get("_pending_mutations")
     if found is None:
-        if not memoize:
-            return False
-        found = own_dict["_pending_mutations"] = {}
+        found = own["_pending_mutations"] = {}
     return key in found
 
 
@@ -389,7 +370,7 @@ def _loaded_collection_history(state, key, current, flags, passive) -> tuple:
     includes_pending = _includes_pending.get(flags)
     if includes_pending is None:
         includes_pending = _includes_pending[flags] = bool(flags & _INCLUDE_PENDING_MUTATIONS)
-    if includes_pending and _has_pending_mutation(state, key, True):
+    if includes_pending and _has_pending_mutation(state, key):
         return None
     committed = state.committed_state
     original = (
@@ -549,8 +530,8 @@ def collections_without_history(answers: dict, states, key, passive):
     ``NO_VALUE``, read as ``_loaded_collection_history`` reads it).  A state
     whose history is to be looked up gets no entry.  What depends on the
     flags and the classes' methods is decided once, the key's
-    implementation once per class manager; pending mutations are read
-    without storing stock's empty dict (``_has_pending_mutation``).
+    implementation once per class manager; pending mutations are read as
+    stock's memoized property reads them (``_has_pending_mutation``).
     Compiled, the states' slots are read at their offsets
     (``_cpython.slot_value``)."""
     if not _stock_collection_lookup():
@@ -577,7 +558,7 @@ def collections_without_history(answers: dict, states, key, passive):
             else _state_dict(state).get(key, _MISSING)
         )
         if current is _MISSING:
-            if not callables_ok and _nothing_kept_or_pending(state, key, include_pending, False):
+            if not callables_ok and _nothing_kept_or_pending(state, key, include_pending):
                 answers[state] = True
             continue
         if type(current) is not _InstrumentedList:
@@ -586,7 +567,7 @@ def collections_without_history(answers: dict, states, key, passive):
         original = committed.get(key, _NO_HISTORY)
         if original is not _NO_VALUE and (type(original) is not list or original):
             continue
-        if include_pending and _has_pending_mutation(state, key, False):
+        if include_pending and _has_pending_mutation(state, key):
             continue  # stock asserts there are none
         answers[state] = _as_states(current)
 

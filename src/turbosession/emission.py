@@ -59,7 +59,10 @@ from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.sql import compiler
 from sqlalchemy.sql.util import _long_statement
 
-__all__ = ["FALLBACK_REASONS", "execute", "insert_autoincrement", "reset_stats", "stats"]
+__all__ = [
+    "FALLBACK_REASONS", "INSERT_ONE_CONTEXT", "execute", "insert_autoincrement", "reset_stats",
+    "stats",
+]
 
 log = logging.getLogger("turbosession")
 
@@ -465,6 +468,11 @@ def _insert_plan_for(base_mapper, table, dialect, keys, returning):
         )
 
     return _cached(base_mapper, ("autoincrement", table, dialect, keys, returning), make)
+
+
+# what _emit.insert_one_lastrowid is given after the record: the
+# connection checks, the maker of a missing plan, the counts
+INSERT_ONE_CONTEXT = (_CHECKS, _insert_plan_for, _counts)
 
 
 def _insert_machinery_ok(dialect):

@@ -501,6 +501,16 @@ def insert_autoincrement(emit, base_mapper, uow, connection, table, batch, has_a
     the bookkeeping of stock's ``_emit_insert_statements`` and
     ``_postfetch``; returns False, with nothing done, when the batch must
     go through Core."""
+    if len(batch) == 1:
+        # one record (never an executemany RETURNING): the same steps in
+        # one compiled call
+        reason = emit.insert_one_lastrowid(
+            connection, base_mapper, table, batch[0], uow, INSERT_ONE_CONTEXT
+        )
+        if reason is None:
+            return True
+        _fallback(reason)
+        return False
     reason = _connection_reason(connection, emit)
     if reason is None:
         dialect = connection.dialect

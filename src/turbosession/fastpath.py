@@ -49,7 +49,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
-from . import emission, plans, relationships, transaction
+from . import emission, plans, relationships
 from .memo import derived
 from ._warn import warn
 

@@ -1022,20 +1022,13 @@ def test_root_transactions_direct_unless_listened(session_cls, engine):
     assert stats["fast"] >= 8
 
 
-def test_first_connection_acquired_directly(session_cls, engine, monkeypatch):
+def test_first_connection_acquired_directly(session_cls, engine):
     """Each first use of the scenario (a commit's flush, a flush, get(),
     execute(), connection()) acquires the root transaction's connection
-    on turbosession's path, the same as stock's."""
-    provisions = []
-    provision = transaction._provision
-
-    def counting(*args):
-        provisions.append(args[2])
-        return provision(*args)
-
-    monkeypatch.setattr(transaction, "_provision", counting)
+    on turbosession's path (persist.provision, counted), the same as stock's."""
+    transaction.reset_stats()
     assert_same_as_stock(first_connection_seen_by_listeners, session_cls, engine, Base.metadata)
-    assert len(provisions) == 5
+    assert turbosession.stats()["transactions"]["first_connections"] == 5
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,8 @@ def stats():
     n}, "rows": n, "rows_to_stock": n, "collections": n, "scalars": n,
     "collections_to_stock": {reason: n}}}, "emission": {"direct": n,
     "fallback": {reason: n}}, "attach": {"fast": n, "fallback": {reason:
-    n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...}},
+    n}}, "transactions": {"subtransactions": {...}, "commits": {...}, "roots": {...},
+    "first_connections": n},
     "sorted_steps": {"cached": n, "sorted": {reason: n}, "recorded": {reason: n}},
     "relationships": {"fast": n, "fallback": {reason: n}}, "cycles": {"tree": n,
     "split": n}}`` (the flushes whose sorted steps were known for their shape,

@@ -40,6 +40,7 @@ __all__ = [
     "execute",
     "finish_returning",
     "insert_each_lastrowid",
+    "insert_one_lastrowid",
     "insert_returning",
     "send",
 ]
@@ -306,6 +307,41 @@ def insert_each_lastrowid(
             connection._handle_dbapi_exception(e, statement, rows, None, None)
         new_key = send(connection, statement, parameters, rows, False, True)
         _finish_insert(uow, record, new_key, finishing, describe)
+
+
+def insert_one_lastrowid(
+    connection, base_mapper, table, record: tuple, uow, context: tuple
+):
+    """``emission.insert_autoincrement``'s work for a batch of one record
+    (``_collect_insert_commands``' tuple, its key absent, no SQL
+    expression among its values) sent by ``insert_each_lastrowid``: the
+    connection checked (``connection_reason``), the mapper's eager
+    defaults asked as stock's ``_emit_insert_statements`` asks them, the
+    plan kept for the table, dialect and the row's keys found
+    (``context``: the connection checks, the maker of a missing plan and
+    the counts, ``emission.INSERT_ONE_CONTEXT``), the batch counted
+    ``direct``.  Returns None once sent, or the reason (a str) the record
+    must take ``insert_autoincrement``'s path, with nothing done."""
+    checks: tuple = context[0]
+    reason = connection_reason(connection, checks[0], checks[1], checks[2], checks[3])
+    if reason is not None:
+        return reason
+    dialect = connection.dialect
+    if not record[7] and base_mapper._prefer_eager_defaults(dialect, table):
+        return "eager_defaults"
+    keys: tuple = tuple(sorted(record[2]))
+    plans = base_mapper._memoized_values.get("turbosession_emission")
+    plan = None if plans is None else plans.get(("autoincrement", table, dialect, keys, False))
+    if plan is None:
+        plan = context[1](base_mapper, table, dialect, keys, False)
+    if type(plan) is str:
+        return plan
+    context[2]["direct"] += 1
+    insert_each_lastrowid(
+        connection, plan.parameters, dialect.execute_sequence_format, [record], uow,
+        plan.finishing, plan.describe,
+    )
+    return None
 
 
 @cython.cfunc

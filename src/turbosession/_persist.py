@@ -26,6 +26,7 @@ import types
 import weakref
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
 
 from sqlalchemy.orm import attributes
 from sqlalchemy.orm import base as orm_base
@@ -91,6 +92,7 @@ __all__ = [
     "collect_insert_commands",
     "collect_update_commands",
     "flush_bind",
+    "flush_connection",
     "flush_parent",
     "has_new",
     "held_connection",
@@ -103,6 +105,8 @@ __all__ = [
     "organize_hierarchy_for_delete",
     "organize_hierarchy_for_save",
     "postfetch_batch",
+    "provision",
+    "provisions_directly",
     "register_deletes",
     "register_persistent",
     "register_saves",
@@ -145,6 +149,11 @@ _SNAPSHOT_NAMES = cython.declare(tuple, _transaction._SNAPSHOT_NAMES)
 _MARKS = cython.declare(dict, _transaction.MARKS)
 _StateMarks = cython.declare(object, _transaction.StateMarks)
 _trans_ctx_check = cython.declare(object, _transaction._trans_ctx_check)
+_PROVISIONING = cython.declare(object, _transaction._PROVISIONING)
+_CHANGING = cython.declare(object, _transaction._CHANGING)
+_CONNECTION_FOR_BIND_FN = cython.declare(object, _transaction._CONNECTION_FOR_BIND_FN)
+_EMPTY_LISTENER = cython.declare(object, _transaction._EMPTY)
+_Connection = cython.declare(object, Connection)
 # the descriptors of that class's snapshot collections (transaction._Snapshot)
 _SNAPSHOTS = cython.declare(
     dict, {name: _transaction.SessionTransaction.__dict__[name] for name in ("_new", "_dirty", "_deleted")}
@@ -1516,7 +1525,7 @@ def flush_parent(sub, session):
     """The transaction a flush's subtransaction ``sub`` asks for its
     connection, when that can be done without stock's calls (the
     subtransaction holds none, ``get_bind`` and the transaction's methods
-    are stock's), else None (``transaction.flush_connection``)."""
+    are stock's), else None (``flush_connection``)."""
     if (
         sub._state is _ACTIVE
         and type(sub) is _TurboTransaction
@@ -1540,8 +1549,109 @@ def flush_bind(session, mapper):
     return bind
 
 
+def flush_connection(uow, mapper):
+    """``uow.transaction.connection(mapper)``, as a flush's save and
+    delete steps ask it.
+
+    The subtransaction holds no connection: stock's call asks the
+    session's ``get_bind`` for the mapper's bind, then the parent for its
+    connection to it.  Where ``flush_parent`` finds that this can be done
+    without stock's calls (no code of the application runs in between),
+    this returns the parent's connection directly, or, when the parent is
+    the root transaction and has none yet (the transaction's first
+    connection), acquires it as stock's ``_connection_for_bind`` does
+    (``provision``); else it is stock's call."""
+    session = uow.session
+    sub = uow.transaction
+    # held_connection's lookup, its parent and bind kept for the first
+    # connection (asked once, as stock's call asks get_bind once)
+    parent = flush_parent(sub, session)
+    if parent is not None:
+        bind = flush_bind(session, mapper)
+        entry = parent._connections.get(bind)
+        if entry is not None:
+            return entry[0]
+        if parent._parent is None and provisions_directly(session, bind):
+            # the root transaction holds no connection to the bind yet
+            return provision(session, parent, bind, None, sub)
+    return sub.connection(mapper)
+
+
+def provisions_directly(session, bind) -> cython.bint:
+    """Whether ``provision`` acquires the connection to ``bind`` as
+    stock's ``_connection_for_bind`` of the root transaction would."""
+    return not session.twophase and not isinstance(bind, _Connection)
+
+
+def provision(session, root, bind, execution_options, sub=None):
+    """``root._connection_for_bind(bind, execution_options)`` of an active
+    root transaction of a session that is not two-phase, for an engine
+    (not a connection) it holds no connection to; with ``sub``, as the
+    flush's subtransaction ``sub`` asks it (``sub.connection(mapper)``).
+
+    Stock's steps in stock's order: connect (engine and pool events),
+    the session's and the call's execution options, begin (or take the
+    transaction a listener of the connection began), register the
+    connection, ``after_begin``.  While they run, the transaction (and
+    ``sub``) is in the state and has the marks (method in progress, state
+    expected next) that stock's wrappers leave on it, so that what a
+    listener asks of the session is refused or allowed as in stock; they
+    are put back however the steps end.  Counted in
+    ``transaction.stats()["first_connections"]``."""
+    _transaction._first_connections["fast"] += 1
+    sub_next_state = sub_current_fn = None
+    if sub is not None:
+        sub_next_state = sub._next_state
+        sub_current_fn = sub._current_fn
+    root_next_state = root._next_state
+    root_current_fn = root._current_fn
+    if sub is not None:
+        sub._current_fn = _CONNECTION_FOR_BIND_FN
+        sub._next_state = _CHANGING
+        sub._state = _PROVISIONING
+    root._current_fn = _CONNECTION_FOR_BIND_FN
+    root._next_state = _CHANGING
+    root._state = _PROVISIONING
+    try:
+        conn = bind.connect()
+        try:
+            options = session.execution_options
+            if options or execution_options:
+                merged: dict = {}
+                if options:
+                    merged.update(options)
+                if execution_options:
+                    merged.update(execution_options)
+                conn = conn.execution_options(**merged)
+            if conn.in_transaction():
+                db_trans = conn.get_transaction()
+                assert db_trans is not None
+            else:
+                db_trans = conn.begin()
+        except BaseException:
+            # as stock: not associated with the session, closed now
+            conn.close()
+            raise
+        connections: dict = root._connections
+        entry = (conn, db_trans, True, True)
+        connections[conn] = entry
+        connections[conn.engine] = entry
+        event = session.dispatch.after_begin
+        if type(event) is not _EMPTY_LISTENER or event.parent_listeners:
+            event(session, root, conn)
+        return conn
+    finally:
+        if sub is not None:
+            sub._state = _ACTIVE
+            sub._next_state = sub_next_state
+            sub._current_fn = sub_current_fn
+        root._state = _ACTIVE
+        root._next_state = root_next_state
+        root._current_fn = root_current_fn
+
+
 def held_connection(uow, mapper):
-    """The connection ``transaction.flush_connection`` returns without
+    """The connection ``flush_connection`` returns without
     stock's call, found in the transaction the flush's subtransaction
     asks (nothing of the application runs and nothing changes while it is
     looked up), or None when it has none to the bind or the lookup has to

@@ -59,7 +59,10 @@ from sqlalchemy.orm import exc as orm_exc
 from sqlalchemy.sql import compiler
 from sqlalchemy.sql.util import _long_statement
 
-__all__ = ["FALLBACK_REASONS", "execute", "insert_autoincrement", "reset_stats", "stats"]
+__all__ = [
+    "FALLBACK_REASONS", "INSERT_ONE_CONTEXT", "execute", "insert_autoincrement", "reset_stats",
+    "stats",
+]
 
 log = logging.getLogger("turbosession")
 
@@ -467,6 +470,11 @@ def _insert_plan_for(base_mapper, table, dialect, keys, returning):
     return _cached(base_mapper, ("autoincrement", table, dialect, keys, returning), make)
 
 
+# what _emit.insert_one_lastrowid is given after the record: the
+# connection checks, the maker of a missing plan, the counts
+INSERT_ONE_CONTEXT = (_CHECKS, _insert_plan_for, _counts)
+
+
 def _insert_machinery_ok(dialect):
     """Whether the dialect's insertmanyvalues and its execution context's
     ``lastrowid`` and RETURNING handling are SQLAlchemy's own (asked only
@@ -493,6 +501,16 @@ def insert_autoincrement(emit, base_mapper, uow, connection, table, batch, has_a
     the bookkeeping of stock's ``_emit_insert_statements`` and
     ``_postfetch``; returns False, with nothing done, when the batch must
     go through Core."""
+    if len(batch) == 1:
+        # one record (never an executemany RETURNING): the same steps in
+        # one compiled call
+        reason = emit.insert_one_lastrowid(
+            connection, base_mapper, table, batch[0], uow, INSERT_ONE_CONTEXT
+        )
+        if reason is None:
+            return True
+        _fallback(reason)
+        return False
     reason = _connection_reason(connection, emit)
     if reason is None:
         dialect = connection.dialect

@@ -49,7 +49,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BooleanClauseList
 from sqlalchemy.sql.schema import Table
 
-from . import emission, plans, relationships, transaction
+from . import emission, plans, relationships
 from .memo import derived
 from ._warn import warn
 
@@ -394,7 +394,8 @@ def plan_of(mapper):
 
 def _insert_one_state(uow, state, mapper):
     """The flush of ``insert_single``: the flush's connection, the state's
-    ``before_insert``, record and INSERT (``persist.insert_one``,
+    ``before_insert``, record and INSERT (``persist.insert_one``;
+    ``emit.insert_one_lastrowid`` for a key the database generates, else
     ``_emit_insert_batch``), its ``after_insert``, then the empty delete
     step's connection check.  False, with nothing done, where the flush's
     session or the mapper's listeners ask for the planned steps."""
@@ -412,12 +413,22 @@ def _insert_one_state(uow, state, mapper):
     plans.count_cached()
     persist = session._turbo.persist
     try:
-        connection = transaction.flush_connection(uow, mapper)
+        connection = persist.flush_connection(uow, mapper)
         record = persist.insert_one(table, mapper, uow, connection, state)
-        _emit_insert_batch(
-            uow, mapper, mapper, table, [record], persist, session._turbo.emit,
-            connection, bool(record[5]), record[6], record[7], False,
-        )
+        emit = session._turbo.emit
+        # a key the database generates: insert_autoincrement's one-row
+        # case in one compiled call, unless it gives a reason not to
+        if (
+            record[5]
+            or record[6]
+            or emit.insert_one_lastrowid(
+                connection, mapper, table, record, uow, emission.INSERT_ONE_CONTEXT
+            ) is not None
+        ):
+            _emit_insert_batch(
+                uow, mapper, mapper, table, [record], persist, emit,
+                connection, bool(record[5]), record[6], record[7], False,
+            )
         after_insert = mapper.dispatch.after_insert
         if after_insert.parent_listeners if type(after_insert) is _EMPTY else after_insert:
             after_insert(mapper, connection, state)
@@ -518,7 +529,7 @@ def _organize_for_save(uow, base_mapper, persist, states):
         return to_insert, to_update, row_switch
     # stock asks for the connection even with no states (it may begin
     # the transaction), and then does nothing more
-    connection = transaction.flush_connection(uow, base_mapper)
+    connection = persist.flush_connection(uow, base_mapper)
     states = _sort_states(base_mapper, persist, states)
     if not base_mapper._inheriting_mappers:
         to_insert, to_update = persist.organize_for_save(base_mapper, states, uow, connection)
@@ -909,7 +920,7 @@ def _organize_for_delete(uow, base_mapper, persist, states):
     each state's mapper, in stock's order."""
     if uow.session.connection_callable:
         return list(persistence._organize_states_for_delete(base_mapper, states, uow))
-    connection = transaction.flush_connection(uow, base_mapper)
+    connection = persist.flush_connection(uow, base_mapper)
     states = _sort_states(base_mapper, persist, states)
     if not base_mapper._inheriting_mappers:
         return persist.organize_for_delete(base_mapper, states, connection)

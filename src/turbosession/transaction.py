@@ -15,15 +15,16 @@ subtransaction for their connection; ``Session.commit()`` commits the root
 transaction and every execution asks it for its connection.  Stock goes
 through the state machine of ``_StateChange`` for each of these calls (a
 generated wrapper, a context manager per expected state); ``begin_flush``,
-``commit_flush``, ``flush_connection``, ``commit`` and
-``connection_for_bind`` do the same steps directly where no listener or
-patched method could see the difference, and are stock's calls otherwise
-(the first two and ``commit`` counted by reason: ``stats()``,
-``FALLBACK_REASONS``).  ``autobegin`` builds the root transaction the same
-way (counted as ``roots``).  The transaction's first connection is acquired
-by ``_provision`` in stock's steps, with the transaction provisioning
-and marked as stock's wrappers mark it while engine, pool and
-``after_begin`` listeners run.
+``commit_flush``, ``commit`` and ``connection_for_bind`` (and the hot
+path's ``persist.flush_connection``) do the same steps directly where no
+listener or patched method could see the difference, and are stock's
+calls otherwise (the first two and ``commit`` counted by reason:
+``stats()``, ``FALLBACK_REASONS``).  ``autobegin`` builds the root
+transaction the same way (counted as ``roots``).  The transaction's first
+connection is acquired by the hot path's ``persist.provision`` in stock's
+steps, with the transaction provisioning and marked as stock's wrappers
+mark it while engine, pool and ``after_begin`` listeners run (counted as
+``first_connections``).
 """
 
 import functools
@@ -51,7 +52,6 @@ __all__ = [
     "autobegin",
     "begin_flush",
     "commit_flush",
-    "flush_connection",
     "reset_stats",
     "stats",
 ]
@@ -71,6 +71,8 @@ FALLBACK_REASONS = {
 _counts = Counter()
 _commit_counts = Counter()
 _root_counts = Counter()
+# the root transactions' first connections acquired by persist.provision
+_first_connections = Counter()
 
 
 def _section(counts):
@@ -85,11 +87,14 @@ def stats():
     and committed directly) and ``fallback`` by reason; ``commits``: the
     root transaction's ``Session.commit()`` likewise; ``roots``: the root
     transactions begun (autobegun or by ``begin()``), built directly or
-    by stock's constructor."""
+    by stock's constructor; ``first_connections``: the root transactions'
+    first connections acquired directly (the others by stock's
+    ``_connection_for_bind``)."""
     return {
         "subtransactions": _section(_counts),
         "commits": _section(_commit_counts),
         "roots": _section(_root_counts),
+        "first_connections": _first_connections["fast"],
     }
 
 
@@ -97,6 +102,7 @@ def reset_stats():
     _counts.clear()
     _commit_counts.clear()
     _root_counts.clear()
+    _first_connections.clear()
 
 
 # An event of a dispatcher nothing listens to is the event class's shared
@@ -462,36 +468,6 @@ def commit_flush(session, sub):
     _counts["fast"] += 1
 
 
-def flush_connection(uow, mapper):
-    """``uow.transaction.connection(mapper)``, as the save and delete
-    steps ask it.
-
-    The subtransaction holds no connection: stock's call asks the
-    session's ``get_bind`` for the mapper's bind, then the parent for its
-    connection to it.  Where ``get_bind`` is stock's (no code of the
-    application runs in between), this returns the parent's connection
-    directly (the lookup of ``persist.held_connection``), or, when the parent is the
-    root transaction and has none yet (the transaction's first
-    connection), acquires it as stock's ``_connection_for_bind`` does
-    (``_provision``); else it is stock's call.
-    """
-    session = uow.session
-    persist = session._turbo.persist
-    sub = uow.transaction
-    # held_connection's lookup, its parent and bind kept for the first
-    # connection (asked once, as stock's call asks get_bind once)
-    parent = persist.flush_parent(sub, session)
-    if parent is not None:
-        bind = persist.flush_bind(session, mapper)
-        entry = parent._connections.get(bind)
-        if entry is not None:
-            return entry[0]
-        if parent._parent is None and _provisions_directly(session, bind):
-            # the root transaction holds no connection to the bind yet
-            return _provision(session, parent, bind, None, sub)
-    return sub.connection(mapper)
-
-
 _PREPARED = SessionTransactionState.PREPARED
 _COMMITTED = SessionTransactionState.COMMITTED
 _CHANGING = _StateChangeStates.CHANGE_IN_PROGRESS
@@ -620,7 +596,7 @@ def connection_for_bind(session, bind, execution_options):
     The connection the session's transaction already holds for ``bind``
     is returned as is; the root transaction's first connection to an
     engine (autobegun first if the session has no transaction) is
-    acquired by ``_provision``.  Stock's call runs in any other case:
+    acquired by ``persist.provision``.  Stock's call runs in any other case:
     a connection given as the bind, a two-phase session, a
     subtransaction or savepoint asked for a connection it does not hold,
     execution options given for a connection already there (stock
@@ -644,7 +620,9 @@ def connection_for_bind(session, bind, execution_options):
             if session._trans_context_manager:
                 _trans_ctx_check(session)
             return entry[0]
-        if trans._parent is not None or not _provisions_directly(session, bind):
+        if trans._parent is not None or not session._turbo.persist.provisions_directly(
+            session, bind
+        ):
             return None
         if session._trans_context_manager:
             _trans_ctx_check(session)
@@ -657,70 +635,8 @@ def connection_for_bind(session, bind, execution_options):
         # stock's call finds the transaction the autobegin made (or a
         # subclass's _autobegin_t returned) as it is
         return trans._connection_for_bind(bind, execution_options)
-    return _provision(session, trans, bind, execution_options)
-
-
-def _provisions_directly(session, bind):
-    """Whether ``_provision`` acquires the connection to ``bind`` as
-    stock's ``_connection_for_bind`` of the root transaction would."""
-    return not session.twophase and not isinstance(bind, Connection)
+    return session._turbo.persist.provision(session, trans, bind, execution_options)
 
 
 _PROVISIONING = SessionTransactionState.PROVISIONING_CONNECTION
 _CONNECTION_FOR_BIND_FN = orm.SessionTransaction._connection_for_bind.__wrapped__
-
-
-def _provision(session, root, bind, execution_options, sub=None):
-    """``root._connection_for_bind(bind, execution_options)`` of an active
-    root transaction of a session that is not two-phase, for an engine
-    (not a connection) it holds no connection to; with ``sub``, as the
-    flush's subtransaction ``sub`` asks it (``sub.connection(mapper)``).
-
-    Stock's steps in stock's order: connect (engine and pool events),
-    the session's and the call's execution options, begin (or take the
-    transaction a listener of the connection began), register the
-    connection, ``after_begin``.  While they run, the transaction (and
-    ``sub``) is in the state and has the marks (method in progress, state
-    expected next) that stock's wrappers leave on it, so that what a
-    listener asks of the session is refused or allowed as in stock."""
-    provisioning = (root,) if sub is None else (sub, root)
-    marks = [(trans, trans._next_state, trans._current_fn) for trans in provisioning]
-    for trans in provisioning:
-        trans._current_fn = _CONNECTION_FOR_BIND_FN
-        trans._next_state = _CHANGING
-        trans._state = _PROVISIONING
-    try:
-        conn = bind.connect()
-        try:
-            options = session.execution_options
-            if options or execution_options:
-                merged = {}
-                if options:
-                    merged.update(options)
-                if execution_options:
-                    merged.update(execution_options)
-                conn = conn.execution_options(**merged)
-            if conn.in_transaction():
-                db_trans = conn.get_transaction()
-                assert db_trans is not None
-            else:
-                db_trans = conn.begin()
-        except:
-            # as stock: not associated with the session, closed now
-            conn.close()
-            raise
-        root._connections[conn] = root._connections[conn.engine] = (
-            conn,
-            db_trans,
-            True,
-            True,
-        )
-        event = session.dispatch.after_begin
-        if type(event) is not _EMPTY or event.parent_listeners:
-            event(session, root, conn)
-        return conn
-    finally:
-        for trans, next_state, current_fn in marks:
-            trans._state = _ACTIVE
-            trans._next_state = next_state
-            trans._current_fn = current_fn

@@ -1366,16 +1366,15 @@ def register_persistent(session, states: set, commit_all_states):
             # an updated state is usually the one mapped under its key
             mapped = map_dict is not None and map_dict.get(key) is state
         old = None
-        if mapped:
-            pass
-        elif map_dict is not None and map_dict.get(key) is None:
-            # WeakIdentityMapCore.replace() of a key no state is mapped under
-            map_dict[key] = state
-            state._instance_dict = map_ref
-            if state.modified if own is None else own_entry(own, state, "modified"):
-                map_modified.add(state)
-        else:
-            old = replace(state)
+        if not mapped:
+            if map_dict is not None and map_dict.get(key) is None:
+                # WeakIdentityMapCore.replace() of a key no state is mapped under
+                map_dict[key] = state
+                state._instance_dict = map_ref
+                if state.modified if own is None else own_entry(own, state, "modified"):
+                    map_modified.add(state)
+            else:
+                old = replace(state)
         if (
             old is not None
             and old.obj() is not None
@@ -1414,9 +1413,9 @@ def register_persistent(session, states: set, commit_all_states):
         # one state (a one-object flush): the intersections below are a
         # membership test each, without the two sets
         for state in states:
-            if pending_to_persistent is not None and state in new:
-                pending_to_persistent(session, state)
             if state in new:
+                if pending_to_persistent is not None:
+                    pending_to_persistent(session, state)
                 new.pop(state)
         return
 
@@ -1603,15 +1602,10 @@ def provision(session, root, bind, execution_options, sub=None):
     if sub is not None:
         sub_next_state = sub._next_state
         sub_current_fn = sub._current_fn
+        _set_marks(sub, _PROVISIONING, _CHANGING, _CONNECTION_FOR_BIND_FN)
     root_next_state = root._next_state
     root_current_fn = root._current_fn
-    if sub is not None:
-        sub._current_fn = _CONNECTION_FOR_BIND_FN
-        sub._next_state = _CHANGING
-        sub._state = _PROVISIONING
-    root._current_fn = _CONNECTION_FOR_BIND_FN
-    root._next_state = _CHANGING
-    root._state = _PROVISIONING
+    _set_marks(root, _PROVISIONING, _CHANGING, _CONNECTION_FOR_BIND_FN)
     try:
         conn = bind.connect()
         try:
@@ -1642,12 +1636,17 @@ def provision(session, root, bind, execution_options, sub=None):
         return conn
     finally:
         if sub is not None:
-            sub._state = _ACTIVE
-            sub._next_state = sub_next_state
-            sub._current_fn = sub_current_fn
-        root._state = _ACTIVE
-        root._next_state = root_next_state
-        root._current_fn = root_current_fn
+            _set_marks(sub, _ACTIVE, sub_next_state, sub_current_fn)
+        _set_marks(root, _ACTIVE, root_next_state, root_current_fn)
+
+
+@cython.cfunc
+def _set_marks(trans, state, next_state, current_fn):
+    """A transaction's method in progress, state expected next and state
+    (``provision``'s marks, and putting them back)."""
+    trans._current_fn = current_fn
+    trans._next_state = next_state
+    trans._state = state
 
 
 def held_connection(uow, mapper):

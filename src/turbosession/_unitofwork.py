@@ -130,8 +130,6 @@ _dict_getitem_site = cython.declare(ClassSite)
 
 # passive flag -> (passive | LOAD_AGAINST_COMMITTED | NO_RAISE, bool(passive & SQL_OK))
 _flags = cython.declare(dict, {})
-# flags -> bool(flags & INCLUDE_PENDING_MUTATIONS)
-_includes_pending = cython.declare(dict, {})
 # flags -> (bool(flags & INCLUDE_PENDING_MUTATIONS), bool(flags & CALLABLES_OK))
 _bits = cython.declare(dict, {})
 
@@ -367,9 +365,7 @@ def _loaded_collection_history(state, key, current, flags, passive) -> tuple:
     as ``_history``'s cache entry, or None for stock's: pending mutations
     recorded for a loaded collection (stock's assertion), an original that
     is not a list."""
-    includes_pending = _includes_pending.get(flags)
-    if includes_pending is None:
-        includes_pending = _includes_pending[flags] = bool(flags & _INCLUDE_PENDING_MUTATIONS)
+    includes_pending: cython.bint = _flag_bits(flags)[0]
     if includes_pending and _has_pending_mutation(state, key):
         return None
     committed = state.committed_state

@@ -261,23 +261,65 @@ def _is_deleted(uow_states: dict, state) -> cython.bint:
 @cython.cfunc
 @cython.inline
 def _manager_of(state):
-    """``state.manager``, compiled read at its slot's offset
-    (``_cpython.slot_value``)."""
-    if cython.compiled:
-        return slot_value(state, "manager", cython.address(_manager_site))
-    return state.manager
+    """``state.manager``, compiled, read at its slot's offset
+    (``_cpython.slot_value``).  Uncompiled its callers read the attribute
+    themselves (a call costs more)."""
+    return slot_value(state, "manager", cython.address(_manager_site))
+
+
+@cython.cclass
+class _Copies:
+    """``sync._populate`` (no cascaded-pk flag) of one step's pairs of
+    attribute keys, from a source state to a destination state.  An
+    object's attribute implementations are its class manager's for the
+    whole flush, so each pair's implementations (and whether the source's
+    ``get`` is stock's) are looked up for the last source and destination
+    managers seen, not once per copy.  ``target_manager`` is the class
+    manager of the processor's mapper when it is its class's primary mapper
+    (else None): a child of that manager is exactly a child of that mapper,
+    which passes ``_verify_canload``."""
+
+    keys: tuple
+    target_manager: object
+    source_manager: object
+    dest_manager: object
+    # per pair of keys: (source key, source impl, whether its get is
+    # stock's, destination impl)
+    plan: tuple
+
+    def __init__(self, keys: tuple, target):
+        self.keys = keys
+        self.target_manager = None if target is None else target.class_manager
+        self.source_manager = None
+        self.dest_manager = None
+        self.plan = None
+
+    @cython.cfunc
+    def populate(self, source, dest):
+        """The keys copied from ``source`` to ``dest``."""
+        source_dict = _state_dict(source)
+        dest_dict = _dest_state_dict(dest) if cython.compiled else _state_dict(dest)
+        source_manager = _manager_of(source) if cython.compiled else source.manager
+        dest_manager = _manager_of(dest) if cython.compiled else dest.manager
+        if source_manager is not self.source_manager or dest_manager is not self.dest_manager:
+            self.plan = _copy_plan(source_manager, dest_manager, self.keys)
+            self.source_manager = source_manager
+            self.dest_manager = dest_manager
+        step: tuple
+        for step in self.plan:
+            _copy(source, source_dict, dest, dest_dict, step[0], step[1], step[2], step[3])
 
 
 @cython.cfunc
-def _populate(source, dest, keys: tuple):
-    """``sync._populate`` with the attribute keys looked up (no cascaded-pk flag)."""
-    source_dict = _state_dict(source)
-    dest_dict = _dest_state_dict(dest) if cython.compiled else _state_dict(dest)
-    source_manager = _manager_of(source)
-    dest_manager = _manager_of(dest)
+def _copy_plan(source_manager, dest_manager, keys: tuple) -> tuple:
+    """``_Copies.plan`` for a pair of class managers."""
+    plan: list = []
     pair: tuple
     for pair in keys:
-        _copy(source, source_dict, dest, dest_dict, source_manager, dest_manager, pair[0], pair[1])
+        impl = _impl_of(source_manager, pair[0]) if cython.compiled else source_manager[pair[0]].impl
+        dest_impl = _impl_of(dest_manager, pair[1]) if cython.compiled else dest_manager[pair[1]].impl
+        plan.append((pair[0], impl, _has_stock_get(impl), dest_impl))
+    return tuple(plan)
 
 
 def sync_keys(uow, batch: list, plans: dict, describe, stock):
@@ -307,32 +349,32 @@ def sync_keys(uow, batch: list, plans: dict, describe, stock):
         state_dict = _state_dict(state)
         manager = state.manager
         for step in plan:
-            _copy(state, state_dict, state, state_dict, manager, manager, step[0], step[1])
+            impl = _impl_of(manager, step[0]) if cython.compiled else manager[step[0]].impl
+            _copy(
+                state, state_dict, state, state_dict, step[0], impl, _has_stock_get(impl),
+                _impl_of(manager, step[1]) if cython.compiled else manager[step[1]].impl,
+            )
             if step[2] is not None:
                 attributes[("pk_cascaded", state, step[2])] = True
 
 
 @cython.cfunc
-def _copy(source, source_dict, dest, dest_dict, source_manager, dest_manager, source_key, dest_key):
+def _copy(
+    source, source_dict, dest, dest_dict, source_key, impl, stock_get: cython.bint, dest_impl
+):
     """One pair of ``sync._populate``: the source attribute's value (stock's
-    ``get`` with ``PASSIVE_OFF``) set on the destination's attribute."""
-    impl = (
-        _impl_of(source_manager, source_key) if cython.compiled
-        else source_manager[source_key].impl
-    )
+    ``get`` with ``PASSIVE_OFF``; ``stock_get``: ``impl``'s ``get`` is
+    stock's) set on the destination's attribute."""
     if not cython.compiled:
         # uncompiled, the attributes' own methods (the direct copy is for
         # the compiled loop)
-        dest_manager[dest_key].impl.set(
-            dest, dest_dict, impl.get(source, source_dict, _OFF), None
-        )
+        dest_impl.set(dest, dest_dict, impl.get(source, source_dict, _OFF), None)
         return
-    if source_key in source_dict and _has_stock_get(impl):
-        # the first step of stock's ``get``
-        value = source_dict[source_key]
-    else:
+    value = dict_get(source_dict, source_key, _ABSENT) if stock_get else _ABSENT
+    if value is _ABSENT:
         value = impl.get(source, source_dict, _OFF)
-    _set(dest, dest_dict, _impl_of(dest_manager, dest_key), value)
+    # (else the first step of stock's ``get``)
+    _set(dest, dest_dict, dest_impl, value)
 
 
 @cython.cfunc
@@ -435,6 +477,7 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
     this step reads."""
     held: _Held = _Held(uow)
     histories: _Histories = _Histories(uow)
+    copies: _Copies = _Copies(keys, target)
     key = dp.key
     uow_states: dict = uow.states
     cache: dict = histories.cache if _stock_object_history() and _histories_unread(histories) else None
@@ -444,7 +487,7 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
             if child is _UNCHANGED:
                 continue
             if child is not _LOOK_UP:
-                _save_reference(dp, held, uow, uow_states, state, child, keys, target)
+                _save_reference(dp, held, uow, uow_states, state, child, copies)
                 continue
         history = histories.get(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
@@ -452,26 +495,26 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
         added = history.added
         if added:
             for child in added:
-                _save_reference(dp, held, uow, uow_states, state, child, keys, target)
+                _save_reference(dp, held, uow, uow_states, state, child, copies)
         elif history.deleted:
             dp._synchronize(state, None, None, True, uow, "delete")
 
 
 @cython.cfunc
-def _save_reference(dp, held: _Held, uow, uow_states: dict, state, child, keys: tuple, target):
+def _save_reference(dp, held: _Held, uow, uow_states: dict, state, child, copies: _Copies):
     """``ManyToOneDP._synchronize(state, child, None, False, uow, "add")``
     for an added value of a state's reference: the referenced object's
     keys copied to the state (not a deleted one); a None child clears the
     keys and a child not in the session warns (stock's method), a child
-    not of ``target`` is checked by ``_verify_canload``."""
+    not of the processor's mapper is checked by ``_verify_canload``."""
     if state is None or _is_deleted(uow_states, state):
         return
     if child is None or not held.has(child):
         dp._synchronize(state, child, None, False, uow, "add")
         return
-    if _manager_of(child).mapper is not target:
+    if (_manager_of(child) if cython.compiled else child.manager) is not copies.target_manager:
         dp._verify_canload(child)
-    _populate(child, state, keys)
+    copies.populate(child, state)
 
 
 @cython.cfunc
@@ -502,7 +545,9 @@ def _reference_added(state, key):
     implementation: the history is looked up."""
     # compiled, the state's and the implementation's slots read at their
     # offsets (slot_value) and the dicts read as dicts (dict_get)
-    impl = _impl_of(_manager_of(state), key)
+    impl = (
+        _impl_of(_manager_of(state), key) if cython.compiled else state.manager[key].impl
+    )
     if type(impl) is not _ScalarObjectAttributeImpl:
         return _LOOK_UP
     if cython.compiled:
@@ -532,6 +577,7 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     the parent's attribute keys with the child's; ``source_keys`` are the
     parent's keys ``_pks_changed`` looks at; ``target`` as above."""
     histories: _Histories = _Histories(uow)
+    copies: _Copies = _Copies(keys, target)
     key = dp.key
     uow_states: dict = uow.states
     should_null_fks: cython.bint = (
@@ -549,13 +595,13 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
             if members is True:
                 continue
             if members is not None:
-                _populate_added(dp, uow_states, state, members, keys, target, uselist)
+                _populate_added(dp, uow_states, state, members, copies, uselist)
                 continue
         # looked up by the presort (one_to_many_presort_saves)
         history = histories.known(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
             continue
-        _populate_added(dp, uow_states, state, history.added, keys, target, uselist)
+        _populate_added(dp, uow_states, state, history.added, copies, uselist)
         for child in history.deleted:
             if should_null_fks and not dp.cascade.delete_orphan and not dp.hasparent(child):
                 dp._synchronize(state, child, None, True, uow, False)
@@ -567,20 +613,20 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
 
 
 @cython.cfunc
-def _populate_added(dp, uow_states: dict, state, added, keys: tuple, target, uselist: cython.bint):
+def _populate_added(dp, uow_states: dict, state, added, copies: _Copies, uselist: cython.bint):
     """The parent's keys copied to its added children (not deleted ones);
     a None member raises stock's error from ``_verify_canload``, a child
-    not of ``target`` is checked there."""
+    not of the processor's mapper is checked there."""
     for child in added:
         if child is None:
             if uselist:
                 dp._verify_canload(child)  # raises
             continue
-        if _manager_of(child).mapper is not target:
+        if (_manager_of(child) if cython.compiled else child.manager) is not copies.target_manager:
             dp._verify_canload(child)
         if _is_deleted(uow_states, child):
             continue
-        _populate(state, child, keys)
+        copies.populate(state, child)
 
 
 @cython.cfunc
@@ -655,7 +701,7 @@ def _stock_scalar_history() -> cython.bint:
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
+def _sources_unchanged(state, source_keys: tuple, plain_compare: dict) -> cython.bint:
     """True where ``sync._source_modified`` answers False without a
     ``History`` being needed: for each key (a column attribute of stock's
     class, ``_stock_scalar_history``), stock's history has nothing deleted
@@ -667,15 +713,17 @@ def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
     such a symbol and a value present stock compares the two
     (``is_equal``) before answering: only done without it where that is
     ``TypeEngine.compare_values`` (``==``) of an int, a str or None, which
-    runs nothing else.  False otherwise: the history is looked up."""
+    runs nothing else (asked once per implementation and step:
+    ``plain_compare`` keeps the answers).  False otherwise: the history is
+    looked up."""
     committed: dict = (
         slot_value(state, "committed_state", cython.address(_committed_site)) if cython.compiled
         else state.committed_state
     )
-    manager = _manager_of(state)
+    manager = _manager_of(state) if cython.compiled else state.manager
     dict_ = None
     for key in source_keys:
-        impl = _impl_of(manager, key)
+        impl = _impl_of(manager, key) if cython.compiled else manager[key].impl
         if type(impl) is not _ScalarAttributeImpl:
             return False
         original = committed.get(key, _ABSENT)
@@ -685,13 +733,18 @@ def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
             return False
         if dict_ is None:
             dict_ = _state_dict(state)
-        current = dict_.get(key, _NO_VALUE)
+        current = dict_get(dict_, key, _NO_VALUE) if cython.compiled else dict_.get(key, _NO_VALUE)
         if current is _NO_VALUE:
             continue
         kind = type(current)
         if kind is not int and kind is not str and current is not None:
             return False
-        if getattr(impl.is_equal, "__func__", None) is not _PLAIN_COMPARE:
+        plain = plain_compare.get(impl)
+        if plain is None:
+            plain = plain_compare[impl] = (
+                getattr(impl.is_equal, "__func__", None) is _PLAIN_COMPARE
+            )
+        if plain is False:
             return False
     return True
 
@@ -1080,7 +1133,7 @@ def _clear_child(uow, dp, child, clear_keys, target):
     without ``post_update``: the child's foreign-key attributes set to None
     (``sync._clear``; stock's function itself when a key is part of the
     child's primary key, which it refuses to blank out)."""
-    if _manager_of(child).mapper is not target:
+    if (_manager_of(child) if cython.compiled else child.manager).mapper is not target:
         dp._verify_canload(child)
     if _is_deleted(uow.states, child):
         return
@@ -1254,8 +1307,11 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
         answer_states(answered, states, key, _NO_INITIALIZE_PENDING)
     answers_fresh: cython.bint = True
     pks_changed: cython.bint
+    # the source keys' implementation -> whether it compares with ==
+    # (_sources_unchanged)
+    plain_compare: dict = {}
     for state in states:
-        if unchanged is not None and _sources_unchanged(state, source_keys):
+        if unchanged is not None and _sources_unchanged(state, source_keys, plain_compare):
             unchanged.add(state)
             pks_changed = False
         else:

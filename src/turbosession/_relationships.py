@@ -272,8 +272,9 @@ class _Copies:
     """``sync._populate`` (no cascaded-pk flag) of one step's pairs of
     attribute keys, from a source state to a destination state.  An
     object's attribute implementations are its class manager's for the
-    whole flush, so each pair's implementations (and whether the source's
-    ``get`` is stock's) are looked up for the last source and destination
+    whole flush, so each pair's implementations, whether the source's
+    ``get`` is stock's and what a direct ``set`` of the destination needs
+    (``_plain_set``) are looked up for the last source and destination
     managers seen, not once per copy.  ``target_manager`` is the class
     manager of the processor's mapper when it is its class's primary mapper
     (else None): a child of that manager is exactly a child of that mapper,
@@ -284,7 +285,7 @@ class _Copies:
     source_manager: object
     dest_manager: object
     # per pair of keys: (source key, source impl, whether its get is
-    # stock's, destination impl)
+    # stock's, destination impl, _plain_set of it)
     plan: tuple
 
     def __init__(self, keys: tuple, target):
@@ -307,18 +308,19 @@ class _Copies:
             self.dest_manager = dest_manager
         step: tuple
         for step in self.plan:
-            _copy(source, source_dict, dest, dest_dict, step[0], step[1], step[2], step[3])
+            _copy(source, source_dict, dest, dest_dict, step)
 
 
 @cython.cfunc
 def _copy_plan(source_manager, dest_manager, keys: tuple) -> tuple:
-    """``_Copies.plan`` for a pair of class managers."""
+    """``_Copies.plan`` for a pair of class managers (``keys``: pairs of
+    source and destination attribute keys)."""
     plan: list = []
     pair: tuple
     for pair in keys:
         impl = _impl_of(source_manager, pair[0]) if cython.compiled else source_manager[pair[0]].impl
         dest_impl = _impl_of(dest_manager, pair[1]) if cython.compiled else dest_manager[pair[1]].impl
-        plan.append((pair[0], impl, _has_stock_get(impl), dest_impl))
+        plan.append((pair[0], impl, _has_stock_get(impl), dest_impl, _plain_set(dest_impl)))
     return tuple(plan)
 
 
@@ -336,7 +338,12 @@ def sync_keys(uow, batch: list, plans: dict, describe, stock):
     mapper)`` does the record (a column not mapped: stock raises its
     error there)."""
     attributes: dict = uow.attributes
+    # the batch's copy plans (_copy_plan) by record mapper, whose states'
+    # class manager is the mapper's
+    copy_plans: dict = {}
     step: tuple
+    copy_plan: tuple
+    i: cython.Py_ssize_t
     for record in batch:
         state = record[0]
         mapper = record[3]
@@ -347,34 +354,36 @@ def sync_keys(uow, batch: list, plans: dict, describe, stock):
             stock(uow, state, mapper)
             continue
         state_dict = _state_dict(state)
-        manager = state.manager
-        for step in plan:
-            impl = _impl_of(manager, step[0]) if cython.compiled else manager[step[0]].impl
-            _copy(
-                state, state_dict, state, state_dict, step[0], impl, _has_stock_get(impl),
-                _impl_of(manager, step[1]) if cython.compiled else manager[step[1]].impl,
+        found = copy_plans.get(mapper)
+        if found is None:
+            manager = state.manager
+            found = copy_plans[mapper] = _copy_plan(
+                manager, manager, tuple([(step[0], step[1]) for step in plan])
             )
+        copy_plan = found
+        for i in range(len(copy_plan)):
+            _copy(state, state_dict, state, state_dict, copy_plan[i])
+            step = plan[i]
             if step[2] is not None:
                 attributes[("pk_cascaded", state, step[2])] = True
 
 
 @cython.cfunc
-def _copy(
-    source, source_dict, dest, dest_dict, source_key, impl, stock_get: cython.bint, dest_impl
-):
-    """One pair of ``sync._populate``: the source attribute's value (stock's
-    ``get`` with ``PASSIVE_OFF``; ``stock_get``: ``impl``'s ``get`` is
-    stock's) set on the destination's attribute."""
+def _copy(source, source_dict, dest, dest_dict, step: tuple):
+    """One pair of ``sync._populate``, following its ``_copy_plan`` step:
+    the source attribute's value (stock's ``get`` with ``PASSIVE_OFF``)
+    set on the destination's attribute."""
+    impl = step[1]
     if not cython.compiled:
         # uncompiled, the attributes' own methods (the direct copy is for
         # the compiled loop)
-        dest_impl.set(dest, dest_dict, impl.get(source, source_dict, _OFF), None)
+        step[3].set(dest, dest_dict, impl.get(source, source_dict, _OFF), None)
         return
-    value = dict_get(source_dict, source_key, _ABSENT) if stock_get else _ABSENT
+    # where ``get`` is stock's, its first step: the dict's value
+    value = dict_get(source_dict, step[0], _ABSENT) if step[2] else _ABSENT
     if value is _ABSENT:
         value = impl.get(source, source_dict, _OFF)
-    # (else the first step of stock's ``get``)
-    _set(dest, dest_dict, dest_impl, value)
+    _set_planned(dest, dest_dict, step[3], step[4], value)
 
 
 @cython.cfunc
@@ -399,34 +408,59 @@ def _has_listeners(listeners) -> cython.bint:
 
 
 @cython.cfunc
-def _set(state, dict_, impl, value):
-    """``impl.set(state, dict_, value, None)``.  For a plain column
-    attribute (``_ScalarAttributeImpl`` itself) with no ``set`` listener,
-    what stock's ``set`` does, directly: the old value from the dict (with
-    active history, as a primary key's attribute has, only when the dict
-    has one and the attribute's ``get`` is stock's, which then returns it),
-    ``state._modified_event`` (its attribute part inline when the state is
-    already flagged modified and held, the common case in a flush), the
-    value stored.  Compiled only:
-    uncompiled, the attribute's own ``set``."""
+def _plain_set(impl):
+    """What ``_set_planned`` needs of a plain column attribute
+    (``_ScalarAttributeImpl`` itself, with stock's ``set``):
+    ``(dispatch, key, active history, send_modified_events)``, read once
+    for the copies of a step; None for any other implementation (its own
+    ``set`` is called), and always uncompiled."""
     if (
         not cython.compiled
         or type(impl) is not _ScalarAttributeImpl
         or not class_attribute_is(
             _ScalarAttributeImpl, "set", _STOCK_SET, cython.address(_stock_set_site)
         )
-        or value is _DONT_SET
+    ):
+        return None
+    # the implementation's slots, read at their offsets (slot_value)
+    dispatch = slot_value(impl, "dispatch", cython.address(_dispatch_site))
+    dispatch_own = own_dict(dispatch, _DISPATCH_NAMES, cython.address(_dispatch_names_site))
+    return (
+        dispatch,
+        slot_value(impl, "key", cython.address(_key_site)),
+        bool(_own_attribute(dispatch, "_active_history", dispatch_own)),
+        bool(slot_value(impl, "send_modified_events", cython.address(_modified_events_site))),
+    )
+
+
+@cython.cfunc
+def _set(state, dict_, impl, value):
+    """``impl.set(state, dict_, value, None)`` (``_set_planned``)."""
+    _set_planned(state, dict_, impl, _plain_set(impl), value)
+
+
+@cython.cfunc
+def _set_planned(state, dict_, impl, plan, value):
+    """``impl.set(state, dict_, value, None)``, given ``_plain_set(impl)``.
+    For a plain column attribute with no ``set`` listener (looked at on
+    every call: a listener added replaces the dispatcher's collection),
+    what stock's ``set`` does, directly: the old value from the dict (with
+    active history, as a primary key's attribute has, only when the dict
+    has one and the attribute's ``get`` is stock's, which then returns it),
+    ``state._modified_event`` (its attribute part inline when the state is
+    already flagged modified and held, the common case in a flush), the
+    value stored.  Compiled only: uncompiled, the attribute's own ``set``."""
+    if not cython.compiled or plan is None or value is _DONT_SET:
+        impl.set(state, dict_, value, None)
+        return
+    known_plan: tuple = plan
+    if _has_listeners(
+        slot_value(known_plan[0], "set", cython.address(_set_listeners_site))
     ):
         impl.set(state, dict_, value, None)
         return
-    # the implementation's slots, read at their offsets (slot_value)
-    dispatch = slot_value(impl, "dispatch", cython.address(_dispatch_site))
-    if _has_listeners(slot_value(dispatch, "set", cython.address(_set_listeners_site))):
-        impl.set(state, dict_, value, None)
-        return
-    key = slot_value(impl, "key", cython.address(_key_site))
-    dispatch_own = own_dict(dispatch, _DISPATCH_NAMES, cython.address(_dispatch_names_site))
-    if _own_attribute(dispatch, "_active_history", dispatch_own):
+    key = known_plan[1]
+    if known_plan[2]:
         # (a primary key's attribute) stock's ``get`` for the old value:
         # the dict's, when it has one and ``get`` is stock's
         if key not in dict_ or not _has_stock_get(impl):
@@ -453,14 +487,17 @@ def _set(state, dict_, impl, value):
         )
     ):
         state._modified_event(dict_, impl, old)
-    elif slot_value(impl, "send_modified_events", cython.address(_modified_events_site)):
+    elif known_plan[3]:
         committed: dict = slot_value(state, "committed_state", cython.address(_committed_site))
         if key not in committed:
             committed[key] = old
         known = _own_attribute(state, "_last_known_values", own)
         if known is not None and key in known:
             known[key] = _NO_VALUE
-    dict_[key] = value
+    if type(dict_) is dict:
+        cython.cast(dict, dict_)[key] = value
+    else:
+        dict_[key] = value
 
 
 def many_to_one_saves(uow, dp, states, keys: tuple, target):

@@ -340,7 +340,8 @@ def sc_set_listeners_on_the_key(session_cls, engine, log):
         log.note("event", "set", repr(target), value, repr(oldvalue))
 
     session = session_cls(engine)
-    session.add(Family(id=1, name="f1", kids=[Kid(id=10, name="k1")]))
+    first = Family(id=1, name="f1", kids=[Kid(id=10, name="k1")])
+    session.add(first)
     guarded(log, session.flush)
     event.listen(Kid.family_id, "set", on_set)
     try:
@@ -348,7 +349,7 @@ def sc_set_listeners_on_the_key(session_cls, engine, log):
         guarded(log, session.flush)
         event.listen(Kid.family_id, "set", on_set, active_history=True)
         session.add(Family(id=3, name="f3", kids=[Kid(id=30, name="k4")]))
-        session.get(Family, 1).kids.append(session.get(Kid, 20))
+        first.kids.append(session.get(Kid, 20))
         guarded(log, session.commit)
     finally:
         event.remove(Kid.family_id, "set", on_set)

@@ -593,7 +593,10 @@ def _reference_added(state, key):
         deferred = impl._deferred_history
     if deferred:
         return _LOOK_UP
-    dict_ = _state_dict(state)
+    # (compiled, read at the kept site of the copies' destination, whose
+    # class this state's is: a step of references to another class copies
+    # from that class, read at the other site)
+    dict_ = _dest_state_dict(state) if cython.compiled else _state_dict(state)
     current = dict_get(dict_, key, _ABSENT) if cython.compiled else dict_.get(key, _ABSENT)
     if current is _ABSENT or current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
         return _LOOK_UP

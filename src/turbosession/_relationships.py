@@ -261,23 +261,67 @@ def _is_deleted(uow_states: dict, state) -> cython.bint:
 @cython.cfunc
 @cython.inline
 def _manager_of(state):
-    """``state.manager``, compiled read at its slot's offset
-    (``_cpython.slot_value``)."""
-    if cython.compiled:
-        return slot_value(state, "manager", cython.address(_manager_site))
-    return state.manager
+    """``state.manager``, compiled, read at its slot's offset
+    (``_cpython.slot_value``).  Uncompiled its callers read the attribute
+    themselves (a call costs more)."""
+    return slot_value(state, "manager", cython.address(_manager_site))
+
+
+@cython.cclass
+class _Copies:
+    """``sync._populate`` (no cascaded-pk flag) of one step's pairs of
+    attribute keys, from a source state to a destination state.  An
+    object's attribute implementations are its class manager's for the
+    whole flush, so each pair's implementations, whether the source's
+    ``get`` is stock's and what a direct ``set`` of the destination needs
+    (``_plain_set``) are looked up for the last source and destination
+    managers seen, not once per copy.  ``target_manager`` is the class
+    manager of the processor's mapper when it is its class's primary mapper
+    (else None): a child of that manager is exactly a child of that mapper,
+    which passes ``_verify_canload``."""
+
+    keys: tuple
+    target_manager: object
+    source_manager: object
+    dest_manager: object
+    # per pair of keys: (source key, source impl, whether its get is
+    # stock's, destination impl, _plain_set of it)
+    plan: tuple
+
+    def __init__(self, keys: tuple, target):
+        self.keys = keys
+        self.target_manager = None if target is None else target.class_manager
+        self.source_manager = None
+        self.dest_manager = None
+        self.plan = None
+
+    @cython.cfunc
+    def populate(self, source, dest):
+        """The keys copied from ``source`` to ``dest``."""
+        source_dict = _state_dict(source)
+        dest_dict = _dest_state_dict(dest) if cython.compiled else _state_dict(dest)
+        source_manager = _manager_of(source) if cython.compiled else source.manager
+        dest_manager = _manager_of(dest) if cython.compiled else dest.manager
+        if source_manager is not self.source_manager or dest_manager is not self.dest_manager:
+            self.plan = _copy_plan(source_manager, dest_manager, self.keys)
+            self.source_manager = source_manager
+            self.dest_manager = dest_manager
+        step: tuple
+        for step in self.plan:
+            _copy(source, source_dict, dest, dest_dict, step)
 
 
 @cython.cfunc
-def _populate(source, dest, keys: tuple):
-    """``sync._populate`` with the attribute keys looked up (no cascaded-pk flag)."""
-    source_dict = _state_dict(source)
-    dest_dict = _dest_state_dict(dest) if cython.compiled else _state_dict(dest)
-    source_manager = _manager_of(source)
-    dest_manager = _manager_of(dest)
+def _copy_plan(source_manager, dest_manager, keys: tuple) -> tuple:
+    """``_Copies.plan`` for a pair of class managers (``keys``: pairs of
+    source and destination attribute keys)."""
+    plan: list = []
     pair: tuple
     for pair in keys:
-        _copy(source, source_dict, dest, dest_dict, source_manager, dest_manager, pair[0], pair[1])
+        impl = _impl_of(source_manager, pair[0]) if cython.compiled else source_manager[pair[0]].impl
+        dest_impl = _impl_of(dest_manager, pair[1]) if cython.compiled else dest_manager[pair[1]].impl
+        plan.append((pair[0], impl, _has_stock_get(impl), dest_impl, _plain_set(dest_impl)))
+    return tuple(plan)
 
 
 def sync_keys(uow, batch: list, plans: dict, describe, stock):
@@ -294,7 +338,12 @@ def sync_keys(uow, batch: list, plans: dict, describe, stock):
     mapper)`` does the record (a column not mapped: stock raises its
     error there)."""
     attributes: dict = uow.attributes
+    # the batch's copy plans (_copy_plan) by record mapper, whose states'
+    # class manager is the mapper's
+    copy_plans: dict = {}
     step: tuple
+    copy_plan: tuple
+    i: cython.Py_ssize_t
     for record in batch:
         state = record[0]
         mapper = record[3]
@@ -305,34 +354,36 @@ def sync_keys(uow, batch: list, plans: dict, describe, stock):
             stock(uow, state, mapper)
             continue
         state_dict = _state_dict(state)
-        manager = state.manager
-        for step in plan:
-            _copy(state, state_dict, state, state_dict, manager, manager, step[0], step[1])
+        found = copy_plans.get(mapper)
+        if found is None:
+            manager = state.manager
+            found = copy_plans[mapper] = _copy_plan(
+                manager, manager, tuple([(step[0], step[1]) for step in plan])
+            )
+        copy_plan = found
+        for i in range(len(copy_plan)):
+            _copy(state, state_dict, state, state_dict, copy_plan[i])
+            step = plan[i]
             if step[2] is not None:
                 attributes[("pk_cascaded", state, step[2])] = True
 
 
 @cython.cfunc
-def _copy(source, source_dict, dest, dest_dict, source_manager, dest_manager, source_key, dest_key):
-    """One pair of ``sync._populate``: the source attribute's value (stock's
-    ``get`` with ``PASSIVE_OFF``) set on the destination's attribute."""
-    impl = (
-        _impl_of(source_manager, source_key) if cython.compiled
-        else source_manager[source_key].impl
-    )
+def _copy(source, source_dict, dest, dest_dict, step: tuple):
+    """One pair of ``sync._populate``, following its ``_copy_plan`` step:
+    the source attribute's value (stock's ``get`` with ``PASSIVE_OFF``)
+    set on the destination's attribute."""
+    impl = step[1]
     if not cython.compiled:
         # uncompiled, the attributes' own methods (the direct copy is for
         # the compiled loop)
-        dest_manager[dest_key].impl.set(
-            dest, dest_dict, impl.get(source, source_dict, _OFF), None
-        )
+        step[3].set(dest, dest_dict, impl.get(source, source_dict, _OFF), None)
         return
-    if source_key in source_dict and _has_stock_get(impl):
-        # the first step of stock's ``get``
-        value = source_dict[source_key]
-    else:
+    # where ``get`` is stock's, its first step: the dict's value
+    value = dict_get(source_dict, step[0], _ABSENT) if step[2] else _ABSENT
+    if value is _ABSENT:
         value = impl.get(source, source_dict, _OFF)
-    _set(dest, dest_dict, _impl_of(dest_manager, dest_key), value)
+    _set_planned(dest, dest_dict, step[3], step[4], value)
 
 
 @cython.cfunc
@@ -357,34 +408,59 @@ def _has_listeners(listeners) -> cython.bint:
 
 
 @cython.cfunc
-def _set(state, dict_, impl, value):
-    """``impl.set(state, dict_, value, None)``.  For a plain column
-    attribute (``_ScalarAttributeImpl`` itself) with no ``set`` listener,
-    what stock's ``set`` does, directly: the old value from the dict (with
-    active history, as a primary key's attribute has, only when the dict
-    has one and the attribute's ``get`` is stock's, which then returns it),
-    ``state._modified_event`` (its attribute part inline when the state is
-    already flagged modified and held, the common case in a flush), the
-    value stored.  Compiled only:
-    uncompiled, the attribute's own ``set``."""
+def _plain_set(impl):
+    """What ``_set_planned`` needs of a plain column attribute
+    (``_ScalarAttributeImpl`` itself, with stock's ``set``):
+    ``(dispatch, key, active history, send_modified_events)``, read once
+    for the copies of a step; None for any other implementation (its own
+    ``set`` is called), and always uncompiled."""
     if (
         not cython.compiled
         or type(impl) is not _ScalarAttributeImpl
         or not class_attribute_is(
             _ScalarAttributeImpl, "set", _STOCK_SET, cython.address(_stock_set_site)
         )
-        or value is _DONT_SET
+    ):
+        return None
+    # the implementation's slots, read at their offsets (slot_value)
+    dispatch = slot_value(impl, "dispatch", cython.address(_dispatch_site))
+    dispatch_own = own_dict(dispatch, _DISPATCH_NAMES, cython.address(_dispatch_names_site))
+    return (
+        dispatch,
+        slot_value(impl, "key", cython.address(_key_site)),
+        bool(_own_attribute(dispatch, "_active_history", dispatch_own)),
+        bool(slot_value(impl, "send_modified_events", cython.address(_modified_events_site))),
+    )
+
+
+@cython.cfunc
+def _set(state, dict_, impl, value):
+    """``impl.set(state, dict_, value, None)`` (``_set_planned``)."""
+    _set_planned(state, dict_, impl, _plain_set(impl), value)
+
+
+@cython.cfunc
+def _set_planned(state, dict_, impl, plan, value):
+    """``impl.set(state, dict_, value, None)``, given ``_plain_set(impl)``.
+    For a plain column attribute with no ``set`` listener (looked at on
+    every call: a listener added replaces the dispatcher's collection),
+    what stock's ``set`` does, directly: the old value from the dict (with
+    active history, as a primary key's attribute has, only when the dict
+    has one and the attribute's ``get`` is stock's, which then returns it),
+    ``state._modified_event`` (its attribute part inline when the state is
+    already flagged modified and held, the common case in a flush), the
+    value stored.  Compiled only: uncompiled, the attribute's own ``set``."""
+    if not cython.compiled or plan is None or value is _DONT_SET:
+        impl.set(state, dict_, value, None)
+        return
+    known_plan: tuple = plan
+    if _has_listeners(
+        slot_value(known_plan[0], "set", cython.address(_set_listeners_site))
     ):
         impl.set(state, dict_, value, None)
         return
-    # the implementation's slots, read at their offsets (slot_value)
-    dispatch = slot_value(impl, "dispatch", cython.address(_dispatch_site))
-    if _has_listeners(slot_value(dispatch, "set", cython.address(_set_listeners_site))):
-        impl.set(state, dict_, value, None)
-        return
-    key = slot_value(impl, "key", cython.address(_key_site))
-    dispatch_own = own_dict(dispatch, _DISPATCH_NAMES, cython.address(_dispatch_names_site))
-    if _own_attribute(dispatch, "_active_history", dispatch_own):
+    key = known_plan[1]
+    if known_plan[2]:
         # (a primary key's attribute) stock's ``get`` for the old value:
         # the dict's, when it has one and ``get`` is stock's
         if key not in dict_ or not _has_stock_get(impl):
@@ -411,14 +487,17 @@ def _set(state, dict_, impl, value):
         )
     ):
         state._modified_event(dict_, impl, old)
-    elif slot_value(impl, "send_modified_events", cython.address(_modified_events_site)):
+    elif known_plan[3]:
         committed: dict = slot_value(state, "committed_state", cython.address(_committed_site))
         if key not in committed:
             committed[key] = old
         known = _own_attribute(state, "_last_known_values", own)
         if known is not None and key in known:
             known[key] = _NO_VALUE
-    dict_[key] = value
+    if type(dict_) is dict:
+        cython.cast(dict, dict_)[key] = value
+    else:
+        dict_[key] = value
 
 
 def many_to_one_saves(uow, dp, states, keys: tuple, target):
@@ -435,6 +514,7 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
     this step reads."""
     held: _Held = _Held(uow)
     histories: _Histories = _Histories(uow)
+    copies: _Copies = _Copies(keys, target)
     key = dp.key
     uow_states: dict = uow.states
     cache: dict = histories.cache if _stock_object_history() and _histories_unread(histories) else None
@@ -444,7 +524,7 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
             if child is _UNCHANGED:
                 continue
             if child is not _LOOK_UP:
-                _save_reference(dp, held, uow, uow_states, state, child, keys, target)
+                _save_reference(dp, held, uow, uow_states, state, child, copies)
                 continue
         history = histories.get(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
@@ -452,26 +532,26 @@ def many_to_one_saves(uow, dp, states, keys: tuple, target):
         added = history.added
         if added:
             for child in added:
-                _save_reference(dp, held, uow, uow_states, state, child, keys, target)
+                _save_reference(dp, held, uow, uow_states, state, child, copies)
         elif history.deleted:
             dp._synchronize(state, None, None, True, uow, "delete")
 
 
 @cython.cfunc
-def _save_reference(dp, held: _Held, uow, uow_states: dict, state, child, keys: tuple, target):
+def _save_reference(dp, held: _Held, uow, uow_states: dict, state, child, copies: _Copies):
     """``ManyToOneDP._synchronize(state, child, None, False, uow, "add")``
     for an added value of a state's reference: the referenced object's
     keys copied to the state (not a deleted one); a None child clears the
     keys and a child not in the session warns (stock's method), a child
-    not of ``target`` is checked by ``_verify_canload``."""
+    not of the processor's mapper is checked by ``_verify_canload``."""
     if state is None or _is_deleted(uow_states, state):
         return
     if child is None or not held.has(child):
         dp._synchronize(state, child, None, False, uow, "add")
         return
-    if _manager_of(child).mapper is not target:
+    if (_manager_of(child) if cython.compiled else child.manager) is not copies.target_manager:
         dp._verify_canload(child)
-    _populate(child, state, keys)
+    copies.populate(child, state)
 
 
 @cython.cfunc
@@ -502,7 +582,9 @@ def _reference_added(state, key):
     implementation: the history is looked up."""
     # compiled, the state's and the implementation's slots read at their
     # offsets (slot_value) and the dicts read as dicts (dict_get)
-    impl = _impl_of(_manager_of(state), key)
+    impl = (
+        _impl_of(_manager_of(state), key) if cython.compiled else state.manager[key].impl
+    )
     if type(impl) is not _ScalarObjectAttributeImpl:
         return _LOOK_UP
     if cython.compiled:
@@ -511,7 +593,10 @@ def _reference_added(state, key):
         deferred = impl._deferred_history
     if deferred:
         return _LOOK_UP
-    dict_ = _state_dict(state)
+    # (compiled, read at the kept site of the copies' destination, whose
+    # class this state's is: a step of references to another class copies
+    # from that class, read at the other site)
+    dict_ = _dest_state_dict(state) if cython.compiled else _state_dict(state)
     current = dict_get(dict_, key, _ABSENT) if cython.compiled else dict_.get(key, _ABSENT)
     if current is _ABSENT or current is _NO_VALUE or current is _PASSIVE_NO_RESULT:
         return _LOOK_UP
@@ -532,6 +617,7 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
     the parent's attribute keys with the child's; ``source_keys`` are the
     parent's keys ``_pks_changed`` looks at; ``target`` as above."""
     histories: _Histories = _Histories(uow)
+    copies: _Copies = _Copies(keys, target)
     key = dp.key
     uow_states: dict = uow.states
     should_null_fks: cython.bint = (
@@ -549,13 +635,13 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
             if members is True:
                 continue
             if members is not None:
-                _populate_added(dp, uow_states, state, members, keys, target, uselist)
+                _populate_added(dp, uow_states, state, members, copies, uselist)
                 continue
         # looked up by the presort (one_to_many_presort_saves)
         history = histories.known(state, key, _NO_INITIALIZE)
         if not _nonblank(history):
             continue
-        _populate_added(dp, uow_states, state, history.added, keys, target, uselist)
+        _populate_added(dp, uow_states, state, history.added, copies, uselist)
         for child in history.deleted:
             if should_null_fks and not dp.cascade.delete_orphan and not dp.hasparent(child):
                 dp._synchronize(state, child, None, True, uow, False)
@@ -567,20 +653,20 @@ def one_to_many_saves(uow, dp, states, keys: tuple, source_keys: tuple, target):
 
 
 @cython.cfunc
-def _populate_added(dp, uow_states: dict, state, added, keys: tuple, target, uselist: cython.bint):
+def _populate_added(dp, uow_states: dict, state, added, copies: _Copies, uselist: cython.bint):
     """The parent's keys copied to its added children (not deleted ones);
     a None member raises stock's error from ``_verify_canload``, a child
-    not of ``target`` is checked there."""
+    not of the processor's mapper is checked there."""
     for child in added:
         if child is None:
             if uselist:
                 dp._verify_canload(child)  # raises
             continue
-        if _manager_of(child).mapper is not target:
+        if (_manager_of(child) if cython.compiled else child.manager) is not copies.target_manager:
             dp._verify_canload(child)
         if _is_deleted(uow_states, child):
             continue
-        _populate(state, child, keys)
+        copies.populate(state, child)
 
 
 @cython.cfunc
@@ -655,7 +741,7 @@ def _stock_scalar_history() -> cython.bint:
 
 @cython.cfunc
 @cython.exceptval(-1, check=False)
-def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
+def _sources_unchanged(state, source_keys: tuple, plain_compare: dict) -> cython.bint:
     """True where ``sync._source_modified`` answers False without a
     ``History`` being needed: for each key (a column attribute of stock's
     class, ``_stock_scalar_history``), stock's history has nothing deleted
@@ -667,15 +753,17 @@ def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
     such a symbol and a value present stock compares the two
     (``is_equal``) before answering: only done without it where that is
     ``TypeEngine.compare_values`` (``==``) of an int, a str or None, which
-    runs nothing else.  False otherwise: the history is looked up."""
+    runs nothing else (asked once per implementation and step:
+    ``plain_compare`` keeps the answers).  False otherwise: the history is
+    looked up."""
     committed: dict = (
         slot_value(state, "committed_state", cython.address(_committed_site)) if cython.compiled
         else state.committed_state
     )
-    manager = _manager_of(state)
+    manager = _manager_of(state) if cython.compiled else state.manager
     dict_ = None
     for key in source_keys:
-        impl = _impl_of(manager, key)
+        impl = _impl_of(manager, key) if cython.compiled else manager[key].impl
         if type(impl) is not _ScalarAttributeImpl:
             return False
         original = committed.get(key, _ABSENT)
@@ -685,13 +773,18 @@ def _sources_unchanged(state, source_keys: tuple) -> cython.bint:
             return False
         if dict_ is None:
             dict_ = _state_dict(state)
-        current = dict_.get(key, _NO_VALUE)
+        current = dict_get(dict_, key, _NO_VALUE) if cython.compiled else dict_.get(key, _NO_VALUE)
         if current is _NO_VALUE:
             continue
         kind = type(current)
         if kind is not int and kind is not str and current is not None:
             return False
-        if getattr(impl.is_equal, "__func__", None) is not _PLAIN_COMPARE:
+        plain = plain_compare.get(impl)
+        if plain is None:
+            plain = plain_compare[impl] = (
+                getattr(impl.is_equal, "__func__", None) is _PLAIN_COMPARE
+            )
+        if plain is False:
             return False
     return True
 
@@ -1080,7 +1173,7 @@ def _clear_child(uow, dp, child, clear_keys, target):
     without ``post_update``: the child's foreign-key attributes set to None
     (``sync._clear``; stock's function itself when a key is part of the
     child's primary key, which it refuses to blank out)."""
-    if _manager_of(child).mapper is not target:
+    if (_manager_of(child) if cython.compiled else child.manager).mapper is not target:
         dp._verify_canload(child)
     if _is_deleted(uow.states, child):
         return
@@ -1254,8 +1347,11 @@ def one_to_many_presort_saves(uow, dp, states, source_keys: tuple):
         answer_states(answered, states, key, _NO_INITIALIZE_PENDING)
     answers_fresh: cython.bint = True
     pks_changed: cython.bint
+    # the source keys' implementation -> whether it compares with ==
+    # (_sources_unchanged)
+    plain_compare: dict = {}
     for state in states:
-        if unchanged is not None and _sources_unchanged(state, source_keys):
+        if unchanged is not None and _sources_unchanged(state, source_keys, plain_compare):
             unchanged.add(state)
             pks_changed = False
         else:

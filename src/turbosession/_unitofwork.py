@@ -31,6 +31,7 @@ sets and lists.
 
 from __future__ import annotations
 
+import types
 from collections import defaultdict
 
 from sqlalchemy.orm import attributes, collections
@@ -67,6 +68,11 @@ if cython.compiled:
         class_attribute_is,
         instance_dict,
         slot_value,
+        store_slot,
+        type_version_tag,
+        PyMemberDescrObject,
+        T_OBJECT_EX,
+        READONLY,
     )
 else:
     SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
@@ -655,6 +661,65 @@ def _registered(registry: dict, cls, key: tuple):
     return record
 
 
+# the slots a per-state record's constructor sets (with ``disabled``, which
+# ``_PostSortRec.__new__`` sets on a new one), in the order of their
+# offsets in ``_record_layout``'s answer
+_STATE_RECORD_SLOTS = cython.declare(tuple, ("disabled", "state", "mapper", "sort_key"))
+_PROCESS_RECORD_SLOTS = cython.declare(
+    tuple, ("disabled", "dependency_processor", "sort_key", "isdelete", "state")
+)
+_MemberDescriptorType = cython.declare(object, types.MemberDescriptorType)
+_OBJECT_SETATTR = cython.declare(object, object.__setattr__)
+# compiled: record class -> (its version tag when read, _record_layout's answer)
+_layouts = cython.declare(dict, {})
+
+
+@cython.cfunc
+def _record_layout(cls, names: tuple):
+    """Compiled, the offsets of the slots ``names`` of the record class
+    ``cls``, where ``object.__setattr__`` stores each through a plain
+    writable object slot (its member descriptor, the first found in the
+    class's MRO): found once per class and kept while the class keeps its
+    version tag (any change to it or a base gives another), so that a
+    flush making a record per state stores its fields there, without an
+    attribute lookup per field.  None (the attributes are set) where the
+    class sets attributes its own way or a name is something else, and
+    always uncompiled."""
+    if not cython.compiled:
+        return None
+    kept = _layouts.get(cls)
+    if kept is not None:
+        entry: tuple = kept
+        if entry[0] == type_version_tag(cls) and entry[0] != 0:
+            return entry[1]
+    layout = _find_layout(cls, names)
+    tag = type_version_tag(cls)
+    if tag != 0:
+        _layouts[cls] = (tag, layout)
+    return layout
+
+
+@cython.cfunc
+def _find_layout(cls, names: tuple):
+    """``_record_layout``'s offsets, read from the member descriptors."""
+    if cls.__setattr__ is not _OBJECT_SETATTR:
+        return None
+    offsets: list = []
+    for name in names:
+        descr = None
+        for klass in cls.__mro__:
+            if name in klass.__dict__:
+                descr = klass.__dict__[name]
+                break
+        if type(descr) is not _MemberDescriptorType:
+            return None
+        member = cython.cast(cython.pointer(PyMemberDescrObject), descr).d_member
+        if member.type != T_OBJECT_EX or member.flags & READONLY:
+            return None
+        offsets.append(member.offset)
+    return tuple(offsets)
+
+
 def base_steps(uow, base, steps: tuple):
     """The hierarchy's save and delete steps of stock's
     ``_per_mapper_flush_actions``: for each ``(class, label)`` of
@@ -682,11 +747,32 @@ def _state_records(uow, cls: type, states: list, mapper, sort_key: tuple) -> lis
     """
     registry: dict = uow.postsort_actions
     records: list = []
+    layout = _record_layout(cls, _STATE_RECORD_SLOTS)
+    if layout is None:
+        for state in states:
+            record = _registered(registry, cls, (cls, state))
+            record.state = state
+            record.mapper = mapper
+            record.sort_key = sort_key
+            records.append(record)
+        return records
+    # compiled: the fields stored at their slots' offsets
+    offsets: tuple = layout
+    disabled_at: cython.Py_ssize_t = offsets[0]
+    state_at: cython.Py_ssize_t = offsets[1]
+    mapper_at: cython.Py_ssize_t = offsets[2]
+    sort_key_at: cython.Py_ssize_t = offsets[3]
+    key: tuple
     for state in states:
-        record = _registered(registry, cls, (cls, state))
-        record.state = state
-        record.mapper = mapper
-        record.sort_key = sort_key
+        key = (cls, state)
+        record = registry.get(key)
+        if record is None:
+            record = _new_record(cls)
+            store_slot(record, disabled_at, False)
+            registry[key] = record
+        store_slot(record, state_at, state)
+        store_slot(record, mapper_at, mapper)
+        store_slot(record, sort_key_at, sort_key)
         records.append(record)
     return records
 
@@ -757,23 +843,35 @@ def _per_state_direction(dp) -> cython.int:
 
 
 @cython.cfunc
-def _process_state(uow, dp, isdelete, state):
+def _process_state(uow, dp, isdelete, state, sort_key: tuple):
     """``_ProcessState(uow, dp, isdelete, state)``: the registered record
-    (or a new one, registered) with its fields set, as the constructor does;
-    a record registered under the key already has them (stock's
-    constructor would set the same values again)."""
+    (or a new one, registered) with its fields set, as the constructor does
+    (``sort_key`` is the one it makes, ``("ProcessState", dp.sort_key)``,
+    made once per processor by the caller); a record registered under the
+    key already has them (stock's constructor would set the same values
+    again)."""
     registry: dict = uow.postsort_actions
     key: tuple = (_ProcessState, dp, isdelete, state)
     record = registry.get(key)
     if record is not None:
         return record
     record = _new_record(_ProcessState)
-    record.disabled = False
     registry[key] = record
-    record.dependency_processor = dp
-    record.sort_key = ("ProcessState", dp.sort_key)
-    record.isdelete = isdelete
-    record.state = state
+    layout = _record_layout(_ProcessState, _PROCESS_RECORD_SLOTS)
+    if layout is None:
+        record.disabled = False
+        record.dependency_processor = dp
+        record.sort_key = sort_key
+        record.isdelete = isdelete
+        record.state = state
+        return record
+    # compiled: the fields stored at their slots' offsets
+    offsets: tuple = layout
+    store_slot(record, offsets[0], False)
+    store_slot(record, offsets[1], dp)
+    store_slot(record, offsets[2], sort_key)
+    store_slot(record, offsets[3], isdelete)
+    store_slot(record, offsets[4], state)
     return record
 
 
@@ -821,7 +919,10 @@ def _members(state, key, isdelete: cython.bint, passive, pending):
     """Stock's ``get_all_pending`` of the state's relationship ``key``:
     the (state, object) pairs a processor's per-state actions link, from
     ``pending`` where it answers (not None)."""
-    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
+    impl = (
+        _impl_of(slot_value(state, "manager", cython.address(_manager_site)), key)
+        if cython.compiled else state.manager[key].impl
+    )
     dict_ = _state_dict(state)
     sum_ = None
     if not isdelete or type(impl) is _CollectionAttributeImpl:
@@ -873,6 +974,7 @@ def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: c
         return dp.per_state_flush_actions(uow, states, isdelete)
     key = dp.key
     passive = dp._passive_delete_flag if isdelete else _PASSIVE_NO_INITIALIZE
+    process_sort_key: tuple = ("ProcessState", dp.sort_key)
     uow_states: dict = uow.states
     dependencies: set = uow.dependencies
     entry: tuple
@@ -882,10 +984,10 @@ def _dependency_per_state(uow, dp, states, isdelete: cython.bint, one_to_many: c
         if not sum_:
             continue
         if isdelete:
-            before_delete = _process_state(uow, dp, True, state)
+            before_delete = _process_state(uow, dp, True, state, process_sort_key)
             parent_deletes = _state_record(uow, _DeleteState, state)
         else:
-            after_save = _process_state(uow, dp, False, state)
+            after_save = _process_state(uow, dp, False, state, process_sort_key)
             parent_saves = _state_record(uow, _SaveUpdateState, state)
         if child_in_cycles:
             child_actions = []
@@ -1045,7 +1147,8 @@ def tree_rounds(uow, cycles: set, pending):
         index[state] = position
         position += 1
     # by position: the states that follow each, how many each follows;
-    # per processor record to make, (processor, state, positions it follows)
+    # per processor record to make, (processor, state, positions it follows,
+    # the record's sort key)
     followers: list = [[] for _ in range(count)]
     following: list = [0] * count
     processes: list = []
@@ -1058,6 +1161,7 @@ def tree_rounds(uow, cycles: set, pending):
     for dp in uow.deps[mapper]:
         one_to_many = _per_state_direction(dp) == 1
         key = dp.key
+        process_sort_key: tuple = ("ProcessState", dp.sort_key)
         for state in states:
             sum_ = _members(state, key, False, _PASSIVE_NO_INITIALIZE, pending)
             if not sum_:
@@ -1079,7 +1183,7 @@ def tree_rounds(uow, cycles: set, pending):
                     chain.append(here)
                     following[here] += 1
                     linked.append(there)
-            processes.append((dp, state, linked))
+            processes.append((dp, state, linked, process_sort_key))
     rounds_of: list = _longest_chains(followers, following, count)
     if rounds_of is None:
         return None  # the links loop: stock's sort raises
@@ -1099,7 +1203,9 @@ def tree_rounds(uow, cycles: set, pending):
         for position in linked:
             after = rounds_of[position]
             round_ = max(round_, after + 1)
-        _add_to_round(rounds, round_, _process_state(uow, entry[0], False, entry[1]))
+        _add_to_round(
+            rounds, round_, _process_state(uow, entry[0], False, entry[1], entry[3])
+        )
     registry: dict = uow.postsort_actions
     for dp in uow.deps[mapper]:
         registry[(_ProcessAll, dp, False, True)].disabled = True
@@ -1113,17 +1219,29 @@ def _memoize_mappers(states: list):
     constructor memoizes it: while that memoized property is stock's, the
     value it would keep (``state.manager.mapper``) is written into a stock
     state's ``__dict__`` as the property writes it, without its two Python
-    calls."""
+    calls.  Compiled, the state's ``__dict__`` and ``manager`` are read
+    without their attribute lookups, and each manager's ``mapper`` once
+    for the run of states it has."""
     stock: cython.bint = (
         _InstanceState.__dict__.get("mapper") is _MAPPER_PROPERTY
         and _MAPPER_PROPERTY.fget is _MAPPER_GETTER
     )
-    instance_dict: dict
+    own: dict
+    last_manager = None
+    mapper = None
     for state in states:
         if stock and type(state) is _InstanceState:
-            instance_dict = state.__dict__
-            if "mapper" not in instance_dict:
-                instance_dict["mapper"] = state.manager.mapper
+            found = instance_dict(state) if cython.compiled else None
+            own = state.__dict__ if found is None else found
+            if "mapper" not in own:
+                manager = (
+                    slot_value(state, "manager", cython.address(_manager_site))
+                    if cython.compiled else state.manager
+                )
+                if manager is not last_manager:
+                    last_manager = manager
+                    mapper = manager.mapper
+                own["mapper"] = mapper
         else:
             state.mapper
 

@@ -832,12 +832,17 @@ _own_verified_names = cython.declare(tuple, None)
 # the address of expected -> (class, its version tag when its hooks were last found
 # as expected): the last class checked per set of hooks
 _verified = cython.declare(dict, {})
-# the last of those found or kept, asked first: one set of hooks is checked
-# once per call of the method it guards (delete(), get()), most often the
-# same set for the same class as the call before
+# the last two of those found or kept, asked first: one set of hooks is
+# checked once per call of the method it guards (add(), delete(), get()),
+# most often the same set for the same class as the call before; a short
+# transaction alternates two (add()'s hooks and the transaction's methods,
+# asked several times per flush), which a dict lookup would answer each time
 _last_expected = cython.declare(object, None)
 _last_class = cython.declare(object, None)
 _last_tag = cython.declare(cython.uint, 0)
+_previous_expected = cython.declare(object, None)
+_previous_class = cython.declare(object, None)
+_previous_tag = cython.declare(cython.uint, 0)
 
 
 @cython.cfunc
@@ -865,14 +870,15 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
     """The class half of ``hooks_like``: the hooks looked up, unless the
     class has the version tag it had when they were last found as expected
     (compiled only; the tag is C's)."""
-    global _last_expected, _last_class, _last_tag
     tag: cython.uint = _version_tag(cls)
     if tag:
         if expected is _last_expected and cls is _last_class and tag == _last_tag:
             return True
+        if expected is _previous_expected and cls is _previous_class and tag == _previous_tag:
+            return True
         last: tuple = _verified.get(_address(expected))
         if last is not None and last[0] is cls and cython.cast(cython.uint, last[1]) == tag:
-            _last_expected, _last_class, _last_tag = expected, cls, tag
+            _keep_last(expected, cls, tag)
             return True
     above = None
     hook: tuple
@@ -891,8 +897,19 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
     # kept at the next call)
     if tag and _version_tag(cls) == tag:
         _verified[_address(expected)] = (cls, tag)
-        _last_expected, _last_class, _last_tag = expected, cls, tag
+        _keep_last(expected, cls, tag)
     return True
+
+
+@cython.cfunc
+@cython.inline
+def _keep_last(expected, cls, tag: cython.uint):
+    """``expected`` found for ``cls`` with ``tag``: the last one kept, the
+    one it replaces the previous."""
+    global _last_expected, _last_class, _last_tag
+    global _previous_expected, _previous_class, _previous_tag
+    _previous_expected, _previous_class, _previous_tag = _last_expected, _last_class, _last_tag
+    _last_expected, _last_class, _last_tag = expected, cls, tag
 
 
 def add_all(session, instances):

@@ -969,7 +969,8 @@ def sessions_one_after_another(session_cls, engine, log):
             watch.listeners.append((late, name, fn))
         for i, make in enumerate(fresh):
             one_new(make, f"class listened {i}")
-        for name in ("after_commit", "after_transaction_end", "transient_to_pending"):
+        for name in ("after_commit", "after_transaction_end", "transient_to_pending",
+                     "persistent_to_detached", "pending_to_transient"):
             fn = watch.session_listener(f"maker {name}")
             event.listen(maker, name, fn)
             watch.listeners.append((maker, name, fn))

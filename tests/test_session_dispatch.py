@@ -85,6 +85,17 @@ def test_dispatcher_as_stock_makes_it(session_cls, db):
             _check_like_stock(session)
 
 
+def test_dispatcher_as_stock_makes_it_for_alternating_classes(session_cls, db):
+    # what is found for a session class is kept for the next session of that
+    # class: sessions of three classes in turn each get their own class's
+    maker = turbosession.sessionmaker(db, class_=session_cls)
+    classes = (session_cls, type("Other", (session_cls,), {}), maker)
+    for _ in range(3):
+        for make in classes:
+            with (make(db) if make is not maker else maker()) as session:
+                _check_like_stock(session)
+
+
 def _record(events, log):
     def listener(name):
         def fn(*args, **kw):
@@ -164,6 +175,7 @@ def test_listener_added_to_class_after_the_session(session_cls, db):
     "owner, name",
     [
         (event_base._Dispatch, "__init__"),
+        (event_base._Dispatch, "_for_instance"),
         (event_base._Dispatch, "_for_class"),
         (event_base.dispatcher, "__get__"),
     ],

@@ -264,6 +264,48 @@ def test_construction_same_as_stock(args, kw, session_cls, engine):
         session_cls(engine, bind=engine)
 
 
+def test_registered_as_stock_registers(session_cls, engine, monkeypatch):
+    """A session made directly registers in ``_sessions`` the entry stock's
+    ``_sessions[hash_key] = session`` stores (a ``KeyedRef`` with the
+    registry's callback), removed when the session is collected; pending
+    removals are committed first, and a patched ``__setitem__`` is called."""
+    import gc
+    import weakref
+
+    from sqlalchemy import orm
+    from sqlalchemy.orm.session import _sessions
+
+    def entry_of(session):
+        entry = _sessions.data[session.hash_key]
+        return type(entry), entry.key == session.hash_key, entry() is session, (
+            entry.__callback__ == _sessions._remove
+        )
+
+    stock = orm.Session(engine)
+    ours = session_cls(engine)
+    assert entry_of(ours) == entry_of(stock) == (weakref.KeyedRef, True, True, True)
+    key = ours.hash_key
+    del ours
+    gc.collect()
+    assert key not in _sessions.data and _sessions.get(key) is None
+    # a key no session has, as an iteration leaves one pending
+    _sessions._pending_removals.append(-1)
+    session_cls(engine).close()
+    assert _sessions._pending_removals == []
+    calls = []
+    stock_setitem = weakref.WeakValueDictionary.__setitem__
+
+    def setitem(registry, key, value):
+        calls.append((registry is _sessions, key, type(value).__name__))
+        stock_setitem(registry, key, value)
+
+    monkeypatch.setattr(weakref.WeakValueDictionary, "__setitem__", setitem)
+    session = session_cls(engine)
+    assert calls == [(True, session.hash_key, type(session).__name__)]
+    assert entry_of(session) == (weakref.KeyedRef, True, True, True)
+    stock.close()
+
+
 def test_construction_runs_overridden_and_patched_init(session_cls, engine, monkeypatch):
     from sqlalchemy import orm
 

@@ -924,7 +924,93 @@ def transaction_context_manager(session_cls, engine, log):
         log.note("states", session.in_transaction(), users(session))
 
 
+def sessions_one_after_another(session_cls, engine, log):
+    """Many short sessions, as an application makes them: each session's
+    dispatcher is made from what was found for its class before, and each
+    registers itself.  Listeners are added to the session class, to a
+    sessionmaker (seen by one of its sessions made before) and to one
+    session after sessions of each exist, with engine and pool events all
+    along; expire_on_commit on and off, a session bound to a connection,
+    rollback, and close() with objects held."""
+    engine = _engine_of_its_own(engine)
+    watch = Watch(log)
+    late = type("Late", (session_cls,), {})
+    maker = orm.sessionmaker(engine, class_=session_cls)
+    kept = orm.sessionmaker(engine, class_=session_cls, expire_on_commit=False)
+    fresh = [late, maker, late, kept, maker]
+
+    def one_new(make, name):
+        with make() if make is not late else late(engine) as session:
+            user = User(name=name)
+            session.add(user)
+            session.commit()
+            log.note(name, object_state(user), "name" in user.__dict__, session.hash_key in
+                     orm.session._sessions)
+        log.note(name, object_state(user))
+
+    for i, make in enumerate(fresh):
+        one_new(make, f"before {i}")
+    for name in ENGINE_EVENTS:
+        fn = watch.engine_listener(name)
+        event.listen(engine, name, fn)
+        watch.listeners.append((engine, name, fn))
+    for name in POOL_EVENTS:
+        fn = watch.engine_listener(name)
+        event.listen(engine.pool, name, fn)
+        watch.listeners.append((engine.pool, name, fn))
+    made_before = maker()
+    made_before.add(User(name="made before"))
+    try:
+        class_events = ("after_transaction_create", "after_begin", "transient_to_pending",
+                        "after_commit", "after_transaction_end", "after_soft_rollback")
+        for name in class_events:
+            fn = watch.session_listener(f"class {name}")
+            event.listen(late, name, fn)
+            watch.listeners.append((late, name, fn))
+        for i, make in enumerate(fresh):
+            one_new(make, f"class listened {i}")
+        for name in ("after_commit", "after_transaction_end", "transient_to_pending",
+                     "persistent_to_detached", "pending_to_transient"):
+            fn = watch.session_listener(f"maker {name}")
+            event.listen(maker, name, fn)
+            watch.listeners.append((maker, name, fn))
+        for i, make in enumerate(fresh):
+            one_new(make, f"maker listened {i}")
+        made_before.commit()
+        made_before.close()
+        session = late(engine)
+        for name in ("after_begin", "after_soft_rollback", "after_transaction_create"):
+            fn = watch.session_listener(f"session {name}")
+            event.listen(session, name, fn)
+            watch.listeners.append((session, name, fn))
+        session.add(User(name="one listened"))
+        session.flush()
+        session.rollback()
+        session.close()
+        for i, make in enumerate(fresh):
+            one_new(make, f"after one listened {i}")
+        with engine.connect() as connection:
+            bound = late(bind=connection)
+            bound.add(User(name="bound"))
+            bound.commit()
+            log.note("bound", connection.in_transaction(), users(bound))
+            bound.close()
+            connection.commit()
+        held = maker()
+        objects = held.scalars(select(User).order_by(User.id).limit(3)).all()
+        added = User(name="held, pending")
+        held.add(added)
+        held.close()
+        log.note("held", [object_state(o) for o in objects], object_state(added),
+                 [o.name for o in objects])
+    finally:
+        watch.detach()
+    with maker() as session:
+        log.note("users", users(session))
+
+
 SCENARIOS = [
+    sessions_one_after_another,
     commit_hooks_overridden,
     transaction_context_manager,
     flush_entry_points,

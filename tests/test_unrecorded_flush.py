@@ -360,3 +360,59 @@ def test_flush_context_holds_what_stock_constructs(session_cls, engine):
         assert set(seen[0]) >= {"attributes", "states", "postsort_actions", "dependencies"}
     finally:
         Base.metadata.drop_all(engine)
+
+
+def test_flush_context_makes_two_collections_on_first_use(session_cls, engine):
+    """``deps`` and ``post_update_states``, which most flushes never read,
+    are made on first use (``flush._MadeOnFirstUse``) as stock's
+    constructor makes them, and kept in the instance; a flush no listener
+    is given reads neither, and one a listener is given holds both
+    (before_flush, after_flush, after_flush_postexec)."""
+    from collections import defaultdict
+
+    impl = session_cls._turbo
+    with session_cls(engine) as session:
+        uow = impl.unitofwork.new_flush_context(turbo_flush.UOWTransaction, session, impl)
+        assert "deps" not in vars(uow) and "post_update_states" not in vars(uow)
+        deps = uow.deps
+        assert type(deps) is defaultdict and deps.default_factory is set and not deps
+        assert vars(uow)["deps"] is deps and uow.deps is deps
+        updates = uow.post_update_states
+        assert type(updates) is defaultdict and not updates
+        assert updates.default_factory() == (set(), set())
+        assert vars(uow)["post_update_states"] is updates
+
+    Base.metadata.create_all(engine)
+    try:
+        made = []
+        original = turbo_flush.UOWTransaction.finalize_flush_changes
+
+        def held(uow):
+            return sorted({"deps", "post_update_states"} & set(vars(uow)))
+
+        def finalize(uow):
+            made.append(("finalize", held(uow)))
+            return original(uow)
+
+        def listener(name):
+            return lambda session, flush_context, *args: made.append((name, held(flush_context)))
+
+        turbo_flush.UOWTransaction.finalize_flush_changes = finalize
+        try:
+            for i, name in enumerate(("", "before_flush", "after_flush", "after_flush_postexec")):
+                with session_cls(engine) as session:
+                    if name:
+                        event.listen(session, name, listener(name))
+                    session.add(Note(id=10 + i, text="a"))
+                    session.commit()
+        finally:
+            turbo_flush.UOWTransaction.finalize_flush_changes = original
+        both = ["deps", "post_update_states"]
+        assert made == [
+            ("finalize", []),
+            ("before_flush", both), ("finalize", both),
+            ("after_flush", both), ("finalize", both),
+            ("finalize", []), ("after_flush_postexec", both),
+        ]
+    finally:
+        Base.metadata.drop_all(engine)

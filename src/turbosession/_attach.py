@@ -832,12 +832,17 @@ _own_verified_names = cython.declare(tuple, None)
 # the address of expected -> (class, its version tag when its hooks were last found
 # as expected): the last class checked per set of hooks
 _verified = cython.declare(dict, {})
-# the last of those found or kept, asked first: one set of hooks is checked
-# once per call of the method it guards (delete(), get()), most often the
-# same set for the same class as the call before
+# the last two of those found or kept, asked first: one set of hooks is
+# checked once per call of the method it guards (add(), delete(), get()),
+# most often the same set for the same class as the call before; a short
+# transaction alternates two (add()'s hooks and the transaction's methods,
+# asked several times per flush), which a dict lookup would answer each time
 _last_expected = cython.declare(object, None)
 _last_class = cython.declare(object, None)
 _last_tag = cython.declare(cython.uint, 0)
+_previous_expected = cython.declare(object, None)
+_previous_class = cython.declare(object, None)
+_previous_tag = cython.declare(cython.uint, 0)
 
 
 @cython.cfunc
@@ -865,14 +870,15 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
     """The class half of ``hooks_like``: the hooks looked up, unless the
     class has the version tag it had when they were last found as expected
     (compiled only; the tag is C's)."""
-    global _last_expected, _last_class, _last_tag
     tag: cython.uint = _version_tag(cls)
     if tag:
         if expected is _last_expected and cls is _last_class and tag == _last_tag:
             return True
+        if expected is _previous_expected and cls is _previous_class and tag == _previous_tag:
+            return True
         last: tuple = _verified.get(_address(expected))
         if last is not None and last[0] is cls and cython.cast(cython.uint, last[1]) == tag:
-            _last_expected, _last_class, _last_tag = expected, cls, tag
+            _keep_last(expected, cls, tag)
             return True
     above = None
     hook: tuple
@@ -891,8 +897,19 @@ def _class_hooks_like(cls, mixin, expected: tuple) -> cython.bint:
     # kept at the next call)
     if tag and _version_tag(cls) == tag:
         _verified[_address(expected)] = (cls, tag)
-        _last_expected, _last_class, _last_tag = expected, cls, tag
+        _keep_last(expected, cls, tag)
     return True
+
+
+@cython.cfunc
+@cython.inline
+def _keep_last(expected, cls, tag: cython.uint):
+    """``expected`` found for ``cls`` with ``tag``: the last one kept, the
+    one it replaces the previous."""
+    global _last_expected, _last_class, _last_tag
+    global _previous_expected, _previous_class, _previous_tag
+    _previous_expected, _previous_class, _previous_tag = _last_expected, _last_class, _last_tag
+    _last_expected, _last_class, _last_tag = expected, cls, tag
 
 
 def add_all(session, instances):
@@ -1243,15 +1260,63 @@ def open_dispatch(session):
 @cython.cfunc
 def _made_dispatch(session):
     """``open_dispatch``'s dispatcher made without the descriptor's calls,
-    or None where the descriptor must make it."""
+    or None where the descriptor must make it.  What it finds for a session
+    class (the class-level dispatcher, its class, the class's shared
+    ``_EmptyListener`` dict) is kept (``_dispatch_found``) and used again
+    while the session class, the dispatcher class, ``dispatcher`` and
+    ``WeakKeyDictionary`` keep their version tags: a tag changes with any
+    attribute of the class or of a base (a patched method, a replaced
+    ``dispatch`` or ``_empty_listener_reg``), and the registry's entry for
+    a class, once made, is never replaced (``_Dispatch.__init__`` only
+    adds the missing one)."""
+    global _dispatch_found
     where = instance_dict(session)
     if where is None:
         return None
     cls = type(session)
+    found: tuple = _dispatch_found
+    if (
+        found is None
+        or found[0] is not cls
+        or type_version_tag(cls) != cython.cast(cython.uint, found[1])
+        or type_version_tag(found[2]) != cython.cast(cython.uint, found[3])
+        or type_version_tag(_DISPATCHER) != cython.cast(cython.uint, found[4])
+        or type_version_tag(_WeakKeyDictionary) != cython.cast(cython.uint, found[5])
+        or _descriptor_parent(found[8]) is not found[6]
+    ):
+        found = _find_dispatch(cls)
+        if found is None:
+            return None
+    dispatch_cls = found[2]
+    listeners: dict = found[7]
+    # dispatch_cls.__new__(dispatch_cls), object's (_find_dispatch found
+    # it), and _Dispatch.__init__'s three stores at their slots (the class
+    # sets attributes as object does, and has _Dispatch's slots for them)
+    dispatch = _OBJECT_NEW(dispatch_cls)
+    store_slot(dispatch, _PARENT_OFFSET, found[6])
+    store_slot(dispatch, _INSTANCE_CLS_OFFSET, cls)
+    store_slot(dispatch, _EMPTY_LISTENERS_OFFSET, listeners)
+    _fill_slots(dispatch, listeners)
+    cython.cast(dict, where)["dispatch"] = dispatch
+    return dispatch
+
+
+@cython.cfunc
+def _find_dispatch(cls) -> tuple:
+    """``(cls, its tag, dispatcher class, its tag, dispatcher's tag,
+    WeakKeyDictionary's tag, class-level dispatcher, shared listeners,
+    the class's descriptor)`` for ``_made_dispatch``, kept as
+    ``_dispatch_found`` when every tag is set; None where the descriptor
+    must make the dispatcher."""
+    global _dispatch_found
+    if _PARENT_OFFSET < 0 or _INSTANCE_CLS_OFFSET < 0 or _EMPTY_LISTENERS_OFFSET < 0:
+        return None
     descr = class_lookup(cls, "dispatch")
     if type(descr) is not _DISPATCHER or class_lookup(_DISPATCHER, "__get__") is not _DISPATCHER_GET:
         return None
-    parent = descr.dispatch
+    parent = _descriptor_parent(descr)
+    if parent is None:
+        return None
     dispatch_cls = type(parent)
     if (
         class_lookup(dispatch_cls, "_for_instance") is not _FOR_INSTANCE
@@ -1259,6 +1324,9 @@ def _made_dispatch(session):
         or class_lookup(dispatch_cls, "__init__") is not _DISPATCH_INIT
         or class_lookup(dispatch_cls, "__new__") is not _OBJECT_NEW
         or class_lookup(dispatch_cls, "__setattr__") is not _OBJECT_SETATTR
+        or class_lookup(dispatch_cls, "_parent") is not _DISPATCH_PARENT
+        or class_lookup(dispatch_cls, "_instance_cls") is not _DISPATCH_INSTANCE_CLS
+        or class_lookup(dispatch_cls, "_empty_listeners") is not _DISPATCH_EMPTY_LISTENERS
     ):
         return None
     registry = class_lookup(dispatch_cls, "_empty_listener_reg")
@@ -1271,10 +1339,40 @@ def _made_dispatch(session):
     listeners = dict_get(registry.data, weakref.ref(cls), None)
     if type(listeners) is not dict:
         return None
-    dispatch = dispatch_cls.__new__(dispatch_cls)
-    dispatch._parent = parent
-    dispatch._instance_cls = cls
-    dispatch._empty_listeners = listeners
-    _fill_slots(dispatch, listeners)
-    cython.cast(dict, where)["dispatch"] = dispatch
-    return dispatch
+    found = (
+        cls, type_version_tag(cls), dispatch_cls, type_version_tag(dispatch_cls),
+        type_version_tag(_DISPATCHER), type_version_tag(_WeakKeyDictionary), parent, listeners,
+        descr,
+    )
+    if found[1] and found[3] and found[4] and found[5]:
+        _dispatch_found = found
+    return found
+
+
+@cython.cfunc
+@cython.inline
+def _descriptor_parent(descr):
+    """The ``dispatch`` a ``dispatcher`` descriptor holds (what its
+    ``__get__`` hands to ``_for_instance``), read from its ``__dict__``;
+    None when it has none there."""
+    where = instance_dict(descr)
+    if where is None:
+        return None
+    return cython.cast(dict, where).get("dispatch")
+
+
+# the last session class's dispatcher findings (_find_dispatch)
+_dispatch_found = cython.declare(tuple, None)
+# _Dispatch's slots that its __init__ stores to, and their offsets
+_DISPATCH_PARENT = cython.declare(object, event_base._Dispatch.__dict__["_parent"])
+_DISPATCH_INSTANCE_CLS = cython.declare(object, event_base._Dispatch.__dict__["_instance_cls"])
+_DISPATCH_EMPTY_LISTENERS = cython.declare(
+    object, event_base._Dispatch.__dict__["_empty_listeners"]
+)
+_PARENT_OFFSET = cython.declare(cython.Py_ssize_t, -1)
+_INSTANCE_CLS_OFFSET = cython.declare(cython.Py_ssize_t, -1)
+_EMPTY_LISTENERS_OFFSET = cython.declare(cython.Py_ssize_t, -1)
+if cython.compiled:
+    _PARENT_OFFSET = _slot_offsets(event_base._Dispatch).get("_parent", -1)
+    _INSTANCE_CLS_OFFSET = _slot_offsets(event_base._Dispatch).get("_instance_cls", -1)
+    _EMPTY_LISTENERS_OFFSET = _slot_offsets(event_base._Dispatch).get("_empty_listeners", -1)

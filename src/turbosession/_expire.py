@@ -66,6 +66,11 @@ _expire_site = cython.declare(ClassSite)
 # through their getters (``_cpython.slot_value``, ``object_dict``)
 _manager_site = cython.declare(SlotSite)
 _expired_site = cython.declare(SlotSite)
+# the session dispatcher's slots of the events detach_all fires
+_to_detached_site = cython.declare(SlotSite)
+_deleted_detached_site = cython.declare(SlotSite)
+_to_transient_site = cython.declare(SlotSite)
+_persistent_transient_site = cython.declare(SlotSite)
 _state_dict_site = cython.declare(DictSite)
 _object_dict_site = cython.declare(DictSite)
 # where a manager keeps its plan (its own __dict__, beside the memoized
@@ -285,11 +290,32 @@ def detach_all(session, states):
     for the deleted states and ``expunge_all()`` for all: without a listener of the state-change events
     it fires, all it does is take each state out of the session."""
     dispatch = session.dispatch
+    # compiled, the dispatcher's filled slots read at their offsets
+    # (a dispatcher class's __getattr__ sends every read through CPython's
+    # slower hook: about 0.25k a read)
     if (
-        _has_listeners(dispatch.persistent_to_detached)
-        or _has_listeners(dispatch.deleted_to_detached)
-        or _has_listeners(dispatch.pending_to_transient)
-        or _has_listeners(dispatch.persistent_to_transient)
+        _has_listeners(
+            slot_value(dispatch, "persistent_to_detached", cython.address(_to_detached_site))
+            if cython.compiled
+            else dispatch.persistent_to_detached
+        )
+        or _has_listeners(
+            slot_value(dispatch, "deleted_to_detached", cython.address(_deleted_detached_site))
+            if cython.compiled
+            else dispatch.deleted_to_detached
+        )
+        or _has_listeners(
+            slot_value(dispatch, "pending_to_transient", cython.address(_to_transient_site))
+            if cython.compiled
+            else dispatch.pending_to_transient
+        )
+        or _has_listeners(
+            slot_value(
+                dispatch, "persistent_to_transient", cython.address(_persistent_transient_site)
+            )
+            if cython.compiled
+            else dispatch.persistent_to_transient
+        )
     ):
         InstanceState._detach_states(states, session)
         return

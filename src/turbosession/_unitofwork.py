@@ -474,24 +474,24 @@ def _state_or_none(obj):
 
 def new_flush_context(cls, session, turbo):
     """``cls(session)`` for turbosession's ``flush.UOWTransaction``: the
-    attributes stock's ``UOWTransaction.__init__`` stores, in its order
-    (``post_update_states``' factory the module's ``_post_update_entry``
-    rather than a lambda made per flush), then those of turbosession's
-    ``__init__``, without the two constructors' frames and attribute
-    stores (``flush`` asks whether stock's constructor stores these)."""
+    attributes stock's ``UOWTransaction.__init__`` stores, in its order,
+    then those of turbosession's ``__init__``, without the two
+    constructors' frames and attribute stores (``flush`` asks whether
+    stock's constructor stores these).  ``deps`` and
+    ``post_update_states`` are made on first use (``flush._MadeOnFirstUse``;
+    ``post_update_states``' factory ``post_update_entry`` rather than a
+    lambda made per flush)."""
     uow = cls.__new__(cls)
     unitofwork = turbo.unitofwork
-    # one dict given as the instance's, rather than twelve attribute stores
+    # one dict given as the instance's, rather than ten attribute stores
     uow.__dict__ = {
         "session": session,
         "attributes": {},
-        "deps": defaultdict(set),
         "mappers": defaultdict(set),
         "presort_actions": {},
         "postsort_actions": {},
         "dependencies": set(),
         "states": {},
-        "post_update_states": defaultdict(_post_update_entry),
         "_topological": turbo.topological,
         "_unitofwork": unitofwork,
         "_history_lookup": unitofwork.attribute_history,
@@ -499,7 +499,7 @@ def new_flush_context(cls, session, turbo):
     return uow
 
 
-def _post_update_entry():
+def post_update_entry():
     """A mapper's (states, columns) of ``UOWTransaction.post_update_states``."""
     return (set(), set())
 

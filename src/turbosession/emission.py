@@ -50,7 +50,7 @@ goes through Core.
 import inspect
 import logging
 import weakref
-from collections import Counter
+from collections import defaultdict
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.default import DefaultDialect, DefaultExecutionContext
@@ -110,7 +110,8 @@ _INSERT_COMPILER_METHODS = (
     "_inserted_primary_key_from_returning_getter",
 )
 
-_counts = Counter()
+# (a defaultdict: see transaction's counts)
+_counts = defaultdict(int)
 
 
 def stats():

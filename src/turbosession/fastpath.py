@@ -27,7 +27,7 @@ defaults or a server-side version, ``after_insert``/``after_update``).
 
 import functools
 import logging
-from collections import Counter
+from collections import defaultdict
 from itertools import chain
 
 # a dispatcher member nothing listens to: asked by its class-level
@@ -65,7 +65,8 @@ FALLBACK_REASONS = {
     "disabled": "the session class sets _fast_flush = False",
 }
 
-_counts = Counter()
+# (a defaultdict: see transaction's counts)
+_counts = defaultdict(int)
 
 # stock's generator of a _ProcessAll step's states, which the relationship
 # steps run on turbosession's loops replace with one compiled loop

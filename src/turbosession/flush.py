@@ -35,6 +35,41 @@ __all__ = ["UOWTransaction", "flush"]
 
 _sort_key = attrgetter("sort_key")
 
+class _MadeOnFirstUse:
+    """A flush context's ``defaultdict`` that most flushes never read
+    (``deps``: the relationship processors by base mapper;
+    ``post_update_states``): stock's constructor makes it for every flush
+    (about 1.2k instructions each).  ``_unitofwork.new_flush_context``
+    leaves it out; the first read makes the same empty ``defaultdict`` and
+    keeps it in the instance, so that every later use, stock's included,
+    is a plain attribute (a flush context made by the constructor has its
+    own from the start).  ``factory(uow)`` is the ``defaultdict``'s
+    factory."""
+
+    __slots__ = ("name", "factory")
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, uow, owner=None):
+        if uow is None:
+            return self
+        value = uow.__dict__[self.name] = defaultdict(self.factory(uow))
+        return value
+
+
+def _made_for_listeners(flush_context):
+    """Before a session listener is given the flush context: the
+    attributes ``_MadeOnFirstUse`` makes on first use made now, so that
+    the listener finds every attribute stock's constructor stores in the
+    instance (``vars()`` included)."""
+    flush_context.deps
+    flush_context.post_update_states
+
+
 class UOWTransaction(unitofwork.UOWTransaction):
     """Stock's unit of work, sorting with turbosession's ``_topological``.
 
@@ -50,6 +85,9 @@ class UOWTransaction(unitofwork.UOWTransaction):
     # registered without its hierarchy's save and delete steps
     # (_register_states), else None
     unrecorded_mapper = None
+
+    deps = _MadeOnFirstUse(lambda uow: set)
+    post_update_states = _MadeOnFirstUse(lambda uow: uow._unitofwork.post_update_entry)
 
     def __init__(self, session):
         super().__init__(session)
@@ -293,7 +331,8 @@ def _new_flush_context_applies():
     session = _Session()
     made = UOWTransaction(session)
     restated = _impl.pure.unitofwork.new_flush_context(UOWTransaction, session, _impl.pure)
-    if vars(made).keys() != vars(restated).keys():
+    # (the names _MadeOnFirstUse makes on first use are not stored yet)
+    if vars(made).keys() != vars(restated).keys() | {"deps", "post_update_states"}:
         return False
     for name, value in vars(made).items():
         other = getattr(restated, name)
@@ -474,6 +513,7 @@ def flush(self, objects=None):
     # its class-level listeners (turbosession.transaction._EMPTY)
     event = self.dispatch.before_flush
     if event.parent_listeners if type(event) is _EMPTY else event:
+        _made_for_listeners(flush_context)
         self.dispatch.before_flush(self, flush_context, objects)
         # listeners may have added or changed objects
         dirty = self._dirty_states
@@ -495,6 +535,7 @@ def flush(self, objects=None):
 
         event = self.dispatch.after_flush
         if type(event) is not _EMPTY or event.parent_listeners:
+            _made_for_listeners(flush_context)
             event(self, flush_context)
 
         flush_context.finalize_flush_changes()
@@ -504,6 +545,7 @@ def flush(self, objects=None):
 
         event = self.dispatch.after_flush_postexec
         if type(event) is not _EMPTY or event.parent_listeners:
+            _made_for_listeners(flush_context)
             event(self, flush_context)
 
         _transaction.commit_flush(self, transaction)

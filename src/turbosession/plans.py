@@ -30,7 +30,7 @@ which could read them: that flush keeps stock's records, counted under
 ``recorded`` by reason (``RECORDED_REASONS``).
 """
 
-from collections import Counter
+from collections import Counter, defaultdict
 from operator import attrgetter
 
 from sqlalchemy.orm.unitofwork import _DeleteAll, _SaveUpdateAll
@@ -56,7 +56,8 @@ RECORDED_REASONS = {
     "listener is given the flush context, whose records it could read",
 }
 
-_counts = Counter()
+# (a defaultdict: see transaction's counts)
+_counts = defaultdict(int)
 _recorded = Counter()
 
 _KEY = ("turbosession", "flush steps")

@@ -9,6 +9,7 @@ import-time hooks of ``turbosession.instances``, neutral for every other session
 
 import dis
 import inspect
+import weakref
 
 from sqlalchemy import orm
 from sqlalchemy.orm.base import object_state
@@ -214,7 +215,41 @@ def _init_like_stock(
     session.join_transaction_mode = "conditional_savepoint"
     session.twophase = False
     session._query_cls = _session_module.query.Query
-    _session_module._sessions[hash_key] = session
+    _register(session, hash_key)
+
+
+_WeakValueDictionary = weakref.WeakValueDictionary
+_KeyedRef = weakref.KeyedRef
+_STOCK_REGISTRY_SETITEM = _WeakValueDictionary.__setitem__
+_STOCK_KEYED_REF_NEW = _KeyedRef.__new__
+_STOCK_KEYED_REF_INIT = _KeyedRef.__init__
+_new_weakref = weakref.ref.__new__
+
+
+def _register(session, hash_key):
+    """Stock's ``_sessions[hash_key] = session``: the ``WeakValueDictionary``
+    stores ``KeyedRef(session, _sessions._remove, hash_key)`` under the key.
+    ``KeyedRef``'s ``__new__`` and ``__init__`` are Python methods (two
+    frames and a ``super()`` each, about 4k instructions of the 6k the
+    store costs); the same reference is made here by the weak reference's
+    own constructor and its ``key`` slot set, as ``KeyedRef.__new__`` does
+    (its ``__init__`` only checks the arguments again).  Stock's store runs
+    while removals are pending (it commits them first), or when the
+    registry, its ``__setitem__`` or ``KeyedRef`` is not the standard
+    library's."""
+    registry = _session_module._sessions
+    if (
+        type(registry) is not _WeakValueDictionary
+        or registry._pending_removals
+        or _WeakValueDictionary.__setitem__ is not _STOCK_REGISTRY_SETITEM
+        or _KeyedRef.__new__ is not _STOCK_KEYED_REF_NEW
+        or _KeyedRef.__init__ is not _STOCK_KEYED_REF_INIT
+    ):
+        registry[hash_key] = session
+        return
+    entry = _new_weakref(_KeyedRef, session, registry._remove)
+    entry.key = hash_key
+    registry.data[hash_key] = entry
 
 
 # the defaults of stock's other arguments, which _init_like_stock's stores assume

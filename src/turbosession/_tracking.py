@@ -42,6 +42,7 @@ except ModuleNotFoundError:
 
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_Next
+    from cython.cimports.cpython.method import PyMethod_GET_FUNCTION
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.turbosession._cpython import (
         ClassSite,
@@ -75,6 +76,8 @@ _MethodType = cython.declare(object, MethodType)
 _DICT_GETITEM = cython.declare(object, dict.__getitem__)
 # compiled, column_changes' kept lookups of manager[key].impl (_impl_of)
 _impl_site = cython.declare(SlotSite)
+# compiled, _equal's read of an attribute implementation's is_equal slot
+_is_equal_site = cython.declare(SlotSite)
 _dict_getitem_site = cython.declare(ClassSite)
 _column_key_site = cython.declare(ClassSite)
 # InstanceState's __slots__ members read per state (_committed_state,
@@ -154,13 +157,17 @@ def _equal(impl, value, committed) -> cython.bint:
     """``impl.is_equal(value, committed) is True``.  A column attribute's
     ``is_equal`` is its type's ``compare_values``; TypeEngine's is
     ``x == y``, done here for two plain values without its Python frame."""
-    is_equal = impl.is_equal
-    if (
-        type(is_equal) is _MethodType
-        and is_equal.__func__ is _COMPARE_VALUES
-        and _plain(value)
-        and _plain(committed)
-    ):
+    if cython.compiled:
+        # the slot read at its offset, the bound method's function read
+        # from the method object
+        is_equal = slot_value(impl, "is_equal", cython.address(_is_equal_site))
+        compares_values: cython.bint = type(is_equal) is _MethodType and (
+            PyMethod_GET_FUNCTION(is_equal) is cython.cast(cython.pointer(PyObject), _COMPARE_VALUES)
+        )
+    else:
+        is_equal = impl.is_equal
+        compares_values = type(is_equal) is _MethodType and is_equal.__func__ is _COMPARE_VALUES
+    if compares_values and _plain(value) and _plain(committed):
         return value == committed
     return is_equal(value, committed) is True
 

@@ -167,8 +167,6 @@ _STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_tra
 # the version tag of SessionTransaction when _made_on_first_use last found
 # its snapshot descriptors and boundary property in place (0: not known)
 _snapshots_tag = cython.declare(cython.uint, 0)
-_WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
-_FunctionType = cython.declare(object, types.FunctionType)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 _STOCK_PREFER_EAGER = cython.declare(object, Mapper._prefer_eager_defaults)
 
@@ -1143,62 +1141,12 @@ def _mark_in(mapping, states: list):
             data[_ref(state, remove)] = True
 
 
-# the names WeakKeyDictionary.__init__ reads and sets in CPython 3.11: the
-# attributes _new_weak_key_dictionary sets, and nothing else (another
-# Python's __init__ is called as it is)
-_WKD_INIT_NAMES = (
-    "data", "ref", "_remove", "_pending_removals", "set", "_iterating", "_dirty_len", "update",
-)
-
-
-def _remove_code():
-    """The code of the ``remove`` callback ``WeakKeyDictionary.__init__``
-    defines (its one nested function, taking the key and the dictionary's
-    weak reference as a default, with no closure), or None when this
-    Python's ``__init__`` is not of that form or sets other attributes."""
-    code = _WKD_INIT.__code__
-    nested = [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    if (
-        code.co_names != _WKD_INIT_NAMES
-        or len(nested) != 1
-        or nested[0].co_name != "remove"
-        or nested[0].co_argcount != 2
-        or nested[0].co_freevars
-        or code.co_cellvars
-        or _WKD_INIT.__defaults__ != (None,)
-    ):
-        return None
-    return nested[0]
-
-
-_REMOVE_CODE = cython.declare(object, _remove_code())
-_WEAKREF_GLOBALS = cython.declare(object, _WKD_INIT.__globals__)
-
-
-@cython.cfunc
-def _new_weak_key_dictionary():
-    """``WeakKeyDictionary()``: what its ``__init__`` sets, in its order
-    (the ``remove`` callback made from the same code, globals and default
-    as the function ``__init__`` defines), without the Python frame; the
-    constructor itself where ``__init__`` is not stock's."""
-    if _REMOVE_CODE is None or _WeakKeyDictionary.__init__ is not _WKD_INIT:
-        return _WeakKeyDictionary()
-    mapping = _WeakKeyDictionary.__new__(_WeakKeyDictionary)
-    own: dict = mapping.__dict__
-    own["data"] = {}
-    own["_remove"] = _FunctionType(_REMOVE_CODE, _WEAKREF_GLOBALS, "remove", (_ref(mapping),))
-    own["_pending_removals"] = []
-    own["_iterating"] = set()
-    own["_dirty_len"] = False
-    return mapping
-
-
 @cython.cfunc
 @cython.exceptval(-1, check=False)
 def _made_on_first_use(transaction, name: str) -> cython.bint:
     """Whether the transaction's snapshot collection ``name`` is made by
-    turbosession's ``_Snapshot`` descriptor on first use, as ``_snapshot``
-    and ``_mark_states`` restate it: the transaction is turbosession's
+    turbosession's ``_Snapshot`` descriptor on first use, as
+    ``_mark_states`` restates it: the transaction is turbosession's
     ``SessionTransaction`` and neither that descriptor nor the
     ``_is_transaction_boundary`` property has been replaced.  Compiled,
     the answer for all of the class's snapshot collections is kept with
@@ -1231,10 +1179,11 @@ def _made_on_first_use(transaction, name: str) -> cython.bint:
 
 @cython.cfunc
 def _mark_states(transaction, name: str, states: list):
-    """``transaction.<name>[state] = True`` for each state, for ``_new`` or
-    ``_dirty``.  For turbosession's ``SessionTransaction``: into the
-    collection where it has been made (looked up as ``_snapshot`` looks it
-    up, up to the transaction boundary), else as weak references appended
+    """``transaction.<name>[state] = True`` for each state, for ``_new``,
+    ``_dirty`` or ``_deleted``.  For turbosession's ``SessionTransaction``:
+    into the collection where it has been made (looked up as its
+    ``_Snapshot`` descriptor looks it up, the parent's for a
+    subtransaction, up to the transaction boundary), else as weak references appended
     to the boundary's ``transaction.StateMarks``, from which ``_Snapshot``
     makes the collection when it is first read; into the attribute as it
     is for any other transaction, or when that class's descriptor or
@@ -1264,32 +1213,6 @@ def _mark_states(transaction, name: str, states: list):
             marks.append(_ref(state))
     if len(marks) >= marks.compact_at:
         marks.compact()
-
-
-@cython.cfunc
-def _snapshot(transaction, name: str):
-    """``transaction.<name>`` for one of a transaction's snapshot
-    collections (``_deleted``; ``_new`` and ``_dirty`` are marked by
-    ``_mark_states``, made when read).  For turbosession's
-    ``SessionTransaction``, what its ``_Snapshot`` descriptor does
-    (the collection kept in the instance, else a new one for a transaction
-    boundary, the parent's for a subtransaction), without its Python
-    frames and the ``_is_transaction_boundary`` property's; the attribute
-    as it is for any other transaction, or when that class's
-    descriptor or property has been replaced."""
-    own: dict = transaction.__dict__
-    value = own.get(name)
-    if value is not None:
-        return value
-    if not _made_on_first_use(transaction, name):
-        return getattr(transaction, name)
-    parent = transaction._parent
-    if transaction.nested or parent is None:
-        value = _new_weak_key_dictionary()
-    else:
-        value = _snapshot(parent, name)
-    own[name] = value
-    return value
 
 
 def new_root(session, origin):
@@ -1515,7 +1438,7 @@ def remove_newly_deleted(session, states):
     if persistent_to_deleted is None:
         # no listener runs in between: the transaction's marks go in at once
         if transaction:
-            _mark_in(_snapshot(transaction, "_deleted"), list(states))
+            _mark_states(transaction, "_deleted", list(states))
         discards_as_core = getattr(identity_map, "discards_as_core", None)
         if (
             type(deleted) is dict

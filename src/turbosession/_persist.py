@@ -221,31 +221,27 @@ def _has_listeners(listeners) -> cython.bint:
     return has_listeners(listeners, _LISTENER_KINDS)
 
 
+# compiled only (uncompiled, a call costs more than the attribute): the
+# reads the sites above describe
 @cython.cfunc
 @cython.inline
 def _state_key(state):
-    """``state.key`` (compiled, as ``_key_site`` says above)."""
-    if cython.compiled:
-        return own_value(state, "key", cython.address(_key_site))
-    return state.key
+    """``state.key``."""
+    return own_value(state, "key", cython.address(_key_site))
 
 
 @cython.cfunc
 @cython.inline
 def _state_mapper(state):
-    """``state.manager.mapper`` (compiled, as the sites above say)."""
-    if cython.compiled:
-        return slot_value(state, "manager", cython.address(_state_manager_site)).mapper
-    return state.manager.mapper
+    """``state.manager.mapper``."""
+    return slot_value(state, "manager", cython.address(_state_manager_site)).mapper
 
 
 @cython.cfunc
 @cython.inline
 def _state_committed(state):
-    """``state.committed_state`` (compiled, as the sites above say)."""
-    if cython.compiled:
-        return slot_value(state, "committed_state", cython.address(_state_committed_site))
-    return state.committed_state
+    """``state.committed_state``."""
+    return slot_value(state, "committed_state", cython.address(_state_committed_site))
 
 
 @cython.cfunc
@@ -253,9 +249,9 @@ def _state_committed(state):
 def _unchanged_key_value(state_dict, committed: dict, propkey):
     """``state_dict[propkey]`` when the key attribute is loaded and not
     changed (``propkey in state_dict and propkey not in committed``, the
-    test stock's row collectors make first), else ``_NO_ENTRY``; compiled,
-    a plain dict is read once, without a ``KeyError``."""
-    if cython.compiled and type(state_dict) is dict:
+    test stock's row collectors make first), else ``_NO_ENTRY``; a plain
+    dict is read once, without a ``KeyError``."""
+    if type(state_dict) is dict:
         found: cython.pointer(PyObject) = PyDict_GetItem(state_dict, propkey)
         if found is cython.NULL or propkey in committed:
             return _NO_ENTRY
@@ -909,7 +905,7 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
     version_col = _table_version_col(mapper, table)
     generate_version = mapper.version_id_generator
     for state, state_dict, state_mapper, connection, update_version_id in states_to_update:
-        committed = _state_committed(state)
+        committed = _state_committed(state) if cython.compiled else state.committed_state
         params, value_params = column_changes(state, state_dict, keys, propkey_to_col)
         if onupdate_keys is None:
             has_all_defaults = True
@@ -939,7 +935,12 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
         has_all_pks = True
         for pk_column in pk_columns:
             propkey = pk_column[3]
-            value = _unchanged_key_value(state_dict, committed, propkey)
+            if cython.compiled:
+                value = _unchanged_key_value(state_dict, committed, propkey)
+            elif propkey in state_dict and propkey not in committed:
+                value = state_dict[propkey]
+            else:
+                value = _NO_ENTRY
             if value is _NO_ENTRY:
                 located = _primary_key_param(
                     uow, state, state_dict, mapper, pk_column[0], propkey, value_params
@@ -1045,11 +1046,16 @@ def collect_delete_commands(table, mapper, states_to_delete):
     version_col = _table_version_col(mapper, table)
     params: dict
     for state, state_dict, state_mapper, connection, update_version_id in states_to_delete:
-        committed = _state_committed(state)
+        committed = _state_committed(state) if cython.compiled else state.committed_state
         params = {}
         for pk_column in pk_columns:
             propkey = pk_column[3]
-            value = _unchanged_key_value(state_dict, committed, propkey)
+            if cython.compiled:
+                value = _unchanged_key_value(state_dict, committed, propkey)
+            elif propkey in state_dict and propkey not in committed:
+                value = state_dict[propkey]
+            else:
+                value = _NO_ENTRY
             if value is _NO_ENTRY:
                 value = mapper._get_committed_state_attr_by_column(
                     state, state_dict, pk_column[0]
@@ -1706,7 +1712,8 @@ class _Registrar:
     def register(self, state, isdelete: cython.bint) -> cython.bint:
         if self.session_contains is None:
             if state not in self.new and not (
-                self.map_dict.get(_state_key(state)) is state
+                self.map_dict.get(_state_key(state) if cython.compiled else state.key)
+                is state
                 if self.map_dict is not None
                 else self.contains_state(state)
             ):
@@ -1714,7 +1721,7 @@ class _Registrar:
         elif not self.session_contains(state):
             return False
         if state not in self.states:
-            mapper = _state_mapper(state)
+            mapper = _state_mapper(state) if cython.compiled else state.manager.mapper
             found = self.of_mapper.get(mapper)
             if found is None:
                 if mapper not in self.mappers:
@@ -1745,7 +1752,7 @@ def register_saves(session, uow, states, processed: set):
     is_orphan: cython.bint
     is_persistent_orphan: cython.bint
     for state in states:
-        mapper = _state_mapper(state)
+        mapper = _state_mapper(state) if cython.compiled else state.manager.mapper
         plan = orphan_plans.get(mapper)
         if plan is None:
             plan = orphan_plans[mapper] = _orphan_plan(mapper)

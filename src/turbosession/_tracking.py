@@ -81,8 +81,9 @@ _is_equal_site = cython.declare(SlotSite)
 _dict_getitem_site = cython.declare(ClassSite)
 _column_key_site = cython.declare(ClassSite)
 # InstanceState's __slots__ members read per state (_committed_state,
-# _expired_attributes)
+# _expired_attributes, column_changes' manager)
 _committed_site = cython.declare(SlotSite)
+_manager_site = cython.declare(SlotSite)
 _expired_site = cython.declare(SlotSite)
 # compiled, commit_all_states sets and reads these in the state's own
 # __dict__ while its class has no data descriptor of them (own_attributes)
@@ -299,7 +300,11 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
                         value_params = {}
                     value_params[col] = value
                     continue
-            impl = _impl_of(state.manager, propkey) if cython.compiled else state.manager[propkey].impl
+            impl = (
+                _impl_of(slot_value(state, "manager", cython.address(_manager_site)), propkey)
+                if cython.compiled
+                else state.manager[propkey].impl
+            )
             if not _equal(impl, value, committed[propkey]):
                 params[_column_key(col) if cython.compiled else col.key] = value
     # one shared empty mapping when there are no SQL expressions

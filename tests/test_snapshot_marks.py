@@ -1,8 +1,9 @@
-"""A transaction's ``_new`` and ``_dirty`` marks, against stock.
+"""A transaction's ``_new``, ``_dirty`` and ``_deleted`` marks, against stock.
 
-A flush marks its new and changed objects in the transaction's ``_new``
-and ``_dirty`` snapshot collections, which only rollback and a savepoint's
-commit read.  turbosession keeps the marks as weak references
+A flush marks its new, changed and deleted objects in the transaction's
+``_new``, ``_dirty`` and ``_deleted`` snapshot collections, which only
+rollback and a savepoint's commit read (the root's commit detaches the
+deleted ones).  turbosession keeps the marks as weak references
 (``transaction.StateMarks``) until one of them is read, and makes the
 ``WeakKeyDictionary`` then.  Each scenario runs on stock's Session and on
 turbosession's, with listeners on the state-change events, and compares
@@ -11,8 +12,10 @@ orders them by a set's order, which follows memory addresses), object
 states and keys, the session's collections, the identity map, expiry,
 and the rows.  They cover a failed flush, savepoints committed and rolled
 back, objects released before the rollback (enough of them for the marks
-to be compacted), expire_on_commit on and off, primary key switches, and
-a session joined to a connection's outer transaction.
+to be compacted), expire_on_commit on and off, primary key switches, a
+session joined to a connection's outer transaction, and deletes marked
+without a ``persistent_to_deleted`` listener (committed, rolled back, in
+savepoints, an object deleted twice in one transaction).
 """
 
 import gc
@@ -38,14 +41,14 @@ STATE_EVENTS = (
 
 
 class StateEvents:
-    """Listeners on the session's state-change events and on User's
+    """Listeners on the session's state-change events (``names``) and on User's
     ``expire`` and ``refresh_flush`` events; ``phase`` notes what arrived
     since the last phase, sorted."""
 
-    def __init__(self, session, log):
+    def __init__(self, session, log, names=STATE_EVENTS):
         self.log = log
         self.seen = []
-        for name in STATE_EVENTS:
+        for name in names:
             event.listen(session, name, self._listener(name))
         self.mapper_listeners = [
             ("expire", self._expire),
@@ -304,7 +307,57 @@ def outer_transaction_rollback_only(session_cls, engine, log):
     outer_transaction(session_cls, engine, log, mode="rollback_only")
 
 
+def deletes_marked(session_cls, engine, log):
+    """Deletes flushed with no ``persistent_to_deleted`` listener (the
+    flush marks them without one): rolled back (they are persistent
+    again), in a savepoint committed and one rolled back, an object
+    deleted, made transient, added and deleted again in one transaction,
+    one released before the commit; the commit detaches each once."""
+    with session_cls(engine) as session:
+        watch = StateEvents(session, log, names=("deleted_to_detached", "deleted_to_persistent",
+                                                 "persistent_to_detached"))
+        try:
+            session.add_all([User(id=i, name=f"u{i}") for i in range(1, 8)])
+            session.commit()
+            found = {u.id: u for u in session.scalars(select(User))}
+            session.delete(found[1])
+            session.delete(found[2])
+            session.flush()
+            watch.phase("flushed")
+            session.rollback()
+            watch.phase("rolled back")
+            note_objects(log, session, "rolled back", one=found[1], two=found[2])
+            session.delete(found[1])
+            session.flush()
+            orm.make_transient(found[1])
+            session.add(found[1])
+            session.flush()
+            session.delete(found[1])
+            session.flush()
+            with session.begin_nested():
+                session.delete(found[3])
+                session.flush()
+            savepoint = session.begin_nested()
+            session.delete(found[4])
+            session.flush()
+            savepoint.rollback()
+            watch.phase("savepoints")
+            session.delete(found[5])
+            session.delete(found[6])
+            session.flush()
+            del found[6]
+            gc.collect()
+            note_objects(log, session, "before commit", **{f"u{i}": u for i, u in found.items()})
+            session.commit()
+            watch.phase("committed")
+            note_objects(log, session, "committed", **{f"u{i}": u for i, u in found.items()})
+            log.note("users", users(session))
+        finally:
+            watch.detach()
+
+
 SCENARIOS = [
+    deletes_marked,
     failed_flush,
     savepoints,
     released_before_rollback,
@@ -357,6 +410,44 @@ def test_marks_kept_until_read(session_cls, engine):
             assert list(root._dirty) == [inspect(ed)]
             session.rollback()
             assert object_state(wendy) == object_state(mary) == "transient"
+    finally:
+        Base.metadata.drop_all(engine)
+
+
+def test_deleted_marks_kept_until_commit(session_cls, engine):
+    """Without a ``persistent_to_deleted`` listener, a flush's deletes wait
+    in the root transaction as weak references; the commit detaches the
+    states still alive, each once, in the order they were first marked,
+    without making the ``WeakKeyDictionary``.  (Making a deleted object
+    transient reads the collection, which is then made from the marks.)"""
+    Base.metadata.create_all(engine)
+    detached = []
+    try:
+        with session_cls(engine) as session:
+            session.add_all([User(id=i, name=f"u{i}") for i in (1, 2, 3)])
+            session.commit()
+            ed, fred, wendy = (session.get(User, i) for i in (1, 2, 3))
+            event.listen(session, "deleted_to_detached", lambda s, o: detached.append(o.id))
+            session.delete(ed)
+            session.flush()
+            session.delete(fred)
+            session.flush()
+            session.delete(wendy)
+            session.flush()
+            root = session.get_transaction()
+            marks = vars(root)[transaction.MARKS["_deleted"]]
+            assert type(marks) is transaction.StateMarks
+            assert "_deleted" not in vars(root)
+            marks.append(marks[0])  # a state marked twice is detached once
+            assert marks.states() == [inspect(ed), inspect(fred), inspect(wendy)]
+            del wendy
+            gc.collect()
+            assert marks.states() == [inspect(ed), inspect(fred)]
+            session.commit()
+            assert "_deleted" not in vars(root)
+            assert transaction.MARKS["_deleted"] not in vars(root)
+            assert detached == [1, 2]
+            assert object_state(ed) == object_state(fred) == "detached"
     finally:
         Base.metadata.drop_all(engine)
 

@@ -394,8 +394,9 @@ def test_sort_states_of_one_state_as_stock(impl, db):
 
 def test_sort_states_of_persistent_states_as_stock(impl, db):
     """``persist.sort_states`` of persistent states (with new ones among
-    them) gives stock's ``persistence._sort_states`` result whatever their
-    identity values are: distinct single ints (compiled, sorted as ints),
+    them) gives stock's ``persistence._sort_states`` result, in a new list,
+    whatever their identity values are: distinct single ints (compiled,
+    sorted as ints; listed in their order, and not), one state listed twice,
     an int repeated by two states (equal keys: the order of stock's set
     decides), a bool among ints, composite and string values, and values
     that do not compare, whose ``TypeError`` both report as the same
@@ -422,8 +423,13 @@ def test_sort_states_of_persistent_states_as_stock(impl, db):
         rng = random.Random(11)
         ints = list(range(1, 40))
         rng.shuffle(ints)
+        in_order = keyed([(i,) for i in sorted(ints)])
         cases = [
             keyed([(i,) for i in ints]),
+            in_order,
+            in_order + in_order[:1],  # one state twice
+            in_order[:5] + in_order[2:3],
+            keyed([(2**70,), (-(2**70),), (0,)]),
             keyed([(i,) for i in ints]) + new_states,
             keyed([(5,), (3,), (5,), (1,), (4,)]),
             keyed([(2,), (True,), (0,), (3,)]),
@@ -434,7 +440,9 @@ def test_sort_states_of_persistent_states_as_stock(impl, db):
         for states in cases:
             for listed in (states, states[::-1]):
                 expected = persistence._sort_states(mapper, listed)
-                assert impl.persist.sort_states(listed, None) == expected
+                found = impl.persist.sort_states(listed, None)
+                assert found == expected
+                assert found is not listed
         unsortable = keyed([(1,), ("one",), (2,)])
         with pytest.raises(sa_exc.InvalidRequestError) as stock_error:
             persistence._sort_states(mapper, unsortable)

@@ -229,11 +229,27 @@ def _event_listeners(dispatch, name: str):
 def _plan_of(mapper) -> tuple:
     """``attaching.cascade_plan(mapper)``: the kept plan while the
     mapper's memoized values it derives from are the same."""
-    memoized = mapper._memoized_values
-    entry = dict_get(memoized, _PLAN_KEY, None) if cython.compiled else memoized.get(_PLAN_KEY)
+    if cython.compiled:
+        # both read in the mapper's own __dict__ (_cpython.own_value)
+        entry = dict_get(
+            own_value(mapper, "_memoized_values", cython.address(_memoized_values_site)),
+            _PLAN_KEY,
+            None,
+        )
+        if entry is not None and entry[0] is own_value(
+            mapper, "_propkey_to_col", cython.address(_propkey_to_col_site)
+        ):
+            return entry[1]
+        return _cascade_plan(mapper)
+    entry = mapper._memoized_values.get(_PLAN_KEY)
     if entry is not None and entry[0] is mapper._propkey_to_col:
         return entry[1]
     return _cascade_plan(mapper)
+
+
+# compiled, _plan_of's reads of the mapper's attributes
+_memoized_values_site = cython.declare(ClassSite)
+_propkey_to_col_site = cython.declare(ClassSite)
 
 
 @cython.cfunc
@@ -425,7 +441,7 @@ def _state_of(instance) -> object:
 @cython.inline
 def _mapper_of(state) -> object:
     try:
-        return state.manager.mapper
+        return (_manager_of(state) if cython.compiled else state.manager).mapper
     except Exception:  # unmapped class: stock raises its own error
         return None
 
@@ -748,9 +764,10 @@ class _Walk:
     def delete_cascaded(self, state, obj, listened: cython.bint):
         """Stock's ``_delete_impl(state, obj, head=False)``."""
         session = self.session
-        if state.key is None:
+        own = _own_dict(state) if cython.compiled else None
+        if (state.key if own is None else own_entry(own, state, "key")) is None:
             return
-        session_id = state.session_id
+        session_id = state.session_id if own is None else own_entry(own, state, "session_id")
         if listened or session._transaction is None or (
             session_id is not None and session_id != self.hash_key
         ):
@@ -1018,11 +1035,12 @@ def _delete_one(session, instance):
         _delete_walked(session, instance)
         return
     plan: tuple = _plan_of(mapper)
-    session_id = state.session_id
+    own = _own_dict(state) if cython.compiled else None
+    session_id = state.session_id if own is None else own_entry(own, state, "session_id")
     hash_key = session.hash_key
     if (
         _custom_cascade(plan) is not None
-        or state.key is None
+        or (state.key if own is None else own_entry(own, state, "key")) is None
         or (session_id is not None and session_id != hash_key)
     ):
         _delete_walked(session, instance)

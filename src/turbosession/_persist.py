@@ -66,12 +66,15 @@ if cython.compiled:
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
     from cython.cimports.turbosession._cpython import (
         ClassSite,
+        DictSite,
         address,
         ListenerSites,
         SlotSite,
         has_listeners,
+        live_state_dict,
         own_dict,
         own_entry,
+        own_value,
         slot_value,
         state_object,
         type_version_tag,
@@ -84,7 +87,7 @@ if cython.compiled:
 else:
     from .listeners import has_listeners
     # the declarations below are plain None
-    ListenerSites = ClassSite = SlotSite = None
+    ListenerSites = ClassSite = DictSite = SlotSite = None
 
 __all__ = [
     "batches",
@@ -125,6 +128,8 @@ _STOCK_FIRE_LOADERS = cython.declare(object, attributes._AttributeImpl._fire_loa
 _PASSIVE_NO_RESULT = cython.declare(object, PASSIVE_NO_RESULT)
 _ClauseElement = cython.declare(object, ClauseElement)
 _NO_VALUES = cython.declare(object, EMPTY_DICT)
+# what a dict's pop() gives for a key it does not hold
+_NO_ENTRY = cython.declare(object, object())
 # a flush context's ``states`` entries, (isdelete, listonly), shared: one
 # tuple per registered state would be one more tracked object per state
 # alive for the whole flush
@@ -162,8 +167,6 @@ _STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_tra
 # the version tag of SessionTransaction when _made_on_first_use last found
 # its snapshot descriptors and boundary property in place (0: not known)
 _snapshots_tag = cython.declare(cython.uint, 0)
-_WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
-_FunctionType = cython.declare(object, types.FunctionType)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 _STOCK_PREFER_EAGER = cython.declare(object, Mapper._prefer_eager_defaults)
 
@@ -193,6 +196,15 @@ _register_site = cython.declare(ClassSite)
 # compiled, register_persistent reads a state's ``manager`` slot at its
 # offset (``_cpython.slot_value``)
 _manager_site = cython.declare(SlotSite)
+# compiled, the statement side (registration, sorting, the rows) reads a
+# state's ``key`` in its own ``__dict__`` (``_cpython.own_value``), its
+# ``manager``, ``committed_state`` and ``obj`` slots at their offsets and
+# its object's ``__dict__`` through the class's descriptor
+_key_site = cython.declare(ClassSite)
+_state_manager_site = cython.declare(SlotSite)
+_state_committed_site = cython.declare(SlotSite)
+_obj_site = cython.declare(SlotSite)
+_object_dict_site = cython.declare(DictSite)
 
 
 def _is_compiled():
@@ -207,6 +219,46 @@ def _has_listeners(listeners) -> cython.bint:
     if cython.compiled:
         return has_listeners(listeners, _LISTENER_KINDS, cython.address(_listener_sites))
     return has_listeners(listeners, _LISTENER_KINDS)
+
+
+# compiled only (uncompiled, a call costs more than the attribute): the
+# reads the sites above describe
+@cython.cfunc
+@cython.inline
+def _state_key(state):
+    """``state.key``."""
+    return own_value(state, "key", cython.address(_key_site))
+
+
+@cython.cfunc
+@cython.inline
+def _state_mapper(state):
+    """``state.manager.mapper``."""
+    return slot_value(state, "manager", cython.address(_state_manager_site)).mapper
+
+
+@cython.cfunc
+@cython.inline
+def _state_committed(state):
+    """``state.committed_state``."""
+    return slot_value(state, "committed_state", cython.address(_state_committed_site))
+
+
+@cython.cfunc
+@cython.inline
+def _unchanged_key_value(state_dict, committed: dict, propkey):
+    """``state_dict[propkey]`` when the key attribute is loaded and not
+    changed (``propkey in state_dict and propkey not in committed``, the
+    test stock's row collectors make first), else ``_NO_ENTRY``; a plain
+    dict is read once, without a ``KeyError``."""
+    if type(state_dict) is dict:
+        found: cython.pointer(PyObject) = PyDict_GetItem(state_dict, propkey)
+        if found is cython.NULL or propkey in committed:
+            return _NO_ENTRY
+        return cython.cast(object, found)
+    if propkey in state_dict and propkey not in committed:
+        return state_dict[propkey]
+    return _NO_ENTRY
 
 
 @cython.cfunc
@@ -381,6 +433,24 @@ def _state_dict(state) -> object:
 
 @cython.cfunc
 @cython.inline
+def _record_dict(state, plain_dict: cython.bint) -> object:
+    """``state.dict`` for a flush record: with ``plain_dict`` (the caller
+    found ``instance_dict`` stock's, once per call) and stock's state
+    class, the object's ``__dict__`` (compiled, ``_cpython.live_state_dict``),
+    without ``_state_dict``'s checks per state."""
+    if plain_dict and type(state) is _InstanceState:
+        if cython.compiled:
+            found = live_state_dict(
+                state, cython.address(_obj_site), cython.address(_object_dict_site)
+            )
+            return {} if found is None else found
+        obj = state.obj()
+        return {} if obj is None else obj.__dict__
+    return _state_dict(state)
+
+
+@cython.cfunc
+@cython.inline
 def _generated(values: tuple) -> cython.bint:
     """Whether an identity key's values have one the database has yet to
     give (NO_VALUE): no identity map holds such a key."""
@@ -514,12 +584,7 @@ def organize_for_save(mapper, states, uow, connection):
     has_identity: cython.bint
     pending: cython.bint
     for state in states:
-        if plain_dict and type(state) is _InstanceState:
-            obj = _live_obj(state)
-            dict_ = {} if obj is None else obj.__dict__
-            obj = None
-        else:
-            dict_ = _state_dict(state)
+        dict_ = _record_dict(state, plain_dict)
         key = state.key
         has_identity = bool(key)
         pending = (
@@ -826,9 +891,9 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
     keys: frozenset = precomputed[0]
     pk_columns: tuple = precomputed[1]
     params: dict
-    pk_params: dict
     committed: dict
     has_all_pks: cython.bint
+    entries: cython.Py_ssize_t
     has_all_defaults: cython.bint
     no_params: cython.bint
     located: tuple
@@ -840,7 +905,7 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
     version_col = _table_version_col(mapper, table)
     generate_version = mapper.version_id_generator
     for state, state_dict, state_mapper, connection, update_version_id in states_to_update:
-        committed = state.committed_state
+        committed = _state_committed(state) if cython.compiled else state.committed_state
         params, value_params = column_changes(state, state_dict, keys, propkey_to_col)
         if onupdate_keys is None:
             has_all_defaults = True
@@ -860,32 +925,40 @@ def collect_update_commands(uow, table, mapper, states_to_update, column_changes
                 params[version_col.key] = update_version_id
         elif not (params or value_params):
             continue
+        # the key's values go into the row's parameters as they are found,
+        # after its changes, where stock's update() of them puts them; a
+        # label is never a column key of its table (SQLAlchemy makes labels
+        # unique there), so no change is overwritten.  ``entries`` counts
+        # what stock's parameters hold before that update: a row left with
+        # none is not updated
+        entries = len(params)
         has_all_pks = True
-        pk_params = {}
         for pk_column in pk_columns:
             propkey = pk_column[3]
-            if propkey in state_dict and propkey not in committed:
+            if cython.compiled:
+                value = _unchanged_key_value(state_dict, committed, propkey)
+            elif propkey in state_dict and propkey not in committed:
                 value = state_dict[propkey]
             else:
+                value = _NO_ENTRY
+            if value is _NO_ENTRY:
                 located = _primary_key_param(
                     uow, state, state_dict, mapper, pk_column[0], propkey, value_params
                 )
                 value = located[0]
-                if located[1]:
-                    params.pop(pk_column[1], None)
+                if located[1] and params.pop(pk_column[1], _NO_ENTRY) is not _NO_ENTRY:
+                    entries -= 1
                 if not located[2]:
                     has_all_pks = False
-            pk_params[pk_column[2]] = value
+            params[pk_column[2]] = value
             if value is None:
                 raise orm_exc.FlushError(
                     "Can't update table %s using NULL for primary "
                     "key value on column %s" % (table, pk_column[0])
                 )
-        if not (params or value_params):
+        if entries == 0 and not value_params:
             # only the primary key changed, and the database cascaded it
             continue
-        for label, value in pk_params.items():
-            params[label] = value
         yield (
             state,
             state_dict,
@@ -948,11 +1021,14 @@ def organize_for_delete(mapper, states, connection):
     before_delete = mapper.dispatch.before_delete
     version_col = mapper.version_id_col
     listeners: cython.bint = _has_listeners(before_delete)
+    plain_dict: cython.bint = orm_base.instance_dict is _INSTANCE_DICT
     to_delete: list = []
     for state in states:
         if listeners:
             before_delete(mapper, connection, state)
-        dict_ = _state_dict(state)
+            # its listener may have replaced instance_dict
+            plain_dict = orm_base.instance_dict is _INSTANCE_DICT
+        dict_ = _record_dict(state, plain_dict)
         to_delete.append(
             (state, dict_, mapper, connection,
              _committed_version(mapper, state, dict_, version_col))
@@ -970,13 +1046,17 @@ def collect_delete_commands(table, mapper, states_to_delete):
     version_col = _table_version_col(mapper, table)
     params: dict
     for state, state_dict, state_mapper, connection, update_version_id in states_to_delete:
-        committed = state.committed_state
+        committed = _state_committed(state) if cython.compiled else state.committed_state
         params = {}
         for pk_column in pk_columns:
             propkey = pk_column[3]
-            if propkey in state_dict and propkey not in committed:
+            if cython.compiled:
+                value = _unchanged_key_value(state_dict, committed, propkey)
+            elif propkey in state_dict and propkey not in committed:
                 value = state_dict[propkey]
             else:
+                value = _NO_ENTRY
+            if value is _NO_ENTRY:
                 value = mapper._get_committed_state_attr_by_column(
                     state, state_dict, pk_column[0]
                 )
@@ -1067,62 +1147,12 @@ def _mark_in(mapping, states: list):
             data[_ref(state, remove)] = True
 
 
-# the names WeakKeyDictionary.__init__ reads and sets in CPython 3.11: the
-# attributes _new_weak_key_dictionary sets, and nothing else (another
-# Python's __init__ is called as it is)
-_WKD_INIT_NAMES = (
-    "data", "ref", "_remove", "_pending_removals", "set", "_iterating", "_dirty_len", "update",
-)
-
-
-def _remove_code():
-    """The code of the ``remove`` callback ``WeakKeyDictionary.__init__``
-    defines (its one nested function, taking the key and the dictionary's
-    weak reference as a default, with no closure), or None when this
-    Python's ``__init__`` is not of that form or sets other attributes."""
-    code = _WKD_INIT.__code__
-    nested = [c for c in code.co_consts if isinstance(c, types.CodeType)]
-    if (
-        code.co_names != _WKD_INIT_NAMES
-        or len(nested) != 1
-        or nested[0].co_name != "remove"
-        or nested[0].co_argcount != 2
-        or nested[0].co_freevars
-        or code.co_cellvars
-        or _WKD_INIT.__defaults__ != (None,)
-    ):
-        return None
-    return nested[0]
-
-
-_REMOVE_CODE = cython.declare(object, _remove_code())
-_WEAKREF_GLOBALS = cython.declare(object, _WKD_INIT.__globals__)
-
-
-@cython.cfunc
-def _new_weak_key_dictionary():
-    """``WeakKeyDictionary()``: what its ``__init__`` sets, in its order
-    (the ``remove`` callback made from the same code, globals and default
-    as the function ``__init__`` defines), without the Python frame; the
-    constructor itself where ``__init__`` is not stock's."""
-    if _REMOVE_CODE is None or _WeakKeyDictionary.__init__ is not _WKD_INIT:
-        return _WeakKeyDictionary()
-    mapping = _WeakKeyDictionary.__new__(_WeakKeyDictionary)
-    own: dict = mapping.__dict__
-    own["data"] = {}
-    own["_remove"] = _FunctionType(_REMOVE_CODE, _WEAKREF_GLOBALS, "remove", (_ref(mapping),))
-    own["_pending_removals"] = []
-    own["_iterating"] = set()
-    own["_dirty_len"] = False
-    return mapping
-
-
 @cython.cfunc
 @cython.exceptval(-1, check=False)
 def _made_on_first_use(transaction, name: str) -> cython.bint:
     """Whether the transaction's snapshot collection ``name`` is made by
-    turbosession's ``_Snapshot`` descriptor on first use, as ``_snapshot``
-    and ``_mark_states`` restate it: the transaction is turbosession's
+    turbosession's ``_Snapshot`` descriptor on first use, as
+    ``_mark_states`` restates it: the transaction is turbosession's
     ``SessionTransaction`` and neither that descriptor nor the
     ``_is_transaction_boundary`` property has been replaced.  Compiled,
     the answer for all of the class's snapshot collections is kept with
@@ -1155,10 +1185,11 @@ def _made_on_first_use(transaction, name: str) -> cython.bint:
 
 @cython.cfunc
 def _mark_states(transaction, name: str, states: list):
-    """``transaction.<name>[state] = True`` for each state, for ``_new`` or
-    ``_dirty``.  For turbosession's ``SessionTransaction``: into the
-    collection where it has been made (looked up as ``_snapshot`` looks it
-    up, up to the transaction boundary), else as weak references appended
+    """``transaction.<name>[state] = True`` for each state, for ``_new``,
+    ``_dirty`` or ``_deleted``.  For turbosession's ``SessionTransaction``:
+    into the collection where it has been made (looked up as its
+    ``_Snapshot`` descriptor looks it up, the parent's for a
+    subtransaction, up to the transaction boundary), else as weak references appended
     to the boundary's ``transaction.StateMarks``, from which ``_Snapshot``
     makes the collection when it is first read; into the attribute as it
     is for any other transaction, or when that class's descriptor or
@@ -1188,32 +1219,6 @@ def _mark_states(transaction, name: str, states: list):
             marks.append(_ref(state))
     if len(marks) >= marks.compact_at:
         marks.compact()
-
-
-@cython.cfunc
-def _snapshot(transaction, name: str):
-    """``transaction.<name>`` for one of a transaction's snapshot
-    collections (``_deleted``; ``_new`` and ``_dirty`` are marked by
-    ``_mark_states``, made when read).  For turbosession's
-    ``SessionTransaction``, what its ``_Snapshot`` descriptor does
-    (the collection kept in the instance, else a new one for a transaction
-    boundary, the parent's for a subtransaction), without its Python
-    frames and the ``_is_transaction_boundary`` property's; the attribute
-    as it is for any other transaction, or when that class's
-    descriptor or property has been replaced."""
-    own: dict = transaction.__dict__
-    value = own.get(name)
-    if value is not None:
-        return value
-    if not _made_on_first_use(transaction, name):
-        return getattr(transaction, name)
-    parent = transaction._parent
-    if transaction.nested or parent is None:
-        value = _new_weak_key_dictionary()
-    else:
-        value = _snapshot(parent, name)
-    own[name] = value
-    return value
 
 
 def new_root(session, origin):
@@ -1439,7 +1444,7 @@ def remove_newly_deleted(session, states):
     if persistent_to_deleted is None:
         # no listener runs in between: the transaction's marks go in at once
         if transaction:
-            _mark_in(_snapshot(transaction, "_deleted"), list(states))
+            _mark_states(transaction, "_deleted", list(states))
         discards_as_core = getattr(identity_map, "discards_as_core", None)
         if (
             type(deleted) is dict
@@ -1707,7 +1712,8 @@ class _Registrar:
     def register(self, state, isdelete: cython.bint) -> cython.bint:
         if self.session_contains is None:
             if state not in self.new and not (
-                self.map_dict.get(state.key) is state
+                self.map_dict.get(_state_key(state) if cython.compiled else state.key)
+                is state
                 if self.map_dict is not None
                 else self.contains_state(state)
             ):
@@ -1715,7 +1721,7 @@ class _Registrar:
         elif not self.session_contains(state):
             return False
         if state not in self.states:
-            mapper = state.manager.mapper
+            mapper = _state_mapper(state) if cython.compiled else state.manager.mapper
             found = self.of_mapper.get(mapper)
             if found is None:
                 if mapper not in self.mappers:
@@ -1746,7 +1752,7 @@ def register_saves(session, uow, states, processed: set):
     is_orphan: cython.bint
     is_persistent_orphan: cython.bint
     for state in states:
-        mapper = state.manager.mapper
+        mapper = _state_mapper(state) if cython.compiled else state.manager.mapper
         plan = orphan_plans.get(mapper)
         if plan is None:
             plan = orphan_plans[mapper] = _orphan_plan(mapper)
@@ -1846,6 +1852,46 @@ def _persistent_by_integer(pending: set, persistent: set) -> dict:
     return by_integer
 
 
+@cython.cfunc
+@cython.inline
+def _integer_identity(state) -> object:
+    """The one value of a persistent state's identity when it is an int,
+    else None (a pending state, or any other identity)."""
+    key = _state_key(state)
+    if type(key) is not tuple or len(key) < 2:
+        return None
+    values = key[1]
+    if type(values) is not tuple or len(values) != 1 or type(values[0]) is not int:
+        return None
+    return values[0]
+
+
+@cython.cfunc
+def _sorted_by_integer(states: list) -> list:
+    """``sort_states`` of a list of persistent states whose identities are
+    each one int no other state has (what the flush of loaded rows has),
+    or None for ``sort_states``' own steps.  Such states sort as their
+    ints do, whatever the order of the set stock builds (a list already in
+    that order is given back as it is, without the sort); no set is made.
+    Compiled only, as ``_persistent_by_integer``."""
+    by_integer: dict = {}
+    ascending: cython.bint = True
+    last = None
+    for state in states:
+        value = _integer_identity(state)
+        if value is None:
+            return None
+        if ascending and last is not None and not value > last:
+            ascending = False
+        last = value
+        by_integer[value] = state
+    if len(by_integer) != len(states):
+        return None  # one state twice, or two with one identity
+    if ascending:
+        return list(states)
+    return [by_integer[value] for value in sorted(by_integer)]
+
+
 _INSERT_ORDER = cython.declare(object, operator.attrgetter("insert_order"))
 
 
@@ -1866,6 +1912,10 @@ def sort_states(states, sortkey):
             return [state]
         if sortkey is None:
             return [state]
+    if cython.compiled and sortkey is None and type(states) is list:
+        ordered: list = _sorted_by_integer(states)
+        if ordered is not None:
+            return ordered
     pending: set = set(states)
     persistent: set
     by_integer: dict = None

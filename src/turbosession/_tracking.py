@@ -42,6 +42,7 @@ except ModuleNotFoundError:
 
 if cython.compiled:
     from cython.cimports.cpython.dict import PyDict_Next
+    from cython.cimports.cpython.method import PyMethod_GET_FUNCTION
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.turbosession._cpython import (
         ClassSite,
@@ -75,11 +76,14 @@ _MethodType = cython.declare(object, MethodType)
 _DICT_GETITEM = cython.declare(object, dict.__getitem__)
 # compiled, column_changes' kept lookups of manager[key].impl (_impl_of)
 _impl_site = cython.declare(SlotSite)
+# compiled, _equal's read of an attribute implementation's is_equal slot
+_is_equal_site = cython.declare(SlotSite)
 _dict_getitem_site = cython.declare(ClassSite)
 _column_key_site = cython.declare(ClassSite)
 # InstanceState's __slots__ members read per state (_committed_state,
-# _expired_attributes)
+# _expired_attributes, column_changes' manager)
 _committed_site = cython.declare(SlotSite)
+_manager_site = cython.declare(SlotSite)
 _expired_site = cython.declare(SlotSite)
 # compiled, commit_all_states sets and reads these in the state's own
 # __dict__ while its class has no data descriptor of them (own_attributes)
@@ -154,13 +158,17 @@ def _equal(impl, value, committed) -> cython.bint:
     """``impl.is_equal(value, committed) is True``.  A column attribute's
     ``is_equal`` is its type's ``compare_values``; TypeEngine's is
     ``x == y``, done here for two plain values without its Python frame."""
-    is_equal = impl.is_equal
-    if (
-        type(is_equal) is _MethodType
-        and is_equal.__func__ is _COMPARE_VALUES
-        and _plain(value)
-        and _plain(committed)
-    ):
+    if cython.compiled:
+        # the slot read at its offset, the bound method's function read
+        # from the method object
+        is_equal = slot_value(impl, "is_equal", cython.address(_is_equal_site))
+        compares_values: cython.bint = type(is_equal) is _MethodType and (
+            PyMethod_GET_FUNCTION(is_equal) is cython.cast(cython.pointer(PyObject), _COMPARE_VALUES)
+        )
+    else:
+        is_equal = impl.is_equal
+        compares_values = type(is_equal) is _MethodType and is_equal.__func__ is _COMPARE_VALUES
+    if compares_values and _plain(value) and _plain(committed):
         return value == committed
     return is_equal(value, committed) is True
 
@@ -292,7 +300,11 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
                         value_params = {}
                     value_params[col] = value
                     continue
-            impl = _impl_of(state.manager, propkey) if cython.compiled else state.manager[propkey].impl
+            impl = (
+                _impl_of(slot_value(state, "manager", cython.address(_manager_site)), propkey)
+                if cython.compiled
+                else state.manager[propkey].impl
+            )
             if not _equal(impl, value, committed[propkey]):
                 params[_column_key(col) if cython.compiled else col.key] = value
     # one shared empty mapping when there are no SQL expressions

@@ -29,6 +29,7 @@ mark it while engine, pool and ``after_begin`` listeners run (counted as
 
 import functools
 import logging
+import operator
 from collections import defaultdict
 from weakref import WeakKeyDictionary
 
@@ -129,13 +130,15 @@ _stock_detach_states = InstanceState.__dict__["_detach_states"]
 
 
 class StateMarks(list):
-    """The states marked in a transaction's ``_new`` or ``_dirty`` before
-    that collection is first read: weak references without a callback,
-    oldest first, kept in the transaction boundary's ``__dict__`` under
-    ``MARKS[name]`` (``persist.register_persistent`` appends them).
+    """The states marked in a transaction's ``_new``, ``_dirty`` or
+    ``_deleted`` before that collection is first read: weak references
+    without a callback, oldest first, kept in the transaction boundary's
+    ``__dict__`` under ``MARKS[name]`` (``persist.register_persistent`` and
+    ``persist.remove_newly_deleted`` append them).
 
-    Only rollback and a savepoint's commit read those two collections, and
-    most transactions end in a commit of the root: marking a state here
+    Only rollback and a savepoint's commit read those collections (the
+    root's commit reads the deleted states' marks themselves, to detach
+    them), and most transactions end in a commit of the root: marking a state here
     costs a weak reference and an append, where a ``WeakKeyDictionary``
     costs its construction, a dict entry per state and a Python call of its
     callback for each state released before the transaction ends.
@@ -163,10 +166,23 @@ class StateMarks(list):
             if state is not None:
                 mapping[state] = True
 
+    def states(self):
+        """The states still alive, each once, in the order they were first
+        marked: the keys of the ``WeakKeyDictionary`` ``fill`` would fill
+        (the references called and the states kept once in C loops; the
+        released ones give None)."""
+        alive = dict.fromkeys(map(operator.call, self))
+        alive.pop(None, None)
+        return list(alive)
+
 
 # the collections marked through StateMarks, and the key of the marks in
 # the transaction's __dict__
-MARKS = {"_new": "_turbosession_new_marks", "_dirty": "_turbosession_dirty_marks"}
+MARKS = {
+    "_new": "_turbosession_new_marks",
+    "_dirty": "_turbosession_dirty_marks",
+    "_deleted": "_turbosession_deleted_marks",
+}
 
 
 class _Snapshot:
@@ -258,12 +274,17 @@ class SessionTransaction(orm.SessionTransaction):
         assert self._is_transaction_boundary
         expire = session._turbo.expire
         expire.expire_all(session, session.identity_map.all_states())
-        # _deleted not made yet (_Snapshot) is empty; an empty
-        # WeakKeyDictionary is told by its dict (iterating it enters and
-        # leaves its iteration guard, for nothing)
+        # _deleted not made yet (_Snapshot) holds the states marked in it,
+        # if any: those are detached as the collection's would be, in the
+        # order they were first marked
         deleted = self.__dict__.get("_deleted")
         if deleted is None:
+            marks = self.__dict__.pop(MARKS["_deleted"], None)
+            if marks:
+                expire.detach_all(session, marks.states())
             return
+        # an empty WeakKeyDictionary is told by its dict (iterating it
+        # enters and leaves its iteration guard, for nothing)
         if deleted.data:
             # stock's _detach_states of no states only reads the session's
             # dispatch

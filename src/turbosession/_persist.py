@@ -66,14 +66,20 @@ if cython.compiled:
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
     from cython.cimports.turbosession._cpython import (
         ClassSite,
+        DictSite,
+        PyWeakref_CheckRefExact,
+        _PyDict_GetItem_KnownHash,
+        _PyDict_SetItem_KnownHash,
         address,
         ListenerSites,
         SlotSite,
         has_listeners,
+        object_dict,
         own_dict,
         own_entry,
+        ref_target,
         slot_value,
-        state_object,
+        stores_own,
         type_version_tag,
     )
     from cython.cimports.cpython.tuple import (
@@ -84,7 +90,7 @@ if cython.compiled:
 else:
     from .listeners import has_listeners
     # the declarations below are plain None
-    ListenerSites = ClassSite = SlotSite = None
+    ListenerSites = ClassSite = SlotSite = DictSite = None
 
 __all__ = [
     "batches",
@@ -187,12 +193,20 @@ _listener_sites = cython.declare(ListenerSites)
 # compiled, register_persistent reads and sets these in the state's own
 # __dict__ while its class has no data descriptor of them (own_attributes)
 _REGISTER_NAMES = cython.declare(
-    tuple, ("key", "_orphaned_outside_of_session", "modified")
+    tuple, ("key", "_orphaned_outside_of_session", "modified", "identity_token")
 )
 _register_site = cython.declare(ClassSite)
+# compiled, register_persistent stores a state's ``_instance_dict`` in its
+# own __dict__ while its class lets setattr do just that (stores_own)
+_instance_dict_site = cython.declare(ClassSite)
 # compiled, register_persistent reads a state's ``manager`` slot at its
 # offset (``_cpython.slot_value``)
 _manager_site = cython.declare(SlotSite)
+# compiled, _live_obj reads a state's ``obj`` slot at its offset, and
+# register_persistent an object's ``__dict__`` through its getter
+# (``_cpython.object_dict``)
+_obj_site = cython.declare(SlotSite)
+_object_dict_site = cython.declare(DictSite)
 
 
 def _is_compiled():
@@ -359,10 +373,15 @@ def _key_pending(keys: tuple, state, dict_) -> cython.bint:
 @cython.cfunc
 @cython.inline
 def _live_obj(state) -> object:
-    """``state.obj()``; compiled, ``_cpython.state_object`` (as
-    ``_identity._object_of``)."""
+    """``state.obj()``; compiled, what ``_cpython.state_object`` does with
+    the state's ``obj`` slot read at its offset: a plain ``weakref.ref``'s
+    object without a Python call, anything else (a dereferenced state's
+    function returning None) called."""
     if cython.compiled:
-        return state_object(state)
+        ref = slot_value(state, "obj", cython.address(_obj_site))
+        if PyWeakref_CheckRefExact(ref):
+            return ref_target(ref)
+        return ref()
     return state.obj()
 
 
@@ -394,6 +413,13 @@ def _generated(values: tuple) -> cython.bint:
 def _identity_key(key_props: tuple, state, dict_) -> tuple:
     """``mapper._identity_key_from_state(state)``, reading the dict first;
     ``key_props`` is the mapper's ``_key_props``."""
+    return _identity_key_with(key_props, state, dict_, state.identity_token)
+
+
+@cython.cfunc
+def _identity_key_with(key_props: tuple, state, dict_, identity_token) -> tuple:
+    """``_identity_key`` given the state's ``identity_token`` (registration
+    reads it from the state's own ``__dict__``)."""
     keys: tuple = key_props[1]
     values: tuple
     if cython.compiled:
@@ -424,18 +450,18 @@ def _identity_key(key_props: tuple, state, dict_) -> tuple:
             else:
                 found_values.append(_absent_value(state, dict_, key))
         values = tuple(found_values)
-    return (key_props[0], values, state.identity_token)
+    return (key_props[0], values, identity_token)
 
 
 @cython.cfunc
-def _key_unchanged(key_props: tuple, state, dict_, key) -> cython.bint:
+def _key_unchanged(key_props: tuple, dict_, key, identity_token) -> cython.bint:
     """Whether ``_identity_key(key_props, state, dict_)`` would equal the
     state's ``key``, answered without making it where that is certain:
     the key's class is the mapper's, its values are the very objects the
     dict holds under the key attributes (a tuple compares an object to
-    itself as equal) and its token is the state's.  False means "not known":
-    the key is then made and compared, as stock does.  Compiled only (the
-    dict read with ``PyDict_GetItem``)."""
+    itself as equal) and its token is the state's (``identity_token``).
+    False means "not known": the key is then made and compared, as stock
+    does.  Compiled only (the dict read with ``PyDict_GetItem``)."""
     if type(key) is not tuple or type(dict_) is not dict or len(key) != 3:
         return False
     keys: tuple = key_props[1]
@@ -448,7 +474,7 @@ def _key_unchanged(key_props: tuple, state, dict_, key) -> cython.bint:
         found = PyDict_GetItem(dict_, keys[i])
         if found is cython.NULL or cython.cast(object, found) is not values[i]:
             return False
-    return key[2] is state.identity_token
+    return key[2] is identity_token
 
 
 @cython.cfunc
@@ -1019,6 +1045,24 @@ def _null_identity(pk: tuple, mapper) -> cython.bint:
 
 
 @cython.cfunc
+@cython.exceptval(-1, check=False)
+def _map_if_unmapped(map_dict: dict, key, state) -> cython.bint:
+    """``map_dict[key] = state`` if ``map_dict.get(key)`` is None (no state
+    is mapped under ``key``), and whether it was; compiled, the key (a
+    tuple, hashed item by item) is hashed once for both."""
+    if cython.compiled:
+        key_hash: cython.Py_hash_t = hash(key)
+        if _PyDict_GetItem_KnownHash(map_dict, key, key_hash) is not cython.NULL:
+            return False
+        _PyDict_SetItem_KnownHash(map_dict, key, state, key_hash)
+        return True
+    if map_dict.get(key) is not None:
+        return False
+    map_dict[key] = state
+    return True
+
+
+@cython.cfunc
 def _check_identity_key(state, mapper, instance_key: tuple):
     if _null_identity(instance_key[1], mapper):
         raise orm_exc.FlushError(
@@ -1315,7 +1359,12 @@ def register_persistent(session, states: set, commit_all_states):
             committing.append(state)
             committing_dicts.append({})
             continue
-        dict_ = obj.__dict__ if plain_dict else instance_dict(obj)
+        if not plain_dict:
+            dict_ = instance_dict(obj)
+        elif cython.compiled:
+            dict_ = object_dict(obj, cython.address(_object_dict_site))
+        else:
+            dict_ = obj.__dict__
         committing.append(state)
         committing_dicts.append(dict_)
         # each class's mapper and key properties, asked once per call and
@@ -1343,12 +1392,15 @@ def register_persistent(session, states: set, commit_all_states):
             else None
         )
         key = state.key if own is None else own_entry(own, state, "key")
+        token = (
+            state.identity_token if own is None else own_entry(own, state, "identity_token")
+        )
         # an updated state's key usually still holds its dict's values
         # (compiled only: uncompiled, the check costs more than the key)
-        if cython.compiled and key is not None and _key_unchanged(key_props, state, dict_, key):
+        if cython.compiled and key is not None and _key_unchanged(key_props, dict_, key, token):
             instance_key = key
         else:
-            instance_key = _identity_key(key_props, state, dict_)
+            instance_key = _identity_key_with(key_props, state, dict_, token)
         _check_identity_key(state, mapper, instance_key)
         # from here ``key`` is the state's key as replace() would read it
         if key is None:
@@ -1367,10 +1419,15 @@ def register_persistent(session, states: set, commit_all_states):
             mapped = map_dict is not None and map_dict.get(key) is state
         old = None
         if not mapped:
-            if map_dict is not None and map_dict.get(key) is None:
-                # WeakIdentityMapCore.replace() of a key no state is mapped under
-                map_dict[key] = state
-                state._instance_dict = map_ref
+            if map_dict is not None and _map_if_unmapped(map_dict, key, state):
+                # WeakIdentityMapCore.replace() of a key no state was mapped under
+                if (
+                    own is not None
+                    and stores_own(type(state), "_instance_dict", cython.address(_instance_dict_site))
+                ):
+                    own["_instance_dict"] = map_ref
+                else:
+                    state._instance_dict = map_ref
                 if state.modified if own is None else own_entry(own, state, "modified"):
                     map_modified.add(state)
             else:

@@ -172,6 +172,8 @@ _WKD_INIT = cython.declare(object, weakref.WeakKeyDictionary.__init__)
 _FunctionType = cython.declare(object, types.FunctionType)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 _STOCK_PREFER_EAGER = cython.declare(object, Mapper._prefer_eager_defaults)
+# _identity_key's default: read the state's identity token itself
+_STATE_TOKEN = cython.declare(object, object())
 
 
 def _validator_code():
@@ -410,16 +412,13 @@ def _generated(values: tuple) -> cython.bint:
 
 
 @cython.cfunc
-def _identity_key(key_props: tuple, state, dict_) -> tuple:
+def _identity_key(key_props: tuple, state, dict_, identity_token=_STATE_TOKEN) -> tuple:
     """``mapper._identity_key_from_state(state)``, reading the dict first;
-    ``key_props`` is the mapper's ``_key_props``."""
-    return _identity_key_with(key_props, state, dict_, state.identity_token)
-
-
-@cython.cfunc
-def _identity_key_with(key_props: tuple, state, dict_, identity_token) -> tuple:
-    """``_identity_key`` given the state's ``identity_token`` (registration
-    reads it from the state's own ``__dict__``)."""
+    ``key_props`` is the mapper's ``_key_props``.  ``identity_token`` is the
+    state's when the caller has read it (registration reads it from the
+    state's own ``__dict__``)."""
+    if identity_token is _STATE_TOKEN:
+        identity_token = state.identity_token
     keys: tuple = key_props[1]
     values: tuple
     if cython.compiled:
@@ -1048,17 +1047,12 @@ def _null_identity(pk: tuple, mapper) -> cython.bint:
 @cython.exceptval(-1, check=False)
 def _map_if_unmapped(map_dict: dict, key, state) -> cython.bint:
     """``map_dict[key] = state`` if ``map_dict.get(key)`` is None (no state
-    is mapped under ``key``), and whether it was; compiled, the key (a
-    tuple, hashed item by item) is hashed once for both."""
-    if cython.compiled:
-        key_hash: cython.Py_hash_t = hash(key)
-        if _PyDict_GetItem_KnownHash(map_dict, key, key_hash) is not cython.NULL:
-            return False
-        _PyDict_SetItem_KnownHash(map_dict, key, state, key_hash)
-        return True
-    if map_dict.get(key) is not None:
+    is mapped under ``key``), and whether it was, with the key (a tuple,
+    hashed item by item) hashed once for both.  Compiled only."""
+    key_hash: cython.Py_hash_t = hash(key)
+    if _PyDict_GetItem_KnownHash(map_dict, key, key_hash) is not cython.NULL:
         return False
-    map_dict[key] = state
+    _PyDict_SetItem_KnownHash(map_dict, key, state, key_hash)
     return True
 
 
@@ -1344,6 +1338,7 @@ def register_persistent(session, states: set, commit_all_states):
     mapper = None
     instance_key: tuple
     mapped: cython.bint
+    unmapped: cython.bint
     key_props: tuple = None
     # the states and their dicts to reset afterwards: every flushed object
     # is held strongly (by _new, _deleted or its modified state) until then.
@@ -1400,7 +1395,7 @@ def register_persistent(session, states: set, commit_all_states):
         if cython.compiled and key is not None and _key_unchanged(key_props, dict_, key, token):
             instance_key = key
         else:
-            instance_key = _identity_key_with(key_props, state, dict_, token)
+            instance_key = _identity_key(key_props, state, dict_, token)
         _check_identity_key(state, mapper, instance_key)
         # from here ``key`` is the state's key as replace() would read it
         if key is None:
@@ -1419,7 +1414,16 @@ def register_persistent(session, states: set, commit_all_states):
             mapped = map_dict is not None and map_dict.get(key) is state
         old = None
         if not mapped:
-            if map_dict is not None and _map_if_unmapped(map_dict, key, state):
+            if map_dict is None:
+                unmapped = False
+            elif cython.compiled:
+                unmapped = _map_if_unmapped(map_dict, key, state)
+            else:
+                # (uncompiled, the call would cost more than a second hash)
+                unmapped = map_dict.get(key) is None
+                if unmapped:
+                    map_dict[key] = state
+            if unmapped:
                 # WeakIdentityMapCore.replace() of a key no state was mapped under
                 if (
                     own is not None

@@ -381,10 +381,12 @@ def scenario_identity_tokens(session_cls, engine, log):
     parents[1].kids[0].title += "!"
     session.flush()
     _note_map(log, session)
-    parents[1].id = 9
+    # a primary-key switch (of a kid: nothing references it)
+    switched = parents[1].kids[1]
+    switched.id = 99
     session.commit()
     _note_map(log, session)
-    log.note("keys", [repr(inspect(p).key) for p in parents])
+    log.note("keys", [repr(inspect(o).key) for o in parents + [switched]])
     session.close()
 
 

@@ -17,6 +17,7 @@ with ``expire_on_commit`` on and off, with and without ``expire`` and
 """
 
 import gc
+import pickle
 import warnings
 
 import pytest
@@ -323,6 +324,72 @@ def scenario_expire_and_refresh_listeners(session_cls, engine, log):
     session.close()
 
 
+def _note_pickled(log, label, objects):
+    """Each object's pickled form (its state's ``__getstate__`` included),
+    and what unpickling it gives back."""
+    for obj in objects:
+        state = inspect(obj)
+        data = pickle.dumps(obj)
+        copy = pickle.loads(data)
+        copied = inspect(copy)
+        log.note(
+            "pickled",
+            label,
+            repr(state.key),
+            data,
+            repr(copied.key),
+            sorted(k for k in copied.dict if not k.startswith("_sa")),
+            sorted(copied.expired_attributes),
+            copied.modified,
+            copied.expired,
+        )
+
+
+def scenario_pickled_states(session_cls, engine, log):
+    """Flushed objects pickled before commit, expired ones after it, and
+    updated ones after a flush and after commit, with expire_on_commit."""
+    session = session_cls(engine)
+    _watch_states(session, log)
+    parents = _families(2)
+    kids = [k for p in parents for k in p.kids]
+    session.add_all(parents)
+    session.flush()
+    _note_pickled(log, "flushed", parents + kids)
+    session.commit()
+    _note_pickled(log, "expired", parents + kids)
+    parents[0].score += 1
+    kids[0].title += "!"
+    session.flush()
+    _note_pickled(log, "updated", [parents[0], kids[0]])
+    session.commit()
+    _note_pickled(log, "committed", [parents[0], kids[0]])
+    session.close()
+
+
+def scenario_identity_tokens(session_cls, engine, log):
+    """States whose identity token is set (as a sharded session sets it):
+    the identity keys registration makes and keeps carry the token."""
+    session = session_cls(engine)
+    _watch_states(session, log)
+    parents = _families(2)
+    for obj in parents + [k for p in parents for k in p.kids]:
+        inspect(obj).identity_token = "shard-a"
+    session.add_all(parents)
+    session.flush()
+    _note_map(log, session)
+    parents[0].score += 1
+    parents[1].kids[0].title += "!"
+    session.flush()
+    _note_map(log, session)
+    # a primary-key switch (of a kid: nothing references it)
+    switched = parents[1].kids[1]
+    switched.id = 99
+    session.commit()
+    _note_map(log, session)
+    log.note("keys", [repr(inspect(o).key) for o in parents + [switched]])
+    session.close()
+
+
 SCENARIOS = [
     scenario_insert_update_delete,
     scenario_insert_update_delete_no_expiry,
@@ -333,6 +400,8 @@ SCENARIOS = [
     scenario_savepoint_rollback,
     scenario_savepoint_rollback_dereferenced,
     scenario_expire_and_refresh_listeners,
+    scenario_pickled_states,
+    scenario_identity_tokens,
 ]
 
 

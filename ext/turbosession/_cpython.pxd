@@ -358,6 +358,34 @@ cdef inline bint own_attributes(object cls, tuple names, ClassSite *site) except
     return True
 
 
+cdef inline bint stores_own(object cls, str name, ClassSite *site) except -1:
+    """Whether setting ``name`` on an instance of ``cls`` is storing it in
+    the instance's ``__dict__``: ``cls`` sets attributes as ``object`` does
+    and its MRO has no data descriptor ``name`` (nothing, a plain value, or
+    a method such as ``InstanceState._instance_dict``, which the instance's
+    entry shadows).  Kept as ``own_attributes`` keeps its answer."""
+    cdef PyTypeObject *tp = <PyTypeObject *>cls
+    cdef unsigned int tag = tp.tp_version_tag
+    cdef PyObject *found
+    if tp == site.cls and tag != 0 and tag == site.tag:
+        return True
+    site.cls = NULL
+    site.tag = 0
+    if tag == 0:
+        return False
+    found = _PyType_Lookup(tp, "__setattr__")
+    if found == NULL or found != _PyType_Lookup(&PyBaseObject_Type, "__setattr__"):
+        return False
+    found = _PyType_Lookup(tp, name)
+    if found != NULL and (<PyTypeObject *>Py_TYPE(<object>found)).tp_descr_set != NULL:
+        return False
+    if tp.tp_version_tag != tag:
+        return False
+    site.cls = tp
+    site.tag = tag
+    return True
+
+
 cdef inline object own_dict(object obj, tuple names, ClassSite *site):
     """``obj``'s own ``__dict__`` (a dict itself) while ``own_attributes``
     accepts ``names`` for its class (kept at ``site``), so that those

@@ -40,11 +40,11 @@ if cython.compiled:
         ListenerSites,
         SlotSite,
         has_listeners,
+        live_state_dict,
         object_dict,
         own_attributes,
         own_entry,
         slot_value,
-        state_object,
     )
 else:
     from .listeners import has_listeners
@@ -61,11 +61,13 @@ _EXPIRE_NAMES = cython.declare(
     tuple, ("expired", "modified", "_strong_obj", "callables", "_last_known_values")
 )
 _expire_site = cython.declare(ClassSite)
-# compiled, expire_all reads a state's ``manager`` and ``expired_attributes``
-# slots at their offsets, and the state's and its object's ``__dict__``
-# through their getters (``_cpython.slot_value``, ``object_dict``)
+# compiled, expire_all reads a state's ``manager``, ``expired_attributes``
+# and ``obj`` slots at their offsets, and the state's and its object's
+# ``__dict__`` through their getters (``_cpython.slot_value``,
+# ``object_dict``, ``live_state_dict``)
 _manager_site = cython.declare(SlotSite)
 _expired_site = cython.declare(SlotSite)
+_obj_site = cython.declare(SlotSite)
 # the session dispatcher's slots of the events detach_all fires
 _to_detached_site = cython.declare(SlotSite)
 _deleted_detached_site = cython.declare(SlotSite)
@@ -185,14 +187,17 @@ def expire_all(session, states):
             continue
         plan = plan_or_none
 
-        obj = state_object(state) if cython.compiled else state.obj()
-        if obj is None:
-            found = {}
-        elif cython.compiled:
-            found = object_dict(obj, cython.address(_object_dict_site))
+        if cython.compiled:
+            # (the object's reference dropped on return)
+            found = live_state_dict(
+                state, cython.address(_obj_site), cython.address(_object_dict_site)
+            )
+            if found is None:
+                found = {}
         else:
-            found = obj.__dict__
-        obj = None  # as in stock, dropping _strong_obj may free the object
+            obj = state.obj()
+            found = {} if obj is None else obj.__dict__
+            obj = None  # as in stock, dropping _strong_obj may free the object
         if cython.compiled and type(found) is not dict:
             # an object whose __dict__ is a dict subclass: stock's own step
             state._expire(found, session.identity_map._modified)

@@ -67,6 +67,9 @@ if cython.compiled:
     from cython.cimports.turbosession._cpython import (
         ClassSite,
         DictSite,
+        PyWeakref_CheckRefExact,
+        _PyDict_GetItem_KnownHash,
+        _PyDict_SetItem_KnownHash,
         address,
         ListenerSites,
         SlotSite,
@@ -75,8 +78,10 @@ if cython.compiled:
         own_dict,
         own_entry,
         own_value,
+        object_dict,
+        ref_target,
         slot_value,
-        state_object,
+        stores_own,
         type_version_tag,
     )
     from cython.cimports.cpython.tuple import (
@@ -169,6 +174,8 @@ _STOCK_BOUNDARY = cython.declare(object, _transaction.SessionTransaction._is_tra
 _snapshots_tag = cython.declare(cython.uint, 0)
 _LISTENER_KINDS = cython.declare(tuple, _listeners.KINDS)
 _STOCK_PREFER_EAGER = cython.declare(object, Mapper._prefer_eager_defaults)
+# _identity_key's default: read the state's identity token itself
+_STATE_TOKEN = cython.declare(object, object())
 
 
 def _validator_code():
@@ -190,9 +197,12 @@ _listener_sites = cython.declare(ListenerSites)
 # compiled, register_persistent reads and sets these in the state's own
 # __dict__ while its class has no data descriptor of them (own_attributes)
 _REGISTER_NAMES = cython.declare(
-    tuple, ("key", "_orphaned_outside_of_session", "modified")
+    tuple, ("key", "_orphaned_outside_of_session", "modified", "identity_token")
 )
 _register_site = cython.declare(ClassSite)
+# compiled, register_persistent stores a state's ``_instance_dict`` in its
+# own __dict__ while its class lets setattr do just that (stores_own)
+_instance_dict_site = cython.declare(ClassSite)
 # compiled, register_persistent reads a state's ``manager`` slot at its
 # offset (``_cpython.slot_value``)
 _manager_site = cython.declare(SlotSite)
@@ -200,6 +210,9 @@ _manager_site = cython.declare(SlotSite)
 # state's ``key`` in its own ``__dict__`` (``_cpython.own_value``), its
 # ``manager``, ``committed_state`` and ``obj`` slots at their offsets and
 # its object's ``__dict__`` through the class's descriptor
+# (``live_state_dict``); _live_obj reads the ``obj`` slot the same way and
+# register_persistent an object's ``__dict__`` through its getter
+# (``_cpython.object_dict``)
 _key_site = cython.declare(ClassSite)
 _state_manager_site = cython.declare(SlotSite)
 _state_committed_site = cython.declare(SlotSite)
@@ -411,10 +424,15 @@ def _key_pending(keys: tuple, state, dict_) -> cython.bint:
 @cython.cfunc
 @cython.inline
 def _live_obj(state) -> object:
-    """``state.obj()``; compiled, ``_cpython.state_object`` (as
-    ``_identity._object_of``)."""
+    """``state.obj()``; compiled, what ``_cpython.state_object`` does with
+    the state's ``obj`` slot read at its offset: a plain ``weakref.ref``'s
+    object without a Python call, anything else (a dereferenced state's
+    function returning None) called."""
     if cython.compiled:
-        return state_object(state)
+        ref = slot_value(state, "obj", cython.address(_obj_site))
+        if PyWeakref_CheckRefExact(ref):
+            return ref_target(ref)
+        return ref()
     return state.obj()
 
 
@@ -461,9 +479,13 @@ def _generated(values: tuple) -> cython.bint:
 
 
 @cython.cfunc
-def _identity_key(key_props: tuple, state, dict_) -> tuple:
+def _identity_key(key_props: tuple, state, dict_, identity_token=_STATE_TOKEN) -> tuple:
     """``mapper._identity_key_from_state(state)``, reading the dict first;
-    ``key_props`` is the mapper's ``_key_props``."""
+    ``key_props`` is the mapper's ``_key_props``.  ``identity_token`` is the
+    state's when the caller has read it (registration reads it from the
+    state's own ``__dict__``)."""
+    if identity_token is _STATE_TOKEN:
+        identity_token = state.identity_token
     keys: tuple = key_props[1]
     values: tuple
     if cython.compiled:
@@ -494,18 +516,18 @@ def _identity_key(key_props: tuple, state, dict_) -> tuple:
             else:
                 found_values.append(_absent_value(state, dict_, key))
         values = tuple(found_values)
-    return (key_props[0], values, state.identity_token)
+    return (key_props[0], values, identity_token)
 
 
 @cython.cfunc
-def _key_unchanged(key_props: tuple, state, dict_, key) -> cython.bint:
+def _key_unchanged(key_props: tuple, dict_, key, identity_token) -> cython.bint:
     """Whether ``_identity_key(key_props, state, dict_)`` would equal the
     state's ``key``, answered without making it where that is certain:
     the key's class is the mapper's, its values are the very objects the
     dict holds under the key attributes (a tuple compares an object to
-    itself as equal) and its token is the state's.  False means "not known":
-    the key is then made and compared, as stock does.  Compiled only (the
-    dict read with ``PyDict_GetItem``)."""
+    itself as equal) and its token is the state's (``identity_token``).
+    False means "not known": the key is then made and compared, as stock
+    does.  Compiled only (the dict read with ``PyDict_GetItem``)."""
     if type(key) is not tuple or type(dict_) is not dict or len(key) != 3:
         return False
     keys: tuple = key_props[1]
@@ -518,7 +540,7 @@ def _key_unchanged(key_props: tuple, state, dict_, key) -> cython.bint:
         found = PyDict_GetItem(dict_, keys[i])
         if found is cython.NULL or cython.cast(object, found) is not values[i]:
             return False
-    return key[2] is state.identity_token
+    return key[2] is identity_token
 
 
 @cython.cfunc
@@ -1099,6 +1121,19 @@ def _null_identity(pk: tuple, mapper) -> cython.bint:
 
 
 @cython.cfunc
+@cython.exceptval(-1, check=False)
+def _map_if_unmapped(map_dict: dict, key, state) -> cython.bint:
+    """``map_dict[key] = state`` if ``map_dict.get(key)`` is None (no state
+    is mapped under ``key``), and whether it was, with the key (a tuple,
+    hashed item by item) hashed once for both.  Compiled only."""
+    key_hash: cython.Py_hash_t = hash(key)
+    if _PyDict_GetItem_KnownHash(map_dict, key, key_hash) is not cython.NULL:
+        return False
+    _PyDict_SetItem_KnownHash(map_dict, key, state, key_hash)
+    return True
+
+
+@cython.cfunc
 def _check_identity_key(state, mapper, instance_key: tuple):
     if _null_identity(instance_key[1], mapper):
         raise orm_exc.FlushError(
@@ -1305,6 +1340,7 @@ def register_persistent(session, states: set, commit_all_states):
     mapper = None
     instance_key: tuple
     mapped: cython.bint
+    unmapped: cython.bint
     key_props: tuple = None
     # the states and their dicts to reset afterwards: every flushed object
     # is held strongly (by _new, _deleted or its modified state) until then.
@@ -1320,7 +1356,12 @@ def register_persistent(session, states: set, commit_all_states):
             committing.append(state)
             committing_dicts.append({})
             continue
-        dict_ = obj.__dict__ if plain_dict else instance_dict(obj)
+        if not plain_dict:
+            dict_ = instance_dict(obj)
+        elif cython.compiled:
+            dict_ = object_dict(obj, cython.address(_object_dict_site))
+        else:
+            dict_ = obj.__dict__
         committing.append(state)
         committing_dicts.append(dict_)
         # each class's mapper and key properties, asked once per call and
@@ -1348,12 +1389,15 @@ def register_persistent(session, states: set, commit_all_states):
             else None
         )
         key = state.key if own is None else own_entry(own, state, "key")
+        token = (
+            state.identity_token if own is None else own_entry(own, state, "identity_token")
+        )
         # an updated state's key usually still holds its dict's values
         # (compiled only: uncompiled, the check costs more than the key)
-        if cython.compiled and key is not None and _key_unchanged(key_props, state, dict_, key):
+        if cython.compiled and key is not None and _key_unchanged(key_props, dict_, key, token):
             instance_key = key
         else:
-            instance_key = _identity_key(key_props, state, dict_)
+            instance_key = _identity_key(key_props, state, dict_, token)
         _check_identity_key(state, mapper, instance_key)
         # from here ``key`` is the state's key as replace() would read it
         if key is None:
@@ -1372,10 +1416,24 @@ def register_persistent(session, states: set, commit_all_states):
             mapped = map_dict is not None and map_dict.get(key) is state
         old = None
         if not mapped:
-            if map_dict is not None and map_dict.get(key) is None:
-                # WeakIdentityMapCore.replace() of a key no state is mapped under
-                map_dict[key] = state
-                state._instance_dict = map_ref
+            if map_dict is None:
+                unmapped = False
+            elif cython.compiled:
+                unmapped = _map_if_unmapped(map_dict, key, state)
+            else:
+                # (uncompiled, the call would cost more than a second hash)
+                unmapped = map_dict.get(key) is None
+                if unmapped:
+                    map_dict[key] = state
+            if unmapped:
+                # WeakIdentityMapCore.replace() of a key no state was mapped under
+                if (
+                    own is not None
+                    and stores_own(type(state), "_instance_dict", cython.address(_instance_dict_site))
+                ):
+                    own["_instance_dict"] = map_ref
+                else:
+                    state._instance_dict = map_ref
                 if state.modified if own is None else own_entry(own, state, "modified"):
                     map_modified.add(state)
             else:

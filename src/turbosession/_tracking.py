@@ -46,15 +46,17 @@ if cython.compiled:
     from cython.cimports.cpython.object import PyObject
     from cython.cimports.turbosession._cpython import (
         ClassSite,
+        DictSite,
         SlotSite,
         class_lookup,
         manager_impl,
+        object_dict,
         own_attributes,
         own_value,
         slot_value,
     )
 else:
-    SlotSite = ClassSite = None  # the declarations below are plain None
+    SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
 
 __all__ = [
     "collect_column_changes",
@@ -89,6 +91,9 @@ _expired_site = cython.declare(SlotSite)
 # __dict__ while its class has no data descriptor of them (own_attributes)
 _COMMIT_NAMES = cython.declare(tuple, ("modified", "expired", "_strong_obj"))
 _commit_site = cython.declare(ClassSite)
+# compiled, commit_all_states reads a state's ``__dict__`` through its getter
+# (``_cpython.object_dict``)
+_state_dict_site = cython.declare(DictSite)
 # what a state's dict has under a name it does not hold
 _ABSENT = cython.declare(object, object())
 
@@ -326,7 +331,11 @@ def commit_all_states(states_and_dicts, instance_dict=None):
     committed: dict
     expired_attributes: set
     for state, dict_ in states_and_dicts:
-        state_dict = state.__dict__
+        state_dict = (
+            object_dict(state, cython.address(_state_dict_site))
+            if cython.compiled
+            else state.__dict__
+        )
         committed = _committed_state(state) if cython.compiled else state.committed_state
         committed.clear()
         if "_pending_mutations" in state_dict:

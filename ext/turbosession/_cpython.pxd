@@ -96,6 +96,16 @@ cdef inline void store_slot(object obj, Py_ssize_t offset, object value) noexcep
     Py_XDECREF(old)
 
 
+cdef inline Py_ssize_t writable_slot_offset(object descr) noexcept:
+    """Where ``store_slot`` stores for the member descriptor ``descr`` (a
+    ``types.MemberDescriptorType``, checked by the caller): its offset when
+    it is a writable object slot (``T_OBJECT_EX``, not ``READONLY``), else
+    -1."""
+    cdef PyMemberDef *member = (<PyMemberDescrObject *><PyObject *>descr).d_member
+    if member.type != T_OBJECT_EX or member.flags & READONLY:
+        return -1
+    return member.offset
+
 
 cdef inline Py_ssize_t address(object obj) noexcept:
     """``id(obj)`` without calling the builtin."""

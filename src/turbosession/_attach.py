@@ -62,10 +62,7 @@ if cython.compiled:
         address,
         manager_impl,
         dict_get,
-        READONLY,
-        T_OBJECT_EX,
         ClassSite,
-        PyMemberDescrObject,
         class_lookup,
         instance_dict,
         own_dict,
@@ -81,6 +78,7 @@ if cython.compiled:
         DictSite,
         live_state_dict,
         object_dict,
+        writable_slot_offset,
     )
 else:
     from .listeners import has_listeners
@@ -1182,9 +1180,9 @@ def _slot_offsets(cls) -> dict:
     for name, descr in cls.__dict__.items():
         if type(descr) is not _MemberDescriptorType or descr.__objclass__ is not cls:
             continue
-        member = cython.cast(cython.pointer(PyMemberDescrObject), descr).d_member
-        if member.type == T_OBJECT_EX and not member.flags & READONLY:
-            offsets[name] = member.offset
+        offset: cython.Py_ssize_t = writable_slot_offset(descr)
+        if offset >= 0:
+            offsets[name] = offset
     return offsets
 
 

@@ -59,10 +59,7 @@ if cython.compiled:
     from cython.cimports.cpython.object import PyObject, PyTypeObject
     from cython.cimports.cpython.weakref import PyWeakref_NewRef
     from cython.cimports.turbosession._cpython import (
-        READONLY,
-        T_OBJECT_EX,
         ListenerSites,
-        PyMemberDescrObject,
         PyMethod_New,
         PyObject_GC_UnTrack,
         _PyDict_GetItem_KnownHash,
@@ -74,6 +71,7 @@ if cython.compiled:
         instance_dict,
         store_slot,
         untrack_atoms,
+        writable_slot_offset,
     )
 else:
     from turbosession.listeners import has_listeners
@@ -184,10 +182,7 @@ def _slot_offset(name) -> cython.Py_ssize_t:
         return -1
     if not cython.compiled:
         return -1
-    member = cython.cast(cython.pointer(PyMemberDescrObject), descr).d_member
-    if member.type != T_OBJECT_EX or member.flags & READONLY:
-        return -1
-    return member.offset
+    return writable_slot_offset(descr)
 
 
 # the five slots InstanceState.__init__ sets, stored at their offsets

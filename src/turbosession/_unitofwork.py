@@ -70,9 +70,8 @@ if cython.compiled:
         slot_value,
         store_slot,
         type_version_tag,
-        PyMemberDescrObject,
-        T_OBJECT_EX,
-        READONLY,
+        class_lookup,
+        writable_slot_offset,
     )
 else:
     SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
@@ -705,18 +704,15 @@ def _find_layout(cls, names: tuple):
     if cls.__setattr__ is not _OBJECT_SETATTR:
         return None
     offsets: list = []
+    offset: cython.Py_ssize_t
     for name in names:
-        descr = None
-        for klass in cls.__mro__:
-            if name in klass.__dict__:
-                descr = klass.__dict__[name]
-                break
+        descr = class_lookup(cls, name)
         if type(descr) is not _MemberDescriptorType:
             return None
-        member = cython.cast(cython.pointer(PyMemberDescrObject), descr).d_member
-        if member.type != T_OBJECT_EX or member.flags & READONLY:
+        offset = writable_slot_offset(descr)
+        if offset < 0:
             return None
-        offsets.append(member.offset)
+        offsets.append(offset)
     return tuple(offsets)
 
 

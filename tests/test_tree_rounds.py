@@ -96,14 +96,16 @@ for _model in MODELS:
         event.listen(_model, _name, _mapper_listener(_name))
 
 
-def check(scenario, session_cls, engine):
-    """``scenario(session, log)`` side by side with stock's."""
+def check(scenario, session_cls, engine, flush_listeners=True):
+    """``scenario(session, log)`` side by side with stock's; without
+    ``flush_listeners`` the session's flush events are not listened to
+    (the presort then keeps its answers, which the rounds read)."""
 
     def logged(session_cls_, engine_, log):
         _Current.log = log
         try:
             session = session_cls_(engine_)
-            for name in SESSION_EVENTS:
+            for name in SESSION_EVENTS if flush_listeners else ("after_commit",):
                 event.listen(
                     session, name,
                     lambda *args, name=name: log.note(name, *[render(a) for a in args]),
@@ -127,10 +129,10 @@ def check(scenario, session_cls, engine):
     return assert_same_as_stock(logged, session_cls, engine, Base.metadata)
 
 
-def counted_cycles(session_cls, engine, scenario):
+def counted_cycles(session_cls, engine, scenario, flush_listeners=True):
     """How turbosession ordered the scenario's flushes with cycles."""
     turbosession.reset_stats()
-    check(scenario, session_cls, engine)
+    check(scenario, session_cls, engine, flush_listeners)
     return turbosession.stats()["cycles"]
 
 
@@ -166,16 +168,19 @@ SHAPES = {
 }
 
 
+@pytest.mark.parametrize("flush_listeners", [True, False], ids=["listened", "unlistened"])
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("link", [by_parent, by_children], ids=["parent", "children"])
-def test_tree_of_new_nodes(session_cls, engine, shape, link):
+def test_tree_of_new_nodes(session_cls, engine, shape, link, flush_listeners):
     def scenario(session):
         nodes = tree(Node, link, 40, SHAPES[shape])
         session.add_all(nodes)
         session.commit()
         return nodes
 
-    assert counted_cycles(session_cls, engine, scenario) == {"tree": 1, "split": 0}
+    assert counted_cycles(session_cls, engine, scenario, flush_listeners) == {
+        "tree": 1, "split": 0,
+    }
 
 
 def test_nodes_added_in_random_order(session_cls, engine):
@@ -199,15 +204,18 @@ def test_nodes_added_in_random_order(session_cls, engine):
     assert counted_cycles(session_cls, engine, scenario) == {"tree": 1, "split": 1}
 
 
+@pytest.mark.parametrize("flush_listeners", [True, False], ids=["listened", "unlistened"])
 @pytest.mark.parametrize("cls,link", [(Folder, by_children), (Step, by_previous)])
-def test_one_processor_alone(session_cls, engine, cls, link):
+def test_one_processor_alone(session_cls, engine, cls, link, flush_listeners):
     def scenario(session):
         nodes = tree(cls, link, 30, SHAPES["fan_out_3"])
         session.add_all(nodes)
         session.commit()
         return nodes
 
-    assert counted_cycles(session_cls, engine, scenario) == {"tree": 1, "split": 0}
+    assert counted_cycles(session_cls, engine, scenario, flush_listeners) == {
+        "tree": 1, "split": 0,
+    }
 
 
 def test_new_nodes_under_a_persistent_parent(session_cls, engine):
@@ -241,8 +249,9 @@ def test_links_that_loop(session_cls, engine):
     assert counted_cycles(session_cls, engine, scenario) == {"tree": 0, "split": 1}
 
 
+@pytest.mark.parametrize("flush_listeners", [True, False], ids=["listened", "unlistened"])
 @pytest.mark.parametrize("seed", range(12))
-def test_random_trees(session_cls, engine, seed):
+def test_random_trees(session_cls, engine, seed, flush_listeners):
     """Random forests (random depths and fan-outs, some links made from
     the collection side, some from the many-to-one), added in random
     order, in one or two flushes of new nodes."""
@@ -267,7 +276,7 @@ def test_random_trees(session_cls, engine, seed):
         session.commit()
         return nodes
 
-    check(scenario, session_cls, engine)
+    check(scenario, session_cls, engine, flush_listeners)
 
 
 def stock_rounds(session):
@@ -285,8 +294,10 @@ def tree_rounds(session):
     uow = flush.UOWTransaction(session)
     flush._register_states(session, uow, None, session._dirty_states)
     uow._run_presort_actions()
-    rounds = session._turbo.unitofwork.tree_rounds(
-        uow, uow._find_cycles(), session._turbo.attach.pending_pairs
+    turbo = session._turbo
+    rounds = turbo.unitofwork.tree_rounds(
+        uow, uow._find_cycles(), turbo.attach.pending_pairs,
+        turbo.relationships.collection_answers,
     )
     assert rounds is not None
     return rounds, uow.postsort_actions
@@ -345,6 +356,42 @@ def test_tree_rounds_memoize_state_mapper_as_stock(session_cls, engine):
             assert not any("mapper" in state.__dict__ for state in states)
             tree_rounds(session)
             assert all(state.__dict__["mapper"] is Node.__mapper__ for state in states)
+            session.rollback()
+    finally:
+        Base.metadata.drop_all(engine)
+
+
+@pytest.mark.parametrize("cls,link", [(Node, by_children), (Folder, by_children)])
+def test_rounds_read_the_presort_answers(session_cls, engine, cls, link):
+    """Without flush listeners the one-to-many's presort keeps its answers
+    for every node (its collection not loaded, or its members all added),
+    and the rounds made from them are those made from the pending pairs
+    (each in a unit of work of its own)."""
+
+    def rounds(session, answered):
+        turbo = session._turbo
+        uow = flush.UOWTransaction(session)
+        flush._register_states(session, uow, None, session._dirty_states)
+        uow._run_presort_actions()
+        dp = cls.children.property._dependency_processor
+        answers = turbo.relationships.collection_answers(uow, dp)
+        leaves = {inspect(node) for node in nodes if "children" not in inspect(node).dict}
+        assert set(answers) == {inspect(node) for node in nodes}
+        assert {state for state, answer in answers.items() if answer is True} == leaves
+        assert len(leaves) == 17
+        found = turbo.unitofwork.tree_rounds(
+            uow, uow._find_cycles(), turbo.attach.pending_pairs,
+            turbo.relationships.collection_answers if answered else None,
+        )
+        assert found is not None
+        return names(found, uow.postsort_actions)
+
+    Base.metadata.create_all(engine)
+    try:
+        with session_cls(engine) as session:
+            nodes = tree(cls, link, 25, SHAPES["fan_out_3"])
+            session.add_all(nodes)
+            assert rounds(session, True) == rounds(session, False)
             session.rollback()
     finally:
         Base.metadata.drop_all(engine)

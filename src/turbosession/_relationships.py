@@ -63,6 +63,7 @@ else:
     SlotSite = ClassSite = DictSite = None  # the declarations below are plain None
 
 __all__ = [
+    "collection_answers",
     "many_to_one_presort_deletes",
     "prop_has_changes",
     "many_to_one_presort_saves",
@@ -706,6 +707,15 @@ def _answers(histories: _Histories, kind: tuple, dp, factory):
     if not _histories_unread(histories):
         return None
     return histories.uow.memo(kind + (dp,), factory)
+
+
+def collection_answers(uow, dp):
+    """The presort's answers about ``dp``'s collections (``_answers``,
+    ``_COLLECTIONS_ANSWERED``: a state -> True where its collection was
+    not loaded, or the states of its members where all were added), for
+    the per-state actions of a tree of new objects
+    (``_unitofwork.tree_rounds``) to read; None where it kept none."""
+    return _answers(_Histories(uow), _COLLECTIONS_ANSWERED, dp, None)
 
 
 @cython.cfunc

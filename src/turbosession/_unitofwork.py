@@ -577,6 +577,8 @@ def collections_without_history(answers: dict, states, key, passive):
 # ``committed_state`` (_cpython.slot_value)
 _manager_site = cython.declare(SlotSite)
 _committed_site = cython.declare(SlotSite)
+# compiled, the kept slot site of the states' ``key`` (tree_rounds)
+_key_site = cython.declare(SlotSite)
 
 
 @cython.cfunc
@@ -1105,7 +1107,7 @@ def _tree_mapper(uow, cycles: set):
     return mapper
 
 
-def tree_rounds(uow, cycles: set, pending):
+def tree_rounds(uow, cycles: set, pending, answers=None):
     """The per-state actions of an all-insert self-referential flush in the
     rounds stock's ``sort_as_subsets`` gives them after ``split_per_state``,
     computed from the states' links; None for any other flush (the cycle is
@@ -1122,7 +1124,13 @@ def tree_rounds(uow, cycles: set, pending):
     record, one round after that save).  A round being the longest chain
     of edges above an action, each save's round is twice its depth in the
     links; a state linked to one outside the flush, or links that loop,
-    go back to the split, which finds stock's outcome.  The edges
+    go back to the split, which finds stock's outcome.  A one-to-many's
+    members are its presort's answers where it kept them (``answers``,
+    the relationships module's ``collection_answers``: a collection not
+    loaded, which ``get_all_pending`` answers empty, or the states of
+    members all added, which it answers in the same order), as nothing
+    between the presort and the sort of an all-insert flush changes a
+    collection; the pending pairs otherwise.  The edges
     themselves are not made: nothing but the sort reads them.  The rounds
     are lists in no particular order, as the runner takes each as a set
     (as stock's ``execute`` does)."""
@@ -1138,7 +1146,10 @@ def tree_rounds(uow, cycles: set, pending):
     index: dict = {}
     position: cython.Py_ssize_t = 0
     for state in states:
-        if state.key is not None:
+        if (
+            slot_value(state, "key", cython.address(_key_site)) if cython.compiled
+            else state.key
+        ) is not None:
             return None  # an update
         index[state] = position
         position += 1
@@ -1150,22 +1161,29 @@ def tree_rounds(uow, cycles: set, pending):
     processes: list = []
     linked: list
     chain: list
-    pair: tuple
     here: cython.Py_ssize_t
     there: cython.Py_ssize_t
     one_to_many: cython.bint
+    as_pairs: cython.bint
+    answered: dict
     for dp in uow.deps[mapper]:
         one_to_many = _per_state_direction(dp) == 1
         key = dp.key
         process_sort_key: tuple = ("ProcessState", dp.sort_key)
+        answered = answers(uow, dp) if one_to_many and answers is not None else None
         for state in states:
-            sum_ = _members(state, key, False, _PASSIVE_NO_INITIALIZE, pending)
-            if not sum_:
+            members = None if answered is None else answered.get(state)
+            if members is True:
+                continue  # not loaded
+            as_pairs = members is None
+            if as_pairs:
+                members = _members(state, key, False, _PASSIVE_NO_INITIALIZE, pending)
+            if not members:
                 continue
             here = index[state]
             linked = [here] if one_to_many else []
-            for pair in sum_:
-                found = index.get(pair[0])
+            for member in members:
+                found = index.get(cython.cast(tuple, member)[0] if as_pairs else member)
                 if found is None:
                     return None  # a member outside the flush
                 there = found

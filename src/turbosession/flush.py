@@ -214,8 +214,11 @@ class UOWTransaction(unitofwork.UOWTransaction):
         cycles = self._find_cycles()
         if not cycles:
             return None
-        pending = self.session._turbo.attach.pending_pairs
-        rounds = self._unitofwork.tree_rounds(self, cycles, pending)
+        turbo = self.session._turbo
+        pending = turbo.attach.pending_pairs
+        rounds = self._unitofwork.tree_rounds(
+            self, cycles, pending, turbo.relationships.collection_answers
+        )
         if rounds is not None:
             _cycle_counts["tree"] += 1
             return rounds

@@ -608,7 +608,7 @@ def organize_for_save(mapper, states, uow, connection):
     pending: cython.bint
     for state in states:
         dict_ = _record_dict(state, plain_dict)
-        key = state.key
+        key = _state_key(state) if cython.compiled else state.key
         has_identity = bool(key)
         pending = (
             not has_identity and plain_keys and _key_pending(key_names, state, dict_)

@@ -97,9 +97,9 @@ else:
 __all__ = [
     "batches",
     "collect_delete_commands",
-    "delete_rows",
     "collect_insert_commands",
     "collect_update_commands",
+    "delete_rows",
     "flush_bind",
     "flush_connection",
     "flush_parent",

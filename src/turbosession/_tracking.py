@@ -271,8 +271,8 @@ def _add_change(
 ) -> object:
     """``column_changes``' work for one changed attribute: its SQL
     expression into ``value_params`` (a dict, or None: made here at the
-    first; returned),
-    or its value into ``params`` when it differs from the committed one."""
+    first; returned), or its value into ``params`` when it differs from the
+    committed one."""
     value = state_dict[propkey]
     col = propkey_to_col[propkey]
     # a plain value (recognised by its exact type) is neither a SQL

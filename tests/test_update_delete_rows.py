@@ -18,7 +18,7 @@ import warnings
 
 import pytest
 from sqlalchemy import ForeignKey, ForeignKeyConstraint, String, event, func, orm, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Relationship, mapped_column, relationship
 
 from support import normalize_error, object_state, run, set_order_sorted
 
@@ -117,6 +117,42 @@ class Part(Base):
         return f"Part({self.__dict__.get('id')!r})"
 
 
+# what a relationship class overriding _value_as_iterable was asked (the
+# delete cascade's reading of a loaded collection), per scenario run
+ITERABLE_CALLS = []
+
+
+class IterableNotingRelationship(Relationship):
+    """A relationship class of the application's whose ``_value_as_iterable``
+    is its own: the delete cascade must call it, as stock's does."""
+
+    inherit_cache = True
+
+    def _value_as_iterable(self, state, dict_, key, passive=orm.PassiveFlag.PASSIVE_OFF):
+        ITERABLE_CALLS.append((key, repr(state.obj())))
+        return super()._value_as_iterable(state, dict_, key, passive=passive)
+
+
+class Crate(Base):
+    __tablename__ = "ts_udr_crate"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    items: Mapped[list["CrateItem"]] = IterableNotingRelationship(
+        "CrateItem", cascade="all, delete-orphan", order_by="CrateItem.id"
+    )
+
+    def __repr__(self):
+        return f"Crate({self.__dict__.get('id')!r})"
+
+
+class CrateItem(Base):
+    __tablename__ = "ts_udr_crate_item"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    crate_id: Mapped[int | None] = mapped_column(ForeignKey("ts_udr_crate.id"))
+
+    def __repr__(self):
+        return f"CrateItem({self.__dict__.get('id')!r})"
+
+
 class Folder(Base):
     """Its key is part of its entries' keys: changing it cascades (the
     database's ON UPDATE CASCADE, ``passive_updates``), and an entry whose
@@ -143,7 +179,9 @@ class Entry(Base):
         return f"Entry({self.__dict__.get('folder_id')!r}, {self.__dict__.get('n')!r})"
 
 
-MAPPED = (Account, Code, Pair, Versioned, Owner, Pet, Bin, Part, Folder, Entry)
+MAPPED = (
+    Account, Code, Pair, Versioned, Owner, Pet, Bin, Part, Crate, CrateItem, Folder, Entry,
+)
 
 
 def guarded(log, action):
@@ -226,6 +264,7 @@ def seed(engine):
         session.add_all([
             Folder(id=i, entries=[Entry(n=j, text=f"e{i}.{j}") for j in (1, 2)]) for i in (1, 2)
         ])
+        session.add_all([Crate(id=i, items=[CrateItem(id=10 * i + j) for j in (1, 2)]) for i in (2, 1)])
         session.commit()
 
 
@@ -271,8 +310,15 @@ def sc_update_other_keys(session_cls, engine, log, listen=True):
             pair.value = pair.value + "?"
         pairs[0].value = pairs[0].value[:-1]
         account.id = 90
+        # several columns of one object, two of them SQL expressions (one
+        # a ClauseElement, one an object with __clause_element__)
+        other = session.get(Account, 5)
+        other.name = func.upper(Account.name)
+        other.note = Account.name
+        other.score = 55
         guarded(log, session.flush)
         states(log, session, codes + pairs + [account])
+        log.note("expression row", session.get(Account, 5).name, other.note, other.score)
         pairs[1].right = 20
         guarded(log, session.commit)
     log.note("codes", rows(session, Code.code, Code.label))
@@ -418,6 +464,38 @@ def sc_failed_flush(session_cls, engine, log, listen=True):
     session.close()
 
 
+def sc_delete_changed_key_and_mixed(session_cls, engine, log, listen=True):
+    """Deletes located by the committed key of an object whose key was
+    changed first, of several mappers in one flush (each mapper's rows one
+    batch), of a composite key, and, through a relationship class with its
+    own ``_value_as_iterable``, of a loaded collection the cascade reads
+    through that method."""
+    seed(engine)
+    ITERABLE_CALLS.clear()
+    session = session_cls(engine)
+    accounts = session.scalars(select(Account).order_by(Account.name.desc())).all()
+    pairs = session.scalars(select(Pair)).all()
+    crates = session.scalars(select(Crate).options(orm.selectinload(Crate.items))).all()
+    with Events(log) if listen else _nothing():
+        accounts[0].id = 70
+        accounts[1].name = "renamed"
+        for account in accounts[:3]:
+            session.delete(account)
+        session.delete(pairs[1])
+        for crate in crates:
+            session.delete(crate)
+        states(log, session, accounts + pairs + crates)
+        guarded(log, session.flush)
+        states(log, session, accounts + pairs + crates)
+        guarded(log, session.commit)
+    assert ITERABLE_CALLS, "the cascade read no collection through the override"
+    log.note("value_as_iterable", sorted(ITERABLE_CALLS))
+    log.note("accounts", rows(session, Account.id, Account.name))
+    log.note("pairs", rows(session, Pair.left, Pair.right))
+    log.note("crates", rows(session, Crate.id), rows(session, CrateItem.id, CrateItem.crate_id))
+    session.close()
+
+
 class _nothing:
     def __enter__(self):
         return self
@@ -434,6 +512,7 @@ SCENARIOS = [
     sc_delete_cascade,
     sc_delete_rollback_and_readd,
     sc_failed_flush,
+    sc_delete_changed_key_and_mixed,
 ]
 
 

@@ -401,11 +401,25 @@ def _loaded_members(prop, state, dict_, key):
     """``prop._value_as_iterable(state, dict_, key, passive)`` for a
     relationship whose collection is loaded as SQLAlchemy's list (stock's
     ``get`` returns it as it is, and its adapter iterates the list itself),
-    or None for stock's method."""
-    if type(prop)._value_as_iterable is not _VALUE_AS_ITERABLE:
+    or None for stock's method.  Compiled, the two class checks are kept
+    per call site while the classes keep their version tags
+    (``class_attribute_is``) and the state's manager is read at its slot:
+    a delete cascade asks this once per relationship of each object."""
+    if not (
+        class_attribute_is(
+            type(prop), "_value_as_iterable", _VALUE_AS_ITERABLE,
+            cython.address(_value_as_iterable_site),
+        ) if cython.compiled
+        else type(prop)._value_as_iterable is _VALUE_AS_ITERABLE
+    ):
         return None
-    impl = _impl_of(state.manager, key) if cython.compiled else state.manager[key].impl
-    if type(impl) is not _CollectionAttributeImpl or _CollectionAttributeImpl.get is not _ATTRIBUTE_GET:
+    impl = _impl_of(_manager_of(state), key) if cython.compiled else state.manager[key].impl
+    if type(impl) is not _CollectionAttributeImpl or not (
+        class_attribute_is(
+            _CollectionAttributeImpl, "get", _ATTRIBUTE_GET, cython.address(_collection_get_site)
+        ) if cython.compiled
+        else _CollectionAttributeImpl.get is _ATTRIBUTE_GET
+    ):
         return None
     members = dict_get(dict_, key, None) if cython.compiled else dict_.get(key)
     if type(members) is not _InstrumentedList:
@@ -414,6 +428,11 @@ def _loaded_members(prop, state, dict_, key):
     for member in members:
         pairs.append((member._sa_instance_state, member))
     return pairs
+
+
+# compiled, _loaded_members' kept class checks
+_value_as_iterable_site = cython.declare(ClassSite)
+_collection_get_site = cython.declare(ClassSite)
 
 
 @cython.cfunc

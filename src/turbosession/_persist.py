@@ -99,6 +99,7 @@ __all__ = [
     "collect_delete_commands",
     "collect_insert_commands",
     "collect_update_commands",
+    "delete_rows",
     "flush_bind",
     "flush_connection",
     "flush_parent",
@@ -607,7 +608,7 @@ def organize_for_save(mapper, states, uow, connection):
     pending: cython.bint
     for state in states:
         dict_ = _record_dict(state, plain_dict)
-        key = state.key
+        key = _state_key(state) if cython.compiled else state.key
         has_identity = bool(key)
         pending = (
             not has_identity and plain_keys and _key_pending(key_names, state, dict_)
@@ -1060,38 +1061,71 @@ def organize_for_delete(mapper, states, connection):
 
 def collect_delete_commands(table, mapper, states_to_delete):
     """``persistence._collect_delete_commands``: the row by its primary key
-    and, with a version counter, its committed version."""
+    and, with a version counter, its committed version, with its
+    connection (for stock's emitter)."""
     # per primary key column: (column, key, bind label, attribute key)
-    precomputed: tuple = _precomputed(mapper, table, _build_update_columns)
-    pk_columns: tuple = precomputed[1]
-    pk_column: tuple
+    pk_columns: tuple = _precomputed(mapper, table, _build_update_columns)[1]
     version_col = _table_version_col(mapper, table)
-    params: dict
-    for state, state_dict, state_mapper, connection, update_version_id in states_to_delete:
-        committed = _state_committed(state) if cython.compiled else state.committed_state
-        params = {}
-        for pk_column in pk_columns:
-            propkey = pk_column[3]
-            if cython.compiled:
-                value = _unchanged_key_value(state_dict, committed, propkey)
-            elif propkey in state_dict and propkey not in committed:
-                value = state_dict[propkey]
-            else:
-                value = _NO_ENTRY
-            if value is _NO_ENTRY:
-                value = mapper._get_committed_state_attr_by_column(
-                    state, state_dict, pk_column[0]
-                )
-            params[pk_column[1]] = value
-            if value is None:
-                raise orm_exc.FlushError(
-                    "Can't delete from table %s "
-                    "using NULL for primary "
-                    "key value on column %s" % (table, pk_column[0])
-                )
-        if update_version_id is not None and version_col is not None:
-            params[version_col.key] = update_version_id
-        yield params, connection
+    record: tuple
+    for record in states_to_delete:
+        yield _delete_params(table, mapper, pk_columns, version_col, record), record[3]
+
+
+def delete_rows(table, runs: list) -> tuple:
+    """The DELETE rows of ``table`` for the runs of records whose mapper
+    has it (``mapper_runs``), in order, as ``collect_delete_commands``
+    makes them: ``(connection of the first row, [row, ...])``, or
+    ``(None, [])``.  For a batch sent as one executemany on the one
+    connection the flush's records share: no tuple per row and no
+    generator resumed per row."""
+    rows: list = []
+    connection = None
+    run_entry: tuple
+    record: tuple
+    pk_columns: tuple
+    for run_entry in runs:
+        mapper = run_entry[0]
+        if table not in mapper._pks_by_table:
+            continue
+        pk_columns = _precomputed(mapper, table, _build_update_columns)[1]
+        version_col = _table_version_col(mapper, table)
+        for record in run_entry[2]:
+            if connection is None:
+                connection = record[3]
+            rows.append(_delete_params(table, mapper, pk_columns, version_col, record))
+    return connection, rows
+
+
+@cython.cfunc
+def _delete_params(table, mapper, pk_columns: tuple, version_col, record: tuple) -> dict:
+    """One DELETE row of an ``organize_for_delete`` record ``(state,
+    state_dict, mapper, connection, committed version)``."""
+    state = record[0]
+    state_dict = record[1]
+    committed = _state_committed(state) if cython.compiled else state.committed_state
+    params: dict = {}
+    pk_column: tuple
+    for pk_column in pk_columns:
+        propkey = pk_column[3]
+        if cython.compiled:
+            value = _unchanged_key_value(state_dict, committed, propkey)
+        elif propkey in state_dict and propkey not in committed:
+            value = state_dict[propkey]
+        else:
+            value = _NO_ENTRY
+        if value is _NO_ENTRY:
+            value = mapper._get_committed_state_attr_by_column(state, state_dict, pk_column[0])
+        params[pk_column[1]] = value
+        if value is None:
+            raise orm_exc.FlushError(
+                "Can't delete from table %s "
+                "using NULL for primary "
+                "key value on column %s" % (table, pk_column[0])
+            )
+    update_version_id = record[4]
+    if update_version_id is not None and version_col is not None:
+        params[version_col.key] = update_version_id
+    return params
 
 
 @cython.cfunc

@@ -265,6 +265,42 @@ def _only_key(mapping: dict) -> object:
     return next(iter(mapping))
 
 
+@cython.cfunc
+def _add_change(
+    state, state_dict, propkey, propkey_to_col, committed: dict, params: dict, value_params
+) -> object:
+    """``column_changes``' work for one changed attribute: its SQL
+    expression into ``value_params`` (a dict, or None: made here at the
+    first; returned), or its value into ``params`` when it differs from the
+    committed one."""
+    value = state_dict[propkey]
+    col = propkey_to_col[propkey]
+    # a plain value (recognised by its exact type) is neither a SQL
+    # expression nor stands for one
+    t: type = type(value)
+    if not (
+        value is None or t is int or t is str or t is float or t is bool or t is bytes
+    ):
+        if hasattr(value, "__clause_element__"):
+            if value_params is None:
+                value_params = {}
+            value_params[col] = value.__clause_element__()
+            return value_params
+        if isinstance(value, _ClauseElement):
+            if value_params is None:
+                value_params = {}
+            value_params[col] = value
+            return value_params
+    impl = (
+        _impl_of(slot_value(state, "manager", cython.address(_manager_site)), propkey)
+        if cython.compiled
+        else state.manager[propkey].impl
+    )
+    if not _equal(impl, value, committed[propkey]):
+        params[_column_key(col) if cython.compiled else col.key] = value
+    return value_params
+
+
 def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
     """The net column changes of one state: ``(params, value_params)``.
 
@@ -276,42 +312,20 @@ def column_changes(state, state_dict, keys: frozenset, propkey_to_col):
     # keeps each state's result until its batch is sent
     value_params: dict = None
     committed: dict = _committed_state(state) if cython.compiled else state.committed_state
-    t: type
     if committed:
         if len(committed) == 1:
             # one attribute changed (the common update): the intersection's
-            # one key, without a set made per state
-            propkeys = (_only_key(committed),)
-            if propkeys[0] not in keys:
-                propkeys = ()
+            # one key, without a set or a tuple made per state
+            propkey = _only_key(committed)
+            if propkey in keys:
+                value_params = _add_change(
+                    state, state_dict, propkey, propkey_to_col, committed, params, value_params
+                )
         else:
-            propkeys = keys.intersection(committed)
-        for propkey in propkeys:
-            value = state_dict[propkey]
-            col = propkey_to_col[propkey]
-            # a plain value (recognised by its exact type) is neither a SQL
-            # expression nor stands for one
-            t = type(value)
-            if not (
-                value is None or t is int or t is str or t is float or t is bool or t is bytes
-            ):
-                if hasattr(value, "__clause_element__"):
-                    if value_params is None:
-                        value_params = {}
-                    value_params[col] = value.__clause_element__()
-                    continue
-                if isinstance(value, _ClauseElement):
-                    if value_params is None:
-                        value_params = {}
-                    value_params[col] = value
-                    continue
-            impl = (
-                _impl_of(slot_value(state, "manager", cython.address(_manager_site)), propkey)
-                if cython.compiled
-                else state.manager[propkey].impl
-            )
-            if not _equal(impl, value, committed[propkey]):
-                params[_column_key(col) if cython.compiled else col.key] = value
+            for propkey in keys.intersection(committed):
+                value_params = _add_change(
+                    state, state_dict, propkey, propkey_to_col, committed, params, value_params
+                )
     # one shared empty mapping when there are no SQL expressions
     return params, _NO_VALUES if value_params is None else value_params
 

@@ -945,7 +945,7 @@ def _delete(uow, base_mapper, persist, states):
         return
     runs = persist.mapper_runs(to_delete, 2)
     for table, mapper in _plan(base_mapper).delete_tables:
-        _emit_deletes(uow, base_mapper, mapper, table, _collect_deletes(table, runs, persist))
+        _emit_deletes(uow, base_mapper, mapper, table, runs, persist)
     for mapper, _, run in runs:
         after_delete = mapper.dispatch.after_delete
         if after_delete.parent_listeners if type(after_delete) is _EMPTY else after_delete:
@@ -953,27 +953,29 @@ def _delete(uow, base_mapper, persist, states):
                 after_delete(mapper, connection, state)
 
 
-def _emit_deletes(uow, base_mapper, mapper, table, delete):
-    """``persistence._emit_delete_statements``.
+def _emit_deletes(uow, base_mapper, mapper, table, runs, persist):
+    """``persistence._emit_delete_statements`` of the DELETE rows of
+    ``table`` for the runs of records (``persist.mapper_runs``).
 
-    For a table without a version counter, each connection's batch is one
-    executemany with stock's row-count check (a warning); the records are
-    all collected first, as stock's ``groupby`` collects them for one
-    connection (with a ``connection_callable``, stock's emitter runs).
+    For a table without a version counter, the batch (the records share
+    one connection) is one executemany with stock's row-count check (a
+    warning); the rows are all collected first (``persist.delete_rows``),
+    as stock's ``groupby`` collects them for one connection.  With a
+    ``connection_callable`` or a version counter, stock's emitter runs.
     """
     if (
         uow.session.connection_callable
         or (mapper.version_id_col is not None
             and mapper.version_id_col in mapper._cols_by_table[table])
     ):
-        persistence._emit_delete_statements(base_mapper, uow, mapper, table, delete)
+        persistence._emit_delete_statements(
+            base_mapper, uow, mapper, table, _collect_deletes(table, runs, persist)
+        )
         return
-    records = list(delete)
-    if not records:
+    connection, rows = persist.delete_rows(table, runs)
+    if not rows:
         return
-    connection = records[0][1]
     statement = _pk_statement(base_mapper, mapper, table, "delete")
-    rows = [params for params, _ in records]
     expected = len(rows)
     matched = emission.execute(
         uow.session._turbo.emit, base_mapper, connection, statement, rows, True

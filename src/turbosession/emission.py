@@ -33,18 +33,21 @@ wraps them exactly as for Core's own execution, and so are errors of the bind
 processors, which Core meets while making the execution context.
 
 ``insert_autoincrement`` does the same for a batch of INSERTs whose single
-primary key column the database generates, where Core runs a statement per
-row: the ORM's ``INSERT .. RETURNING`` of the key for several rows on a
-backend whose "insertmanyvalues" goes a row at a time when the rows' order
-matters (SQLite: "ordered; batch not supported"), or one INSERT per row read
-back by ``cursor.lastrowid``.  The statement must have nothing to fetch back
-but the key (the server defaults it does not return are expired, as stock
-expires them), no Python-side defaults to prefetch, and Core's own
-insertmanyvalues, ``lastrowid`` and RETURNING machinery (dialect, execution
-context and compiler as SQLAlchemy ships them, no result processor on the
-key).  A batch that sends its rows in one statement (PostgreSQL's
-insertmanyvalues) or returns server defaults with the key (eager defaults)
-goes through Core.
+primary key column the database generates, or whose server defaults come
+back (eager defaults, the key given or generated), where Core runs a
+statement per row: the ORM's ``INSERT .. RETURNING`` of the key (and of the
+mapper's server defaults) for several rows on a backend whose
+"insertmanyvalues" goes a row at a time when the rows' order matters
+(SQLite: "ordered; batch not supported"), or one INSERT per row read back by
+``cursor.lastrowid``.  The returned values are set on the objects as stock's
+``_postfetch`` sets them (the server defaults the statement does not return
+are expired, as stock expires them).  Python-side defaults Core would
+prefetch must be plain scalars, which go into every row as Core puts them
+(with RETURNING only); and Core's own insertmanyvalues, ``lastrowid`` and
+RETURNING machinery must be in use (dialect, execution context and compiler
+as SQLAlchemy ships them, no result processor on a returned column).  A
+batch that sends its rows in one statement (PostgreSQL's insertmanyvalues),
+and a single row returning its server defaults, go through Core.
 """
 
 import inspect
@@ -76,7 +79,8 @@ FALLBACK_REASONS = {
     "dialect": "the dialect or its execution context changes Core's execution",
     "statement": "the compiled statement has RETURNING, defaults to fetch, "
     "insertmanyvalues, expanding, escaped or unsupplied parameters",
-    "eager_defaults": "an INSERT returns server defaults with the generated key",
+    "eager_defaults": "a single INSERT, or one on a backend without an ordered "
+    "executemany RETURNING, returns server defaults",
 }
 
 # execution options that change nothing the DBAPI receives or the result

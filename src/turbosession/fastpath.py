@@ -786,8 +786,9 @@ def _emit_inserts(uow, base_mapper, mapper, table, records, persist, stock_postf
 
     A batch that has every primary key and nothing to fetch back is one
     executemany, sent here as stock sends it, with the per-row bookkeeping
-    in ``persist``; a batch whose key the database generates a row at a
-    time (SQLite) is sent by ``emission.insert_autoincrement`` when it can;
+    in ``persist``; a batch whose key the database generates, or whose
+    server defaults come back, a row at a time (SQLite) is sent by
+    ``emission.insert_autoincrement`` when it can;
     any other batch, and every batch of a table whose rows need stock's
     ``_postfetch``, goes to stock's emitter unchanged.
     """

@@ -269,12 +269,15 @@ def insert_returning(connection, statement, long_statement, parameters: list, ro
     return returned
 
 
-def finish_returning(uow, batch: list, returned: list, finishing: dict, describe, missing):
+def finish_returning(
+    uow, batch: list, returned: list, key_index: cython.Py_ssize_t, finishing: dict, describe,
+    missing,
+):
     """The bookkeeping of ``_emit_insert_statements`` after a batch's
-    INSERT .. RETURNING of the key: each record's key from its returned row
-    (``finish_insert``), in order; a record without a row raises
-    ``missing(mapper)`` (stock's FlushError) once the records before it
-    have theirs."""
+    INSERT .. RETURNING: each record's key from its returned row (at
+    ``key_index``) and the other returned values (``finish_insert``), in
+    order; a record without a row raises ``missing(mapper)`` (stock's
+    FlushError) once the records before it have theirs."""
     n: cython.Py_ssize_t = len(returned)
     i: cython.Py_ssize_t
     record: tuple
@@ -282,7 +285,8 @@ def finish_returning(uow, batch: list, returned: list, finishing: dict, describe
         record = batch[i]
         if i >= n:
             raise missing(record[3])
-        _finish_insert(uow, record, returned[i][0], finishing, describe)
+        row = returned[i]
+        _finish_insert(uow, record, row[key_index], finishing, describe, row)
 
 
 def insert_each_lastrowid(
@@ -331,7 +335,7 @@ def insert_one_lastrowid(
         return "eager_defaults"
     keys: tuple = tuple(sorted(record[2]))
     plans = base_mapper._memoized_values.get("turbosession_emission")
-    plan = None if plans is None else plans.get(("autoincrement", table, dialect, keys, False))
+    plan = None if plans is None else plans.get(("autoincrement", table, dialect, keys, False, False))
     if plan is None:
         plan = context[1](base_mapper, table, dialect, keys, False)
     if type(plan) is str:
@@ -345,13 +349,16 @@ def insert_one_lastrowid(
 
 
 @cython.cfunc
-def _finish_insert(uow, record: tuple, new_key, finishing: dict, describe):
+def _finish_insert(uow, record: tuple, new_key, finishing: dict, describe, row=None):
     """Stock's bookkeeping for one inserted record whose primary key the
-    database generated: ``new_key`` into the object's dictionary unless it
-    has a value there (``_emit_insert_statements``), then ``_postfetch``'s
-    expiry of server-generated columns and the key synchronisation between
-    the mapper's tables.  ``finishing`` maps a record's mapper to (attribute
-    of the key, attributes to expire, equated pairs, passive_updates),
+    database generated (or gave back): ``new_key`` into the object's
+    dictionary unless it has a value there (``_emit_insert_statements``),
+    then ``_postfetch``'s values of the other columns the statement
+    returned (``row``), its expiry of server-generated columns and the key
+    synchronisation between the mapper's tables.  ``finishing`` maps a
+    record's mapper to (attribute of the key, attributes to expire,
+    equated pairs, passive_updates, (row index, attribute) of the returned
+    values, (attribute, value) of the prefetched defaults),
     ``describe(mapper)`` computes a missing entry."""
     mapper = record[3]
     entry: tuple = finishing.get(mapper)
@@ -362,6 +369,13 @@ def _finish_insert(uow, record: tuple, new_key, finishing: dict, describe):
     attribute = entry[0]
     if state_dict.get(attribute) is None:
         state_dict[attribute] = new_key
+    if row is not None:
+        pair: tuple
+        for pair in entry[4]:
+            state_dict[pair[1]] = row[pair[0]]
+        for pair in entry[5]:
+            state_dict[pair[0]] = pair[1]
+            state.committed_state.pop(pair[0], None)
     expire = entry[1]
     if expire:
         state._expire_attributes(state.dict, expire)

@@ -33,18 +33,21 @@ wraps them exactly as for Core's own execution, and so are errors of the bind
 processors, which Core meets while making the execution context.
 
 ``insert_autoincrement`` does the same for a batch of INSERTs whose single
-primary key column the database generates, where Core runs a statement per
-row: the ORM's ``INSERT .. RETURNING`` of the key for several rows on a
-backend whose "insertmanyvalues" goes a row at a time when the rows' order
-matters (SQLite: "ordered; batch not supported"), or one INSERT per row read
-back by ``cursor.lastrowid``.  The statement must have nothing to fetch back
-but the key (the server defaults it does not return are expired, as stock
-expires them), no Python-side defaults to prefetch, and Core's own
-insertmanyvalues, ``lastrowid`` and RETURNING machinery (dialect, execution
-context and compiler as SQLAlchemy ships them, no result processor on the
-key).  A batch that sends its rows in one statement (PostgreSQL's
-insertmanyvalues) or returns server defaults with the key (eager defaults)
-goes through Core.
+primary key column the database generates, or whose server defaults come
+back (eager defaults, the key given or generated), where Core runs a
+statement per row: the ORM's ``INSERT .. RETURNING`` of the key (and of the
+mapper's server defaults) for several rows on a backend whose
+"insertmanyvalues" goes a row at a time when the rows' order matters
+(SQLite: "ordered; batch not supported"), or one INSERT per row read back by
+``cursor.lastrowid``.  The returned values are set on the objects as stock's
+``_postfetch`` sets them (the server defaults the statement does not return
+are expired, as stock expires them).  Python-side defaults Core would
+prefetch must be plain scalars, which go into every row as Core puts them
+(with RETURNING only); and Core's own insertmanyvalues, ``lastrowid`` and
+RETURNING machinery must be in use (dialect, execution context and compiler
+as SQLAlchemy ships them, no result processor on a returned column).  A
+batch that sends its rows in one statement (PostgreSQL's insertmanyvalues),
+and a single row returning its server defaults, go through Core.
 """
 
 import inspect
@@ -76,7 +79,8 @@ FALLBACK_REASONS = {
     "dialect": "the dialect or its execution context changes Core's execution",
     "statement": "the compiled statement has RETURNING, defaults to fetch, "
     "insertmanyvalues, expanding, escaped or unsupplied parameters",
-    "eager_defaults": "an INSERT returns server defaults with the generated key",
+    "eager_defaults": "a single INSERT, or one on a backend without an ordered "
+    "executemany RETURNING, returns server defaults",
 }
 
 # execution options that change nothing the DBAPI receives or the result
@@ -227,14 +231,17 @@ def _lastrowid_unused(compiled, dialect, keys):
     )
 
 
-def _binds_reason(compiled, param_dict):
+def _binds_reason(compiled, param_dict, scalar_prefetch=False):
     """Whether the statement's parameters are other than each row's values
-    through the bind processors: values of its own, prefetched defaults,
+    through the bind processors: values of its own, prefetched defaults
+    (with ``scalar_prefetch``, other than ``_scalar_prefetch``'s),
     expanding, post-compile, escaped or OUT parameters."""
     return bool(
         param_dict
         or compiled._collect_params
-        or compiled.insert_prefetch
+        or (compiled.insert_prefetch and not (
+            scalar_prefetch and _scalar_prefetch(compiled) is not None
+        ))
         or compiled.update_prefetch
         or compiled.literal_execute_params
         or compiled.post_compile_params
@@ -243,6 +250,21 @@ def _binds_reason(compiled, param_dict):
         or compiled.escaped_bind_names
         or compiled.has_out_parameters
     )
+
+
+def _scalar_prefetch(compiled):
+    """(column, parameter key, value) of each Python-side default Core puts
+    into every row of an INSERT (``insert_prefetch``), when each is a plain
+    scalar: what ``_process_execute_defaults`` sets, the same value for
+    every row; else None."""
+    key_getter = compiled._within_exec_param_key_getter
+    found = []
+    for column in compiled.insert_prefetch:
+        arg, is_scalar, _, is_sentinel = column._default_description_tuple
+        if is_sentinel or not is_scalar:
+            return None
+        found.append((column, key_getter(column), arg))
+    return tuple(found)
 
 
 def _parameters_plan(compiled, keys):
@@ -328,12 +350,15 @@ def _plan_for(base_mapper, statement, dialect, keys, many, compiled_cache=MAPPER
     return _cached(base_mapper, key, make)
 
 
-def _dbapi_parameters(emit, connection, plan, rows):
-    """``emit.dbapi_parameters`` of the rows; an error of a bind processor
-    is reported as Core reports it when making the execution context."""
+def _dbapi_parameters(emit, connection, plan, rows, prefetched=None):
+    """``emit.dbapi_parameters`` of the rows, each with the ``prefetched``
+    defaults Core would add to it; an error of a bind processor is reported
+    as Core reports it when making the execution context (with the rows as
+    the ORM gave them)."""
+    sent = rows if not prefetched else [{**row, **prefetched} for row in rows]
     try:
         return emit.dbapi_parameters(
-            rows, plan[1], plan[2], plan[3], connection.dialect.execute_sequence_format
+            sent, plan[1], plan[2], plan[3], connection.dialect.execute_sequence_format
         )
     except BaseException as e:
         connection._handle_dbapi_exception(e, plan[0], rows, None, None)
@@ -361,49 +386,68 @@ def execute(
 
 
 class _InsertPlan:
-    """How to send a batch of INSERTs whose key the database generates, and
-    how to finish its records, for one table, dialect and batch shape.
+    """How to send a batch of INSERTs whose key the database generates, or
+    whose server defaults it returns, and how to finish its records, for
+    one table, dialect and batch shape.
 
     ``parameters`` is the ``_parameters_plan`` of the statement; with
-    ``returning`` its rows go as one INSERT .. RETURNING of the key each,
-    else as a single-row INSERT each, the key read from ``lastrowid``.
-    ``finishing`` keeps ``describe(mapper)`` per mapper of the records."""
+    ``returning`` its rows go as one INSERT .. RETURNING each (``returned``:
+    its returned columns, the key at ``key_index``), else as a single-row
+    INSERT each, the key read from ``lastrowid``.  ``finishing`` keeps
+    ``describe(mapper)`` per mapper of the records."""
 
     __slots__ = ("parameters", "long_statement", "returning", "table", "key", "postfetch",
-                 "finishing")
+                 "returned", "key_index", "prefetch", "prefetched", "finishing")
 
-    def __init__(self, parameters, returning, table, key, postfetch):
+    def __init__(self, parameters, returning, table, key, postfetch, returned, prefetch):
         self.parameters = parameters
         self.long_statement = _long_statement(parameters[0])
         self.returning = returning
         self.table = table
         self.key = key
         self.postfetch = postfetch
+        self.returned = returned
+        self.key_index = returned.index(key) if returning else 0
+        # (column, parameter key, value) of each scalar default Core would
+        # put into every row, and those values by parameter key
+        self.prefetch = prefetch
+        self.prefetched = {param_key: value for _, param_key, value in prefetch}
         self.finishing = {}
 
     def describe(self, mapper):
         """What ``persistence._postfetch`` and ``_emit_insert_statements`` do
         for a record of ``mapper``: (attribute of the key, attributes of the
         server-generated columns to expire, equated pairs to synchronise,
-        passive_updates)."""
+        passive_updates, (row index, attribute) of each returned column
+        other than the key columns that the mapper maps, in the row's
+        order: ``_postfetch`` sets those from the returned row; then
+        (attribute, value) of each prefetched default it maps, which
+        ``_postfetch`` sets and takes out of the committed state)."""
         columns = mapper._columntoproperty
         return (
             columns[self.key].key,
             [columns[c].key for c in self.postfetch if c in columns],
             mapper._table_to_equated[self.table],
             mapper.passive_updates,
+            tuple(
+                (index, columns[c].key)
+                for index, c in enumerate(self.returned)
+                if not c.primary_key and c in columns
+            ),
+            tuple((columns[c].key, value) for c, _, value in self.prefetch if c in columns),
         )
 
 
-def _insert_reason(compiled, param_dict, table, dialect, returning):
-    """Why Core's execution of this compiled INSERT of a generated key is
-    other than ``_emit``'s row at a time, or None."""
+def _insert_reason(compiled, param_dict, table, dialect, returning, eager):
+    """Why Core's execution of this compiled INSERT of a generated key (or,
+    ``eager``, of rows returning their server defaults and key) is other
+    than ``_emit``'s row at a time, or None."""
     key = table._autoincrement_column
     if (
-        _binds_reason(compiled, param_dict)
+        _binds_reason(compiled, param_dict, scalar_prefetch=returning)
         or key is None
         or list(table.primary_key) != [key]
-        or key.key in compiled.binds
+        or (key.key in compiled.binds and not eager)
         or not _stock(type(compiled), compiler.SQLCompiler, _INSERT_COMPILER_METHODS)
         or key.type._cached_result_processor(dialect, None) is not None
     ):
@@ -411,10 +455,13 @@ def _insert_reason(compiled, param_dict, table, dialect, returning):
     imv = compiled._insertmanyvalues
     if returning:
         # Core's insertmanyvalues going a row at a time, each row's
-        # statement the compiled one, returning nothing but the key
+        # statement the compiled one, returning the key (eager: and the
+        # server defaults), every returned value as the driver gives it
+        returned = list(compiled.effective_returning)
         if (
             imv is None
-            or list(compiled.effective_returning) != [key]
+            or (returned != [key] if not eager else key not in returned)
+            or any(c.type._cached_result_processor(dialect, None) is not None for c in returned)
             or compiled.postfetch_lastrowid
             or not imv.sort_by_parameter_order
             or imv.is_default_expr
@@ -442,14 +489,31 @@ def _returning_key(table):
     return table.insert().return_defaults(*table.primary_key, sort_by_parameter_order=True)
 
 
-def _insert_plan_for(base_mapper, table, dialect, keys, returning):
+def _returning_defaults(table, mapper):
+    """The ORM's statement for several rows whose server defaults come back
+    (eager defaults): ``_emit_insert_statements``' ``return_defaults`` of
+    ``mapper``'s server-default columns, then of the key."""
+    return (
+        table.insert()
+        .return_defaults(*mapper._server_default_cols[table], sort_by_parameter_order=True)
+        .return_defaults(*table.primary_key, sort_by_parameter_order=True)
+    )
+
+
+def _insert_plan_for(base_mapper, table, dialect, keys, returning, eager_mapper=None):
     """The ``_InsertPlan`` (or the reason there is none) for rows with
-    ``keys``, per dialect and shape."""
+    ``keys``, per dialect and shape; ``eager_mapper``: the rows return
+    that mapper's server defaults (with ``returning``)."""
 
     def make():
         if not _insert_machinery_ok(dialect):
             return "dialect"
-        if returning:
+        if eager_mapper is not None:
+            statement = base_mapper._memo(
+                ("turbosession returning defaults", table),
+                lambda: _returning_defaults(table, eager_mapper),
+            )
+        elif returning:
             statement = base_mapper._memo(
                 ("turbosession returning key", table), lambda: _returning_key(table)
             )
@@ -458,17 +522,27 @@ def _insert_plan_for(base_mapper, table, dialect, keys, returning):
         if statement._execution_options:
             return "execution_options"
         compiled, param_dict = _compile(base_mapper, statement, dialect, keys, returning)
-        reason = _insert_reason(compiled, param_dict, table, dialect, returning)
+        reason = _insert_reason(
+            compiled, param_dict, table, dialect, returning, eager_mapper is not None
+        )
         if reason is not None:
             return reason
-        parameters = _parameters_plan(compiled, frozenset(keys))
+        prefetch = _scalar_prefetch(compiled) if returning else ()
+        parameters = _parameters_plan(
+            compiled, frozenset(keys).union(param_key for _, param_key, _ in prefetch)
+        )
         if type(parameters) is str:
             return parameters
         return _InsertPlan(
-            parameters, returning, table, table._autoincrement_column, tuple(compiled.postfetch)
+            parameters, returning, table, table._autoincrement_column, tuple(compiled.postfetch),
+            tuple(compiled.effective_returning or ()), prefetch,
         )
 
-    return _cached(base_mapper, ("autoincrement", table, dialect, keys, returning), make)
+    return _cached(
+        base_mapper,
+        ("autoincrement", table, dialect, keys, returning, eager_mapper is not None),
+        make,
+    )
 
 
 # what _emit.insert_one_lastrowid is given after the record: the
@@ -496,15 +570,19 @@ def _missing_key(mapper):
     )
 
 
-def insert_autoincrement(emit, base_mapper, uow, connection, table, batch, has_all_defaults):
+def insert_autoincrement(
+    emit, base_mapper, mapper, uow, connection, table, batch, has_all_pks, has_all_defaults
+):
     """Send a batch of INSERT records (``_collect_insert_commands``' tuples,
-    no SQL expressions among their values, the key absent) directly, with
-    the bookkeeping of stock's ``_emit_insert_statements`` and
-    ``_postfetch``; returns False, with nothing done, when the batch must
-    go through Core."""
+    no SQL expressions among their values; the key absent, or, with
+    ``has_all_pks``, server defaults to return) directly, with the
+    bookkeeping of stock's ``_emit_insert_statements`` and ``_postfetch``
+    (``mapper``: the table's mapper, whose server defaults stock returns);
+    returns False, with nothing done, when the batch must go through Core."""
     if len(batch) == 1:
         # one record (never an executemany RETURNING): the same steps in
-        # one compiled call
+        # one compiled call (a record with its key has defaults to return:
+        # insert_one_lastrowid answers "eager_defaults" for it)
         reason = emit.insert_one_lastrowid(
             connection, base_mapper, table, batch[0], uow, INSERT_ONE_CONTEXT
         )
@@ -515,27 +593,34 @@ def insert_autoincrement(emit, base_mapper, uow, connection, table, batch, has_a
     reason = _connection_reason(connection, emit)
     if reason is None:
         dialect = connection.dialect
-        if not has_all_defaults and base_mapper._prefer_eager_defaults(dialect, table):
+        # _emit_insert_statements' choice of an executemany RETURNING, and
+        # whether its statement returns the mapper's server defaults
+        returning = bool(
+            table.implicit_returning
+            and dialect.insert_executemany_returning_sort_by_parameter_order
+        )
+        eager = not has_all_defaults and base_mapper._prefer_eager_defaults(dialect, table)
+        if eager and not returning:
             reason = "eager_defaults"
         else:
-            # _emit_insert_statements' choice of an executemany RETURNING
-            returning = bool(
-                table.implicit_returning
-                and len(batch) > 1
-                and dialect.insert_executemany_returning_sort_by_parameter_order
-            )
             rows = [record[2] for record in batch]
-            plan = _insert_plan_for(base_mapper, table, dialect, tuple(sorted(rows[0])), returning)
+            plan = _insert_plan_for(
+                base_mapper, table, dialect, tuple(sorted(rows[0])), returning,
+                mapper if eager else None,
+            )
             if type(plan) is str:
                 reason = plan
             elif returning:
                 _counts["direct"] += 1
-                parameters = _dbapi_parameters(emit, connection, plan.parameters, rows)
+                parameters = _dbapi_parameters(
+                    emit, connection, plan.parameters, rows, plan.prefetched
+                )
                 returned = emit.insert_returning(
                     connection, plan.parameters[0], plan.long_statement, parameters, rows
                 )
                 emit.finish_returning(
-                    uow, batch, returned, plan.finishing, plan.describe, _missing_key
+                    uow, batch, returned, plan.key_index, plan.finishing, plan.describe,
+                    _missing_key,
                 )
                 return True
             else:

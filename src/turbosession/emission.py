@@ -571,11 +571,11 @@ def _missing_key(mapper):
 
 
 def insert_autoincrement(
-    emit, base_mapper, mapper, uow, connection, table, batch, has_all_pks, has_all_defaults
+    emit, base_mapper, mapper, uow, connection, table, batch, has_all_defaults
 ):
     """Send a batch of INSERT records (``_collect_insert_commands``' tuples,
-    no SQL expressions among their values; the key absent, or, with
-    ``has_all_pks``, server defaults to return) directly, with the
+    no SQL expressions among their values; the key absent, or given with
+    server defaults to return) directly, with the
     bookkeeping of stock's ``_emit_insert_statements`` and ``_postfetch``
     (``mapper``: the table's mapper, whose server defaults stock returns);
     returns False, with nothing done, when the batch must go through Core."""

@@ -848,7 +848,7 @@ def _emit_insert_batch(
     # statement per row where insert_autoincrement can; any other batch
     # is stock's
     if hasvalue or not emission.insert_autoincrement(
-        emit, base_mapper, mapper, uow, connection, table, batch, has_all_pks, has_all_defaults
+        emit, base_mapper, mapper, uow, connection, table, batch, has_all_defaults
     ):
         persistence._emit_insert_statements(base_mapper, uow, mapper, table, batch)
 
